@@ -1,0 +1,121 @@
+"""Typed settings for every part of Quartier.
+
+Settings are read from the environment (prefix ``QUARTIER_``, ``__`` for nesting, e.g.
+``QUARTIER_DATABASE__URL``) and from a ``.env`` file, created once in an entry point (the CLI or the
+app factory) and passed down. Nothing reads the environment at import time.
+
+When no database or broker URL is configured, the entry points fall back to the project-local
+services that ``quartier services up`` started (their URLs are kept in ``.quartier/services.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from quartier.errors import ConfigError
+
+STATE_FILE = "services.json"
+
+
+class DatabaseSettings(BaseModel):
+    url: str | None = Field(
+        default=None, description="PostgreSQL URL; default: the project-local cluster"
+    )
+    pool_min: int = 1
+    pool_max: int = 8
+    #: "auto" uses TimescaleDB when the server has it, "postgres" never does.
+    timescaledb: Literal["auto", "postgres"] = "auto"
+    #: Native partitions (plain PostgreSQL path) are created this many months ahead.
+    partitions_ahead_months: int = 3
+
+
+class MqttSettings(BaseModel):
+    url: str | None = Field(default=None, description="mqtt://[user:pass@]host:port")
+    keepalive: int = 30
+
+
+class IngestSettings(BaseModel):
+    client_id: str = "quartier-ingest"
+    #: MQTT 5 shared subscription group; several ingesters with the same group share the load.
+    share_group: str | None = "quartier-ingest"
+    batch_max: int = 5000
+    batch_ms: int = 200
+    #: Messages held in memory before the ingester stops reading from the broker.
+    buffer_max: int = 50_000
+    max_payload_bytes: int = 256 * 1024
+    max_future_seconds: int = 600
+    #: Register unknown devices (with their Thing, Sensor, Datastreams) instead of rejecting them.
+    auto_register: bool = True
+    session_expiry_seconds: int = 7 * 24 * 3600
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Public base URL used in @iot.selfLink / @iot.nextLink; default: from the request.
+    base_url: str | None = None
+    default_top: int = 100
+    max_top: int = 10_000
+
+
+class ServicesSettings(BaseModel):
+    state_dir: Path = Path(".quartier")
+    pg_port: int | None = None
+    mqtt_port: int | None = None
+    #: Install missing Debian packages when running as root on Debian/Ubuntu.
+    install_packages: bool = True
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="QUARTIER_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    environment: Literal["development", "production"] = "development"
+    database: DatabaseSettings = DatabaseSettings()
+    mqtt: MqttSettings = MqttSettings()
+    ingest: IngestSettings = IngestSettings()
+    api: ApiSettings = ApiSettings()
+    services: ServicesSettings = ServicesSettings()
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "production" and (self.database.url is None or self.mqtt.url is None):
+            raise ValueError(
+                "in production QUARTIER_DATABASE__URL and QUARTIER_MQTT__URL must be set explicitly"
+            )
+        return self
+
+    def with_local_services(self) -> Settings:
+        """Fill missing URLs from the project-local services, if they were started."""
+        state_path = self.services.state_dir / STATE_FILE
+        if (self.database.url and self.mqtt.url) or not state_path.exists():
+            return self
+        state = json.loads(state_path.read_text())
+        db = self.database.model_copy(
+            update={"url": self.database.url or state.get("database_url")}
+        )
+        mqtt = self.mqtt.model_copy(update={"url": self.mqtt.url or state.get("mqtt_url")})
+        return self.model_copy(update={"database": db, "mqtt": mqtt})
+
+    def require_database_url(self) -> str:
+        if not self.database.url:
+            raise ConfigError(
+                "no database configured: run `quartier services up` or set QUARTIER_DATABASE__URL"
+            )
+        return self.database.url
+
+    def require_mqtt_url(self) -> str:
+        if not self.mqtt.url:
+            raise ConfigError(
+                "no MQTT broker configured: run `quartier services up` or set QUARTIER_MQTT__URL"
+            )
+        return self.mqtt.url

@@ -1,0 +1,1 @@
+"""Ingest: MQTT to store. Decoders are pure; the writer batches, validates and stores."""

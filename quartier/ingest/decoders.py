@@ -1,0 +1,145 @@
+"""Pure payload decoders: bytes in, ``Uplink`` / ``SpeedTest`` out, ``DecodeError`` when a whole
+message is unusable. A reading that is unusable on its own is listed in ``Uplink.invalid`` and the
+rest of the message is kept. Range and time checks live in ``validate``, shared by all formats.
+
+The native format is documented in ``docs/mqtt.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from quartier.errors import DecodeError
+from quartier.ingest.model import Position, Reading, SpeedTest, Uplink
+
+
+def load_json(payload: bytes, max_bytes: int) -> Any:
+    if len(payload) > max_bytes:
+        raise DecodeError("too_large", f"payload has {len(payload)} bytes, limit {max_bytes}")
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError("invalid_json", str(exc)) from None
+
+
+def parse_time(raw: Any) -> datetime:
+    """RFC 3339 text with a zone, or epoch milliseconds."""
+    if isinstance(raw, bool):
+        raise ValueError("time must be RFC 3339 text or epoch milliseconds, got a boolean")
+    if isinstance(raw, int | float):
+        if not math.isfinite(raw):
+            raise ValueError("time is not finite")
+        return datetime.fromtimestamp(raw / 1000.0, tz=UTC)
+    if isinstance(raw, str):
+        try:
+            t = datetime.fromisoformat(raw)
+        except ValueError:
+            raise ValueError(f"time {raw!r} is not RFC 3339") from None
+        if t.tzinfo is None:
+            raise ValueError(f"time {raw!r} has no time zone")
+        return t.astimezone(UTC)
+    raise ValueError(f"time must be RFC 3339 text or epoch milliseconds, got {type(raw).__name__}")
+
+
+def number(raw: Any, what: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError(f"{what} must be a number, got {type(raw).__name__}")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(f"{what} is not finite")
+    return value
+
+
+def position(raw: Any) -> Position:
+    if not isinstance(raw, dict):
+        raise ValueError("location must be an object with lat and lon")
+    lat, lon = number(raw.get("lat"), "lat"), number(raw.get("lon"), "lon")
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise ValueError(f"location ({lat}, {lon}) is outside WGS84 bounds")
+    return Position(lat, lon)
+
+
+def _native_reading(item: Any, base_time: Any) -> Reading:
+    if not isinstance(item, dict):
+        raise ValueError("a reading must be an object")
+    quantity = item.get("quantity")
+    if not isinstance(quantity, str) or not quantity:
+        raise ValueError("quantity must be a non-empty string")
+    raw_time = item.get("time", base_time)
+    if raw_time is None:
+        raise ValueError("time is missing")
+    params = item.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise ValueError("parameters must be an object")
+    return Reading(quantity, parse_time(raw_time), number(item.get("value"), "value"), params)
+
+
+def decode_native(network: str, device: str, payload: bytes, *, max_bytes: int) -> Uplink:
+    """One reading ``{"time", "quantity", "value"}`` or a batch ``{"readings": [...]}``, with an
+    optional ``"location": {"lat", "lon"}`` and a ``"time"`` that readings may inherit."""
+    doc = load_json(payload, max_bytes)
+    if not isinstance(doc, dict):
+        raise DecodeError("invalid_format", "payload must be a JSON object")
+    location = None
+    if "location" in doc:
+        try:
+            location = position(doc["location"])
+        except ValueError as exc:
+            raise DecodeError("invalid_location", str(exc)) from None
+    if "readings" in doc:
+        items = doc["readings"]
+        if not isinstance(items, list) or not items:
+            raise DecodeError("invalid_format", "readings must be a non-empty array")
+    elif "quantity" in doc:
+        items = [doc]
+    else:
+        raise DecodeError("invalid_format", "expected 'readings' or a single reading")
+    uplink = Uplink(network, device, [], location)
+    base_time = doc.get("time")
+    for i, item in enumerate(items):
+        try:
+            uplink.readings.append(_native_reading(item, base_time))
+        except ValueError as exc:
+            uplink.invalid.append((i, "invalid_reading", str(exc)))
+    return uplink
+
+
+def decode_speedtest(source: str, device: str, payload: bytes, *, max_bytes: int) -> SpeedTest:
+    doc = load_json(payload, max_bytes)
+    if not isinstance(doc, dict):
+        raise DecodeError("invalid_format", "payload must be a JSON object")
+    try:
+        down = number(doc.get("download_mbps"), "download_mbps")
+        up = doc.get("upload_mbps")
+        latency = doc.get("latency_ms")
+        test = SpeedTest(
+            source=source,
+            device=device,
+            time=parse_time(doc.get("time")),
+            position=position({"lat": doc.get("lat"), "lon": doc.get("lon")}),
+            download_mbps=down,
+            upload_mbps=None if up is None else number(up, "upload_mbps"),
+            latency_ms=None if latency is None else number(latency, "latency_ms"),
+            technology=_opt_str(doc.get("technology"), "technology"),
+            operator=_opt_str(doc.get("operator"), "operator"),
+        )
+    except ValueError as exc:
+        raise DecodeError("invalid_speedtest", str(exc)) from None
+    for what, v, hi in (("download_mbps", test.download_mbps, 100_000),
+                        ("upload_mbps", test.upload_mbps, 100_000),
+                        ("latency_ms", test.latency_ms, 60_000)):
+        if v is not None and not 0 <= v <= hi:
+            raise DecodeError("out_of_range", f"{what} {v} outside [0, {hi}]")
+    return test
+
+
+def _opt_str(raw: Any, what: str) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > 64:
+        raise ValueError(f"{what} must be a string of at most 64 characters")
+    return raw

@@ -1,0 +1,48 @@
+"""What decoders produce: plain data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    quantity: str
+    time: datetime  # timezone-aware, UTC
+    value: float
+    parameters: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    lat: float
+    lon: float
+
+
+@dataclass(slots=True)
+class Uplink:
+    """A decoded sensor message: readings for one device, plus the readings it had to refuse."""
+
+    network: str
+    device: str
+    readings: list[Reading]
+    location: Position | None = None
+    #: (index in the payload, reason key, detail) for each reading that failed validation
+    invalid: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeedTest:
+    """A crowdsourced broadband speed test."""
+
+    source: str
+    device: str
+    time: datetime
+    position: Position
+    download_mbps: float
+    upload_mbps: float | None = None
+    latency_ms: float | None = None
+    technology: str | None = None
+    operator: str | None = None

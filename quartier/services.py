@@ -1,0 +1,472 @@
+"""Project-local PostgreSQL (with PostGIS, and TimescaleDB when the server has it) and Mosquitto.
+
+``LocalServices(state_dir).up()`` installs what is missing (Debian/Ubuntu, as root), creates a
+PostgreSQL cluster and a Mosquitto config under the state directory, starts both on free loopback
+ports and records their URLs in ``<state_dir>/services.json``. It is idempotent; ``down()`` stops
+both and leaves no process behind. Tests use the same code with a temporary state directory.
+
+PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres`` user, and
+Mosquitto drops to the ``mosquitto`` user: their directories are owned by those users. When such a
+user cannot reach the state directory (e.g. a checkout under ``/root``), the service's files go to
+``/var/tmp/quartier-<hash>/`` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from quartier.config import STATE_FILE
+from quartier.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
+MOSQUITTO_CONF = DEPLOY_DIR / "mosquitto" / "mosquitto.conf"
+PG_USER = "quartier"
+PG_DATABASE = "quartier"
+#: Lines of the deploy config that describe the container; the local config sets its own.
+_LOCAL_OVERRIDES = ("listener", "persistence_location", "log_dest", "pid_file", "user", "port")
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _run(cmd: list[str], *, user: str | None = None, check: bool = True) -> str:
+    if user and is_root():
+        cmd = ["runuser", "-u", user, "--", *cmd]
+    log.debug("run %s", " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise ServiceError(
+            f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.strip()}"
+        )
+    return proc.stdout
+
+
+# --------------------------------------------------------------------------- discovery / install
+
+
+@dataclass(frozen=True)
+class PgInstall:
+    version: int
+    bindir: Path
+    sharedir: Path
+
+    @property
+    def has_postgis(self) -> bool:
+        return any((self.sharedir / "extension").glob("postgis.control"))
+
+    @property
+    def has_timescaledb(self) -> bool:
+        return any((self.sharedir / "extension").glob("timescaledb.control"))
+
+
+def find_postgres() -> PgInstall | None:
+    """The newest PostgreSQL server ≥ 15 on this machine (Debian layout first, then pg_config)."""
+    found: list[PgInstall] = []
+    for initdb in Path("/usr/lib/postgresql").glob("*/bin/initdb"):
+        with contextlib.suppress(ValueError):
+            version = int(initdb.parent.parent.name)
+            found.append(PgInstall(version, initdb.parent, Path(f"/usr/share/postgresql/{version}")))
+    pg_config = shutil.which("pg_config")
+    if not found and pg_config:
+        bindir = Path(_run([pg_config, "--bindir"]).strip())
+        sharedir = Path(_run([pg_config, "--sharedir"]).strip())
+        m = re.search(r"(\d+)", _run([pg_config, "--version"]))
+        if m and (bindir / "initdb").exists():
+            found.append(PgInstall(int(m.group(1)), bindir, sharedir))
+    found = [p for p in found if p.version >= 15]
+    return max(found, key=lambda p: (p.has_postgis, p.version)) if found else None
+
+
+def find_mosquitto() -> Path | None:
+    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if cand and Path(cand).exists():
+            return Path(cand)
+    return None
+
+
+def missing_packages() -> list[str]:
+    """Debian package names still needed (empty when everything is there)."""
+    missing: list[str] = []
+    pg = find_postgres()
+    if pg is None:
+        missing += ["postgresql", "postgresql-postgis"]
+    elif not pg.has_postgis:
+        missing.append(f"postgresql-{pg.version}-postgis-3")
+    if find_mosquitto() is None:
+        missing.append("mosquitto")
+    return missing
+
+
+def _is_debian_like() -> bool:
+    return Path("/etc/debian_version").exists() and shutil.which("apt-get") is not None
+
+
+def ensure_installed(allow_install: bool = True) -> None:
+    missing = missing_packages()
+    if not missing:
+        return
+    if not (allow_install and is_root() and _is_debian_like()):
+        raise ServiceError(
+            "missing: "
+            + ", ".join(missing)
+            + ". Install them (Debian/Ubuntu: `sudo apt-get install "
+            + " ".join(missing)
+            + "`), or run the stack with Docker: `docker compose up -d`, then set "
+            "QUARTIER_DATABASE__URL and QUARTIER_MQTT__URL."
+        )
+    log.info("installing Debian packages: %s", " ".join(missing))
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            raise ServiceError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()[-2000:]}")
+    # "postgresql-postgis" pulls the default version's PostGIS; a newer server found afterwards
+    # may still need its own PostGIS package: one more round, then give up with the message above.
+    if missing_packages():
+        ensure_installed(allow_install=allow_install and missing != missing_packages())
+
+
+# --------------------------------------------------------------------------- directories
+
+
+def _owned_dir(path: Path, user: str | None) -> Path:
+    """Create ``path`` for a service running as ``user`` (root only); fall back to /var/tmp
+    when that user cannot reach it."""
+    path.mkdir(parents=True, exist_ok=True)
+    if not (user and is_root()):
+        return path
+    probe = subprocess.run(
+        ["runuser", "-u", user, "--", "test", "-x", str(path.parent)], check=False
+    )
+    if probe.returncode != 0:
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+        path = Path("/var/tmp") / f"quartier-{digest}" / path.name
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o755)
+    shutil.chown(path, user, user)
+    return path
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class ServiceState:
+    database_url: str
+    mqtt_url: str
+    pg_port: int
+    mqtt_port: int
+    pg_datadir: str
+    mqtt_dir: str
+    timescaledb_available: bool
+
+    def write(self, state_dir: Path) -> None:
+        (state_dir / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def read(cls, state_dir: Path) -> ServiceState | None:
+        path = state_dir / STATE_FILE
+        if not path.exists():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    running: bool
+    url: str | None
+    detail: str
+
+
+class LocalServices:
+    """The project-local PostgreSQL cluster and Mosquitto broker under ``state_dir``."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        pg_port: int | None = None,
+        mqtt_port: int | None = None,
+        install: bool = True,
+        fast_unsafe: bool = False,
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        self.pg_port = pg_port
+        self.mqtt_port = mqtt_port
+        self.install = install
+        #: fsync off: for throwaway test clusters only.
+        self.fast_unsafe = fast_unsafe
+
+    # ---------------------------------------------------------------- public
+    def up(self) -> ServiceState:
+        ensure_installed(self.install)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        old = ServiceState.read(self.state_dir)
+        pg = find_postgres()
+        assert pg is not None  # ensure_installed guarantees it
+        pg_port, datadir = self._start_postgres(pg, old)
+        mqtt_port, mqtt_dir = self._start_mosquitto(old)
+        password = (Path(datadir).parent / "password").read_text().strip()
+        state = ServiceState(
+            database_url=f"postgresql://{PG_USER}:{quote(password)}@127.0.0.1:{pg_port}/{PG_DATABASE}",
+            mqtt_url=f"mqtt://127.0.0.1:{mqtt_port}",
+            pg_port=pg_port,
+            mqtt_port=mqtt_port,
+            pg_datadir=str(datadir),
+            mqtt_dir=str(mqtt_dir),
+            timescaledb_available=pg.has_timescaledb,
+        )
+        state.write(self.state_dir)
+        return state
+
+    def down(self) -> None:
+        state = ServiceState.read(self.state_dir)
+        if state is None:
+            return
+        pg = find_postgres()
+        datadir = Path(state.pg_datadir)
+        if pg and (datadir / "postmaster.pid").exists():
+            _run(
+                [str(pg.bindir / "pg_ctl"), "stop", "-D", str(datadir), "-m", "fast", "-w"],
+                user="postgres",
+                check=False,
+            )
+        self._stop_mosquitto(Path(state.mqtt_dir))
+
+    def status(self) -> list[ServiceStatus]:
+        state = ServiceState.read(self.state_dir)
+        if state is None:
+            return [
+                ServiceStatus("postgresql", False, None, "not set up"),
+                ServiceStatus("mosquitto", False, None, "not set up"),
+            ]
+        pg_up = port_open(state.pg_port)
+        mq_pid = self._mosquitto_pid(Path(state.mqtt_dir))
+        return [
+            ServiceStatus(
+                "postgresql",
+                pg_up,
+                state.database_url,
+                f"data {state.pg_datadir}"
+                + (", TimescaleDB available" if state.timescaledb_available else ""),
+            ),
+            ServiceStatus(
+                "mosquitto",
+                mq_pid is not None and port_open(state.mqtt_port),
+                state.mqtt_url,
+                f"dir {state.mqtt_dir}" + (f", pid {mq_pid}" if mq_pid else ""),
+            ),
+        ]
+
+    # ---------------------------------------------------------------- PostgreSQL
+    def _start_postgres(self, pg: PgInstall, old: ServiceState | None) -> tuple[int, Path]:
+        root = _owned_dir(self.state_dir / "pg", "postgres")
+        datadir = root / "data"
+        pwfile = root / "password"
+        if not (datadir / "PG_VERSION").exists():
+            password = secrets.token_urlsafe(18)
+            pwfile.write_text(password + "\n")
+            os.chmod(pwfile, 0o600)
+            if is_root():
+                shutil.chown(pwfile, "postgres", "postgres")
+            log.info("initdb %s (PostgreSQL %s)", datadir, pg.version)
+            _run(
+                [
+                    str(pg.bindir / "initdb"),
+                    "-D",
+                    str(datadir),
+                    "-U",
+                    PG_USER,
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                ],
+                user="postgres",
+            )
+            conf = [
+                "# written by quartier services",
+                "listen_addresses = '127.0.0.1'",
+                "unix_socket_directories = ''",
+                "max_connections = 100",
+                "shared_buffers = 256MB",
+                "max_wal_size = 2GB",
+            ]
+            if pg.has_timescaledb:
+                conf.append("shared_preload_libraries = 'timescaledb'")
+            if self.fast_unsafe:
+                conf += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
+            with (datadir / "postgresql.conf").open("a") as fh:
+                fh.write("\n".join(conf) + "\n")
+        port = self._choose_port(self.pg_port, old.pg_port if old else None)
+        running = (datadir / "postmaster.pid").exists() and old is not None and port_open(
+            old.pg_port
+        )
+        if running and old is not None:
+            return old.pg_port, datadir
+        logfile = root / "postgresql.log"
+        if is_root():
+            logfile.touch()
+            shutil.chown(logfile, "postgres", "postgres")
+        _run(
+            [
+                str(pg.bindir / "pg_ctl"),
+                "start",
+                "-D",
+                str(datadir),
+                "-l",
+                str(logfile),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {port}",
+            ],
+            user="postgres",
+        )
+        self._wait_port(port, "PostgreSQL", logfile)
+        self._create_database(port, pwfile.read_text().strip())
+        return port, datadir
+
+    @staticmethod
+    def _create_database(port: int, password: str) -> None:
+        import psycopg
+
+        url = f"postgresql://{PG_USER}:{quote(password)}@127.0.0.1:{port}/postgres"
+        with psycopg.connect(url, autocommit=True) as conn:
+            exists = conn.execute(
+                "select 1 from pg_database where datname = %s", (PG_DATABASE,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f"create database {PG_DATABASE}")
+
+    # ---------------------------------------------------------------- Mosquitto
+    def _start_mosquitto(self, old: ServiceState | None) -> tuple[int, Path]:
+        binary = find_mosquitto()
+        assert binary is not None
+        run_as = "mosquitto" if is_root() else None
+        root = _owned_dir(self.state_dir / "mqtt", run_as)
+        if old is not None and self._mosquitto_pid(root) and port_open(old.mqtt_port):
+            return old.mqtt_port, root
+        port = self._choose_port(self.mqtt_port, old.mqtt_port if old else None)
+        data = root / "data"
+        data.mkdir(exist_ok=True)
+        if run_as:
+            shutil.chown(data, run_as, run_as)
+        conf = root / "mosquitto.conf"
+        conf.write_text(self._mosquitto_config(root, port, run_as or "root"))
+        _run([str(binary), "-c", str(conf), "-d"])
+        self._wait_port(port, "Mosquitto", root / "mosquitto.log")
+        return port, root
+
+    @staticmethod
+    def _mosquitto_config(root: Path, port: int, user: str) -> str:
+        if not MOSQUITTO_CONF.exists():
+            raise ServiceError(f"Mosquitto config not found at {MOSQUITTO_CONF}")
+        shared = [
+            line
+            for line in MOSQUITTO_CONF.read_text().splitlines()
+            if not line.strip().startswith(_LOCAL_OVERRIDES)
+        ]
+        local = [
+            f"# generated by quartier services from {MOSQUITTO_CONF}",
+            f"pid_file {root / 'mosquitto.pid'}",
+            f"persistence_location {root / 'data'}/",
+            f"log_dest file {root / 'mosquitto.log'}",
+            f"user {user}",
+            f"listener {port} 127.0.0.1",
+        ]
+        return "\n".join(local + shared) + "\n"
+
+    @staticmethod
+    def _mosquitto_pid(root: Path) -> int | None:
+        pidfile = root / "mosquitto.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def _stop_mosquitto(self, root: Path) -> None:
+        pid = self._mosquitto_pid(root)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            (root / "mosquitto.pid").unlink()
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _choose_port(wanted: int | None, previous: int | None) -> int:
+        if wanted:
+            if not port_free(wanted):
+                raise ServiceError(f"port {wanted} is already in use")
+            return wanted
+        if previous and port_free(previous):
+            return previous
+        return free_port()
+
+    @staticmethod
+    def _wait_port(port: int, name: str, logfile: Path, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if port_open(port):
+                return
+            time.sleep(0.05)
+        tail = logfile.read_text()[-1500:] if logfile.exists() else "(no log)"
+        raise ServiceError(f"{name} did not open port {port} within {timeout:.0f} s; log:\n{tail}")

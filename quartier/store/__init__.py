@@ -1,0 +1,1 @@
+"""Store: schema migrations, connections, TimescaleDB/plain-PostgreSQL detection and queries."""

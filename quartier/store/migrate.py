@@ -1,0 +1,133 @@
+"""The migration runner.
+
+Migrations are numbered SQL files in ``quartier/store/migrations``: ``NNNN_name.sql`` for every
+server, or ``NNNN_name.timescaledb.sql`` / ``NNNN_name.postgres.sql`` where the two storage paths
+differ (exactly one of a pair is applied). The storage path is decided once, on the first run
+(TimescaleDB when the server offers it and the settings allow it), kept in ``quartier_meta`` and
+never changed afterwards. Each file runs in its own transaction, unless its first line is
+``-- quartier: no-transaction`` (needed for TimescaleDB continuous aggregates). An advisory lock
+keeps concurrent runners (two ingesters starting at once) from applying a file twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+import psycopg
+
+from quartier.errors import MigrationError
+
+log = logging.getLogger(__name__)
+
+StoragePath = Literal["timescaledb", "postgres"]
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(timescaledb|postgres))?\.sql$")
+_LOCK_KEY = 0x5155_4152  # "QUAR"
+NO_TRANSACTION = "-- quartier: no-transaction"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    variant: StoragePath | None
+    sql: str
+
+    @property
+    def transactional(self) -> bool:
+        return not self.sql.lstrip().startswith(NO_TRANSACTION)
+
+
+def available_migrations(path: StoragePath) -> list[Migration]:
+    """The migrations for one storage path, in order."""
+    chosen: dict[int, Migration] = {}
+    for entry in resources.files("quartier.store.migrations").iterdir():
+        m = _NAME.match(entry.name)
+        if not m:
+            continue
+        version, name, variant = int(m.group(1)), m.group(2), m.group(3)
+        if variant is not None and variant != path:
+            continue
+        if version in chosen and chosen[version].variant == variant:
+            raise MigrationError(f"two migrations with number {version:04d}")
+        chosen[version] = Migration(version, name, variant, entry.read_text(encoding="utf-8"))
+    return [chosen[v] for v in sorted(chosen)]
+
+
+def timescaledb_available(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    row = conn.execute(
+        "select 1 from pg_available_extensions where name = 'timescaledb'"
+    ).fetchone()
+    return row is not None
+
+
+def storage_path(conn: psycopg.Connection[tuple[object, ...]]) -> StoragePath | None:
+    """The storage path of a migrated database (None before the first migration)."""
+    if conn.execute("select to_regclass('quartier_meta')").fetchone() == (None,):
+        return None
+    row = conn.execute("select value from quartier_meta where key = 'storage_path'").fetchone()
+    return None if row is None else row[0]  # type: ignore[return-value]
+
+
+def _decide_path(conn: psycopg.Connection[tuple[object, ...]], mode: str) -> StoragePath:
+    if mode == "postgres" or not timescaledb_available(conn):
+        return "postgres"
+    try:
+        with conn.transaction():
+            conn.execute("create extension if not exists timescaledb")
+    except psycopg.Error as exc:  # e.g. not in shared_preload_libraries
+        log.warning("TimescaleDB is installed but cannot be enabled (%s); using plain PostgreSQL",
+                    str(exc).strip())
+        return "postgres"
+    return "timescaledb"
+
+
+def migrate(url: str, *, timescaledb: str = "auto") -> tuple[StoragePath, list[str]]:
+    """Apply what is missing; returns the storage path and the names of the files applied."""
+    applied: list[str] = []
+    with psycopg.connect(url, autocommit=True, application_name="quartier-migrate") as conn:
+        conn.execute("select pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute(
+                """create table if not exists schema_migrations (
+                       version    integer primary key,
+                       name       text not null,
+                       applied_at timestamptz not null default now())"""
+            )
+            path = storage_path(conn) or _decide_path(conn, timescaledb)
+            done = {r[0] for r in conn.execute("select version from schema_migrations")}
+            for mig in available_migrations(path):
+                if mig.version in done:
+                    continue
+                label = f"{mig.version:04d}_{mig.name}" + (f".{mig.variant}" if mig.variant else "")
+                log.info("applying migration %s", label)
+                try:
+                    if mig.transactional:
+                        with conn.transaction():
+                            _apply(conn, mig, label, path)
+                    else:
+                        _apply(conn, mig, label, path)
+                except psycopg.Error as exc:
+                    raise MigrationError(f"migration {label}.sql failed: {exc}") from exc
+                applied.append(label)
+        finally:
+            conn.execute("select pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    log.info("storage path: %s (%s)", path,
+             "observation is a TimescaleDB hypertable" if path == "timescaledb"
+             else "observation is natively range-partitioned by month")
+    return path, applied
+
+
+def _apply(conn: psycopg.Connection[tuple[object, ...]], mig: Migration, label: str,
+           path: StoragePath) -> None:
+    conn.execute(mig.sql.encode())  # type: ignore[call-overload]
+    conn.execute(
+        "insert into schema_migrations (version, name) values (%s, %s)", (mig.version, label)
+    )
+    conn.execute(
+        "insert into quartier_meta (key, value) values ('storage_path', %s) on conflict do nothing",
+        (path,),
+    )
