@@ -1,0 +1,204 @@
+"""The ingester process: an MQTT 5 client on a persistent session that hands messages to a writer
+thread, which stores them in batches and acknowledges each message only after its batch has
+committed (paho manual acks). A crash at any point makes the broker redeliver; storage is
+idempotent, so nothing is lost and nothing is stored twice.
+
+Backpressure: the in-memory buffer is bounded (``ingest.buffer_max``). When PostgreSQL is slow or
+down, the writer retries the same batch with backoff and acknowledges nothing; the buffer fills,
+the MQTT thread blocks on it and the broker keeps the rest queued in the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from quartier.config import Settings
+from quartier.ingest.pipeline import SUBSCRIPTIONS, Message, add_to_batch
+from quartier.ingest.writer import Batch, BatchWriter, Reject
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    speedtests: int = 0
+    rejected: int = 0
+    batches: int = 0
+    db_errors: int = 0
+    last_batch_ms: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+
+def mqtt_client(url: str, client_id: str, *, clean: bool = True,
+                session_expiry: int = 0) -> tuple[mqtt.Client, str, int]:
+    """A paho MQTT 5 client for ``mqtt://[user:pass@]host:port`` (not yet connected)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp", ""):
+        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5)
+    client.enable_logger(logging.getLogger("paho"))
+    if parts.username:
+        client.username_pw_set(parts.username, parts.password)
+    return client, parts.hostname or "127.0.0.1", parts.port or 1883
+
+
+class Ingester:
+    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.ingest
+        self.stop_event = stop or threading.Event()
+        self.stats = IngestStats()
+        self.connected = threading.Event()
+        self._queue: queue.Queue[tuple[Message, int, int]] = queue.Queue(self.cfg.buffer_max)
+        self._writer = BatchWriter(settings.require_database_url(),
+                                   auto_register=self.cfg.auto_register)
+        self._client, self._host, self._port = mqtt_client(
+            settings.require_mqtt_url(), self.cfg.client_id
+        )
+        self._client.manual_ack_set(True)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.reconnect_delay_set(0.2, 5)
+
+    # ------------------------------------------------------------------ MQTT callbacks
+    def _topics(self) -> list[str]:
+        group = self.cfg.share_group
+        return [f"$share/{group}/{t}" if group else t for t in SUBSCRIPTIONS]
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
+                    reason: object, properties: object) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("MQTT connect refused: %s", reason)
+            return
+        client.subscribe([(t, 1) for t in self._topics()])
+        log.info("connected to mqtt://%s:%s, subscribed to %s", self._host, self._port,
+                 ", ".join(self._topics()))
+        self.connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
+                       reason: object, properties: object) -> None:
+        self.connected.clear()
+        if not self.stop_event.is_set():
+            log.warning("MQTT disconnected (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object,
+                    msg: mqtt.MQTTMessage) -> None:
+        item = (Message(msg.topic, msg.payload, datetime.now(UTC)), msg.mid, msg.qos)
+        # Blocks when the buffer is full: backpressure onto the broker session.
+        while not self.stop_event.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> None:
+        """Connect, ingest until the stop event is set, then flush and disconnect."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.cfg.session_expiry_seconds
+        props.ReceiveMaximum = 65535
+        self._client.connect_async(self._host, self._port, self.settings.mqtt.keepalive,
+                                   clean_start=False, properties=props)
+        self._client.loop_start()
+        try:
+            self._write_loop()
+        finally:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._writer.close()
+            log.info("ingester stopped: %s", self.stats)
+
+    def _collect(self) -> list[tuple[Message, int, int]]:
+        items: list[tuple[Message, int, int]] = []
+        try:
+            items.append(self._queue.get(timeout=0.2))
+        except queue.Empty:
+            return items
+        deadline = time.monotonic() + self.cfg.batch_ms / 1000
+        while len(items) < self.cfg.batch_max:
+            remaining = deadline - time.monotonic()
+            try:
+                items.append(self._queue.get_nowait() if remaining <= 0
+                             else self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return items
+
+    def _write_loop(self) -> None:
+        while True:
+            items = self._collect()
+            if not items:
+                if self.stop_event.is_set():
+                    return
+                continue
+            self.stats.received += len(items)
+            if not self._store([msg for msg, _, _ in items]):
+                return  # stopped while the database was down: unacked, the broker keeps them
+            for _, mid, qos in items:
+                if qos > 0:
+                    self._client.ack(mid, qos)
+
+    def _batch(self, msgs: list[Message]) -> Batch:
+        now = datetime.now(UTC)
+        batch = Batch()
+        for msg in msgs:
+            add_to_batch(batch, msg, self.cfg, now)
+        return batch
+
+    def _store(self, msgs: list[Message]) -> bool:
+        """Store the messages; True once they are committed (data or rejects), False if stopped
+        while the database was unreachable."""
+        delay = 0.2
+        while True:
+            t0 = time.perf_counter()
+            try:
+                res = self._writer.write(self._batch(msgs))
+            except psycopg.OperationalError as exc:  # server down, connection lost: retry
+                self.stats.db_errors += 1
+                log.warning("database unavailable (%s); retrying in %.1f s", _first_line(exc),
+                            delay)
+                self._writer.close()
+                if self.stop_event.wait(delay):
+                    return False
+                delay = min(delay * 2, 10.0)
+                continue
+            except psycopg.Error as exc:  # the data itself: isolate the message(s) at fault
+                if len(msgs) == 1:
+                    log.warning("message on %s cannot be stored: %s", msgs[0].topic,
+                                _first_line(exc))
+                    res = self._writer.write(Batch(rejects=[Reject(
+                        msgs[0].topic, msgs[0].payload, "store_error", _first_line(exc),
+                        msgs[0].received_at)]))
+                else:
+                    half = len(msgs) // 2
+                    return self._store(msgs[:half]) and self._store(msgs[half:])
+            self.stats.batches += 1
+            self.stats.stored += res.observations
+            self.stats.duplicates += res.duplicates
+            self.stats.speedtests += res.speedtests
+            self.stats.rejected += res.rejects
+            self.stats.last_batch_ms = (time.perf_counter() - t0) * 1000
+            return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
