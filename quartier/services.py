@@ -201,7 +201,10 @@ class ServiceState:
     timescaledb_available: bool
 
     def write(self, state_dir: Path) -> None:
-        (state_dir / STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+        path = state_dir / STATE_FILE
+        path.touch(mode=0o600)
+        os.chmod(path, 0o600)  # holds the database password
+        path.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
     def read(cls, state_dir: Path) -> ServiceState | None:

@@ -44,8 +44,7 @@ class IngestStats:
     started: float = field(default_factory=time.monotonic)
 
 
-def mqtt_client(url: str, client_id: str, *, clean: bool = True,
-                session_expiry: int = 0) -> tuple[mqtt.Client, str, int]:
+def mqtt_client(url: str, client_id: str) -> tuple[mqtt.Client, str, int]:
     """A paho MQTT 5 client for ``mqtt://[user:pass@]host:port`` (not yet connected)."""
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "tcp", ""):

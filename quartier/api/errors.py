@@ -1,0 +1,62 @@
+"""One mapping from Quartier's errors to HTTP. Handlers log once; routes don't reshape errors.
+
+Every error body has the same shape: ``{"code": <status>, "type": <kind>, "message": <text>}``,
+the message saying what was wrong. No stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from quartier.errors import (
+    BadRequestError,
+    ConfigError,
+    NotFoundError,
+    QuartierError,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[QuartierError], int] = {
+    NotFoundError: 404,
+    BadRequestError: 400,
+    ConfigError: 500,
+}
+
+
+def _body(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": status, "type": kind, "message": message}, status_code=status)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(QuartierError)
+    async def quartier_error(request: Request, exc: QuartierError) -> JSONResponse:
+        status = next((s for t, s in STATUS.items() if isinstance(exc, t)), 500)
+        if status >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return _body(status, type(exc).__name__, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "path"))
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return _body(400, "BadRequestError", "invalid request: " + "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no resource at {request.url.path}"
+        return _body(exc.status_code, "HTTPError", message)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return _body(500, "InternalError", "internal error; the server log has the details")

@@ -1,0 +1,145 @@
+"""Response models. SensorThings entities use the standard's JSON names (``@iot.id`` …)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+
+
+class _Entity(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: int = Field(alias="@iot.id")
+    self_link: str = Field(alias="@iot.selfLink")
+
+
+class Thing(_Entity):
+    name: str
+    description: str
+    properties: dict[str, Any] | None = None
+    locations_link: str = Field(alias="Locations@iot.navigationLink")
+    historical_locations_link: str = Field(alias="HistoricalLocations@iot.navigationLink")
+    datastreams_link: str = Field(alias="Datastreams@iot.navigationLink")
+
+
+class Location(_Entity):
+    name: str
+    description: str
+    encoding_type: str = Field(alias="encodingType")
+    location: dict[str, Any]
+    properties: dict[str, Any] | None = None
+    things_link: str = Field(alias="Things@iot.navigationLink")
+
+
+class UnitOfMeasurement(BaseModel):
+    name: str | None = None
+    symbol: str | None = None
+    definition: str | None = None
+
+
+class Datastream(_Entity):
+    name: str
+    description: str
+    observation_type: str = Field(alias="observationType")
+    unit_of_measurement: UnitOfMeasurement = Field(alias="unitOfMeasurement")
+    observed_area: dict[str, Any] | None = Field(default=None, alias="observedArea")
+    phenomenon_time: str | None = Field(default=None, alias="phenomenonTime")
+    properties: dict[str, Any] | None = None
+    thing_link: str = Field(alias="Thing@iot.navigationLink")
+    sensor_link: str = Field(alias="Sensor@iot.navigationLink")
+    observed_property_link: str = Field(alias="ObservedProperty@iot.navigationLink")
+    observations_link: str = Field(alias="Observations@iot.navigationLink")
+
+
+class Sensor(_Entity):
+    name: str
+    description: str
+    encoding_type: str = Field(alias="encodingType")
+    metadata: str
+    properties: dict[str, Any] | None = None
+    datastreams_link: str = Field(alias="Datastreams@iot.navigationLink")
+
+
+class ObservedProperty(_Entity):
+    name: str
+    definition: str
+    description: str
+    properties: dict[str, Any] | None = None
+    datastreams_link: str = Field(alias="Datastreams@iot.navigationLink")
+
+
+class Observation(_Entity):
+    phenomenon_time: str = Field(alias="phenomenonTime")
+    result_time: str | None = Field(alias="resultTime")
+    result: Any
+    parameters: dict[str, Any] | None = None
+    datastream_link: str = Field(alias="Datastream@iot.navigationLink")
+
+
+class _Collection(BaseModel):
+    """A collection; ``@iot.count`` and ``@iot.nextLink`` appear only when they have a value."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    count: int | None = Field(default=None, alias="@iot.count")
+    next_link: str | None = Field(default=None, alias="@iot.nextLink")
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_annotations(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("@iot.count", "@iot.nextLink", "count", "next_link"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
+
+
+class ThingCollection(_Collection):
+    value: list[Thing]
+
+
+class LocationCollection(_Collection):
+    value: list[Location]
+
+
+class DatastreamCollection(_Collection):
+    value: list[Datastream]
+
+
+class SensorCollection(_Collection):
+    value: list[Sensor]
+
+
+class ObservedPropertyCollection(_Collection):
+    value: list[ObservedProperty]
+
+
+class ObservationCollection(_Collection):
+    value: list[Observation]
+
+
+class ServiceEndpoint(BaseModel):
+    name: str
+    url: str
+
+
+class ServiceRoot(BaseModel):
+    value: list[ServiceEndpoint]
+    server_settings: dict[str, Any] = Field(alias="serverSettings")
+
+
+class ComponentHealth(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+    database: ComponentHealth
+    mqtt: ComponentHealth

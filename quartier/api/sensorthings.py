@@ -1,0 +1,245 @@
+"""OGC SensorThings API v1.1 (read part): Things, Locations, Datastreams, Sensors,
+ObservedProperties and Observations with ``$top``, ``$skip``, ``$count``, ``$orderby`` and
+``@iot.nextLink``. Other system query options are refused with a 400 that says so, never ignored.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from quartier.api import models as m
+from quartier.api.deps import AppSettings, BaseUrl, Conn
+from quartier.errors import BadRequestError
+from quartier.store import sensorthings as q
+
+PREFIX = "/v1.1"
+router = APIRouter(prefix=PREFIX, tags=["SensorThings API v1.1"])
+SUPPORTED = {"$top", "$skip", "$count", "$orderby"}
+
+
+class Paging:
+    def __init__(
+        self,
+        request: Request,
+        settings: AppSettings,
+        top: Annotated[int | None, Query(alias="$top", ge=0)] = None,
+        skip: Annotated[int, Query(alias="$skip", ge=0)] = 0,
+        count: Annotated[bool, Query(alias="$count")] = False,
+        orderby: Annotated[str | None, Query(alias="$orderby")] = None,
+    ) -> None:
+        unsupported = sorted(k for k in request.query_params if k.startswith("$")
+                             and k not in SUPPORTED)
+        if unsupported:
+            raise BadRequestError(
+                f"query option {', '.join(unsupported)} is not supported; supported: "
+                + ", ".join(sorted(SUPPORTED)))
+        if top is not None and top > settings.api.max_top:
+            raise BadRequestError(f"$top={top} exceeds the maximum {settings.api.max_top}")
+        self.request = request
+        self.top = settings.api.default_top if top is None else top
+        self.skip = skip
+        self.count = count
+        self.orderby = orderby
+
+    def order(self, allowed: dict[str, str], default: str) -> str:
+        """Parse ``$orderby`` against ``{"property": "asc|desc" default}``; returns asc/desc."""
+        if self.orderby is None:
+            return default
+        words = self.orderby.strip().split()
+        if not words or len(words) > 2 or words[0] not in allowed or (
+                len(words) == 2 and words[1].lower() not in ("asc", "desc")):
+            raise BadRequestError(
+                f"$orderby={self.orderby!r} is not supported; use "
+                + " or ".join(f"'{p} asc|desc'" for p in allowed))
+        return words[1].lower() if len(words) == 2 else "asc"
+
+    def page(self, rows: list[dict[str, Any]], base: str) -> tuple[list[dict[str, Any]],
+                                                                     str | None]:
+        if len(rows) <= self.top:
+            return rows, None
+        params = dict(self.request.query_params)
+        params["$skip"] = str(self.skip + self.top)
+        params["$top"] = str(self.top)
+        return rows[: self.top], f"{base}{self.request.url.path}?{urlencode(params)}"
+
+
+PagingDep = Annotated[Paging, Depends()]
+
+
+def iso(t: datetime | None) -> str | None:
+    if t is None:
+        return None
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _link(base: str, entity: str, entity_id: int, nav: str | None = None) -> str:
+    return f"{base}{PREFIX}/{entity}({entity_id})" + (f"/{nav}" if nav else "")
+
+
+# --------------------------------------------------------------------------- shaping
+def _thing(r: dict[str, Any], base: str) -> m.Thing:
+    return m.Thing(
+        id=r["id"], self_link=_link(base, "Things", r["id"]), name=r["name"],
+        description=r["description"], properties=r["properties"],
+        locations_link=_link(base, "Things", r["id"], "Locations"),
+        historical_locations_link=_link(base, "Things", r["id"], "HistoricalLocations"),
+        datastreams_link=_link(base, "Things", r["id"], "Datastreams"),
+    )
+
+
+def _location(r: dict[str, Any], base: str) -> m.Location:
+    return m.Location(
+        id=r["id"], self_link=_link(base, "Locations", r["id"]), name=r["name"],
+        description=r["description"], encoding_type=r["encoding_type"], location=r["location"],
+        properties=r["properties"], things_link=_link(base, "Locations", r["id"], "Things"),
+    )
+
+
+def _datastream(r: dict[str, Any], base: str) -> m.Datastream:
+    span = f"{iso(r['t_min'])}/{iso(r['t_max'])}" if r["t_min"] else None
+    return m.Datastream(
+        id=r["id"], self_link=_link(base, "Datastreams", r["id"]), name=r["name"],
+        description=r["description"], observation_type=r["observation_type"],
+        unit_of_measurement=m.UnitOfMeasurement(**r["unit_of_measurement"]),
+        observed_area=r["observed_area"], phenomenon_time=span, properties=r["properties"],
+        thing_link=_link(base, "Things", r["thing_id"]),
+        sensor_link=_link(base, "Sensors", r["sensor_id"]),
+        observed_property_link=_link(base, "ObservedProperties", r["observed_property_id"]),
+        observations_link=_link(base, "Datastreams", r["id"], "Observations"),
+    )
+
+
+def _sensor(r: dict[str, Any], base: str) -> m.Sensor:
+    return m.Sensor(
+        id=r["id"], self_link=_link(base, "Sensors", r["id"]), name=r["name"],
+        description=r["description"], encoding_type=r["encoding_type"], metadata=r["metadata"],
+        properties=r["properties"], datastreams_link=_link(base, "Sensors", r["id"], "Datastreams"),
+    )
+
+
+def _observed_property(r: dict[str, Any], base: str) -> m.ObservedProperty:
+    return m.ObservedProperty(
+        id=r["id"], self_link=_link(base, "ObservedProperties", r["id"]), name=r["name"],
+        definition=r["definition"], description=r["description"], properties=r["properties"],
+        datastreams_link=_link(base, "ObservedProperties", r["id"], "Datastreams"),
+    )
+
+
+def _observation(r: dict[str, Any], base: str) -> m.Observation:
+    return m.Observation(
+        id=r["id"], self_link=_link(base, "Observations", r["id"]),
+        phenomenon_time=iso(r["phenomenon_time"]) or "", result_time=iso(r["result_time"]),
+        result=r["result"] if r["result_json"] is None else r["result_json"],
+        parameters=r["parameters"],
+        datastream_link=_link(base, "Datastreams", r["datastream_id"]),
+    )
+
+
+# --------------------------------------------------------------------------- routes
+@router.get("", response_model=m.ServiceRoot, operation_id="sta_service_root")
+def service_root(base: BaseUrl) -> m.ServiceRoot:
+    names = ["Things", "Locations", "Datastreams", "Sensors", "ObservedProperties"]
+    return m.ServiceRoot(
+        value=[m.ServiceEndpoint(name=n, url=f"{base}{PREFIX}/{n}") for n in names],
+        server_settings={"conformance": [
+            "http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel",
+            "http://www.opengis.net/spec/iot_sensing/1.1/req/resource-path/resource-path-to-entities",
+            "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/top",
+            "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/skip",
+            "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/count",
+            "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/orderby",
+        ]},
+    )
+
+
+@router.get("/Things", response_model=m.ThingCollection, operation_id="sta_list_things")
+def list_things(conn: Conn, base: BaseUrl, p: PagingDep) -> m.ThingCollection:
+    p.order({"id": "asc"}, "asc")
+    rows, nxt = p.page(q.things(conn, p.top, p.skip), base)
+    return m.ThingCollection(value=[_thing(r, base) for r in rows], next_link=nxt,
+                             count=q.count_things(conn) if p.count else None)
+
+
+@router.get("/Things({thing_id})", response_model=m.Thing, operation_id="sta_get_thing")
+def get_thing(thing_id: int, conn: Conn, base: BaseUrl) -> m.Thing:
+    return _thing(q.thing(conn, thing_id), base)
+
+
+@router.get("/Things({thing_id})/Datastreams", response_model=m.DatastreamCollection,
+            operation_id="sta_thing_datastreams")
+def thing_datastreams(thing_id: int, conn: Conn, base: BaseUrl, p: PagingDep
+                      ) -> m.DatastreamCollection:
+    rows, nxt = p.page(q.datastreams(conn, p.top, p.skip, thing_id), base)
+    return m.DatastreamCollection(
+        value=[_datastream(r, base) for r in rows], next_link=nxt,
+        count=q.count_datastreams(conn, thing_id) if p.count else None)
+
+
+@router.get("/Things({thing_id})/Locations", response_model=m.LocationCollection,
+            operation_id="sta_thing_locations")
+def thing_locations(thing_id: int, conn: Conn, base: BaseUrl, p: PagingDep
+                    ) -> m.LocationCollection:
+    rows, nxt = p.page(q.locations(conn, p.top, p.skip, thing_id), base)
+    return m.LocationCollection(value=[_location(r, base) for r in rows], next_link=nxt)
+
+
+@router.get("/Locations", response_model=m.LocationCollection, operation_id="sta_list_locations")
+def list_locations(conn: Conn, base: BaseUrl, p: PagingDep) -> m.LocationCollection:
+    rows, nxt = p.page(q.locations(conn, p.top, p.skip), base)
+    return m.LocationCollection(value=[_location(r, base) for r in rows], next_link=nxt)
+
+
+@router.get("/Datastreams", response_model=m.DatastreamCollection,
+            operation_id="sta_list_datastreams")
+def list_datastreams(conn: Conn, base: BaseUrl, p: PagingDep) -> m.DatastreamCollection:
+    p.order({"id": "asc"}, "asc")
+    rows, nxt = p.page(q.datastreams(conn, p.top, p.skip), base)
+    return m.DatastreamCollection(value=[_datastream(r, base) for r in rows], next_link=nxt,
+                                  count=q.count_datastreams(conn) if p.count else None)
+
+
+@router.get("/Datastreams({ds_id})", response_model=m.Datastream,
+            operation_id="sta_get_datastream")
+def get_datastream(ds_id: int, conn: Conn, base: BaseUrl) -> m.Datastream:
+    return _datastream(q.datastream(conn, ds_id), base)
+
+
+@router.get("/Datastreams({ds_id})/Observations", response_model=m.ObservationCollection,
+            operation_id="sta_datastream_observations")
+def datastream_observations(ds_id: int, conn: Conn, base: BaseUrl, p: PagingDep
+                            ) -> m.ObservationCollection:
+    direction = p.order({"phenomenonTime": "asc"}, "asc")
+    rows, nxt = p.page(q.observations(conn, ds_id, p.top, p.skip, direction), base)  # type: ignore[arg-type]
+    return m.ObservationCollection(
+        value=[_observation(r, base) for r in rows], next_link=nxt,
+        count=q.count_observations(conn, ds_id) if p.count else None)
+
+
+@router.get("/Sensors", response_model=m.SensorCollection, operation_id="sta_list_sensors")
+def list_sensors(conn: Conn, base: BaseUrl, p: PagingDep) -> m.SensorCollection:
+    rows, nxt = p.page(q.sensors(conn, p.top, p.skip), base)
+    return m.SensorCollection(value=[_sensor(r, base) for r in rows], next_link=nxt)
+
+
+@router.get("/Sensors({sensor_id})", response_model=m.Sensor, operation_id="sta_get_sensor")
+def get_sensor(sensor_id: int, conn: Conn, base: BaseUrl) -> m.Sensor:
+    return _sensor(q.sensor(conn, sensor_id), base)
+
+
+@router.get("/ObservedProperties", response_model=m.ObservedPropertyCollection,
+            operation_id="sta_list_observed_properties")
+def list_observed_properties(conn: Conn, base: BaseUrl, p: PagingDep
+                             ) -> m.ObservedPropertyCollection:
+    rows, nxt = p.page(q.observed_properties(conn, p.top, p.skip), base)
+    return m.ObservedPropertyCollection(value=[_observed_property(r, base) for r in rows],
+                                        next_link=nxt)
+
+
+@router.get("/ObservedProperties({op_id})", response_model=m.ObservedProperty,
+            operation_id="sta_get_observed_property")
+def get_observed_property(op_id: int, conn: Conn, base: BaseUrl) -> m.ObservedProperty:
+    return _observed_property(q.observed_property(conn, op_id), base)

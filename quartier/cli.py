@@ -1,0 +1,182 @@
+"""The ``quartier`` command: the process composition root.
+
+Settings are created here once per invocation and passed down. Errors of Quartier's hierarchy are
+printed as one line (no stack trace) with exit code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from quartier.config import Settings
+from quartier.errors import QuartierError
+
+console = Console(stderr=True)
+log = logging.getLogger("quartier")
+app = typer.Typer(help="Quartier: smart-city data platform.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+services_app = typer.Typer(help="Project-local PostgreSQL and Mosquitto.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema and status.", no_args_is_help=True)
+import_app = typer.Typer(help="Import reference data.", no_args_is_help=True)
+app.add_typer(services_app, name="services")
+app.add_typer(db_app, name="db")
+app.add_typer(import_app, name="import")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    logging.getLogger("paho").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    _setup_logging(verbose)
+
+
+def _settings(local: bool = True) -> Settings:
+    settings = Settings()
+    return settings.with_local_services() if local else settings
+
+
+def _local_services(settings: Settings) -> Any:
+    from quartier.services import LocalServices
+
+    s = settings.services
+    return LocalServices(s.state_dir, pg_port=s.pg_port, mqtt_port=s.mqtt_port,
+                         install=s.install_packages)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except QuartierError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+# ------------------------------------------------------------------------------ services
+@services_app.command("up")
+def services_up() -> None:
+    """Install (if needed) and start PostgreSQL + PostGIS and Mosquitto under .quartier/."""
+    settings = _settings(local=False)
+    with _user_errors(), console.status("starting PostgreSQL and Mosquitto …"):
+        state = _local_services(settings).up()
+    console.print(f"PostgreSQL  {state.database_url}")
+    console.print(f"Mosquitto   {state.mqtt_url}")
+
+
+@services_app.command("down")
+def services_down() -> None:
+    """Stop the project-local services."""
+    with _user_errors():
+        _local_services(_settings(local=False)).down()
+    console.print("services stopped")
+
+
+@services_app.command("status")
+def services_status() -> None:
+    """Show whether the project-local services run, and where."""
+    table = Table("service", "running", "url", "detail")
+    for st in _local_services(_settings(local=False)).status():
+        table.add_row(st.name, "yes" if st.running else "no", st.url or "-", st.detail)
+    Console().print(table)
+
+
+# ------------------------------------------------------------------------------ db
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending schema migrations."""
+    from quartier.store.migrate import migrate
+
+    settings = _settings()
+    with _user_errors():
+        path, applied = migrate(settings.require_database_url(),
+                                timescaledb=settings.database.timescaledb)
+        _prepare_partitions(settings)
+    console.print(f"storage path: {path}; applied {len(applied)} migration(s)"
+                  + (": " + ", ".join(applied) if applied else ""))
+
+
+def _prepare_partitions(settings: Settings) -> None:
+    import psycopg
+
+    now = datetime.now(UTC)
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        conn.execute("select quartier_ensure_observation_partitions(%s, %s)",
+                     (now - timedelta(days=31),
+                      now + timedelta(days=31 * settings.database.partitions_ahead_months)))
+
+
+# ------------------------------------------------------------------------------ ingest / serve
+@app.command("ingest")
+def ingest() -> None:
+    """Subscribe to the sensor topics and store what arrives (Ctrl-C stops)."""
+    from quartier.ingest.mqtt import Ingester
+
+    settings = _settings()
+    with _user_errors():
+        ing = Ingester(settings)
+    _stop_on_signals(ing.stop_event)
+    ing.run()
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+) -> None:
+    """Run the HTTP API (SensorThings v1.1, indicators, maps)."""
+    import uvicorn
+
+    from quartier.api.app import create_app
+
+    settings = _settings()
+    with _user_errors():
+        settings.require_database_url()
+    uvicorn.run(create_app(settings), host=host or settings.api.host,
+                port=port or settings.api.port, log_level="info")
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            sys.exit(130)
+        console.print("stopping … (again to force)")
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run() -> None:  # pragma: no cover - console entry for python -m
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
+
+
+

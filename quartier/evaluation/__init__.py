@@ -1,0 +1,1 @@
+"""Evaluation: indicator catalogue and indicator math (pure), plus the I/O that feeds it."""

@@ -1,0 +1,1 @@
+"""Maps: folium HTML rendered from geo results; no database access."""
