@@ -34,7 +34,10 @@ db_app = typer.Typer(help="Database schema and status.", no_args_is_help=True)
 import_app = typer.Typer(help="Import reference data.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
 app.add_typer(db_app, name="db")
+rejects_app = typer.Typer(help="Messages the ingester refused: inspect and replay.",
+                          no_args_is_help=True)
 app.add_typer(import_app, name="import")
+app.add_typer(rejects_app, name="rejects")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -158,6 +161,64 @@ def serve(
         settings.require_database_url()
     uvicorn.run(create_app(settings), host=host or settings.api.host,
                 port=port or settings.api.port, log_level="info")
+
+
+# ------------------------------------------------------------------------------ rejects
+@rejects_app.command("list")
+def rejects_list(
+    reason: Annotated[str | None, typer.Option(help="only this reason")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many")] = 50,
+    all_: Annotated[bool, typer.Option("--all", help="include replayed ones")] = False,
+) -> None:
+    """Refused messages, newest first, with a count per reason."""
+    from quartier.ingest import rejects
+
+    url = _settings().require_database_url()
+    with _user_errors():
+        counts = rejects.summary(url)
+        rows = rejects.list_rejects(url, reason=reason, limit=limit, include_replayed=all_)
+    out = Console()
+    out.print(", ".join(f"{c['reason']}: {c['n']}" for c in counts) or "no open rejects")
+    table = Table("id", "received", "topic", "reason", "detail", "bytes", "replayed")
+    for r in rows:
+        table.add_row(str(r["id"]), f"{r['received_at']:%Y-%m-%d %H:%M:%S}", r["topic"],
+                      r["reason"], r["detail"][:80], str(r["bytes"]),
+                      "" if r["replayed_at"] is None else f"{r['replayed_at']:%Y-%m-%d %H:%M}")
+    out.print(table)
+
+
+@rejects_app.command("show")
+def rejects_show(reject_id: int) -> None:
+    """One refused message in full, with its raw payload."""
+    from quartier.ingest import rejects
+
+    row = rejects.get_reject(_settings().require_database_url(), reject_id)
+    if row is None:
+        console.print(f"[red]error:[/red] no reject with id {reject_id}")
+        raise typer.Exit(1)
+    out = Console()
+    for key in ("id", "received_at", "source", "topic", "reason", "detail", "replayed_at"):
+        out.print(f"[bold]{key}[/bold]: {row[key]}")
+    payload = bytes(row["payload"])
+    try:
+        out.print("[bold]payload[/bold]:", payload.decode("utf-8"), markup=False)
+    except UnicodeDecodeError:
+        out.print(f"[bold]payload (hex)[/bold]: {payload.hex()}")
+
+
+@rejects_app.command("replay")
+def rejects_replay(
+    ids: Annotated[list[int] | None, typer.Argument(help="reject ids (default: all open)")] = None,
+    reason: Annotated[str | None, typer.Option(help="only this reason")] = None,
+) -> None:
+    """Run refused messages through today's decoders again; store those that now pass."""
+    from quartier.ingest import rejects
+
+    settings = _settings()
+    with _user_errors():
+        res = rejects.replay(settings.require_database_url(), settings.ingest, datetime.now(UTC),
+                             ids=ids or None, reason=reason)
+    console.print(f"replayed {res.tried}: {res.stored} stored, {res.still_failing} still failing")
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

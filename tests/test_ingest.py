@@ -111,3 +111,28 @@ def test_unknown_device_is_rejected_when_auto_register_is_off(settings, network,
     ing.stop_event.set()
     thread.join(10)
     assert count(db_url, "select count(*) from observation") == 0
+
+
+def test_rejects_replay_stores_what_now_passes(settings, db_url):
+    from datetime import UTC, datetime
+
+    from quartier.ingest import rejects
+    from quartier.ingest.writer import Batch, BatchWriter, Reject
+
+    ok_now = orjson.dumps({"time": "2026-11-01T10:00:00Z", "quantity": "pm25", "value": 5.0})
+    still_bad = b"{broken"
+    t = datetime(2026, 11, 1, 10, tzinfo=UTC)
+    w = BatchWriter(db_url, auto_register=True)
+    # e.g. refused earlier because the device was unknown, then registration was switched on
+    w.write(Batch(rejects=[Reject("quartier/v1/n/d/up", ok_now, "unknown_device", "x", t),
+                           Reject("quartier/v1/n/d/up", still_bad, "invalid_json", "x", t)]))
+    w.close()
+    res = rejects.replay(db_url, settings.ingest, datetime(2026, 11, 2, tzinfo=UTC))
+    assert (res.tried, res.stored, res.still_failing) == (2, 1, 1)
+    assert count(db_url, "select count(*) from observation") == 1
+    open_ = rejects.list_rejects(db_url)
+    assert [r["reason"] for r in open_] == ["invalid_json"]
+    # replaying again changes nothing and stores nothing twice
+    res = rejects.replay(db_url, settings.ingest, datetime(2026, 11, 2, tzinfo=UTC))
+    assert (res.tried, res.stored) == (1, 0)
+    assert count(db_url, "select count(*) from observation") == 1

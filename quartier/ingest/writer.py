@@ -39,6 +39,8 @@ class Batch:
     uplinks: list[tuple[Uplink, str, bytes, datetime]] = field(default_factory=list)
     speedtests: list[SpeedTest] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    #: ids of ingest_reject rows whose replay this batch completes (marked in the same transaction)
+    replayed: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -278,6 +280,9 @@ class BatchWriter:
         if rejects:
             self._write_rejects(conn, rejects)
             res.rejects = len(rejects)
+        if batch.replayed:
+            conn.execute("update ingest_reject set replayed_at = now() where id = any(%s)",
+                         (batch.replayed,))
         return res
 
     def _ensure_partitions(self, conn: Conn, rows: Iterable[tuple[int, datetime, float, object]]
