@@ -10,11 +10,9 @@ import logging
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -27,15 +25,17 @@ from quartier.errors import QuartierError
 
 console = Console(stderr=True)
 log = logging.getLogger("quartier")
-app = typer.Typer(help="Quartier: smart-city data platform.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Quartier: smart-city data platform.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 services_app = typer.Typer(help="Project-local PostgreSQL and Mosquitto.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema and status.", no_args_is_help=True)
 import_app = typer.Typer(help="Import reference data.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
 app.add_typer(db_app, name="db")
-rejects_app = typer.Typer(help="Messages the ingester refused: inspect and replay.",
-                          no_args_is_help=True)
+rejects_app = typer.Typer(
+    help="Messages the ingester refused: inspect and replay.", no_args_is_help=True
+)
 app.add_typer(import_app, name="import")
 app.add_typer(rejects_app, name="rejects")
 
@@ -67,8 +67,9 @@ def _local_services(settings: Settings) -> Any:
     from quartier.services import LocalServices
 
     s = settings.services
-    return LocalServices(s.state_dir, pg_port=s.pg_port, mqtt_port=s.mqtt_port,
-                         install=s.install_packages)
+    return LocalServices(
+        s.state_dir, pg_port=s.pg_port, mqtt_port=s.mqtt_port, install=s.install_packages
+    )
 
 
 @contextmanager
@@ -116,11 +117,14 @@ def db_migrate() -> None:
 
     settings = _settings()
     with _user_errors():
-        path, applied = migrate(settings.require_database_url(),
-                                timescaledb=settings.database.timescaledb)
+        path, applied = migrate(
+            settings.require_database_url(), timescaledb=settings.database.timescaledb
+        )
         _prepare_partitions(settings)
-    console.print(f"storage path: {path}; applied {len(applied)} migration(s)"
-                  + (": " + ", ".join(applied) if applied else ""))
+    console.print(
+        f"storage path: {path}; applied {len(applied)} migration(s)"
+        + (": " + ", ".join(applied) if applied else "")
+    )
 
 
 def _prepare_partitions(settings: Settings) -> None:
@@ -128,9 +132,13 @@ def _prepare_partitions(settings: Settings) -> None:
 
     now = datetime.now(UTC)
     with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        conn.execute("select quartier_ensure_observation_partitions(%s, %s)",
-                     (now - timedelta(days=31),
-                      now + timedelta(days=31 * settings.database.partitions_ahead_months)))
+        conn.execute(
+            "select quartier_ensure_observation_partitions(%s, %s)",
+            (
+                now - timedelta(days=31),
+                now + timedelta(days=31 * settings.database.partitions_ahead_months),
+            ),
+        )
 
 
 # ------------------------------------------------------------------------------ ingest / serve
@@ -159,8 +167,12 @@ def serve(
     settings = _settings()
     with _user_errors():
         settings.require_database_url()
-    uvicorn.run(create_app(settings), host=host or settings.api.host,
-                port=port or settings.api.port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api.host,
+        port=port or settings.api.port,
+        log_level="info",
+    )
 
 
 # ------------------------------------------------------------------------------ rejects
@@ -181,9 +193,15 @@ def rejects_list(
     out.print(", ".join(f"{c['reason']}: {c['n']}" for c in counts) or "no open rejects")
     table = Table("id", "received", "topic", "reason", "detail", "bytes", "replayed")
     for r in rows:
-        table.add_row(str(r["id"]), f"{r['received_at']:%Y-%m-%d %H:%M:%S}", r["topic"],
-                      r["reason"], r["detail"][:80], str(r["bytes"]),
-                      "" if r["replayed_at"] is None else f"{r['replayed_at']:%Y-%m-%d %H:%M}")
+        table.add_row(
+            str(r["id"]),
+            f"{r['received_at']:%Y-%m-%d %H:%M:%S}",
+            r["topic"],
+            r["reason"],
+            r["detail"][:80],
+            str(r["bytes"]),
+            "" if r["replayed_at"] is None else f"{r['replayed_at']:%Y-%m-%d %H:%M}",
+        )
     out.print(table)
 
 
@@ -216,8 +234,13 @@ def rejects_replay(
 
     settings = _settings()
     with _user_errors():
-        res = rejects.replay(settings.require_database_url(), settings.ingest, datetime.now(UTC),
-                             ids=ids or None, reason=reason)
+        res = rejects.replay(
+            settings.require_database_url(),
+            settings.ingest,
+            datetime.now(UTC),
+            ids=ids or None,
+            reason=reason,
+        )
     console.print(f"replayed {res.tried}: {res.stored} stored, {res.still_failing} still failing")
 
 
@@ -238,6 +261,3 @@ def run() -> None:  # pragma: no cover - console entry for python -m
 
 if __name__ == "__main__":  # pragma: no cover
     run()
-
-
-

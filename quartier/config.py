@@ -88,7 +88,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
-        if self.environment == "production" and (self.database.url is None or self.mqtt.url is None):
+        if self.environment == "production" and (
+            self.database.url is None or self.mqtt.url is None
+        ):
             raise ValueError(
                 "in production QUARTIER_DATABASE__URL and QUARTIER_MQTT__URL must be set explicitly"
             )

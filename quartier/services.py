@@ -105,7 +105,9 @@ def find_postgres() -> PgInstall | None:
     for initdb in Path("/usr/lib/postgresql").glob("*/bin/initdb"):
         with contextlib.suppress(ValueError):
             version = int(initdb.parent.parent.name)
-            found.append(PgInstall(version, initdb.parent, Path(f"/usr/share/postgresql/{version}")))
+            found.append(
+                PgInstall(version, initdb.parent, Path(f"/usr/share/postgresql/{version}"))
+            )
     pg_config = shutil.which("pg_config")
     if not found and pg_config:
         bindir = Path(_run([pg_config, "--bindir"]).strip())
@@ -347,8 +349,8 @@ class LocalServices:
             with (datadir / "postgresql.conf").open("a") as fh:
                 fh.write("\n".join(conf) + "\n")
         port = self._choose_port(self.pg_port, old.pg_port if old else None)
-        running = (datadir / "postmaster.pid").exists() and old is not None and port_open(
-            old.pg_port
+        running = (
+            (datadir / "postmaster.pid").exists() and old is not None and port_open(old.pg_port)
         )
         if running and old is not None:
             return old.pg_port, datadir

@@ -63,7 +63,9 @@ def template_db(service_urls: ServiceUrls) -> Iterator[str]:
     migrate(_with_db(service_urls.database_url, name))
     yield name
     with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture
@@ -78,7 +80,9 @@ def db_url(service_urls: ServiceUrls, template_db: str) -> Iterator[str]:
         )
     yield _with_db(service_urls.database_url, name)
     with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture

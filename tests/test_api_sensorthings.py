@@ -23,12 +23,33 @@ def filled(settings: Settings) -> Settings:
     """Two things: a-1 with pm25 (25 readings, one per minute) and pm10 (1), b-1 with no2 (3)."""
     w = BatchWriter(settings.require_database_url(), auto_register=True)
     batch = Batch()
-    batch.uplinks.append((Uplink("net", "a-1", [
-        Reading("pm25", T0 + timedelta(minutes=i), float(i)) for i in range(25)
-    ] + [Reading("pm10", T0, 7.0)], Position(50.9, 6.9)), "t", b"", T0))
-    batch.uplinks.append((Uplink("net", "b-1", [
-        Reading("no2", T0 + timedelta(hours=i), 30.0 + i) for i in range(3)
-    ], Position(50.95, 7.0)), "t", b"", T0))
+    batch.uplinks.append(
+        (
+            Uplink(
+                "net",
+                "a-1",
+                [Reading("pm25", T0 + timedelta(minutes=i), float(i)) for i in range(25)]
+                + [Reading("pm10", T0, 7.0)],
+                Position(50.9, 6.9),
+            ),
+            "t",
+            b"",
+            T0,
+        )
+    )
+    batch.uplinks.append(
+        (
+            Uplink(
+                "net",
+                "b-1",
+                [Reading("no2", T0 + timedelta(hours=i), 30.0 + i) for i in range(3)],
+                Position(50.95, 7.0),
+            ),
+            "t",
+            b"",
+            T0,
+        )
+    )
     w.write(batch)
     w.close()
     return settings
@@ -73,26 +94,31 @@ def test_datastream_phenomenon_time_and_observations_paging(client: TestClient) 
 def test_orderby_desc_and_top(client: TestClient) -> None:
     streams = m.DatastreamCollection.model_validate(client.get("/v1.1/Datastreams").json())
     no2 = next(d for d in streams.value if "dioxide" in d.name)
-    body = client.get(no2.observations_link, params={"$orderby": "phenomenonTime desc",
-                                                     "$top": "2"}).json()
+    body = client.get(
+        no2.observations_link, params={"$orderby": "phenomenonTime desc", "$top": "2"}
+    ).json()
     obs = m.ObservationCollection.model_validate(body)
-    assert [o.phenomenon_time for o in obs.value] == ["2026-11-01T02:00:00.000Z",
-                                                      "2026-11-01T01:00:00.000Z"]
+    assert [o.phenomenon_time for o in obs.value] == [
+        "2026-11-01T02:00:00.000Z",
+        "2026-11-01T01:00:00.000Z",
+    ]
     assert obs.next_link is not None and "%24skip=2" in obs.next_link
 
 
-@pytest.mark.parametrize(("path", "status", "needle"), [
-    ("/v1.1/Datastreams(999999)/Observations", 404, "no Datastream with @iot.id 999999"),
-    ("/v1.1/Things(424242)", 404, "no Thing"),
-    ("/v1.1/Datastreams(1)/Observations?$orderby=result", 400, "$orderby"),
-    ("/v1.1/Things?$top=-1", 400, "$top"),
-    ("/v1.1/Things?$top=100000", 400, "exceeds the maximum"),
-    ("/v1.1/Things?$filter=name eq 'x'", 400, "$filter is not supported"),
-    ("/v1.1/Datastreams(abc)", 400, "ds_id"),
-    ("/v1.1/Nothing", 404, "no resource"),
-])
-def test_errors_say_what_was_wrong(client: TestClient, path: str, status: int,
-                                   needle: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "status", "needle"),
+    [
+        ("/v1.1/Datastreams(999999)/Observations", 404, "no Datastream with @iot.id 999999"),
+        ("/v1.1/Things(424242)", 404, "no Thing"),
+        ("/v1.1/Datastreams(1)/Observations?$orderby=result", 400, "$orderby"),
+        ("/v1.1/Things?$top=-1", 400, "$top"),
+        ("/v1.1/Things?$top=100000", 400, "exceeds the maximum"),
+        ("/v1.1/Things?$filter=name eq 'x'", 400, "$filter is not supported"),
+        ("/v1.1/Datastreams(abc)", 400, "ds_id"),
+        ("/v1.1/Nothing", 404, "no resource"),
+    ],
+)
+def test_errors_say_what_was_wrong(client: TestClient, path: str, status: int, needle: str) -> None:
     r = client.get(path)
     assert r.status_code == status
     body = r.json()
@@ -110,8 +136,9 @@ def test_health_reports_database_and_broker(client: TestClient) -> None:
 def test_health_degraded_when_broker_unreachable(filled: Settings) -> None:
     from quartier.services import free_port
 
-    broken = filled.model_copy(update={"mqtt": filled.mqtt.model_copy(
-        update={"url": f"mqtt://127.0.0.1:{free_port()}"})})
+    broken = filled.model_copy(
+        update={"mqtt": filled.mqtt.model_copy(update={"url": f"mqtt://127.0.0.1:{free_port()}"})}
+    )
     with TestClient(create_app(broken)) as c:
         r = c.get("/health")
     assert r.status_code == 503

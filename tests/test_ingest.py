@@ -39,7 +39,9 @@ def ingester(settings: Settings) -> Iterator[Ingester]:
 
 
 def publish(settings: Settings, msgs: list[tuple[str, bytes]]) -> None:
-    client, host, port = mqtt_client(settings.require_mqtt_url(), f"{settings.ingest.client_id}-pub")
+    client, host, port = mqtt_client(
+        settings.require_mqtt_url(), f"{settings.ingest.client_id}-pub"
+    )
     client.connect(host, port)
     client.loop_start()
     infos = [client.publish(t, p, qos=1) for t, p in msgs]
@@ -57,37 +59,68 @@ def count(url: str, sql: str) -> int:
 
 
 def test_readings_are_stored_once_and_bad_ones_rejected(settings, ingester, network, db_url):
-    good = {"location": {"lat": 50.94, "lon": 6.96}, "time": "2026-11-01T10:00:00Z",
-            "readings": [{"quantity": "pm25", "value": 11.5}, {"quantity": "pm10", "value": 20}]}
+    good = {
+        "location": {"lat": 50.94, "lon": 6.96},
+        "time": "2026-11-01T10:00:00Z",
+        "readings": [{"quantity": "pm25", "value": 11.5}, {"quantity": "pm10", "value": 20}],
+    }
     single = {"time": "2026-11-01T10:01:00Z", "quantity": "pm25", "value": 12.0}
-    partly = {"time": "2026-11-01T10:02:00Z",
-              "readings": [{"quantity": "pm25", "value": 13.0},
-                           {"quantity": "pm25", "value": -5, "time": "2026-11-01T10:03:00Z"}]}
+    partly = {
+        "time": "2026-11-01T10:02:00Z",
+        "readings": [
+            {"quantity": "pm25", "value": 13.0},
+            {"quantity": "pm25", "value": -5, "time": "2026-11-01T10:03:00Z"},
+        ],
+    }
     topic = f"quartier/v1/{network}/air-1/up"
-    publish(settings, [
-        (topic, orjson.dumps(good)),
-        (topic, orjson.dumps(good)),  # duplicate: stored once
-        (topic, orjson.dumps(single)),
-        (topic, orjson.dumps(partly)),
-        (topic, b"{not json"),
-        (topic, orjson.dumps({"quantity": "pm25", "value": "high", "time": "2026-11-01T10:00Z"})),
-        (f"quartier/v1/{network}/air-1/speedtest",
-         orjson.dumps({"time": "2026-11-01T10:00:00Z", "lat": 50.9, "lon": 6.9,
-                       "download_mbps": 250.0, "upload_mbps": 40.0})),
-    ])
-    wait_for(lambda: count(db_url, "select count(*) from ingest_reject") == 3
-             and count(db_url, "select count(*) from observation") == 4
-             and count(db_url, "select count(*) from speedtest") == 1)
+    publish(
+        settings,
+        [
+            (topic, orjson.dumps(good)),
+            (topic, orjson.dumps(good)),  # duplicate: stored once
+            (topic, orjson.dumps(single)),
+            (topic, orjson.dumps(partly)),
+            (topic, b"{not json"),
+            (
+                topic,
+                orjson.dumps({"quantity": "pm25", "value": "high", "time": "2026-11-01T10:00Z"}),
+            ),
+            (
+                f"quartier/v1/{network}/air-1/speedtest",
+                orjson.dumps(
+                    {
+                        "time": "2026-11-01T10:00:00Z",
+                        "lat": 50.9,
+                        "lon": 6.9,
+                        "download_mbps": 250.0,
+                        "upload_mbps": 40.0,
+                    }
+                ),
+            ),
+        ],
+    )
+    wait_for(
+        lambda: (
+            count(db_url, "select count(*) from ingest_reject") == 3
+            and count(db_url, "select count(*) from observation") == 4
+            and count(db_url, "select count(*) from speedtest") == 1
+        )
+    )
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
             "select op.properties->>'key', o.phenomenon_time, o.result from observation o "
             "join datastream d on d.id = o.datastream_id "
-            "join observed_property op on op.id = d.observed_property_id order by 2, 1").fetchall()
+            "join observed_property op on op.id = d.observed_property_id order by 2, 1"
+        ).fetchall()
         rejects = dict(conn.execute("select reason, payload from ingest_reject").fetchall())
         things = conn.execute("select count(*) from thing").fetchone()
         loc = conn.execute("select ST_X(location), ST_Y(location) from location").fetchone()
-    assert [(k, r) for k, _, r in rows] == [("pm10", 20.0), ("pm25", 11.5), ("pm25", 12.0),
-                                           ("pm25", 13.0)]
+    assert [(k, r) for k, _, r in rows] == [
+        ("pm10", 20.0),
+        ("pm25", 11.5),
+        ("pm25", 12.0),
+        ("pm25", 13.0),
+    ]
     assert set(rejects) == {"invalid_json", "invalid_reading", "out_of_range"}
     assert bytes(rejects["invalid_json"]) == b"{not json"
     assert things == (1,)
@@ -96,18 +129,28 @@ def test_readings_are_stored_once_and_bad_ones_rejected(settings, ingester, netw
 
 
 def test_unknown_device_is_rejected_when_auto_register_is_off(settings, network, db_url):
-    settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(
-        update={"auto_register": False})})
+    settings = settings.model_copy(
+        update={"ingest": settings.ingest.model_copy(update={"auto_register": False})}
+    )
     ing = Ingester(settings)
     thread = threading.Thread(target=ing.run, daemon=True)
     thread.start()
     assert ing.connected.wait(10)
     time.sleep(0.2)
-    publish(settings, [(f"quartier/v1/{network}/x/up",
-                        orjson.dumps({"time": "2026-11-01T10:00:00Z", "quantity": "pm25",
-                                      "value": 1.0}))])
-    wait_for(lambda: count(db_url, "select count(*) from ingest_reject "
-                                   "where reason = 'unknown_device'") == 1)
+    publish(
+        settings,
+        [
+            (
+                f"quartier/v1/{network}/x/up",
+                orjson.dumps({"time": "2026-11-01T10:00:00Z", "quantity": "pm25", "value": 1.0}),
+            )
+        ],
+    )
+    wait_for(
+        lambda: (
+            count(db_url, "select count(*) from ingest_reject where reason = 'unknown_device'") == 1
+        )
+    )
     ing.stop_event.set()
     thread.join(10)
     assert count(db_url, "select count(*) from observation") == 0
@@ -124,8 +167,14 @@ def test_rejects_replay_stores_what_now_passes(settings, db_url):
     t = datetime(2026, 11, 1, 10, tzinfo=UTC)
     w = BatchWriter(db_url, auto_register=True)
     # e.g. refused earlier because the device was unknown, then registration was switched on
-    w.write(Batch(rejects=[Reject("quartier/v1/n/d/up", ok_now, "unknown_device", "x", t),
-                           Reject("quartier/v1/n/d/up", still_bad, "invalid_json", "x", t)]))
+    w.write(
+        Batch(
+            rejects=[
+                Reject("quartier/v1/n/d/up", ok_now, "unknown_device", "x", t),
+                Reject("quartier/v1/n/d/up", still_bad, "invalid_json", "x", t),
+            ]
+        )
+    )
     w.close()
     res = rejects.replay(db_url, settings.ingest, datetime(2026, 11, 2, tzinfo=UTC))
     assert (res.tried, res.stored, res.still_failing) == (2, 1, 1)

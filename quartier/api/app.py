@@ -52,13 +52,13 @@ def create_app(settings: Settings) -> FastAPI:
     def root() -> RedirectResponse:
         return RedirectResponse("/docs")
 
-    @app.get("/health", response_model=Health, operation_id="health",
-             responses={503: {"model": Health}})
+    @app.get(
+        "/health", response_model=Health, operation_id="health", responses={503: {"model": Health}}
+    )
     def health(conn: Conn, settings: AppSettings) -> JSONResponse:
         db = _check_database(conn)
         broker = _check_mqtt(settings)
-        body = Health(status="ok" if db.ok and broker.ok else "degraded", database=db,
-                      mqtt=broker)
+        body = Health(status="ok" if db.ok and broker.ok else "degraded", database=db, mqtt=broker)
         return JSONResponse(body.model_dump(), status_code=200 if body.status == "ok" else 503)
 
     return app
@@ -80,13 +80,16 @@ def _check_mqtt(settings: Settings, timeout: float = 3.0) -> ComponentHealth:
     done = threading.Event()
     result: list[str] = []
 
-    def on_connect(client: mqtt.Client, userdata: object, flags: object, reason: object,
-                   properties: object) -> None:
+    def on_connect(
+        client: mqtt.Client, userdata: object, flags: object, reason: object, properties: object
+    ) -> None:
         result.append(str(reason))
         done.set()
 
     try:
-        client, host, port = mqtt_client(settings.mqtt.url, f"quartier-health-{uuid.uuid4().hex[:8]}")
+        client, host, port = mqtt_client(
+            settings.mqtt.url, f"quartier-health-{uuid.uuid4().hex[:8]}"
+        )
         client.on_connect = on_connect
         client.connect(host, port, keepalive=5)
         client.loop_start()

@@ -31,12 +31,14 @@ class Paging:
         count: Annotated[bool, Query(alias="$count")] = False,
         orderby: Annotated[str | None, Query(alias="$orderby")] = None,
     ) -> None:
-        unsupported = sorted(k for k in request.query_params if k.startswith("$")
-                             and k not in SUPPORTED)
+        unsupported = sorted(
+            k for k in request.query_params if k.startswith("$") and k not in SUPPORTED
+        )
         if unsupported:
             raise BadRequestError(
                 f"query option {', '.join(unsupported)} is not supported; supported: "
-                + ", ".join(sorted(SUPPORTED)))
+                + ", ".join(sorted(SUPPORTED))
+            )
         if top is not None and top > settings.api.max_top:
             raise BadRequestError(f"$top={top} exceeds the maximum {settings.api.max_top}")
         self.request = request
@@ -50,15 +52,21 @@ class Paging:
         if self.orderby is None:
             return default
         words = self.orderby.strip().split()
-        if not words or len(words) > 2 or words[0] not in allowed or (
-                len(words) == 2 and words[1].lower() not in ("asc", "desc")):
+        if (
+            not words
+            or len(words) > 2
+            or words[0] not in allowed
+            or (len(words) == 2 and words[1].lower() not in ("asc", "desc"))
+        ):
             raise BadRequestError(
                 f"$orderby={self.orderby!r} is not supported; use "
-                + " or ".join(f"'{p} asc|desc'" for p in allowed))
+                + " or ".join(f"'{p} asc|desc'" for p in allowed)
+            )
         return words[1].lower() if len(words) == 2 else "asc"
 
-    def page(self, rows: list[dict[str, Any]], base: str) -> tuple[list[dict[str, Any]],
-                                                                     str | None]:
+    def page(
+        self, rows: list[dict[str, Any]], base: str
+    ) -> tuple[list[dict[str, Any]], str | None]:
         if len(rows) <= self.top:
             return rows, None
         params = dict(self.request.query_params)
@@ -83,8 +91,11 @@ def _link(base: str, entity: str, entity_id: int, nav: str | None = None) -> str
 # --------------------------------------------------------------------------- shaping
 def _thing(r: dict[str, Any], base: str) -> m.Thing:
     return m.Thing(
-        id=r["id"], self_link=_link(base, "Things", r["id"]), name=r["name"],
-        description=r["description"], properties=r["properties"],
+        id=r["id"],
+        self_link=_link(base, "Things", r["id"]),
+        name=r["name"],
+        description=r["description"],
+        properties=r["properties"],
         locations_link=_link(base, "Things", r["id"], "Locations"),
         historical_locations_link=_link(base, "Things", r["id"], "HistoricalLocations"),
         datastreams_link=_link(base, "Things", r["id"], "Datastreams"),
@@ -93,19 +104,29 @@ def _thing(r: dict[str, Any], base: str) -> m.Thing:
 
 def _location(r: dict[str, Any], base: str) -> m.Location:
     return m.Location(
-        id=r["id"], self_link=_link(base, "Locations", r["id"]), name=r["name"],
-        description=r["description"], encoding_type=r["encoding_type"], location=r["location"],
-        properties=r["properties"], things_link=_link(base, "Locations", r["id"], "Things"),
+        id=r["id"],
+        self_link=_link(base, "Locations", r["id"]),
+        name=r["name"],
+        description=r["description"],
+        encoding_type=r["encoding_type"],
+        location=r["location"],
+        properties=r["properties"],
+        things_link=_link(base, "Locations", r["id"], "Things"),
     )
 
 
 def _datastream(r: dict[str, Any], base: str) -> m.Datastream:
     span = f"{iso(r['t_min'])}/{iso(r['t_max'])}" if r["t_min"] else None
     return m.Datastream(
-        id=r["id"], self_link=_link(base, "Datastreams", r["id"]), name=r["name"],
-        description=r["description"], observation_type=r["observation_type"],
+        id=r["id"],
+        self_link=_link(base, "Datastreams", r["id"]),
+        name=r["name"],
+        description=r["description"],
+        observation_type=r["observation_type"],
         unit_of_measurement=m.UnitOfMeasurement(**r["unit_of_measurement"]),
-        observed_area=r["observed_area"], phenomenon_time=span, properties=r["properties"],
+        observed_area=r["observed_area"],
+        phenomenon_time=span,
+        properties=r["properties"],
         thing_link=_link(base, "Things", r["thing_id"]),
         sensor_link=_link(base, "Sensors", r["sensor_id"]),
         observed_property_link=_link(base, "ObservedProperties", r["observed_property_id"]),
@@ -115,24 +136,35 @@ def _datastream(r: dict[str, Any], base: str) -> m.Datastream:
 
 def _sensor(r: dict[str, Any], base: str) -> m.Sensor:
     return m.Sensor(
-        id=r["id"], self_link=_link(base, "Sensors", r["id"]), name=r["name"],
-        description=r["description"], encoding_type=r["encoding_type"], metadata=r["metadata"],
-        properties=r["properties"], datastreams_link=_link(base, "Sensors", r["id"], "Datastreams"),
+        id=r["id"],
+        self_link=_link(base, "Sensors", r["id"]),
+        name=r["name"],
+        description=r["description"],
+        encoding_type=r["encoding_type"],
+        metadata=r["metadata"],
+        properties=r["properties"],
+        datastreams_link=_link(base, "Sensors", r["id"], "Datastreams"),
     )
 
 
 def _observed_property(r: dict[str, Any], base: str) -> m.ObservedProperty:
     return m.ObservedProperty(
-        id=r["id"], self_link=_link(base, "ObservedProperties", r["id"]), name=r["name"],
-        definition=r["definition"], description=r["description"], properties=r["properties"],
+        id=r["id"],
+        self_link=_link(base, "ObservedProperties", r["id"]),
+        name=r["name"],
+        definition=r["definition"],
+        description=r["description"],
+        properties=r["properties"],
         datastreams_link=_link(base, "ObservedProperties", r["id"], "Datastreams"),
     )
 
 
 def _observation(r: dict[str, Any], base: str) -> m.Observation:
     return m.Observation(
-        id=r["id"], self_link=_link(base, "Observations", r["id"]),
-        phenomenon_time=iso(r["phenomenon_time"]) or "", result_time=iso(r["result_time"]),
+        id=r["id"],
+        self_link=_link(base, "Observations", r["id"]),
+        phenomenon_time=iso(r["phenomenon_time"]) or "",
+        result_time=iso(r["result_time"]),
         result=r["result"] if r["result_json"] is None else r["result_json"],
         parameters=r["parameters"],
         datastream_link=_link(base, "Datastreams", r["datastream_id"]),
@@ -145,14 +177,16 @@ def service_root(base: BaseUrl) -> m.ServiceRoot:
     names = ["Things", "Locations", "Datastreams", "Sensors", "ObservedProperties"]
     return m.ServiceRoot(
         value=[m.ServiceEndpoint(name=n, url=f"{base}{PREFIX}/{n}") for n in names],
-        server_settings={"conformance": [
-            "http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel",
-            "http://www.opengis.net/spec/iot_sensing/1.1/req/resource-path/resource-path-to-entities",
-            "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/top",
-            "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/skip",
-            "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/count",
-            "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/orderby",
-        ]},
+        serverSettings={
+            "conformance": [
+                "http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel",
+                "http://www.opengis.net/spec/iot_sensing/1.1/req/resource-path/resource-path-to-entities",
+                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/top",
+                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/skip",
+                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/count",
+                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/orderby",
+            ]
+        },
     )
 
 
@@ -160,8 +194,11 @@ def service_root(base: BaseUrl) -> m.ServiceRoot:
 def list_things(conn: Conn, base: BaseUrl, p: PagingDep) -> m.ThingCollection:
     p.order({"id": "asc"}, "asc")
     rows, nxt = p.page(q.things(conn, p.top, p.skip), base)
-    return m.ThingCollection(value=[_thing(r, base) for r in rows], next_link=nxt,
-                             count=q.count_things(conn) if p.count else None)
+    return m.ThingCollection(
+        value=[_thing(r, base) for r in rows],
+        next_link=nxt,
+        count=q.count_things(conn) if p.count else None,
+    )
 
 
 @router.get("/Things({thing_id})", response_model=m.Thing, operation_id="sta_get_thing")
@@ -169,20 +206,28 @@ def get_thing(thing_id: int, conn: Conn, base: BaseUrl) -> m.Thing:
     return _thing(q.thing(conn, thing_id), base)
 
 
-@router.get("/Things({thing_id})/Datastreams", response_model=m.DatastreamCollection,
-            operation_id="sta_thing_datastreams")
-def thing_datastreams(thing_id: int, conn: Conn, base: BaseUrl, p: PagingDep
-                      ) -> m.DatastreamCollection:
+@router.get(
+    "/Things({thing_id})/Datastreams",
+    response_model=m.DatastreamCollection,
+    operation_id="sta_thing_datastreams",
+)
+def thing_datastreams(
+    thing_id: int, conn: Conn, base: BaseUrl, p: PagingDep
+) -> m.DatastreamCollection:
     rows, nxt = p.page(q.datastreams(conn, p.top, p.skip, thing_id), base)
     return m.DatastreamCollection(
-        value=[_datastream(r, base) for r in rows], next_link=nxt,
-        count=q.count_datastreams(conn, thing_id) if p.count else None)
+        value=[_datastream(r, base) for r in rows],
+        next_link=nxt,
+        count=q.count_datastreams(conn, thing_id) if p.count else None,
+    )
 
 
-@router.get("/Things({thing_id})/Locations", response_model=m.LocationCollection,
-            operation_id="sta_thing_locations")
-def thing_locations(thing_id: int, conn: Conn, base: BaseUrl, p: PagingDep
-                    ) -> m.LocationCollection:
+@router.get(
+    "/Things({thing_id})/Locations",
+    response_model=m.LocationCollection,
+    operation_id="sta_thing_locations",
+)
+def thing_locations(thing_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> m.LocationCollection:
     rows, nxt = p.page(q.locations(conn, p.top, p.skip, thing_id), base)
     return m.LocationCollection(value=[_location(r, base) for r in rows], next_link=nxt)
 
@@ -193,30 +238,39 @@ def list_locations(conn: Conn, base: BaseUrl, p: PagingDep) -> m.LocationCollect
     return m.LocationCollection(value=[_location(r, base) for r in rows], next_link=nxt)
 
 
-@router.get("/Datastreams", response_model=m.DatastreamCollection,
-            operation_id="sta_list_datastreams")
+@router.get(
+    "/Datastreams", response_model=m.DatastreamCollection, operation_id="sta_list_datastreams"
+)
 def list_datastreams(conn: Conn, base: BaseUrl, p: PagingDep) -> m.DatastreamCollection:
     p.order({"id": "asc"}, "asc")
     rows, nxt = p.page(q.datastreams(conn, p.top, p.skip), base)
-    return m.DatastreamCollection(value=[_datastream(r, base) for r in rows], next_link=nxt,
-                                  count=q.count_datastreams(conn) if p.count else None)
+    return m.DatastreamCollection(
+        value=[_datastream(r, base) for r in rows],
+        next_link=nxt,
+        count=q.count_datastreams(conn) if p.count else None,
+    )
 
 
-@router.get("/Datastreams({ds_id})", response_model=m.Datastream,
-            operation_id="sta_get_datastream")
+@router.get("/Datastreams({ds_id})", response_model=m.Datastream, operation_id="sta_get_datastream")
 def get_datastream(ds_id: int, conn: Conn, base: BaseUrl) -> m.Datastream:
     return _datastream(q.datastream(conn, ds_id), base)
 
 
-@router.get("/Datastreams({ds_id})/Observations", response_model=m.ObservationCollection,
-            operation_id="sta_datastream_observations")
-def datastream_observations(ds_id: int, conn: Conn, base: BaseUrl, p: PagingDep
-                            ) -> m.ObservationCollection:
+@router.get(
+    "/Datastreams({ds_id})/Observations",
+    response_model=m.ObservationCollection,
+    operation_id="sta_datastream_observations",
+)
+def datastream_observations(
+    ds_id: int, conn: Conn, base: BaseUrl, p: PagingDep
+) -> m.ObservationCollection:
     direction = p.order({"phenomenonTime": "asc"}, "asc")
     rows, nxt = p.page(q.observations(conn, ds_id, p.top, p.skip, direction), base)  # type: ignore[arg-type]
     return m.ObservationCollection(
-        value=[_observation(r, base) for r in rows], next_link=nxt,
-        count=q.count_observations(conn, ds_id) if p.count else None)
+        value=[_observation(r, base) for r in rows],
+        next_link=nxt,
+        count=q.count_observations(conn, ds_id) if p.count else None,
+    )
 
 
 @router.get("/Sensors", response_model=m.SensorCollection, operation_id="sta_list_sensors")
@@ -230,16 +284,24 @@ def get_sensor(sensor_id: int, conn: Conn, base: BaseUrl) -> m.Sensor:
     return _sensor(q.sensor(conn, sensor_id), base)
 
 
-@router.get("/ObservedProperties", response_model=m.ObservedPropertyCollection,
-            operation_id="sta_list_observed_properties")
-def list_observed_properties(conn: Conn, base: BaseUrl, p: PagingDep
-                             ) -> m.ObservedPropertyCollection:
+@router.get(
+    "/ObservedProperties",
+    response_model=m.ObservedPropertyCollection,
+    operation_id="sta_list_observed_properties",
+)
+def list_observed_properties(
+    conn: Conn, base: BaseUrl, p: PagingDep
+) -> m.ObservedPropertyCollection:
     rows, nxt = p.page(q.observed_properties(conn, p.top, p.skip), base)
-    return m.ObservedPropertyCollection(value=[_observed_property(r, base) for r in rows],
-                                        next_link=nxt)
+    return m.ObservedPropertyCollection(
+        value=[_observed_property(r, base) for r in rows], next_link=nxt
+    )
 
 
-@router.get("/ObservedProperties({op_id})", response_model=m.ObservedProperty,
-            operation_id="sta_get_observed_property")
+@router.get(
+    "/ObservedProperties({op_id})",
+    response_model=m.ObservedProperty,
+    operation_id="sta_get_observed_property",
+)
 def get_observed_property(op_id: int, conn: Conn, base: BaseUrl) -> m.ObservedProperty:
     return _observed_property(q.observed_property(conn, op_id), base)

@@ -129,9 +129,11 @@ def decode_speedtest(source: str, device: str, payload: bytes, *, max_bytes: int
         )
     except ValueError as exc:
         raise DecodeError("invalid_speedtest", str(exc)) from None
-    for what, v, hi in (("download_mbps", test.download_mbps, 100_000),
-                        ("upload_mbps", test.upload_mbps, 100_000),
-                        ("latency_ms", test.latency_ms, 60_000)):
+    for what, v, hi in (
+        ("download_mbps", test.download_mbps, 100_000),
+        ("upload_mbps", test.upload_mbps, 100_000),
+        ("latency_ms", test.latency_ms, 60_000),
+    ):
         if v is not None and not 0 <= v <= hi:
             raise DecodeError("out_of_range", f"{what} {v} outside [0, {hi}]")
     return test

@@ -49,8 +49,7 @@ def mqtt_client(url: str, client_id: str) -> tuple[mqtt.Client, str, int]:
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "tcp", ""):
         raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r}")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.enable_logger(logging.getLogger("paho"))
     if parts.username:
         client.username_pw_set(parts.username, parts.password)
@@ -65,8 +64,9 @@ class Ingester:
         self.stats = IngestStats()
         self.connected = threading.Event()
         self._queue: queue.Queue[tuple[Message, int, int]] = queue.Queue(self.cfg.buffer_max)
-        self._writer = BatchWriter(settings.require_database_url(),
-                                   auto_register=self.cfg.auto_register)
+        self._writer = BatchWriter(
+            settings.require_database_url(), auto_register=self.cfg.auto_register
+        )
         self._client, self._host, self._port = mqtt_client(
             settings.require_mqtt_url(), self.cfg.client_id
         )
@@ -74,32 +74,47 @@ class Ingester:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
-        self._client.reconnect_delay_set(0.2, 5)
+        self._client.reconnect_delay_set(1, 5)
 
     # ------------------------------------------------------------------ MQTT callbacks
     def _topics(self) -> list[str]:
         group = self.cfg.share_group
         return [f"$share/{group}/{t}" if group else t for t in SUBSCRIPTIONS]
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
-                    reason: object, properties: object) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason: object,
+        properties: object,
+    ) -> None:
         if getattr(reason, "is_failure", False):
             log.error("MQTT connect refused: %s", reason)
             return
         client.subscribe([(t, 1) for t in self._topics()])
-        log.info("connected to mqtt://%s:%s, subscribed to %s", self._host, self._port,
-                 ", ".join(self._topics()))
+        log.info(
+            "connected to mqtt://%s:%s, subscribed to %s",
+            self._host,
+            self._port,
+            ", ".join(self._topics()),
+        )
         self.connected.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason: object, properties: object) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason: object,
+        properties: object,
+    ) -> None:
         self.connected.clear()
         if not self.stop_event.is_set():
             log.warning("MQTT disconnected (%s); reconnecting", reason)
 
-    def _on_message(self, client: mqtt.Client, userdata: object,
-                    msg: mqtt.MQTTMessage) -> None:
-        item = (Message(msg.topic, msg.payload, datetime.now(UTC)), msg.mid, msg.qos)
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        item = (Message(msg.topic, bytes(msg.payload), datetime.now(UTC)), msg.mid, msg.qos)
         # Blocks when the buffer is full: backpressure onto the broker session.
         while not self.stop_event.is_set():
             try:
@@ -111,11 +126,16 @@ class Ingester:
     # ------------------------------------------------------------------ run
     def run(self) -> None:
         """Connect, ingest until the stop event is set, then flush and disconnect."""
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.session_expiry_seconds
         props.ReceiveMaximum = 65535
-        self._client.connect_async(self._host, self._port, self.settings.mqtt.keepalive,
-                                   clean_start=False, properties=props)
+        self._client.connect_async(
+            self._host,
+            self._port,
+            self.settings.mqtt.keepalive,
+            clean_start=False,
+            properties=props,
+        )
         self._client.loop_start()
         try:
             self._write_loop()
@@ -135,8 +155,11 @@ class Ingester:
         while len(items) < self.cfg.batch_max:
             remaining = deadline - time.monotonic()
             try:
-                items.append(self._queue.get_nowait() if remaining <= 0
-                             else self._queue.get(timeout=remaining))
+                items.append(
+                    self._queue.get_nowait()
+                    if remaining <= 0
+                    else self._queue.get(timeout=remaining)
+                )
             except queue.Empty:
                 break
         return items
@@ -172,8 +195,9 @@ class Ingester:
                 res = self._writer.write(self._batch(msgs))
             except psycopg.OperationalError as exc:  # server down, connection lost: retry
                 self.stats.db_errors += 1
-                log.warning("database unavailable (%s); retrying in %.1f s", _first_line(exc),
-                            delay)
+                log.warning(
+                    "database unavailable (%s); retrying in %.1f s", _first_line(exc), delay
+                )
                 self._writer.close()
                 if self.stop_event.wait(delay):
                     return False
@@ -181,11 +205,22 @@ class Ingester:
                 continue
             except psycopg.Error as exc:  # the data itself: isolate the message(s) at fault
                 if len(msgs) == 1:
-                    log.warning("message on %s cannot be stored: %s", msgs[0].topic,
-                                _first_line(exc))
-                    res = self._writer.write(Batch(rejects=[Reject(
-                        msgs[0].topic, msgs[0].payload, "store_error", _first_line(exc),
-                        msgs[0].received_at)]))
+                    log.warning(
+                        "message on %s cannot be stored: %s", msgs[0].topic, _first_line(exc)
+                    )
+                    res = self._writer.write(
+                        Batch(
+                            rejects=[
+                                Reject(
+                                    msgs[0].topic,
+                                    msgs[0].payload,
+                                    "store_error",
+                                    _first_line(exc),
+                                    msgs[0].received_at,
+                                )
+                            ]
+                        )
+                    )
                 else:
                     half = len(msgs) // 2
                     return self._store(msgs[:half]) and self._store(msgs[half:])

@@ -28,9 +28,15 @@ def add_to_batch(batch: Batch, msg: Message, cfg: IngestSettings, now: datetime)
     """Decode and validate one message into ``batch`` (as data, or as a reject with a reason)."""
     m = TOPIC.match(msg.topic)
     if m is None:
-        batch.rejects.append(Reject(msg.topic, msg.payload, "unknown_topic",
-                                    "topic does not match quartier/v1/{network}/{device}/"
-                                    "(up|speedtest)", msg.received_at))
+        batch.rejects.append(
+            Reject(
+                msg.topic,
+                msg.payload,
+                "unknown_topic",
+                "topic does not match quartier/v1/{network}/{device}/(up|speedtest)",
+                msg.received_at,
+            )
+        )
         return
     network, device, kind = m.groups()
     try:
@@ -39,13 +45,13 @@ def add_to_batch(batch: Batch, msg: Message, cfg: IngestSettings, now: datetime)
             validate(uplink, now, cfg.max_future_seconds)
             batch.uplinks.append((uplink, msg.topic, msg.payload, msg.received_at))
         else:
-            test = decode_speedtest(network, device, msg.payload,
-                                    max_bytes=cfg.max_payload_bytes)
+            test = decode_speedtest(network, device, msg.payload, max_bytes=cfg.max_payload_bytes)
             _check_speedtest_time(test, now, cfg.max_future_seconds)
             batch.speedtests.append(test)
     except DecodeError as exc:
-        batch.rejects.append(Reject(msg.topic, msg.payload, exc.reason, exc.detail,
-                                    msg.received_at))
+        batch.rejects.append(
+            Reject(msg.topic, msg.payload, exc.reason, exc.detail, msg.received_at)
+        )
 
 
 def _check_speedtest_time(test: SpeedTest, now: datetime, max_future_seconds: int) -> None:

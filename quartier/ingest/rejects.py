@@ -19,8 +19,9 @@ from quartier.ingest.pipeline import Message, add_to_batch
 from quartier.ingest.writer import Batch, BatchWriter
 
 
-def list_rejects(url: str, *, reason: str | None = None, limit: int = 50,
-                 include_replayed: bool = False) -> list[dict[str, Any]]:
+def list_rejects(
+    url: str, *, reason: str | None = None, limit: int = 50, include_replayed: bool = False
+) -> list[dict[str, Any]]:
     with psycopg.connect(url, row_factory=dict_row) as conn:
         return conn.execute(
             "select id, received_at, source, topic, reason, detail, length(payload) as bytes,"
@@ -41,8 +42,7 @@ def summary(url: str) -> list[dict[str, Any]]:
 
 def get_reject(url: str, reject_id: int) -> dict[str, Any] | None:
     with psycopg.connect(url, row_factory=dict_row) as conn:
-        return conn.execute("select * from ingest_reject where id = %s",
-                            (reject_id,)).fetchone()
+        return conn.execute("select * from ingest_reject where id = %s", (reject_id,)).fetchone()
 
 
 @dataclass
@@ -52,8 +52,14 @@ class ReplayResult:
     still_failing: int = 0
 
 
-def replay(url: str, cfg: IngestSettings, now: datetime, *, ids: list[int] | None = None,
-           reason: str | None = None) -> ReplayResult:
+def replay(
+    url: str,
+    cfg: IngestSettings,
+    now: datetime,
+    *,
+    ids: list[int] | None = None,
+    reason: str | None = None,
+) -> ReplayResult:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             "select id, topic, payload, received_at from ingest_reject where replayed_at is null"

@@ -51,6 +51,11 @@ class WriteResult:
     rejects: int = 0
 
 
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
+
+
 class UnknownDevice(Exception):
     pass
 
@@ -79,7 +84,7 @@ class Registry:
             if not self.auto_register:
                 raise UnknownDevice(f"device {device!r} on network {network!r} is not registered")
             row = (self._register(conn, network, device, location),)
-        self._devices[key] = int(row[0])  # type: ignore[call-overload]
+        self._devices[key] = _int(row[0])
         return self._devices[key]
 
     def datastream_id(self, conn: Conn, device_id: int, quantity: str) -> int:
@@ -93,7 +98,7 @@ class Registry:
         ).fetchone()
         if row is None:
             row = (self._create_datastream(conn, device_id, quantity),)
-        self._streams[key] = int(row[0])  # type: ignore[call-overload]
+        self._streams[key] = _int(row[0])
         return self._streams[key]
 
     @staticmethod
@@ -104,7 +109,7 @@ class Registry:
             "select id from device where network = %s and device_key = %s", (network, device)
         ).fetchone()
         if row is not None:
-            return int(row[0])  # type: ignore[call-overload]
+            return _int(row[0])
         name = f"{network}/{device}"
         thing = conn.execute(
             "insert into thing (name, description, properties) values (%s, %s, %s) returning id",
@@ -124,8 +129,9 @@ class Registry:
                 (thing[0],),
             ).fetchone()
             assert hist is not None
-            conn.execute("insert into historical_location_location values (%s, %s)",
-                         (hist[0], loc[0]))
+            conn.execute(
+                "insert into historical_location_location values (%s, %s)", (hist[0], loc[0])
+            )
         dev = conn.execute(
             "insert into device (network, device_key, thing_id, auto_registered) "
             "values (%s, %s, %s, true) returning id",
@@ -133,7 +139,7 @@ class Registry:
         ).fetchone()
         assert dev is not None
         log.info("registered device %s (thing %s)", name, thing[0])
-        return int(dev[0])  # type: ignore[call-overload]
+        return _int(dev[0])
 
     @staticmethod
     def _create_datastream(conn: Conn, device_id: int, quantity: str) -> int:
@@ -144,7 +150,7 @@ class Registry:
             (device_id, quantity),
         ).fetchone()
         if row is not None:
-            return int(row[0])  # type: ignore[call-overload]
+            return _int(row[0])
         dev = conn.execute(
             "select d.thing_id, t.name from device d join thing t on t.id = d.thing_id "
             "where d.id = %s",
@@ -172,8 +178,9 @@ class Registry:
             (
                 f"{thing_name} {q.name}",
                 f"{q.name} measured by {thing_name}",
-                Jsonb({"name": q.unit_name, "symbol": q.unit_symbol,
-                       "definition": q.unit_definition}),
+                Jsonb(
+                    {"name": q.unit_name, "symbol": q.unit_symbol, "definition": q.unit_definition}
+                ),
                 thing_id,
                 sensor[0],
                 op[0],
@@ -182,9 +189,10 @@ class Registry:
             ),
         ).fetchone()
         assert ds is not None
-        conn.execute("insert into device_datastream values (%s, %s, %s)",
-                     (device_id, quantity, ds[0]))
-        return int(ds[0])  # type: ignore[call-overload]
+        conn.execute(
+            "insert into device_datastream values (%s, %s, %s)", (device_id, quantity, ds[0])
+        )
+        return _int(ds[0])
 
 
 def _describe_invalid(u: Uplink, total: int) -> tuple[str, str]:
@@ -247,15 +255,15 @@ class BatchWriter:
         for uplink, topic, payload, received_at in batch.uplinks:
             total = len(uplink.readings) + len(uplink.invalid)
             try:
-                dev = self.registry.device_id(conn, uplink.network, uplink.device,
-                                              uplink.location)
+                dev = self.registry.device_id(conn, uplink.network, uplink.device, uplink.location)
             except UnknownDevice as exc:
                 rejects.append(Reject(topic, payload, "unknown_device", str(exc), received_at))
                 continue
             for r in uplink.readings:
                 ds = self.registry.datastream_id(conn, dev, r.quantity)
-                rows.append((ds, r.time, r.value,
-                             None if r.parameters is None else Jsonb(r.parameters)))
+                rows.append(
+                    (ds, r.time, r.value, None if r.parameters is None else Jsonb(r.parameters))
+                )
             if uplink.invalid:
                 reason, detail = _describe_invalid(uplink, total)
                 rejects.append(Reject(topic, payload, reason, detail, received_at))
@@ -281,12 +289,14 @@ class BatchWriter:
             self._write_rejects(conn, rejects)
             res.rejects = len(rejects)
         if batch.replayed:
-            conn.execute("update ingest_reject set replayed_at = now() where id = any(%s)",
-                         (batch.replayed,))
+            conn.execute(
+                "update ingest_reject set replayed_at = now() where id = any(%s)", (batch.replayed,)
+            )
         return res
 
-    def _ensure_partitions(self, conn: Conn, rows: Iterable[tuple[int, datetime, float, object]]
-                           ) -> None:
+    def _ensure_partitions(
+        self, conn: Conn, rows: Iterable[tuple[int, datetime, float, object]]
+    ) -> None:
         months = {(t.year, t.month) for _, t, _, _ in rows} - self._months
         for y, m in sorted(months):
             start = datetime(y, m, 1, tzinfo=UTC)
@@ -301,11 +311,19 @@ class BatchWriter:
             " latency_ms, technology, operator) from stdin"
         ) as copy:
             for t in tests:
-                copy.write_row((
-                    t.time, t.source, t.device,
-                    f"SRID=4326;POINT({t.position.lon} {t.position.lat})",
-                    t.download_mbps, t.upload_mbps, t.latency_ms, t.technology, t.operator,
-                ))
+                copy.write_row(
+                    (
+                        t.time,
+                        t.source,
+                        t.device,
+                        f"SRID=4326;POINT({t.position.lon} {t.position.lat})",
+                        t.download_mbps,
+                        t.upload_mbps,
+                        t.latency_ms,
+                        t.technology,
+                        t.operator,
+                    )
+                )
         cur = conn.execute(
             "insert into speedtest (measured_at, source, device_key, geom, download_mbps,"
             " upload_mbps, latency_ms, technology, operator) "
@@ -322,5 +340,13 @@ class BatchWriter:
         ) as copy:
             copy.set_types(["timestamptz", "text", "text", "bytea", "text", "text"])
             for r in rejects:
-                copy.write_row((r.received_at, r.source, r.topic, r.payload, r.reason,
-                                r.detail.replace("\x00", "\\0")))
+                copy.write_row(
+                    (
+                        r.received_at,
+                        r.source,
+                        r.topic,
+                        r.payload,
+                        r.reason,
+                        r.detail.replace("\x00", "\\0"),
+                    )
+                )

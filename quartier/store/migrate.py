@@ -79,8 +79,10 @@ def _decide_path(conn: psycopg.Connection[tuple[object, ...]], mode: str) -> Sto
         with conn.transaction():
             conn.execute("create extension if not exists timescaledb")
     except psycopg.Error as exc:  # e.g. not in shared_preload_libraries
-        log.warning("TimescaleDB is installed but cannot be enabled (%s); using plain PostgreSQL",
-                    str(exc).strip())
+        log.warning(
+            "TimescaleDB is installed but cannot be enabled (%s); using plain PostgreSQL",
+            str(exc).strip(),
+        )
         return "postgres"
     return "timescaledb"
 
@@ -115,15 +117,20 @@ def migrate(url: str, *, timescaledb: str = "auto") -> tuple[StoragePath, list[s
                 applied.append(label)
         finally:
             conn.execute("select pg_advisory_unlock(%s)", (_LOCK_KEY,))
-    log.info("storage path: %s (%s)", path,
-             "observation is a TimescaleDB hypertable" if path == "timescaledb"
-             else "observation is natively range-partitioned by month")
+    log.info(
+        "storage path: %s (%s)",
+        path,
+        "observation is a TimescaleDB hypertable"
+        if path == "timescaledb"
+        else "observation is natively range-partitioned by month",
+    )
     return path, applied
 
 
-def _apply(conn: psycopg.Connection[tuple[object, ...]], mig: Migration, label: str,
-           path: StoragePath) -> None:
-    conn.execute(mig.sql.encode())  # type: ignore[call-overload]
+def _apply(
+    conn: psycopg.Connection[tuple[object, ...]], mig: Migration, label: str, path: StoragePath
+) -> None:
+    conn.execute(mig.sql.encode())
     conn.execute(
         "insert into schema_migrations (version, name) values (%s, %s)", (mig.version, label)
     )

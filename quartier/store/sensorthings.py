@@ -27,14 +27,17 @@ _LOCATION = """
 select l.id, l.name, l.description, l.encoding_type, ST_AsGeoJSON(l.location)::json as location,
        l.properties
 from location l"""
-_SENSOR = "select s.id, s.name, s.description, s.encoding_type, s.metadata, s.properties from sensor s"
+_SENSOR = (
+    "select s.id, s.name, s.description, s.encoding_type, s.metadata, s.properties from sensor s"
+)
 _OBSERVED_PROPERTY = (
     "select p.id, p.name, p.definition, p.description, p.properties from observed_property p"
 )
 
 
-def _page(conn: Conn, query: str, params: tuple[Any, ...], top: int, skip: int,
-          order: str = "id") -> list[dict[str, Any]]:
+def _page(
+    conn: Conn, query: str, params: tuple[Any, ...], top: int, skip: int, order: str = "id"
+) -> list[dict[str, Any]]:
     return conn.execute(
         f"{query} order by {order} limit %s offset %s",  # order is one of our constants
         (*params, top + 1, skip),
@@ -68,8 +71,9 @@ def count_things(conn: Conn) -> int:
 
 
 # ------------------------------------------------------------------------- Datastreams
-def datastreams(conn: Conn, top: int, skip: int, thing_id: int | None = None
-                ) -> list[dict[str, Any]]:
+def datastreams(
+    conn: Conn, top: int, skip: int, thing_id: int | None = None
+) -> list[dict[str, Any]]:
     if thing_id is None:
         return _page(conn, _DATASTREAM, (), top, skip, "d.id")
     thing(conn, thing_id)
@@ -87,8 +91,9 @@ def count_datastreams(conn: Conn, thing_id: int | None = None) -> int:
 
 
 # ------------------------------------------------------------------------- Observations
-def observations(conn: Conn, ds_id: int, top: int, skip: int, order: Order = "asc"
-                 ) -> list[dict[str, Any]]:
+def observations(
+    conn: Conn, ds_id: int, top: int, skip: int, order: Order = "asc"
+) -> list[dict[str, Any]]:
     if conn.execute("select 1 from datastream where id = %s", (ds_id,)).fetchone() is None:
         raise NotFoundError(f"no Datastream with @iot.id {ds_id}")
     direction = "desc" if order == "desc" else "asc"
@@ -105,13 +110,18 @@ def count_observations(conn: Conn, ds_id: int) -> int:
 
 
 # ------------------------------------------------------------------------- others
-def locations(conn: Conn, top: int, skip: int, thing_id: int | None = None
-              ) -> list[dict[str, Any]]:
+def locations(conn: Conn, top: int, skip: int, thing_id: int | None = None) -> list[dict[str, Any]]:
     if thing_id is None:
         return _page(conn, _LOCATION, (), top, skip, "l.id")
     thing(conn, thing_id)
-    return _page(conn, f"{_LOCATION} join thing_location tl on tl.location_id = l.id "
-                       "where tl.thing_id = %s", (thing_id,), top, skip, "l.id")
+    return _page(
+        conn,
+        f"{_LOCATION} join thing_location tl on tl.location_id = l.id where tl.thing_id = %s",
+        (thing_id,),
+        top,
+        skip,
+        "l.id",
+    )
 
 
 def sensors(conn: Conn, top: int, skip: int) -> list[dict[str, Any]]:
