@@ -56,7 +56,7 @@ def test_gigabit_share_by_hand() -> None:
         cells, _districts(), computed_at=NOW, provenance={"tests_used": 13}
     )
     assert [v.scope_code for v in values] == ["1", "2", "3"]
-    one, two, three = values
+    one, two, _ = values
     assert one.value == 25.0
     assert (one.numerator, one.denominator) == (1, 4)
     assert two.value == pytest.approx(200 / 3)
@@ -103,8 +103,9 @@ def test_compute_indicators_end_to_end(db_url: str) -> None:
         counts = import_districts(conn)
         assert counts == {"city": 1, "stadtbezirk": 9, "stadtteil": 86}
         assert import_districts(conn) == counts  # an upsert: running it again changes nothing
-        assert conn.execute("select level, count(*) from district group by 1 order by 1").fetchall(
-        ) == [("city", 1), ("stadtbezirk", 9), ("stadtteil", 86)]
+        assert conn.execute(
+            "select level, count(*) from district group by 1 order by 1"
+        ).fetchall() == [("city", 1), ("stadtbezirk", 9), ("stadtteil", 86)]
         assert conn.execute(
             "select code, population, ST_GeometryType(geom), ST_IsValid(geom) from district "
             "where level = 'city'"

@@ -62,8 +62,9 @@ def test_cell_polygons_are_the_projected_cells() -> None:
     first = polys[0]
     assert first.geom_type == "Polygon"
     xs, ys = TO_3035.transform(*np.asarray(first.exterior.coords).T)
-    assert np.allclose(sorted(set(np.round(xs, 3))), [4107200, 4107300], atol=1e-2)
-    assert np.allclose(sorted(set(np.round(ys, 3))), [3096600, 3096700], atol=1e-2)
+    e, n = 4107200, 3096600  # the corners, counter-clockwise from lower-left, to within 1 mm
+    assert np.allclose(xs, [e, e + 100, e + 100, e, e], atol=1e-3)
+    assert np.allclose(ys, [n, n, n + 100, n + 100, n], atol=1e-3)
     projected = shapely.transform(first, lambda c: np.column_stack(TO_3035.transform(*c.T)))
     assert projected.area == pytest.approx(10_000, rel=1e-6)
     assert first.contains(shapely.Point(DOM))
@@ -169,8 +170,8 @@ def test_load_speedtests_and_sensor_locations(db_url: str) -> None:
         conn.execute(
             """
             insert into speedtest (measured_at, source, device_key, geom, download_mbps, operator)
-            values ('2024-01-01T10:00Z', 'app', 'd1', ST_SetSRID(ST_MakePoint(6.9583, 50.9413), 4326),
-                    120.5, 'Telekom'),
+            values ('2024-01-01T10:00Z', 'app', 'd1',
+                    ST_SetSRID(ST_MakePoint(6.9583, 50.9413), 4326), 120.5, 'Telekom'),
                    ('2024-03-01T10:00Z', 'app', 'd2', ST_SetSRID(ST_MakePoint(7.0, 50.9), 4326),
                     15, null)
             """

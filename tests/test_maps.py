@@ -82,7 +82,7 @@ def test_map_has_legend_attribution_and_one_element_per_cell_and_sensor() -> Non
         assert colour in page
     assert json.dumps("Mülheim")[1:-1] in page and "Innenstadt" in page  # in the GeoJSON
     assert "Messgrößen: PM10, Temperatur" in page
-    assert "(1 Zellen)" in page
+    assert "(1 Zelle)" in page and "(0 Zellen)" not in page
 
 
 def test_sensor_names_are_escaped() -> None:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SpeedClass:
-    """A download speed class; ``lower_mbps`` is inclusive, ``upper_mbps`` exclusive (None: open)."""
+    """A download speed class: ``lower_mbps`` inclusive, ``upper_mbps`` exclusive (None: open)."""
 
     key: str
     lower_mbps: float
@@ -35,9 +35,7 @@ class SpeedClass:
 
 SPEED_CLASSES: tuple[SpeedClass, ...] = (
     SpeedClass("below_30", 0.0, 30.0, "unter 30 Mbit/s", "below 30 Mbit/s"),
-    SpeedClass(
-        "30_to_100", 30.0, 100.0, "30 bis unter 100 Mbit/s", "30 to below 100 Mbit/s"
-    ),
+    SpeedClass("30_to_100", 30.0, 100.0, "30 bis unter 100 Mbit/s", "30 to below 100 Mbit/s"),
     SpeedClass(
         "100_to_1000", 100.0, 1000.0, "100 bis unter 1000 Mbit/s", "100 to below 1000 Mbit/s"
     ),
@@ -86,8 +84,11 @@ def assign_districts(
     geoms = districts.geometry
     if districts.crs is not None and not districts.crs.equals(grid.WGS84):
         geoms = geoms.to_crs(grid.WGS84)
-    tree = shapely.STRtree(np.asarray(geoms.values, dtype=object))
-    point_idx, district_idx = tree.query(points, predicate="intersects")
+    # The tree holds the points and the districts query it: each district polygon is prepared once,
+    # which is an order of magnitude faster than testing every point against the raw polygons.
+    district_idx, point_idx = shapely.STRtree(points).query(
+        np.asarray(geoms.values, dtype=object), predicate="intersects"
+    )
     if len(point_idx):
         order = np.lexsort((district_idx, point_idx))
         point_idx, district_idx = point_idx[order], district_idx[order]
@@ -111,7 +112,9 @@ def empty_cells() -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], crs=grid.WGS84), crs=grid.WGS84)
 
 
-def classify_cells(tests: pd.DataFrame, districts: gpd.GeoDataFrame | None = None) -> gpd.GeoDataFrame:
+def classify_cells(
+    tests: pd.DataFrame, districts: gpd.GeoDataFrame | None = None
+) -> gpd.GeoDataFrame:
     """One row per measured 100 m cell, sorted by ``cell_id``.
 
     ``tests`` needs columns ``lon``, ``lat`` (WGS84) and ``download_mbps``; rows with a missing,

@@ -36,7 +36,7 @@ def _transformer(direction: str) -> Transformer:
 def to_grid_crs(
     lon: npt.ArrayLike, lat: npt.ArrayLike
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Project WGS84 longitude/latitude (degrees) to EPSG:3035 x (easting), y (northing) in metres."""
+    """Project WGS84 longitude/latitude (degrees) to EPSG:3035 x (easting), y (northing), metres."""
     x, y = _transformer("forward").transform(
         np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
     )
@@ -78,7 +78,7 @@ def cell_index(
 def cell_centres(
     e: npt.ArrayLike, n: npt.ArrayLike
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """WGS84 longitude, latitude of the centres of the cells with lower-left corners ``e``, ``n``."""
+    """WGS84 longitude, latitude of the centres of the cells with lower-left corner ``e``, ``n``."""
     half = CELL_SIZE_M / 2
     return from_grid_crs(
         np.asarray(e, dtype=np.float64) + half, np.asarray(n, dtype=np.float64) + half

@@ -61,10 +61,9 @@ def _read_geojson(path: Path) -> gpd.GeoDataFrame:
 
 def _multipolygons(geoms: gpd.GeoSeries) -> np.ndarray[Any, np.dtype[np.object_]]:
     """Valid MultiPolygons: invalid rings repaired (polygonal parts kept), Polygons wrapped."""
-    arr = np.asarray(geoms.values, dtype=object)
+    arr = np.array(geoms.values, dtype=object)  # a copy: written to below
     invalid = ~shapely.is_valid(arr)
     if invalid.any():
-        arr = arr.copy()
         arr[invalid] = shapely.make_valid(arr[invalid], method="structure", keep_collapsed=False)
     types = shapely.get_type_id(arr)
     if not np.isin(types, (3, 6)).all():  # Polygon, MultiPolygon
@@ -100,9 +99,7 @@ def _upsert(
     wkb = shapely.to_wkb(geoms, hex=False, output_dimension=2)
     params = [
         (level, code, name, parent, pop, bytes(g))
-        for code, name, parent, pop, g in zip(
-            codes, names, parents, populations, wkb, strict=True
-        )
+        for code, name, parent, pop, g in zip(codes, names, parents, populations, wkb, strict=True)
     ]
     with conn.cursor() as cur:
         cur.executemany(
@@ -139,9 +136,7 @@ def import_districts(
     stb = _read_geojson(Path(stadtbezirke_path or _packaged("koeln_stadtbezirke.geojson")))
     stt = _read_geojson(Path(stadtteile_path or _packaged("koeln_stadtteile.geojson")))
     city = _read_geojson(Path(city_path or _packaged("koeln_stadtgrenze_osm.geojson")))
-    pop = _population(
-        Path(population_csv or _packaged("koeln_bevoelkerung_2012_stadtteile.csv"))
-    )
+    pop = _population(Path(population_csv or _packaged("koeln_bevoelkerung_2012_stadtteile.csv")))
 
     stb_codes = [str(int(c)) for c in stb["STB_NR"]]
     stt_codes = [str(c).strip() for c in stt["STT_NR"]]
@@ -149,17 +144,30 @@ def import_districts(
     counts: dict[str, int] = {}
     with conn.transaction():
         counts["city"] = _upsert(
-            conn, "city", [city_code], [city_name], [None], [pop.get("000")],
+            conn,
+            "city",
+            [city_code],
+            [city_name],
+            [None],
+            [pop.get("000")],
             _multipolygons(gpd.GeoSeries(city_geom, crs=WGS84)),
         )
         counts["stadtbezirk"] = _upsert(
-            conn, "stadtbezirk", stb_codes, [str(n) for n in stb["STB_NAME"]],
-            [city_code] * len(stb_codes), [pop.get(f"{int(c):03d}") for c in stb_codes],
+            conn,
+            "stadtbezirk",
+            stb_codes,
+            [str(n) for n in stb["STB_NAME"]],
+            [city_code] * len(stb_codes),
+            [pop.get(f"{int(c):03d}") for c in stb_codes],
             _multipolygons(stb.geometry),
         )
         counts["stadtteil"] = _upsert(
-            conn, "stadtteil", stt_codes, [str(n) for n in stt["STT_NAME"]],
-            [c[0] for c in stt_codes], [pop.get(c) for c in stt_codes],
+            conn,
+            "stadtteil",
+            stt_codes,
+            [str(n) for n in stt["STT_NAME"]],
+            [c[0] for c in stt_codes],
+            [pop.get(c) for c in stt_codes],
             _multipolygons(stt.geometry),
         )
     log.info("imported districts: %s", counts)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import struct
 from collections.abc import Iterable, Mapping
@@ -49,16 +50,15 @@ GENERIC_FIELDS: FieldMap = {
     **dict.fromkeys(("pm10", "pm10_0", "pm10_mass_concentration"), ("pm10", 1.0)),
     **dict.fromkeys(("no2",), ("no2", 1.0)),
     **dict.fromkeys(("noise", "laeq", "noise_laeq", "sound_level"), ("noise_laeq", 1.0)),
-    **dict.fromkeys(
-        ("battery_level", "battery_percent", "battery_percentage"), ("battery", 1.0)
-    ),
+    **dict.fromkeys(("battery_level", "battery_percent", "battery_percentage"), ("battery", 1.0)),
     **dict.fromkeys(("occupied", "parking_occupied", "occupancy"), ("parking_occupied", 1.0)),
     **dict.fromkeys(("traffic_count", "vehicle_count", "vehicles"), ("traffic_count", 1.0)),
 }
 
+_DEVICE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TOPIC = re.compile(
-    r"^v3/(?P<app>[a-z0-9](?:[-]?[a-z0-9]){1,35})(?:@(?P<tenant>[a-z0-9-]{1,36}))?"
-    r"/devices/(?P<device>[a-z0-9](?:[-]?[a-z0-9]){1,35})/(?P<kind>[a-z/.]+)$"
+    r"^v3/(?P<app>[a-z0-9](?:-?[a-z0-9]){2,35})(?:@(?P<tenant>[a-z0-9-]{1,36}))?"
+    r"/devices/(?P<device>[a-z0-9](?:-?[a-z0-9]){2,35})/(?P<kind>[a-z/.]+)$"
 )
 
 
@@ -95,6 +95,8 @@ def decode_ttn(
     device = ids.get("device_id") if isinstance(ids, dict) else None
     if not isinstance(device, str) or not device:
         raise DecodeError("invalid_format", "end_device_ids.device_id is missing")
+    if not _DEVICE.match(device):
+        raise DecodeError("invalid_device", f"device_id {device!r} is not a valid device key")
     if expected_device is not None and device != expected_device:
         raise DecodeError(
             "device_mismatch", f"topic names device {expected_device!r}, body {device!r}"
@@ -113,23 +115,11 @@ def decode_ttn(
     if f_port == 0:
         raise DecodeError("no_payload", "f_port 0 carries MAC commands only")
 
-    gateways = [g for g in up.get("rx_metadata") or [] if isinstance(g, dict)]
-    best = _best_gateway(gateways)
-    params: dict[str, Any] = {"f_cnt": f_cnt, "f_port": f_port}
-    if best is not None:
-        gw_ids = best.get("gateway_ids")
-        gw_id = gw_ids.get("gateway_id") if isinstance(gw_ids, dict) else None
-        if isinstance(gw_id, str):
-            params["gateway_id"] = gw_id
-        for key in ("rssi", "snr"):
-            value = _radio(best, key)
-            if value is not None:
-                params[key] = value
-    received_at = up.get("received_at")
-    if isinstance(received_at, str):
-        params["received_at"] = received_at
-    if up.get("simulated") is True:
-        params["simulated"] = True
+    rx_metadata = up.get("rx_metadata")
+    gateways = (
+        [g for g in rx_metadata if isinstance(g, dict)] if isinstance(rx_metadata, list) else []
+    )
+    params = _parameters(up, f_cnt, f_port, _best_gateway(gateways))
     location, from_gateway = _location(up, gateways)
     if from_gateway:
         params["location_source"] = "gateway"
@@ -163,22 +153,26 @@ def decode_ttn(
     except (ValueError, IndexError, KeyError, struct.error) as exc:
         raise DecodeError("invalid_payload", f"{codec.name}: {exc}") from None
     _add(uplink, values.items(), codec.quantities, time, params)
-    for when, old in stored:
-        _add(uplink, old.items(), codec.quantities, when, params, offset=len(values))
+    offset = len(values)
+    for when, old in stored:  # records the device kept and sends later, with their own time
+        _add(uplink, old.items(), codec.quantities, when, params, offset=offset)
+        offset += len(old)
     return uplink
 
 
-def _application_up(doc: Any) -> dict[str, Any]:
-    if not isinstance(doc, dict):
+def _application_up(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
         raise DecodeError("invalid_format", "payload must be a JSON object")
-    if isinstance(doc.get("result"), dict):  # the event stream's {"result": event}
-        doc = doc["result"]
+    doc: dict[str, Any] = raw
+    result = doc.get("result")
+    if isinstance(result, dict):  # the event stream's {"result": event}
+        doc = result
     data = doc.get("data")
     if "uplink_message" not in doc and isinstance(data, dict):
         kind = data.get("@type", "")
         if not isinstance(kind, str) or not kind.endswith(APPLICATION_UP):
             raise DecodeError("invalid_format", f"event data is {kind!r}, not an ApplicationUp")
-        doc = data
+        return data
     return doc
 
 
@@ -193,11 +187,34 @@ def _uplink_time(doc: dict[str, Any], up: dict[str, Any]) -> datetime:
 
 
 def _radio(gateway: dict[str, Any], key: str) -> float | None:
+    """RSSI (falling back to the channel RSSI) or SNR as the network sent it, if a number."""
     raw = gateway.get(key, gateway.get("channel_rssi") if key == "rssi" else None)
-    try:
-        return None if raw is None else number(raw, key)
-    except ValueError:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
         return None
+    return raw
+
+
+def _parameters(
+    up: dict[str, Any], f_cnt: int, f_port: int, best: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What every reading keeps of the radio: frame counter and port, the strongest gateway's id,
+    RSSI and SNR, and the network's time of receipt as sent."""
+    params: dict[str, Any] = {"f_cnt": f_cnt, "f_port": f_port}
+    if best is not None:
+        gw_ids = best.get("gateway_ids")
+        gw_id = gw_ids.get("gateway_id") if isinstance(gw_ids, dict) else None
+        if isinstance(gw_id, str):
+            params["gateway_id"] = gw_id
+        for key in ("rssi", "snr"):
+            value = _radio(best, key)
+            if value is not None:
+                params[key] = value
+    received_at = up.get("received_at")
+    if isinstance(received_at, str):
+        params["received_at"] = received_at
+    if up.get("simulated") is True:
+        params["simulated"] = True
+    return params
 
 
 def _best_gateway(gateways: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -212,7 +229,7 @@ def _best_gateway(gateways: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _lat_lon(raw: Any) -> Position | None:
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict) or not ("latitude" in raw or "longitude" in raw):
         return None
     try:
         return position({"lat": raw.get("latitude", 0.0), "lon": raw.get("longitude", 0.0)})
@@ -257,14 +274,14 @@ def _choose_codec(
     if isinstance(v, dict):
         brand, model = v.get("brand_id"), v.get("model_id")
         if isinstance(brand, str) and isinstance(model, str):
-            return codec_for_model(brand, model, dict(registry))
+            return codec_for_model(brand, model, registry)
     return None
 
 
 def _frm_payload(up: dict[str, Any]) -> bytes:
     raw = up.get("frm_payload")
     if raw is None:
-        raise DecodeError("no_payload", "uplink_message has neither decoded_payload nor frm_payload")
+        raise DecodeError("no_payload", "the uplink has neither decoded_payload nor frm_payload")
     if not isinstance(raw, str):
         raise DecodeError("invalid_base64", "frm_payload must be a base64 string")
     try:

@@ -14,6 +14,7 @@ import folium
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 
 from quartier.geo.coverage import SPEED_CLASS_BY_KEY, SPEED_CLASSES
 
@@ -36,6 +37,7 @@ CLASS_COLOURS: dict[str, str] = {
     "100_to_1000": "#abd9e9",
     "gigabit": "#2c7bb6",
 }
+COORD_DECIMALS = 6
 SENSOR_COLOUR = "#3f007d"
 DISTRICT_COLOUR = "#333333"
 
@@ -57,15 +59,17 @@ def _as_names(value: object) -> list[str]:
     return []
 
 
+def _cells_de(count: int) -> str:
+    return f"{count} Zelle" if count == 1 else f"{count} Zellen"
+
+
 def _legend_html(cells: gpd.GeoDataFrame, has_sensors: bool) -> str:
-    counts = (
-        cells["class_key"].value_counts().to_dict() if len(cells) else dict[Any, int]()
-    )
+    counts = cells["class_key"].value_counts().to_dict() if len(cells) else dict[Any, int]()
     rows = "".join(
         '<div style="margin:2px 0"><span style="display:inline-block;width:14px;height:14px;'
         f"margin-right:6px;vertical-align:middle;background:{CLASS_COLOURS[c.key]};"
         f'opacity:0.8;border:1px solid #555"></span>{html.escape(c.label_de)} '
-        f'<span style="color:#666">({int(counts.get(c.key, 0))} Zellen)</span></div>'
+        f'<span style="color:#666">({_cells_de(int(counts.get(c.key, 0)))})</span></div>'
         for c in SPEED_CLASSES
     )
     if has_sensors:
@@ -81,6 +85,16 @@ def _legend_html(cells: gpd.GeoDataFrame, has_sensors: bool) -> str:
         f'<div style="font-weight:bold;margin-bottom:4px">{html.escape(LEGEND_TITLE)}</div>'
         f"{rows}</div>"
     )
+
+
+def _geojson(frame: gpd.GeoDataFrame) -> dict[str, Any]:
+    """A compact FeatureCollection: coordinates rounded to 1e-6 degrees (about 0.1 m), no bboxes."""
+    rounded = shapely.transform(
+        np.asarray(frame.geometry.values, dtype=object), lambda c: np.round(c, COORD_DECIMALS)
+    )
+    compact = frame.set_geometry(gpd.GeoSeries(rounded, index=frame.index, crs=frame.crs))
+    data: dict[str, Any] = compact.to_geo_dict(show_bbox=False)
+    return data
 
 
 def _bounds(frames: Sequence[gpd.GeoDataFrame]) -> list[list[float]] | None:
@@ -105,7 +119,7 @@ def _add_districts(fmap: folium.Map, districts: gpd.GeoDataFrame) -> None:
         crs=4326,
     )
     folium.GeoJson(
-        layer.__geo_interface__,
+        _geojson(layer),
         name="Stadtbezirke",
         style_function=lambda _f: {"color": DISTRICT_COLOUR, "weight": 2, "fill": False},
         tooltip=folium.GeoJsonTooltip(fields=["name"], aliases=["Bezirk"]),
@@ -134,7 +148,7 @@ def _add_cells(fmap: folium.Map, cells: gpd.GeoDataFrame) -> None:
         return {"color": colour, "weight": 0.5, "fillColor": colour, "fillOpacity": 0.65}
 
     folium.GeoJson(
-        layer.__geo_interface__,
+        _geojson(layer),
         name="Gemessene Zellen",
         style_function=style,
         tooltip=folium.GeoJsonTooltip(
@@ -152,10 +166,7 @@ def _add_sensors(fmap: folium.Map, sensors: pd.DataFrame) -> None:
     ):  # fmt: skip
         names = _as_names(props)
         measured = ", ".join(_text(p) for p in names) if names else "–"
-        popup = (
-            f"<b>{_text(name)}</b><br>Thing {int(thing_id)}<br>"
-            f"Messgrößen: {measured}"
-        )
+        popup = f"<b>{_text(name)}</b><br>Thing {int(thing_id)}<br>Messgrößen: {measured}"
         folium.CircleMarker(
             location=(float(lat), float(lon)),
             radius=6,
@@ -192,9 +203,9 @@ def render_coverage_map(
     fmap = folium.Map(
         location=KOELN_CENTRE, zoom_start=DEFAULT_ZOOM, tiles=None, control_scale=True
     )
-    folium.TileLayer(
-        tiles=OSM_TILES, attr=attribution, name="OpenStreetMap", max_zoom=19
-    ).add_to(fmap)
+    folium.TileLayer(tiles=OSM_TILES, attr=attribution, name="OpenStreetMap", max_zoom=19).add_to(
+        fmap
+    )
     if districts is not None and len(districts):
         _add_districts(fmap, districts)
     if len(cells):
@@ -202,10 +213,13 @@ def render_coverage_map(
     if len(sensors):
         _add_sensors(fmap, sensors)
     folium.LayerControl(collapsed=True).add_to(fmap)
-    fmap.get_root().html.add_child(folium.Element(_legend_html(cells, len(sensors) > 0)))
+    root = fmap.get_root()
+    if not isinstance(root, folium.Figure):  # pragma: no cover - folium always gives a Figure
+        raise TypeError("folium map without a Figure root")
+    root.html.add_child(folium.Element(_legend_html(cells, len(sensors) > 0)))
     bounds = _bounds([f for f in (districts, cells) if f is not None])
     if bounds is not None:
         fmap.fit_bounds(bounds)
-    html_page: str = fmap.get_root().render()
+    html_page: str = root.render()
     log.debug("rendered coverage map: %d cells, %d sensors", len(cells), len(sensors))
     return html_page

@@ -24,6 +24,16 @@ from quartier.sensors_sim.fleet import Message
 
 logger = logging.getLogger(__name__)
 
+
+def _drop_loop_noise(record: logging.LogRecord) -> bool:
+    """paho 2.2's network thread may run once more after a clean ``disconnect()`` and log
+    "Client is not connected" as an error; a real connection loss is reported by
+    ``on_disconnect`` instead."""
+    return not str(record.msg).startswith("Client is not connected")
+
+
+logger.addFilter(_drop_loop_noise)
+
 MAX_INFLIGHT = 1000
 #: Messages handed to paho but not yet acknowledged before ``send`` waits (bounds memory).
 WINDOW = 2 * MAX_INFLIGHT

@@ -8,6 +8,8 @@ Each codec is a small module with ``NAME``, ``MODELS``, ``QUANTITIES``, a pure
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from quartier.ingest.codecs import (
     bosch_parking_lot_sensor,
     decentlab_dl_lp8p,
@@ -33,7 +35,7 @@ REGISTRY: dict[str, Codec] = {
 
 
 def codec_for_model(
-    brand_id: str, model_id: str, registry: dict[str, Codec] | None = None
+    brand_id: str, model_id: str, registry: Mapping[str, Codec] | None = None
 ) -> Codec | None:
     """The codec whose ``MODELS`` list the Device Repository's ``(brand_id, model_id)``."""
     for codec in (REGISTRY if registry is None else registry).values():
