@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -173,6 +174,83 @@ def serve(
         port=port or settings.api.port,
         log_level="info",
     )
+
+
+# ------------------------------------------------------------------------------ simulate / import
+@app.command("simulate")
+def simulate_cmd(
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same fleet and readings")] = 1,
+    sensors: Annotated[int, typer.Option(help="number of sensors")] = 40,
+    interval: Annotated[float, typer.Option(help="seconds between readings of a sensor")] = 10.0,
+    start: Annotated[
+        datetime | None,
+        typer.Option(help="replay from this UTC time on a virtual clock (default: live)"),
+    ] = None,
+    count: Annotated[int | None, typer.Option(help="stop after this many ticks")] = None,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    speedtests: Annotated[int, typer.Option(help="speed tests per tick")] = 2,
+    network: Annotated[str, typer.Option(help="device network name in the topics")] = "sim",
+    rate: Annotated[float | None, typer.Option(help="max messages/s when replaying")] = None,
+) -> None:
+    """Run a deterministic fleet of Köln city sensors publishing over MQTT."""
+    from quartier.sensors_sim.run import simulate
+
+    settings = _settings()
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    if start is not None and start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    with _user_errors(), console.status("publishing …") as status:
+        stats = simulate(
+            settings, seed=seed, sensors=sensors, interval_s=interval, start=start, count=count,
+            duration_s=duration, speedtests_per_tick=speedtests, stop_event=stop,
+            progress=lambda n: status.update(f"published {n} messages"), network=network,
+            rate=rate,
+        )
+    console.print(f"published {stats.messages} messages ({stats.readings} readings, "
+                  f"{stats.speedtests} speed tests) in {stats.ticks} ticks, "
+                  f"{stats.first_time} … {stats.last_time}")
+
+
+@import_app.command("districts")
+def import_districts_cmd(
+    stadtbezirke: Annotated[Path | None, typer.Option(help="GeoJSON/GPKG of Stadtbezirke")] = None,
+    stadtteile: Annotated[Path | None, typer.Option(help="GeoJSON/GPKG of Stadtteile")] = None,
+    city: Annotated[Path | None, typer.Option(help="city boundary")] = None,
+    population: Annotated[Path | None, typer.Option(help="population CSV")] = None,
+) -> None:
+    """Load city, Stadtbezirke and Stadtteile (default: the Köln files shipped with Quartier)."""
+    import psycopg
+
+    from quartier.geo.io import import_districts
+
+    settings = _settings()
+    with _user_errors(), psycopg.connect(settings.require_database_url()) as conn:
+        counts = import_districts(conn, stadtbezirke, stadtteile, city, population)
+    console.print(", ".join(f"{n} {level}" for level, n in counts.items()) + " imported")
+
+
+@app.command("demo")
+def demo_cmd(
+    duration: Annotated[
+        float | None, typer.Option(help="stop by itself after this many seconds")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="simulator seed")] = 1,
+    sensors: Annotated[int, typer.Option(help="simulated sensors")] = 40,
+    port: Annotated[int, typer.Option(help="API port (a free one if taken)")] = 8000,
+    keep_services: Annotated[
+        bool, typer.Option(help="leave PostgreSQL and Mosquitto running afterwards")
+    ] = False,
+) -> None:
+    """Everything at once: services, schema, districts, a day of history, then the simulator,
+    ingester and API together until Ctrl-C (or --duration)."""
+    from quartier.demo import Demo
+
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    with _user_errors():
+        Demo(_settings(local=False), console, stop, seed=seed, sensors=sensors, port=port,
+             keep_services=keep_services).run(duration)
 
 
 # ------------------------------------------------------------------------------ rejects

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from quartier import __version__
-from quartier.api import errors, sensorthings
+from quartier.api import errors, indicators, sensorthings
 from quartier.api.deps import AppSettings, Conn
 from quartier.api.models import ComponentHealth, Health
 from quartier.config import Settings
@@ -47,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.pool = pool
     errors.install(app)
     app.include_router(sensorthings.router)
+    app.include_router(indicators.router)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -254,6 +254,11 @@ class BatchWriter:
         rejects = list(batch.rejects)
         for uplink, topic, payload, received_at in batch.uplinks:
             total = len(uplink.readings) + len(uplink.invalid)
+            if not uplink.readings:  # nothing to store: keep the message, register nothing
+                if uplink.invalid:
+                    rejects.append(Reject(topic, payload, *_describe_invalid(uplink, total),
+                                          received_at))
+                continue
             try:
                 dev = self.registry.device_id(conn, uplink.network, uplink.device, uplink.location)
             except UnknownDevice as exc:
