@@ -202,14 +202,24 @@ def simulate_cmd(
         start = start.replace(tzinfo=UTC)
     with _user_errors(), console.status("publishing …") as status:
         stats = simulate(
-            settings, seed=seed, sensors=sensors, interval_s=interval, start=start, count=count,
-            duration_s=duration, speedtests_per_tick=speedtests, stop_event=stop,
-            progress=lambda n: status.update(f"published {n} messages"), network=network,
+            settings,
+            seed=seed,
+            sensors=sensors,
+            interval_s=interval,
+            start=start,
+            count=count,
+            duration_s=duration,
+            speedtests_per_tick=speedtests,
+            stop_event=stop,
+            progress=lambda n: status.update(f"published {n} messages"),
+            network=network,
             rate=rate,
         )
-    console.print(f"published {stats.messages} messages ({stats.readings} readings, "
-                  f"{stats.speedtests} speed tests) in {stats.ticks} ticks, "
-                  f"{stats.first_time} … {stats.last_time}")
+    console.print(
+        f"published {stats.messages} messages ({stats.readings} readings, "
+        f"{stats.speedtests} speed tests) in {stats.ticks} ticks, "
+        f"{stats.first_time} … {stats.last_time}"
+    )
 
 
 @import_app.command("districts")
@@ -249,8 +259,15 @@ def demo_cmd(
     stop = threading.Event()
     _stop_on_signals(stop)
     with _user_errors():
-        Demo(_settings(local=False), console, stop, seed=seed, sensors=sensors, port=port,
-             keep_services=keep_services).run(duration)
+        Demo(
+            _settings(local=False),
+            console,
+            stop,
+            seed=seed,
+            sensors=sensors,
+            port=port,
+            keep_services=keep_services,
+        ).run(duration)
 
 
 # ------------------------------------------------------------------------------ rejects

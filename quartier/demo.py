@@ -36,8 +36,17 @@ LIVE_INTERVAL_S = 10.0
 
 
 class Demo:
-    def __init__(self, settings: Settings, console: Console, stop: threading.Event, *,
-                 seed: int, sensors: int, port: int, keep_services: bool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        console: Console,
+        stop: threading.Event,
+        *,
+        seed: int,
+        sensors: int,
+        port: int,
+        keep_services: bool,
+    ) -> None:
         self.settings = settings
         self.console = console
         self.stop = stop
@@ -53,30 +62,41 @@ class Demo:
         if s.database.url and s.mqtt.url:
             self.console.print("using the configured PostgreSQL and MQTT broker")
             return s
-        self.local = LocalServices(s.services.state_dir, pg_port=s.services.pg_port,
-                                   mqtt_port=s.services.mqtt_port,
-                                   install=s.services.install_packages)
+        self.local = LocalServices(
+            s.services.state_dir,
+            pg_port=s.services.pg_port,
+            mqtt_port=s.services.mqtt_port,
+            install=s.services.install_packages,
+        )
         with self.console.status("starting PostgreSQL and Mosquitto (installing if missing) …"):
             state = self.local.up()
-        self.console.print(f"[green]✓[/green] PostgreSQL {state.database_url.split('@')[-1]}, "
-                           f"Mosquitto {state.mqtt_url}")
-        return s.model_copy(update={
-            "database": s.database.model_copy(update={"url": state.database_url}),
-            "mqtt": s.mqtt.model_copy(update={"url": state.mqtt_url}),
-        })
+        self.console.print(
+            f"[green]✓[/green] PostgreSQL {state.database_url.split('@')[-1]}, "
+            f"Mosquitto {state.mqtt_url}"
+        )
+        return s.model_copy(
+            update={
+                "database": s.database.model_copy(update={"url": state.database_url}),
+                "mqtt": s.mqtt.model_copy(update={"url": state.mqtt_url}),
+            }
+        )
 
     def _prepare_store(self, s: Settings) -> None:
         url = s.require_database_url()
         path, applied = migrate(url, timescaledb=s.database.timescaledb)
         now = datetime.now(UTC)
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("select quartier_ensure_observation_partitions(%s, %s)",
-                         (now - timedelta(days=31), now + timedelta(days=93)))
+            conn.execute(
+                "select quartier_ensure_observation_partitions(%s, %s)",
+                (now - timedelta(days=31), now + timedelta(days=93)),
+            )
         with psycopg.connect(url) as conn:
             counts = import_districts(conn)
-        self.console.print(f"[green]✓[/green] schema ready ({path}, {len(applied)} new "
-                           f"migrations); Köln: {counts.get('stadtbezirk', 0)} Stadtbezirke, "
-                           f"{counts.get('stadtteil', 0)} Stadtteile")
+        self.console.print(
+            f"[green]✓[/green] schema ready ({path}, {len(applied)} new "
+            f"migrations); Köln: {counts.get('stadtbezirk', 0)} Stadtbezirke, "
+            f"{counts.get('stadtteil', 0)} Stadtteile"
+        )
 
     def _backfill(self, s: Settings) -> int:
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -84,15 +104,27 @@ class Demo:
         start = end - timedelta(seconds=ticks * BACKFILL_STEP_S)
         speedtests = 40
         total = ticks * (self.sensors + speedtests)
-        with Progress(TextColumn("back-filling the last day"), BarColumn(),
-                      MofNCompleteColumn(), TimeElapsedColumn(), console=self.console) as bar:
+        with Progress(
+            TextColumn("back-filling the last day"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+        ) as bar:
             task = bar.add_task("backfill", total=total)
-            stats = simulate(s, seed=self.seed, sensors=self.sensors,
-                             interval_s=BACKFILL_STEP_S, start=start, count=ticks,
-                             duration_s=None, speedtests_per_tick=speedtests,
-                             stop_event=self.stop,
-                             progress=lambda n: bar.update(task, completed=n),
-                             client_id="quartier-demo-backfill")
+            stats = simulate(
+                s,
+                seed=self.seed,
+                sensors=self.sensors,
+                interval_s=BACKFILL_STEP_S,
+                start=start,
+                count=ticks,
+                duration_s=None,
+                speedtests_per_tick=speedtests,
+                stop_event=self.stop,
+                progress=lambda n: bar.update(task, completed=n),
+                client_id="quartier-demo-backfill",
+            )
         return stats.messages
 
     def _broken_device(self, s: Settings) -> None:
@@ -103,8 +135,11 @@ class Demo:
         now = datetime.now(UTC).isoformat()
         infos = [
             client.publish("quartier/v1/sim/broken-0001/up", b'{"time": "' + now.encode(), 1),
-            client.publish("quartier/v1/sim/broken-0001/up",
-                           ('{"time": "%s", "quantity": "pm25", "value": -3}' % now).encode(), 1),
+            client.publish(
+                "quartier/v1/sim/broken-0001/up",
+                (f'{{"time": "{now}", "quantity": "pm25", "value": -3}}').encode(),
+                1,
+            ),
         ]
         for info in infos:
             info.wait_for_publish(5)
@@ -129,16 +164,30 @@ class Demo:
             sent = self._backfill(s)
             self._broken_device(s)
             sent += 2
-            server = uvicorn.Server(uvicorn.Config(create_app(s), host="127.0.0.1",
-                                                   port=self.port, log_level="warning"))
+            server = uvicorn.Server(
+                uvicorn.Config(create_app(s), host="127.0.0.1", port=self.port, log_level="warning")
+            )
             threads.append(threading.Thread(target=server.run, name="api", daemon=True))
             threads[-1].start()
-            threads.append(threading.Thread(
-                target=simulate, name="simulator", daemon=True,
-                kwargs={"settings": s, "seed": self.seed, "sensors": self.sensors,
-                        "interval_s": LIVE_INTERVAL_S, "start": None, "count": None,
-                        "duration_s": None, "speedtests_per_tick": 2, "stop_event": sim_stop,
-                        "client_id": "quartier-demo-live"}))
+            threads.append(
+                threading.Thread(
+                    target=simulate,
+                    name="simulator",
+                    daemon=True,
+                    kwargs={
+                        "settings": s,
+                        "seed": self.seed,
+                        "sensors": self.sensors,
+                        "interval_s": LIVE_INTERVAL_S,
+                        "start": None,
+                        "count": None,
+                        "duration_s": None,
+                        "speedtests_per_tick": 2,
+                        "stop_event": sim_stop,
+                        "client_id": "quartier-demo-live",
+                    },
+                )
+            )
             threads[-1].start()
             self._wait_caught_up(ingester, sent, server)
             self._announce(s, time.monotonic() - t_start)
@@ -153,9 +202,10 @@ class Demo:
             if self.local is not None and not self.keep_services:
                 with self.console.status("stopping PostgreSQL and Mosquitto …"):
                     self.local.down()
-            self.console.print("demo stopped"
-                               + (f"; {ingester.stats.stored} observations stored this run"
-                                  if ingester else ""))
+            self.console.print(
+                "demo stopped"
+                + (f"; {ingester.stats.stored} observations stored this run" if ingester else "")
+            )
 
     def _wait_caught_up(self, ingester: Ingester, sent: int, server: uvicorn.Server) -> None:
         deadline = time.monotonic() + 120
@@ -172,25 +222,28 @@ class Demo:
                 " (select count(*) from speedtest), (select count(*) from ingest_reject)"
             ).fetchone()
         assert row is not None
-        return row  # type: ignore[return-value]
+        return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
     def _announce(self, s: Settings, took: float) -> None:
         base = f"http://127.0.0.1:{self.port}"
         things, obs, tests, rejects = self._counts(s)
-        self.console.print(Panel.fit(
-            f"Quartier is running (ready after {took:.0f} s)\n\n"
-            f"  API docs (OpenAPI)      {base}/docs\n"
-            f"  SensorThings API        {base}/v1.1/Things\n"
-            f"                          {base}/v1.1/Datastreams\n"
-            f"                          {base}/v1.1/Datastreams(1)/Observations\n"
-            f"  Coverage map (Karte)    {base}/maps/coverage\n"
-            f"  Indicators              {base}/indicators\n"
-            f"  Health                  {base}/health\n\n"
-            f"  MQTT broker             {s.mqtt.url}  (topics: docs/mqtt.md)\n"
-            f"  Refused messages        .venv/bin/quartier rejects list\n\n"
-            f"  {things} things, {obs} observations, {tests} speed tests, {rejects} rejects\n"
-            "  Ctrl-C stops everything.",
-            title="Quartier demo"))
+        self.console.print(
+            Panel.fit(
+                f"Quartier is running (ready after {took:.0f} s)\n\n"
+                f"  API docs (OpenAPI)      {base}/docs\n"
+                f"  SensorThings API        {base}/v1.1/Things\n"
+                f"                          {base}/v1.1/Datastreams\n"
+                f"                          {base}/v1.1/Datastreams(1)/Observations\n"
+                f"  Coverage map (Karte)    {base}/maps/coverage\n"
+                f"  Indicators              {base}/indicators\n"
+                f"  Health                  {base}/health\n\n"
+                f"  MQTT broker             {s.mqtt.url}  (topics: docs/mqtt.md)\n"
+                f"  Refused messages        .venv/bin/quartier rejects list\n\n"
+                f"  {things} things, {obs} observations, {tests} speed tests, {rejects} rejects\n"
+                "  Ctrl-C stops everything.",
+                title="Quartier demo",
+            )
+        )
 
     def _watch(self, s: Settings, ingester: Ingester, duration: float | None) -> None:
         end = None if duration is None else time.monotonic() + duration
@@ -198,9 +251,11 @@ class Demo:
             wait = 30.0 if end is None else max(0.0, min(30.0, end - time.monotonic()))
             if self.stop.wait(wait):
                 break
-            things, obs, tests, rejects = self._counts(s)
-            self.console.print(f"{datetime.now():%H:%M:%S}  {obs} observations, {tests} speed "
-                               f"tests, {rejects} rejects stored; last batch "
-                               f"{ingester.stats.last_batch_ms:.0f} ms")
+            _things, obs, tests, rejects = self._counts(s)
+            self.console.print(
+                f"{datetime.now():%H:%M:%S}  {obs} observations, {tests} speed "
+                f"tests, {rejects} rejects stored; last batch "
+                f"{ingester.stats.last_batch_ms:.0f} ms"
+            )
             if end is not None and time.monotonic() >= end:
                 break

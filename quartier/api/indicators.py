@@ -29,12 +29,17 @@ def list_indicators(conn: Conn) -> IndicatorList:
     """Current values of every indicator per district, computed from the stored data, each with
     its provenance (the data range and amount it was computed from)."""
     now = datetime.now(UTC)
-    return IndicatorList(computed_at=now, definitions=list(CATALOGUE.values()),
-                         values=compute(conn, now))
+    return IndicatorList(
+        computed_at=now, definitions=list(CATALOGUE.values()), values=compute(conn, now)
+    )
 
 
-@router.get("/maps/coverage", response_class=HTMLResponse, operation_id="coverage_map",
-            responses={200: {"content": {"text/html": {}}, "description": "a folium map"}})
+@router.get(
+    "/maps/coverage",
+    response_class=HTMLResponse,
+    operation_id="coverage_map",
+    responses={200: {"content": {"text/html": {}}, "description": "a folium map"}},
+)
 def coverage_map(conn: Conn) -> HTMLResponse:
     """Map of measured broadband download speed per 100 m INSPIRE cell, the districts and the
     sensors (German legend)."""

@@ -256,8 +256,9 @@ class BatchWriter:
             total = len(uplink.readings) + len(uplink.invalid)
             if not uplink.readings:  # nothing to store: keep the message, register nothing
                 if uplink.invalid:
-                    rejects.append(Reject(topic, payload, *_describe_invalid(uplink, total),
-                                          received_at))
+                    rejects.append(
+                        Reject(topic, payload, *_describe_invalid(uplink, total), received_at)
+                    )
                 continue
             try:
                 dev = self.registry.device_id(conn, uplink.network, uplink.device, uplink.location)
