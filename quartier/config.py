@@ -44,6 +44,9 @@ class IngestSettings(BaseModel):
     #: MQTT 5 shared subscription group; several ingesters with the same group share the load.
     share_group: str | None = "quartier-ingest"
     batch_max: int = 5000
+    #: A batch also ends at this much payload (large batched messages).
+    batch_max_bytes: int = 4 * 1024 * 1024
+    #: Under light load, wait at most this long after a message arrived for more to batch with it.
     batch_ms: int = 200
     #: Messages held in memory before the ingester stops reading from the broker.
     buffer_max: int = 50_000

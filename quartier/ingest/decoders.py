@@ -8,7 +8,7 @@ The native format is documented in ``docs/mqtt.md``.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -64,18 +64,36 @@ def position(raw: Any) -> Position:
 
 
 def _native_reading(item: Any, base_time: Any) -> Reading:
-    if not isinstance(item, dict):
+    if type(item) is not dict:
         raise ValueError("a reading must be an object")
     quantity = item.get("quantity")
-    if not isinstance(quantity, str) or not quantity:
+    if type(quantity) is not str or not quantity:
         raise ValueError("quantity must be a non-empty string")
     raw_time = item.get("time", base_time)
     if raw_time is None:
         raise ValueError("time is missing")
+    # fast path for the common case: RFC 3339 text with a zone and a float value
+    t = _fast_time(raw_time) if type(raw_time) is str else None
+    value = item.get("value")
+    if type(value) is not float or not math.isfinite(value):
+        value = number(value, "value")
     params = item.get("parameters")
-    if params is not None and not isinstance(params, dict):
+    if params is not None and type(params) is not dict:
         raise ValueError("parameters must be an object")
-    return Reading(quantity, parse_time(raw_time), number(item.get("value"), "value"), params)
+    return Reading(quantity, t if t is not None else parse_time(raw_time), value, params)
+
+
+def _fast_time(raw: str) -> datetime | None:
+    try:
+        t = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        return None
+    return t if t.utcoffset() == _ZERO else t.astimezone(UTC)
+
+
+_ZERO = timedelta(0)
 
 
 def decode_native(network: str, device: str, payload: bytes, *, max_bytes: int) -> Uplink:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
+    """One value of one quantity at one time (a NamedTuple: made by the million, cheaply)."""
+
     quantity: str
     time: datetime  # timezone-aware, UTC
     value: float

@@ -11,6 +11,7 @@ the MQTT thread blocks on it and the broker keeps the rest queued in the session
 from __future__ import annotations
 
 import logging
+import queue
 import struct
 import threading
 import time
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -86,7 +87,7 @@ class FastClient(mqtt.Client):
         sock = super()._create_socket()
         return sock if hasattr(sock, "pending") else _BufferedSocket(sock)
 
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
         turns = 0
         while rc == mqtt.MQTT_ERR_SUCCESS and turns < 1000:
@@ -120,6 +121,9 @@ def mqtt_client(url: str, client_id: str) -> tuple[FastClient, str, int]:
     return client, parts.hostname or "127.0.0.1", parts.port or 1883
 
 
+Work = tuple[list[tuple[Message, int, int]], list[Message], Batch]
+
+
 class Ingester:
     def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
         self.settings = settings
@@ -131,6 +135,9 @@ class Ingester:
         # MQTT thread, which is the ingester's bottleneck; the event wakes the writer.
         self._buffer: deque[tuple[Message, int, int]] = deque()
         self._has_data = threading.Event()
+        # decoded batches waiting for the database (stage 1 -> stage 2)
+        self._pipe: queue.Queue[Work | None] = queue.Queue(maxsize=2)
+        self._db_done = threading.Event()
         self._writer = BatchWriter(
             settings.require_database_url(), auto_register=self.cfg.auto_register
         )
@@ -219,36 +226,75 @@ class Ingester:
             log.info("ingester stopped: %s", self.stats)
 
     def _collect(self) -> list[tuple[Message, int, int]]:
-        """Wait for a message, then up to ``batch_ms`` for more; return at most ``batch_max``."""
+        """Take the next batch: at most ``batch_max`` messages or ``batch_max_bytes`` of payload.
+
+        Waits only while the oldest buffered message is younger than ``batch_ms``: under light
+        load that gathers a batch; with a backlog (the oldest waited while the previous batch
+        was written) it takes what is there at once.
+        """
         if not self._has_data.wait(0.2):
             return []
-        deadline = time.monotonic() + self.cfg.batch_ms / 1000
-        while len(self._buffer) < self.cfg.batch_max and time.monotonic() < deadline:
+        buf = self._buffer
+        oldest = buf[0][0].received_at
+        deadline = time.monotonic() + max(
+            0.0, self.cfg.batch_ms / 1000 - (datetime.now(UTC) - oldest).total_seconds()
+        )
+        while len(buf) < self.cfg.batch_max and time.monotonic() < deadline:
             if self.stop_event.is_set():
                 break
             time.sleep(0.002)
         self._has_data.clear()
-        buf, items = self._buffer, []
-        for _ in range(min(len(buf), self.cfg.batch_max)):
-            items.append(buf.popleft())
+        items: list[tuple[Message, int, int]] = []
+        size = 0
+        while buf and len(items) < self.cfg.batch_max and size < self.cfg.batch_max_bytes:
+            item = buf.popleft()
+            size += len(item[0].payload)
+            items.append(item)
         if buf:
             self._has_data.set()
         return items
 
+    def _decode_loop(self) -> None:
+        """Stage 1 (own thread): collect and decode batches while stage 2 writes the previous
+        one, so that Python decoding overlaps with PostgreSQL's work."""
+        try:
+            while not self._db_done.is_set():
+                items = self._collect()
+                if not items:
+                    if self.stop_event.is_set() and not self._buffer:
+                        return
+                    continue
+                self.stats.received += len(items)
+                msgs = [msg for msg, _, _ in items]
+                work = (items, msgs, self._batch(msgs))
+                while not self._db_done.is_set():
+                    try:
+                        self._pipe.put(work, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+        finally:
+            self._pipe.put(None)
+
     def _write_loop(self) -> None:
-        while True:
-            items = self._collect()
-            if not items:
-                if self.stop_event.is_set():
+        """Stage 2: store each decoded batch, then acknowledge its messages."""
+        decoder = threading.Thread(target=self._decode_loop, name="ingest-decode", daemon=True)
+        decoder.start()
+        try:
+            while True:
+                work = self._pipe.get()
+                if work is None:
                     return
-                continue
-            self.stats.received += len(items)
-            if not self._store([msg for msg, _, _ in items]):
-                return  # stopped while the database was down: unacked, the broker keeps them
-            self._client.ack_many([mid for _, mid, qos in items if qos == 1])
-            for _, mid, qos in items:
-                if qos == 2:
-                    self._client.ack(mid, qos)
+                items, msgs, batch = work
+                if not self._store(msgs, batch):
+                    return  # stopped while the database was down: unacked, the broker keeps them
+                self._client.ack_many([mid for _, mid, qos in items if qos == 1])
+                for _, mid, qos in items:
+                    if qos == 2:
+                        self._client.ack(mid, qos)
+        finally:
+            self._db_done.set()
+            decoder.join(10)
 
     def _batch(self, msgs: list[Message]) -> Batch:
         now = datetime.now(UTC)
@@ -257,14 +303,14 @@ class Ingester:
             add_to_batch(batch, msg, self.cfg, now)
         return batch
 
-    def _store(self, msgs: list[Message]) -> bool:
+    def _store(self, msgs: list[Message], batch: Batch | None = None) -> bool:
         """Store the messages; True once they are committed (data or rejects), False if stopped
         while the database was unreachable."""
         delay = 0.2
         while True:
             t0 = time.perf_counter()
             try:
-                res = self._writer.write(self._batch(msgs))
+                res = self._writer.write(batch if batch is not None else self._batch(msgs))
             except psycopg.OperationalError as exc:  # server down, connection lost: retry
                 self.stats.db_errors += 1
                 log.warning(
