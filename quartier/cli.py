@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -144,15 +145,51 @@ def _prepare_partitions(settings: Settings) -> None:
 
 # ------------------------------------------------------------------------------ ingest / serve
 @app.command("ingest")
-def ingest() -> None:
+def ingest(
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve Prometheus metrics on this port")
+    ] = None,
+    stats: Annotated[
+        bool, typer.Option("--stats", help="show a live view of the counters")
+    ] = False,
+) -> None:
     """Subscribe to the sensor topics and store what arrives (Ctrl-C stops)."""
+    from quartier.ingest.metrics import serve_metrics
     from quartier.ingest.mqtt import Ingester
 
     settings = _settings()
     with _user_errors():
         ing = Ingester(settings)
     _stop_on_signals(ing.stop_event)
-    ing.run()
+    port = metrics_port or settings.ingest.metrics_port
+    if port:
+        serve_metrics(ing, port)
+        console.print(f"metrics on http://127.0.0.1:{port}/metrics")
+    if not stats:
+        ing.run()
+        return
+    from rich.live import Live
+
+    worker = threading.Thread(target=ing.run, name="ingest", daemon=True)
+    worker.start()
+    with Live(_stats_table(ing), console=console, refresh_per_second=2) as live:
+        while worker.is_alive():
+            worker.join(1.0)
+            live.update(_stats_table(ing))
+
+
+def _stats_table(ing: Any) -> Table:
+    st = ing.stats
+    up = max(time.monotonic() - st.started, 1e-9)
+    table = Table("counter", "value", "per second", title="quartier ingest")
+    for name in ("received", "stored", "duplicates", "speedtests", "rejected", "batches"):
+        value = getattr(st, name)
+        table.add_row(name, f"{value:,}", f"{value / up:,.0f}")
+    table.add_row("buffer", f"{ing.buffered():,} / {ing.cfg.buffer_max:,}", "")
+    table.add_row("last batch", f"{st.last_batch_size} msgs in {st.last_batch_ms:.0f} ms", "")
+    table.add_row("lag", f"{st.lag_s:.2f} s", "")
+    table.add_row("connected", "yes" if ing.connected.is_set() else "no", "")
+    return table
 
 
 @app.command("serve")
@@ -238,6 +275,26 @@ def import_districts_cmd(
     with _user_errors(), psycopg.connect(settings.require_database_url()) as conn:
         counts = import_districts(conn, stadtbezirke, stadtteile, city, population)
     console.print(", ".join(f"{n} {level}" for level, n in counts.items()) + " imported")
+
+
+@import_app.command("sensor-community")
+def import_sensor_community_cmd(
+    files: Annotated[
+        list[Path], typer.Argument(help="archive CSV files (archive.sensor.community)")
+    ],
+) -> None:
+    """Replay Sensor.Community archive CSV files through the ingest pipeline (idempotent)."""
+    from quartier.ingest.archive import import_sensor_community_csv
+
+    settings = _settings()
+    with _user_errors(), console.status("importing …") as status:
+        res = import_sensor_community_csv(
+            settings, files, progress=lambda n: status.update(f"{n} readings")
+        )
+    console.print(
+        f"{res.files} file(s): {res.stored} readings stored, {res.duplicates} already there, "
+        f"{res.rejects} refused (see `quartier rejects list`)"
+    )
 
 
 @app.command("demo")

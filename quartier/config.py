@@ -55,6 +55,11 @@ class IngestSettings(BaseModel):
     #: Register unknown devices (with their Thing, Sensor, Datastreams) instead of rejecting them.
     auto_register: bool = True
     session_expiry_seconds: int = 7 * 24 * 3600
+    #: Port for Prometheus metrics of ``quartier ingest`` (None: off unless --metrics-port).
+    metrics_port: int | None = None
+    #: The Things Stack: device id -> codec name (see docs/decoders.md), for devices whose uplinks
+    #: carry neither a decoded_payload nor version_ids of a known model.
+    ttn_codecs: dict[str, str] = {}
 
 
 class ApiSettings(BaseModel):

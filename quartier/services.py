@@ -61,7 +61,10 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
 
 
 def port_free(port: int) -> bool:
+    """True when a server could listen on the port now (servers set SO_REUSEADDR, so a port
+    with connections in TIME_WAIT from a previous run is free for them)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -269,18 +272,28 @@ class LocalServices:
         return state
 
     def down(self) -> None:
+        self.stop_postgres()
+        self.stop_mosquitto()
+
+    def stop_postgres(self) -> None:
+        """Stop only PostgreSQL (``up()`` starts it again on the same port)."""
         state = ServiceState.read(self.state_dir)
-        if state is None:
-            return
         pg = find_postgres()
+        if state is None or pg is None:
+            return
         datadir = Path(state.pg_datadir)
-        if pg and (datadir / "postmaster.pid").exists():
+        if (datadir / "postmaster.pid").exists():
             _run(
                 [str(pg.bindir / "pg_ctl"), "stop", "-D", str(datadir), "-m", "fast", "-w"],
                 user="postgres",
                 check=False,
             )
-        self._stop_mosquitto(Path(state.mqtt_dir))
+
+    def stop_mosquitto(self) -> None:
+        """Stop only Mosquitto, gracefully: it saves its persistent sessions and queues."""
+        state = ServiceState.read(self.state_dir)
+        if state is not None:
+            self._stop_mosquitto(Path(state.mqtt_dir))
 
     def status(self) -> list[ServiceStatus]:
         state = ServiceState.read(self.state_dir)

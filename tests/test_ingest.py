@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import orjson
 import psycopg
@@ -185,3 +186,69 @@ def test_rejects_replay_stores_what_now_passes(settings, db_url):
     res = rejects.replay(db_url, settings.ingest, datetime(2026, 11, 2, tzinfo=UTC))
     assert (res.tried, res.stored) == (1, 0)
     assert count(db_url, "select count(*) from observation") == 1
+
+
+TTN_DIR = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "ttn_uplinks"
+    / ("thingsboard_data_converters")
+)
+
+
+@pytest.mark.skipif(not TTN_DIR.exists(), reason=f"shared sample data not found at {TTN_DIR}")
+def test_things_stack_and_senml_uplinks_through_mqtt(settings, network, db_url):
+    from quartier.ingest.ttn import decode_ttn
+
+    settings = settings.model_copy(
+        update={
+            "ingest": settings.ingest.model_copy(
+                update={"ttn_codecs": {"03022": "decentlab-dl-pm"}}
+            )
+        }
+    )
+    ttn = (TTN_DIR / "Decentlab_DL-PM__payload.json").read_bytes()
+    expected = decode_ttn(
+        "ttn-test-decentlab", ttn, max_bytes=1 << 20, codecs={"03022": "decentlab-dl-pm"}
+    )
+    assert expected.readings
+    senml = orjson.dumps(
+        [
+            {
+                "bn": "urn:dev:ow:10e2073a01080063:",
+                "bt": 1.7955e9,
+                "n": "temperature",
+                "u": "Cel",
+                "v": 23.1,
+            },
+            {"n": "humidity", "u": "%RH", "v": 40.5},
+        ]
+    )
+    ing = Ingester(settings)
+    thread = threading.Thread(target=ing.run, daemon=True)
+    thread.start()
+    assert ing.connected.wait(10)
+    time.sleep(0.2)
+    publish(
+        settings,
+        [
+            ("v3/test-decentlab@ttn/devices/03022/up", ttn),
+            (f"quartier/v1/{network}/room-1/senml", senml),
+        ],
+    )
+    total = len(expected.readings) + 2
+    wait_for(lambda: count(db_url, "select count(*) from observation") == total)
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "select t.name, dd.quantity, o.result, o.parameters from observation o"
+            " join device_datastream dd on dd.datastream_id = o.datastream_id"
+            " join device d on d.id = dd.device_id join thing t on t.id = d.thing_id"
+        ).fetchall()
+    ing.stop_event.set()
+    thread.join(10)
+    ttn_rows = {q: v for name, q, v, _ in rows if name == "ttn-test-decentlab/03022"}
+    assert ttn_rows == {r.quantity: r.value for r in expected.readings}
+    assert all(p and "f_cnt" in p for name, _, _, p in rows if name.startswith("ttn-"))
+    senml_rows = {q: v for name, q, v, _ in rows if name == f"{network}/room-1"}
+    assert senml_rows == {"temperature": 23.1, "humidity": 40.5}

@@ -44,6 +44,12 @@ class IngestStats:
     batches: int = 0
     db_errors: int = 0
     last_batch_ms: float = 0.0
+    last_batch_size: int = 0
+    #: seconds between a message's arrival and the commit of its batch, for the newest batch
+    lag_s: float = 0.0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    batch_ms_total: float = 0.0
+    batch_messages_total: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -149,6 +155,10 @@ class Ingester:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.reconnect_delay_set(1, 5)
+
+    def buffered(self) -> int:
+        """Messages received and not yet handed to the writer."""
+        return len(self._buffer)
 
     def committed(self) -> int:
         """Readings committed so far (new rows plus duplicates), for tests and benchmarks."""
@@ -342,12 +352,19 @@ class Ingester:
                 else:
                     half = len(msgs) // 2
                     return self._store(msgs[:half]) and self._store(msgs[half:])
-            self.stats.batches += 1
-            self.stats.stored += res.observations
-            self.stats.duplicates += res.duplicates
-            self.stats.speedtests += res.speedtests
-            self.stats.rejected += res.rejects
-            self.stats.last_batch_ms = (time.perf_counter() - t0) * 1000
+            st = self.stats
+            st.batches += 1
+            st.stored += res.observations
+            st.duplicates += res.duplicates
+            st.speedtests += res.speedtests
+            st.rejected += res.rejects
+            for reason, n in res.reasons.items():
+                st.rejected_by_reason[reason] = st.rejected_by_reason.get(reason, 0) + n
+            st.last_batch_ms = (time.perf_counter() - t0) * 1000
+            st.last_batch_size = len(msgs)
+            st.batch_ms_total += st.last_batch_ms
+            st.batch_messages_total += len(msgs)
+            st.lag_s = (datetime.now(UTC) - msgs[0].received_at).total_seconds()
             return True
 
 

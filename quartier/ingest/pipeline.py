@@ -9,13 +9,22 @@ from typing import NamedTuple
 from quartier.config import IngestSettings
 from quartier.errors import DecodeError
 from quartier.ingest.decoders import decode_native, decode_speedtest
-from quartier.ingest.model import SpeedTest
+from quartier.ingest.model import SpeedTest, Uplink
+from quartier.ingest.senml import decode_senml
+from quartier.ingest.ttn import decode_ttn, parse_ttn_topic
 from quartier.ingest.validate import EARLIEST, validate
 from quartier.ingest.writer import Batch, Reject
 
-TOPIC = re.compile(r"^quartier/v1/([A-Za-z0-9_.\-]{1,64})/([A-Za-z0-9_.\-]{1,64})/(up|speedtest)$")
+TOPIC = re.compile(
+    r"^quartier/v1/([A-Za-z0-9_.\-]{1,64})/([A-Za-z0-9_.\-]{1,64})/(up|senml|speedtest)$"
+)
 #: Subscriptions of the ingester (documented in docs/mqtt.md).
-SUBSCRIPTIONS = ("quartier/v1/+/+/up", "quartier/v1/+/+/speedtest")
+SUBSCRIPTIONS = (
+    "quartier/v1/+/+/up",
+    "quartier/v1/+/+/senml",
+    "quartier/v1/+/+/speedtest",
+    "v3/+/devices/+/up",
+)
 
 
 class Message(NamedTuple):
@@ -26,24 +35,34 @@ class Message(NamedTuple):
 
 def add_to_batch(batch: Batch, msg: Message, cfg: IngestSettings, now: datetime) -> None:
     """Decode and validate one message into ``batch`` (as data, or as a reject with a reason)."""
-    m = TOPIC.match(msg.topic)
-    if m is None:
-        batch.rejects.append(
-            Reject(
-                msg.topic,
-                msg.payload,
-                "unknown_topic",
-                "topic does not match quartier/v1/{network}/{device}/(up|speedtest)",
-                msg.received_at,
-            )
-        )
-        return
-    network, device, kind = m.groups()
     try:
+        if msg.topic.startswith("v3/"):
+            t = parse_ttn_topic(msg.topic)
+            uplink = decode_ttn(
+                f"ttn-{t.application_id}",
+                msg.payload,
+                max_bytes=cfg.max_payload_bytes,
+                codecs=cfg.ttn_codecs,
+                expected_device=t.device_id,
+            )
+            add_uplink(batch, uplink, msg, cfg, now)
+            return
+        m = TOPIC.match(msg.topic)
+        if m is None:
+            raise DecodeError(
+                "unknown_topic",
+                "topic does not match quartier/v1/{network}/"
+                "{device}/(up|senml|speedtest) or v3/{app}/devices/{device}/up",
+            )
+        network, device, kind = m.groups()
         if kind == "up":
             uplink = decode_native(network, device, msg.payload, max_bytes=cfg.max_payload_bytes)
-            validate(uplink, now, cfg.max_future_seconds)
-            batch.uplinks.append((uplink, msg.topic, msg.payload, msg.received_at))
+            add_uplink(batch, uplink, msg, cfg, now)
+        elif kind == "senml":
+            uplink = decode_senml(
+                network, device, msg.payload, max_bytes=cfg.max_payload_bytes, now=msg.received_at
+            )
+            add_uplink(batch, uplink, msg, cfg, now)
         else:
             test = decode_speedtest(network, device, msg.payload, max_bytes=cfg.max_payload_bytes)
             _check_speedtest_time(test, now, cfg.max_future_seconds)
@@ -52,6 +71,16 @@ def add_to_batch(batch: Batch, msg: Message, cfg: IngestSettings, now: datetime)
         batch.rejects.append(
             Reject(msg.topic, msg.payload, exc.reason, exc.detail, msg.received_at)
         )
+
+
+def add_uplink(
+    batch: Batch, uplink: Uplink, msg: Message, cfg: IngestSettings, now: datetime
+) -> None:
+    """Validate a decoded uplink and add it (its invalid readings become a reject)."""
+    validate(uplink, now, cfg.max_future_seconds)
+    if not uplink.readings and not uplink.invalid:
+        return  # e.g. a LoRaWAN status frame with nothing we measure: nothing to store or refuse
+    batch.uplinks.append((uplink, msg.topic, msg.payload, msg.received_at))
 
 
 def _check_speedtest_time(test: SpeedTest, now: datetime, max_future_seconds: int) -> None:

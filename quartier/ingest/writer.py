@@ -40,6 +40,8 @@ class Batch:
     uplinks: list[tuple[Uplink, str, bytes, datetime]] = field(default_factory=list)
     speedtests: list[SpeedTest] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    #: where the messages came from, recorded with rejects: mqtt, http, import
+    source: str = "mqtt"
     #: ids of ingest_reject rows whose replay this batch completes (marked in the same transaction)
     replayed: list[int] = field(default_factory=list)
 
@@ -50,6 +52,7 @@ class WriteResult:
     duplicates: int = 0  # rows already there
     speedtests: int = 0
     rejects: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # rejects by reason
 
 
 def _int(value: object) -> int:
@@ -274,14 +277,17 @@ class BatchWriter:
             total = len(uplink.readings) + len(uplink.invalid)
             if not uplink.readings:  # nothing to store: keep the message, register nothing
                 if uplink.invalid:
+                    reason, detail = _describe_invalid(uplink, total)
                     rejects.append(
-                        Reject(topic, payload, *_describe_invalid(uplink, total), received_at)
+                        Reject(topic, payload, reason, detail, received_at, batch.source)
                     )
                 continue
             try:
                 dev = self.registry.device_id(conn, uplink.network, uplink.device, uplink.location)
             except UnknownDevice as exc:
-                rejects.append(Reject(topic, payload, "unknown_device", str(exc), received_at))
+                rejects.append(
+                    Reject(topic, payload, "unknown_device", str(exc), received_at, batch.source)
+                )
                 continue
             for r in uplink.readings:
                 ds = self.registry.datastream_id(conn, dev, r.quantity)
@@ -290,7 +296,7 @@ class BatchWriter:
                 )
             if uplink.invalid:
                 reason, detail = _describe_invalid(uplink, total)
-                rejects.append(Reject(topic, payload, reason, detail, received_at))
+                rejects.append(Reject(topic, payload, reason, detail, received_at, batch.source))
         if rows:
             self._ensure_partitions(conn, rows)
             res.observations = self._store_observations(conn, rows)
@@ -300,6 +306,8 @@ class BatchWriter:
         if rejects:
             self._write_rejects(conn, rejects)
             res.rejects = len(rejects)
+            for rej in rejects:
+                res.reasons[rej.reason] = res.reasons.get(rej.reason, 0) + 1
         if batch.replayed:
             conn.execute(
                 "update ingest_reject set replayed_at = now() where id = any(%s)", (batch.replayed,)
