@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -277,11 +276,79 @@ def copy_limit(admin: str, rows: int) -> Result:
     return Result("raw binary COPY (no MQTT)", rows, rows, dt)
 
 
+def live_publisher(mqtt_url: str, rate: float, seconds: float, devices: int = 1000) -> None:
+    """Child process: publish single readings stamped with their publish time, at ``rate``."""
+    from quartier.sensors_sim.fleet import Message
+    from quartier.sensors_sim.publisher import publish
+
+    n = int(rate * seconds)
+
+    def gen():  # type: ignore[no-untyped-def]
+        for i in range(n):
+            yield Message(
+                f"quartier/v1/bench/dev-{i % devices}/up",
+                orjson.dumps(
+                    {
+                        "time": datetime.now(UTC).isoformat(),
+                        "quantity": "pm25",
+                        "value": (i % 500) / 10,
+                    }
+                ),
+            )
+
+    publish(mqtt_url, gen(), rate=rate, client_id=f"bench-live-{uuid.uuid4().hex[:6]}")
+
+
+def live(admin: str, mqtt_url: str, rate: float, seconds: float) -> dict[str, float]:
+    db = fresh_db(admin)
+    register_devices(db, {f"dev-{i}" for i in range(1000)})
+    s = settings_for(db, mqtt_url, f"bench-{uuid.uuid4().hex[:6]}")
+    ing = Ingester(s)
+    commits: list[tuple[float, list[bytes]]] = []
+    ing.on_committed = lambda msgs: commits.append((time.time(), [m.payload for m in msgs]))
+    thread = threading.Thread(target=ing.run, daemon=True)
+    thread.start()
+    ing.connected.wait(10)
+    time.sleep(0.5)
+    expected = int(rate * seconds)
+    import subprocess
+
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--live-child", mqtt_url, str(rate), str(seconds)]
+    )
+    child.wait()
+    try:
+        wait_stored(ing.committed, expected, timeout=120)
+    finally:
+        ing.stop_event.set()
+        thread.join(30)
+    lat = []
+    for t_commit, payloads in commits:
+        for p in payloads:
+            t_pub = datetime.fromisoformat(orjson.loads(p)["time"]).timestamp()
+            lat.append(t_commit - t_pub)
+    lat.sort()
+    stored = count_rows(db) - 1000
+    return {
+        "sent": expected,
+        "stored": stored,
+        "lost": expected - stored,
+        "p50_ms": 1000 * lat[len(lat) // 2],
+        "p99_ms": 1000 * lat[int(len(lat) * 0.99)],
+        "max_ms": 1000 * lat[-1],
+    }
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--live-child":
+        live_publisher(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=50_000)
     ap.add_argument("--batched", type=int, default=2_000)
     ap.add_argument("--naive", type=int, default=10_000)
+    ap.add_argument("--live-rate", type=float, default=5000)
+    ap.add_argument("--live-seconds", type=float, default=60)
     args = ap.parse_args()
 
     db = os.environ.get("QUARTIER_TEST_DATABASE_URL")
@@ -340,11 +407,18 @@ def main() -> None:
         print(
             f"batched readings/s vs raw COPY:   {100 * b.readings_per_s / d.readings_per_s:.0f} %"
         )
+        if args.live_seconds > 0:
+            print(f"\nlive: {args.live_rate:.0f} msgs/s for {args.live_seconds:.0f} s", flush=True)
+            lv = live(db, mq, args.live_rate, args.live_seconds)
+            print(
+                f"live: sent {lv['sent']:.0f}, stored {lv['stored']:.0f}, lost {lv['lost']:.0f};"
+                f" publish-to-commit p50 {lv['p50_ms']:.0f} ms, p99 {lv['p99_ms']:.0f} ms,"
+                f" max {lv['max_ms']:.0f} ms"
+            )
     finally:
         if local is not None:
             local.down()
             shutil.rmtree(local.state_dir, ignore_errors=True)
-    _ = statistics
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ class IngestSettings(BaseModel):
     batch_ms: int = 200
     #: Messages held in memory before the ingester stops reading from the broker.
     buffer_max: int = 50_000
+    #: ... and at most this many payload bytes (memory stays bounded whatever the messages are).
+    buffer_max_bytes: int = 128 * 1024 * 1024
     max_payload_bytes: int = 256 * 1024
     max_future_seconds: int = 600
     #: Register unknown devices (with their Thing, Sensor, Datastreams) instead of rejecting them.

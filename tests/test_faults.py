@@ -24,7 +24,7 @@ import pytest
 
 from quartier.sensors_sim.fleet import Message
 from quartier.sensors_sim.publisher import publish
-from quartier.services import LocalServices, ServiceState
+from quartier.services import LocalServices, ServiceState, free_port
 from quartier.store.migrate import migrate
 
 pytestmark = pytest.mark.services
@@ -64,7 +64,9 @@ class World:
             )
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start_ingester(self, client_id: str = "w1") -> subprocess.Popen[bytes]:
+    def start_ingester(
+        self, client_id: str = "w1", *args: str, **env_extra: str
+    ) -> subprocess.Popen[bytes]:
         env = {
             **os.environ,
             "QUARTIER_DATABASE__URL": self.db,
@@ -72,9 +74,10 @@ class World:
             "QUARTIER_INGEST__CLIENT_ID": f"{self.network}-{client_id}",
             "QUARTIER_INGEST__SHARE_GROUP": self.group,
             "QUARTIER_INGEST__BATCH_MS": "50",
+            **env_extra,
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "quartier.cli", "ingest"],
+            [sys.executable, "-m", "quartier.cli", "ingest", *args],
             env=env,
             cwd=tempfile.gettempdir(),
             stdout=subprocess.PIPE,
@@ -206,14 +209,30 @@ def test_mosquitto_restart_keeps_queued_messages(world: World) -> None:
     world.assert_exactly(6000 - bad1 - bad2, bad1 + bad2)
 
 
+def _metric(port: int, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"metric {name} not found")
+
+
 def test_postgres_down_for_10_seconds(world: World) -> None:
-    world.start_ingester()
+    port = free_port()
+    world.start_ingester("w1", "--metrics-port", str(port), QUARTIER_INGEST__BUFFER_MAX="2000")
     time.sleep(1.5)
     msgs, bad = world.readings(30_000, bad_every=10)
     pub = _publish_async(world, msgs, rate=2000)  # 15 s of traffic
     time.sleep(3)
     world.local.stop_postgres()
-    time.sleep(10)
+    peak = 0.0
+    for _ in range(20):  # 10 s down: the buffer fills up to its bound and no further
+        time.sleep(0.5)
+        peak = max(peak, _metric(port, "quartier_ingest_buffer_messages"))
+    assert 0 < peak <= 2000
+    assert _metric(port, "quartier_ingest_db_errors_total") > 0
     world.local.up()
     pub.join(60)
     world.assert_exactly(len(msgs) - bad, bad)

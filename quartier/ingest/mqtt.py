@@ -16,6 +16,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -141,6 +142,10 @@ class Ingester:
         # MQTT thread, which is the ingester's bottleneck; the event wakes the writer.
         self._buffer: deque[tuple[Message, int, int]] = deque()
         self._has_data = threading.Event()
+        self._bytes_in = 0
+        self._bytes_out = 0
+        #: called with the messages of each batch right after it committed (benchmarks, tests)
+        self.on_committed: Callable[[list[Message]], None] | None = None
         # decoded batches waiting for the database (stage 1 -> stage 2)
         self._pipe: queue.Queue[Work | None] = queue.Queue(maxsize=2)
         self._db_done = threading.Event()
@@ -203,13 +208,16 @@ class Ingester:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         # Blocks while the buffer is full: backpressure onto the broker session.
-        while len(self._buffer) >= self.cfg.buffer_max and not self.stop_event.is_set():
+        while (
+            len(self._buffer) >= self.cfg.buffer_max
+            or self._bytes_in - self._bytes_out >= self.cfg.buffer_max_bytes
+        ) and not self.stop_event.is_set():
             time.sleep(0.005)
         if self.stop_event.is_set():
             return  # not acknowledged: the broker keeps it for the next run
-        self._buffer.append(
-            (Message(msg.topic, bytes(msg.payload), datetime.now(UTC)), msg.mid, msg.qos)
-        )
+        payload = bytes(msg.payload)
+        self._bytes_in += len(payload)  # written only by this (the MQTT) thread
+        self._buffer.append((Message(msg.topic, payload, datetime.now(UTC)), msg.mid, msg.qos))
         if not self._has_data.is_set():
             self._has_data.set()
 
@@ -260,6 +268,7 @@ class Ingester:
             item = buf.popleft()
             size += len(item[0].payload)
             items.append(item)
+        self._bytes_out += size  # written only by the decoding thread
         if buf:
             self._has_data.set()
         return items
@@ -298,6 +307,8 @@ class Ingester:
                 items, msgs, batch = work
                 if not self._store(msgs, batch):
                     return  # stopped while the database was down: unacked, the broker keeps them
+                if self.on_committed is not None:
+                    self.on_committed(msgs)
                 self._client.ack_many([mid for _, mid, qos in items if qos == 1])
                 for _, mid, qos in items:
                     if qos == 2:
