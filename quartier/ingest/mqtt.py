@@ -293,7 +293,8 @@ class Ingester:
                     except queue.Full:
                         continue
         finally:
-            self._pipe.put(None)
+            if not self._db_done.is_set():
+                self._pipe.put(None)  # the writer is still consuming: tell it we are done
 
     def _write_loop(self) -> None:
         """Stage 2: store each decoded batch, then acknowledge its messages."""
