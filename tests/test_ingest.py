@@ -252,3 +252,22 @@ def test_things_stack_and_senml_uplinks_through_mqtt(settings, network, db_url):
     assert all(p and "f_cnt" in p for name, _, _, p in rows if name.startswith("ttn-"))
     senml_rows = {q: v for name, q, v, _ in rows if name == f"{network}/room-1"}
     assert senml_rows == {"temperature": 23.1, "humidity": 40.5}
+
+
+def test_a_redelivered_reject_is_kept_once(db_url):
+    from datetime import UTC, datetime
+
+    from quartier.ingest.writer import Batch, BatchWriter, Reject
+
+    t = datetime(2026, 11, 1, tzinfo=UTC)
+    w = BatchWriter(db_url, auto_register=True)
+    same = Reject("quartier/v1/n/d/up", b"{bad", "invalid_json", "x", t)
+    other = Reject("quartier/v1/n/d/up", b"{bad 2", "invalid_json", "x", t)
+    w.write(Batch(rejects=[same, other]))
+    w.write(Batch(rejects=[same]))  # the broker redelivered it after a crash
+    assert count(db_url, "select count(*) from ingest_reject") == 2
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("update ingest_reject set replayed_at = now() where payload = '{bad'")
+    w.write(Batch(rejects=[same]))  # refused again after a replay: kept again
+    w.close()
+    assert count(db_url, "select count(*) from ingest_reject") == 3

@@ -387,14 +387,14 @@ class BatchWriter:
         return max(cur.rowcount, 0)
 
     @staticmethod
-    def _write_rejects(conn: Conn, rejects: list[Reject]) -> None:
-        with conn.cursor().copy(
-            "copy ingest_reject (received_at, source, topic, payload, reason, detail) "
-            "from stdin (format binary)"
-        ) as copy:
-            copy.set_types(["timestamptz", "text", "text", "bytea", "text", "text"])
-            for r in rejects:
-                copy.write_row(
+    def _write_rejects(conn: Conn, rejects: list[Reject]) -> int:
+        """Keep refused messages; the same bytes on the same topic (a redelivery) once."""
+        with conn.cursor() as cur:
+            cur.executemany(
+                "insert into ingest_reject (received_at, source, topic, payload, reason, detail)"
+                " values (%s, %s, %s, %s, %s, %s)"
+                " on conflict (topic, payload_sha256) where replayed_at is null do nothing",
+                [
                     (
                         r.received_at,
                         r.source,
@@ -403,4 +403,7 @@ class BatchWriter:
                         r.reason,
                         r.detail.replace("\x00", "\\0"),
                     )
-                )
+                    for r in rejects
+                ],
+            )
+        return len(rejects)
