@@ -327,6 +327,66 @@ def demo_cmd(
         ).run(duration)
 
 
+# ------------------------------------------------------------------------------ evaluation
+indicators_app = typer.Typer(help="Indicators of the strategy evaluation.", no_args_is_help=True)
+app.add_typer(indicators_app, name="indicators")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    strategy: Annotated[Path, typer.Option("--strategy", help="strategy YAML file")],
+    out: Annotated[Path, typer.Option("--out", help="report: .html (or .pdf)")] = Path(
+        "report.html"
+    ),
+    pdf: Annotated[bool, typer.Option("--pdf", help="also write a PDF beside the HTML")] = False,
+    lang: Annotated[
+        str | None, typer.Option("--lang", help="de or en (default: the strategy's, de)")
+    ] = None,
+    as_of: Annotated[
+        datetime | None, typer.Option("--as-of", help="evaluation date, UTC (default: now)")
+    ] = None,
+    history_months: Annotated[
+        int, typer.Option(help="also compute the indicators as of 1..N months before")
+    ] = 0,
+) -> None:
+    """Evaluate a strategy against the stored data, store the run and write the report."""
+    import psycopg
+
+    from quartier.evaluation.report import evaluate_to_report
+
+    if lang not in (None, "de", "en"):
+        raise typer.BadParameter("de or en", param_hint="--lang")
+    when = as_of or datetime.now(UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    settings = _settings()
+    with _user_errors(), psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        evaluation, files = evaluate_to_report(
+            conn, strategy, out, as_of=when, pdf=pdf, lang=lang, history_months=history_months
+        )
+    s = evaluation.summary
+    console.print(
+        f"evaluation run {evaluation.run_id}: {s['on_track']} on track, {s['at_risk']} at risk,"
+        f" {s['off_track']} off track, {s['no_data']} without data"
+    )
+    console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+@indicators_app.command("import")
+def indicators_import_cmd(
+    file: Annotated[Path, typer.Argument(help="CSV: indicator,date,value,source[,…]")],
+) -> None:
+    """Record manual indicator values (OZG services online, course participants, …) from CSV;
+    all rows or none."""
+    import psycopg
+
+    from quartier.evaluation.manual import import_csv
+
+    settings = _settings()
+    with _user_errors(), psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        n = import_csv(conn, file)
+    console.print(f"recorded {n} indicator value(s) from {file}")
+
+
 # ------------------------------------------------------------------------------ rejects
 @rejects_app.command("list")
 def rejects_list(

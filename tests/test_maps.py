@@ -107,3 +107,28 @@ def test_cells_without_sensors_or_districts() -> None:
     page = render_coverage_map(_cells(), _sensors().iloc[:0], None)
     assert page.count("CRS3035RES100m") == 4
     assert "fitBounds" in page
+
+
+def test_gap_map_has_german_legend_classes_gaps_and_dead_zones() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_coverage_analysis import scenario
+
+    from quartier.geo.analysis import AnalysisParams, analyse
+    from quartier.geo.profiles import GERMAN_FUNDING
+    from quartier.maps.coverage import render_gap_map
+
+    res = analyse(scenario(), AnalysisParams(verdict_min_measurements=1))
+    classes = [c.model_dump() for c in GERMAN_FUNDING.classes]
+    page = render_gap_map(res.cells, res.gaps, _districts(), classes, _sensors())
+    assert page.lstrip().startswith("<!DOCTYPE html>")
+    for text in ("Breitbandversorgung je 100-m-Zelle", "weiß (unter 30 Mbit/s)",
+                 "dunkelgrau (unter 500 Mbit/s und nicht 200 Mbit/s symmetrisch)",
+                 "Versorgungslücke (zusammenhängend, 2 Cluster)",
+                 "Funkloch: kein 4G/5G gemessen (1 Zelle)", "(3 Zellen)"):  # fmt: skip
+        assert text in page, text
+    # the 5 gap cells and the very-high cell E are drawn; gigabit cells and G are not
+    assert page.count("CRS3035RES100m") == 6 + 1  # + the dead zone G
+    assert "Abstand zu Gigabit (m)" in page and "Pegel &lt;Rhein&gt;" in page

@@ -235,3 +235,162 @@ def test_time_bucket_matches_date_bin_on_plain_postgres(
                 (r[0], r[1], r[3], r[4]) for r in on_pg
             ], width
             assert [r[2] for r in on_ts] == pytest.approx([r[2] for r in on_pg], rel=1e-12), width
+
+
+# --- migration 0005 (time-series store): the same query layer on both paths -------------------
+# (appended by the store work; see docs/store.md)
+
+
+@pytest.fixture
+def ts5(engine_conn: Conn) -> Iterator[Conn]:
+    """A fresh schema holding migrations 0003 and 0005 of the timescaledb path, each applied in
+    one transaction as the runner applies it, plus the storage path row 0001 would record."""
+    migs = {m.version: m for m in available_migrations("timescaledb")}
+    assert migs[5].variant == "timescaledb" and migs[5].transactional
+    conn = engine_conn
+    schema = sql.Identifier(f"q_{uuid.uuid4().hex[:10]}")
+    assert _decide_path(conn, "auto") == "timescaledb"
+    conn.execute(sql.SQL("create schema {}").format(schema))
+    conn.execute(sql.SQL("set search_path = {}, public").format(schema))
+    try:
+        conn.execute("create table quartier_meta (key text primary key, value text not null)")
+        conn.execute("insert into quartier_meta values ('storage_path', 'timescaledb')")
+        for version in (3, 5):
+            with conn.transaction():
+                conn.execute(migs[version].sql.encode())
+        yield conn
+    finally:
+        conn.execute("reset search_path")
+        conn.execute(sql.SQL("drop schema {} cascade").format(schema))
+
+
+def _write_hooked(conn: Conn, rows: list[tuple[int, datetime, float | None]]) -> int:
+    """_write plus the per-batch hook the ingest writer calls (quartier_observations_staged)."""
+    conn.execute(
+        "create temp table if not exists _obs_stage (datastream_id bigint, "
+        "phenomenon_time timestamptz, result double precision, parameters jsonb) "
+        "on commit delete rows"
+    )
+    with conn.transaction():
+        conn.cursor().executemany(
+            "insert into _obs_stage (datastream_id, phenomenon_time, result) values (%s, %s, %s)",
+            rows,
+        )
+        cur = conn.execute(
+            "insert into observation (datastream_id, phenomenon_time, result, parameters) "
+            "select datastream_id, phenomenon_time, result, parameters from _obs_stage "
+            "on conflict do nothing"
+        )
+        conn.execute("select quartier_observations_staged()")
+        return cur.rowcount
+
+
+def test_0005_compression_aggregates_and_policies(ts5: Conn) -> None:
+    from quartier.store import rollups, timescale
+
+    settings = dict(
+        ts5.execute(
+            "select attname, coalesce(segmentby_column_index, -orderby_column_index) "
+            "from timescaledb_information.compression_settings "
+            "where hypertable_schema = current_schema() and hypertable_name = 'observation'"
+        ).fetchall()
+    )
+    assert settings == {"datastream_id": 1, "phenomenon_time": -1}
+    caggs = ts5.execute(
+        "select view_name, materialized_only from timescaledb_information.continuous_aggregates "
+        "where view_schema = current_schema() order by 1"
+    ).fetchall()
+    assert caggs == [
+        ("observation_15m", False),
+        ("observation_1d", False),
+        ("observation_1h", False),
+    ]  # real-time aggregation on
+    policy = rollups.StorePolicy(
+        retention=timedelta(days=3650),
+        rollup_retention=timedelta(days=7300),
+        compress_after=timedelta(days=2),
+        chunk_interval=timedelta(days=1),
+    )
+    timescale.configure(ts5, policy)
+    assert rollups.configure(ts5, policy)  # idempotent; the path-independent entry point
+    jobs = ts5.execute(
+        "select proc_name, hypertable_name, config from timescaledb_information.jobs "
+        "where hypertable_schema = current_schema() order by 2, 1"
+    ).fetchall()
+    by = {(p, h): c for p, h, c in jobs}
+    assert by[("policy_compression", "observation")]["compress_after"] == "2 days"
+    assert by[("policy_retention", "observation")]["drop_after"] == "3650 days"
+    assert by[("policy_refresh_continuous_aggregate", "observation_15m")]["start_offset"] == (
+        "3 days"
+    )
+    assert by[("policy_retention", "observation_1d")]["drop_after"] == "7300 days"
+    assert len(jobs) == 8
+    dims = ts5.execute(
+        "select time_interval from timescaledb_information.dimensions "
+        "where hypertable_schema = current_schema() and hypertable_name = 'observation'"
+    ).fetchall()
+    assert dims == [(timedelta(days=1),)]
+    assert timescale.run_jobs(ts5) == timescale.job_ids(ts5)  # every job runs without error
+
+
+def test_0005_query_layer_agrees_with_plain_postgres(
+    ts5: Conn, request: pytest.FixtureRequest
+) -> None:
+    from test_timeseries import as_dict, sample_rows, truth, write_batch
+
+    from quartier.store import rollups, status, timescale, timeseries
+
+    db_url: str = request.getfixturevalue("db_url")
+    rows = sample_rows()
+    half = len(rows) // 2
+    redelivered = [(ds, t, 999.0) for ds, t, _ in rows[:40]]
+    assert _write_hooked(ts5, rows[:half]) == half
+    assert _write_hooked(ts5, rows[half:] + redelivered) == len(rows) - half
+    widths = timeseries.WIDTHS
+    start, end = rows[0][1] - timedelta(hours=1), rows[-1][1] + timedelta(hours=1)
+    with psycopg.connect(db_url, autocommit=True) as plain:
+        write_batch(plain, rows[:half])
+        write_batch(plain, rows[half:] + redelivered)
+
+        def agree(stage: str) -> None:
+            for name, width in widths.items():
+                on_ts = timeseries.aggregate(ts5, [1, 2, 3, 4], width, start, end)
+                on_pg = timeseries.aggregate(plain, [1, 2, 3, 4], width, start, end)
+                assert on_ts.source == on_pg.source, name
+                assert as_dict(on_ts) == as_dict(on_pg) == truth(rows, width), (stage, name)
+                assert [s.gaps for s in on_ts.series] == [s.gaps for s in on_pg.series], name
+            raw = timeseries.aggregate(ts5, [1, 2, 3], widths["1h"], start, end, source="raw")
+            assert as_dict(raw) == truth(rows, widths["1h"]), stage
+            for ds in (1, 2, 3, 4):
+                assert timeseries.count_observations(ts5, ds) == timeseries.count_observations(
+                    plain, ds
+                ), (stage, ds)
+            assert timeseries.latest(ts5, [1, 2, 3, 4]) == timeseries.latest(plain, [1, 2, 3, 4])
+
+        agree("real-time only (nothing materialized; plain rollups dirty)")
+        rollups.refresh_all(plain)
+        timescale.refresh_aggregates(ts5)
+        agree("materialized / refreshed")
+        assert timescale.compress_all(ts5, timedelta(days=7)) >= 1
+        agree("compressed chunks")
+        late = [(2, rows[0][1] + timedelta(hours=30, minutes=1), 1000.0)]
+        assert _write_hooked(ts5, late) == 1  # into a compressed chunk
+        write_batch(plain, late)
+        rows += late
+        timescale.refresh_aggregates(ts5)  # late data: TimescaleDB needs a refresh, plain not
+        agree("late reading")
+
+    st = status.collect(ts5)
+    assert st.path == "timescaledb" and st.timescaledb_version
+    assert st.oldest == rows[0][1] and st.datastreams_with_data == 3
+    assert st.parts and all(p.state == "compressed" for p in st.parts)
+    assert st.compression_ratio is not None
+    assert set(st.rollups) == {"observation_15m", "observation_1h", "observation_1d"}
+    assert {j["target"] for j in st.jobs} >= {"observation", "observation_1d"}
+
+    # retention through the path-independent function drops whole chunks
+    before = _one(ts5, "select count(*) from observation")
+    dropped = ts5.execute(
+        "select quartier_drop_observation_partitions(%s)", (rows[0][1] + timedelta(days=2),)
+    ).fetchall()
+    assert dropped and _one(ts5, "select count(*) from observation") < before

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from quartier import __version__
-from quartier.api import errors, indicators, ingest_http, sensorthings
+from quartier.api import errors, indicators, ingest_http, sensorthings, strategy
 from quartier.api.deps import AppSettings, Conn
 from quartier.api.models import ComponentHealth, Health
 from quartier.config import Settings
@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(sensorthings.router)
     app.include_router(indicators.router)
     app.include_router(ingest_http.router)
+    app.include_router(strategy.router)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

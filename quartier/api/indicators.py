@@ -1,37 +1,240 @@
-"""Indicators of the strategy evaluation and the coverage map."""
+"""Indicators of the strategy evaluation (catalogue, current values, stored history, manual
+values, CSV download) and the coverage map."""
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import io
+import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from quartier.api.deps import Conn
+from quartier.errors import BadRequestError, NotFoundError
+from quartier.evaluation import compute, sources, storage
 from quartier.evaluation.indicators import CATALOGUE, IndicatorDefinition, IndicatorValue
-from quartier.evaluation.indicators import compute_indicators as compute
+from quartier.evaluation.scopes import CITY
 from quartier.geo import coverage
 from quartier.geo import io as geo_io
 from quartier.maps.coverage import render_coverage_map
 
 router = APIRouter(tags=["Indicators and maps"])
 
+Format = Annotated[Literal["json", "csv"], Query(description="json (default) or csv")]
+CSV_COLUMNS = (
+    "indicator_id", "name_de", "name_en", "unit", "scope_type", "scope_code", "scope_name",
+    "variant", "value", "numerator", "denominator", "period_start", "period_end", "computed_at",
+    "origin", "source", "provenance",
+)  # fmt: skip
+_CSV: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with ?format=csv"}
+}
+
 
 class IndicatorList(BaseModel):
     computed_at: datetime
     definitions: list[IndicatorDefinition]
     values: list[IndicatorValue]
+    #: per indicator without values: why (e.g. "no data: no pm10 readings")
+    notes: dict[str, str] = {}
 
 
-@router.get("/indicators", response_model=IndicatorList, operation_id="list_indicators")
-def list_indicators(conn: Conn) -> IndicatorList:
-    """Current values of every indicator per district, computed from the stored data, each with
-    its provenance (the data range and amount it was computed from)."""
-    now = datetime.now(UTC)
-    return IndicatorList(
-        computed_at=now, definitions=list(CATALOGUE.values()), values=compute(conn, now)
+class IndicatorDetail(BaseModel):
+    definition: IndicatorDefinition
+    computed_at: datetime
+    #: the values as of now: computed from the store, or the newest recorded (manual indicators)
+    current: list[IndicatorValue]
+    #: stored values (from evaluation runs and manual records), oldest first
+    history: list[IndicatorValue]
+    note: str | None = None
+
+
+class ManualValueIn(BaseModel):
+    """A value of a manual indicator, with the date it refers to and its source."""
+
+    value: float
+    date: dt.datetime | dt.date = Field(
+        description="the date the value refers to (end of its period)"
     )
+    source: str = Field(min_length=1, description="where the value comes from")
+    scope_type: Literal["city", "stadtbezirk"] = "city"
+    scope_code: str | None = Field(default=None, description="district code (stadtbezirk only)")
+    period_start: dt.datetime | dt.date | None = None
+    numerator: float | None = None
+    denominator: float | None = None
+    note: str | None = None
+
+
+def _csv(values: Sequence[IndicatorValue], filename: str) -> Response:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for v in values:
+        d = v.model_dump(mode="json")
+        writer.writerow(
+            [
+                json.dumps(d[c], ensure_ascii=False, sort_keys=True)
+                if c == "provenance"
+                else ("" if d[c] is None else d[c])
+                for c in CSV_COLUMNS
+            ]
+        )
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _current(
+    conn: Conn, now: datetime, ids: Sequence[str]
+) -> tuple[list[IndicatorValue], dict[str, str]]:
+    computed = [i for i in ids if CATALOGUE[i].origin == "computed"]
+    manual = [i for i in ids if CATALOGUE[i].origin == "manual"]
+    result = compute.compute(conn, now, computed) if computed else None
+    values = list(result.values) if result else []
+    notes = dict(result.notes) if result else {}
+    recorded = storage.latest_values(conn, manual, until=now) if manual else []
+    values += recorded
+    for i in set(manual) - {v.indicator_id for v in recorded}:
+        notes[i] = "no data: no value recorded yet"
+    return values, notes
+
+
+def _list(
+    conn: Conn, scope_type: str | None
+) -> tuple[datetime, list[IndicatorValue], dict[str, str]]:
+    now = datetime.now(UTC)
+    values, notes = _current(conn, now, list(CATALOGUE))
+    if scope_type is not None:
+        values = [v for v in values if v.scope_type == scope_type]
+    return now, values, notes
+
+
+@router.get(
+    "/indicators", response_model=IndicatorList, operation_id="list_indicators", responses=_CSV
+)
+def list_indicators(
+    conn: Conn,
+    format: Format = "json",
+    scope_type: Annotated[str | None, Query(description="city or stadtbezirk")] = None,
+) -> IndicatorList | Response:
+    """The catalogue and the current value of every indicator per area: computed from the stored
+    data, or (manual indicators) the newest recorded value; each value with its provenance."""
+    now, values, notes = _list(conn, scope_type)
+    if format == "csv":
+        return _csv(values, "indicators.csv")
+    return IndicatorList(
+        computed_at=now, definitions=list(CATALOGUE.values()), values=values, notes=notes
+    )
+
+
+@router.get(
+    "/indicators.csv",
+    response_class=Response,
+    operation_id="list_indicators_csv",
+    responses={200: {"content": {"text/csv": {}}, "description": "current values as CSV"}},
+)
+def list_indicators_csv(
+    conn: Conn, scope_type: Annotated[str | None, Query(description="city or stadtbezirk")] = None
+) -> Response:
+    """The current values of every indicator as CSV (one row per indicator, area and variant)."""
+    return _csv(_list(conn, scope_type)[1], "indicators.csv")
+
+
+def _definition(indicator_id: str) -> IndicatorDefinition:
+    definition = CATALOGUE.get(indicator_id)
+    if definition is None:
+        raise NotFoundError(f"no indicator {indicator_id!r}; known: {', '.join(sorted(CATALOGUE))}")
+    return definition
+
+
+@router.get(
+    "/indicators/{indicator_id}",
+    response_model=IndicatorDetail,
+    operation_id="get_indicator",
+    responses={**_CSV, 404: {"description": "unknown indicator"}},
+)
+def get_indicator(
+    indicator_id: str,
+    conn: Conn,
+    scope_type: Annotated[str | None, Query(description="city or stadtbezirk")] = None,
+    scope_code: Annotated[str | None, Query(description="district code")] = None,
+    since: Annotated[datetime | None, Query(description="history from (period end)")] = None,
+    until: Annotated[datetime | None, Query(description="history until (period end)")] = None,
+    format: Format = "json",
+) -> IndicatorDetail | Response:
+    """One indicator: its definition, its current values and its stored history (values from
+    evaluation runs and manual records), optionally for one area and period range. With
+    ``?format=csv``, the history as CSV."""
+    definition = _definition(indicator_id)
+    for t in (since, until):
+        if t is not None and t.tzinfo is None:
+            raise BadRequestError("since and until need a time zone (e.g. 2026-01-01T00:00Z)")
+    now = datetime.now(UTC)
+    hist = storage.history(
+        conn, indicator_id, scope_type=scope_type, scope_code=scope_code, variant=None,
+        since=since, until=until,
+    )  # fmt: skip
+    if format == "csv":
+        return _csv(hist, f"{indicator_id}.csv")
+    current, notes = _current(conn, now, [indicator_id])
+    current = [
+        v
+        for v in current
+        if (scope_type is None or v.scope_type == scope_type)
+        and (scope_code is None or v.scope_code == scope_code)
+    ]
+    return IndicatorDetail(
+        definition=definition, computed_at=now, current=current, history=hist,
+        note=notes.get(indicator_id),
+    )  # fmt: skip
+
+
+def _when(value: dt.datetime | dt.date) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime(value.year, value.month, value.day, tzinfo=UTC)
+
+
+@router.post(
+    "/indicators/{indicator_id}/values",
+    response_model=IndicatorValue,
+    status_code=201,
+    operation_id="record_indicator_value",
+    responses={400: {"description": "invalid value"}, 404: {"description": "unknown indicator"}},
+)
+def record_indicator_value(indicator_id: str, body: ManualValueIn, conn: Conn) -> IndicatorValue:
+    """Record a value of a manual indicator (one no sensor measures, e.g. the share of OZG
+    services online) with its date and source. A value for the same indicator, area, date and
+    source replaces the stored one."""
+    _definition(indicator_id)
+    scopes = sources.load_scopes(conn)
+    if body.scope_type == CITY:
+        code, name = scopes.city_code, scopes.city_name
+    else:
+        names = dict(scopes.districts)
+        if body.scope_code is None or (names and body.scope_code not in names):
+            raise BadRequestError(
+                f"scope_code must be a {body.scope_type} code"
+                + (f" ({', '.join(names)})" if names else "")
+            )
+        code, name = body.scope_code, names.get(body.scope_code, body.scope_code)
+    value = storage.manual_value(
+        indicator_id, body.value, _when(body.date), body.source, scope_type=body.scope_type,
+        scope_code=code, scope_name=name,
+        period_start=_when(body.period_start) if body.period_start is not None else None,
+        numerator=body.numerator, denominator=body.denominator, note=body.note,
+        recorded_at=datetime.now(UTC),
+    )  # fmt: skip
+    storage.record_values(conn, [value])
+    return value
 
 
 @router.get(

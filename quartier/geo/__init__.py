@@ -1,4 +1,8 @@
-"""Geo: pure analysis on (Geo)DataFrames (grid cells, coverage classes) and a thin I/O module.
+"""Geo: pure analysis on (Geo)DataFrames and thin I/O modules.
 
-``grid`` and ``coverage`` take and return plain data; only ``io`` talks to PostgreSQL.
+Pure: ``grid`` (INSPIRE 100 m grid), ``coverage`` (speed-test cells for the foundation map),
+``profiles`` (classification profiles), ``analysis`` (the coverage-gap analysis), ``gaps`` (gap
+clusters). I/O: ``io`` (districts, speed tests, sensors), ``coverage_store`` (analysis inputs and
+results in PostgreSQL), ``pgcopy`` (binary COPY to and from numpy), ``supply`` (operator files
+with a column mapping), ``export`` (GeoPackage, GeoJSON, CSV).
 """

@@ -223,3 +223,150 @@ def render_coverage_map(
     html_page: str = root.render()
     log.debug("rendered coverage map: %d cells, %d sensors", len(cells), len(sensors))
     return html_page
+
+
+# --- the gap map: results of the coverage-gap analysis ------------------------------------------
+
+GAP_LEGEND_TITLE = "Breitbandversorgung je 100-m-Zelle (bestes Angebot)"
+GAP_COLOUR = "#7b3294"
+DEAD_ZONE_COLOUR = "#000000"
+#: at most this many cells are drawn (the worst classes first); the rest is in the export
+MAX_MAP_CELLS = 20_000
+
+
+def _gap_legend(classes: Sequence[dict[str, Any]], counts: dict[str, int], n_gaps: int,
+                n_dead: int, has_sensors: bool) -> str:  # fmt: skip
+    def swatch(colour: str, text: str, round_: bool = False) -> str:
+        radius = "border-radius:50%;" if round_ else ""
+        return (
+            '<div style="margin:2px 0"><span style="display:inline-block;width:14px;height:14px;'
+            f"margin-right:6px;vertical-align:middle;background:{colour};{radius}"
+            f'opacity:0.8;border:1px solid #555"></span>{text}</div>'
+        )
+
+    rows = "".join(
+        swatch(str(c.get("colour", "#999999")), f"{html.escape(str(c['label_de']))} "
+               f'<span style="color:#666">({_cells_de(int(counts.get(str(c["key"]), 0)))})</span>')
+        for c in classes
+    )  # fmt: skip
+    rows += swatch(GAP_COLOUR, f"Versorgungslücke (zusammenhängend, {n_gaps} Cluster)")
+    rows += swatch(DEAD_ZONE_COLOUR, f"Funkloch: kein 4G/5G gemessen ({_cells_de(n_dead)})")
+    if has_sensors:
+        rows += swatch(SENSOR_COLOUR, "Sensor", round_=True)
+    return (
+        '<div id="quartier-legend" style="position:fixed;bottom:24px;left:12px;z-index:9999;'
+        "background:rgba(255,255,255,0.92);padding:8px 10px;border-radius:4px;"
+        'font:12px/1.4 sans-serif;box-shadow:0 1px 4px rgba(0,0,0,0.3);max-width:340px">'
+        f'<div style="font-weight:bold;margin-bottom:4px">{html.escape(GAP_LEGEND_TITLE)}</div>'
+        f'{rows}<div style="color:#666;margin-top:4px">Gezeigt: Zellen mit Haushalten außer '
+        "Gigabit; Förderkategorien nach Gigabit-Richtlinie 2.0</div></div>"
+    )
+
+
+def render_gap_map(
+    cells: pd.DataFrame,
+    gaps: gpd.GeoDataFrame,
+    districts: gpd.GeoDataFrame | None,
+    classes: Sequence[dict[str, Any]],
+    sensors: pd.DataFrame | None = None,
+    *,
+    attribution: str = DEFAULT_ATTRIBUTION,
+) -> str:
+    """A standalone HTML page with the results of a coverage-gap run: cells with households
+    coloured by class (all but the best class, worst first, at most :data:`MAX_MAP_CELLS`),
+    the gap clusters with rank and priority, dead zones, districts and sensors; German legend.
+
+    ``cells`` as from :func:`quartier.geo.coverage_store.load_cells` (``e``, ``n``,
+    ``class_key``, ``households``, ``dead_zone``…), ``gaps`` as from ``load_gaps``, ``classes``
+    the profile's classes as dicts (``key``, ``label_de``, ``colour``).
+    """
+    from quartier.geo import grid
+
+    keys = [str(c["key"]) for c in classes]
+    colours = {str(c["key"]): str(c.get("colour", "#999999")) for c in classes}
+    labels = {str(c["key"]): str(c["label_de"]) for c in classes}
+    populated = cells[(cells["households"] > 0) & cells["class_key"].notna()]
+    counts = populated["class_key"].astype(str).value_counts().to_dict()
+    rank = populated["class_key"].astype(str).map({k: i for i, k in enumerate(keys)})
+    shown = (
+        populated[rank < len(keys) - 1].assign(_rank=rank).sort_values("_rank").head(MAX_MAP_CELLS)
+    )
+    dead = cells[cells["dead_zone"]].head(MAX_MAP_CELLS)
+    fmap = folium.Map(location=KOELN_CENTRE, zoom_start=DEFAULT_ZOOM, tiles=None,
+                      control_scale=True)  # fmt: skip
+    folium.TileLayer(tiles=OSM_TILES, attr=attribution, name="OpenStreetMap", max_zoom=19).add_to(
+        fmap
+    )
+    if districts is not None and len(districts):
+        _add_districts(fmap, districts)
+    if len(shown):
+        e, n = shown["e"].to_numpy(), shown["n"].to_numpy()
+        layer = gpd.GeoDataFrame(
+            {
+                "cell_id": grid.cell_ids(e, n),
+                "class_key": shown["class_key"].astype(str).to_numpy(),
+                "klasse": shown["class_key"].astype(str).map(labels).to_numpy(),
+                "haushalte": shown["households"].astype(int).to_numpy(),
+                "max_down": shown["max_down_mbps"].astype(float).round(0).fillna(0).to_numpy(),
+            },
+            geometry=grid.cell_polygons(e, n),
+            crs=4326,
+        )
+
+        def style(feature: dict[str, Any]) -> dict[str, Any]:
+            colour = colours.get(feature["properties"]["class_key"], "#999999")
+            return {"color": colour, "weight": 0.5, "fillColor": colour, "fillOpacity": 0.7}
+
+        folium.GeoJson(
+            _geojson(layer), name="Versorgung je Zelle", style_function=style,
+            tooltip=folium.GeoJsonTooltip(
+                fields=["klasse", "haushalte", "max_down", "cell_id"],
+                aliases=["Klasse", "Haushalte", "bestes Angebot (Mbit/s)", "Zelle"]),
+        ).add_to(fmap)  # fmt: skip
+    if len(gaps):
+        g = gaps.to_crs(4326)
+        layer = gpd.GeoDataFrame(
+            {
+                "rang": g["rank"].astype(int),
+                "haushalte": g["households"].astype(int),
+                "flaeche": g["area_km2"].astype(float).round(2),
+                "prioritaet": g["priority"].astype(float).round(3),
+                "abstand": g["distance_gigabit_m"].astype(float).round(0).fillna(-1),
+                "bezirke": g["district_codes"].astype(str).map(_text),
+            },
+            geometry=g.geometry.values,
+            crs=4326,
+        )
+        folium.GeoJson(
+            _geojson(layer), name="Versorgungslücken",
+            style_function=lambda _f: {"color": GAP_COLOUR, "weight": 2, "fill": False},
+            tooltip=folium.GeoJsonTooltip(
+                fields=["rang", "haushalte", "flaeche", "prioritaet", "abstand", "bezirke"],
+                aliases=["Rang", "Haushalte", "Fläche (km²)", "Priorität",
+                         "Abstand zu Gigabit (m)", "Bezirke"]),
+        ).add_to(fmap)  # fmt: skip
+    if len(dead):
+        e, n = dead["e"].to_numpy(), dead["n"].to_numpy()
+        layer = gpd.GeoDataFrame({"cell_id": grid.cell_ids(e, n)}, geometry=grid.cell_polygons(
+            e, n), crs=4326)  # fmt: skip
+        folium.GeoJson(
+            _geojson(layer), name="Funklöcher",
+            style_function=lambda _f: {"color": DEAD_ZONE_COLOUR, "weight": 1,
+                                       "fillColor": DEAD_ZONE_COLOUR, "fillOpacity": 0.5},
+            tooltip=folium.GeoJsonTooltip(fields=["cell_id"], aliases=["Funkloch"]),
+        ).add_to(fmap)  # fmt: skip
+    has_sensors = sensors is not None and len(sensors) > 0
+    if sensors is not None and has_sensors:
+        _add_sensors(fmap, sensors)
+    folium.LayerControl(collapsed=True).add_to(fmap)
+    root = fmap.get_root()
+    if not isinstance(root, folium.Figure):  # pragma: no cover
+        raise TypeError("folium map without a Figure root")
+    root.html.add_child(
+        folium.Element(_gap_legend(classes, counts, len(gaps), len(dead), has_sensors))
+    )
+    bounds = _bounds([f for f in (districts, gaps) if f is not None])
+    if bounds is not None:
+        fmap.fit_bounds(bounds)
+    page: str = root.render()
+    return page

@@ -1,0 +1,427 @@
+"""Coverage-gap analysis benchmark: Köln-sized and Bundesland-sized, against a straightforward
+geopandas version in the same run.
+
+    .venv/bin/python bench/coverage.py [--case koeln|state|both] [--repeat 3]
+
+Starts its own PostgreSQL (unless QUARTIER_TEST_DATABASE_URL is set), loads the simulated Köln
+coverage world (150,000 address points, 200,000 speed tests, 1,000,000 signal measurements) and a
+synthetic Bundesland (about 3.4 M cells, 4 M address points, 10 M signal measurements, 400
+Gemeinden), then times
+
+* end to end: inputs read from PostgreSQL, analysis, results written back (committed),
+* computation alone: ``analyse`` on inputs in memory,
+* the geopandas baseline (Köln only): sjoin points → cell polygons and districts, dissolve per
+  cluster, sjoin_nearest for the distance to gigabit.
+
+The Bundesland end-to-end run happens in a child process, whose peak RSS is the memory figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import psycopg
+import shapely
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from quartier.geo import coverage_store as store
+from quartier.geo import grid
+from quartier.geo.analysis import AnalysisParams, CoverageInputs, analyse
+from quartier.geo.io import import_districts
+from quartier.services import LocalServices
+from quartier.store.migrate import migrate
+
+TARGETS = {"koeln_e2e": 3.0, "koeln_compute": 1.0, "state_e2e": 60.0, "state_mem_gb": 2.0,
+           "speedup": 10.0}  # fmt: skip
+
+
+def fresh_db(admin_url: str) -> str:
+    name = f"bench_cov_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')  # type: ignore[arg-type]
+    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
+    migrate(url)
+    return url
+
+
+def _t() -> float:
+    return time.perf_counter()
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def load_koeln(url: str) -> None:
+    from quartier.sensors_sim.coverage_world import WorldConfig, coverage_world
+
+    t = _t()
+    w = coverage_world(WorldConfig(seed=1, addresses=150_000, speedtests=200_000,
+                                   signals=1_000_000))  # fmt: skip
+    print(f"  world generated in {_t() - t:.1f} s: {len(w.addresses):,} addresses, "
+          f"{len(w.offers):,} offers, {len(w.speedtests):,} speed tests, "
+          f"{len(w.signals):,} signal measurements")  # fmt: skip
+    t = _t()
+    with psycopg.connect(url) as conn:
+        import_districts(conn)
+        store.write_households(conn, w.addresses, "sim")
+        store.write_offers(conn, w.offers, "sim")
+        store.write_speedtests(conn, w.speedtests, "sim")
+        store.write_signals(conn, w.signals, "sim")
+        conn.commit()
+    _analyze_tables(url)
+    print(f"  loaded into PostgreSQL in {_t() - t:.1f} s")
+
+
+def _analyze_tables(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("vacuum analyze household, broadband_offer, speedtest, mobile_measurement")
+
+
+def state_frames(seed: int = 3) -> dict[str, Any]:
+    """A synthetic Bundesland in EPSG:3035 (an NRW-sized box): towns of Gaussian clusters."""
+    rng = np.random.default_rng(seed)
+    x0, y0 = 4_000_000.0, 3_050_000.0
+    w_m, h_m = 200_000.0, 200_000.0  # 2000 x 2000 cells, about 3.4 M with data
+    n_addr, n_sig, n_tests = 4_000_000, 10_000_000, 1_000_000
+    towns = 1200
+    tx, ty = rng.uniform(x0, x0 + w_m, towns), rng.uniform(y0, y0 + h_m, towns)
+    size = rng.pareto(1.2, towns) + 1
+    t = rng.choice(towns, n_addr, p=size / size.sum())
+    ax = np.clip(tx[t] + rng.normal(0, 400 + 60 * np.sqrt(size[t]), n_addr), x0, x0 + w_m - 1)
+    ay = np.clip(ty[t] + rng.normal(0, 400 + 60 * np.sqrt(size[t]), n_addr), y0, y0 + h_m - 1)
+    hh = rng.geometric(0.45, n_addr)
+    # supply: a smooth gigabit field around towns; VDSL falling with distance from the centre
+    d_town = np.hypot(ax - tx[t], ay - ty[t])
+    gig = rng.random(n_addr) < np.clip(0.9 - d_town / 3000, 0.05, 0.95)
+    vdsl = np.select([d_town < 500, d_town < 1500, d_town < 3000], [250, 100, 50], 16)
+    tech = np.where(vdsl >= 30, "vdsl", "adsl")
+    offers = pd.DataFrame({
+        "x": np.concatenate([ax, ax[gig]]), "y": np.concatenate([ay, ay[gig]]),
+        "technology": np.concatenate([tech, np.full(int(gig.sum()), "ftth")]),
+        "max_down_mbps": np.concatenate([vdsl, np.full(int(gig.sum()), 1000)]).astype(float),
+        "max_up_mbps": np.concatenate([vdsl / 5, np.full(int(gig.sum()), 500)]).astype(float),
+    })  # fmt: skip
+    near = rng.random(n_sig) < 0.4  # the rest anywhere: roads, fields, forests
+    si = rng.integers(0, n_addr, n_sig)
+    sx = np.where(near, ax[si] + rng.normal(0, 80, n_sig), rng.uniform(x0, x0 + w_m, n_sig))
+    sy = np.where(near, ay[si] + rng.normal(0, 80, n_sig), rng.uniform(y0, y0 + h_m, n_sig))
+    ops = np.array(["Telekom", "Vodafone", "Telefónica", "1&1"])
+    op = rng.choice(4, n_sig, p=[0.37, 0.3, 0.28, 0.05])
+    d_sig = np.hypot(sx - tx[t[si]], sy - ty[t[si]])
+    level = -85 - d_sig / 150 + rng.normal(0, 8, n_sig)
+    techs = np.where(level > -100, "5G", np.where(level > -125, "4G", "2G"))
+    signals = pd.DataFrame({
+        "x": sx, "y": sy, "operator": ops[op], "technology": techs,
+        "rsrp_dbm": np.where(techs == "2G", np.nan, np.clip(level, -150, -25)).round(1),
+        "rssi_dbm": np.where(techs == "2G", np.clip(level + 20, -120, -30), np.nan).round(1),
+    })  # fmt: skip
+    ti = rng.integers(0, n_addr, n_tests)
+    tests = pd.DataFrame({"x": ax[ti] + rng.normal(0, 5, n_tests),
+                          "y": ay[ti] + rng.normal(0, 5, n_tests),
+                          "download_mbps": rng.gamma(2, 60, n_tests).round(1)})  # fmt: skip
+    seeds = np.column_stack([rng.uniform(x0, x0 + w_m, 400), rng.uniform(y0, y0 + h_m, 400)])
+    vor = shapely.voronoi_polygons(shapely.multipoints(seeds),
+                                   extend_to=shapely.box(x0, y0, x0 + w_m, y0 + h_m))  # fmt: skip
+    polys = shapely.intersection(np.asarray(shapely.get_parts(vor)),
+                                 shapely.box(x0, y0, x0 + w_m, y0 + h_m))  # fmt: skip
+    districts = gpd.GeoDataFrame(
+        {"code": [f"05{i:06d}" for i in range(len(polys))],
+         "name": [f"Gemeinde {i}" for i in range(len(polys))]},
+        geometry=polys, crs=grid.GRID_CRS,
+    )  # fmt: skip
+    households = pd.DataFrame({"x": ax, "y": ay, "households": hh})
+    return {"households": households, "offers": offers, "signals": signals, "tests": tests,
+            "districts": districts}  # fmt: skip
+
+
+def _with_lonlat(frame: pd.DataFrame) -> pd.DataFrame:
+    lon, lat = grid.from_grid_crs(frame["x"].to_numpy(), frame["y"].to_numpy())
+    return frame.drop(columns=["x", "y"]).assign(lon=np.round(lon, 7), lat=np.round(lat, 7))
+
+
+def load_state(url: str) -> None:
+    t = _t()
+    f = state_frames()
+    print(
+        f"  generated in {_t() - t:.1f} s: {len(f['households']):,} addresses, "
+        f"{len(f['offers']):,} offers, {len(f['tests']):,} speed tests, "
+        f"{len(f['signals']):,} signal measurements, {len(f['districts'])} Gemeinden"
+    )
+    t = _t()
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    with psycopg.connect(url) as conn:
+        d = f["districts"].to_crs(4326)
+        multi = shapely.multipolygons(np.asarray(d.geometry.values).reshape(-1, 1))
+        conn.cursor().executemany(
+            "insert into district (level, code, name, geom)"
+            " values ('stadtbezirk', %s, %s, ST_GeomFromWKB(%s, 4326))",
+            [(c, n, shapely.to_wkb(g)) for c, n, g in zip(d["code"], d["name"], multi,
+                                                         strict=True)],
+        )  # fmt: skip
+        store.write_households(conn, _with_lonlat(f["households"]), "synthetic")
+        store.write_offers(conn, _with_lonlat(f["offers"]), "synthetic")
+        tests = _with_lonlat(f["tests"])
+        tests["measured_at"] = start + pd.to_timedelta(np.arange(len(tests)), unit="s")
+        tests["device_key"] = "bench"
+        store.write_speedtests(conn, tests, "synthetic")
+        conn.commit()
+        sig = _with_lonlat(f["signals"])
+        del f
+        step = 2_000_000
+        for lo in range(0, len(sig), step):
+            part = sig.iloc[lo : lo + step].copy()
+            part["measured_at"] = start + pd.to_timedelta(np.arange(lo, lo + len(part)),
+                                                          unit="ms")  # fmt: skip
+            part["device_key"] = "bench"
+            store.write_signals(conn, part, "synthetic")
+            conn.commit()
+    _analyze_tables(url)
+    print(f"  loaded into PostgreSQL in {_t() - t:.1f} s")
+
+
+# --- the measured runs --------------------------------------------------------------------------
+
+
+def end_to_end(url: str) -> dict[str, float]:
+    """Read inputs, analyse, store, commit; with the time of each part."""
+    with psycopg.connect(url) as conn:
+        t0 = _t()
+        inputs = store.load_inputs(conn, conninfo=url)  # signals over a second connection
+        t1 = _t()
+        result = analyse(inputs)
+        t2 = _t()
+        store.save_result(conn, result, inputs.districts)
+        conn.commit()
+        t3 = _t()
+    return {"read": t1 - t0, "compute": t2 - t1, "write": t3 - t2, "total": t3 - t0,
+            "cells": float(len(result.cells)), "gaps": float(len(result.gaps))}  # fmt: skip
+
+
+def naive(inputs: CoverageInputs, params: AnalysisParams) -> dict[str, Any]:
+    """The straightforward geopandas version of the same analysis."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    profile = params.profile
+
+    def points(frame: pd.DataFrame) -> gpd.GeoDataFrame:
+        return gpd.GeoDataFrame(frame, geometry=gpd.points_from_xy(frame["lon"], frame["lat"]),
+                                crs=4326).to_crs(grid.GRID_CRS)  # fmt: skip
+
+    hh = points(inputs.households)
+    of = points(inputs.offers)
+    st = points(inputs.speedtests)
+    sg = points(inputs.signals)
+    x0, y0, x1, y1 = np.array([g.total_bounds for g in (hh, of, st, sg)]).T
+    e0, n0 = np.floor(x0.min() / 100) * 100, np.floor(y0.min() / 100) * 100
+    ee, nn = np.meshgrid(np.arange(e0, x1.max() + 100, 100), np.arange(n0, y1.max() + 100, 100))
+    cells = gpd.GeoDataFrame({"e": ee.ravel(), "n": nn.ravel()},
+                             geometry=shapely.box(ee.ravel(), nn.ravel(), ee.ravel() + 100,
+                                                  nn.ravel() + 100), crs=grid.GRID_CRS)  # fmt: skip
+    cells["cell"] = np.arange(len(cells))
+
+    def join(g: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        return gpd.sjoin(g, cells[["cell", "geometry"]], predicate="within", how="inner")
+
+    hh_j, of_j, st_j, sg_j = join(hh), join(of), join(st), join(sg)
+    per = pd.DataFrame(index=pd.Index(sorted(set(hh_j["cell"]) | set(of_j["cell"])
+                                             | set(st_j["cell"]) | set(sg_j["cell"]))))  # fmt: skip
+    per["households"] = hh_j.groupby("cell")["households"].sum()
+    per["households"] = per["households"].fillna(0)
+    crits = profile.criteria()
+    for i, c in enumerate(crits):
+        ok = of_j[(of_j["max_down_mbps"] >= c.down_mbps)
+                  & (of_j["max_up_mbps"].fillna(0) >= c.up_mbps)]  # fmt: skip
+        per[f"c{i}"] = per.index.isin(ok["cell"])
+    cls = np.full(len(per), len(profile.classes) - 1)
+    for ci in range(len(profile.classes) - 2, -1, -1):
+        leaves = np.zeros(len(per), dtype=bool)
+        for c in profile.classes[ci].exit:
+            leaves |= per[f"c{crits.index(c)}"].to_numpy()
+        cls[~leaves] = ci
+    per["class"] = cls
+    per["max_down"] = of_j.groupby("cell")["max_down_mbps"].max()
+    per["gigabit"] = per["max_down"] >= profile.gigabit_mbps
+    med = st_j.groupby("cell")["download_mbps"].agg(["median", "size"])
+    per["measured"] = med["median"].where(med["size"] >= params.min_tests)
+    per["ratio"] = per["measured"] / per["max_down"]
+    thr = sg_j["technology"].map(params.signal_threshold_dbm)
+    sg_j["good"] = sg_j["signal_dbm"] >= thr
+    cov = sg_j.groupby(["cell", "operator", "technology"], observed=True)["good"].mean()
+    covered = cov[cov >= params.signal_min_share].reset_index()
+    bb = covered[covered["technology"].isin(["4G", "5G"])].groupby("cell")["operator"].nunique()
+    per["ops_4g"] = bb.reindex(per.index).fillna(0)
+    per["n_signal"] = sg_j.groupby("cell").size().reindex(per.index).fillna(0)
+    cg = cells.loc[per.index]
+    cents = gpd.GeoDataFrame(per.assign(cell=per.index), geometry=cg.geometry.centroid.values,
+                             crs=grid.GRID_CRS)  # fmt: skip
+    dist = inputs.districts.to_crs(grid.GRID_CRS) if inputs.districts is not None else None
+    if dist is not None:
+        jd = gpd.sjoin(cents, dist[["code", "geometry"]], predicate="intersects", how="left")
+        jd = jd[~jd.index.duplicated()]
+        per["district"] = jd["code"]
+    gap = per[(per["households"] > 0)
+              & per["class"].isin([i for i, c in enumerate(profile.classes) if c.gap])]  # fmt: skip
+    gap_cells = gpd.GeoDataFrame(gap.assign(cell=gap.index), geometry=cg.loc[gap.index].geometry
+                                 .values, crs=grid.GRID_CRS)  # fmt: skip
+    pairs = gpd.sjoin(gap_cells[["geometry"]], gap_cells[["geometry"]], predicate="touches")
+    pos = {c: i for i, c in enumerate(gap_cells.index)}
+    a = np.array([pos[i] for i in pairs.index])
+    b = np.array([pos[i] for i in pairs["index_right"]]) if len(pairs) else np.array([], int)
+    # "touches" also joins corner neighbours: keep edge neighbours (4-connectivity)
+    shared = shapely.length(shapely.intersection(gap_cells.geometry.values[a],
+                                                 gap_cells.geometry.values[b])) > 0 if len(a) \
+        else np.array([], bool)  # fmt: skip
+    g = coo_matrix((np.ones(int(shared.sum())), (a[shared], b[shared])),
+                   shape=(len(gap_cells), len(gap_cells)))  # fmt: skip
+    _, labels = connected_components(g, directed=False)
+    gap_cells["cluster"] = labels
+    clusters = gap_cells[["cluster", "households", "geometry"]].dissolve(
+        by="cluster", aggfunc={"households": "sum"}
+    )
+    gig = gpd.GeoDataFrame(geometry=cg.loc[per.index[per["gigabit"].fillna(False)]].geometry
+                           .values, crs=grid.GRID_CRS)  # fmt: skip
+    near = gpd.sjoin_nearest(clusters, gig, distance_col="distance_gigabit_m")
+    near = near[~near.index.duplicated()]
+    clusters["distance_gigabit_m"] = near["distance_gigabit_m"]
+    stats = per.groupby(["district", "class"])["households"].sum().unstack(fill_value=0)
+    return {"cells": len(per), "clusters": len(clusters), "stats": stats}
+
+
+def run_state_child(url: str, repeat: int) -> dict[str, Any]:
+    """The Bundesland end to end in this (child) process; peak RSS included."""
+    runs = [end_to_end(url) for _ in range(repeat)]
+    best = min(runs, key=lambda r: r["total"])
+    with psycopg.connect(url) as conn:
+        inputs = store.load_inputs(conn)
+    t = _t()
+    analyse(inputs)
+    compute = _t() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB → GiB
+    return {"best": best, "runs": [r["total"] for r in runs], "compute_only": compute,
+            "peak_rss_gb": rss}  # fmt: skip
+
+
+def bench_koeln(url: str, repeat: int) -> dict[str, Any]:
+    print("Köln: loading …")
+    load_koeln(url)
+    runs = [end_to_end(url) for _ in range(repeat)]
+    best = min(runs, key=lambda r: r["total"])
+    with psycopg.connect(url) as conn:
+        inputs = store.load_inputs(conn)
+    computes = []
+    for _ in range(repeat):
+        t = _t()
+        res = analyse(inputs)
+        computes.append(_t() - t)
+    # the baseline reads the same inputs as lon/lat points (cells of the vectorised run)
+    lon_inputs = _as_lonlat(inputs)
+    t = _t()
+    vec_lonlat = analyse(lon_inputs)
+    vec_lonlat_s = _t() - t
+    t = _t()
+    base = naive(lon_inputs, AnalysisParams())
+    naive_s = _t() - t
+    print(f"  cells {len(res.cells):,} (baseline {base['cells']:,}), clusters {len(res.gaps):,} "
+          f"(baseline {base['clusters']:,})")  # fmt: skip
+    return {"best": best, "runs": [r["total"] for r in runs], "compute": min(computes),
+            "compute_lonlat": vec_lonlat_s, "naive": naive_s, "cells": len(res.cells),
+            "gaps": len(res.gaps), "vec_lonlat_cells": len(vec_lonlat.cells)}  # fmt: skip
+
+
+def _as_lonlat(inputs: CoverageInputs) -> CoverageInputs:
+    """The inputs located by lon/lat of a point inside their cell (as raw data would be)."""
+    rng = np.random.default_rng(0)
+
+    def conv(frame: pd.DataFrame) -> pd.DataFrame:
+        x = frame["cell_e"].to_numpy(float) + rng.uniform(1, 99, len(frame))
+        y = frame["cell_n"].to_numpy(float) + rng.uniform(1, 99, len(frame))
+        lon, lat = grid.from_grid_crs(x, y)
+        return frame.drop(columns=["cell_e", "cell_n"]).assign(lon=lon, lat=lat)
+
+    return CoverageInputs(conv(inputs.households), conv(inputs.offers), conv(inputs.speedtests),
+                          conv(inputs.signals), inputs.districts)  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", choices=["koeln", "state", "both"], default="both")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--state-child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the finally: stop PostgreSQL
+    if args.state_child:
+        print(json.dumps(run_state_child(args.state_child, args.repeat)))
+        return
+    admin = os.environ.get("QUARTIER_TEST_DATABASE_URL")
+    local = None
+    state_dir = None
+    if not admin:
+        state_dir = Path(tempfile.mkdtemp(prefix="quartier-bench-cov-"))
+        os.chmod(state_dir, 0o755)
+        local = LocalServices(state_dir, fast_unsafe=True)
+        admin = local.up().database_url
+    try:
+        if args.case in ("koeln", "both"):
+            k = bench_koeln(fresh_db(admin), args.repeat)
+            b = k["best"]
+            print(f"Köln end to end (best of {args.repeat}): {b['total']:.2f} s "
+                  f"(read {b['read']:.2f}, compute {b['compute']:.2f}, write {b['write']:.2f}); "
+                  f"all runs {', '.join(f'{r:.2f}' for r in k['runs'])}")  # fmt: skip
+            print(f"Köln computation alone: {k['compute']:.2f} s (inputs by cell); "
+                  f"from lon/lat points: {k['compute_lonlat']:.2f} s")  # fmt: skip
+            print(f"Köln geopandas baseline: {k['naive']:.2f} s; speed-up "
+                  f"{k['naive'] / k['compute_lonlat']:.1f}x (same lon/lat inputs), "
+                  f"{k['naive'] / k['compute']:.1f}x (vs cell inputs)")  # fmt: skip
+            _verdict("Köln end to end ≤ 3 s", b["total"], TARGETS["koeln_e2e"])
+            _verdict("Köln computation ≤ 1 s", k["compute"], TARGETS["koeln_compute"])
+            ratio = k["naive"] / k["compute_lonlat"]
+            print(f"  ≥ 10x baseline: {'met' if ratio >= 10 else 'NOT met'} ({ratio:.1f}x)")
+        if args.case in ("state", "both"):
+            url = fresh_db(admin)
+            print("Bundesland: loading …")
+            load_state(url)
+            out = subprocess.run(
+                [sys.executable, __file__, "--state-child", url, "--repeat",
+                 str(max(1, args.repeat - 1))], check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            s = json.loads(out.stdout.strip().splitlines()[-1])
+            b = s["best"]
+            print(
+                f"Bundesland end to end (best): {b['total']:.1f} s (read {b['read']:.1f}, "
+                f"compute {b['compute']:.1f}, write {b['write']:.1f}); {int(b['cells']):,} cells, "
+                f"{int(b['gaps']):,} gap clusters; runs {', '.join(f'{r:.1f}' for r in s['runs'])}"
+            )
+            print(f"Bundesland computation alone: {s['compute_only']:.1f} s; "
+                  f"peak RSS {s['peak_rss_gb']:.2f} GiB")  # fmt: skip
+            _verdict("Bundesland end to end ≤ 60 s", b["total"], TARGETS["state_e2e"])
+            _verdict("Bundesland memory ≤ 2 GB", s["peak_rss_gb"], TARGETS["state_mem_gb"])
+    finally:
+        if local is not None:
+            local.down()
+        if state_dir is not None:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _verdict(name: str, value: float, limit: float) -> None:
+    print(f"  {name}: {'met' if value <= limit else 'NOT met'} ({value:.2f})")
+
+
+if __name__ == "__main__":
+    main()

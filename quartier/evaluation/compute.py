@@ -1,0 +1,227 @@
+"""Compute catalogued indicators from the store as of a moment: the thin I/O around the pure math.
+
+Each family (speed tests, broadband, mobile, environment, sensor network) is loaded once and
+feeds all of its indicators. A family without data yields a note ("no data: why") per indicator
+instead of values, so callers can tell "0" from "not measured". Manual indicators are not
+computed; their values come from :mod:`quartier.evaluation.storage`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import psycopg
+
+from quartier.evaluation import coverage, environment, network, sources
+from quartier.evaluation.indicators import (
+    CATALOGUE,
+    IndicatorValue,
+    gigabit_cell_share_by_district,
+    to_values,
+)
+from quartier.evaluation.scopes import Scopes
+from quartier.geo import coverage as geo_coverage
+from quartier.geo import grid
+from quartier.geo import io as geo_io
+
+log = logging.getLogger(__name__)
+
+ROLLING = timedelta(days=365)
+AVAILABILITY_WINDOW = timedelta(hours=24)
+
+
+@dataclass
+class Computation:
+    """Values computed as of ``as_of``, and for indicators without values, why."""
+
+    as_of: datetime
+    values: list[IndicatorValue] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def year_start(now: datetime, tz: str = environment.LOCAL_TZ) -> datetime:
+    """Midnight of 1 January (local time) of the year ``now`` lies in."""
+    local = pd.Timestamp(now).tz_convert(tz)
+    start: datetime = pd.Timestamp(year=local.year, month=1, day=1, tz=tz).to_pydatetime()
+    return start
+
+
+def _speedtest(conn: psycopg.Connection[Any], now: datetime, out: Computation) -> None:
+    districts = geo_io.load_districts(conn, "stadtbezirk")
+    if districts.empty:
+        out.notes["gigabit_cell_share"] = "no Stadtbezirke in the district table"
+        return
+    tests = geo_io.load_speedtests(conn, until=now)
+    cells = geo_coverage.classify_cells(tests, districts)
+    first = tests["measured_at"].min() if len(tests) else None
+    last = tests["measured_at"].max() if len(tests) else None
+    in_city = cells["district_code"].notna().to_numpy()
+    provenance: dict[str, Any] = {
+        "source": "speedtest",
+        "tests_used": int(cells.loc[in_city, "n_tests"].sum()),
+        "tests_loaded": len(tests),
+        "data_from": first.isoformat() if first is not None else None,
+        "data_to": last.isoformat() if last is not None else None,
+        "sources": sorted(str(v) for v in tests["source"].dropna().unique()),
+        "cells_measured": int(in_city.sum()),
+        "grid": f"INSPIRE {grid.CELL_SIZE_M} m ({grid.GRID_CRS})",
+        "cell_value": "median download_mbps",
+        "district_assignment": "Stadtbezirk polygon containing the cell centre",
+    }
+    out.values += gigabit_cell_share_by_district(
+        cells,
+        districts,
+        period_start=first.to_pydatetime() if first is not None else None,
+        period_end=now,
+        computed_at=now,
+        provenance=provenance,
+    )
+
+
+def _broadband(
+    conn: psycopg.Connection[Any], scopes: Scopes, now: datetime, out: Computation
+) -> None:
+    ids = [d.id for d in CATALOGUE.values() if d.family == "broadband"]
+    cells, prov, reason = sources.load_broadband_cells(conn)
+    if cells is None:
+        out.notes.update({i: f"no data: {reason}" for i in ids})
+        return
+    results = {
+        "bb_households_30": coverage.households_with_speed(cells, scopes, 30),
+        "bb_households_100": coverage.households_with_speed(cells, scopes, 100),
+        "bb_households_1000": coverage.households_with_speed(cells, scopes, 1000),
+        "bb_households_fibre": coverage.households_with_fibre(cells, scopes),
+        "bb_households_white": coverage.households_in_class(cells, scopes, "white"),
+        "bb_households_grey": coverage.households_in_class(cells, scopes, "grey"),
+        "bb_households_dark_grey": coverage.households_in_class(cells, scopes, "dark_grey"),
+    }
+    for key, res in results.items():
+        out.values += to_values(
+            CATALOGUE[key], res, scopes, period_start=None, period_end=now, computed_at=now,
+            provenance=prov,
+        )  # fmt: skip
+
+
+def _mobile(conn: psycopg.Connection[Any], scopes: Scopes, now: datetime, out: Computation) -> None:
+    ids = [d.id for d in CATALOGUE.values() if d.family == "mobile"]
+    frames, prov, reason = sources.load_mobile(conn)
+    if frames is None:
+        out.notes.update({i: f"no data: {reason}" for i in ids})
+        return
+    cells, offers = frames
+    results = {
+        "mobile_4g_area_share": coverage.area_with_technology(cells, offers, scopes, "4g"),
+        "mobile_5g_area_share": coverage.area_with_technology(cells, offers, scopes, "5g"),
+        "mobile_dead_zone_area": coverage.dead_zone_area(cells, offers, scopes),
+    }
+    for key, res in results.items():
+        out.values += to_values(
+            CATALOGUE[key], res, scopes, period_start=None, period_end=now, computed_at=now,
+            provenance=prov,
+        )  # fmt: skip
+
+
+def _environment(
+    conn: psycopg.Connection[Any], scopes: Scopes, now: datetime, out: Computation
+) -> None:
+    y0 = year_start(now)
+    r0 = now - ROLLING
+    for q in ("pm25", "pm10", "no2"):
+        hourly, stations, prov = sources.load_hourly(conn, q, min(y0, r0), now)
+        if hourly.empty:
+            for kind in ("annual", "rolling"):
+                out.notes[f"{q}_{kind}_mean"] = f"no data: no {q} readings before {now:%Y-%m-%d}"
+        for kind, start in (("annual", y0), ("rolling", r0)):
+            if hourly.empty:
+                continue
+            res = environment.mean_concentration(hourly, stations, scopes, start, now)
+            out.values += to_values(
+                CATALOGUE[f"{q}_{kind}_mean"], res, scopes, period_start=start, period_end=now,
+                computed_at=now, provenance={**prov, "method": "mean of valid daily means"},
+            )  # fmt: skip
+        if q in ("pm10", "pm25") and not hourly.empty:
+            key, threshold = (
+                ("pm10_days_over_50", 50.0) if q == "pm10" else ("pm25_days_over_who", 15.0)
+            )
+            res = environment.exceedance_days(hourly, stations, scopes, y0, now, threshold)
+            out.values += to_values(
+                CATALOGUE[key], res, scopes, period_start=y0, period_end=now, computed_at=now,
+                provenance={**prov, "threshold_ug_m3": threshold},
+            )  # fmt: skip
+        elif q in ("pm10", "pm25"):
+            key = "pm10_days_over_50" if q == "pm10" else "pm25_days_over_who"
+            out.notes[key] = f"no data: no {q} readings"
+    hourly, stations, prov = sources.load_hourly(conn, "noise_laeq", y0, now, energetic=True)
+    if hourly.empty:
+        out.notes["noise_lden_over_55_share"] = "no data: no noise readings this year"
+        return
+    res = environment.noise_share_over(hourly, stations, scopes, y0, now, 55.0)
+    out.values += to_values(
+        CATALOGUE["noise_lden_over_55_share"], res, scopes, period_start=y0, period_end=now,
+        computed_at=now, provenance={**prov, "limit_db": 55.0, "hourly": "energetic mean"},
+    )  # fmt: skip
+
+
+def _network(
+    conn: psycopg.Connection[Any], scopes: Scopes, now: datetime, out: Computation
+) -> None:
+    start = now - AVAILABILITY_WINDOW
+    streams = sources.load_streams(conn, start, now)
+    things = sources.load_things(conn, now)
+    if things.empty:
+        for i in ("sensor_availability", "sensor_stale_count", "sensor_data_freshness"):
+            out.notes[i] = "no data: no sensors registered"
+        return
+    prov = {"source": "observation", "things": len(things), "datastreams": len(streams)}
+    out.values += to_values(
+        CATALOGUE["sensor_availability"], network.availability(streams, scopes, start, now),
+        scopes, period_start=start, period_end=now, computed_at=now,
+        provenance={**prov, "window_hours": 24},
+    )  # fmt: skip
+    out.values += to_values(
+        CATALOGUE["sensor_stale_count"], network.stale_sensors(things, scopes, now), scopes,
+        period_start=None, period_end=now, computed_at=now,
+        provenance={**prov, "stale_after_minutes": network.STALE_AFTER.total_seconds() / 60},
+    )  # fmt: skip
+    out.values += to_values(
+        CATALOGUE["sensor_data_freshness"], network.freshness(things, scopes, now), scopes,
+        period_start=None, period_end=now, computed_at=now,
+        provenance={**prov, "active_within_days": network.ACTIVE_WITHIN.days},
+    )  # fmt: skip
+
+
+def compute(
+    conn: psycopg.Connection[Any], now: datetime, ids: Collection[str] | None = None
+) -> Computation:
+    """Values of the computed indicators (all, or the families of ``ids``) as of ``now``."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    now = now.astimezone(UTC)
+    wanted = set(CATALOGUE) if ids is None else set(ids)
+    families = {CATALOGUE[i].family for i in wanted if i in CATALOGUE}
+    out = Computation(as_of=now)
+    scopes = sources.load_scopes(conn)
+    if "speedtest" in families:
+        _speedtest(conn, now, out)
+    if "broadband" in families:
+        _broadband(conn, scopes, now, out)
+    if "mobile" in families:
+        _mobile(conn, scopes, now, out)
+    if "environment" in families:
+        _environment(conn, scopes, now, out)
+    if "network" in families:
+        _network(conn, scopes, now, out)
+    out.values = [v for v in out.values if v.indicator_id in wanted]
+    out.notes = {k: v for k, v in out.notes.items() if k in wanted}
+    log.info("computed %d indicator values as of %s", len(out.values), now.isoformat())
+    return out
+
+
+def compute_indicators(conn: psycopg.Connection[Any], now: datetime) -> list[IndicatorValue]:
+    """Every computed indicator's values as of ``now`` (tz-aware)."""
+    return compute(conn, now).values

@@ -1,0 +1,289 @@
+"""Reads from the store into the frames the pure indicator math takes (thin I/O, parameterised
+SQL). Every function takes an open psycopg 3 connection (any row factory) and leaves transaction
+handling to the caller.
+
+The broadband and mobile data come from the geo part's coverage analysis (``coverage_run``,
+``coverage_cell``, migrations 0010-0014), read here through a small adapter: the tables and the
+columns used are checked (``to_regclass``, ``information_schema``) and when something is missing
+the adapter returns no frame and the reason, so the indicators report "no data" instead of
+failing.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+from psycopg.rows import tuple_row
+
+from quartier.evaluation.scopes import DISTRICT_LEVEL, Scopes
+
+log = logging.getLogger(__name__)
+
+INTERVAL_HISTORY = timedelta(days=7)
+
+
+def load_scopes(conn: psycopg.Connection[Any]) -> Scopes:
+    """The city and its Stadtbezirke from ``district`` (code "city" if no city row is loaded)."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(
+            "select level, code, name from district where level in ('city', %s) "
+            "order by level, length(code), code",
+            (DISTRICT_LEVEL,),
+        ).fetchall()
+    city = next(((r[1], r[2]) for r in rows if r[0] == "city"), ("city", "Stadt"))
+    districts = tuple((str(r[1]), str(r[2])) for r in rows if r[0] == DISTRICT_LEVEL)
+    return Scopes(city_code=city[0], city_name=city[1], districts=districts)
+
+
+# The Stadtbezirk containing a point (first by code on a shared boundary).
+_DISTRICT_OF = """
+    (select dist.code from district dist
+     where dist.level = 'stadtbezirk' and ST_Intersects(dist.geom, {point})
+     order by length(dist.code), dist.code limit 1)
+"""
+_THING_POINT = """
+    (select ST_PointOnSurface(l.location) from thing_location tl
+     join location l on l.id = tl.location_id
+     where tl.thing_id = {thing} order by l.id desc limit 1)
+"""
+
+
+def _stations_sql() -> str:
+    point = (
+        "coalesce(ST_PointOnSurface(d.observed_area), "
+        + _THING_POINT.format(thing="d.thing_id")
+        + ")"
+    )
+    return (
+        "select d.id, " + _DISTRICT_OF.format(point=point) + " from datastream d "
+        "where d.properties->>'quantity' = %(q)s order by d.id"
+    )
+
+
+def load_hourly(
+    conn: psycopg.Connection[Any],
+    quantity: str,
+    start: datetime,
+    end: datetime,
+    *,
+    energetic: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Hourly values of every datastream of ``quantity`` in ``[start, end)`` (arithmetic means,
+    or energetic means for levels in dB), the stations (datastream, Stadtbezirk) and provenance
+    (readings used, data range)."""
+    mean = "10 * log10(avg(power(10, o.result / 10)))" if energetic else "avg(o.result)"
+    query = f"""
+        select o.datastream_id, date_trunc('hour', o.phenomenon_time, 'UTC'), {mean}, count(*),
+               min(o.phenomenon_time), max(o.phenomenon_time)
+        from observation o join datastream d on d.id = o.datastream_id
+        where d.properties->>'quantity' = %(q)s and o.result is not null
+          and o.phenomenon_time >= %(start)s and o.phenomenon_time < %(end)s
+        group by 1, 2 order by 1, 2
+    """  # `mean` is one of two fixed expressions, values are parameters
+    params = {"q": quantity, "start": start, "end": end}
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(query.encode(), params).fetchall()
+        stations = cur.execute(_stations_sql().encode(), params).fetchall()
+    hourly = pd.DataFrame(
+        {
+            "datastream_id": pd.Series([r[0] for r in rows], dtype=np.int64),
+            "hour": pd.to_datetime(pd.Series([r[1] for r in rows], dtype=object), utc=True),
+            "value": pd.Series([r[2] for r in rows], dtype=np.float64),
+        }
+    )
+    station_frame = pd.DataFrame(
+        {
+            "datastream_id": pd.Series([r[0] for r in stations], dtype=np.int64),
+            "district_code": pd.Series([r[1] for r in stations], dtype=object),
+        }
+    )
+    provenance = {
+        "source": "observation",
+        "quantity": quantity,
+        "readings_used": int(sum(r[3] for r in rows)),
+        "datastreams": len(station_frame),
+        "data_from": min(r[4] for r in rows).isoformat() if rows else None,
+        "data_to": max(r[5] for r in rows).isoformat() if rows else None,
+    }
+    return hourly, station_frame, provenance
+
+
+def load_streams(conn: psycopg.Connection[Any], start: datetime, end: datetime) -> pd.DataFrame:
+    """Per datastream: ``datastream_id``, ``district_code``, ``received`` in ``[start, end)``,
+    ``interval_s`` (property ``interval_s``, else the median gap over the 7 days before ``end``)
+    and ``active_from`` (first reading before ``end``)."""
+    point = _THING_POINT.format(thing="d.thing_id")
+    query = f"""
+        select d.id, {_DISTRICT_OF.format(point=point)},
+            (select count(*) from observation o where o.datastream_id = d.id
+               and o.phenomenon_time >= %(start)s and o.phenomenon_time < %(end)s),
+            coalesce(
+              case when d.properties->>'interval_s' ~ '^[0-9]+(\\.[0-9]+)?$'
+                   then (d.properties->>'interval_s')::float8 end,
+              (select percentile_cont(0.5) within group (order by g.gap) from (
+                 select extract(epoch from o.phenomenon_time
+                                - lag(o.phenomenon_time) over (order by o.phenomenon_time)) gap
+                 from observation o where o.datastream_id = d.id
+                   and o.phenomenon_time >= %(hist)s and o.phenomenon_time < %(end)s) g
+               where g.gap > 0)),
+            (select min(o.phenomenon_time) from observation o where o.datastream_id = d.id
+               and o.phenomenon_time < %(end)s)
+        from datastream d order by d.id
+    """
+    params = {"start": start, "end": end, "hist": end - INTERVAL_HISTORY}
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(query.encode(), params).fetchall()
+    return pd.DataFrame(
+        {
+            "datastream_id": pd.Series([r[0] for r in rows], dtype=np.int64),
+            "district_code": pd.Series([r[1] for r in rows], dtype=object),
+            "received": pd.Series([r[2] for r in rows], dtype=np.int64),
+            "interval_s": pd.Series([r[3] for r in rows], dtype=np.float64),
+            "active_from": pd.to_datetime(pd.Series([r[4] for r in rows], dtype=object), utc=True),
+        }
+    )
+
+
+def load_things(conn: psycopg.Connection[Any], until: datetime) -> pd.DataFrame:
+    """Per Thing: ``thing_id``, ``district_code``, ``last_seen`` (latest reading up to ``until``
+    of any of its datastreams; NaT if none)."""
+    point = _THING_POINT.format(thing="t.id")
+    query = f"""
+        select t.id, {_DISTRICT_OF.format(point=point)},
+            (select max(o.phenomenon_time) from datastream d
+               join observation o on o.datastream_id = d.id
+             where d.thing_id = t.id and o.phenomenon_time <= %(until)s)
+        from thing t order by t.id
+    """
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(query.encode(), {"until": until}).fetchall()
+    return pd.DataFrame(
+        {
+            "thing_id": pd.Series([r[0] for r in rows], dtype=np.int64),
+            "district_code": pd.Series([r[1] for r in rows], dtype=object),
+            "last_seen": pd.to_datetime(pd.Series([r[2] for r in rows], dtype=object), utc=True),
+        }
+    )
+
+
+_CELL_COLUMNS = (
+    "run_id", "e", "n", "district_code", "households", "best_technology", "max_down_mbps",
+    "class_key", "operators_4g", "operators_5g", "dead_zone", "n_signal", "mobile_mask",
+)  # fmt: skip
+CELL_AREA_M2 = 10_000.0
+
+
+def _latest_coverage_run(
+    conn: psycopg.Connection[Any],
+) -> tuple[tuple[int, datetime, str, list[str], list[str]] | None, str | None]:
+    """The newest run of the geo part's coverage analysis (German profile preferred), or why
+    there is none."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        found = cur.execute(
+            "select to_regclass('coverage_run')::text, to_regclass('coverage_cell')::text"
+        ).fetchone()
+        if found is None or None in found:
+            return None, "the coverage analysis tables do not exist (geo migrations not applied)"
+        cols = {
+            r[0]
+            for r in cur.execute(
+                "select column_name from information_schema.columns "
+                "where table_schema = current_schema() and table_name = 'coverage_cell'"
+            )
+        }
+        lacking = [c for c in _CELL_COLUMNS if c not in cols]
+        if lacking:
+            return None, f"coverage_cell lacks columns {', '.join(lacking)}"
+        run = cur.execute(
+            "select id, created_at, profile, operators, technologies from coverage_run "
+            "order by (profile = 'de') desc, id desc limit 1"
+        ).fetchone()
+    if run is None:
+        return None, "no coverage analysis has been run (quartier.geo)"
+    return (int(run[0]), run[1], str(run[2]), list(run[3] or []), list(run[4] or [])), None
+
+
+def _coverage_cells(conn: psycopg.Connection[Any], run_id: int) -> list[tuple[Any, ...]]:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(
+            "select 'CRS3035RES100mN' || n || 'E' || e, district_code, households, best_technology,"
+            " max_down_mbps, class_key, operators_4g, operators_5g, dead_zone, n_signal,"
+            " mobile_mask"
+            " from coverage_cell where run_id = %s order by n, e",
+            (run_id,),
+        ).fetchall()
+
+
+def load_broadband_cells(
+    conn: psycopg.Connection[Any],
+) -> tuple[pd.DataFrame | None, dict[str, Any], str | None]:
+    """Broadband cells (``coverage.BROADBAND_COLUMNS``) of the newest coverage run, its
+    provenance, or None and why. ``fibre``: the cell's best technology is FTTH or FTTB."""
+    run, reason = _latest_coverage_run(conn)
+    if run is None:
+        return None, {}, reason
+    rows = _coverage_cells(conn, run[0])
+    if not rows:
+        return None, {}, f"coverage run {run[0]} has no cells"
+    frame = pd.DataFrame(
+        {
+            "cell_id": [r[0] for r in rows],
+            "district_code": pd.Series([r[1] for r in rows], dtype=object),
+            "households": pd.Series([r[2] for r in rows], dtype=np.float64),
+            "max_download_mbps": pd.Series([r[4] for r in rows], dtype=np.float64),
+            "fibre": [r[3] in ("ftth", "fttb") for r in rows],
+            "funding_class": pd.Series([r[5] for r in rows], dtype=object),
+        }
+    )
+    prov = {
+        "source": "coverage_cell",
+        "coverage_run": run[0],
+        "coverage_run_at": run[1].isoformat(),
+        "profile": run[2],
+        "cells": len(frame),
+    }
+    return frame, prov, None
+
+
+def load_mobile(
+    conn: psycopg.Connection[Any],
+) -> tuple[tuple[pd.DataFrame, pd.DataFrame] | None, dict[str, Any], str | None]:
+    """Mobile cells (``coverage.MOBILE_CELL_COLUMNS``, 100 m x 100 m each) and offers of the
+    newest coverage run. The analysed area is the cells with signal measurements, as in the geo
+    analysis; offers come from ``mobile_mask`` (bit ``i * len(technologies) + j``: operator
+    ``operators[i]`` with ``technologies[j]``)."""
+    run, reason = _latest_coverage_run(conn)
+    if run is None:
+        return None, {}, reason
+    rows = [r for r in _coverage_cells(conn, run[0]) if r[9] and r[9] > 0]
+    if not rows:
+        return None, {}, f"coverage run {run[0]} has no cells with signal measurements"
+    operators, technologies = run[3], [t.lower() for t in run[4]]
+    cells = pd.DataFrame(
+        {
+            "cell_id": [r[0] for r in rows],
+            "district_code": pd.Series([r[1] for r in rows], dtype=object),
+            "area_m2": CELL_AREA_M2,
+        }
+    )
+    offers: list[tuple[str, str, str]] = []
+    for r in rows:
+        mask = int(r[10] or 0)
+        for i, op in enumerate(operators):
+            for j, tech in enumerate(technologies):
+                if (mask >> (i * len(technologies) + j)) & 1:
+                    offers.append((r[0], op, tech))
+    prov = {
+        "source": "coverage_cell",
+        "coverage_run": run[0],
+        "coverage_run_at": run[1].isoformat(),
+        "cells": len(cells),
+        "operators": operators,
+        "area": "cells with signal measurements, 100 m x 100 m each",
+    }
+    return (cells, pd.DataFrame(offers, columns=["cell_id", "operator", "technology"])), prov, None

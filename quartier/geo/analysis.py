@@ -1,0 +1,550 @@
+"""Coverage-gap analysis on the INSPIRE 100 m grid: pure and vectorised.
+
+:func:`analyse` takes households, fixed broadband offers, speed tests and mobile signal
+measurements (each located by ``cell_e``/``cell_n``, the lower-left corner of its cell in EPSG:3035
+metres, or by WGS84 ``lon``/``lat``) and districts, and returns
+
+* ``cells``: one row per cell with any input: district (the polygon containing the cell centre,
+  the first in ``districts`` order on a shared edge), households and addresses, the best offer
+  (highest download, then upload) and the cell class of the profile (any offer in the cell that
+  meets a criterion counts), the median measured download against the advertised maximum where
+  the cell has at least ``min_tests`` tests (``disagreement`` "below" when the ratio is under
+  ``disagree_below``, "above" over ``disagree_above``), mobile coverage per operator and
+  technology as a bit mask, dead zones and single-operator cells, and the gap cluster;
+* ``gaps``: the ranked gap clusters (see :mod:`quartier.geo.gaps`) with polygons;
+* ``districts``: per district and for the whole area (code ``"all"``): households and shares per
+  class, cells per class, and the 4G/5G area share per operator.
+
+A gap cell is a cell with households whose class is a gap class of the profile. Cells without
+households and without offers have no class (``class_key`` NA).
+
+Mobile: an operator covers a cell with a technology when the cell has at least
+``signal_min_measurements`` measurements of that operator and technology and at least
+``signal_min_share`` of them reach the technology's threshold (RSRP for 4G/5G, RSSI for 2G). A
+cell with at least ``verdict_min_measurements`` measurements but 4G or 5G from no operator is a
+dead zone; from exactly one, a single-operator cell. Area shares count cells: per operator,
+covered cells / cells with measurements of that operator; the 4G share counts 5G cells too.
+Bit ``i * len(MOBILE_TECHNOLOGIES) + j`` of ``mobile_mask`` is operator ``operators[i]`` with
+technology ``MOBILE_TECHNOLOGIES[j]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import geopandas as gpd
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import shapely
+from pydantic import BaseModel, ConfigDict, Field
+
+from quartier.geo import grid
+from quartier.geo.gaps import CELL, KEY_MULT, PriorityWeights, find_clusters, keys_of
+from quartier.geo.profiles import GERMAN_FUNDING, Profile
+
+log = logging.getLogger(__name__)
+
+FIXED_TECHNOLOGIES: tuple[str, ...] = ("ftth", "fttb", "hfc", "vdsl", "adsl", "fwa", "other")
+MOBILE_TECHNOLOGIES: tuple[str, ...] = ("2G", "3G", "4G", "5G")
+MAX_OPERATORS = 7  # the mask is an int32
+CITY_CODE = "all"
+_DENSE_LIMIT = 64_000_000  # cells in the bounding box up to which cells are indexed densely
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class AnalysisParams(BaseModel):
+    """Everything configurable about the analysis (defaults: German funding terms)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    profile: Profile = GERMAN_FUNDING
+    min_tests: int = Field(default=5, ge=1)
+    disagree_below: float = Field(default=0.3, ge=0)
+    disagree_above: float = Field(default=1.5, ge=0)
+    signal_threshold_dbm: dict[str, float] = Field(
+        default_factory=lambda: {"2G": -100.0, "3G": -105.0, "4G": -110.0, "5G": -110.0}
+    )
+    signal_min_measurements: int = Field(default=1, ge=1)
+    signal_min_share: float = Field(default=0.5, ge=0, le=1)
+    #: a cell needs this many measurements before it can be a dead zone or single-operator cell
+    verdict_min_measurements: int = Field(default=3, ge=1)
+    cluster_connectivity: Literal[4, 8] = 4
+    weights: PriorityWeights = PriorityWeights()
+    proximity_scale_m: float = Field(default=1000.0, gt=0)
+
+
+@dataclass(frozen=True)
+class CoverageInputs:
+    """The analysis inputs. Every frame locates its rows by ``cell_e``/``cell_n`` or ``lon``/
+    ``lat``. ``households``: ``households``; ``offers``: ``technology`` (one of
+    :data:`FIXED_TECHNOLOGIES`), ``max_down_mbps``, ``max_up_mbps`` (NaN unknown);
+    ``speedtests``: ``download_mbps``; ``signals``: ``operator``, ``technology`` (one of
+    :data:`MOBILE_TECHNOLOGIES`), ``signal_dbm`` (or ``rsrp_dbm`` and ``rssi_dbm``); text columns
+    may be pandas categoricals. ``districts``: ``code``, ``name``, polygons."""
+
+    households: pd.DataFrame
+    offers: pd.DataFrame
+    speedtests: pd.DataFrame
+    signals: pd.DataFrame
+    districts: gpd.GeoDataFrame | None = None
+
+
+@dataclass(frozen=True)
+class CoverageResult:
+    params: AnalysisParams
+    cells: pd.DataFrame
+    gaps: gpd.GeoDataFrame
+    districts: pd.DataFrame
+    operators: list[str]
+    inputs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def technologies(self) -> list[str]:
+        return list(MOBILE_TECHNOLOGIES)
+
+
+# --- input handling ---------------------------------------------------------------------------
+
+
+def _float(frame: pd.DataFrame, col: str) -> FloatArray:
+    if col not in frame.columns:
+        return np.full(len(frame), np.nan)
+    out: FloatArray = pd.to_numeric(frame[col], errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+    return out
+
+
+def _cells(frame: pd.DataFrame, what: str) -> tuple[IntArray, BoolArray]:
+    """Cell keys of the rows and which rows have a valid position."""
+    if {"cell_e", "cell_n"} <= set(frame.columns):
+        e = _float(frame, "cell_e")
+        n = _float(frame, "cell_n")
+        ok = np.isfinite(e) & np.isfinite(n)
+        return keys_of(np.where(ok, e, 0), np.where(ok, n, 0)), ok
+    if {"lon", "lat"} <= set(frame.columns):
+        lon, lat = _float(frame, "lon"), _float(frame, "lat")
+        ok = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90)
+        x, y = grid.to_grid_crs(np.where(ok, lon, 0), np.where(ok, lat, 0))
+        ok &= np.isfinite(x) & np.isfinite(y)
+        x, y = np.where(ok, x, 0), np.where(ok, y, 0)
+        return keys_of(np.floor(x / CELL) * CELL, np.floor(y / CELL) * CELL), ok
+    raise ValueError(f"{what} need cell_e/cell_n or lon/lat columns")
+
+
+def _codes(frame: pd.DataFrame, col: str, vocabulary: tuple[str, ...] | list[str]) -> IntArray:
+    """Codes of the column's values in ``vocabulary`` (case-insensitive), -1 for others."""
+    if col not in frame.columns:
+        return np.full(len(frame), -1, dtype=np.int64)
+    cat = frame[col]
+    if not isinstance(cat.dtype, pd.CategoricalDtype):
+        cat = cat.astype("category")
+    lookup = {v.lower(): i for i, v in enumerate(vocabulary)}
+    table = np.array(
+        [lookup.get(str(c).lower(), -1) for c in cat.cat.categories] + [-1], dtype=np.int64
+    )
+    codes = cat.cat.codes.to_numpy().astype(np.int64)
+    out: IntArray = table[np.where(codes < 0, len(table) - 1, codes)]
+    return out
+
+
+class _Indexer:
+    """Maps cell keys to positions 0…n-1 in the sorted list of distinct keys (dense lookup
+    table over the bounding box when it is small enough, else a sort)."""
+
+    def __init__(self, keys: list[IntArray]) -> None:
+        allk = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+        self._dense = False
+        if len(allk) == 0:
+            self.keys = allk
+            return
+        rows, cols = allk // KEY_MULT, allk % KEY_MULT
+        self._r0, self._c0 = int(rows.min()), int(cols.min())
+        self._w = int(cols.max()) - self._c0 + 1
+        size = (int(rows.max()) - self._r0 + 1) * self._w
+        if size <= _DENSE_LIMIT:
+            self._dense = True
+            d = (rows - self._r0) * self._w + (cols - self._c0)
+            present = np.zeros(size, dtype=bool)
+            present[d] = True
+            cells = np.flatnonzero(present)
+            self._lut = np.full(size, -1, dtype=np.int32)
+            self._lut[cells] = np.arange(len(cells), dtype=np.int32)
+            self.keys = (cells // self._w + self._r0) * KEY_MULT + cells % self._w + self._c0
+        else:
+            self.keys = np.unique(allk)
+
+    def __call__(self, keys: IntArray) -> IntArray:
+        if self._dense:
+            d = (keys // KEY_MULT - self._r0) * self._w + (keys % KEY_MULT - self._c0)
+            dense: IntArray = self._lut[d].astype(np.int64)
+            return dense
+        found: IntArray = np.searchsorted(self.keys, keys).astype(np.int64)
+        return found
+
+
+def district_of_cells(keys: IntArray, districts: gpd.GeoDataFrame | None) -> IntArray:
+    """Index (in ``districts``) of the district containing each cell centre, -1 outside all;
+    ``keys`` sorted. On a shared edge the first district wins."""
+    out = np.full(len(keys), -1, dtype=np.int64)
+    if districts is None or len(districts) == 0 or len(keys) == 0:
+        return out
+    geoms = np.asarray(districts.to_crs(grid.GRID_CRS).geometry.values, dtype=object)
+    shapely.prepare(geoms)
+    cx = (keys % KEY_MULT).astype(np.float64) * CELL + CELL / 2
+    cy = (keys // KEY_MULT).astype(np.float64) * CELL + CELL / 2  # sorted ascending
+    bounds = shapely.bounds(geoms)
+    for i, geom in enumerate(geoms):
+        minx, miny, maxx, maxy = bounds[i]
+        if not np.isfinite(minx):
+            continue
+        lo = int(np.searchsorted(cy, miny, side="left"))
+        hi = int(np.searchsorted(cy, maxy, side="right"))
+        cand = lo + np.flatnonzero((cx[lo:hi] >= minx) & (cx[lo:hi] <= maxx) & (out[lo:hi] < 0))
+        hit = shapely.intersects_xy(geom, cx[cand], cy[cand])
+        out[cand[hit]] = i
+    return out
+
+
+# --- per-cell pieces ----------------------------------------------------------------------------
+
+
+def _group_median(idx: IntArray, values: FloatArray, n_cells: int) -> tuple[IntArray, FloatArray]:
+    """Count and median of ``values`` per cell index."""
+    counts = np.bincount(idx, minlength=n_cells).astype(np.int64)
+    med = np.full(n_cells, np.nan)
+    if len(idx) == 0:
+        return counts, med
+    order = np.lexsort((values, idx))
+    sorted_vals = values[order]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    has = counts > 0
+    lo = starts[has] + (counts[has] - 1) // 2
+    hi = starts[has] + counts[has] // 2
+    med[has] = (sorted_vals[lo] + sorted_vals[hi]) / 2
+    return counts, med
+
+
+def _classify(
+    idx: IntArray, down: FloatArray, up: FloatArray, n_cells: int, profile: Profile
+) -> tuple[IntArray, BoolArray]:
+    """Class index per cell (from the offers ``idx``/``down``/``up``) and whether it has an
+    offer meeting the gigabit download."""
+    up0 = np.nan_to_num(up, nan=0.0)
+    met: dict[int, BoolArray] = {}
+    for i, crit in enumerate(profile.criteria()):
+        ok = (down >= crit.down_mbps) & (up0 >= crit.up_mbps)
+        met[i] = np.bincount(idx[ok], minlength=n_cells) > 0
+    crit_index = {c: i for i, c in enumerate(profile.criteria())}
+    last = len(profile.classes) - 1
+    cls = np.full(n_cells, last, dtype=np.int64)
+    for ci in range(last - 1, -1, -1):
+        leaves = np.zeros(n_cells, dtype=bool)
+        for crit in profile.classes[ci].exit:
+            leaves |= met[crit_index[crit]]
+        cls[~leaves] = ci
+    gigabit = np.bincount(idx[down >= profile.gigabit_mbps], minlength=n_cells) > 0
+    return cls, gigabit
+
+
+def _best_offer(idx: IntArray, down: FloatArray, up: FloatArray, n_cells: int) -> IntArray:
+    """Row of the best offer per cell (highest download, then upload; -1 none)."""
+    score = down * 1e6 + np.nan_to_num(up, nan=0.0)
+    best = np.full(n_cells, -np.inf)
+    np.maximum.at(best, idx, score)
+    row = np.full(n_cells, -1, dtype=np.int64)
+    winners = np.flatnonzero(score == best[idx])
+    row[idx[winners[::-1]]] = winners[::-1]  # the first of equal offers wins
+    return row
+
+
+def _mobile(
+    idx: IntArray,
+    op: IntArray,
+    tech: IntArray,
+    level: FloatArray,
+    n_cells: int,
+    n_ops: int,
+    params: AnalysisParams,
+) -> tuple[IntArray, IntArray, IntArray]:
+    """Per cell: the coverage bit mask, the mask of operators measured (bit i: operator i) and
+    the number of measurements."""
+    n_tech = len(MOBILE_TECHNOLOGIES)
+    thresholds = np.array([params.signal_threshold_dbm.get(t, np.inf) for t in MOBILE_TECHNOLOGIES])
+    ok = (op >= 0) & (tech >= 0)
+    idx, op, tech, level = idx[ok], op[ok], tech[ok], level[ok]
+    good = level >= thresholds[tech]  # NaN levels are not good
+    combo = op * n_tech + tech
+    order = np.argsort(combo, kind="stable")
+    bounds = np.searchsorted(combo[order], np.arange(n_ops * n_tech + 1))
+    mask = np.zeros(n_cells, dtype=np.int64)
+    measured = np.zeros(n_cells, dtype=np.int64)
+    for k in range(n_ops * n_tech):
+        sel = order[bounds[k] : bounds[k + 1]]
+        if len(sel) == 0:
+            continue
+        total = np.bincount(idx[sel], minlength=n_cells)
+        measured[total > 0] |= 1 << (k // n_tech)
+        hits = np.bincount(idx[sel[good[sel]]], minlength=n_cells)
+        covered = (
+            (total >= params.signal_min_measurements)
+            & (hits >= params.signal_min_share * total)
+            & (hits > 0)
+        )
+        mask[covered] |= 1 << k
+    return mask, measured, np.bincount(idx, minlength=n_cells).astype(np.int64)
+
+
+def _operators(signals: pd.DataFrame) -> list[str]:
+    """The operators of the measurements: the most measured :data:`MAX_OPERATORS`, by name."""
+    if "operator" not in signals.columns or len(signals) == 0:
+        return []
+    counts = signals["operator"].value_counts(sort=False)
+    counts = counts[counts > 0]
+    counts.index = counts.index.astype(str)
+    top = counts.sort_values(ascending=False, kind="stable").head(MAX_OPERATORS)
+    if len(counts) > MAX_OPERATORS:
+        log.warning("only the %d most measured of %d operators are analysed", MAX_OPERATORS,
+                    len(counts))  # fmt: skip
+    return sorted(str(o) for o in top.index)
+
+
+def _bit_count(mask: IntArray, bits: list[int]) -> IntArray:
+    out = np.zeros(len(mask), dtype=np.int64)
+    for b in bits:
+        out += (mask >> b) & 1
+    return out
+
+
+# --- the analysis -------------------------------------------------------------------------------
+
+
+def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> CoverageResult:
+    """Run the whole analysis; see the module docstring."""
+    p = params or AnalysisParams()
+    profile = p.profile
+    counts: dict[str, int] = {}
+
+    hh_keys, hh_ok = _cells(inputs.households, "households")
+    hh_n = _float(inputs.households, "households")
+    hh_ok &= np.isfinite(hh_n) & (hh_n >= 0)
+    of_keys, of_ok = _cells(inputs.offers, "offers")
+    of_tech = _codes(inputs.offers, "technology", FIXED_TECHNOLOGIES)
+    of_down = _float(inputs.offers, "max_down_mbps")
+    of_up = _float(inputs.offers, "max_up_mbps")
+    of_ok &= np.isfinite(of_down) & (of_down >= 0) & (of_tech >= 0) & ~(of_up < 0)
+    st_keys, st_ok = _cells(inputs.speedtests, "speedtests")
+    st_down = _float(inputs.speedtests, "download_mbps")
+    st_ok &= np.isfinite(st_down) & (st_down >= 0)
+    sg_keys, sg_ok = _cells(inputs.signals, "signals")
+    operators = _operators(inputs.signals)
+    sg_op = _codes(inputs.signals, "operator", operators)
+    sg_tech = _codes(inputs.signals, "technology", MOBILE_TECHNOLOGIES)
+    if "signal_dbm" in inputs.signals.columns:
+        sg_level = _float(inputs.signals, "signal_dbm")
+    else:
+        rsrp = _float(inputs.signals, "rsrp_dbm")
+        sg_level = np.where(np.isnan(rsrp), _float(inputs.signals, "rssi_dbm"), rsrp)
+    sg_ok &= (sg_op >= 0) & (sg_tech >= 0)
+    for name, ok in (("households", hh_ok), ("offers", of_ok), ("speedtests", st_ok),
+                     ("signals", sg_ok)):  # fmt: skip
+        counts[f"{name}_rows"] = len(ok)
+        counts[f"{name}_used"] = int(ok.sum())
+        if not ok.all():
+            log.warning("ignored %d of %d %s rows", int((~ok).sum()), len(ok), name)
+
+    hh_keys, hh_n = hh_keys[hh_ok], hh_n[hh_ok]
+    of_keys, of_tech, of_down, of_up = of_keys[of_ok], of_tech[of_ok], of_down[of_ok], of_up[of_ok]
+    st_keys, st_down = st_keys[st_ok], st_down[st_ok]
+    sg_keys, sg_op, sg_tech, sg_level = (
+        sg_keys[sg_ok],
+        sg_op[sg_ok],
+        sg_tech[sg_ok],
+        sg_level[sg_ok],
+    )
+
+    index = _Indexer([hh_keys, of_keys, st_keys, sg_keys])
+    keys = index.keys
+    n_cells = len(keys)
+    hh_i, of_i, st_i, sg_i = index(hh_keys), index(of_keys), index(st_keys), index(sg_keys)
+
+    households = np.bincount(hh_i, weights=hh_n, minlength=n_cells).round().astype(np.int64)
+    addresses = np.bincount(hh_i, minlength=n_cells).astype(np.int64)
+    cls, gigabit = _classify(of_i, of_down, of_up, n_cells, profile)
+    n_offers = np.bincount(of_i, minlength=n_cells)
+    classified = (n_offers > 0) | (households > 0)
+    gap_class = np.array([c.gap for c in profile.classes])
+    is_gap = classified & gap_class[cls] & (households > 0)
+    best = _best_offer(of_i, of_down, of_up, n_cells)
+    has_offer = best >= 0
+    max_down = np.where(has_offer, of_down[np.maximum(best, 0)], np.nan)
+    max_up = np.where(has_offer, of_up[np.maximum(best, 0)], np.nan)
+    best_tech = np.where(has_offer, of_tech[np.maximum(best, 0)], -1)
+
+    n_tests, median = _group_median(st_i, st_down, n_cells)
+    enough = n_tests >= p.min_tests
+    measured = np.where(enough, median, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(enough & has_offer & (max_down > 0), measured / max_down, np.nan)
+    disagreement = np.full(n_cells, -1, dtype=np.int64)
+    disagreement[ratio < p.disagree_below] = 0
+    disagreement[ratio > p.disagree_above] = 1
+
+    mask, ops_measured, n_signal = _mobile(
+        sg_i, sg_op, sg_tech, sg_level, n_cells, len(operators), p
+    )
+    n_tech = len(MOBILE_TECHNOLOGIES)
+    t4, t5 = MOBILE_TECHNOLOGIES.index("4G"), MOBILE_TECHNOLOGIES.index("5G")
+    broadband_mobile = np.zeros(n_cells, dtype=np.int64)
+    for i in range(len(operators)):
+        broadband_mobile += ((mask >> (i * n_tech + t4)) | (mask >> (i * n_tech + t5))) & 1
+    ops_5g = _bit_count(mask, [i * n_tech + t5 for i in range(len(operators))])
+    verdict = n_signal >= p.verdict_min_measurements
+    dead_zone = verdict & (broadband_mobile == 0)
+    single = verdict & (broadband_mobile == 1)
+
+    districts = inputs.districts
+    dist_idx = district_of_cells(keys, districts)
+    codes = [str(c) for c in districts["code"]] if districts is not None and len(districts) else []
+    names = (
+        [str(c) for c in (districts["name"] if "name" in districts.columns else districts["code"])]
+        if districts is not None and len(districts)
+        else []
+    )
+
+    gap_rows = np.flatnonzero(is_gap)
+    clusters = find_clusters(
+        keys[gap_rows],
+        households[gap_rows],
+        cls[gap_rows],
+        dist_idx[gap_rows],
+        codes,
+        np.array([c.severity for c in profile.classes]),
+        keys[gigabit],
+        connectivity=p.cluster_connectivity,
+        weights=p.weights,
+        proximity_scale_m=p.proximity_scale_m,
+    )
+    cluster_id = np.full(n_cells, -1, dtype=np.int64)
+    cluster_id[gap_rows] = clusters.labels + 1
+
+    e = (keys % KEY_MULT) * CELL
+    n = (keys // KEY_MULT) * CELL
+    class_keys = profile.keys
+    cells = pd.DataFrame(
+        {
+            "e": e.astype(np.int64),
+            "n": n.astype(np.int64),
+            "district_code": pd.Categorical.from_codes(dist_idx, categories=codes)
+            if codes
+            else pd.Categorical([None] * n_cells, categories=[]),
+            "households": households,
+            "addresses": addresses,
+            "best_technology": pd.Categorical.from_codes(best_tech, FIXED_TECHNOLOGIES),
+            "max_down_mbps": max_down,
+            "max_up_mbps": max_up,
+            "class_key": pd.Categorical.from_codes(np.where(classified, cls, -1), class_keys),
+            "is_gap": is_gap,
+            "n_tests": n_tests,
+            "measured_down_mbps": measured,
+            "measured_ratio": ratio,
+            "disagreement": pd.Categorical.from_codes(disagreement, ["below", "above"]),
+            "n_signal": n_signal,
+            "mobile_mask": mask,
+            "operators_measured": ops_measured,
+            "operators_4g": broadband_mobile,
+            "operators_5g": ops_5g,
+            "dead_zone": dead_zone,
+            "single_operator": single,
+            "cluster_id": pd.arrays.IntegerArray(np.maximum(cluster_id, 0), cluster_id < 0),
+        }
+    )
+
+    k = len(clusters.cells)
+    gaps = gpd.GeoDataFrame(
+        {
+            "cluster_id": np.arange(1, k + 1, dtype=np.int64),
+            "rank": clusters.rank,
+            "cells": clusters.cells,
+            "households": clusters.households,
+            "area_km2": clusters.cells * (CELL * CELL / 1e6),
+            "district_codes": clusters.districts,
+            "worst_class": [class_keys[int(i)] for i in clusters.worst_class],
+            "severity": clusters.severity,
+            "distance_gigabit_m": clusters.distance_gigabit_m,
+            "priority": clusters.priority,
+        },
+        geometry=gpd.GeoSeries(clusters.geometry, crs=grid.WGS84),
+        crs=grid.WGS84,
+    ).sort_values("rank", kind="stable", ignore_index=True)
+
+    stats = district_stats(cells, codes, names, operators, profile)
+    counts.update({"cells": n_cells, "gap_cells": len(gap_rows), "clusters": k})
+    return CoverageResult(p, cells, gaps, stats, operators, counts)
+
+
+def district_stats(
+    cells: pd.DataFrame,
+    codes: list[str],
+    names: list[str],
+    operators: list[str],
+    profile: Profile,
+) -> pd.DataFrame:
+    """One row per district (in ``codes`` order) and one for everything (code ``"all"``):
+    ``households``, ``cells`` (with households), per class ``households_<k>``, ``share_<k>`` (% of
+    households; 0 where there are none, else they sum to 100) and ``cells_<k>``; ``signal_cells``
+    (cells with measurements) and per operator ``area_4g_<op>``/``area_5g_<op>``: % of the cells
+    with measurements of the operator where it covers with 4G (or 5G, which runs on 4G) / 5G."""
+    m = len(codes)
+    d = (
+        cells["district_code"].cat.codes.to_numpy().astype(np.int64)
+        if m
+        else np.full(len(cells), -1, dtype=np.int64)
+    )
+    slot = np.where(d >= 0, d, m)  # m: outside every district, only in "all"
+    hh = cells["households"].to_numpy(dtype=np.int64)
+    cls = cells["class_key"].cat.codes.to_numpy().astype(np.int64)
+    populated = hh > 0
+    out: dict[str, Any] = {"code": [*codes, CITY_CODE], "name": [*names, "Gesamt"]}
+
+    def per_slot(weights: npt.ArrayLike, sel: BoolArray) -> FloatArray:
+        w = np.asarray(weights, dtype=np.float64)[sel]
+        sums: FloatArray = np.bincount(slot[sel], weights=w, minlength=m + 1).astype(np.float64)
+        sums[m] = w.sum()
+        return sums
+
+    total_hh = per_slot(hh, populated)
+    out["households"] = total_hh.round().astype(np.int64)
+    out["cells"] = per_slot(np.ones(len(hh)), populated).round().astype(np.int64)
+    for ci, c in enumerate(profile.classes):
+        sel = populated & (cls == ci)
+        h = per_slot(hh, sel)
+        out[f"households_{c.key}"] = h.round().astype(np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"share_{c.key}"] = np.where(total_hh > 0, 100.0 * h / np.maximum(total_hh, 1), 0.0)
+        out[f"cells_{c.key}"] = per_slot(np.ones(len(hh)), sel).round().astype(np.int64)
+    ones = np.ones(len(hh))
+    signal = cells["n_signal"].to_numpy() > 0
+    out["signal_cells"] = per_slot(ones, signal).round().astype(np.int64)
+    mask = cells["mobile_mask"].to_numpy(dtype=np.int64)
+    seen = cells["operators_measured"].to_numpy(dtype=np.int64)
+    n_tech = len(MOBILE_TECHNOLOGIES)
+    t4, t5 = MOBILE_TECHNOLOGIES.index("4G"), MOBILE_TECHNOLOGIES.index("5G")
+    for i, op in enumerate(operators):
+        op_seen = ((seen >> i) & 1) == 1
+        measured = per_slot(ones, op_seen)
+        has5 = ((mask >> (i * n_tech + t5)) & 1) == 1
+        has4 = (((mask >> (i * n_tech + t4)) & 1) == 1) | has5  # 5G (NSA) runs on 4G
+        for tech, covered_cells in (("4G", has4), ("5G", has5)):
+            covered = per_slot(ones, op_seen & covered_cells)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[f"area_{tech.lower()}_{op}"] = np.where(
+                    measured > 0, 100.0 * covered / np.maximum(measured, 1), np.nan
+                )
+    return pd.DataFrame(out)

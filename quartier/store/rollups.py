@@ -1,0 +1,379 @@
+"""Rollup, partition and retention upkeep on the plain PostgreSQL path (TimescaleDB does the same
+with its own policies, see :mod:`quartier.store.timescale`).
+
+* The ingest writer marks the 15-minute buckets each batch touched, in the batch's transaction:
+  ``select quartier_observations_staged()`` right after its ``INSERT INTO observation ... SELECT
+  ... FROM _obs_stage`` (one cheap statement; migration 0005 defines it for both paths).
+* :func:`refresh` recomputes exactly the marked buckets: 15 min from raw rows, then the hours and
+  days that contain them from the finer rollup. Rollups are never rebuilt in full; until a bucket
+  is refreshed, :mod:`quartier.store.timeseries` reads it from raw rows.
+* :func:`rebuild` recomputes a time range in bulk, for data loaded past the writer (imports,
+  benchmarks).
+* :func:`apply_retention` drops whole monthly partitions (and old rollup rows if configured);
+  :func:`maintain` does partitions ahead + retention + refresh, for a periodic job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from quartier.errors import ConfigError
+from quartier.store.timeseries import (
+    ORIGIN,
+    ROLLUPS,
+    StoragePath,
+    ceil_to,
+    floor_to,
+    storage_path,
+)
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.Connection[Any]
+_REFRESH_LOCK = 0x5155_5231  # "QUR1": one refresher at a time
+_FINER = {
+    timedelta(hours=1): timedelta(minutes=15),
+    timedelta(days=1): timedelta(hours=1),
+}
+
+
+@dataclass(frozen=True)
+class StorePolicy:
+    """Retention and compression, from ``DatabaseSettings`` (see :meth:`from_settings`)."""
+
+    #: raw observations older than this are dropped (None: kept forever)
+    retention: timedelta | None = None
+    #: rollup rows older than this are dropped (None: kept forever); must be >= retention
+    rollup_retention: timedelta | None = None
+    #: TimescaleDB: chunks are compressed when all their rows are older than this; plain
+    #: PostgreSQL: a month's partition is compacted (index rebuilt) this long after it ended
+    compress_after: timedelta = timedelta(days=7)
+    #: TimescaleDB: chunk interval for new chunks
+    chunk_interval: timedelta = timedelta(days=7)
+    #: plain PostgreSQL: monthly partitions are created this many months ahead
+    partitions_ahead_months: int = 3
+
+    def __post_init__(self) -> None:
+        if (
+            self.retention is not None
+            and self.rollup_retention is not None
+            and self.rollup_retention < self.retention
+        ):
+            raise ConfigError(
+                "database.rollup_retention must be at least database.retention "
+                f"({self.rollup_retention} < {self.retention}): @iot.count and aggregates over "
+                "old ranges read the rollups"
+            )
+        for name in ("retention", "rollup_retention"):
+            value = getattr(self, name)
+            if value is not None and value < timedelta(days=31):
+                raise ConfigError(f"database.{name} must be at least 31 days, got {value}")
+        if self.chunk_interval % timedelta(days=1) != timedelta(0):
+            raise ConfigError(
+                f"database.chunk_interval must be whole days, got {self.chunk_interval}"
+            )
+
+    @classmethod
+    def from_settings(cls, database: Any) -> StorePolicy:
+        """From ``settings.database``; fields it does not have yet keep their defaults."""
+        defaults = cls()
+        return cls(
+            retention=getattr(database, "retention", defaults.retention),
+            rollup_retention=getattr(database, "rollup_retention", defaults.rollup_retention),
+            compress_after=getattr(database, "compress_after", defaults.compress_after),
+            chunk_interval=getattr(database, "chunk_interval", defaults.chunk_interval),
+            partitions_ahead_months=getattr(
+                database, "partitions_ahead_months", defaults.partitions_ahead_months
+            ),
+        )
+
+
+@dataclass
+class RefreshResult:
+    buckets_15m: int = 0
+    buckets_1h: int = 0
+    buckets_1d: int = 0
+    skipped: bool = False  # another refresher holds the lock
+
+
+# ------------------------------------------------------------------------------------ refresh
+_PICK = """
+create temp table _rollup_dirty on commit drop as
+with picked as (
+    select datastream_id, bucket from observation_dirty
+    order by bucket limit %(limit)s for update skip locked
+), gone as (
+    delete from observation_dirty o using picked p
+    where o.datastream_id = p.datastream_id and o.bucket = p.bucket
+    returning o.datastream_id, o.bucket
+)
+select datastream_id, bucket from gone"""
+
+_DIRTY_AT = """
+create temp table {target} on commit drop as
+select distinct datastream_id, date_bin(%(w)s, bucket, %(origin)s) as bucket from {source}"""
+
+_DELETE = """
+delete from {rollup} r using {dirty} d
+where r.datastream_id = d.datastream_id and r.bucket = d.bucket"""
+
+_FROM_RAW = """
+insert into observation_15m (datastream_id, bucket, n_all, n, s, lo, hi)
+select d.datastream_id, d.bucket, a.n_all, a.n, a.s, a.lo, a.hi
+from {dirty} d cross join lateral (
+    select count(*) as n_all, count(o.result) as n, sum(o.result) as s, min(o.result) as lo,
+           max(o.result) as hi
+    from observation o
+    where o.datastream_id = d.datastream_id and o.phenomenon_time >= d.bucket
+      and o.phenomenon_time < d.bucket + interval '15 minutes'
+) a
+where a.n_all > 0"""
+
+_FROM_FINER = """
+insert into {rollup} (datastream_id, bucket, n_all, n, s, lo, hi)
+select d.datastream_id, d.bucket, a.n_all, a.n, a.s, a.lo, a.hi
+from {dirty} d cross join lateral (
+    select sum(f.n_all) as n_all, sum(f.n) as n, sum(f.s) as s, min(f.lo) as lo, max(f.hi) as hi
+    from {finer} f
+    where f.datastream_id = d.datastream_id and f.bucket >= d.bucket
+      and f.bucket < d.bucket + %(w)s
+) a
+where a.n_all > 0"""
+
+
+def refresh(conn: Conn, *, limit: int = 50_000) -> RefreshResult:
+    """Recompute the rollup buckets the ingester marked dirty (at most ``limit`` 15-minute marks,
+    oldest first) in one transaction. Call it until it returns fewer than ``limit``
+    (:func:`refresh_all`). Concurrent callers skip instead of waiting."""
+    res = RefreshResult()
+    with conn.transaction():
+        locked = conn.execute("select pg_try_advisory_xact_lock(%s)", (_REFRESH_LOCK,)).fetchone()
+        if not locked or not _scalar(locked):
+            res.skipped = True
+            return res
+        conn.execute("set local jit = off")  # compiling costs more than these statements take
+        conn.execute(_PICK, {"limit": limit})
+        conn.execute("analyze _rollup_dirty")
+        res.buckets_15m = _count(conn, sql.Identifier("_rollup_dirty"))
+        if res.buckets_15m == 0:
+            conn.execute("drop table _rollup_dirty")
+            return res
+        dirty = sql.Identifier("_rollup_dirty")
+        conn.execute(sql.SQL(_DELETE).format(rollup=sql.Identifier("observation_15m"), dirty=dirty))
+        conn.execute(sql.SQL(_FROM_RAW).format(dirty=dirty))
+        finer = dirty
+        for width in (timedelta(hours=1), timedelta(days=1)):
+            target = sql.Identifier(f"_rollup_dirty_{ROLLUPS[width].removeprefix('observation_')}")
+            conn.execute(
+                sql.SQL(_DIRTY_AT).format(target=target, source=finer),
+                {"w": width, "origin": ORIGIN},
+            )
+            conn.execute(sql.SQL("analyze {}").format(target))
+            n = _count(conn, target)
+            if width == timedelta(hours=1):
+                res.buckets_1h = n
+            else:
+                res.buckets_1d = n
+            rollup = sql.Identifier(ROLLUPS[width])
+            conn.execute(sql.SQL(_DELETE).format(rollup=rollup, dirty=target))
+            conn.execute(
+                sql.SQL(_FROM_FINER).format(
+                    rollup=rollup, dirty=target, finer=sql.Identifier(ROLLUPS[_FINER[width]])
+                ),
+                {"w": width},
+            )
+            finer = target
+        conn.execute("drop table _rollup_dirty, _rollup_dirty_1h, _rollup_dirty_1d")
+    log.debug("rollups refreshed: %s", res)
+    return res
+
+
+def refresh_all(conn: Conn, *, limit: int = 50_000, max_rounds: int = 1000) -> RefreshResult:
+    """:func:`refresh` until nothing is dirty (or another refresher is at work)."""
+    total = RefreshResult()
+    for _ in range(max_rounds):
+        r = refresh(conn, limit=limit)
+        total.buckets_15m += r.buckets_15m
+        total.buckets_1h += r.buckets_1h
+        total.buckets_1d += r.buckets_1d
+        total.skipped = r.skipped
+        if r.skipped or r.buckets_15m < limit:
+            break
+    return total
+
+
+def _scalar(row: Any) -> Any:
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+
+def _count(conn: Conn, table: sql.Identifier) -> int:
+    row = conn.execute(sql.SQL("select count(*) from {}").format(table)).fetchone()
+    return int(_scalar(row)) if row is not None else 0
+
+
+# ------------------------------------------------------------------------------------ rebuild
+_REBUILD_15M = """
+insert into observation_15m (datastream_id, bucket, n_all, n, s, lo, hi)
+select datastream_id, date_bin('15 minutes', phenomenon_time, %(origin)s), count(*),
+       count(result), sum(result), min(result), max(result)
+from observation where phenomenon_time >= %(start)s and phenomenon_time < %(end)s
+group by 1, 2 order by 1, 2"""
+_REBUILD_FROM_FINER = """
+insert into {rollup} (datastream_id, bucket, n_all, n, s, lo, hi)
+select datastream_id, date_bin(%(w)s, bucket, %(origin)s), sum(n_all), sum(n), sum(s), min(lo),
+       max(hi)
+from {finer} where bucket >= %(start)s and bucket < %(end)s
+group by 1, 2 order by 1, 2"""
+
+
+def rebuild(conn: Conn, start: datetime, end: datetime, *, work_mem: str = "256MB") -> None:
+    """Recompute every rollup over ``[start, end)`` (widened to whole UTC days) from raw rows in
+    one transaction: for data loaded past the ingest writer. Dirty marks in the range are removed
+    first, so rows committed meanwhile are marked again and refreshed later."""
+    day = timedelta(days=1)
+    start = floor_to(start.astimezone(UTC), day)
+    end = ceil_to(end.astimezone(UTC), day)
+    params = {"start": start, "end": end, "origin": ORIGIN}
+    with conn.transaction():
+        conn.execute(sql.SQL("set local work_mem = {}").format(sql.Literal(work_mem)))
+        conn.execute(
+            "delete from observation_dirty where bucket >= %(start)s and bucket < %(end)s", params
+        )
+        for width in (timedelta(minutes=15), timedelta(hours=1), timedelta(days=1)):
+            rollup = sql.Identifier(ROLLUPS[width])
+            conn.execute(
+                sql.SQL("delete from {} where bucket >= %(start)s and bucket < %(end)s").format(
+                    rollup
+                ),
+                params,
+            )
+            if width == timedelta(minutes=15):
+                conn.execute(_REBUILD_15M, params)
+            else:
+                conn.execute(
+                    sql.SQL(_REBUILD_FROM_FINER).format(
+                        rollup=rollup, finer=sql.Identifier(ROLLUPS[_FINER[width]])
+                    ),
+                    {**params, "w": width},
+                )
+
+
+# ------------------------------------------------------------------------------------ retention
+def apply_retention(conn: Conn, policy: StorePolicy, *, now: datetime | None = None) -> list[str]:
+    """Drop raw partitions older than ``policy.retention`` (whole months) and rollup rows older
+    than ``policy.rollup_retention`` (whole days). Returns what was dropped."""
+    now = now or datetime.now(UTC)
+    dropped: list[str] = []
+    if policy.retention is not None:
+        rows = conn.execute(
+            "select quartier_drop_observation_partitions(%s)", (now - policy.retention,)
+        ).fetchall()
+        dropped += [str(_scalar(r)) for r in rows]
+    if policy.rollup_retention is not None:
+        cutoff = floor_to(now - policy.rollup_retention, timedelta(days=1))
+        for rollup in ROLLUPS.values():
+            cur = conn.execute(
+                sql.SQL("delete from {} where bucket < %s").format(sql.Identifier(rollup)),
+                (cutoff,),
+            )
+            if cur.rowcount:
+                dropped.append(f"{rollup}: {cur.rowcount} rows before {cutoff.isoformat()}")
+    for item in dropped:
+        log.info("retention dropped %s", item)
+    return dropped
+
+
+_CLOSED_PARTITIONS = """
+select c.relname, i.indexrelid::regclass::text as pkey
+from pg_inherits h
+join pg_class c on c.oid = h.inhrelid
+join pg_index i on i.indrelid = c.oid and i.indisprimary
+where h.inhparent = 'observation'::regclass and c.relname ~ '^observation_p[0-9]{6}$'
+  and (to_date(substr(c.relname, 14), 'YYYYMM') + interval '1 month')::timestamp
+      at time zone 'UTC' <= %s
+  and not exists (select 1 from observation_partition_compacted p where p.relname = c.relname)
+order by c.relname"""
+
+
+def compact(conn: Conn, older_than: datetime) -> list[str]:
+    """Rebuild (pack) the primary key index of each monthly partition that ended before
+    ``older_than`` and was not compacted yet, with ``REINDEX CONCURRENTLY`` (writes go on).
+    Needs an autocommit connection. Returns the partitions compacted."""
+    done: list[str] = []
+    for row in conn.execute(_CLOSED_PARTITIONS, (older_than,)).fetchall():
+        relname, pkey = (row["relname"], row["pkey"]) if isinstance(row, dict) else row
+        conn.execute(sql.SQL("reindex index concurrently {}").format(sql.Identifier(pkey)))
+        conn.execute(
+            "insert into observation_partition_compacted (relname) values (%s) "
+            "on conflict do nothing",
+            (relname,),
+        )
+        log.info("compacted %s", relname)
+        done.append(relname)
+    return done
+
+
+def ensure_partitions_ahead(conn: Conn, months: int, *, now: datetime | None = None) -> int:
+    now = now or datetime.now(UTC)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = start + timedelta(days=31 * (months + 1))
+    row = conn.execute(
+        "select quartier_ensure_observation_partitions(%s, %s)", (start, end)
+    ).fetchone()
+    return int(_scalar(row)) if row is not None else 0
+
+
+def configure(conn: Conn, policy: StorePolicy) -> list[str]:
+    """Apply ``policy`` after ``db migrate``, on either path (autocommit connection): on
+    TimescaleDB the policies (:func:`quartier.store.timescale.configure`), on plain PostgreSQL the
+    partitions ahead (retention and compaction run in :func:`maintain`)."""
+    if storage_path(conn) == "timescaledb":
+        from quartier.store import timescale  # the TimescaleDB-specific SQL
+
+        return timescale.configure(conn, policy)
+    made = ensure_partitions_ahead(conn, policy.partitions_ahead_months)
+    return [f"{made} partition(s) created ahead"]
+
+
+def maintain(conn: Conn, policy: StorePolicy, *, now: datetime | None = None) -> dict[str, Any]:
+    """One round of upkeep on an autocommit connection. On plain PostgreSQL: partitions ahead,
+    retention, the rollup refresh, and compaction of partitions closed for longer than
+    ``policy.compress_after``. On TimescaleDB nothing: its jobs do all of it."""
+    path: StoragePath = storage_path(conn)
+    if path == "timescaledb":
+        return {"path": path}
+    now = now or datetime.now(UTC)
+    made = ensure_partitions_ahead(conn, policy.partitions_ahead_months, now=now)
+    dropped = apply_retention(conn, policy, now=now)
+    refreshed = refresh_all(conn)
+    compacted = compact(conn, now - policy.compress_after)
+    return {
+        "path": path,
+        "partitions_created": made,
+        "dropped": dropped,
+        "refreshed": refreshed,
+        "compacted": compacted,
+    }
+
+
+def run_maintenance(
+    url: str, policy: StorePolicy, stop: threading.Event, *, every_s: float = 30.0
+) -> None:
+    """:func:`maintain` every ``every_s`` seconds until ``stop`` is set (for a thread in
+    ``quartier ingest``). Errors are logged and retried next round."""
+    while not stop.is_set():
+        try:
+            with psycopg.connect(url, autocommit=True, application_name="quartier-rollups") as c:
+                while not stop.is_set():
+                    maintain(c, policy)
+                    stop.wait(every_s)
+        except psycopg.Error as exc:
+            log.warning("store maintenance failed (retrying in %.0f s): %s", every_s, exc)
+            stop.wait(every_s)

@@ -1,0 +1,508 @@
+"""One query layer for observations, the same on both storage paths.
+
+Both paths have the same relations (migrations 0005): ``observation``; ``observation_latest``
+(newest observation per datastream, kept by the ingest writer); ``observation_15m``, ``_1h``,
+``_1d`` with columns ``(datastream_id, bucket, n_all, n, s, lo, hi)``: continuous aggregates with
+real-time aggregation on TimescaleDB, rollup tables plus ``observation_dirty`` on plain
+PostgreSQL. On the plain path the buckets marked dirty are read from raw rows until
+:func:`quartier.store.rollups.refresh` has recomputed them, so answers are always current.
+
+Buckets are on a UTC grid with origin 2000-01-03 (a Monday), which is TimescaleDB's
+``time_bucket`` grid: a day is a UTC day, a week starts on Monday 00:00 UTC. ``count`` counts the
+observations of a bucket; ``sum``, ``avg``, ``min`` and ``max`` are over the numeric results
+(``avg = sum / number of numeric results``, the same formula on every source). A gap is a run of
+buckets without any observation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import tuple_row
+
+from quartier.errors import BadRequestError, NotFoundError
+
+Conn = psycopg.Connection[Any]
+StoragePath = Literal["timescaledb", "postgres"]
+SourceChoice = Literal["auto", "raw", "rollup"]
+Function = Literal["count", "sum", "avg", "min", "max"]
+FUNCTIONS: tuple[Function, ...] = ("count", "sum", "avg", "min", "max")
+
+ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
+#: Rollup relations by bucket width, coarsest first.
+ROLLUPS: dict[timedelta, str] = {
+    timedelta(days=1): "observation_1d",
+    timedelta(hours=1): "observation_1h",
+    timedelta(minutes=15): "observation_15m",
+}
+#: The bucket widths the API accepts.
+WIDTHS: dict[str, timedelta] = {
+    "1min": timedelta(minutes=1),
+    "5min": timedelta(minutes=5),
+    "10min": timedelta(minutes=10),
+    "15min": timedelta(minutes=15),
+    "30min": timedelta(minutes=30),
+    "1h": timedelta(hours=1),
+    "2h": timedelta(hours=2),
+    "3h": timedelta(hours=3),
+    "6h": timedelta(hours=6),
+    "12h": timedelta(hours=12),
+    "1d": timedelta(days=1),
+    "1w": timedelta(days=7),
+}
+#: Most buckets (datastreams × buckets in the range) one aggregate request may ask for.
+MAX_BUCKETS = 1_000_000
+#: Most datastreams in one request.
+MAX_DATASTREAMS = 5_000
+#: @iot.count is counted from raw rows up to this many (estimated) observations; above it the
+#: daily rollup answers (exact on plain PostgreSQL, an estimate on TimescaleDB, see
+#: count_observations).
+EXACT_COUNT_LIMIT = 200_000
+
+_ISO = re.compile(r"^P(?:(\d+)W|(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?)?$")
+
+
+# ------------------------------------------------------------------------------------ results
+@dataclass(frozen=True, slots=True)
+class Latest:
+    datastream_id: int
+    phenomenon_time: datetime
+    result: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RawObservation:
+    phenomenon_time: datetime
+    result: float | None
+    result_json: Any
+    result_time: datetime | None
+    parameters: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    start: datetime  # first empty bucket
+    end: datetime  # end of the last empty bucket (exclusive)
+
+
+@dataclass(slots=True)
+class Series:
+    """The buckets of one datastream that hold observations, as columns: bucket starts (``epoch``,
+    seconds since 1970 UTC; ``time`` as datetimes) and one list per function asked for; and the
+    gaps between them."""
+
+    datastream_id: int
+    epoch: list[int] = field(default_factory=list)
+    values: dict[str, list[Any]] = field(default_factory=dict)
+    gaps: list[Gap] = field(default_factory=list)
+
+    @property
+    def time(self) -> list[datetime]:
+        return [_EPOCH + timedelta(seconds=t) for t in self.epoch]
+
+    def rows(self, functions: Sequence[str]) -> list[tuple[Any, ...]]:
+        """(time, value of each function in ``functions``) per bucket."""
+        cols = [self.values.get(f) or [None] * len(self.epoch) for f in functions]
+        return list(zip(self.time, *cols, strict=True))
+
+
+@dataclass(slots=True)
+class Aggregate:
+    width: timedelta
+    start: datetime  # aligned down to the bucket grid
+    end: datetime  # aligned up to the bucket grid (exclusive)
+    source: str  # "raw" or the rollup relation used
+    functions: tuple[Function, ...]
+    series: list[Series]
+
+
+# ------------------------------------------------------------------------------------ parsing
+def parse_width(text: str) -> timedelta:
+    """``15min``, ``1h``, ``1d``, ``1w`` (see :data:`WIDTHS`) or ISO 8601 (``PT15M``, ``P1D``)."""
+    t = text.strip()
+    if t in WIDTHS:
+        return WIDTHS[t]
+    m = _ISO.match(t.upper())
+    if m and any(m.groups()):
+        w, d, h, mi = (int(g) if g else 0 for g in m.groups())
+        width = timedelta(weeks=w, days=d, hours=h, minutes=mi)
+        if width in WIDTHS.values():
+            return width
+    raise BadRequestError(
+        f"interval={text!r} is not supported; use one of {', '.join(WIDTHS)} "
+        "(or the same as ISO 8601 durations, e.g. PT15M, PT1H, P1D, P1W)"
+    )
+
+
+def iso_width(width: timedelta) -> str:
+    """ISO 8601 duration of a bucket width (``PT15M``, ``PT1H``, ``P1D``, ``P7D``)."""
+    if width % timedelta(days=1) == timedelta(0):
+        return f"P{width // timedelta(days=1)}D"
+    secs = int(width.total_seconds())
+    h, m = divmod(secs // 60, 60)
+    return "PT" + (f"{h}H" if h else "") + (f"{m}M" if m else "")
+
+
+def parse_functions(text: str | None) -> tuple[Function, ...]:
+    if text is None or not text.strip():
+        return FUNCTIONS
+    out: list[Function] = []
+    for part in text.split(","):
+        name = part.strip().lower()
+        if name not in FUNCTIONS:
+            raise BadRequestError(
+                f"fn={text!r}: unknown function {part.strip()!r}; use a comma-separated list of "
+                + ", ".join(FUNCTIONS)
+            )
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def floor_to(t: datetime, width: timedelta) -> datetime:
+    return ORIGIN + ((t - ORIGIN) // width) * width
+
+
+def ceil_to(t: datetime, width: timedelta) -> datetime:
+    f = floor_to(t, width)
+    return f if f == t else f + width
+
+
+def _utc(t: datetime, name: str) -> datetime:
+    if t.tzinfo is None:
+        raise BadRequestError(f"{name}={t.isoformat()} has no time zone; add Z or an offset")
+    return t.astimezone(UTC)
+
+
+# ------------------------------------------------------------------------------------ path
+def storage_path(conn: Conn) -> StoragePath:
+    row = conn.execute("select value from quartier_meta where key = 'storage_path'").fetchone()
+    if row is None:
+        raise NotFoundError("the database is not migrated: run `quartier db migrate`")
+    value = row["value"] if isinstance(row, dict) else row[0]
+    return "timescaledb" if value == "timescaledb" else "postgres"
+
+
+def choose_source(width: timedelta, source: SourceChoice = "auto") -> timedelta | None:
+    """The rollup width to aggregate from (None: raw rows).
+
+    The coarsest rollup whose width divides the bucket width reads the fewest rows: per datastream
+    and bucket at most width/rollup rows, against every raw observation of the range. Widths no
+    rollup divides (1, 5, 10 min) are computed from raw rows; ``source`` forces a choice."""
+    if source == "raw":
+        return None
+    for rollup in ROLLUPS:
+        if width % rollup == timedelta(0):
+            return rollup
+    if source == "rollup":
+        raise BadRequestError(
+            f"no rollup serves interval {iso_width(width)}: rollups are 15 min, 1 h and 1 day, "
+            "and the interval must be a multiple of one"
+        )
+    return None
+
+
+# ------------------------------------------------------------------------------------ queries
+def latest(conn: Conn, datastream_ids: Sequence[int]) -> list[Latest]:
+    """The newest observation of each datastream that has one, ordered by datastream id."""
+    rows = conn.execute(
+        "select datastream_id, phenomenon_time, result from observation_latest "
+        "where datastream_id = any(%s) order by datastream_id",
+        (list(datastream_ids),),
+    )
+    return [Latest(*_values(r)) for r in rows]
+
+
+def raw_range(
+    conn: Conn,
+    datastream_id: int,
+    start: datetime,
+    end: datetime,
+    *,
+    top: int = 1000,
+    order: Literal["asc", "desc"] = "asc",
+) -> list[RawObservation]:
+    """The observations of one datastream with ``start <= phenomenon_time < end``, at most
+    ``top``, by time."""
+    direction = sql.SQL("desc" if order == "desc" else "asc")
+    query = sql.SQL(
+        "select phenomenon_time, result, result_json, result_time, parameters from observation "
+        "where datastream_id = %s and phenomenon_time >= %s and phenomenon_time < %s "
+        "order by phenomenon_time {} limit %s"
+    ).format(direction)
+    rows = conn.execute(query, (datastream_id, start, end, top))
+    return [RawObservation(*_values(r)) for r in rows]
+
+
+def _values(row: Any) -> tuple[Any, ...]:
+    return tuple(row.values()) if isinstance(row, dict) else tuple(row)
+
+
+# One row per datastream (in the order of %(ids)s): arrays of bucket starts (seconds since 1970)
+# and of each function, built from a per-datastream query that reads one index range in bucket
+# order (the arrays take the rows in the order of the sorted subquery; aggregate() checks it).
+# Per datastream rather than "datastream_id = any(...)": no global sort of every bucket, and one
+# row per datastream to decode instead of one per bucket.
+_PER_DATASTREAM = """
+select i.ds, a.*
+from unnest(%(ids)s::bigint[]) with ordinality as i(ds, ord)
+{dirty_join}
+cross join lateral (
+    select array_agg(extract(epoch from q.b)::bigint) as t, {arrays}
+    from ({inner} order by b) q
+) a
+order by i.ord"""
+
+_RAW_AGG = """
+select date_bin(%(w)s, phenomenon_time, %(origin)s) as b,
+       count(*) as n_all, count(result) as n, sum(result) as s, min(result) as lo,
+       max(result) as hi
+from observation
+where datastream_id = i.ds and phenomenon_time >= %(start)s and phenomenon_time < %(end)s
+group by 1"""
+
+# a rollup read at its own width, or regrouped to a multiple of it
+_ROLLUP_SAME = """
+select r.bucket as b, r.n_all::bigint as n_all, r.n::bigint as n, r.s, r.lo, r.hi
+from {rollup} r
+where r.datastream_id = i.ds and r.bucket >= %(start)s and r.bucket < %(end)s {exclude}"""
+_ROLLUP_REGROUP = """
+select date_bin(%(w)s, r.bucket, %(origin)s) as b, sum(r.n_all)::bigint as n_all,
+       sum(r.n)::bigint as n, sum(r.s) as s, min(r.lo) as lo, max(r.hi) as hi
+from {rollup} r
+where r.datastream_id = i.ds and r.bucket >= %(start)s and r.bucket < %(end)s {exclude}
+group by 1"""
+
+# plain PostgreSQL: the buckets with a dirty 15-minute part (x.dirty, usually none or one per
+# datastream) come from raw rows instead of the rollup
+_DIRTY_JOIN = """
+cross join lateral (
+    select coalesce(array_agg(distinct date_bin(%(w)s, bucket, %(origin)s)), '{}') as dirty
+    from observation_dirty
+    where datastream_id = i.ds and bucket >= %(start)s and bucket < %(end)s
+) x"""
+_EXCLUDE_DIRTY = "and date_bin(%(w)s, r.bucket, %(origin)s) <> all(x.dirty)"
+_DIRTY_FROM_RAW = """
+union all
+select d.b, a.n_all, a.n, a.s, a.lo, a.hi
+from unnest(x.dirty) as d(b) cross join lateral (
+    select count(*) as n_all, count(o.result) as n, sum(o.result) as s, min(o.result) as lo,
+           max(o.result) as hi
+    from observation o
+    where o.datastream_id = i.ds and o.phenomenon_time >= d.b
+      and o.phenomenon_time < d.b + %(w)s
+) a
+where a.n_all > 0"""
+
+_COLUMNS: dict[Function, str] = {
+    "count": "n_all",
+    "sum": "s",
+    "avg": "case when n > 0 then s / n end",
+    "min": "lo",
+    "max": "hi",
+}
+
+
+def aggregate_query(
+    path: StoragePath,
+    width: timedelta,
+    rollup: timedelta | None,
+    functions: Sequence[Function] = FUNCTIONS,
+    *,
+    dirty: bool = True,
+) -> sql.Composed:
+    """The SQL for :func:`aggregate` (parameters ids, start, end, w, origin): one row per
+    datastream, in the order of ``ids``: its id, an array of bucket starts (seconds since 1970)
+    and one array per function, all in bucket order (NULL arrays when there is no bucket).
+    ``dirty=False`` leaves out the plain path's dirty overlay (when nothing in range is dirty)."""
+    dirty_join: sql.Composable = sql.SQL("")
+    if rollup is None:
+        inner: sql.Composable = sql.SQL(_RAW_AGG)
+    else:
+        overlay = path == "postgres" and dirty
+        template = _ROLLUP_SAME if rollup == width else _ROLLUP_REGROUP
+        inner = sql.SQL(template).format(
+            rollup=sql.Identifier(ROLLUPS[rollup]),
+            exclude=sql.SQL(_EXCLUDE_DIRTY if overlay else ""),
+        )
+        if overlay:
+            dirty_join = sql.SQL(_DIRTY_JOIN)
+            inner = sql.Composed([inner, sql.SQL(_DIRTY_FROM_RAW)])
+    arrays = sql.SQL(", ").join(
+        sql.SQL("array_agg({})").format(sql.SQL(_COLUMNS[f])) for f in functions
+    )
+    return sql.SQL(_PER_DATASTREAM).format(dirty_join=dirty_join, arrays=arrays, inner=inner)
+
+
+def aggregate(
+    conn: Conn,
+    datastream_ids: Sequence[int],
+    width: timedelta,
+    start: datetime,
+    end: datetime,
+    *,
+    functions: Sequence[Function] = FUNCTIONS,
+    source: SourceChoice = "auto",
+    path: StoragePath | None = None,
+) -> Aggregate:
+    """Aggregates per bucket of ``width`` for each datastream over ``[start, end)``, widened to
+    whole buckets, with the gaps (runs of buckets without observations) of each datastream.
+
+    The source is the coarsest rollup that serves the width (see :func:`choose_source`); raw rows
+    otherwise. Datastreams without observations in the range come back with one gap over it."""
+    if width not in WIDTHS.values():
+        raise BadRequestError(f"interval {iso_width(width)} is not supported")
+    ids = sorted(set(datastream_ids))
+    if not ids:
+        raise BadRequestError("no datastream given")
+    if len(ids) > MAX_DATASTREAMS:
+        raise BadRequestError(f"{len(ids)} datastreams; at most {MAX_DATASTREAMS} per request")
+    start, end = _utc(start, "from"), _utc(end, "to")
+    if end <= start:
+        raise BadRequestError(f"to ({end.isoformat()}) must be after from ({start.isoformat()})")
+    start, end = floor_to(start, width), ceil_to(end, width)
+    buckets = (end - start) // width
+    if buckets * len(ids) > MAX_BUCKETS:
+        raise BadRequestError(
+            f"{len(ids)} datastream(s) × {buckets} buckets of {iso_width(width)} is more than "
+            f"{MAX_BUCKETS:,} values; shorten the range or choose a coarser interval"
+        )
+    fns = tuple(dict.fromkeys(functions))
+    if not fns or any(f not in FUNCTIONS for f in fns):
+        raise BadRequestError(f"functions {fns!r}: use some of {', '.join(FUNCTIONS)}")
+    path = path or storage_path(conn)
+    rollup = choose_source(width, source)
+    params = {"ids": ids, "start": start, "end": end, "w": width, "origin": ORIGIN}
+    with conn.transaction():
+        # JIT compiling costs tens of ms, more than these queries take
+        conn.execute("set local jit = off")
+        cur = conn.cursor(binary=True, row_factory=tuple_row)
+        dirty = path == "postgres" and rollup is not None and _any_dirty(cur, params)
+        query = aggregate_query(path, width, rollup, fns, dirty=dirty)
+        rows = cur.execute(query, params).fetchall()
+    series = []
+    for ds, epochs, *values in rows:
+        if epochs is None:
+            series.append(Series(ds))
+            continue
+        if sorted(epochs) != epochs:  # not expected (see _PER_DATASTREAM); be safe
+            order = sorted(range(len(epochs)), key=epochs.__getitem__)
+            epochs = [epochs[k] for k in order]
+            values = [[v[k] for k in order] for v in values]
+        series.append(Series(ds, epochs, dict(zip(fns, values, strict=True))))
+    for s in series:
+        s.gaps = _gaps(s.epoch, start, end, width)
+    return Aggregate(width, start, end, "raw" if rollup is None else ROLLUPS[rollup], fns, series)
+
+
+def _any_dirty(cur: psycopg.Cursor[Any], params: dict[str, Any]) -> bool:
+    row = cur.execute(
+        "select exists (select 1 from observation_dirty where datastream_id = any(%(ids)s) "
+        "and bucket >= %(start)s and bucket < %(end)s)",
+        params,
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _gaps(epochs: list[int], start: datetime, end: datetime, width: timedelta) -> list[Gap]:
+    gaps: list[Gap] = []
+    step = int(width.total_seconds())
+    first, stop = _epoch(start), _epoch(end)
+    expected = first
+    if epochs and epochs[-1] - epochs[0] == (len(epochs) - 1) * step:  # no gap inside
+        if epochs[0] > first:
+            gaps.append(Gap(_from_epoch(first), _from_epoch(epochs[0])))
+        expected = epochs[-1] + step
+    else:
+        for t in epochs:
+            if t > expected:
+                gaps.append(Gap(_from_epoch(expected), _from_epoch(t)))
+            expected = t + step
+    if expected < stop:
+        gaps.append(Gap(_from_epoch(expected), _from_epoch(stop)))
+    return gaps
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch(t: datetime) -> int:
+    return int((t - _EPOCH).total_seconds())
+
+
+def _from_epoch(seconds: int) -> datetime:
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+# ------------------------------------------------------------------------------------ counting
+_OLDEST = (
+    "select phenomenon_time from observation where datastream_id = %s "
+    "order by phenomenon_time limit 1"
+)
+_COUNT_ROLLUP = (
+    "select coalesce(sum(n_all), 0)::bigint from observation_1d "
+    "where datastream_id = %(ds)s and bucket >= %(start)s"
+)
+_COUNT_ROLLUP_OVERLAY = """
+with d as materialized (
+    select distinct date_bin('1 day', bucket, %(origin)s) as b from observation_dirty
+    where datastream_id = %(ds)s and bucket >= %(start)s
+)
+select (select coalesce(sum(r.n_all), 0) from observation_1d r
+        where r.datastream_id = %(ds)s and r.bucket >= %(start)s
+          and not exists (select 1 from d where d.b = r.bucket))
+     + (select count(*) from d join observation o
+          on o.datastream_id = %(ds)s and o.phenomenon_time >= d.b
+         and o.phenomenon_time < d.b + interval '1 day')"""
+_COUNT_RAW = "select count(*) from observation where datastream_id = %s"
+
+
+def count_observations(
+    conn: Conn, datastream_id: int, *, path: StoragePath | None = None
+) -> tuple[int, bool]:
+    """``(count, exact)`` of one datastream's observations, for ``@iot.count``.
+
+    The daily rollup is summed from the day of the datastream's oldest observation on (retention
+    drops whole months or day-aligned chunks, so that day is complete). On plain PostgreSQL the
+    rollup with its dirty overlay is exact. On TimescaleDB the continuous aggregate can miss late
+    data until its next refresh, so there the rows are counted when there are at most
+    :data:`EXACT_COUNT_LIMIT` of them and the rollup sum is returned as an estimate otherwise."""
+    path = path or storage_path(conn)
+    oldest = conn.execute(_OLDEST, (datastream_id,)).fetchone()
+    if oldest is None:
+        return 0, True
+    start = floor_to(_values(oldest)[0], timedelta(days=1))
+    params = {"ds": datastream_id, "start": start, "origin": ORIGIN}
+    query = _COUNT_ROLLUP_OVERLAY if path == "postgres" else _COUNT_ROLLUP
+    row = conn.execute(query, params).fetchone()
+    n = int(_values(row)[0]) if row is not None else 0
+    if path == "postgres":
+        return n, True
+    if n <= EXACT_COUNT_LIMIT:
+        exact = conn.execute(_COUNT_RAW, (datastream_id,)).fetchone()
+        return (int(_values(exact)[0]) if exact is not None else 0), True
+    return n, False
+
+
+# ------------------------------------------------------------------------------------ upkeep
+def rebuild_latest(conn: Conn) -> int:
+    """Recompute ``observation_latest`` for every datastream from raw rows (after loading data
+    past the ingest writer, e.g. a bulk import). Returns the number of datastreams updated."""
+    cur = conn.execute(
+        """
+        insert into observation_latest as l (datastream_id, phenomenon_time, result)
+        select d.id, o.phenomenon_time, o.result
+        from datastream d cross join lateral (
+            select phenomenon_time, result from observation
+            where datastream_id = d.id order by phenomenon_time desc limit 1) o
+        on conflict (datastream_id) do update
+            set phenomenon_time = excluded.phenomenon_time, result = excluded.result
+            where excluded.phenomenon_time >= l.phenomenon_time"""
+    )
+    return max(cur.rowcount, 0)
