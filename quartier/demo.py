@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import uvicorn
@@ -22,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from quartier.api.app import create_app
 from quartier.config import Settings
 from quartier.errors import ServiceError
+from quartier.evaluation.report import evaluate_to_report
 from quartier.geo.io import import_districts
 from quartier.ingest.mqtt import Ingester, mqtt_client
 from quartier.sensors_sim.run import simulate
@@ -30,6 +32,7 @@ from quartier.store.migrate import migrate
 
 log = logging.getLogger(__name__)
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BACKFILL_HOURS = 24
 BACKFILL_STEP_S = 900
 LIVE_INTERVAL_S = 10.0
@@ -190,7 +193,8 @@ class Demo:
             )
             threads[-1].start()
             self._wait_caught_up(ingester, sent, server)
-            self._announce(s, time.monotonic() - t_start)
+            report = self._evaluate(s)
+            self._announce(s, time.monotonic() - t_start, report)
             self._watch(s, ingester, duration)
         finally:
             sim_stop.set()
@@ -215,6 +219,19 @@ class Demo:
                     return
                 time.sleep(0.1)
 
+    def _evaluate(self, s: Settings) -> Path | None:
+        """Evaluate the example strategy once, so /strategy and the report have a run."""
+        strategy = EXAMPLES / "strategy-koeln.yaml"
+        if not strategy.exists():
+            return None
+        out = s.services.state_dir.resolve() / "report.html"
+        with (
+            self.console.status("evaluating the example strategy …"),
+            psycopg.connect(s.require_database_url(), autocommit=True) as conn,
+        ):
+            evaluate_to_report(conn, strategy, out, as_of=datetime.now(UTC))
+        return out
+
     def _counts(self, s: Settings) -> tuple[int, int, int, int]:
         with psycopg.connect(s.require_database_url()) as conn:
             row = conn.execute(
@@ -224,7 +241,7 @@ class Demo:
         assert row is not None
         return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
-    def _announce(self, s: Settings, took: float) -> None:
+    def _announce(self, s: Settings, took: float, report: Path | None) -> None:
         base = f"http://127.0.0.1:{self.port}"
         things, obs, tests, rejects = self._counts(s)
         self.console.print(
@@ -236,7 +253,10 @@ class Demo:
                 f"                          {base}/v1.1/Datastreams(1)/Observations\n"
                 f"  Coverage map (Karte)    {base}/maps/coverage\n"
                 f"  Indicators              {base}/indicators\n"
-                f"  Health                  {base}/health\n\n"
+                f"  Health                  {base}/health\n"
+                f"  Strategy evaluation     {base}/strategy/evaluations/latest\n"
+                + (f"  Report (Bericht)        file://{report}\n" if report else "")
+                + "\n"
                 f"  MQTT broker             {s.mqtt.url}  (topics: docs/mqtt.md)\n"
                 f"  Refused messages        .venv/bin/quartier rejects list\n\n"
                 f"  {things} things, {obs} observations, {tests} speed tests, {rejects} rejects\n"

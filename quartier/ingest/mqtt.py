@@ -33,6 +33,10 @@ from quartier.ingest.pipeline import SUBSCRIPTIONS, Message, add_to_batch
 from quartier.ingest.writer import Batch, BatchWriter, Reject
 
 log = logging.getLogger(__name__)
+paho_log = logging.getLogger("paho")
+# paho 2.2's network thread may run once more after a clean disconnect() and log "Client is not
+# connected" as an error; real connection losses reach on_disconnect and are logged there.
+paho_log.addFilter(lambda record: not str(record.msg).startswith("Client is not connected"))
 
 
 @dataclass
@@ -122,7 +126,7 @@ def mqtt_client(url: str, client_id: str) -> tuple[FastClient, str, int]:
     if parts.scheme not in ("mqtt", "tcp", ""):
         raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r}")
     client = FastClient(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.enable_logger(logging.getLogger("paho"))
+    client.enable_logger(paho_log)
     if parts.username:
         client.username_pw_set(parts.username, parts.password)
     return client, parts.hostname or "127.0.0.1", parts.port or 1883
