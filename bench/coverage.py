@@ -54,7 +54,7 @@ TARGETS = {"koeln_e2e": 3.0, "koeln_compute": 1.0, "state_e2e": 60.0, "state_mem
 def fresh_db(admin_url: str) -> str:
     name = f"bench_cov_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')  # type: ignore[arg-type]
+        conn.execute(f'create database "{name}"')
     url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
     migrate(url)
     return url

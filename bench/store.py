@@ -234,6 +234,11 @@ def main() -> None:
         action="store_true",
         help="measure the proposed schema without observation.id (docs/store.md)",
     )
+    ap.add_argument(
+        "--storage-only",
+        action="store_true",
+        help="load, compact and measure bytes per observation; no rollups, no queries",
+    )
     ap.add_argument("--keep", action="store_true", help="leave the database and server running")
     args = ap.parse_args()
 
@@ -282,6 +287,11 @@ def main() -> None:
             f"({report['load_rows_per_s']:,.0f} rows/s)"
         )
 
+        if args.storage_only:
+            storage_only(url, end, report)
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=2, default=str))
+            return
         t = time.perf_counter()
 
         def rebuild(a: datetime, b: datetime) -> None:
@@ -347,6 +357,26 @@ def main() -> None:
             shutil.rmtree(state, ignore_errors=True)
 
 
+def storage_only(url: str, end: datetime, report: dict[str, Any]) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("vacuum (analyze) observation")
+        before = sizes(conn)
+        t = time.perf_counter()
+        report["compacted"] = rollups.compact(conn, end)
+        report["compact_s"] = time.perf_counter() - t
+        after = sizes(conn)
+    report["sizes"] = after
+    report["bytes_per_observation_before_compaction"] = before["observation_bytes"] / before["rows"]
+    report["bytes_per_observation"] = after["observation_bytes"] / after["rows"]
+    report["heap_bytes_per_observation"] = after["observation_heap_bytes"] / after["rows"]
+    print(
+        f"{after['rows']:,} observations, schema: {report['schema']}: "
+        f"{report['bytes_per_observation']:.1f} bytes/observation after compaction "
+        f"({report['bytes_per_observation_before_compaction']:.1f} before; heap "
+        f"{report['heap_bytes_per_observation']:.1f})"
+    )
+
+
 def run_queries(
     url: str, ds_ids: np.ndarray, days: int, repeat: int, naive_repeat: int
 ) -> dict[str, Any]:
@@ -383,6 +413,23 @@ def run_queries(
 
             return run
 
+        def naive(k: int, width: timedelta, span_days: int) -> Callable[[int], Any]:
+            """The same aggregate as plain SQL over raw rows (what one writes without rollups)."""
+
+            def run(_: int) -> Any:
+                a = T0 + timedelta(days=rnd.randrange(max(1, days - span_days + 1)))
+                rows = conn.execute(
+                    "select datastream_id, date_bin(%s, phenomenon_time, %s) as b, avg(result)"
+                    " from observation where datastream_id = any(%s)"
+                    " and phenomenon_time >= %s and phenomenon_time < %s"
+                    " group by 1, 2 order by 1, 2",
+                    (width, timeseries.ORIGIN, pick(k), a, a + timedelta(days=span_days)),
+                ).fetchall()
+                assert rows
+                return rows
+
+            return run
+
         cases: list[tuple[str, Callable[[int], Any], int]] = [
             (
                 "latest value, 2,000 datastreams",
@@ -405,20 +452,20 @@ def run_queries(
                 lambda _: timeseries.count_observations(conn, pick(1)[0], path=path),
                 repeat,
             ),
-            ("naive: daily means, 1 year, 1 datastream", agg(1, day, days, "raw"), naive_repeat),
+            ("naive: daily means, 1 year, 1 datastream", naive(1, day, days), naive_repeat),
             (
                 "naive: daily means, 1 year, 100 datastreams",
-                agg(100, day, days, "raw"),
+                naive(100, day, days),
                 naive_repeat,
             ),
             (
                 "naive: hourly means, 1 month, 1 datastream",
-                agg(1, hour, month, "raw"),
+                naive(1, hour, month),
                 naive_repeat,
             ),
             (
                 "naive: hourly means, 1 month, 100 datastreams",
-                agg(100, hour, month, "raw"),
+                naive(100, hour, month),
                 naive_repeat,
             ),
             (

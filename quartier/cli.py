@@ -297,6 +297,205 @@ def import_sensor_community_cmd(
     )
 
 
+coverage_app = typer.Typer(help="Broadband and mobile coverage-gap analysis.", no_args_is_help=True)
+app.add_typer(coverage_app, name="coverage")
+
+
+@coverage_app.command("analyse")
+def coverage_analyse_cmd(
+    profile: Annotated[str, typer.Option(help="class profile: de (German funding) or bead")] = "de",
+    level: Annotated[str, typer.Option(help="district level: stadtbezirk, stadtteil, city")] = (
+        "stadtbezirk"
+    ),
+    params: Annotated[
+        Path | None, typer.Option(help="JSON file with analysis parameters (AnalysisParams)")
+    ] = None,
+    min_tests: Annotated[int | None, typer.Option(help="speed tests a cell needs")] = None,
+) -> None:
+    """Analyse the stored inputs on the 100 m grid and store the results as a new run."""
+    import json
+
+    import psycopg
+    from rich.progress import Progress
+
+    from quartier.errors import BadRequestError
+    from quartier.geo import coverage_store
+    from quartier.geo.analysis import AnalysisParams
+    from quartier.geo.profiles import PROFILES
+
+    settings = _settings()
+    with _user_errors():
+        if profile not in PROFILES:
+            raise BadRequestError(f"unknown profile {profile!r}; one of {', '.join(PROFILES)}")
+        values = json.loads(params.read_text(encoding="utf-8")) if params else {}
+        values.setdefault("profile", PROFILES[profile].model_dump())
+        if min_tests is not None:
+            values["min_tests"] = min_tests
+        try:
+            analysis = AnalysisParams.model_validate(values)
+        except ValueError as exc:
+            raise BadRequestError(f"invalid analysis parameters: {exc}") from None
+        with (
+            psycopg.connect(settings.require_database_url()) as conn,
+            Progress(console=console, transient=True) as bar,
+        ):
+            task = bar.add_task("Analyse", total=len(coverage_store.ANALYSIS_STEPS))
+
+            def step(name: str) -> None:
+                done = coverage_store.ANALYSIS_STEPS.index(name)
+                bar.update(task, description=name, completed=done)
+
+            run_id, result = coverage_store.analyse_and_store(
+                conn, analysis, district_level=level, progress=step
+            )
+            conn.commit()
+            bar.update(task, completed=len(coverage_store.ANALYSIS_STEPS))
+    table = Table(title=f"Coverage run {run_id} ({analysis.profile.name})")
+    for col in ("Bezirk", "Haushalte", *[c.key for c in analysis.profile.classes]):
+        table.add_column(col, justify="right")
+    for row in result.districts.itertuples(index=False):
+        rec = row._asdict()
+        table.add_row(
+            str(rec["name"]),
+            f"{rec['households']:,}",
+            *[f"{rec[f'share_{c.key}']:.1f} %" for c in analysis.profile.classes],
+        )
+    console.print(table)
+    console.print(
+        f"{len(result.cells):,} cells, {len(result.gaps):,} gap clusters, "
+        f"{int(result.cells['dead_zone'].sum()):,} dead zones"
+    )
+
+
+@coverage_app.command("export")
+def coverage_export_cmd(
+    out: Annotated[Path, typer.Option(help="directory for the files")] = Path("coverage-export"),
+    format: Annotated[str, typer.Option(help="comma-separated: gpkg, geojson, csv")] = (
+        "gpkg,geojson,csv"
+    ),
+    run: Annotated[int | None, typer.Option(help="run id; default the latest")] = None,
+) -> None:
+    """Export a stored run to GeoPackage, GeoJSON and CSV."""
+    import psycopg
+    from rich.progress import Progress
+
+    from quartier.geo.export import LAYERS, export_run
+
+    formats = [f.strip() for f in format.split(",") if f.strip()]
+    settings = _settings()
+    with (
+        _user_errors(),
+        psycopg.connect(settings.require_database_url()) as conn,
+        Progress(console=console, transient=True) as bar,
+    ):
+        task = bar.add_task("Export", total=2 + len(formats) * len(LAYERS))
+
+        def step(name: str) -> None:
+            bar.update(task, description=name, advance=1)
+
+        files = export_run(conn, out, formats=formats, run_id=run, progress=step)
+    for path in files:
+        console.print(str(path))
+
+
+def _report_table(report: Any) -> None:
+    console.print(report.summary())
+    if len(report.rejected):
+        table = Table(title="rejected rows (first 20)")
+        for col in ("row", "reason", "value"):
+            table.add_column(col)
+        for r in report.rejected.head(20).itertuples(index=False):
+            table.add_row(str(r.row), str(r.reason), str(r.value))
+        console.print(table)
+
+
+@import_app.command("broadband")
+def import_broadband_cmd(
+    path: Annotated[Path, typer.Argument(help="CSV, GeoJSON or GeoPackage")],
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="field=column, e.g. max_down_mbps=Download (repeatable)"),
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="source name; default the file name")] = None,
+    layer: Annotated[str | None, typer.Option(help="GeoPackage layer")] = None,
+    sep: Annotated[str, typer.Option(help="CSV separator")] = ",",
+) -> None:
+    """Import fixed broadband offers per address point or grid cell, with a column mapping."""
+    import psycopg
+
+    from quartier.geo.supply import ColumnMapping, import_broadband
+
+    settings = _settings()
+    with _user_errors(), psycopg.connect(settings.require_database_url()) as conn:
+        report = import_broadband(
+            conn, path, ColumnMapping.parse(map_ or []), source=source, layer=layer, sep=sep
+        )
+        conn.commit()
+    _report_table(report)
+
+
+@import_app.command("households")
+def import_households_cmd(
+    path: Annotated[Path, typer.Argument(help="CSV, GeoJSON or GeoPackage")],
+    map_: Annotated[
+        list[str] | None, typer.Option("--map", help="field=column, e.g. households=HH")
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="source name; default the file name")] = None,
+    layer: Annotated[str | None, typer.Option(help="GeoPackage layer")] = None,
+    sep: Annotated[str, typer.Option(help="CSV separator")] = ",",
+) -> None:
+    """Import households per address point or grid cell, with a column mapping."""
+    import psycopg
+
+    from quartier.geo.supply import ColumnMapping, import_households
+
+    settings = _settings()
+    with _user_errors(), psycopg.connect(settings.require_database_url()) as conn:
+        report = import_households(
+            conn, path, ColumnMapping.parse(map_ or []), source=source, layer=layer, sep=sep
+        )
+        conn.commit()
+    _report_table(report)
+
+
+@coverage_app.command("simulate")
+def coverage_simulate_cmd(
+    seed: Annotated[int, typer.Option(help="same seed, same world")] = 1,
+    addresses: Annotated[int, typer.Option(help="address points")] = 150_000,
+    speedtests: Annotated[int, typer.Option(help="speed tests")] = 200_000,
+    signals: Annotated[int, typer.Option(help="mobile signal measurements")] = 1_000_000,
+) -> None:
+    """Load the simulated Köln coverage world (households, offers, speed tests, signal
+    measurements, source "sim") into the store, for demos and tests."""
+    import psycopg
+
+    from quartier.geo import coverage_store
+    from quartier.sensors_sim.coverage_world import WorldConfig, coverage_world
+
+    settings = _settings()
+    with console.status("Simulierte Versorgung erzeugen …"):
+        world = coverage_world(
+            WorldConfig(seed=seed, addresses=addresses, speedtests=speedtests, signals=signals)
+        )
+    with (
+        _user_errors(),
+        psycopg.connect(settings.require_database_url()) as conn,
+        console.status("In die Datenbank schreiben …"),
+    ):
+        counts = [
+            coverage_store.write_households(conn, world.addresses, "sim"),
+            coverage_store.write_offers(conn, world.offers, "sim"),
+            coverage_store.write_speedtests(conn, world.speedtests, "sim"),
+            coverage_store.write_signals(conn, world.signals, "sim"),
+        ]
+        conn.commit()
+    console.print(
+        "{:,} address points, {:,} offers, {:,} speed tests, {:,} signal measurements".format(
+            *counts
+        )
+    )
+
+
 @app.command("demo")
 def demo_cmd(
     duration: Annotated[

@@ -193,6 +193,7 @@ class Demo:
             )
             threads[-1].start()
             self._wait_caught_up(ingester, sent, server)
+            self._coverage(s)
             report = self._evaluate(s)
             self._announce(s, time.monotonic() - t_start, report)
             self._watch(s, ingester, duration)
@@ -218,6 +219,27 @@ class Demo:
                 if ingester.stats.received >= sent and server.started:
                     return
                 time.sleep(0.1)
+
+    def _coverage(self, s: Settings) -> None:
+        """The simulated Köln coverage world (households, offers, speed tests, signal
+        measurements) and one gap analysis, so that the map and the broadband indicators show
+        something."""
+        from quartier.geo import coverage_store
+        from quartier.geo.analysis import AnalysisParams
+        from quartier.sensors_sim.coverage_world import WorldConfig, coverage_world
+
+        with self.console.status("simulating Köln's broadband and mobile coverage …"):
+            world = coverage_world(
+                WorldConfig(seed=self.seed, addresses=150_000, speedtests=50_000, signals=200_000)
+            )
+            with psycopg.connect(s.require_database_url()) as conn:
+                coverage_store.write_households(conn, world.addresses, "sim")
+                coverage_store.write_offers(conn, world.offers, "sim")
+                coverage_store.write_speedtests(conn, world.speedtests, "sim")
+                coverage_store.write_signals(conn, world.signals, "sim")
+                run_id, _ = coverage_store.analyse_and_store(conn, AnalysisParams())
+                conn.commit()
+        self.console.print(f"[green]✓[/green] coverage gap analysis stored (run {run_id})")
 
     def _evaluate(self, s: Settings) -> Path | None:
         """Evaluate the example strategy once, so /strategy and the report have a run."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -39,7 +40,7 @@ OFFERS = [
 CELLS = {**{k: (c, r) for k, (c, r, _) in HOUSEHOLDS.items()}, "G": (5, 5)}
 
 
-def _frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
@@ -229,6 +230,7 @@ def test_lon_lat_inputs_match_cell_inputs() -> None:
     y = base.households["cell_n"].to_numpy() + 50.0
     lon, lat = grid.from_grid_crs(x, y)
     households = pd.DataFrame({"lon": lon, "lat": lat, "households": base.households["households"]})
+    assert base.districts is not None
     res = analyse(CoverageInputs(households, base.offers, base.speedtests, base.signals,
                                  base.districts.to_crs(4326)))  # fmt: skip
     ref = analyse(base)

@@ -60,6 +60,7 @@ def load_scenario(conn: psycopg.Connection[Any]) -> None:
                 lon, lat, s.signals["technology"], s.signals["operator"], s.signals["signal_dbm"],
                 strict=True))],
         )  # fmt: skip
+        assert s.districts is not None
         d = s.districts.to_crs(4326)
         cur.executemany(
             "insert into district (level, code, name, geom)"
@@ -174,3 +175,14 @@ def test_export_gpkg_geojson_csv(db_url: str, tmp_path) -> None:  # type: ignore
     csv = pd.read_csv(tmp_path / "coverage_run1_coverage_districts.csv", dtype={"code": str})
     assert csv["code"].tolist() == ["1", "2", "all"]
     assert csv.loc[0, "share_white"] == 64.0
+
+
+def test_deleting_a_run_deletes_its_cells(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        load_scenario(conn)
+        first, _ = coverage_store.analyse_and_store(conn)
+        second, _ = coverage_store.analyse_and_store(conn)
+        conn.execute("delete from coverage_run where id = %s", (first,))
+        rows = conn.execute("select run_id, count(*) from coverage_cell group by 1").fetchall()
+        gaps = conn.execute("select distinct run_id from coverage_gap").fetchall()
+    assert rows == [(second, 8)] and gaps == [(second,)]

@@ -312,3 +312,14 @@ def test_status_plain(conn: Conn) -> None:
     console.print(status.render(st))
     text = console.export_text()
     assert "plain PostgreSQL" in text and "observation_p202401" in text and "rollup refresh" in text
+
+
+def test_one_maintenance_round_at_a_time(conn: Conn, db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute("select pg_advisory_lock(%s)", (rollups._MAINTAIN_LOCK,))
+        assert rollups.maintain(conn, rollups.StorePolicy()) == {
+            "path": "postgres",
+            "skipped": True,
+        }
+        other.execute("select pg_advisory_unlock(%s)", (rollups._MAINTAIN_LOCK,))
+    assert "skipped" not in rollups.maintain(conn, rollups.StorePolicy())

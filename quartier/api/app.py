@@ -13,7 +13,15 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from quartier import __version__
-from quartier.api import errors, indicators, ingest_http, sensorthings, strategy
+from quartier.api import (
+    coverage,
+    errors,
+    indicators,
+    ingest_http,
+    ogc,
+    sensorthings,
+    strategy,
+)
 from quartier.api.deps import AppSettings, Conn
 from quartier.api.models import ComponentHealth, Health
 from quartier.config import Settings
@@ -52,6 +60,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(indicators.router)
     app.include_router(ingest_http.router)
     app.include_router(strategy.router)
+    app.include_router(coverage.router)
+    app.include_router(ogc.router)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -20,9 +20,9 @@ from quartier.errors import BadRequestError, NotFoundError
 from quartier.evaluation import compute, sources, storage
 from quartier.evaluation.indicators import CATALOGUE, IndicatorDefinition, IndicatorValue
 from quartier.evaluation.scopes import CITY
-from quartier.geo import coverage
+from quartier.geo import coverage, coverage_store
 from quartier.geo import io as geo_io
-from quartier.maps.coverage import render_coverage_map
+from quartier.maps.coverage import render_coverage_map, render_gap_map
 
 router = APIRouter(tags=["Indicators and maps"])
 
@@ -247,7 +247,21 @@ def coverage_map(conn: Conn) -> HTMLResponse:
     """Map of measured broadband download speed per 100 m INSPIRE cell, the districts and the
     sensors (German legend)."""
     districts = geo_io.load_districts(conn, "stadtbezirk")
+    sensors = geo_io.load_sensor_locations(conn)
+    try:
+        run = coverage_store.get_run(conn)
+    except NotFoundError:
+        run = None
+    if run is not None:  # a stored gap analysis: classes by availability, clusters, dead zones
+        return HTMLResponse(
+            render_gap_map(
+                coverage_store.load_cells(conn, run),
+                coverage_store.load_gaps(conn, run),
+                districts,
+                run.classes,
+                sensors,
+            )
+        )
     tests = geo_io.load_speedtests(conn)
     cells = coverage.classify_cells(tests, districts if len(districts) else None)
-    html = render_coverage_map(cells, geo_io.load_sensor_locations(conn), districts)
-    return HTMLResponse(html)
+    return HTMLResponse(render_coverage_map(cells, sensors, districts))

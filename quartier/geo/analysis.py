@@ -113,8 +113,12 @@ class CoverageResult:
 
 
 def _float(frame: pd.DataFrame, col: str) -> FloatArray:
+    """The column as floats (float32 columns stay float32), NaN where missing."""
     if col not in frame.columns:
         return np.full(len(frame), np.nan)
+    if frame[col].dtype == np.float32:
+        same: FloatArray = frame[col].to_numpy()
+        return same
     out: FloatArray = pd.to_numeric(frame[col], errors="coerce").to_numpy(
         dtype=np.float64, na_value=np.nan
     )
@@ -124,6 +128,11 @@ def _float(frame: pd.DataFrame, col: str) -> FloatArray:
 def _cells(frame: pd.DataFrame, what: str) -> tuple[IntArray, BoolArray]:
     """Cell keys of the rows and which rows have a valid position."""
     if {"cell_e", "cell_n"} <= set(frame.columns):
+        if frame["cell_e"].dtype.kind in "iu" and frame["cell_n"].dtype.kind in "iu":
+            return (
+                keys_of(frame["cell_e"].to_numpy(), frame["cell_n"].to_numpy()),
+                np.ones(len(frame), dtype=bool),
+            )
         e = _float(frame, "cell_e")
         n = _float(frame, "cell_n")
         ok = np.isfinite(e) & np.isfinite(n)
@@ -138,19 +147,22 @@ def _cells(frame: pd.DataFrame, what: str) -> tuple[IntArray, BoolArray]:
     raise ValueError(f"{what} need cell_e/cell_n or lon/lat columns")
 
 
-def _codes(frame: pd.DataFrame, col: str, vocabulary: tuple[str, ...] | list[str]) -> IntArray:
-    """Codes of the column's values in ``vocabulary`` (case-insensitive), -1 for others."""
+def _codes(
+    frame: pd.DataFrame, col: str, vocabulary: tuple[str, ...] | list[str]
+) -> npt.NDArray[np.int16]:
+    """Codes (int16) of the column's values in ``vocabulary`` (case-insensitive), -1 for
+    others."""
     if col not in frame.columns:
-        return np.full(len(frame), -1, dtype=np.int64)
+        return np.full(len(frame), -1, dtype=np.int16)
     cat = frame[col]
     if not isinstance(cat.dtype, pd.CategoricalDtype):
         cat = cat.astype("category")
     lookup = {v.lower(): i for i, v in enumerate(vocabulary)}
     table = np.array(
-        [lookup.get(str(c).lower(), -1) for c in cat.cat.categories] + [-1], dtype=np.int64
+        [lookup.get(str(c).lower(), -1) for c in cat.cat.categories] + [-1], dtype=np.int16
     )
-    codes = cat.cat.codes.to_numpy().astype(np.int64)
-    out: IntArray = table[np.where(codes < 0, len(table) - 1, codes)]
+    codes = cat.cat.codes.to_numpy()
+    out: npt.NDArray[np.int16] = table[np.where(codes < 0, len(table) - 1, codes)]
     return out
 
 
@@ -183,7 +195,7 @@ class _Indexer:
     def __call__(self, keys: IntArray) -> IntArray:
         if self._dense:
             d = (keys // KEY_MULT - self._r0) * self._w + (keys % KEY_MULT - self._c0)
-            dense: IntArray = self._lut[d].astype(np.int64)
+            dense: IntArray = self._lut[d]  # int32: half the memory, enough for 2 G cells
             return dense
         found: IntArray = np.searchsorted(self.keys, keys).astype(np.int64)
         return found
@@ -266,8 +278,8 @@ def _best_offer(idx: IntArray, down: FloatArray, up: FloatArray, n_cells: int) -
 
 def _mobile(
     idx: IntArray,
-    op: IntArray,
-    tech: IntArray,
+    op: npt.NDArray[np.integer[Any]],
+    tech: npt.NDArray[np.integer[Any]],
     level: FloatArray,
     n_cells: int,
     n_ops: int,
@@ -280,7 +292,7 @@ def _mobile(
     ok = (op >= 0) & (tech >= 0)
     idx, op, tech, level = idx[ok], op[ok], tech[ok], level[ok]
     good = level >= thresholds[tech]  # NaN levels are not good
-    combo = op * n_tech + tech
+    combo = op.astype(np.int16) * n_tech + tech.astype(np.int16)
     order = np.argsort(combo, kind="stable")
     bounds = np.searchsorted(combo[order], np.arange(n_ops * n_tech + 1))
     mask = np.zeros(n_cells, dtype=np.int64)
@@ -359,20 +371,20 @@ def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> Cov
         if not ok.all():
             log.warning("ignored %d of %d %s rows", int((~ok).sum()), len(ok), name)
 
-    hh_keys, hh_n = hh_keys[hh_ok], hh_n[hh_ok]
-    of_keys, of_tech, of_down, of_up = of_keys[of_ok], of_tech[of_ok], of_down[of_ok], of_up[of_ok]
-    st_keys, st_down = st_keys[st_ok], st_down[st_ok]
-    sg_keys, sg_op, sg_tech, sg_level = (
-        sg_keys[sg_ok],
-        sg_op[sg_ok],
-        sg_tech[sg_ok],
-        sg_level[sg_ok],
-    )
+    def keep(ok: BoolArray, *arrays: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
+        return list(arrays) if ok.all() else [a[ok] for a in arrays]
+
+    hh_keys, hh_n = keep(hh_ok, hh_keys, hh_n)
+    of_keys, of_tech, of_down, of_up = keep(of_ok, of_keys, of_tech, of_down, of_up)
+    st_keys, st_down = keep(st_ok, st_keys, st_down)
+    sg_keys, sg_op, sg_tech, sg_level = keep(sg_ok, sg_keys, sg_op, sg_tech, sg_level)
 
     index = _Indexer([hh_keys, of_keys, st_keys, sg_keys])
     keys = index.keys
     n_cells = len(keys)
-    hh_i, of_i, st_i, sg_i = index(hh_keys), index(of_keys), index(st_keys), index(sg_keys)
+    hh_i, of_i, st_i = index(hh_keys), index(of_keys), index(st_keys)
+    sg_i = index(sg_keys)
+    del hh_keys, of_keys, st_keys, sg_keys
 
     households = np.bincount(hh_i, weights=hh_n, minlength=n_cells).round().astype(np.int64)
     addresses = np.bincount(hh_i, minlength=n_cells).astype(np.int64)

@@ -66,17 +66,31 @@ def _operators(conn: psycopg.Connection[Any]) -> list[str]:
 def _read_signals(
     conn: psycopg.Connection[Any], window: str, period: dict[str, Any]
 ) -> tuple[list[str], np.ndarray[Any, np.dtype[np.void]]]:
+    """The signal measurements with operator codes (index in the returned list) and technology
+    codes (index in MOBILE_TECHNOLOGIES). PostgreSQL sends ``hashtext(operator)`` and the first
+    character of the technology, which is cheaper than looking the texts up per row."""
     ops = _operators(conn)
+    with conn.cursor(row_factory=tuple_row) as cur:
+        hashes: dict[str, int] = dict(
+            cur.execute("select o, hashtext(o) from unnest(%s::text[]) o", (ops,)).fetchall()
+        )
     signals = read_copy(
         conn,
-        "select cell_e, cell_n,"
-        " (coalesce(array_position(%(ops)s::text[], operator), 0) - 1)::int2,"
-        " (coalesce(array_position(%(tech)s::text[], technology), 0) - 1)::int2,"
+        "select cell_e, cell_n, hashtext(operator), (ascii(technology) - ascii('2'))::int2,"
         f" coalesce(rsrp_dbm, rssi_dbm, 'NaN'::real) from mobile_measurement where {window}",
-        [("cell_e", "int4"), ("cell_n", "int4"), ("op", "int2"), ("tech", "int2"),
+        [("cell_e", "int4"), ("cell_n", "int4"), ("op", "int4"), ("tech", "int2"),
          ("level", "float4")],
-        {**period, "ops": ops, "tech": list(MOBILE_TECHNOLOGIES)},
+        period,
     )  # fmt: skip
+    # technology: '2G' '3G' '4G' '5G' (the table's check) → 0…3, the order of MOBILE_TECHNOLOGIES
+    assert [t[0] for t in MOBILE_TECHNOLOGIES] == ["2", "3", "4", "5"]
+    values = np.array([hashes[o] for o in ops], dtype=np.int64)
+    if len(set(values.tolist())) != len(values):  # pragma: no cover - a hash collision
+        raise ValueError("two operators with the same hashtext")
+    if len(values):
+        order = np.argsort(values)
+        pos = np.minimum(np.searchsorted(values[order], signals["op"]), len(values) - 1)
+        signals["op"] = order[pos]
     return ops, signals
 
 

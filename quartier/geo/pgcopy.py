@@ -19,6 +19,7 @@ from psycopg import sql
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _TRAILER = b"\xff\xff"
 _CHUNK_ROWS = 262_144
+_READ_CHUNK_BYTES = 32 * 1024 * 1024
 
 #: PostgreSQL binary wire type of each numpy type code we write
 _WIRE: dict[str, str] = {"int2": ">i2", "int4": ">i4", "int8": ">i8", "float4": ">f4",
@@ -36,25 +37,47 @@ def read_copy(
     null. Returns a structured array with native-endian fields of those names."""
     inner = sql.SQL(query) if isinstance(query, str) else query
     stmt = sql.SQL("copy ({}) to stdout (format binary)").format(inner)
-    buf = bytearray()
-    with conn.cursor() as cur, cur.copy(stmt, params) as copy:
-        for chunk in copy:
-            buf += chunk
     fields: list[tuple[str, str]] = [("_n", ">i2")]
     for name, kind in columns:
         fields += [(f"_l_{name}", ">i4"), (name, _WIRE[kind])]
     wire = np.dtype(fields)
-    body = memoryview(buf)[len(_SIGNATURE) : len(buf) - len(_TRAILER)]
-    if len(body) % wire.itemsize:
-        raise ValueError("binary COPY rows are not fixed-width: is a column null?")
-    rows = np.frombuffer(body, dtype=wire)
-    if len(rows) and (rows["_n"] != len(columns)).any():
-        raise ValueError("unexpected field count in binary COPY")
-    out = np.empty(len(rows), dtype=[(n, np.dtype(_WIRE[k]).newbyteorder("=")) for n, k in columns])
-    for name, _ in columns:
-        if len(rows) and (rows[f"_l_{name}"] < 0).any():
-            raise ValueError(f"column {name} has nulls; coalesce it in the query")
-        out[name] = rows[name]
+    native = np.dtype([(n, np.dtype(_WIRE[k]).newbyteorder("=")) for n, k in columns])
+    parts: list[np.ndarray[Any, np.dtype[np.void]]] = []
+    pending = bytearray()
+    header_left = len(_SIGNATURE)
+
+    def parse(final: bool) -> None:
+        nonlocal pending, header_left
+        if header_left:
+            cut = min(header_left, len(pending))
+            del pending[:cut]
+            header_left -= cut
+        usable = len(pending) - (len(_TRAILER) if final else 0)
+        rows_n = usable // wire.itemsize
+        if final and usable % wire.itemsize:
+            raise ValueError("binary COPY rows are not fixed-width: is a column null?")
+        if rows_n:
+            rows = np.frombuffer(pending, dtype=wire, count=rows_n)
+            if (rows["_n"] != len(columns)).any():
+                raise ValueError("unexpected field count in binary COPY")
+            part = np.empty(rows_n, dtype=native)
+            for name, _ in columns:
+                if (rows[f"_l_{name}"] < 0).any():
+                    raise ValueError(f"column {name} has nulls; coalesce it in the query")
+                part[name] = rows[name]
+            parts.append(part)
+            del rows
+            del pending[: rows_n * wire.itemsize]
+
+    with conn.cursor() as cur, cur.copy(stmt, params) as copy:
+        for chunk in copy:
+            pending += chunk
+            if len(pending) >= _READ_CHUNK_BYTES:
+                parse(final=False)
+    parse(final=True)
+    if not parts:
+        return np.empty(0, dtype=native)
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts)
     return out
 
 

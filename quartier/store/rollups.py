@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[Any]
 _REFRESH_LOCK = 0x5155_5231  # "QUR1": one refresher at a time
+_MAINTAIN_LOCK = 0x5155_5232  # "QUR2": one maintenance round at a time
 _FINER = {
     timedelta(hours=1): timedelta(minutes=15),
     timedelta(days=1): timedelta(hours=1),
@@ -350,10 +351,16 @@ def maintain(conn: Conn, policy: StorePolicy, *, now: datetime | None = None) ->
     if path == "timescaledb":
         return {"path": path}
     now = now or datetime.now(UTC)
-    made = ensure_partitions_ahead(conn, policy.partitions_ahead_months, now=now)
-    dropped = apply_retention(conn, policy, now=now)
-    refreshed = refresh_all(conn)
-    compacted = compact(conn, now - policy.compress_after)
+    locked = conn.execute("select pg_try_advisory_lock(%s)", (_MAINTAIN_LOCK,)).fetchone()
+    if not locked or not _scalar(locked):  # another ingester's thread is at it
+        return {"path": path, "skipped": True}
+    try:
+        made = ensure_partitions_ahead(conn, policy.partitions_ahead_months, now=now)
+        dropped = apply_retention(conn, policy, now=now)
+        refreshed = refresh_all(conn)
+        compacted = compact(conn, now - policy.compress_after)
+    finally:
+        conn.execute("select pg_advisory_unlock(%s)", (_MAINTAIN_LOCK,))
     return {
         "path": path,
         "partitions_created": made,
