@@ -123,10 +123,42 @@ def db_migrate() -> None:
             settings.require_database_url(), timescaledb=settings.database.timescaledb
         )
         _prepare_partitions(settings)
+        _configure_store(settings)
     console.print(
         f"storage path: {path}; applied {len(applied)} migration(s)"
         + (": " + ", ".join(applied) if applied else "")
     )
+
+
+def _configure_store(settings: Settings) -> None:
+    """Apply retention / compression / continuous-aggregate policies from the settings."""
+    import psycopg
+
+    from quartier.store.rollups import StorePolicy, configure
+
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        configure(conn, StorePolicy.from_settings(settings.database))
+
+
+@db_app.command("status")
+def db_status_cmd() -> None:
+    """Storage path, sizes, compression, oldest/newest data, policies and jobs."""
+    from quartier.store.status import db_status
+
+    with _user_errors():
+        Console().print(db_status(_settings()))
+
+
+@db_app.command("maintain")
+def db_maintain() -> None:
+    """One round of store upkeep (plain PostgreSQL: partitions, retention, rollups, compaction)."""
+    import psycopg
+
+    from quartier.store.rollups import StorePolicy, maintain
+
+    settings = _settings()
+    with _user_errors(), psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        console.print(maintain(conn, StorePolicy.from_settings(settings.database)))
 
 
 def _prepare_partitions(settings: Settings) -> None:
@@ -161,6 +193,18 @@ def ingest(
     with _user_errors():
         ing = Ingester(settings)
     _stop_on_signals(ing.stop_event)
+    from quartier.store.rollups import StorePolicy, run_maintenance
+
+    threading.Thread(
+        target=run_maintenance,
+        args=(
+            settings.require_database_url(),
+            StorePolicy.from_settings(settings.database),
+            ing.stop_event,
+        ),
+        name="store-maintenance",
+        daemon=True,
+    ).start()
     port = metrics_port or settings.ingest.metrics_port
     if port:
         serve_metrics(ing, port)

@@ -11,6 +11,7 @@ services that ``quartier services up`` started (their URLs are kept in ``.quarti
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +33,14 @@ class DatabaseSettings(BaseModel):
     timescaledb: Literal["auto", "postgres"] = "auto"
     #: Native partitions (plain PostgreSQL path) are created this many months ahead.
     partitions_ahead_months: int = 3
+    #: Raw observations older than this are dropped (whole months / chunks; at least 31 days).
+    retention: timedelta | None = None
+    #: Rollups / continuous aggregates older than this are dropped (at least ``retention``).
+    rollup_retention: timedelta | None = None
+    #: TimescaleDB compresses chunks, plain PostgreSQL compacts months, older than this.
+    compress_after: timedelta = timedelta(days=7)
+    #: TimescaleDB chunk interval (whole days).
+    chunk_interval: timedelta = timedelta(days=7)
 
 
 class MqttSettings(BaseModel):

@@ -29,6 +29,7 @@ from quartier.ingest.mqtt import Ingester, mqtt_client
 from quartier.sensors_sim.run import simulate
 from quartier.services import LocalServices, free_port, port_free
 from quartier.store.migrate import migrate
+from quartier.store.rollups import StorePolicy, configure, run_maintenance
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Demo:
                 "select quartier_ensure_observation_partitions(%s, %s)",
                 (now - timedelta(days=31), now + timedelta(days=93)),
             )
+            configure(conn, StorePolicy.from_settings(s.database))
         with psycopg.connect(url) as conn:
             counts = import_districts(conn)
         self.console.print(
@@ -161,6 +163,19 @@ class Demo:
             self._prepare_store(s)
             ingester = Ingester(s, self.stop)
             threads.append(threading.Thread(target=ingester.run, name="ingest", daemon=True))
+            threads[-1].start()
+            threads.append(
+                threading.Thread(
+                    target=run_maintenance,
+                    args=(
+                        s.require_database_url(),
+                        StorePolicy.from_settings(s.database),
+                        self.stop,
+                    ),
+                    name="store-maintenance",
+                    daemon=True,
+                )
+            )
             threads[-1].start()
             if not ingester.connected.wait(15):
                 raise ServiceError("the ingester could not connect to the MQTT broker")

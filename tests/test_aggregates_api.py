@@ -12,7 +12,6 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from quartier.api import aggregates
 from quartier.api.aggregates import AggregateResult, LatestValues
 from quartier.api.app import create_app
 from quartier.config import Settings
@@ -48,10 +47,7 @@ def ids(settings: Settings) -> list[int]:
 
 @pytest.fixture
 def client(settings: Settings, ids: list[int]) -> Iterator[TestClient]:
-    app = create_app(settings)
-    if not any(getattr(r, "path", "").endswith("/aggregate") for r in app.routes):
-        app.include_router(aggregates.router)  # until app.py includes it
-    with TestClient(app) as c:
+    with TestClient(create_app(settings)) as c:
         yield c
 
 

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from quartier import __version__
 from quartier.api import (
+    aggregates,
     coverage,
     errors,
     indicators,
@@ -56,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.pool = pool
     errors.install(app)
+    app.include_router(aggregates.router)  # before sensorthings: more specific paths
     app.include_router(sensorthings.router)
     app.include_router(indicators.router)
     app.include_router(ingest_http.router)

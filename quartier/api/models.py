@@ -90,11 +90,13 @@ class _Collection(BaseModel):
 
     count: int | None = Field(default=None, alias="@iot.count")
     next_link: str | None = Field(default=None, alias="@iot.nextLink")
+    #: present (true) only when @iot.count is an estimate (very large TimescaleDB datastreams)
+    count_is_estimate: bool | None = Field(default=None, alias="@quartier.countIsEstimate")
 
     @model_serializer(mode="wrap")
     def _omit_empty_annotations(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        for key in ("@iot.count", "@iot.nextLink", "count", "next_link"):
+        for key in ("@iot.count", "@iot.nextLink", "@quartier.countIsEstimate"):
             if key in data and data[key] is None:
                 del data[key]
         return data

@@ -266,10 +266,12 @@ def datastream_observations(
 ) -> m.ObservationCollection:
     direction = p.order({"phenomenonTime": "asc"}, "asc")
     rows, nxt = p.page(q.observations(conn, ds_id, p.top, p.skip, direction), base)  # type: ignore[arg-type]
+    count, exact = q.count_observations(conn, ds_id) if p.count else (None, True)
     return m.ObservationCollection(
         value=[_observation(r, base) for r in rows],
         next_link=nxt,
-        count=q.count_observations(conn, ds_id) if p.count else None,
+        count=count,
+        count_is_estimate=None if exact else True,
     )
 
 

@@ -63,6 +63,36 @@ def _int(value: object) -> int:
 ObsRow = tuple[int, datetime, float, Jsonb | None]
 
 
+#: origin of the 15-minute buckets of the rollups (date_bin origin in quartier.store)
+_BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC).timestamp()
+_BUCKET_S = 900
+
+
+def _observations_written(conn: Conn, rows: list[ObsRow]) -> None:
+    """Tell the store which 15-minute buckets changed and the newest value per datastream (one
+    statement per batch; the rollups and observation_latest stay current from it)."""
+    buckets: set[tuple[int, float]] = set()
+    latest: dict[int, tuple[datetime, float]] = {}
+    for ds, t, v, _ in rows:
+        ts = t.timestamp()
+        buckets.add((ds, ts - (ts - _BUCKET_ORIGIN) % _BUCKET_S))
+        cur = latest.get(ds)
+        if cur is None or t > cur[0]:
+            latest[ds] = (t, v)
+    dirty = sorted(buckets)
+    conn.execute(
+        "select quartier_observations_written(%s::bigint[], %s::timestamptz[], %s::bigint[],"
+        " %s::timestamptz[], %s::float8[])",
+        (
+            [d for d, _ in dirty],
+            [datetime.fromtimestamp(b, tz=UTC) for _, b in dirty],
+            list(latest),
+            [t for t, _ in latest.values()],
+            [v for _, v in latest.values()],
+        ),
+    )
+
+
 class UnknownDevice(Exception):
     pass
 
@@ -300,6 +330,7 @@ class BatchWriter:
         if rows:
             self._ensure_partitions(conn, rows)
             res.observations = self._store_observations(conn, rows)
+            _observations_written(conn, rows)
             res.duplicates = len(rows) - res.observations
         if batch.speedtests:
             res.speedtests = self._write_speedtests(conn, batch.speedtests)
