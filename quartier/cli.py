@@ -193,18 +193,9 @@ def ingest(
     with _user_errors():
         ing = Ingester(settings)
     _stop_on_signals(ing.stop_event)
-    from quartier.store.rollups import StorePolicy, run_maintenance
+    from quartier.store.rollups import start_maintenance
 
-    threading.Thread(
-        target=run_maintenance,
-        args=(
-            settings.require_database_url(),
-            StorePolicy.from_settings(settings.database),
-            ing.stop_event,
-        ),
-        name="store-maintenance",
-        daemon=True,
-    ).start()
+    start_maintenance(settings.require_database_url(), settings.database, ing.stop_event)
     port = metrics_port or settings.ingest.metrics_port
     if port:
         serve_metrics(ing, port)
@@ -526,12 +517,9 @@ def coverage_simulate_cmd(
         psycopg.connect(settings.require_database_url()) as conn,
         console.status("In die Datenbank schreiben …"),
     ):
-        counts = [
-            coverage_store.write_households(conn, world.addresses, "sim"),
-            coverage_store.write_offers(conn, world.offers, "sim"),
-            coverage_store.write_speedtests(conn, world.speedtests, "sim"),
-            coverage_store.write_signals(conn, world.signals, "sim"),
-        ]
+        counts = coverage_store.write_inputs(
+            conn, world.addresses, world.offers, world.speedtests, world.signals, "sim"
+        )
         conn.commit()
     console.print(
         "{:,} address points, {:,} offers, {:,} speed tests, {:,} signal measurements".format(

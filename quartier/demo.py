@@ -29,7 +29,7 @@ from quartier.ingest.mqtt import Ingester, mqtt_client
 from quartier.sensors_sim.run import simulate
 from quartier.services import LocalServices, free_port, port_free
 from quartier.store.migrate import migrate
-from quartier.store.rollups import StorePolicy, configure, run_maintenance
+from quartier.store.rollups import StorePolicy, configure, start_maintenance
 
 log = logging.getLogger(__name__)
 
@@ -164,19 +164,7 @@ class Demo:
             ingester = Ingester(s, self.stop)
             threads.append(threading.Thread(target=ingester.run, name="ingest", daemon=True))
             threads[-1].start()
-            threads.append(
-                threading.Thread(
-                    target=run_maintenance,
-                    args=(
-                        s.require_database_url(),
-                        StorePolicy.from_settings(s.database),
-                        self.stop,
-                    ),
-                    name="store-maintenance",
-                    daemon=True,
-                )
-            )
-            threads[-1].start()
+            threads.append(start_maintenance(s.require_database_url(), s.database, self.stop))
             if not ingester.connected.wait(15):
                 raise ServiceError("the ingester could not connect to the MQTT broker")
             sent = self._backfill(s)
@@ -248,10 +236,9 @@ class Demo:
                 WorldConfig(seed=self.seed, addresses=150_000, speedtests=50_000, signals=200_000)
             )
             with psycopg.connect(s.require_database_url()) as conn:
-                coverage_store.write_households(conn, world.addresses, "sim")
-                coverage_store.write_offers(conn, world.offers, "sim")
-                coverage_store.write_speedtests(conn, world.speedtests, "sim")
-                coverage_store.write_signals(conn, world.signals, "sim")
+                coverage_store.write_inputs(
+                    conn, world.addresses, world.offers, world.speedtests, world.signals, "sim"
+                )
                 run_id, _ = coverage_store.analyse_and_store(conn, AnalysisParams())
                 conn.commit()
         self.console.print(f"[green]✓[/green] coverage gap analysis stored (run {run_id})")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 import psycopg
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from quartier.evaluation import compute, sources, storage
 from quartier.evaluation.indicators import CATALOGUE
@@ -30,8 +30,9 @@ class HistoryPoint(BaseModel):
     source: str | None = None
 
 
-class KpiResult(BaseModel):
-    """One KPI in one area on the evaluation date (see ``progress`` for the fields' meaning)."""
+class KpiResult(Assessment):
+    """One KPI in one area on the evaluation date: its assessment (status, current value,
+    progress, projection; see ``progress``) and what it is about."""
 
     kpi_id: str
     name: str
@@ -49,20 +50,8 @@ class KpiResult(BaseModel):
     target: float
     deadline: date
     direction: str
-    status: Status
-    reason: str
-    current: float | None = None
-    current_at: datetime | None = None
-    progress: float | None = None
-    expected_progress: float | None = None
-    projected: float | None = None
-    projected_low: float | None = None
-    projected_high: float | None = None
-    projected_progress: float | None = None
-    slope_per_year: float | None = None
-    points_used: int = 0
-    history: list[HistoryPoint] = []
-    provenance: dict[str, Any] = {}
+    history: list[HistoryPoint] = Field(default_factory=list)
+    provenance: dict[str, Any] = Field(default_factory=dict)
     note: str | None = None
     previous_status: Status | None = None
 

@@ -885,3 +885,20 @@ def load_districts_stats(conn: psycopg.Connection[Any], run: Run) -> gpd.GeoData
     geoms = [shapely.geometry.shape(f["geometry"]) if f["geometry"] else None for f in feats]
     return gpd.GeoDataFrame(pd.DataFrame(rows), geometry=gpd.GeoSeries(geoms, crs=grid.WGS84),
                             crs=grid.WGS84)  # fmt: skip
+
+
+def write_inputs(
+    conn: psycopg.Connection[Any],
+    addresses: pd.DataFrame,
+    offers: pd.DataFrame,
+    speedtests: pd.DataFrame,
+    signals: pd.DataFrame,
+    source: str,
+) -> tuple[int, int, int, int]:
+    """All four inputs of an analysis at once (e.g. a simulated world); the caller commits."""
+    return (
+        write_households(conn, addresses, source),
+        write_offers(conn, offers, source),
+        write_speedtests(conn, speedtests, source),
+        write_signals(conn, signals, source),
+    )

@@ -384,3 +384,15 @@ def run_maintenance(
         except psycopg.Error as exc:
             log.warning("store maintenance failed (retrying in %.0f s): %s", every_s, exc)
             stop.wait(every_s)
+
+
+def start_maintenance(url: str, database: Any, stop: threading.Event) -> threading.Thread:
+    """:func:`run_maintenance` with the policy of ``settings.database``, in a daemon thread."""
+    thread = threading.Thread(
+        target=run_maintenance,
+        args=(url, StorePolicy.from_settings(database), stop),
+        name="store-maintenance",
+        daemon=True,
+    )
+    thread.start()
+    return thread
