@@ -9,7 +9,6 @@ the first value stored for a (datastream, time) wins.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -68,17 +67,11 @@ _BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC).timestamp()
 _BUCKET_S = 900
 
 
-def _observations_written(conn: Conn, rows: list[ObsRow]) -> None:
+def _observations_written(
+    conn: Conn, buckets: set[tuple[int, float]], latest: dict[int, tuple[datetime, float]]
+) -> None:
     """Tell the store which 15-minute buckets changed and the newest value per datastream (one
     statement per batch; the rollups and observation_latest stay current from it)."""
-    buckets: set[tuple[int, float]] = set()
-    latest: dict[int, tuple[datetime, float]] = {}
-    for ds, t, v, _ in rows:
-        ts = t.timestamp()
-        buckets.add((ds, ts - (ts - _BUCKET_ORIGIN) % _BUCKET_S))
-        cur = latest.get(ds)
-        if cur is None or t > cur[0]:
-            latest[ds] = (t, v)
     dirty = sorted(buckets)
     conn.execute(
         "select quartier_observations_written(%s::bigint[], %s::timestamptz[], %s::bigint[],"
@@ -302,6 +295,8 @@ class BatchWriter:
     def _write(self, conn: Conn, batch: Batch) -> WriteResult:
         res = WriteResult()
         rows: list[ObsRow] = []
+        buckets: set[tuple[int, float]] = set()  # 15-minute rollup buckets touched
+        latest: dict[int, tuple[datetime, float]] = {}  # newest value per datastream
         rejects = list(batch.rejects)
         for uplink, topic, payload, received_at in batch.uplinks:
             total = len(uplink.readings) + len(uplink.invalid)
@@ -319,18 +314,25 @@ class BatchWriter:
                     Reject(topic, payload, "unknown_device", str(exc), received_at, batch.source)
                 )
                 continue
-            for r in uplink.readings:
-                ds = self.registry.datastream_id(conn, dev, r.quantity)
-                rows.append(
-                    (ds, r.time, r.value, None if r.parameters is None else Jsonb(r.parameters))
-                )
+            streams: dict[str, int] = {}
+            for r in uplink.readings:  # the hot loop: one pass builds rows and rollup marks
+                ds = streams.get(r.quantity)
+                if ds is None:
+                    ds = streams[r.quantity] = self.registry.datastream_id(conn, dev, r.quantity)
+                t = r.time
+                rows.append((ds, t, r.value, None if r.parameters is None else Jsonb(r.parameters)))
+                ts = t.timestamp()
+                buckets.add((ds, ts - (ts - _BUCKET_ORIGIN) % _BUCKET_S))
+                cur = latest.get(ds)
+                if cur is None or t > cur[0]:
+                    latest[ds] = (t, r.value)
             if uplink.invalid:
                 reason, detail = _describe_invalid(uplink, total)
                 rejects.append(Reject(topic, payload, reason, detail, received_at, batch.source))
         if rows:
-            self._ensure_partitions(conn, rows)
+            self._ensure_partitions(conn, {b for _, b in buckets})
             res.observations = self._store_observations(conn, rows)
-            _observations_written(conn, rows)
+            _observations_written(conn, buckets, latest)
             res.duplicates = len(rows) - res.observations
         if batch.speedtests:
             res.speedtests = self._write_speedtests(conn, batch.speedtests)
@@ -379,10 +381,11 @@ class BatchWriter:
             for row in rows:
                 copy.write_row(row)
 
-    def _ensure_partitions(
-        self, conn: Conn, rows: Iterable[tuple[int, datetime, float, object]]
-    ) -> None:
-        months = {(t.year, t.month) for _, t, _, _ in rows} - self._months
+    def _ensure_partitions(self, conn: Conn, bucket_starts: set[float]) -> None:
+        """Monthly partitions for the months of these bucket starts (seconds since 1970)."""
+        months = {
+            (t.year, t.month) for t in (datetime.fromtimestamp(b, tz=UTC) for b in bucket_starts)
+        } - self._months
         for y, m in sorted(months):
             start = datetime(y, m, 1, tzinfo=UTC)
             end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=UTC)
