@@ -2,8 +2,11 @@
 with its own policies, see :mod:`quartier.store.timescale`).
 
 * The ingest writer marks the 15-minute buckets each batch touched, in the batch's transaction:
-  ``select quartier_observations_staged()`` right after its ``INSERT INTO observation ... SELECT
-  ... FROM _obs_stage`` (one cheap statement; migration 0005 defines it for both paths).
+  it COPYs rows straight into ``observation`` and then calls ``quartier_observations_written()``
+  (migration 0021) with the touched buckets and the newest value per datastream, computed while
+  it built the rows. Loaders that stage rows in ``_obs_stage`` instead (bulk loads, the store
+  benchmark) call ``quartier_observations_staged()`` (migration 0005), which derives the same
+  marks from the staging table. Both are one cheap statement per batch, on both paths.
 * :func:`refresh` recomputes exactly the marked buckets: 15 min from raw rows, then the hours and
   days that contain them from the finer rollup. Rollups are never rebuilt in full; until a bucket
   is refreshed, :mod:`quartier.store.timeseries` reads it from raw rows.
