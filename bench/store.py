@@ -146,15 +146,12 @@ def parallel(jobs: list[Callable[[], Any]], workers: int) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------------ setup
-def fresh_db(admin_url: str, drop_id: bool = False) -> str:
+def fresh_db(admin_url: str) -> str:
     name = f"bench_store_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f"create database {name}")
     url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
     migrate(url, timescaledb="postgres")
-    if drop_id:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("alter table observation drop column id")
     return url
 
 
@@ -230,11 +227,6 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument(
-        "--drop-id",
-        action="store_true",
-        help="measure the proposed schema without observation.id (docs/store.md)",
-    )
-    ap.add_argument(
         "--storage-only",
         action="store_true",
         help="load, compact and measure bytes per observation; no rollups, no queries",
@@ -264,8 +256,8 @@ def main() -> None:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     try:
-        url = fresh_db(admin, args.drop_id)
-        report["schema"] = "proposed (no id column)" if args.drop_id else "0001-0005 as shipped"
+        url = fresh_db(admin)
+        report["schema"] = "migrations as shipped (derived Observation ids, no id column)"
         with psycopg.connect(url, autocommit=True) as conn:
             report["server"] = conn.execute("show server_version").fetchone()[0]
             conn.execute("select quartier_ensure_observation_partitions(%s, %s)", (T0, end))

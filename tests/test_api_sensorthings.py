@@ -143,3 +143,19 @@ def test_health_degraded_when_broker_unreachable(filled: Settings) -> None:
         r = c.get("/health")
     assert r.status_code == 503
     assert not m.Health.model_validate(r.json()).mqtt.ok
+
+
+def test_observation_self_link_resolves_by_its_derived_id(client: TestClient) -> None:
+    streams = m.DatastreamCollection.model_validate(client.get("/v1.1/Datastreams").json())
+    pm25 = next(d for d in streams.value if d.name.endswith("PM2.5"))
+    page = m.ObservationCollection.model_validate(
+        client.get(pm25.observations_link, params={"$top": "3"}).json()
+    )
+    third = page.value[2]
+    assert third.id == f"{pm25.id}:{int((T0 + timedelta(minutes=2)).timestamp()) * 1_000_000}"
+    again = m.Observation.model_validate(client.get(third.self_link).json())
+    assert again == third
+    missing = client.get(f"/v1.1/Observations('{pm25.id}:1')")
+    assert missing.status_code == 404 and "no Observation" in missing.json()["message"]
+    bad = client.get("/v1.1/Observations('abc')")
+    assert bad.status_code == 400 and "microseconds since 1970" in bad.json()["message"]

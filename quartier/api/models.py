@@ -76,6 +76,9 @@ class ObservedProperty(_Entity):
 
 
 class Observation(_Entity):
+    #: derived from the primary key: "<datastream id>:<µs since 1970>"
+    id: str = Field(alias="@iot.id")  # type: ignore[assignment]
+
     phenomenon_time: str = Field(alias="phenomenonTime")
     result_time: str | None = Field(alias="resultTime")
     result: Any

@@ -5,7 +5,7 @@ ObservedProperties and Observations with ``$top``, ``$skip``, ``$count``, ``$ord
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -159,10 +159,29 @@ def _observed_property(r: dict[str, Any], base: str) -> m.ObservedProperty:
     )
 
 
+def observation_id(datastream_id: int, time: datetime) -> str:
+    """The derived @iot.id of an Observation: ``"<datastream id>:<µs since 1970>"``."""
+    return f"{datastream_id}:{(time - _EPOCH) // _MICROSECOND}"
+
+
+def parse_observation_id(text: str) -> tuple[int, datetime]:
+    ds, sep, us = text.partition(":")
+    if not (sep and ds.isdigit() and us.lstrip("-").isdigit()):
+        raise BadRequestError(
+            f"Observation id {text!r} is not '<datastream id>:<microseconds since 1970>'"
+        )
+    return int(ds), _EPOCH + int(us) * _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _observation(r: dict[str, Any], base: str) -> m.Observation:
+    oid = observation_id(r["datastream_id"], r["phenomenon_time"])
     return m.Observation(
-        id=r["id"],
-        self_link=_link(base, "Observations", r["id"]),
+        id=oid,
+        self_link=f"{base}{PREFIX}/Observations('{oid}')",
         phenomenon_time=iso(r["phenomenon_time"]) or "",
         result_time=iso(r["result_time"]),
         result=r["result"] if r["result_json"] is None else r["result_json"],
@@ -307,3 +326,14 @@ def list_observed_properties(
 )
 def get_observed_property(op_id: int, conn: Conn, base: BaseUrl) -> m.ObservedProperty:
     return _observed_property(q.observed_property(conn, op_id), base)
+
+
+@router.get(
+    "/Observations('{obs_id}')",
+    response_model=m.Observation,
+    operation_id="sta_get_observation",
+)
+def get_observation(obs_id: str, conn: Conn, base: BaseUrl) -> m.Observation:
+    """One Observation by its @iot.id (``'<datastream id>:<µs since 1970>'``)."""
+    ds_id, time = parse_observation_id(obs_id)
+    return _observation(q.observation(conn, ds_id, time), base)

@@ -6,6 +6,7 @@ knows whether a next page exists without counting.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
@@ -98,11 +99,23 @@ def observations(
         raise NotFoundError(f"no Datastream with @iot.id {ds_id}")
     direction = "desc" if order == "desc" else "asc"
     return conn.execute(
-        "select id, datastream_id, phenomenon_time, result, result_json, result_time, parameters"
+        "select datastream_id, phenomenon_time, result, result_json, result_time, parameters"
         f" from observation where datastream_id = %s order by phenomenon_time {direction}"
         " limit %s offset %s",
         (ds_id, top + 1, skip),
     ).fetchall()
+
+
+def observation(conn: Conn, ds_id: int, time: datetime) -> dict[str, Any]:
+    """One observation by its primary key (the parts of its derived @iot.id)."""
+    row = conn.execute(
+        "select datastream_id, phenomenon_time, result, result_json, result_time, parameters"
+        " from observation where datastream_id = %s and phenomenon_time = %s",
+        (ds_id, time),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no Observation of Datastream {ds_id} at {time.isoformat()}")
+    return row
 
 
 def count_observations(conn: Conn, ds_id: int) -> tuple[int, bool]:
