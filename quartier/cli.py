@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -68,10 +68,7 @@ def _settings(local: bool = True) -> Settings:
 def _local_services(settings: Settings) -> Any:
     from quartier.services import LocalServices
 
-    s = settings.services
-    return LocalServices(
-        s.state_dir, pg_port=s.pg_port, mqtt_port=s.mqtt_port, install=s.install_packages
-    )
+    return LocalServices.from_settings(settings.services)
 
 
 @contextmanager
@@ -114,30 +111,16 @@ def services_status() -> None:
 # ------------------------------------------------------------------------------ db
 @db_app.command("migrate")
 def db_migrate() -> None:
-    """Apply pending schema migrations."""
-    from quartier.store.migrate import migrate
+    """Apply pending schema migrations, partitions ahead and the store policies."""
+    from quartier.store.setup import prepare
 
     settings = _settings()
     with _user_errors():
-        path, applied = migrate(
-            settings.require_database_url(), timescaledb=settings.database.timescaledb
-        )
-        _prepare_partitions(settings)
-        _configure_store(settings)
+        path, applied = prepare(settings.require_database_url(), settings.database)
     console.print(
         f"storage path: {path}; applied {len(applied)} migration(s)"
         + (": " + ", ".join(applied) if applied else "")
     )
-
-
-def _configure_store(settings: Settings) -> None:
-    """Apply retention / compression / continuous-aggregate policies from the settings."""
-    import psycopg
-
-    from quartier.store.rollups import StorePolicy, configure
-
-    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        configure(conn, StorePolicy.from_settings(settings.database))
 
 
 @db_app.command("status")
@@ -159,20 +142,6 @@ def db_maintain() -> None:
     settings = _settings()
     with _user_errors(), psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
         console.print(maintain(conn, StorePolicy.from_settings(settings.database)))
-
-
-def _prepare_partitions(settings: Settings) -> None:
-    import psycopg
-
-    now = datetime.now(UTC)
-    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        conn.execute(
-            "select quartier_ensure_observation_partitions(%s, %s)",
-            (
-                now - timedelta(days=31),
-                now + timedelta(days=31 * settings.database.partitions_ahead_months),
-            ),
-        )
 
 
 # ------------------------------------------------------------------------------ ingest / serve

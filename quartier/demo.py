@@ -28,8 +28,8 @@ from quartier.geo.io import import_districts
 from quartier.ingest.mqtt import Ingester, mqtt_client
 from quartier.sensors_sim.run import simulate
 from quartier.services import LocalServices, free_port, port_free
-from quartier.store.migrate import migrate
-from quartier.store.rollups import StorePolicy, configure, start_maintenance
+from quartier.store.rollups import start_maintenance
+from quartier.store.setup import prepare
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,7 @@ class Demo:
         if s.database.url and s.mqtt.url:
             self.console.print("using the configured PostgreSQL and MQTT broker")
             return s
-        self.local = LocalServices(
-            s.services.state_dir,
-            pg_port=s.services.pg_port,
-            mqtt_port=s.services.mqtt_port,
-            install=s.services.install_packages,
-        )
+        self.local = LocalServices.from_settings(s.services)
         with self.console.status("starting PostgreSQL and Mosquitto (installing if missing) …"):
             state = self.local.up()
         self.console.print(
@@ -87,14 +82,7 @@ class Demo:
 
     def _prepare_store(self, s: Settings) -> None:
         url = s.require_database_url()
-        path, applied = migrate(url, timescaledb=s.database.timescaledb)
-        now = datetime.now(UTC)
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                "select quartier_ensure_observation_partitions(%s, %s)",
-                (now - timedelta(days=31), now + timedelta(days=93)),
-            )
-            configure(conn, StorePolicy.from_settings(s.database))
+        path, applied = prepare(url, s.database)
         with psycopg.connect(url) as conn:
             counts = import_districts(conn)
         self.console.print(

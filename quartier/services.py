@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from quartier.config import STATE_FILE
+from quartier.config import STATE_FILE, ServicesSettings
 from quartier.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,15 @@ class LocalServices:
         self.install = install
         #: fsync off: for throwaway test clusters only.
         self.fast_unsafe = fast_unsafe
+
+    @classmethod
+    def from_settings(cls, services: ServicesSettings) -> LocalServices:
+        return cls(
+            services.state_dir,
+            pg_port=services.pg_port,
+            mqtt_port=services.mqtt_port,
+            install=services.install_packages,
+        )
 
     # ---------------------------------------------------------------- public
     def up(self) -> ServiceState:
