@@ -12,7 +12,7 @@ from test_coverage_analysis import scenario
 
 from quartier.geo import coverage_store, grid
 from quartier.geo.analysis import analyse
-from quartier.geo.pgcopy import Column, read_copy, write_copy
+from quartier.store.pgcopy import Column, read_copy, write_copy
 
 pytestmark = pytest.mark.services
 

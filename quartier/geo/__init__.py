@@ -3,6 +3,6 @@
 Pure: ``grid`` (INSPIRE 100 m grid), ``coverage`` (speed-test cells for the foundation map),
 ``profiles`` (classification profiles), ``analysis`` (the coverage-gap analysis), ``gaps`` (gap
 clusters). I/O: ``io`` (districts, speed tests, sensors), ``coverage_store`` (analysis inputs and
-results in PostgreSQL), ``pgcopy`` (binary COPY to and from numpy), ``supply`` (operator files
-with a column mapping), ``export`` (GeoPackage, GeoJSON, CSV).
+results in PostgreSQL, through ``quartier.store.pgcopy``), ``supply`` (operator files with a
+column mapping), ``export`` (GeoPackage, GeoJSON, CSV).
 """

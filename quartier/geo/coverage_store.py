@@ -34,7 +34,7 @@ from quartier.geo.analysis import (
     CoverageInputs,
     CoverageResult,
 )
-from quartier.geo.pgcopy import Column, read_copy, write_copy
+from quartier.store.pgcopy import Column, read_copy, write_copy
 from quartier.geo.profiles import PROFILES, Profile
 
 log = logging.getLogger(__name__)
