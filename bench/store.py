@@ -232,7 +232,34 @@ def main() -> None:
         help="load, compact and measure bytes per observation; no rollups, no queries",
     )
     ap.add_argument("--keep", action="store_true", help="leave the database and server running")
+    ap.add_argument(
+        "--queries-only",
+        metavar="URL",
+        default=None,
+        help="measure the queries again on a database loaded by an earlier run with --keep",
+    )
     args = ap.parse_args()
+    if args.queries_only:
+        with psycopg.connect(args.queries_only) as conn:
+            ids = conn.execute("select id from datastream order by id").fetchall()
+            span = conn.execute(
+                "select min(phenomenon_time), max(phenomenon_time) from observation_latest"
+            ).fetchone()
+        ds_ids = np.array([r[0] for r in ids], dtype=np.int64)
+        q_days = max(2, round((span[1] - T0) / timedelta(days=1)))
+        log(f"queries only: {len(ds_ids)} datastreams, {q_days} days")
+        report_q: dict[str, Any] = {
+            "queries": run_queries(
+                args.queries_only, ds_ids, q_days, args.repeat, args.naive_repeat
+            )
+        }
+        if args.json:
+            args.json.write_text(json.dumps(report_q, indent=2, default=str))
+        for name, r in report_q["queries"].items():
+            if not (isinstance(r, dict) and "p50_ms" in r):
+                continue
+            print(f"{name:60} p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms")
+        return
 
     step = timedelta(minutes=args.step_min)
     per_day = int(timedelta(days=1) / step)
@@ -343,6 +370,8 @@ def main() -> None:
             args.json.write_text(json.dumps(report, indent=2, default=str))
         print_report(report)
     finally:
+        if args.keep:
+            print(f"kept: {url}  (server state in {state})")
         if local is not None and not args.keep:
             local.down()
             assert state is not None

@@ -242,6 +242,58 @@ def test_count_observations_exact_with_dirty_and_after_retention(conn: Conn) -> 
     assert count_observations(conn, 1) == (n1 - len(old), True)
 
 
+def _physical(conn: Conn, part: str) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        f"select datastream_id, phenomenon_time, result from {part} order by ctid"
+    ).fetchall()
+
+
+def test_compaction_rewrites_closed_months_sorted(conn: Conn) -> None:
+    rows = sorted(sample_rows(), key=lambda r: r[1])  # in time order, as an ingester writes
+    write_batch(conn, rows)
+    before = conn.execute(
+        "select datastream_id, phenomenon_time, result from observation order by 1, 2"
+    ).fetchall()
+    jan = _physical(conn, "observation_p202401")
+    assert jan != sorted(jan, key=lambda r: (r[0], r[1]))  # not sorted yet: the test can fail
+    assert rollups.compact(conn, datetime(2024, 3, 1, tzinfo=UTC)) == [
+        "observation_p202401",
+        "observation_p202402",
+    ]
+    for part in ("observation_p202401", "observation_p202402"):
+        phys = _physical(conn, part)
+        assert phys == sorted(phys, key=lambda r: (r[0], r[1]))
+        # still a partition of observation, with the parent's indexes attached under their names
+        idx = conn.execute(
+            "select c.relname from pg_inherits h join pg_class c on c.oid = h.inhrelid "
+            "join pg_index i on i.indexrelid = c.oid "
+            "where i.indrelid = %s::regclass order by 1",
+            (part,),
+        ).fetchall()
+        assert [r[0] for r in idx] == [f"{part}_phenomenon_time_idx", f"{part}_pkey"]
+    after = conn.execute(
+        "select datastream_id, phenomenon_time, result from observation order by 1, 2"
+    ).fetchall()
+    assert after == before
+    # the primary key still refuses a second value for a stored (datastream, time)
+    assert write_batch(conn, [(1, T0, 99.0), (1, T0 + timedelta(seconds=1), 1.0)]) == 1
+    assert conn.execute(
+        "select result from observation where datastream_id = 1 and phenomenon_time = %s", (T0,)
+    ).fetchone() == (before[0][2],)
+    week = [(o.phenomenon_time, o.result) for o in raw_range(conn, 2, T0, T0 + timedelta(days=7))]
+    assert week == [(t, v) for ds, t, v in before if ds == 2]
+    assert rollups.compact(conn, datetime(2024, 3, 1, tzinfo=UTC)) == []
+
+
+def test_compaction_gives_way_to_a_busy_table(conn: Conn, db_url: str) -> None:
+    write_batch(conn, sample_rows())
+    with psycopg.connect(db_url) as reader:
+        reader.execute("select count(*) from observation")  # holds a lock until it ends
+        assert rollups.compact(conn, datetime(2024, 3, 1, tzinfo=UTC), lock_timeout_s=0.2) == []
+    assert not conn.execute("select to_regclass('observation_p202401_sorted')").fetchone()[0]
+    assert len(rollups.compact(conn, datetime(2024, 3, 1, tzinfo=UTC))) == 2
+
+
 def test_partitions_ahead_compaction_and_maintain(conn: Conn) -> None:
     write_batch(conn, sample_rows())
     now = datetime(2024, 3, 20, tzinfo=UTC)
