@@ -105,6 +105,7 @@ def test_unusable_messages_raise_decode_error_with_a_reason(payload: bytes, reas
             "no time zone",
         ),
         ({"quantity": "pm25", "value": 1, "time": "yesterday"}, "invalid_reading", "not RFC 3339"),
+        ({"quantity": "pm25", "value": 1, "time": 1e20}, "invalid_reading", "out of range"),
         (
             {"quantity": "", "value": 1, "time": "2026-11-27T10:00:00Z"},
             "invalid_reading",

@@ -33,7 +33,10 @@ def parse_time(raw: Any) -> datetime:
     if isinstance(raw, int | float):
         if not math.isfinite(raw):
             raise ValueError("time is not finite")
-        return datetime.fromtimestamp(raw / 1000.0, tz=UTC)
+        try:
+            return datetime.fromtimestamp(raw / 1000.0, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"time {raw!r} (epoch milliseconds) is out of range") from None
     if isinstance(raw, str):
         try:
             t = datetime.fromisoformat(raw)

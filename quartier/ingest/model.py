@@ -32,6 +32,9 @@ class Uplink:
     location: Position | None = None
     #: (index in the payload, reason key, detail) for each reading that failed validation
     invalid: list[tuple[int, str, str]] = field(default_factory=list)
+    #: the location is a receiving gateway's, not the device's own (The Things Stack): it is
+    #: used for a device without a location but does not move one that has
+    location_from_gateway: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from quartier.config import Settings
-from quartier.ingest.pipeline import SUBSCRIPTIONS, Message, add_to_batch
+from quartier.ingest.pipeline import SUBSCRIPTIONS, Message, build_batch
 from quartier.ingest.writer import Batch, BatchWriter, Reject
 
 log = logging.getLogger(__name__)
@@ -323,11 +323,7 @@ class Ingester:
             decoder.join(10)
 
     def _batch(self, msgs: list[Message]) -> Batch:
-        now = datetime.now(UTC)
-        batch = Batch()
-        for msg in msgs:
-            add_to_batch(batch, msg, self.cfg, now)
-        return batch
+        return build_batch(msgs, self.cfg, datetime.now(UTC))
 
     def _store(self, msgs: list[Message], batch: Batch | None = None) -> bool:
         """Store the messages; True once they are committed (data or rejects), False if stopped

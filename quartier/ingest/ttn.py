@@ -125,7 +125,7 @@ def decode_ttn(
         params["location_source"] = "gateway"
 
     codec = _choose_codec(device, up, codecs, registry)
-    uplink = Uplink(network, device, [], location)
+    uplink = Uplink(network, device, [], location, location_from_gateway=from_gateway)
     decoded = up.get("decoded_payload")
     if isinstance(decoded, dict) and decoded:
         mapping = codec.quantities if codec is not None else GENERIC_FIELDS

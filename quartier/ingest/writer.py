@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from quartier.ingest.columnar import Columns
 from quartier.ingest.model import Position, SpeedTest, Uplink
 from quartier.ingest.quantities import QUANTITIES
+from quartier.store.pgcopy import (
+    PG_EPOCH_US,
+    Column,
+    Float8Array,
+    Int8Array,
+    TimestamptzArray,
+    write_copy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +48,8 @@ class Reject:
 @dataclass
 class Batch:
     uplinks: list[tuple[Uplink, str, bytes, datetime]] = field(default_factory=list)
+    #: plainly valid native messages, decoded into columns (see quartier.ingest.columnar)
+    columns: Columns = field(default_factory=Columns)
     speedtests: list[SpeedTest] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     #: where the messages came from, recorded with rejects: mqtt, http, import
@@ -63,25 +76,34 @@ ObsRow = tuple[int, datetime, float, Jsonb | None]
 
 
 #: origin of the 15-minute buckets of the rollups (date_bin origin in quartier.store)
-_BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC).timestamp()
+_BUCKET_ORIGIN_S = int(datetime(2000, 1, 3, tzinfo=UTC).timestamp())
 _BUCKET_S = 900
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
 
 
-def _observations_written(
-    conn: Conn, buckets: set[tuple[int, float]], latest: dict[int, tuple[datetime, float]]
-) -> None:
+def _observations_written(conn: Conn, ds: I64, t_us: I64, value: F64) -> None:
     """Tell the store which 15-minute buckets changed and the newest value per datastream (one
-    statement per batch; the rollups and observation_latest stay current from it)."""
-    dirty = sorted(buckets)
+    statement per batch; the rollups and observation_latest stay current from it). Both are
+    computed here with numpy from the rows just written."""
+    secs = t_us // 1_000_000
+    bucket = (secs - _BUCKET_ORIGIN_S) // _BUCKET_S  # index of the bucket since the origin
+    key = np.unique((ds << 24) | (bucket + (1 << 23)))  # buckets from 1990 to 2100 fit 24 bits
+    dirty_ds = key >> 24
+    dirty_start = ((key & ((1 << 24) - 1)) - (1 << 23)) * _BUCKET_S + _BUCKET_ORIGIN_S
+    order = np.lexsort((t_us, ds))
+    ds_sorted = ds[order]
+    last = order[np.append(ds_sorted[1:] != ds_sorted[:-1], True)]  # newest row per datastream
     conn.execute(
-        "select quartier_observations_written(%s::bigint[], %s::timestamptz[], %s::bigint[],"
-        " %s::timestamptz[], %s::float8[])",
+        "select quartier_observations_written(%s, %s, %s, %s, %s)",
         (
-            [d for d, _ in dirty],
-            [datetime.fromtimestamp(b, tz=UTC) for _, b in dirty],
-            list(latest),
-            [t for t, _ in latest.values()],
-            [v for _, v in latest.values()],
+            Int8Array(dirty_ds),
+            TimestamptzArray(dirty_start * 1_000_000),
+            Int8Array(ds[last]),
+            TimestamptzArray(t_us[last]),
+            Float8Array(value[last]),
         ),
     )
 
@@ -90,42 +112,77 @@ class UnknownDevice(Exception):
     pass
 
 
+#: a reported position closer than this (degrees, about a metre) to the current one is no move
+_SAME_PLACE_DEG = 1e-5
+
+
 class Registry:
-    """Device → Thing/Datastream lookups, cached; registers unknown devices when allowed."""
+    """Device → Thing/Datastream lookups, cached; registers unknown devices when allowed, and
+    records a device's new position as a new Location and HistoricalLocation of its Thing."""
 
     def __init__(self, auto_register: bool) -> None:
         self.auto_register = auto_register
         self._devices: dict[tuple[str, str], int] = {}
         self._streams: dict[tuple[int, str], int] = {}
+        #: device id → (thing id, current position or None)
+        self._things: dict[int, tuple[int, Position | None]] = {}
 
     def clear(self) -> None:
         self._devices.clear()
         self._streams.clear()
+        self._things.clear()
 
     def preload(self, conn: Conn) -> None:
         """Load every known device and datastream in two queries (instead of one round trip per
         device on first contact)."""
-        for dev_id, network, key in conn.execute("select id, network, device_key from device"):
+        for dev_id, network, key, thing_id, lat, lon in conn.execute(_DEVICES):
             self._devices[(str(network), str(key))] = _int(dev_id)
+            self._things[_int(dev_id)] = (_int(thing_id), _position(lat, lon))
         for dev_id, quantity, ds_id in conn.execute(
             "select device_id, quantity, datastream_id from device_datastream"
         ):
             self._streams[(_int(dev_id), str(quantity))] = _int(ds_id)
 
-    def device_id(self, conn: Conn, network: str, device: str, location: Position | None) -> int:
+    def device_id(
+        self,
+        conn: Conn,
+        network: str,
+        device: str,
+        location: Position | None,
+        *,
+        from_gateway: bool = False,
+    ) -> int:
         key = (network, device)
         found = self._devices.get(key)
-        if found is not None:
-            return found
-        row = conn.execute(
-            "select id from device where network = %s and device_key = %s", key
-        ).fetchone()
-        if row is None:
-            if not self.auto_register:
-                raise UnknownDevice(f"device {device!r} on network {network!r} is not registered")
-            row = (self._register(conn, network, device, location),)
-        self._devices[key] = _int(row[0])
-        return self._devices[key]
+        if found is None:
+            row = conn.execute(_DEVICES + " where d.network = %s and d.device_key = %s", key)
+            hit = row.fetchone()
+            if hit is None:
+                if not self.auto_register:
+                    raise UnknownDevice(
+                        f"device {device!r} on network {network!r} is not registered"
+                    )
+                found, thing_id = self._register(conn, network, device, location)
+                self._things[found] = (thing_id, location)
+            else:
+                found = _int(hit[0])
+                self._things[found] = (_int(hit[3]), _position(hit[4], hit[5]))
+            self._devices[key] = found
+        if location is not None:
+            thing_id, current = self._things[found]
+            if current is None or (
+                not from_gateway
+                and (
+                    abs(current.lat - location.lat) > _SAME_PLACE_DEG
+                    or abs(current.lon - location.lon) > _SAME_PLACE_DEG
+                )
+            ):
+                _place(conn, thing_id, f"{network}/{device}", location, replace=True)
+                self._things[found] = (thing_id, location)
+                log.info(
+                    "device %s/%s is now at %s, %s", network, device, location.lat, location.lon
+                )
+        return found
 
     def datastream_id(self, conn: Conn, device_id: int, quantity: str) -> int:
         key = (device_id, quantity)
@@ -142,14 +199,18 @@ class Registry:
         return self._streams[key]
 
     @staticmethod
-    def _register(conn: Conn, network: str, device: str, location: Position | None) -> int:
+    def _register(
+        conn: Conn, network: str, device: str, location: Position | None
+    ) -> tuple[int, int]:
+        """A new device with its Thing (and Location); returns (device id, thing id)."""
         # Serialise concurrent registrations of the same device (several ingest workers).
         conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"{network}/{device}",))
         row = conn.execute(
-            "select id from device where network = %s and device_key = %s", (network, device)
+            "select id, thing_id from device where network = %s and device_key = %s",
+            (network, device),
         ).fetchone()
         if row is not None:
-            return _int(row[0])
+            return _int(row[0]), _int(row[1])
         name = f"{network}/{device}"
         thing = conn.execute(
             "insert into thing (name, description, properties) values (%s, %s, %s) returning id",
@@ -157,21 +218,7 @@ class Registry:
         ).fetchone()
         assert thing is not None
         if location is not None:
-            loc = conn.execute(
-                "insert into location (name, description, location) values "
-                "(%s, %s, ST_SetSRID(ST_MakePoint(%s, %s), 4326)) returning id",
-                (name, f"Position of {name}", location.lon, location.lat),
-            ).fetchone()
-            assert loc is not None
-            conn.execute("insert into thing_location values (%s, %s)", (thing[0], loc[0]))
-            hist = conn.execute(
-                "insert into historical_location (thing_id, time) values (%s, now()) returning id",
-                (thing[0],),
-            ).fetchone()
-            assert hist is not None
-            conn.execute(
-                "insert into historical_location_location values (%s, %s)", (hist[0], loc[0])
-            )
+            _place(conn, _int(thing[0]), name, location, replace=False)
         dev = conn.execute(
             "insert into device (network, device_key, thing_id, auto_registered) "
             "values (%s, %s, %s, true) returning id",
@@ -179,7 +226,7 @@ class Registry:
         ).fetchone()
         assert dev is not None
         log.info("registered device %s (thing %s)", name, thing[0])
-        return _int(dev[0])
+        return _int(dev[0]), _int(thing[0])
 
     @staticmethod
     def _create_datastream(conn: Conn, device_id: int, quantity: str) -> int:
@@ -233,6 +280,40 @@ class Registry:
             "insert into device_datastream values (%s, %s, %s)", (device_id, quantity, ds[0])
         )
         return _int(ds[0])
+
+
+_DEVICES = """select d.id, d.network, d.device_key, d.thing_id, ST_Y(p.pt), ST_X(p.pt)
+from device d
+left join lateral (
+    select ST_PointOnSurface(l.location) as pt from thing_location tl
+    join location l on l.id = tl.location_id
+    where tl.thing_id = d.thing_id order by l.id desc limit 1
+) p on true"""
+
+
+def _position(lat: object, lon: object) -> Position | None:
+    if isinstance(lat, float) and isinstance(lon, float):
+        return Position(lat, lon)
+    return None
+
+
+def _place(conn: Conn, thing_id: int, name: str, where: Position, *, replace: bool) -> None:
+    """Make ``where`` the Thing's current Location, with a HistoricalLocation from now."""
+    loc = conn.execute(
+        "insert into location (name, description, location) values "
+        "(%s, %s, ST_SetSRID(ST_MakePoint(%s, %s), 4326)) returning id",
+        (name, f"Position of {name}", where.lon, where.lat),
+    ).fetchone()
+    assert loc is not None
+    if replace:
+        conn.execute("delete from thing_location where thing_id = %s", (thing_id,))
+    conn.execute("insert into thing_location values (%s, %s)", (thing_id, loc[0]))
+    hist = conn.execute(
+        "insert into historical_location (thing_id, time) values (%s, now()) returning id",
+        (thing_id,),
+    ).fetchone()
+    assert hist is not None
+    conn.execute("insert into historical_location_location values (%s, %s)", (hist[0], loc[0]))
 
 
 def _describe_invalid(u: Uplink, total: int) -> tuple[str, str]:
@@ -294,46 +375,17 @@ class BatchWriter:
 
     def _write(self, conn: Conn, batch: Batch) -> WriteResult:
         res = WriteResult()
-        rows: list[ObsRow] = []
-        buckets: set[tuple[int, float]] = set()  # 15-minute rollup buckets touched
-        latest: dict[int, tuple[datetime, float]] = {}  # newest value per datastream
         rejects = list(batch.rejects)
-        for uplink, topic, payload, received_at in batch.uplinks:
-            total = len(uplink.readings) + len(uplink.invalid)
-            if not uplink.readings:  # nothing to store: keep the message, register nothing
-                if uplink.invalid:
-                    reason, detail = _describe_invalid(uplink, total)
-                    rejects.append(
-                        Reject(topic, payload, reason, detail, received_at, batch.source)
-                    )
-                continue
-            try:
-                dev = self.registry.device_id(conn, uplink.network, uplink.device, uplink.location)
-            except UnknownDevice as exc:
-                rejects.append(
-                    Reject(topic, payload, "unknown_device", str(exc), received_at, batch.source)
-                )
-                continue
-            streams: dict[str, int] = {}
-            for r in uplink.readings:  # the hot loop: one pass builds rows and rollup marks
-                ds = streams.get(r.quantity)
-                if ds is None:
-                    ds = streams[r.quantity] = self.registry.datastream_id(conn, dev, r.quantity)
-                t = r.time
-                rows.append((ds, t, r.value, None if r.parameters is None else Jsonb(r.parameters)))
-                ts = t.timestamp()
-                buckets.add((ds, ts - (ts - _BUCKET_ORIGIN) % _BUCKET_S))
-                cur = latest.get(ds)
-                if cur is None or t > cur[0]:
-                    latest[ds] = (t, r.value)
-            if uplink.invalid:
-                reason, detail = _describe_invalid(uplink, total)
-                rejects.append(Reject(topic, payload, reason, detail, received_at, batch.source))
-        if rows:
-            self._ensure_partitions(conn, {b for _, b in buckets})
-            res.observations = self._store_observations(conn, rows)
-            _observations_written(conn, buckets, latest)
-            res.duplicates = len(rows) - res.observations
+        rows, row_ds, row_us, row_v = self._rows(conn, batch, rejects)
+        col_ds, col_us, col_v = self._columns(conn, batch, rejects)
+        if rows or len(col_ds):
+            ds = np.concatenate([np.asarray(row_ds, dtype=np.int64), col_ds])
+            t_us = np.concatenate([np.asarray(row_us, dtype=np.int64), col_us])
+            value = np.concatenate([np.asarray(row_v, dtype=np.float64), col_v])
+            self._ensure_partitions(conn, t_us)
+            res.observations = self._store_observations(conn, rows, (col_ds, col_us, col_v))
+            _observations_written(conn, ds, t_us, value)
+            res.duplicates = len(ds) - res.observations
         if batch.speedtests:
             res.speedtests = self._write_speedtests(conn, batch.speedtests)
         if rejects:
@@ -347,21 +399,107 @@ class BatchWriter:
             )
         return res
 
-    def _store_observations(self, conn: Conn, rows: list[ObsRow]) -> int:
-        """Store rows, skipping any (datastream, time) already stored; returns rows added.
+    def _rows(
+        self, conn: Conn, batch: Batch, rejects: list[Reject]
+    ) -> tuple[list[ObsRow], list[int], list[int], list[float]]:
+        """Rows of the uplinks decoded one by one (they may carry parameters)."""
+        rows: list[ObsRow] = []
+        row_ds: list[int] = []
+        row_us: list[int] = []
+        row_v: list[float] = []
+        for uplink, topic, payload, received_at in batch.uplinks:
+            total = len(uplink.readings) + len(uplink.invalid)
+            if not uplink.readings:  # nothing to store: keep the message, register nothing
+                if uplink.invalid:
+                    reason, detail = _describe_invalid(uplink, total)
+                    rejects.append(
+                        Reject(topic, payload, reason, detail, received_at, batch.source)
+                    )
+                continue
+            try:
+                dev = self.registry.device_id(
+                    conn,
+                    uplink.network,
+                    uplink.device,
+                    uplink.location,
+                    from_gateway=uplink.location_from_gateway,
+                )
+            except UnknownDevice as exc:
+                rejects.append(
+                    Reject(topic, payload, "unknown_device", str(exc), received_at, batch.source)
+                )
+                continue
+            streams: dict[str, int] = {}
+            for r in uplink.readings:
+                ds = streams.get(r.quantity)
+                if ds is None:
+                    ds = streams[r.quantity] = self.registry.datastream_id(conn, dev, r.quantity)
+                t = r.time
+                rows.append((ds, t, r.value, None if r.parameters is None else Jsonb(r.parameters)))
+                row_ds.append(ds)
+                row_us.append((t - _EPOCH) // _US)
+                row_v.append(r.value)
+            if uplink.invalid:
+                reason, detail = _describe_invalid(uplink, total)
+                rejects.append(Reject(topic, payload, reason, detail, received_at, batch.source))
+        return rows, row_ds, row_us, row_v
+
+    def _columns(self, conn: Conn, batch: Batch, rejects: list[Reject]) -> tuple[I64, I64, F64]:
+        """Datastream, time (µs since 1970) and value of the fast-path readings."""
+        cols = batch.columns
+        if not cols.messages:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64)
+        if len(cols.time_us) != sum(m.n for m in cols.messages):
+            raise ValueError("batch columns were not validated (Columns.validate)")
+        per_msg = np.empty(len(cols.messages), dtype=np.int64)
+        counts = np.empty(len(cols.messages), dtype=np.int64)
+        mixed: list[tuple[int, list[int]]] = []
+        registry = self.registry
+        for i, m in enumerate(cols.messages):
+            counts[i] = m.n
+            try:
+                dev = registry.device_id(conn, m.network, m.device, m.location)
+            except UnknownDevice as exc:
+                rejects.append(
+                    Reject(
+                        m.topic, m.payload, "unknown_device", str(exc), m.received_at, batch.source
+                    )
+                )
+                per_msg[i] = -1
+                continue
+            if type(m.quantity) is str:
+                per_msg[i] = registry.datastream_id(conn, dev, m.quantity)
+            else:
+                streams = {q: registry.datastream_id(conn, dev, q) for q in set(m.quantity)}
+                per_msg[i] = 0
+                mixed.append((m.start, [streams[q] for q in m.quantity]))
+        ds = np.repeat(per_msg, counts)
+        for start, ids in mixed:
+            ds[start : start + len(ids)] = ids
+        if (per_msg < 0).any():
+            keep = ds >= 0
+            return ds[keep], cols.time_us[keep], cols.value[keep]
+        return ds, cols.time_us, cols.value
+
+    def _store_observations(
+        self, conn: Conn, rows: list[ObsRow], columns: tuple[I64, I64, F64]
+    ) -> int:
+        """Store rows and columns, skipping any (datastream, time) already stored; returns rows
+        added.
 
         Optimistic: COPY straight into ``observation`` inside a savepoint, which is as fast as
         PostgreSQL loads data. Only when that hits a duplicate (a redelivery) does the batch
         take the slower path through a staging table and ``ON CONFLICT DO NOTHING``.
         """
+        total = len(rows) + len(columns[0])
         if self._optimistic:
             try:
                 with conn.transaction():
-                    self._copy(conn, "observation", rows)
-                return len(rows)
+                    self._copy(conn, "observation", rows, columns)
+                return total
             except psycopg.errors.UniqueViolation:
                 self.fallbacks += 1
-        self._copy(conn, "_obs_stage", rows)
+        self._copy(conn, "_obs_stage", rows, columns)
         cur = conn.execute(
             "insert into observation (datastream_id, phenomenon_time, result, parameters) "
             "select datastream_id, phenomenon_time, result, parameters from _obs_stage "
@@ -370,7 +508,20 @@ class BatchWriter:
         return max(cur.rowcount, 0)
 
     @staticmethod
-    def _copy(conn: Conn, table: str, rows: list[ObsRow]) -> None:
+    def _copy(conn: Conn, table: str, rows: list[ObsRow], columns: tuple[I64, I64, F64]) -> None:
+        ds, t_us, value = columns
+        if len(ds):  # numbers only: one binary buffer built by numpy
+            write_copy(
+                conn,
+                table,
+                [
+                    Column("datastream_id", "int8", ds),
+                    Column("phenomenon_time", "int8", t_us - PG_EPOCH_US),
+                    Column("result", "float8", value),
+                ],
+            )
+        if not rows:
+            return
         with conn.cursor().copy(
             sql.SQL(
                 "copy {} (datastream_id, phenomenon_time, result, parameters) "
@@ -381,16 +532,17 @@ class BatchWriter:
             for row in rows:
                 copy.write_row(row)
 
-    def _ensure_partitions(self, conn: Conn, bucket_starts: set[float]) -> None:
-        """Monthly partitions for the months of these bucket starts (seconds since 1970)."""
-        months = {
-            (t.year, t.month) for t in (datetime.fromtimestamp(b, tz=UTC) for b in bucket_starts)
-        } - self._months
-        for y, m in sorted(months):
-            start = datetime(y, m, 1, tzinfo=UTC)
-            end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=UTC)
+    def _ensure_partitions(self, conn: Conn, t_us: I64) -> None:
+        """Monthly partitions for the months of these times (µs since 1970)."""
+        months = np.unique(t_us.astype("datetime64[us]").astype("datetime64[M]"))
+        for m in months.tolist():
+            key = (m.year, m.month)
+            if key in self._months:
+                continue
+            start = datetime(m.year, m.month, 1, tzinfo=UTC)
+            end = datetime(m.year + (m.month == 12), m.month % 12 + 1, 1, tzinfo=UTC)
             conn.execute("select quartier_ensure_observation_partitions(%s, %s)", (start, end))
-            self._months.add((y, m))
+            self._months.add(key)
 
     @staticmethod
     def _write_speedtests(conn: Conn, tests: list[SpeedTest]) -> int:

@@ -1,4 +1,6 @@
-"""PostgreSQL binary COPY for numpy columns, both ways, without a Python loop per row.
+"""PostgreSQL binary COPY for numpy columns, both ways, without a Python loop per row; and numpy
+arrays as binary array parameters (:class:`Int8Array`, :class:`Float8Array`,
+:class:`TimestamptzArray`).
 
 Reading: a query whose columns are all fixed-width and never null (use ``coalesce``) comes back as
 one numpy structured array. Writing: numeric, boolean and text columns (text as codes into a small
@@ -7,6 +9,7 @@ list of categories, code -1 is null; numbers null where NaN or masked) are encod
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _TRAILER = b"\xff\xff"
@@ -94,7 +99,29 @@ class Column:
     categories: Sequence[str] = ()
 
 
+def _encode_fixed(cols: Sequence[Column], lo: int, hi: int) -> bytes | None:
+    """The common case, numbers without nulls: one structured array, no scatter. None when a
+    column has text or nulls."""
+    fields: list[tuple[str, str]] = [("_n", ">i2")]
+    for i, c in enumerate(cols):
+        if c.kind == "text" or c.null is not None:
+            return None
+        fields += [(f"_l{i}", ">i4"), (f"_v{i}", _WIRE[c.kind])]
+    rec = np.empty(hi - lo, dtype=fields)
+    rec["_n"] = len(cols)
+    for i, c in enumerate(cols):
+        v = c.values[lo:hi]
+        if v.dtype.kind == "f" and np.isnan(v).any():
+            return None
+        rec[f"_l{i}"] = np.dtype(_WIRE[c.kind]).itemsize
+        rec[f"_v{i}"] = v
+    return rec.tobytes()
+
+
 def _encode_chunk(cols: Sequence[Column], lo: int, hi: int) -> bytes:
+    fixed = _encode_fixed(cols, lo, hi)
+    if fixed is not None:
+        return fixed
     n = hi - lo
     lengths: list[npt.NDArray[np.int64]] = []
     cat_bytes: list[list[bytes]] = []
@@ -161,3 +188,110 @@ def write_copy(conn: psycopg.Connection[Any], table: str, cols: Sequence[Column]
         for chunk in encode(cols):
             copy.write(chunk)
     return len(cols[0].values) if cols else 0
+
+
+def write_copy_fixed(
+    conn: psycopg.Connection[Any],
+    table: str,
+    cols: Sequence[tuple[str, str, npt.NDArray[Any]]],
+    *,
+    freeze: bool = False,
+    chunk_rows: int = _CHUNK_ROWS,
+) -> int:
+    """Append rows to ``table`` with binary COPY when no value is null: every row has the same
+    width, so each chunk is one numpy structured array (a field assignment per column, no
+    per-row work). ``cols``: (name, kind, values) with ``kind`` a key of the wire table (int2,
+    int4, int8, float4, float8, bool); NaN floats are sent as NaN. ``freeze``: ``COPY … FREEZE``
+    (the table must have been created or truncated in this transaction). Returns the rows."""
+    n = len(cols[0][2]) if cols else 0
+    fields: list[tuple[str, str]] = [("_n", ">i2")]
+    for i, (_, kind, _values) in enumerate(cols):
+        fields += [(f"_l{i}", ">i4"), (f"v{i}", _WIRE[kind])]
+    wire = np.dtype(fields)
+    stmt = sql.SQL("copy {} ({}) from stdin (format binary{})").format(
+        sql.Identifier(table),
+        sql.SQL(", ").join(sql.Identifier(c[0]) for c in cols),
+        sql.SQL(", freeze" if freeze else ""),
+    )
+    with conn.cursor() as cur, cur.copy(stmt) as copy:
+        copy.write(_SIGNATURE)
+        rows = np.empty(min(n, chunk_rows), dtype=wire)
+        rows["_n"] = len(cols)
+        for i, (_, kind, _values) in enumerate(cols):
+            rows[f"_l{i}"] = np.dtype(_WIRE[kind]).itemsize
+        for lo in range(0, n, chunk_rows):
+            hi = min(n, lo + chunk_rows)
+            part = rows[: hi - lo]
+            for i, (_, _kind, values) in enumerate(cols):
+                part[f"v{i}"] = values[lo:hi]
+            copy.write(part.tobytes())
+        copy.write(_TRAILER)
+    return n
+
+
+# ---------------------------------------------------------------- numpy arrays as query parameters
+
+
+class _Values:
+    """A one-dimensional numpy array to pass as a PostgreSQL array parameter, in binary (psycopg
+    would otherwise dump it element by element in Python)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: npt.NDArray[Any]) -> None:
+        self.values = values
+
+
+class Int8Array(_Values):
+    """``bigint[]`` from integers."""
+
+
+class Float8Array(_Values):
+    """``double precision[]`` from floats (NaN stays NaN)."""
+
+
+class TimestamptzArray(_Values):
+    """``timestamptz[]`` from microseconds since 1970-01-01 UTC."""
+
+
+#: PostgreSQL's epoch (2000-01-01) in microseconds since 1970
+PG_EPOCH_US = 946_684_800_000_000
+
+
+def _binary_array(values: npt.NDArray[Any], elem_oid: int, wire: str) -> bytes:
+    n = len(values)
+    if n == 0:
+        return struct.pack("!iii", 0, 0, elem_oid)
+    rec = np.empty(n, dtype=[("len", ">i4"), ("v", wire)])
+    rec["len"] = np.dtype(wire).itemsize
+    rec["v"] = values
+    return struct.pack("!iiiii", 1, 0, elem_oid, n, 1) + rec.tobytes()
+
+
+class _Int8ArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = 1016  # int8[]
+
+    def dump(self, obj: Any) -> bytes:
+        return _binary_array(obj.values, 20, ">i8")
+
+
+class _Float8ArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = 1022  # float8[]
+
+    def dump(self, obj: Any) -> bytes:
+        return _binary_array(obj.values, 701, ">f8")
+
+
+class _TimestamptzArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = 1185  # timestamptz[]
+
+    def dump(self, obj: Any) -> bytes:
+        return _binary_array(np.asarray(obj.values, dtype=np.int64) - PG_EPOCH_US, 1184, ">i8")
+
+
+psycopg.adapters.register_dumper(Int8Array, _Int8ArrayDumper)
+psycopg.adapters.register_dumper(Float8Array, _Float8ArrayDumper)
+psycopg.adapters.register_dumper(TimestamptzArray, _TimestamptzArrayDumper)
