@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -228,6 +229,8 @@ class Ingester:
     # ------------------------------------------------------------------ run
     def run(self) -> None:
         """Connect, ingest until the stop event is set, then flush and disconnect."""
+        if self.cfg.switch_interval_ms is not None:
+            sys.setswitchinterval(self.cfg.switch_interval_ms / 1000)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.session_expiry_seconds
         props.ReceiveMaximum = 65535

@@ -14,6 +14,12 @@ def make_pool(settings: Settings, *, name: str = "quartier-api") -> ConnectionPo
         settings.require_database_url(),
         min_size=settings.database.pool_min,
         max_size=settings.database.pool_max,
-        kwargs={"row_factory": dict_row, "application_name": name, "autocommit": True},
+        # JIT compiles for tens of ms; no API query runs long enough to gain from it
+        kwargs={
+            "row_factory": dict_row,
+            "application_name": name,
+            "autocommit": True,
+            "options": "-c jit=off",
+        },
         open=False,
     )

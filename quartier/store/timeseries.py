@@ -17,6 +17,7 @@ buckets without any observation.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -181,12 +182,21 @@ def _utc(t: datetime, name: str) -> datetime:
 
 
 # ------------------------------------------------------------------------------------ path
+#: the storage path per open connection: decided at the first migration, it never changes
+_PATHS: weakref.WeakKeyDictionary[Any, StoragePath] = weakref.WeakKeyDictionary()
+
+
 def storage_path(conn: Conn) -> StoragePath:
+    known = _PATHS.get(conn)
+    if known is not None:
+        return known
     row = conn.execute("select value from quartier_meta where key = 'storage_path'").fetchone()
     if row is None:
         raise NotFoundError("the database is not migrated: run `quartier db migrate`")
     value = row["value"] if isinstance(row, dict) else row[0]
-    return "timescaledb" if value == "timescaledb" else "postgres"
+    path: StoragePath = "timescaledb" if value == "timescaledb" else "postgres"
+    _PATHS[conn] = path
+    return path
 
 
 def choose_source(width: timedelta, source: SourceChoice = "auto") -> timedelta | None:
@@ -379,13 +389,21 @@ def aggregate(
     path = path or storage_path(conn)
     rollup = choose_source(width, source)
     params = {"ids": ids, "start": start, "end": end, "w": width, "origin": ORIGIN}
-    with conn.transaction():
-        # JIT compiling costs tens of ms, more than these queries take
-        conn.execute("set local jit = off")
-        cur = conn.cursor(binary=True, row_factory=tuple_row)
-        dirty = path == "postgres" and rollup is not None and _any_dirty(cur, params)
-        query = aggregate_query(path, width, rollup, fns, dirty=dirty)
-        rows = cur.execute(query, params).fetchall()
+    cur = conn.cursor(binary=True, row_factory=tuple_row)
+    if rollup is not None and len(ids) * buckets <= _SMALL and conn.autocommit:
+        # a few hundred rollup rows: too cheap for JIT to start, so no transaction to turn it
+        # off in (three round trips fewer; they are a third of the time here)
+        dirty = path == "postgres" and _any_dirty(cur, params)
+        rows = cur.execute(
+            aggregate_query(path, width, rollup, fns, dirty=dirty), params
+        ).fetchall()
+    else:
+        with conn.transaction():
+            # JIT compiling costs tens of ms, more than these queries take
+            conn.execute("set local jit = off")
+            dirty = path == "postgres" and rollup is not None and _any_dirty(cur, params)
+            query = aggregate_query(path, width, rollup, fns, dirty=dirty)
+            rows = cur.execute(query, params).fetchall()
     series = []
     for ds, epochs, *values in rows:
         if epochs is None:
@@ -399,6 +417,10 @@ def aggregate(
     for s in series:
         s.gaps = _gaps(s.epoch, start, end, width)
     return Aggregate(width, start, end, "raw" if rollup is None else ROLLUPS[rollup], fns, series)
+
+
+#: datastreams × buckets up to which a rollup query runs without the JIT-off transaction
+_SMALL = 5_000
 
 
 def _any_dirty(cur: psycopg.Cursor[Any], params: dict[str, Any]) -> bool:
