@@ -71,6 +71,9 @@ class IngestSettings(BaseModel):
     #: The Things Stack: device id -> codec name (see docs/decoders.md), for devices whose uplinks
     #: carry neither a decoded_payload nor version_ids of a known model.
     ttn_codecs: dict[str, str] = {}
+    #: Writer threads, each with its own PostgreSQL connection: one commits while the next
+    #: batch is copied (acknowledgements still go out in order).
+    writers: int = 2
     #: Python's thread switch interval in ``quartier ingest`` (ms; Python's default is 5). The
     #: writer thread mostly waits on PostgreSQL while the MQTT and decoding threads compute; with
     #: 5 ms it regains the interpreter late after every wait (docs/benchmarks.md: 0.2 ms took

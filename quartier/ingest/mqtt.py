@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 
 from quartier.config import Settings
 from quartier.ingest.pipeline import SUBSCRIPTIONS, Message, build_batch
-from quartier.ingest.writer import Batch, BatchWriter, Reject
+from quartier.ingest.writer import Batch, BatchWriter, Reject, WriteResult
 
 log = logging.getLogger(__name__)
 paho_log = logging.getLogger("paho")
@@ -133,7 +133,9 @@ def mqtt_client(url: str, client_id: str) -> tuple[FastClient, str, int]:
     return client, parts.hostname or "127.0.0.1", parts.port or 1883
 
 
-Work = tuple[list[tuple[Message, int, int]], list[Message], Batch]
+#: a decoded batch: its number (acknowledgements go out in this order), the messages with their
+#: MQTT ids, and the batch
+Work = tuple[int, list[tuple[Message, int, int]], list[Message], Batch]
 
 
 class Ingester:
@@ -152,11 +154,18 @@ class Ingester:
         #: called with the messages of each batch right after it committed (benchmarks, tests)
         self.on_committed: Callable[[list[Message]], None] | None = None
         # decoded batches waiting for the database (stage 1 -> stage 2)
-        self._pipe: queue.Queue[Work | None] = queue.Queue(maxsize=2)
+        n_writers = max(1, self.cfg.writers)
+        self._pipe: queue.Queue[Work | None] = queue.Queue(maxsize=n_writers + 1)
         self._db_done = threading.Event()
-        self._writer = BatchWriter(
-            settings.require_database_url(), auto_register=self.cfg.auto_register
-        )
+        self._writers = [
+            BatchWriter(settings.require_database_url(), auto_register=self.cfg.auto_register)
+            for _ in range(n_writers)
+        ]
+        self._seq = 0  # next batch number (decoding thread only)
+        self._ack_lock = threading.Lock()
+        self._next_ack = 0
+        self._committed: dict[int, list[tuple[Message, int, int]]] = {}
+        self._stats_lock = threading.Lock()
         self._client, self._host, self._port = mqtt_client(
             settings.require_mqtt_url(), self.cfg.client_id
         )
@@ -247,7 +256,8 @@ class Ingester:
         finally:
             self._client.disconnect()
             self._client.loop_stop()
-            self._writer.close()
+            for w in self._writers:
+                w.close()
             log.info("ingester stopped: %s", self.stats)
 
     def _collect(self) -> list[tuple[Message, int, int]]:
@@ -292,7 +302,8 @@ class Ingester:
                     continue
                 self.stats.received += len(items)
                 msgs = [msg for msg, _, _ in items]
-                work = (items, msgs, self._batch(msgs))
+                work = (self._seq, items, msgs, self._batch(msgs))
+                self._seq += 1
                 while not self._db_done.is_set():
                     try:
                         self._pipe.put(work, timeout=0.2)
@@ -304,44 +315,75 @@ class Ingester:
                 self._pipe.put(None)  # the writer is still consuming: tell it we are done
 
     def _write_loop(self) -> None:
-        """Stage 2: store each decoded batch, then acknowledge its messages."""
+        """Stage 2: ``ingest.writers`` threads, each with its own connection, store decoded
+        batches in parallel (one commits while the next is copied); acknowledgements go out in
+        the order the batches were received, each after its batch (and all before it) committed.
+        """
         decoder = threading.Thread(target=self._decode_loop, name="ingest-decode", daemon=True)
         decoder.start()
+        others = [
+            threading.Thread(target=self._writer_loop, args=(w,), name=f"ingest-write-{i}")
+            for i, w in enumerate(self._writers[1:], 1)
+        ]
+        for t in others:
+            t.start()
         try:
-            while True:
-                work = self._pipe.get()
-                if work is None:
-                    return
-                items, msgs, batch = work
-                if not self._store(msgs, batch):
-                    return  # stopped while the database was down: unacked, the broker keeps them
-                if self.on_committed is not None:
-                    self.on_committed(msgs)
-                self._client.ack_many([mid for _, mid, qos in items if qos == 1])
-                for _, mid, qos in items:
-                    if qos == 2:
-                        self._client.ack(mid, qos)
+            self._writer_loop(self._writers[0])
         finally:
             self._db_done.set()
+            for t in others:
+                t.join(30)
             decoder.join(10)
+
+    def _writer_loop(self, writer: BatchWriter) -> None:
+        while True:
+            try:
+                work = self._pipe.get(timeout=0.2)
+            except queue.Empty:
+                if self._db_done.is_set():
+                    return
+                continue
+            if work is None:
+                self._pipe.put(None)  # the end, for the other writers too
+                return
+            seq, items, msgs, batch = work
+            if not self._store(writer, msgs, batch):
+                self._db_done.set()
+                return  # stopped while the database was down: unacked, the broker keeps them
+            self._acknowledge(seq, items)
+
+    def _acknowledge(self, seq: int, items: list[tuple[Message, int, int]]) -> None:
+        """Acknowledge batch ``seq`` once every batch before it has committed too (MQTT wants
+        PUBACKs in the order the messages came)."""
+        with self._ack_lock:
+            self._committed[seq] = items
+            while self._next_ack in self._committed:
+                done = self._committed.pop(self._next_ack)
+                self._next_ack += 1
+                if self.on_committed is not None:
+                    self.on_committed([msg for msg, _, _ in done])
+                self._client.ack_many([mid for _, mid, qos in done if qos == 1])
+                for _, mid, qos in done:
+                    if qos == 2:
+                        self._client.ack(mid, qos)
 
     def _batch(self, msgs: list[Message]) -> Batch:
         return build_batch(msgs, self.cfg, datetime.now(UTC))
 
-    def _store(self, msgs: list[Message], batch: Batch | None = None) -> bool:
+    def _store(self, writer: BatchWriter, msgs: list[Message], batch: Batch | None = None) -> bool:
         """Store the messages; True once they are committed (data or rejects), False if stopped
         while the database was unreachable."""
         delay = 0.2
         while True:
             t0 = time.perf_counter()
             try:
-                res = self._writer.write(batch if batch is not None else self._batch(msgs))
+                res = writer.write(batch if batch is not None else self._batch(msgs))
             except psycopg.OperationalError as exc:  # server down, connection lost: retry
                 self.stats.db_errors += 1
                 log.warning(
                     "database unavailable (%s); retrying in %.1f s", _first_line(exc), delay
                 )
-                self._writer.close()
+                writer.close()
                 if self.stop_event.wait(delay):
                     return False
                 delay = min(delay * 2, 10.0)
@@ -351,7 +393,7 @@ class Ingester:
                     log.warning(
                         "message on %s cannot be stored: %s", msgs[0].topic, _first_line(exc)
                     )
-                    res = self._writer.write(
+                    res = writer.write(
                         Batch(
                             rejects=[
                                 Reject(
@@ -366,21 +408,25 @@ class Ingester:
                     )
                 else:
                     half = len(msgs) // 2
-                    return self._store(msgs[:half]) and self._store(msgs[half:])
-            st = self.stats
-            st.batches += 1
-            st.stored += res.observations
-            st.duplicates += res.duplicates
-            st.speedtests += res.speedtests
-            st.rejected += res.rejects
-            for reason, n in res.reasons.items():
-                st.rejected_by_reason[reason] = st.rejected_by_reason.get(reason, 0) + n
-            st.last_batch_ms = (time.perf_counter() - t0) * 1000
-            st.last_batch_size = len(msgs)
-            st.batch_ms_total += st.last_batch_ms
-            st.batch_messages_total += len(msgs)
-            st.lag_s = (datetime.now(UTC) - msgs[0].received_at).total_seconds()
+                    return self._store(writer, msgs[:half]) and self._store(writer, msgs[half:])
+            with self._stats_lock:
+                self._count(res, msgs, t0)
             return True
+
+    def _count(self, res: WriteResult, msgs: list[Message], t0: float) -> None:
+        st = self.stats
+        st.batches += 1
+        st.stored += res.observations
+        st.duplicates += res.duplicates
+        st.speedtests += res.speedtests
+        st.rejected += res.rejects
+        for reason, n in res.reasons.items():
+            st.rejected_by_reason[reason] = st.rejected_by_reason.get(reason, 0) + n
+        st.last_batch_ms = (time.perf_counter() - t0) * 1000
+        st.last_batch_size = len(msgs)
+        st.batch_ms_total += st.last_batch_ms
+        st.batch_messages_total += len(msgs)
+        st.lag_s = (datetime.now(UTC) - msgs[0].received_at).total_seconds()
 
 
 def _first_line(exc: BaseException) -> str:

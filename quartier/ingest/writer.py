@@ -112,6 +112,7 @@ class UnknownDevice(Exception):
     pass
 
 
+_PARTITION_LOCK = 0x5155_4950  # "QUIP": one writer creates partitions at a time
 #: a reported position closer than this (degrees, about a metre) to the current one is no move
 _SAME_PLACE_DEG = 1e-5
 
@@ -299,6 +300,7 @@ def _position(lat: object, lon: object) -> Position | None:
 
 def _place(conn: Conn, thing_id: int, name: str, where: Position, *, replace: bool) -> None:
     """Make ``where`` the Thing's current Location, with a HistoricalLocation from now."""
+    conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"thing-location/{thing_id}",))
     loc = conn.execute(
         "insert into location (name, description, location) values "
         "(%s, %s, ST_SetSRID(ST_MakePoint(%s, %s), 4326)) returning id",
@@ -535,10 +537,14 @@ class BatchWriter:
     def _ensure_partitions(self, conn: Conn, t_us: I64) -> None:
         """Monthly partitions for the months of these times (µs since 1970)."""
         months = np.unique(t_us.astype("datetime64[us]").astype("datetime64[M]"))
+        locked = False
         for m in months.tolist():
             key = (m.year, m.month)
             if key in self._months:
                 continue
+            if not locked:  # other writers may be creating the same partition
+                conn.execute("select pg_advisory_xact_lock(%s)", (_PARTITION_LOCK,))
+                locked = True
             start = datetime(m.year, m.month, 1, tzinfo=UTC)
             end = datetime(m.year + (m.month == 12), m.month % 12 + 1, 1, tzinfo=UTC)
             conn.execute("select quartier_ensure_observation_partitions(%s, %s)", (start, end))
