@@ -260,7 +260,7 @@ def _values(row: Any) -> tuple[Any, ...]:
 # Per datastream rather than "datastream_id = any(...)": no global sort of every bucket, and one
 # row per datastream to decode instead of one per bucket.
 _PER_DATASTREAM = """
-select i.ds, a.*
+select i.ds, a.*{flag}
 from unnest(%(ids)s::bigint[]) with ordinality as i(ds, ord)
 {dirty_join}
 cross join lateral (
@@ -297,6 +297,9 @@ cross join lateral (
     from observation_dirty
     where datastream_id = i.ds and bucket >= %(start)s and bucket < %(end)s
 ) x"""
+_DIRTY_FLAG = """,
+       exists (select 1 from observation_dirty where datastream_id = i.ds
+               and bucket >= %(start)s and bucket < %(end)s) as dirty"""
 _EXCLUDE_DIRTY = "and date_bin(%(w)s, r.bucket, %(origin)s) <> all(x.dirty)"
 _DIRTY_FROM_RAW = """
 union all
@@ -326,11 +329,14 @@ def aggregate_query(
     functions: Sequence[Function] = FUNCTIONS,
     *,
     dirty: bool = True,
+    flag_dirty: bool = False,
 ) -> sql.Composed:
     """The SQL for :func:`aggregate` (parameters ids, start, end, w, origin): one row per
     datastream, in the order of ``ids``: its id, an array of bucket starts (seconds since 1970)
     and one array per function, all in bucket order (NULL arrays when there is no bucket).
-    ``dirty=False`` leaves out the plain path's dirty overlay (when nothing in range is dirty)."""
+    ``dirty=False`` leaves out the plain path's dirty overlay (when nothing in range is dirty);
+    ``flag_dirty`` then adds a last column that says whether the datastream has dirty buckets in
+    range after all (the answer must then be read again with the overlay)."""
     dirty_join: sql.Composable = sql.SQL("")
     if rollup is None:
         inner: sql.Composable = sql.SQL(_RAW_AGG)
@@ -347,7 +353,10 @@ def aggregate_query(
     arrays = sql.SQL(", ").join(
         sql.SQL("array_agg({})").format(sql.SQL(_COLUMNS[f])) for f in functions
     )
-    return sql.SQL(_PER_DATASTREAM).format(dirty_join=dirty_join, arrays=arrays, inner=inner)
+    flag = sql.SQL(_DIRTY_FLAG if flag_dirty and not dirty else "")
+    return sql.SQL(_PER_DATASTREAM).format(
+        dirty_join=dirty_join, arrays=arrays, inner=inner, flag=flag
+    )
 
 
 def aggregate(
@@ -393,10 +402,16 @@ def aggregate(
     if rollup is not None and len(ids) * buckets <= _SMALL and conn.autocommit:
         # a few hundred rollup rows: too cheap for JIT to start, so no transaction to turn it
         # off in (three round trips fewer; they are a third of the time here)
-        dirty = path == "postgres" and _any_dirty(cur, params)
-        rows = cur.execute(
-            aggregate_query(path, width, rollup, fns, dirty=dirty), params
-        ).fetchall()
+        # one round trip: the clean query, which also says whether it was clean
+        flagged = path == "postgres"
+        query = aggregate_query(path, width, rollup, fns, dirty=False, flag_dirty=flagged)
+        rows = cur.execute(query, params).fetchall()
+        if flagged:
+            if any(r[-1] for r in rows):
+                query = aggregate_query(path, width, rollup, fns, dirty=True)
+                rows = cur.execute(query, params).fetchall()
+            else:
+                rows = [r[:-1] for r in rows]
     else:
         with conn.transaction():
             # JIT compiling costs tens of ms, more than these queries take
