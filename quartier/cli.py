@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pythonjsonlogger.json import JsonFormatter
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
@@ -44,11 +46,28 @@ app.add_typer(rejects_app, name="rejects")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _setup_logging(verbose: bool) -> None:
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _setup_logging(verbose: bool, log_format: str = "text") -> None:
+    handler: logging.Handler
+    if log_format == "json":  # one JSON object per line on stderr, for log collectors
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(threadName)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                datefmt="%Y-%m-%dT%H:%M:%S%z",
+            )
+        )
+    else:
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
+        format="%(message)s" if log_format == "json" else "%(name)s: %(message)s",
+        handlers=[handler],
         force=True,
     )
     logging.getLogger("paho").setLevel(logging.WARNING)
@@ -56,8 +75,17 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    _setup_logging(verbose)
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="text (for people) or json (one object per line, for log collectors)",
+        ),
+    ] = LogFormat.text,
+) -> None:
+    _setup_logging(verbose, log_format.value)
 
 
 def _settings(local: bool = True) -> Settings:
