@@ -199,6 +199,8 @@ def ingest(
         console.print(f"metrics on http://127.0.0.1:{port}/metrics")
     if not stats:
         ing.run()
+        if ing.failed is not None:
+            raise typer.Exit(1)
         return
     from rich.live import Live
 
@@ -208,6 +210,8 @@ def ingest(
         while worker.is_alive():
             worker.join(1.0)
             live.update(_stats_table(ing))
+    if ing.failed is not None:
+        raise typer.Exit(1)
 
 
 def _stats_table(ing: Any) -> Table:

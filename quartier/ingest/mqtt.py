@@ -166,6 +166,8 @@ class Ingester:
         self._next_ack = 0
         self._committed: dict[int, list[tuple[Message, int, int]]] = {}
         self._stats_lock = threading.Lock()
+        #: the internal error that stopped the ingester, if one did
+        self.failed: BaseException | None = None
         self._client, self._host, self._port = mqtt_client(
             settings.require_mqtt_url(), self.cfg.client_id
         )
@@ -267,9 +269,14 @@ class Ingester:
         load that gathers a batch; with a backlog (the oldest waited while the previous batch
         was written) it takes what is there at once.
         """
-        if not self._has_data.wait(0.2):
-            return []
         buf = self._buffer
+        if not buf:
+            # The event can be set while the buffer is empty (a message arrived after the last
+            # clear and was taken with the batch before it): the buffer itself decides.
+            self._has_data.wait(0.2)
+            if not buf:
+                self._has_data.clear()
+                return []  # a message appended just now is seen by the next call
         oldest = buf[0][0].received_at
         deadline = time.monotonic() + max(
             0.0, self.cfg.batch_ms / 1000 - (datetime.now(UTC) - oldest).total_seconds()
@@ -292,27 +299,36 @@ class Ingester:
 
     def _decode_loop(self) -> None:
         """Stage 1 (own thread): collect and decode batches while stage 2 writes the previous
-        one, so that Python decoding overlaps with PostgreSQL's work."""
+        one, so that Python decoding overlaps with PostgreSQL's work. An unexpected error stops
+        the ingester (``failed`` says why; ``quartier ingest`` exits non-zero so that its
+        supervisor restarts it): nothing it took is acknowledged, so the broker redelivers."""
         try:
-            while not self._db_done.is_set():
-                items = self._collect()
-                if not items:
-                    if self.stop_event.is_set() and not self._buffer:
-                        return
-                    continue
-                self.stats.received += len(items)
-                msgs = [msg for msg, _, _ in items]
-                work = (self._seq, items, msgs, self._batch(msgs))
-                self._seq += 1
-                while not self._db_done.is_set():
-                    try:
-                        self._pipe.put(work, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
+            self._decode_batches()
+        except Exception as exc:
+            log.critical("ingester stopped by an internal error", exc_info=True)
+            self.failed = exc
+            self.stop_event.set()
         finally:
             if not self._db_done.is_set():
-                self._pipe.put(None)  # the writer is still consuming: tell it we are done
+                self._pipe.put(None)  # the writers are still consuming: tell them we are done
+
+    def _decode_batches(self) -> None:
+        while not self._db_done.is_set():
+            items = self._collect()
+            if not items:
+                if self.stop_event.is_set() and not self._buffer:
+                    return
+                continue
+            self.stats.received += len(items)
+            msgs = [msg for msg, _, _ in items]
+            work = (self._seq, items, msgs, self._batch(msgs))
+            self._seq += 1
+            while not self._db_done.is_set():
+                try:
+                    self._pipe.put(work, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
 
     def _write_loop(self) -> None:
         """Stage 2: ``ingest.writers`` threads, each with its own connection, store decoded
