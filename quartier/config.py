@@ -74,11 +74,11 @@ class IngestSettings(BaseModel):
     #: Writer threads, each with its own PostgreSQL connection: one commits while the next
     #: batch is copied (acknowledgements still go out in order).
     writers: int = 2
-    #: Python's thread switch interval in ``quartier ingest`` (ms; Python's default is 5). The
-    #: writer thread mostly waits on PostgreSQL while the MQTT and decoding threads compute; with
-    #: 5 ms it regains the interpreter late after every wait (docs/benchmarks.md: 0.2 ms took
-    #: batched ingest from ~165k to ~240k readings/s). None leaves Python's setting alone.
-    switch_interval_ms: float | None = 0.2
+    #: Python's thread switch interval in ``quartier ingest`` (ms; None keeps Python's 5 ms).
+    #: A shorter one lets the writer threads, which mostly wait on PostgreSQL, take the
+    #: interpreter back sooner from the decoding thread; measured here it did not pay off once
+    #: there were two writers (docs/benchmarks.md), so it is off by default.
+    switch_interval_ms: float | None = None
 
 
 class ApiSettings(BaseModel):
