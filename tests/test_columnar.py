@@ -280,40 +280,21 @@ def test_a_device_that_moves_gets_a_new_location_and_history(db_url: str) -> Non
     w.write(build_batch([at(50.93, 6.95, 0)], CFG, NOW))
     w.write(build_batch([at(50.93, 6.95, 1)], CFG, NOW))  # same place: nothing new
     w.write(build_batch([at(50.95, 6.97, 2)], CFG, NOW))  # moved
-    # a gateway's position does not move a device that reports its own
-    gw = Batch()
-    gw.uplinks.append(
-        (
-            Uplink(
-                "net",
-                "bike-1",
-                [Reading("pm10", NOW - timedelta(hours=1), 5.0)],
-                Position(51.0, 7.0),
-                location_from_gateway=True,
-            ),
-            "t",
-            b"",
-            NOW,
+
+    def via_gateway(device: str) -> Batch:
+        batch = Batch()
+        up = Uplink(
+            "net",
+            device,
+            [Reading("pm10", NOW - timedelta(hours=1), 5.0)],
+            Position(51.0, 7.0),
+            location_from_gateway=True,
         )
-    )
-    w.write(gw)
-    # but it places a device that has no position yet
-    first = Batch()
-    first.uplinks.append(
-        (
-            Uplink(
-                "net",
-                "meter-1",
-                [Reading("pm10", NOW - timedelta(hours=1), 5.0)],
-                Position(51.0, 7.0),
-                location_from_gateway=True,
-            ),
-            "t",
-            b"",
-            NOW,
-        )
-    )
-    w.write(first)
+        batch.uplinks.append((up, "t", b"", NOW))
+        return batch
+
+    w.write(via_gateway("bike-1"))  # a gateway's position does not move a device that has one
+    w.write(via_gateway("meter-1"))  # but it places a device that has no position yet
     w.close()
     with psycopg.connect(db_url) as conn:
         current = conn.execute(
