@@ -219,7 +219,7 @@ def test_numpy_arrays_as_binary_parameters(db_url: str) -> None:
 @pytest.mark.services
 def test_writer_stores_fast_path_batches_with_marks_and_latest(db_url: str) -> None:
     rnd = random.Random(11)
-    docs = good_messages(rnd, 70) + [{"readings": [GOOD, BAD_READINGS[0]]}]
+    docs = [*good_messages(rnd, 70), {"readings": [GOOD, BAD_READINGS[0]]}]
     msgs = messages(docs)
     expected_rows, _, _ = outcome(slow(msgs))
     w = BatchWriter(db_url, auto_register=True)

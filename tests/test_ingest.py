@@ -286,18 +286,24 @@ def test_writer_keeps_latest_values_and_marks_rollup_buckets(db_url):
     batch.uplinks.append((Uplink("n", "d", readings), "t", b"", t0))
     w.write(batch)
     older = Batch()  # a late reading must not replace the newest value
-    older.uplinks.append((Uplink("n", "d", [Reading("pm25", t0 - timedelta(hours=1), 99.0)]),
-                          "t", b"", t0))
+    older.uplinks.append(
+        (Uplink("n", "d", [Reading("pm25", t0 - timedelta(hours=1), 99.0)]), "t", b"", t0)
+    )
     w.write(older)
     w.close()
     with psycopg.connect(db_url) as conn:
         latest = conn.execute("select phenomenon_time, result from observation_latest").fetchall()
-        dirty = [r[0] for r in conn.execute(
-            "select bucket from observation_dirty order by 1").fetchall()]
+        dirty = [
+            r[0] for r in conn.execute("select bucket from observation_dirty order by 1").fetchall()
+        ]
     assert latest == [(t0 + timedelta(minutes=30), 6.0)]
     # 10:00-10:30 in 5-minute steps touch the buckets 10:00, 10:15, 10:30; the late one 09:00
-    assert dirty == [t0 - timedelta(hours=1), t0, t0 + timedelta(minutes=15),
-                     t0 + timedelta(minutes=30)]
+    assert dirty == [
+        t0 - timedelta(hours=1),
+        t0,
+        t0 + timedelta(minutes=15),
+        t0 + timedelta(minutes=30),
+    ]
 
 
 def test_rollups_after_ingest_agree_with_raw_rows(db_url):
@@ -316,8 +322,10 @@ def test_rollups_after_ingest_agree_with_raw_rows(db_url):
     for day in range(3):  # three batches, the last one late for the first day
         batch = Batch()
         start = t0 + timedelta(days=day if day < 2 else 0, minutes=7 if day == 2 else 0)
-        readings = [Reading("no2", start + timedelta(minutes=10 * i), rnd.uniform(5, 80))
-                    for i in range(144)]
+        readings = [
+            Reading("no2", start + timedelta(minutes=10 * i), rnd.uniform(5, 80))
+            for i in range(144)
+        ]
         batch.uplinks.append((Uplink("n", "s1", readings), "t", b"", t0))
         w.write(batch)
     w.close()
@@ -327,8 +335,7 @@ def test_rollups_after_ingest_agree_with_raw_rows(db_url):
         for width in (timedelta(hours=1), timedelta(days=1)):
             agg = timeseries.aggregate(conn, [ds], width, t0, t0 + timedelta(days=2))
             assert agg.source != "raw"
-            raw = timeseries.aggregate(conn, [ds], width, t0, t0 + timedelta(days=2),
-                                       source="raw")
+            raw = timeseries.aggregate(conn, [ds], width, t0, t0 + timedelta(days=2), source="raw")
             got, want = agg.series[0], raw.series[0]
             assert got.epoch == want.epoch
             for fn in ("count", "min", "max"):

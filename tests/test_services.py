@@ -31,11 +31,13 @@ def test_up_is_idempotent_and_down_leaves_no_process() -> None:
         assert (again.pg_port, again.mqtt_port) == (first.pg_port, first.mqtt_port)
         assert all(s.running for s in local.status())
         with psycopg.connect(first.database_url) as conn:
-            row = conn.execute("select extversion from pg_extension where extname = 'postgis'"
-                               ).fetchone()
+            row = conn.execute(
+                "select extversion from pg_extension where extname = 'postgis'"
+            ).fetchone()
             assert row is None  # PostGIS is installed but enabled by the migrations
-            avail = conn.execute("select 1 from pg_available_extensions where name = 'postgis'"
-                                 ).fetchone()
+            avail = conn.execute(
+                "select 1 from pg_available_extensions where name = 'postgis'"
+            ).fetchone()
             assert avail == (1,)
         assert (state_dir / "services.json").stat().st_mode & 0o077 == 0  # holds a password
         local.down()
