@@ -341,3 +341,37 @@ def test_rollups_after_ingest_agree_with_raw_rows(db_url):
             for fn in ("count", "min", "max"):
                 assert got.values[fn] == want.values[fn]
             assert got.values["avg"] == pytest.approx(want.values["avg"])
+
+
+def test_publishes_with_and_without_properties_take_their_paths(
+    settings, ingester, network, db_url, monkeypatch
+):
+    """Plain PUBLISH packets take the client's lean path; one with MQTT 5 properties (here a
+    message expiry and a user property) takes paho's; both are stored."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    fast = []
+    lean = ingester._client.fast_on_message
+    monkeypatch.setattr(
+        ingester._client, "fast_on_message", lambda *a: (fast.append(a[0]), lean(*a))
+    )
+    topic = f"quartier/v1/{network}/props-1/up"
+    client, host, port = mqtt_client(settings.require_mqtt_url(), "props-pub")
+    client.connect(host, port)
+    client.loop_start()
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = 3600
+    props.UserProperty = ("source", "test")
+    a = {"time": "2026-11-01T10:00:00Z", "quantity": "pm25", "value": 1.0}
+    b = {"time": "2026-11-01T10:01:00Z", "quantity": "pm25", "value": 2.0}
+    infos = [
+        client.publish(topic, orjson.dumps(a), qos=1, properties=props),
+        client.publish(topic, orjson.dumps(b), qos=1),
+    ]
+    for info in infos:
+        info.wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
+    wait_for(lambda: count(db_url, "select count(*) from observation") == 2)
+    assert fast == [topic]  # only the one without properties went the lean way

@@ -93,7 +93,36 @@ class _BufferedSocket:
 
 
 class FastClient(mqtt.Client):
-    """paho's client with buffered reads, several packets per loop turn, and batched acks."""
+    """paho's client with buffered reads, several packets per loop turn, batched acks, and a
+    lean path for the common PUBLISH.
+
+    ``fast_on_message(topic, payload, mid, qos)``, when set, receives every QoS 1 PUBLISH of an
+    MQTT 5 session with manual acks that carries no properties (what devices send), straight from
+    the packet: paho would build a ``Properties`` object, an ``MQTTMessage`` and match the topic
+    against per-topic callbacks for each one, about half of the MQTT thread's time at 20,000
+    messages a second. Anything else takes paho's own path to ``on_message``.
+    """
+
+    fast_on_message: Callable[[str, bytes, int, int], None] | None = None
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        fast = self.fast_on_message
+        packet = self._in_packet["packet"]
+        if (
+            fast is not None
+            and self._in_packet["command"] & 0x06 == 0x02  # QoS 1
+            and self._protocol == mqtt.MQTTv5
+            and self._manual_ack
+        ):
+            pos = 2 + int.from_bytes(packet[0:2], "big")  # after the topic
+            if len(packet) > pos + 2 and packet[pos + 2] == 0:  # property length 0
+                try:
+                    topic = bytes(packet[2:pos]).decode("utf-8")
+                except UnicodeDecodeError:
+                    return super()._handle_publish()
+                fast(topic, bytes(packet[pos + 3 :]), int.from_bytes(packet[pos : pos + 2]), 1)
+                return mqtt.MQTT_ERR_SUCCESS
+        return super()._handle_publish()
 
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
@@ -175,6 +204,7 @@ class Ingester:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.fast_on_message = self._received
         self._client.reconnect_delay_set(1, 5)
 
     def buffered(self) -> int:
@@ -223,6 +253,9 @@ class Ingester:
             log.warning("MQTT disconnected (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self._received(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+
+    def _received(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         # Blocks while the buffer is full: backpressure onto the broker session.
         while (
             len(self._buffer) >= self.cfg.buffer_max
@@ -231,9 +264,8 @@ class Ingester:
             time.sleep(0.005)
         if self.stop_event.is_set():
             return  # not acknowledged: the broker keeps it for the next run
-        payload = bytes(msg.payload)
         self._bytes_in += len(payload)  # written only by this (the MQTT) thread
-        self._buffer.append((Message(msg.topic, payload, datetime.now(UTC)), msg.mid, msg.qos))
+        self._buffer.append((Message(topic, payload, datetime.now(UTC)), mid, qos))
         if not self._has_data.is_set():
             self._has_data.set()
 
