@@ -53,6 +53,15 @@ BAD_MESSAGES: list[Any] = [
     {"readings": [GOOD], "location": {"lat": 91, "lon": 6.9}},
     {"readings": [GOOD], "location": None},
     {"readings": [GOOD], "location": {"lat": "x", "lon": 6.9}},
+    # deeply nested JSON, where a member is ignored and where one is kept
+    b'{"quantity": "pm25", "value": 1, "time": "2026-11-27T10:00:00Z", "x": '
+    + b"[" * 5000
+    + b"]" * 5000
+    + b"}",
+    b'{"quantity": "pm25", "value": 1, "time": "2026-11-27T10:00:00Z", "parameters": '
+    + b'{"a": ' * 2000
+    + b"1"
+    + b"}" * 2001,
     # an explicit null does not inherit the message's time
     {"time": "2026-11-27T10:00:00Z", "readings": [{"quantity": "pm25", "value": 1, "time": None}]},
 ]

@@ -103,8 +103,8 @@ class Columns:
             return False
         try:
             doc = _DECODER.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return False
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return False  # deeply nested JSON raises RecursionError
         location = None
         if doc.location is not msgspec.UNSET:
             loc = doc.location

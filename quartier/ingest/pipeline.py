@@ -45,10 +45,13 @@ def build_batch(msgs: list[Message], cfg: IngestSettings, now: datetime) -> Batc
         topic = msg.topic
         if topic.endswith("/up") and topic.startswith("quartier/v1/"):
             m = TOPIC.match(topic)
-            if m is not None and cols.add(
-                m[1], m[2], topic, msg.payload, msg.received_at, cfg.max_payload_bytes
-            ):
-                continue
+            try:
+                if m is not None and cols.add(
+                    m[1], m[2], topic, msg.payload, msg.received_at, cfg.max_payload_bytes
+                ):
+                    continue
+            except Exception:  # a fast-path bug must not cost the message: the full decoder
+                log.exception("fast path failed on a message on %s", topic)
         add_to_batch(batch, msg, cfg, now)
     for refused in cols.validate(now, cfg.max_future_seconds):
         add_to_batch(batch, Message(refused.topic, refused.payload, refused.received_at), cfg, now)
