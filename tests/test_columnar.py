@@ -3,6 +3,7 @@ and what the writer makes of it in PostgreSQL (rows, rollup marks, latest values
 
 from __future__ import annotations
 
+import copy
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -325,3 +326,65 @@ def test_a_device_that_moves_gets_a_new_location_and_history(db_url: str) -> Non
         (pytest.approx(50.93), pytest.approx(6.95)),
         (pytest.approx(50.95), pytest.approx(6.97)),
     ]
+
+
+WEIRD: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1e308,
+    -1e308,
+    2**62,
+    "",
+    "pm25",
+    "2026-11-27T10:00:00+01:00",
+    "2026-11-27T10:00:00",
+    "2026-13-01T00:00:00Z",
+    [],
+    {},
+    [1, 2],
+    {"lat": 50.9, "lon": 6.9},
+    {"lat": 91, "lon": 0},
+    1764237600000,
+    1764237600000.5,
+]
+
+
+def odd(rnd: random.Random) -> Any:
+    return copy.deepcopy(rnd.choice(WEIRD))
+
+
+def mutate(rnd: random.Random, doc: Any) -> Any:
+    """One random change somewhere in a document: a member set to an odd value, removed, or
+    added."""
+    if isinstance(doc, list) and doc:
+        i = rnd.randrange(len(doc))
+        doc[i] = mutate(rnd, doc[i]) if rnd.random() < 0.7 else odd(rnd)
+        return doc
+    if isinstance(doc, dict):
+        roll = rnd.random()
+        keys = list(doc)
+        if keys and roll < 0.5:
+            k = rnd.choice(keys)
+            doc[k] = mutate(rnd, doc[k]) if rnd.random() < 0.5 else odd(rnd)
+        elif keys and roll < 0.7:
+            del doc[rnd.choice(keys)]
+        else:
+            doc[rnd.choice(["time", "value", "quantity", "location", "parameters", "x"])] = odd(rnd)
+        return doc
+    return odd(rnd)
+
+
+def test_randomly_damaged_messages_get_the_same_answer_on_both_paths() -> None:
+    rnd = random.Random(2026)
+    docs: list[Any] = []
+    for doc in good_messages(rnd, 700):
+        for _ in range(rnd.randrange(0, 3)):
+            doc = mutate(rnd, doc)
+        docs.append(doc)
+    msgs = messages(docs)
+    fast = build_batch(msgs, CFG, NOW)
+    assert outcome(fast) == outcome(slow(msgs))
+    assert 100 < len(fast.columns.messages) < 650  # both paths had plenty to do
