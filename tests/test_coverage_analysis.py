@@ -276,6 +276,35 @@ def test_label_clusters_four_and_eight() -> None:
     assert label_clusters(keys, 8).tolist() == [0, 0, 0, 0]
 
 
+def test_cluster_polygons_in_batches_equal_one_dissolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shapely
+
+    from quartier.geo import gaps
+    from quartier.geo.gaps import cluster_polygons, keys_of
+
+    rng = np.random.default_rng(7)
+    e, n = E0 + 100 * rng.integers(0, 60, 900), N0 + 100 * rng.integers(0, 60, 900)
+    keys = np.unique(keys_of(e, n))
+    labels = label_clusters(keys, 4)
+    k = int(labels.max()) + 1
+    sizes = np.bincount(labels)
+    assert (sizes == 1).any() and (sizes > 5).any()  # single-cell and larger clusters
+    whole = cluster_polygons(keys, labels, k)
+    monkeypatch.setattr(gaps, "_POLYGON_BATCH_CELLS", 7)
+    batched = cluster_polygons(keys, labels, k)
+    assert [g.wkb for g in batched] == [g.wkb for g in whole]
+    # the union of each cluster's squares, exactly (compared in the grid CRS)
+    squares = shapely.box(*gaps.corners_of(keys), *(c + 100 for c in gaps.corners_of(keys)))
+    for label in (int(np.argmax(sizes)), int(np.flatnonzero(sizes == 1)[0])):
+        union = shapely.union_all(squares[labels == label])
+        back = shapely.transform(
+            whole[label], lambda c: np.column_stack(grid.to_grid_crs(c[:, 0], c[:, 1]))
+        )
+        assert shapely.get_type_id(whole[label]) == 6  # MultiPolygon
+        assert shapely.area(back) == pytest.approx(shapely.area(union), abs=1e-3)
+        assert shapely.area(shapely.symmetric_difference(back, union)) < 1e-5 * shapely.area(union)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_every_household_counted_once_and_shares_sum_to_100(seed: int) -> None:
     rng = np.random.default_rng(seed)
@@ -313,3 +342,18 @@ def test_every_household_counted_once_and_shares_sum_to_100(seed: int) -> None:
     gap_hh = int(res.cells.loc[res.cells["is_gap"], "households"].sum())
     assert int(res.gaps["households"].sum()) == gap_hh
     assert res.gaps["rank"].tolist() == list(range(1, len(res.gaps) + 1))
+
+
+def test_best_offer_upload_decides_with_float32_inputs() -> None:
+    """Equal downloads: the higher upload wins, also from float32 columns (as read from the
+    store), where a float32 score ``down * 1e6 + up`` could not tell 40 from 50."""
+    base = scenario()
+    offers = pd.DataFrame({
+        **at(0, 0), "technology": ["hfc", "ftth", "vdsl"],
+        "max_down_mbps": np.array([1000, 1000, 100], dtype=np.float32),
+        "max_up_mbps": np.array([40, 50, 40], dtype=np.float32),
+    })  # fmt: skip
+    res = analyse(CoverageInputs(base.households, offers, base.speedtests, base.signals,
+                                 base.districts))  # fmt: skip
+    a = _cell(res.cells, "A")
+    assert a["best_technology"] == "ftth" and a["max_up_mbps"] == 50

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,13 @@ from test_coverage_analysis import scenario
 
 from quartier.geo import coverage_store, grid
 from quartier.geo.analysis import analyse
-from quartier.store.pgcopy import Column, read_copy, write_copy
+from quartier.store.pgcopy import (
+    Column,
+    read_copy,
+    read_table_columns,
+    write_copy,
+    write_copy_fixed,
+)
 
 pytestmark = pytest.mark.services
 
@@ -89,6 +96,42 @@ def test_binary_copy_round_trip(db_url: str) -> None:
         assert np.isnan(back["b"][0]) and back["b"][2] == -3.25
         with pytest.raises(ValueError, match="null"):
             read_copy(conn, "select a, b from t", [("a", "int4"), ("b", "float4")])
+
+
+def test_batched_table_read_and_fixed_width_copy(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        conn.execute("create temp table t (a int4, b float4, c int2, d bool, w int8)")
+        n = 10_000
+        a = np.arange(n, dtype=np.int64) * 3 - 7
+        b = np.where(a % 5 == 0, np.nan, a / 4)
+        cols = [("a", "int4", a), ("b", "float4", b), ("c", "int2", a % 7),
+                ("d", "bool", a % 2 == 0), ("w", "int8", a * 2**33)]  # fmt: skip
+        assert write_copy_fixed(conn, "t", cols, chunk_rows=999) == n
+        conn.execute("analyze t")
+        spec = [("a", "int4", "a"), ("b", "float4", "b"), ("c", "int2", "c"),
+                ("w", "int8", "w"), ("d", "int2", "d::int::int2")]  # fmt: skip
+        got = read_table_columns(conn, "t", spec, batch_rows=500)  # many TID ranges
+        order = np.argsort(got["a"])
+        assert got["a"][order].tolist() == a.tolist()
+        assert got["a"].dtype == np.int32 and got["c"].dtype == np.int16
+        np.testing.assert_array_equal(got["b"][order], b.astype(np.float32))  # NaN stays NaN
+        assert got["c"][order].tolist() == (a % 7).tolist()
+        assert got["w"][order].tolist() == (a * 2**33).tolist()
+        assert got["d"][order].tolist() == (a % 2 == 0).astype(int).tolist()
+        some = read_table_columns(conn, "t", spec[:1], "a > %(lo)s and a %% 2 = 0", {"lo": 100})
+        assert sorted(some["a"].tolist()) == [x for x in a.tolist() if x > 100 and x % 2 == 0]
+        none = read_table_columns(conn, "t", spec[:2], "false")
+        assert none["a"].dtype == np.int32 and len(none["a"]) == 0 and len(none["b"]) == 0
+        conn.execute("create temp table empty (a int4)")
+        assert len(read_table_columns(conn, "empty", [("a", "int4", "a")])["a"]) == 0
+        with pytest.raises(ValueError, match="null"):
+            read_table_columns(conn, "t", [("x", "int4", "nullif(a, 2)")])
+        info = type(conn.info)
+        with mock.patch.object(info, "server_version", new_callable=mock.PropertyMock) as v:
+            v.return_value = 130000  # no TID range scans: one COPY row per row
+            plain = read_table_columns(conn, "t", spec, "a % 2 = 0")  # no params: no %%
+        assert sorted(plain["a"].tolist()) == [x for x in a.tolist() if x % 2 == 0]
+        assert plain["w"].dtype == np.int64 and plain["w"].flags.c_contiguous
 
 
 def test_generated_cells_match_the_grid(db_url: str) -> None:
@@ -185,4 +228,52 @@ def test_deleting_a_run_deletes_its_cells(db_url: str) -> None:
         conn.execute("delete from coverage_run where id = %s", (first,))
         rows = conn.execute("select run_id, count(*) from coverage_cell group by 1").fetchall()
         gaps = conn.execute("select distinct run_id from coverage_gap").fetchall()
+        tables = conn.execute(
+            "select to_regclass(%s)::text, to_regclass(%s)::text",
+            (f"coverage_cell_run_{first}", f"coverage_cell_run_{second}"),
+        ).fetchone()
     assert rows == [(second, 8)] and gaps == [(second,)]
+    assert tables == (None, f"coverage_cell_run_{second}")  # the first run's table is dropped
+
+
+def test_cell_view_shows_codes_as_texts_and_nulls(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        load_scenario(conn)
+        run_id, result = coverage_store.analyse_and_store(conn)
+        stored = conn.execute(
+            "select district_code, best_technology, max_down_mbps, max_up_mbps, class_key,"
+            " measured_down_mbps, measured_ratio, disagreement, cluster_id, is_gap"
+            " from coverage_cell where run_id = %s order by n, e",
+            (run_id,),
+        ).fetchall()
+        c = result.cells.sort_values(["n", "e"])
+
+        def py(v: Any) -> Any:
+            return None if v is None or v is pd.NA or v != v else v
+
+        expected = [
+            tuple(py(v) for v in row)
+            for row in c[["district_code", "best_technology", "max_down_mbps", "max_up_mbps",
+                          "class_key", "measured_down_mbps", "measured_ratio", "disagreement",
+                          "cluster_id", "is_gap"]].astype(object).itertuples(index=False)
+        ]  # fmt: skip
+        assert len(stored) == len(expected) == 8
+        for got, want in zip(stored, expected, strict=True):
+            for g, w in zip(got, want, strict=True):
+                assert g == (pytest.approx(w, rel=1e-6) if isinstance(w, float) else w)
+        # a row inserted into the view by hand goes into the run's table, new texts are added
+        conn.execute(
+            "insert into coverage_cell (run_id, e, n, district_code, households, class_key,"
+            " best_technology) values (%s, 1000, 2000, 'new', 3, 'white', 'ftth')",
+            (run_id,),
+        )
+        row = conn.execute(
+            "select district_code, households, class_key, best_technology, max_down_mbps,"
+            " cluster_id, is_gap from coverage_cell where run_id = %s and e = 1000",
+            (run_id,),
+        ).fetchone()
+        assert row == ("new", 3, "white", "ftth", None, None, False)
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute(
+                "insert into coverage_cell (run_id, e, n) values (%s, 0, 0)", (run_id + 100,)
+            )

@@ -42,7 +42,8 @@ import shapely
 from pydantic import BaseModel, ConfigDict, Field
 
 from quartier.geo import grid
-from quartier.geo.gaps import CELL, KEY_MULT, PriorityWeights, find_clusters, keys_of
+from quartier.geo.gaps import CELL, KEY_MULT, PriorityWeights, find_clusters
+from quartier.geo.memory import release_free_memory
 from quartier.geo.profiles import GERMAN_FUNDING, Profile
 
 log = logging.getLogger(__name__)
@@ -125,26 +126,34 @@ def _float(frame: pd.DataFrame, col: str) -> FloatArray:
     return out
 
 
-def _cells(frame: pd.DataFrame, what: str) -> tuple[IntArray, BoolArray]:
-    """Cell keys of the rows and which rows have a valid position."""
+Int32Array = npt.NDArray[np.int32]
+CellIndex = npt.NDArray[np.integer[Any]]  # positions of rows in the cells (int32)
+_MAX_COORD = 1e9  # metres: beyond any EPSG:3035 coordinate, and row/column fit an int32
+
+
+def _cells(frame: pd.DataFrame, what: str) -> tuple[Int32Array, Int32Array, BoolArray]:
+    """Cell row (``n // 100``) and column (``e // 100``) of the rows as int32, and which rows have
+    a valid position."""
     if {"cell_e", "cell_n"} <= set(frame.columns):
         if frame["cell_e"].dtype.kind in "iu" and frame["cell_n"].dtype.kind in "iu":
             return (
-                keys_of(frame["cell_e"].to_numpy(), frame["cell_n"].to_numpy()),
+                (frame["cell_n"].to_numpy() // CELL).astype(np.int32, copy=False),
+                (frame["cell_e"].to_numpy() // CELL).astype(np.int32, copy=False),
                 np.ones(len(frame), dtype=bool),
             )
         e = _float(frame, "cell_e")
         n = _float(frame, "cell_n")
-        ok = np.isfinite(e) & np.isfinite(n)
-        return keys_of(np.where(ok, e, 0), np.where(ok, n, 0)), ok
-    if {"lon", "lat"} <= set(frame.columns):
+    elif {"lon", "lat"} <= set(frame.columns):
         lon, lat = _float(frame, "lon"), _float(frame, "lat")
         ok = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90)
-        x, y = grid.to_grid_crs(np.where(ok, lon, 0), np.where(ok, lat, 0))
-        ok &= np.isfinite(x) & np.isfinite(y)
-        x, y = np.where(ok, x, 0), np.where(ok, y, 0)
-        return keys_of(np.floor(x / CELL) * CELL, np.floor(y / CELL) * CELL), ok
-    raise ValueError(f"{what} need cell_e/cell_n or lon/lat columns")
+        e, n = grid.to_grid_crs(np.where(ok, lon, 0), np.where(ok, lat, 0))
+        e, n = np.where(ok, e, np.nan), np.where(ok, n, np.nan)
+    else:
+        raise ValueError(f"{what} need cell_e/cell_n or lon/lat columns")
+    ok = np.isfinite(e) & np.isfinite(n) & (np.abs(e) < _MAX_COORD) & (np.abs(n) < _MAX_COORD)
+    rows = np.floor(np.where(ok, n, 0) / CELL).astype(np.int32)
+    cols = np.floor(np.where(ok, e, 0) / CELL).astype(np.int32)
+    return rows, cols, ok
 
 
 def _codes(
@@ -167,37 +176,50 @@ def _codes(
 
 
 class _Indexer:
-    """Maps cell keys to positions 0…n-1 in the sorted list of distinct keys (dense lookup
-    table over the bounding box when it is small enough, else a sort)."""
+    """Maps cells (int32 row and column) to positions 0…n-1 in the sorted list of distinct cell
+    keys: a dense int32 lookup table over the bounding box when it is small enough, else a sort.
+    No input is ever widened to int64 keys on the dense path."""
 
-    def __init__(self, keys: list[IntArray]) -> None:
-        allk = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
+    def __init__(self, cells: list[tuple[Int32Array, Int32Array]]) -> None:
+        cells = [(r, c) for r, c in cells if len(r)]
         self._dense = False
-        if len(allk) == 0:
-            self.keys = allk
+        if not cells:
+            self.keys: IntArray = np.zeros(0, dtype=np.int64)
             return
-        rows, cols = allk // KEY_MULT, allk % KEY_MULT
-        self._r0, self._c0 = int(rows.min()), int(cols.min())
-        self._w = int(cols.max()) - self._c0 + 1
-        size = (int(rows.max()) - self._r0 + 1) * self._w
+        self._r0 = min(int(r.min()) for r, _ in cells)
+        self._c0 = min(int(c.min()) for _, c in cells)
+        r1 = max(int(r.max()) for r, _ in cells)
+        self._w = max(int(c.max()) for _, c in cells) - self._c0 + 1
+        size = (r1 - self._r0 + 1) * self._w
         if size <= _DENSE_LIMIT:
             self._dense = True
-            d = (rows - self._r0) * self._w + (cols - self._c0)
             present = np.zeros(size, dtype=bool)
-            present[d] = True
-            cells = np.flatnonzero(present)
+            for r, c in cells:
+                present[self._flat(r, c)] = True
+            flat = np.flatnonzero(present)
+            del present
             self._lut = np.full(size, -1, dtype=np.int32)
-            self._lut[cells] = np.arange(len(cells), dtype=np.int32)
-            self.keys = (cells // self._w + self._r0) * KEY_MULT + cells % self._w + self._c0
+            self._lut[flat] = np.arange(len(flat), dtype=np.int32)
+            self.keys = (flat // self._w + self._r0) * KEY_MULT + flat % self._w + self._c0
         else:
-            self.keys = np.unique(allk)
+            self.keys = np.unique(np.concatenate([self._key(r, c) for r, c in cells]))
 
-    def __call__(self, keys: IntArray) -> IntArray:
+    def _flat(self, rows: Int32Array, cols: Int32Array) -> Int32Array:
+        out: Int32Array = (rows - np.int32(self._r0)) * np.int32(self._w)
+        out += cols
+        out -= np.int32(self._c0)
+        return out
+
+    @staticmethod
+    def _key(rows: Int32Array, cols: Int32Array) -> IntArray:
+        out: IntArray = rows.astype(np.int64) * KEY_MULT + cols
+        return out
+
+    def __call__(self, rows: Int32Array, cols: Int32Array) -> Int32Array:
         if self._dense:
-            d = (keys // KEY_MULT - self._r0) * self._w + (keys % KEY_MULT - self._c0)
-            dense: IntArray = self._lut[d]  # int32: half the memory, enough for 2 G cells
+            dense: Int32Array = self._lut[self._flat(rows, cols)]
             return dense
-        found: IntArray = np.searchsorted(self.keys, keys).astype(np.int64)
+        found: Int32Array = np.searchsorted(self.keys, self._key(rows, cols)).astype(np.int32)
         return found
 
 
@@ -227,7 +249,7 @@ def district_of_cells(keys: IntArray, districts: gpd.GeoDataFrame | None) -> Int
 # --- per-cell pieces ----------------------------------------------------------------------------
 
 
-def _group_median(idx: IntArray, values: FloatArray, n_cells: int) -> tuple[IntArray, FloatArray]:
+def _group_median(idx: CellIndex, values: FloatArray, n_cells: int) -> tuple[IntArray, FloatArray]:
     """Count and median of ``values`` per cell index."""
     counts = np.bincount(idx, minlength=n_cells).astype(np.int64)
     med = np.full(n_cells, np.nan)
@@ -244,7 +266,7 @@ def _group_median(idx: IntArray, values: FloatArray, n_cells: int) -> tuple[IntA
 
 
 def _classify(
-    idx: IntArray, down: FloatArray, up: FloatArray, n_cells: int, profile: Profile
+    idx: CellIndex, down: FloatArray, up: FloatArray, n_cells: int, profile: Profile
 ) -> tuple[IntArray, BoolArray]:
     """Class index per cell (from the offers ``idx``/``down``/``up``) and whether it has an
     offer meeting the gigabit download."""
@@ -265,9 +287,10 @@ def _classify(
     return cls, gigabit
 
 
-def _best_offer(idx: IntArray, down: FloatArray, up: FloatArray, n_cells: int) -> IntArray:
+def _best_offer(idx: CellIndex, down: FloatArray, up: FloatArray, n_cells: int) -> IntArray:
     """Row of the best offer per cell (highest download, then upload; -1 none)."""
-    score = down * 1e6 + np.nan_to_num(up, nan=0.0)
+    # float64: a float32 score would lose the upload (and be slow in maximum.at)
+    score = down.astype(np.float64) * 1e6 + np.nan_to_num(up, nan=0.0)
     best = np.full(n_cells, -np.inf)
     np.maximum.at(best, idx, score)
     row = np.full(n_cells, -1, dtype=np.int64)
@@ -277,7 +300,7 @@ def _best_offer(idx: IntArray, down: FloatArray, up: FloatArray, n_cells: int) -
 
 
 def _mobile(
-    idx: IntArray,
+    idx: CellIndex,
     op: npt.NDArray[np.integer[Any]],
     tech: npt.NDArray[np.integer[Any]],
     level: FloatArray,
@@ -290,20 +313,23 @@ def _mobile(
     n_tech = len(MOBILE_TECHNOLOGIES)
     thresholds = np.array([params.signal_threshold_dbm.get(t, np.inf) for t in MOBILE_TECHNOLOGIES])
     ok = (op >= 0) & (tech >= 0)
-    idx, op, tech, level = idx[ok], op[ok], tech[ok], level[ok]
-    good = level >= thresholds[tech]  # NaN levels are not good
-    combo = op.astype(np.int16) * n_tech + tech.astype(np.int16)
-    order = np.argsort(combo, kind="stable")
-    bounds = np.searchsorted(combo[order], np.arange(n_ops * n_tech + 1))
+    if not ok.all():
+        idx, op, tech, level = idx[ok], op[ok], tech[ok], level[ok]
+    del ok
+    good = np.zeros(len(level), dtype=bool)  # NaN levels are not good
+    for j, threshold in enumerate(thresholds):
+        this_tech = tech == j
+        good[this_tech] = level[this_tech] >= np.float64(threshold)
+    combo = op.astype(np.int16) * np.int16(n_tech) + tech.astype(np.int16)
     mask = np.zeros(n_cells, dtype=np.int64)
     measured = np.zeros(n_cells, dtype=np.int64)
-    for k in range(n_ops * n_tech):
-        sel = order[bounds[k] : bounds[k + 1]]
-        if len(sel) == 0:
-            continue
-        total = np.bincount(idx[sel], minlength=n_cells)
+    for k in np.flatnonzero(np.bincount(combo) if len(combo) else []).tolist():
+        this = combo == k
+        total = np.bincount(idx[this], minlength=n_cells)
         measured[total > 0] |= 1 << (k // n_tech)
-        hits = np.bincount(idx[sel[good[sel]]], minlength=n_cells)
+        this &= good
+        hits = np.bincount(idx[this], minlength=n_cells)
+        del this
         covered = (
             (total >= params.signal_min_measurements)
             & (hits >= params.signal_min_share * total)
@@ -327,13 +353,6 @@ def _operators(signals: pd.DataFrame) -> list[str]:
     return sorted(str(o) for o in top.index)
 
 
-def _bit_count(mask: IntArray, bits: list[int]) -> IntArray:
-    out = np.zeros(len(mask), dtype=np.int64)
-    for b in bits:
-        out += (mask >> b) & 1
-    return out
-
-
 # --- the analysis -------------------------------------------------------------------------------
 
 
@@ -343,18 +362,18 @@ def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> Cov
     profile = p.profile
     counts: dict[str, int] = {}
 
-    hh_keys, hh_ok = _cells(inputs.households, "households")
+    hh_r, hh_c, hh_ok = _cells(inputs.households, "households")
     hh_n = _float(inputs.households, "households")
     hh_ok &= np.isfinite(hh_n) & (hh_n >= 0)
-    of_keys, of_ok = _cells(inputs.offers, "offers")
+    of_r, of_c, of_ok = _cells(inputs.offers, "offers")
     of_tech = _codes(inputs.offers, "technology", FIXED_TECHNOLOGIES)
     of_down = _float(inputs.offers, "max_down_mbps")
     of_up = _float(inputs.offers, "max_up_mbps")
     of_ok &= np.isfinite(of_down) & (of_down >= 0) & (of_tech >= 0) & ~(of_up < 0)
-    st_keys, st_ok = _cells(inputs.speedtests, "speedtests")
+    st_r, st_c, st_ok = _cells(inputs.speedtests, "speedtests")
     st_down = _float(inputs.speedtests, "download_mbps")
     st_ok &= np.isfinite(st_down) & (st_down >= 0)
-    sg_keys, sg_ok = _cells(inputs.signals, "signals")
+    sg_r, sg_c, sg_ok = _cells(inputs.signals, "signals")
     operators = _operators(inputs.signals)
     sg_op = _codes(inputs.signals, "operator", operators)
     sg_tech = _codes(inputs.signals, "technology", MOBILE_TECHNOLOGIES)
@@ -374,55 +393,81 @@ def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> Cov
     def keep(ok: BoolArray, *arrays: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         return list(arrays) if ok.all() else [a[ok] for a in arrays]
 
-    hh_keys, hh_n = keep(hh_ok, hh_keys, hh_n)
-    of_keys, of_tech, of_down, of_up = keep(of_ok, of_keys, of_tech, of_down, of_up)
-    st_keys, st_down = keep(st_ok, st_keys, st_down)
-    sg_keys, sg_op, sg_tech, sg_level = keep(sg_ok, sg_keys, sg_op, sg_tech, sg_level)
+    hh_r, hh_c, hh_n = keep(hh_ok, hh_r, hh_c, hh_n)
+    of_r, of_c, of_tech, of_down, of_up = keep(of_ok, of_r, of_c, of_tech, of_down, of_up)
+    st_r, st_c, st_down = keep(st_ok, st_r, st_c, st_down)
+    sg_r, sg_c, sg_op, sg_tech, sg_level = keep(sg_ok, sg_r, sg_c, sg_op, sg_tech, sg_level)
+    del hh_ok, of_ok, st_ok, sg_ok
 
-    index = _Indexer([hh_keys, of_keys, st_keys, sg_keys])
+    index = _Indexer([(hh_r, hh_c), (of_r, of_c), (st_r, st_c), (sg_r, sg_c)])
     keys = index.keys
     n_cells = len(keys)
-    hh_i, of_i, st_i = index(hh_keys), index(of_keys), index(st_keys)
-    sg_i = index(sg_keys)
-    del hh_keys, of_keys, st_keys, sg_keys
+    hh_i, of_i, st_i = index(hh_r, hh_c), index(of_r, of_c), index(st_r, st_c)
+    del hh_r, hh_c, of_r, of_c, st_r, st_c
+    sg_i = index(sg_r, sg_c)
+    del sg_r, sg_c, index
 
-    households = np.bincount(hh_i, weights=hh_n, minlength=n_cells).round().astype(np.int64)
-    addresses = np.bincount(hh_i, minlength=n_cells).astype(np.int64)
-    cls, gigabit = _classify(of_i, of_down, of_up, n_cells, profile)
-    n_offers = np.bincount(of_i, minlength=n_cells)
-    classified = (n_offers > 0) | (households > 0)
+    # every per-cell array in the narrowest type that holds it, inputs dropped once used
+    households = np.bincount(hh_i, weights=hh_n, minlength=n_cells).round().astype(np.int32)
+    addresses = np.bincount(hh_i, minlength=n_cells).astype(np.int32)
+    del hh_i, hh_n
+    cls64, gigabit = _classify(of_i, of_down, of_up, n_cells, profile)
+    cls = cls64.astype(np.int8)
+    del cls64
+    classified = (np.bincount(of_i, minlength=n_cells) > 0) | (households > 0)
     gap_class = np.array([c.gap for c in profile.classes])
     is_gap = classified & gap_class[cls] & (households > 0)
     best = _best_offer(of_i, of_down, of_up, n_cells)
+    del of_i
     has_offer = best >= 0
-    max_down = np.where(has_offer, of_down[np.maximum(best, 0)], np.nan)
-    max_up = np.where(has_offer, of_up[np.maximum(best, 0)], np.nan)
-    best_tech = np.where(has_offer, of_tech[np.maximum(best, 0)], -1)
+    best0 = np.maximum(best, 0)
+    del best
+    max_down = np.where(has_offer, of_down[best0], np.nan).astype(np.float32)
+    max_up = np.where(has_offer, of_up[best0], np.nan).astype(np.float32)
+    best_tech = np.where(has_offer, of_tech[best0], -1).astype(np.int8)
+    del best0, of_down, of_up, of_tech
 
-    n_tests, median = _group_median(st_i, st_down, n_cells)
-    enough = n_tests >= p.min_tests
+    n_tests64, median = _group_median(st_i, st_down, n_cells)
+    del st_i, st_down
+    enough = n_tests64 >= p.min_tests
+    n_tests = n_tests64.astype(np.int32)
+    del n_tests64
     measured = np.where(enough, median, np.nan)
+    del median
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where(enough & has_offer & (max_down > 0), measured / max_down, np.nan)
-    disagreement = np.full(n_cells, -1, dtype=np.int64)
+    del enough, has_offer
+    disagreement = np.full(n_cells, -1, dtype=np.int8)
     disagreement[ratio < p.disagree_below] = 0
     disagreement[ratio > p.disagree_above] = 1
+    measured32, ratio32 = measured.astype(np.float32), ratio.astype(np.float32)
+    del measured, ratio
 
-    mask, ops_measured, n_signal = _mobile(
+    mask64, ops_measured64, n_signal64 = _mobile(
         sg_i, sg_op, sg_tech, sg_level, n_cells, len(operators), p
     )
+    del sg_i, sg_op, sg_tech, sg_level
+    release_free_memory()
+    mask = mask64.astype(np.int32)  # MAX_OPERATORS × 4 technologies < 31 bits
+    ops_measured = ops_measured64.astype(np.int16)
+    n_signal = n_signal64.astype(np.int32)
+    del mask64, ops_measured64, n_signal64
     n_tech = len(MOBILE_TECHNOLOGIES)
     t4, t5 = MOBILE_TECHNOLOGIES.index("4G"), MOBILE_TECHNOLOGIES.index("5G")
-    broadband_mobile = np.zeros(n_cells, dtype=np.int64)
+    broadband_mobile = np.zeros(n_cells, dtype=np.int16)
+    ops_5g = np.zeros(n_cells, dtype=np.int16)
     for i in range(len(operators)):
-        broadband_mobile += ((mask >> (i * n_tech + t4)) | (mask >> (i * n_tech + t5))) & 1
-    ops_5g = _bit_count(mask, [i * n_tech + t5 for i in range(len(operators))])
+        broadband_mobile += (
+            ((mask >> (i * n_tech + t4)) | (mask >> (i * n_tech + t5))) & 1
+        ).astype(np.int16)
+        ops_5g += ((mask >> (i * n_tech + t5)) & 1).astype(np.int16)
     verdict = n_signal >= p.verdict_min_measurements
     dead_zone = verdict & (broadband_mobile == 0)
     single = verdict & (broadband_mobile == 1)
+    del verdict
 
     districts = inputs.districts
-    dist_idx = district_of_cells(keys, districts)
+    dist_idx = district_of_cells(keys, districts).astype(np.int32)
     codes = [str(c) for c in districts["code"]] if districts is not None and len(districts) else []
     names = (
         [str(c) for c in (districts["name"] if "name" in districts.columns else districts["code"])]
@@ -433,9 +478,9 @@ def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> Cov
     gap_rows = np.flatnonzero(is_gap)
     clusters = find_clusters(
         keys[gap_rows],
-        households[gap_rows],
-        cls[gap_rows],
-        dist_idx[gap_rows],
+        households[gap_rows].astype(np.int64),
+        cls[gap_rows].astype(np.int64),
+        dist_idx[gap_rows].astype(np.int64),
         codes,
         np.array([c.severity for c in profile.classes]),
         keys[gigabit],
@@ -443,40 +488,46 @@ def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> Cov
         weights=p.weights,
         proximity_scale_m=p.proximity_scale_m,
     )
-    cluster_id = np.full(n_cells, -1, dtype=np.int64)
+    del gigabit
+    cluster_id = np.zeros(n_cells, dtype=np.int32)
     cluster_id[gap_rows] = clusters.labels + 1
 
-    e = (keys % KEY_MULT) * CELL
-    n = (keys // KEY_MULT) * CELL
+    e = ((keys % KEY_MULT) * CELL).astype(np.int32)
+    n = ((keys // KEY_MULT) * CELL).astype(np.int32)
+    del keys
     class_keys = profile.keys
-    cells = pd.DataFrame(
-        {
-            "e": e.astype(np.int64),
-            "n": n.astype(np.int64),
-            "district_code": pd.Categorical.from_codes(dist_idx, categories=codes)
-            if codes
-            else pd.Categorical([None] * n_cells, categories=[]),
-            "households": households,
-            "addresses": addresses,
-            "best_technology": pd.Categorical.from_codes(best_tech, FIXED_TECHNOLOGIES),
-            "max_down_mbps": max_down,
-            "max_up_mbps": max_up,
-            "class_key": pd.Categorical.from_codes(np.where(classified, cls, -1), class_keys),
-            "is_gap": is_gap,
-            "n_tests": n_tests,
-            "measured_down_mbps": measured,
-            "measured_ratio": ratio,
-            "disagreement": pd.Categorical.from_codes(disagreement, ["below", "above"]),
-            "n_signal": n_signal,
-            "mobile_mask": mask,
-            "operators_measured": ops_measured,
-            "operators_4g": broadband_mobile,
-            "operators_5g": ops_5g,
-            "dead_zone": dead_zone,
-            "single_operator": single,
-            "cluster_id": pd.arrays.IntegerArray(np.maximum(cluster_id, 0), cluster_id < 0),
-        }
-    )
+    columns: dict[str, Any] = {
+        "e": e,
+        "n": n,
+        "district_code": pd.Categorical.from_codes(dist_idx, categories=codes)
+        if codes
+        else pd.Categorical.from_codes(np.full(n_cells, -1, dtype=np.int8), categories=[]),
+        "households": households,
+        "addresses": addresses,
+        "best_technology": pd.Categorical.from_codes(best_tech, FIXED_TECHNOLOGIES),
+        "max_down_mbps": max_down,
+        "max_up_mbps": max_up,
+        "class_key": pd.Categorical.from_codes(np.where(classified, cls, -1), class_keys),
+        "is_gap": is_gap,
+        "n_tests": n_tests,
+        "measured_down_mbps": measured32,
+        "measured_ratio": ratio32,
+        "disagreement": pd.Categorical.from_codes(disagreement, ["below", "above"]),
+        "n_signal": n_signal,
+        "mobile_mask": mask,
+        "operators_measured": ops_measured,
+        "operators_4g": broadband_mobile,
+        "operators_5g": ops_5g,
+        "dead_zone": dead_zone,
+        "single_operator": single,
+        "cluster_id": pd.arrays.IntegerArray(cluster_id, cluster_id == 0),
+    }
+    del e, n, dist_idx, households, addresses, best_tech, max_down, max_up, classified, cls
+    del is_gap, n_tests, measured32, ratio32, disagreement, n_signal, mask, ops_measured
+    del broadband_mobile, ops_5g, dead_zone, single, cluster_id
+    cells = pd.DataFrame(columns, copy=False)
+    del columns
+    release_free_memory()
 
     k = len(clusters.cells)
     gaps = gpd.GeoDataFrame(
@@ -498,6 +549,8 @@ def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> Cov
 
     stats = district_stats(cells, codes, names, operators, profile)
     counts.update({"cells": n_cells, "gap_cells": len(gap_rows), "clusters": k})
+    del gap_rows, clusters
+    release_free_memory()
     return CoverageResult(p, cells, gaps, stats, operators, counts)
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 import psycopg
 import shapely
 import shapely.geometry
+from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
 from quartier.errors import BadRequestError, NotFoundError
@@ -34,8 +35,15 @@ from quartier.geo.analysis import (
     CoverageInputs,
     CoverageResult,
 )
-from quartier.store.pgcopy import Column, read_copy, write_copy
+from quartier.geo.memory import release_free_memory
 from quartier.geo.profiles import PROFILES, Profile
+from quartier.store.pgcopy import (
+    Column,
+    read_copy,
+    read_table_columns,
+    write_copy,
+    write_copy_fixed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,32 +73,36 @@ def _operators(conn: psycopg.Connection[Any]) -> list[str]:
 
 def _read_signals(
     conn: psycopg.Connection[Any], window: str, period: dict[str, Any]
-) -> tuple[list[str], np.ndarray[Any, np.dtype[np.void]]]:
+) -> tuple[list[str], dict[str, npt.NDArray[Any]]]:
     """The signal measurements with operator codes (index in the returned list) and technology
-    codes (index in MOBILE_TECHNOLOGIES). PostgreSQL sends ``hashtext(operator)`` and the first
-    character of the technology, which is cheaper than looking the texts up per row."""
+    codes (index in MOBILE_TECHNOLOGIES). PostgreSQL sends both in one int4: ``hashtext(operator)``
+    with its lowest three bits replaced by the technology's digit - 2, which is cheaper than
+    looking the texts up per row (and every column sent costs about 50 ns a row)."""
     ops = _operators(conn)
     with conn.cursor(row_factory=tuple_row) as cur:
         hashes: dict[str, int] = dict(
-            cur.execute("select o, hashtext(o) from unnest(%s::text[]) o", (ops,)).fetchall()
+            cur.execute("select o, hashtext(o) & -8 from unnest(%s::text[]) o", (ops,)).fetchall()
         )
-    signals = read_copy(
+    signals = read_table_columns(
         conn,
-        "select cell_e, cell_n, hashtext(operator), (ascii(technology) - ascii('2'))::int2,"
-        f" coalesce(rsrp_dbm, rssi_dbm, 'NaN'::real) from mobile_measurement where {window}",
-        [("cell_e", "int4"), ("cell_n", "int4"), ("op", "int4"), ("tech", "int2"),
-         ("level", "float4")],
+        "mobile_measurement",
+        [("cell_e", "int4", "cell_e"), ("cell_n", "int4", "cell_n"),
+         ("optech", "int4", "(hashtext(operator) & -8) | (ascii(technology) - ascii('2'))"),
+         ("level", "float4", "coalesce(rsrp_dbm, rssi_dbm, 'NaN'::real)")],
+        window,
         period,
     )  # fmt: skip
     # technology: '2G' '3G' '4G' '5G' (the table's check) → 0…3, the order of MOBILE_TECHNOLOGIES
     assert [t[0] for t in MOBILE_TECHNOLOGIES] == ["2", "3", "4", "5"]
-    values = np.array([hashes[o] for o in ops], dtype=np.int64)
-    if len(set(values.tolist())) != len(values):  # pragma: no cover - a hash collision
+    optech = signals.pop("optech")
+    signals["tech"] = (optech & 7).astype(np.int8)
+    optech &= -8
+    if len(set(hashes.values())) != len(ops):  # pragma: no cover - a hash collision
         raise ValueError("two operators with the same hashtext")
-    if len(values):
-        order = np.argsort(values)
-        pos = np.minimum(np.searchsorted(values[order], signals["op"]), len(values) - 1)
-        signals["op"] = order[pos]
+    op = np.zeros(len(optech), dtype=np.int8 if len(ops) < 128 else np.int16)
+    for i, o in enumerate(ops[1:], start=1):
+        op[optech == np.int32(hashes[o])] = i
+    signals["op"] = op
     return ops, signals
 
 
@@ -110,87 +122,130 @@ def load_inputs(
         "(%(since)s::timestamptz is null or measured_at >= %(since)s) and "
         "(%(until)s::timestamptz is null or measured_at <= %(until)s)"
     )
-    pending: Future[tuple[list[str], np.ndarray[Any, np.dtype[np.void]]]] | None = None
+    pending: Future[tuple[list[str], dict[str, npt.NDArray[Any]]]] | None = None
     pool = ThreadPoolExecutor(max_workers=1) if conninfo else None
     if pool is not None and conninfo is not None:
 
-        def other() -> tuple[list[str], np.ndarray[Any, np.dtype[np.void]]]:
+        def other() -> tuple[list[str], dict[str, npt.NDArray[Any]]]:
             with psycopg.connect(conninfo) as second:
                 return _read_signals(second, window, period)
 
         pending = pool.submit(other)
-    hh = read_copy(
+    hh = read_table_columns(
         conn,
-        "select cell_e, cell_n, households from household",
-        [("cell_e", "int4"), ("cell_n", "int4"), ("households", "int4")],
-    )
-    offers = read_copy(
-        conn,
-        "select cell_e, cell_n,"
-        " (array_position(%(tech)s::text[], technology) - 1)::int2,"
-        " max_down_mbps, coalesce(max_up_mbps, 'NaN'::real) from broadband_offer",
-        [("cell_e", "int4"), ("cell_n", "int4"), ("tech", "int2"), ("down", "float4"),
-         ("up", "float4")],
-        {"tech": list(FIXED_TECHNOLOGIES)},
+        "household",
+        [("cell_e", "int4", "cell_e"), ("cell_n", "int4", "cell_n"),
+         ("households", "int4", "households")],
     )  # fmt: skip
-    tests = read_copy(
+    offers = read_table_columns(
         conn,
-        f"select cell_e, cell_n, download_mbps from speedtest where {window}",
-        [("cell_e", "int4"), ("cell_n", "int4"), ("down", "float4")],
+        "broadband_offer",
+        [("cell_e", "int4", "cell_e"), ("cell_n", "int4", "cell_n"),
+         ("tech", "int2", "(array_position(%(tech)s::text[], technology) - 1)::int2"),
+         ("down", "float4", "max_down_mbps"),
+         ("up", "float4", "coalesce(max_up_mbps, 'NaN'::real)")],
+        params={"tech": list(FIXED_TECHNOLOGIES)},
+    )  # fmt: skip
+    tests = read_table_columns(
+        conn,
+        "speedtest",
+        [("cell_e", "int4", "cell_e"), ("cell_n", "int4", "cell_n"),
+         ("down", "float4", "download_mbps")],
+        window,
         period,
-    )
+    )  # fmt: skip
     if pending is not None and pool is not None:
         ops, signals = pending.result()
         pool.shutdown()
     else:
         ops, signals = _read_signals(conn, window, period)
     districts = geo_io.load_districts(conn, district_level)
+
+    def frame(columns: dict[str, Any]) -> pd.DataFrame:
+        return pd.DataFrame(columns, copy=False)
+
+    release_free_memory()
+
     return CoverageInputs(
-        households=pd.DataFrame(
-            {"cell_e": hh["cell_e"], "cell_n": hh["cell_n"], "households": hh["households"]}
-        ),
-        offers=pd.DataFrame(
-            {
-                "cell_e": offers["cell_e"],
-                "cell_n": offers["cell_n"],
-                "technology": pd.Categorical.from_codes(
-                    offers["tech"].astype(np.int64), FIXED_TECHNOLOGIES
-                ),
-                "max_down_mbps": offers["down"],
-                "max_up_mbps": offers["up"],
-            }
-        ),
-        speedtests=pd.DataFrame(
+        households=frame(hh),
+        offers=frame({
+            "cell_e": offers["cell_e"], "cell_n": offers["cell_n"],
+            "technology": pd.Categorical.from_codes(offers["tech"], FIXED_TECHNOLOGIES),
+            "max_down_mbps": offers["down"], "max_up_mbps": offers["up"],
+        }),
+        speedtests=frame(
             {"cell_e": tests["cell_e"], "cell_n": tests["cell_n"], "download_mbps": tests["down"]}
         ),
-        signals=pd.DataFrame(
-            {
-                "cell_e": signals["cell_e"],
-                "cell_n": signals["cell_n"],
-                "operator": pd.Categorical.from_codes(signals["op"].astype(np.int64), ops),
-                "technology": pd.Categorical.from_codes(
-                    signals["tech"].astype(np.int64), MOBILE_TECHNOLOGIES
-                ),
-                "signal_dbm": signals["level"],
-            }
-        ),
+        signals=frame({
+            "cell_e": signals["cell_e"], "cell_n": signals["cell_n"],
+            "operator": pd.Categorical.from_codes(signals["op"], ops),
+            "technology": pd.Categorical.from_codes(signals["tech"], MOBILE_TECHNOLOGIES),
+            "signal_dbm": signals["level"],
+        }),
         districts=districts if len(districts) else None,
-    )
+    )  # fmt: skip
 
 
 # --- results ------------------------------------------------------------------------------------
 
 
-def _cat_column(name: str, values: pd.Series) -> Column:
-    cat = values.cat
-    return Column(
-        name, "text", cat.codes.to_numpy().astype(np.int64), categories=[str(c) for c in
-                                                                         cat.categories]
-    )  # fmt: skip
-
-
 def _classes_json(profile: Profile) -> str:
     return json.dumps([c.model_dump(mode="json") for c in profile.classes])
+
+
+def _codes_of(values: pd.Series, vocabulary: Sequence[str]) -> npt.NDArray[np.int16]:
+    """Codes of a categorical column in ``vocabulary`` (-1 for missing or unknown)."""
+    cat = values.cat
+    lookup = {v: i for i, v in enumerate(vocabulary)}
+    table = np.array([lookup.get(str(c), -1) for c in cat.categories] + [-1], dtype=np.int16)
+    codes = cat.codes.to_numpy()
+    out: npt.NDArray[np.int16] = table[np.where(codes < 0, len(table) - 1, codes)]
+    return out
+
+
+def _cell_columns(
+    cells: pd.DataFrame, district_codes: Sequence[str], class_keys: Sequence[str]
+) -> list[tuple[str, str, npt.NDArray[Any]]]:
+    """The columns of ``coverage_cell_data`` (migration 0023) for :func:`write_copy_fixed`."""
+    c = cells
+    cluster = c["cluster_id"]
+    cluster_values = (
+        cluster.to_numpy(dtype=np.int64, na_value=0)
+        if isinstance(cluster.dtype, pd.api.extensions.ExtensionDtype)
+        else cluster.to_numpy()
+    )
+    district = c["district_code"].cat.codes.to_numpy()
+    if [str(x) for x in c["district_code"].cat.categories] != list(district_codes):
+        district = _codes_of(c["district_code"], district_codes)
+    disagreement = _codes_of(c["disagreement"], ["below", "above"])
+    return [
+        ("e", "int4", c["e"].to_numpy()),
+        ("n", "int4", c["n"].to_numpy()),
+        ("district", "int4", district),
+        ("households", "int4", c["households"].to_numpy()),
+        ("addresses", "int4", c["addresses"].to_numpy()),
+        ("max_down_mbps", "float4", c["max_down_mbps"].to_numpy()),
+        ("max_up_mbps", "float4", c["max_up_mbps"].to_numpy()),
+        ("n_tests", "int4", c["n_tests"].to_numpy()),
+        ("measured_down_mbps", "float4", c["measured_down_mbps"].to_numpy()),
+        ("measured_ratio", "float4", c["measured_ratio"].to_numpy()),
+        ("n_signal", "int4", c["n_signal"].to_numpy()),
+        ("mobile_mask", "int4", c["mobile_mask"].to_numpy()),
+        ("cluster_id", "int4", np.maximum(cluster_values, 0)),
+        ("best_technology", "int2", _codes_of(c["best_technology"], FIXED_TECHNOLOGIES)),
+        ("class", "int2", _codes_of(c["class_key"], class_keys)),
+        ("disagreement", "int2", disagreement),
+        ("operators_measured", "int2", c["operators_measured"].to_numpy()),
+        ("operators_4g", "int2", c["operators_4g"].to_numpy()),
+        ("operators_5g", "int2", c["operators_5g"].to_numpy()),
+        ("is_gap", "bool", c["is_gap"].to_numpy()),
+        ("dead_zone", "bool", c["dead_zone"].to_numpy()),
+        ("single_operator", "bool", c["single_operator"].to_numpy()),
+    ]
+
+
+def _cell_table(run_id: int) -> str:
+    return f"coverage_cell_run_{run_id}"
 
 
 def save_result(
@@ -199,13 +254,19 @@ def save_result(
     districts: gpd.GeoDataFrame | None = None,
 ) -> int:
     """Store one analysis run; returns its id. ``districts`` (``code``, polygons) adds the
-    district outlines to ``coverage_district``."""
+    district outlines to ``coverage_district``. The cells go into a table of their own
+    (``coverage_cell_run_<id>``, one fixed-width binary COPY FREEZE), indexed after loading
+    and attached to ``coverage_cell_data`` (migration 0023)."""
     p = result.params
+    c = result.cells
+    district_codes = [str(x) for x in c["district_code"].cat.categories]
+    class_keys = list(p.profile.keys)
     with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(
             """
-            insert into coverage_run (profile, parameters, inputs, classes, operators, technologies)
-            values (%s, %s, %s, %s, %s, %s) returning id
+            insert into coverage_run (profile, parameters, inputs, classes, operators, technologies,
+                                      district_codes, class_keys, fixed_technologies)
+            values (%s, %s, %s, %s, %s, %s, %s, %s, %s) returning id
             """,
             (
                 p.profile.key,
@@ -214,44 +275,33 @@ def save_result(
                 _classes_json(p.profile),
                 result.operators,
                 result.technologies,
+                district_codes,
+                class_keys,
+                list(FIXED_TECHNOLOGIES),
             ),
         ).fetchone()
     assert row is not None
     run_id = int(row[0])
-    c = result.cells
     n = len(c)
-    cluster = c["cluster_id"]
-    cols = [
-        Column("run_id", "int8", np.full(n, run_id, dtype=np.int64)),
-        Column("e", "int4", c["e"].to_numpy()),
-        Column("n", "int4", c["n"].to_numpy()),
-        _cat_column("district_code", c["district_code"]),
-        Column("households", "int4", c["households"].to_numpy()),
-        Column("addresses", "int4", c["addresses"].to_numpy()),
-        _cat_column("best_technology", c["best_technology"]),
-        Column("max_down_mbps", "float4", c["max_down_mbps"].to_numpy()),
-        Column("max_up_mbps", "float4", c["max_up_mbps"].to_numpy()),
-        _cat_column("class_key", c["class_key"]),
-        Column("is_gap", "bool", c["is_gap"].to_numpy()),
-        Column("n_tests", "int4", c["n_tests"].to_numpy()),
-        Column("measured_down_mbps", "float4", c["measured_down_mbps"].to_numpy()),
-        Column("measured_ratio", "float4", c["measured_ratio"].to_numpy()),
-        _cat_column("disagreement", c["disagreement"]),
-        Column("n_signal", "int4", c["n_signal"].to_numpy()),
-        Column("mobile_mask", "int4", c["mobile_mask"].to_numpy()),
-        Column("operators_measured", "int2", c["operators_measured"].to_numpy()),
-        Column("operators_4g", "int2", c["operators_4g"].to_numpy()),
-        Column("operators_5g", "int2", c["operators_5g"].to_numpy()),
-        Column("dead_zone", "bool", c["dead_zone"].to_numpy()),
-        Column("single_operator", "bool", c["single_operator"].to_numpy()),
-        Column(
-            "cluster_id",
-            "int4",
-            cluster.to_numpy(dtype=np.int64, na_value=0),
-            null=cluster.isna().to_numpy(),
-        ),
-    ]
-    write_copy(conn, "coverage_cell", cols)
+    table = sql.Identifier(_cell_table(run_id))
+    conn.execute(
+        sql.SQL("create table {} (like coverage_cell_data, check (run_id = {}))").format(
+            table, sql.Literal(run_id)
+        )
+    )
+    conn.execute(
+        sql.SQL("alter table {} alter column run_id set default {}").format(
+            table, sql.Literal(run_id)
+        )
+    )
+    write_copy_fixed(
+        conn, _cell_table(run_id), _cell_columns(c, district_codes, class_keys), freeze=True
+    )
+    conn.execute(
+        sql.SQL("alter table coverage_cell_data attach partition {} for values in ({})").format(
+            table, sql.Literal(run_id)
+        )
+    )
     g = result.gaps
     if len(g):
         wkb = shapely.to_wkb(
@@ -267,13 +317,15 @@ def save_result(
                 " from stdin"
             ) as copy,
         ):
-            for r, geom in zip(g.itertuples(index=False), wkb, strict=True):
-                dist = r.distance_gigabit_m
-                copy.write_row((
-                    run_id, r.cluster_id, r.rank, r.cells, r.households, r.area_km2,
-                    r.district_codes, r.worst_class, r.severity,
-                    None if np.isnan(dist) else float(dist), r.priority, geom,
-                ))  # fmt: skip
+            dist = g["distance_gigabit_m"].to_numpy(dtype=np.float64)
+            columns = [
+                g[c].tolist()
+                for c in ("cluster_id", "rank", "cells", "households", "area_km2",
+                          "district_codes", "worst_class", "severity")
+            ]  # fmt: skip
+            distances = [None if d != d else d for d in dist.tolist()]  # NaN: none
+            for row in zip(*columns, distances, g["priority"].tolist(), wkb.tolist(), strict=True):
+                copy.write_row((run_id, *row))
     geoms: dict[str, str] = {}
     if districts is not None and len(districts):
         multi = geo_io._multipolygons(districts.to_crs(grid.WGS84).geometry)
@@ -291,6 +343,7 @@ def save_result(
             rows,
         )
     log.info("stored coverage run %d: %d cells, %d gaps", run_id, n, len(g))
+    release_free_memory()
     return run_id
 
 
@@ -799,31 +852,32 @@ def write_signals(conn: psycopg.Connection[Any], frame: pd.DataFrame, source: st
 def load_cells(conn: psycopg.Connection[Any], run: Run) -> pd.DataFrame:
     """The stored cells of ``run`` with the columns of :attr:`CoverageResult.cells`."""
     with conn.cursor(row_factory=tuple_row) as cur:
-        codes = [str(r[0]) for r in cur.execute(
-            "select distinct district_code from coverage_cell where run_id = %s"
-            " and district_code is not null order by 1", (run.id,)).fetchall()]  # fmt: skip
-    vocab = {"district_code": codes, "best_technology": list(FIXED_TECHNOLOGIES),
-             "class_key": run.class_keys, "disagreement": ["below", "above"]}  # fmt: skip
-    text_sql = ", ".join(
-        f"(coalesce(array_position(%({k})s::text[], {k}), 0) - 1)::int2" for k in vocab
-    )
+        found = cur.execute(
+            "select district_codes, class_keys, fixed_technologies from coverage_run"
+            " where id = %s", (run.id,)).fetchone()  # fmt: skip
+    codes, class_keys, technologies = found if found is not None else ([], run.class_keys, [])
+    codes = [str(x) for x in codes]
     data = read_copy(
         conn,
-        "select e, n, households, addresses, coalesce(max_down_mbps, 'NaN'),"
-        " coalesce(max_up_mbps, 'NaN'), is_gap::int::int2, n_tests,"
-        " coalesce(measured_down_mbps, 'NaN'), coalesce(measured_ratio, 'NaN'), n_signal,"
-        " mobile_mask, operators_measured, operators_4g, operators_5g, dead_zone::int::int2,"
-        f" single_operator::int::int2, coalesce(cluster_id, -1), {text_sql}"
-        " from coverage_cell where run_id = %(run)s order by n, e",
+        "select e, n, households, addresses, max_down_mbps, max_up_mbps, is_gap::int::int2,"
+        " n_tests, measured_down_mbps, measured_ratio, n_signal, mobile_mask,"
+        " operators_measured, operators_4g, operators_5g, dead_zone::int::int2,"
+        " single_operator::int::int2, cluster_id, district, best_technology, class,"
+        " disagreement from coverage_cell_data where run_id = %(run)s order by n, e",
         [("e", "int4"), ("n", "int4"), ("households", "int4"), ("addresses", "int4"),
          ("max_down_mbps", "float4"), ("max_up_mbps", "float4"), ("is_gap", "int2"),
          ("n_tests", "int4"), ("measured_down_mbps", "float4"), ("measured_ratio", "float4"),
          ("n_signal", "int4"), ("mobile_mask", "int4"), ("operators_measured", "int2"),
          ("operators_4g", "int2"), ("operators_5g", "int2"), ("dead_zone", "int2"),
-         ("single_operator", "int2"), ("cluster_id", "int4"),
-         *[(k, "int2") for k in vocab]],
-        {"run": run.id, **vocab},
+         ("single_operator", "int2"), ("cluster_id", "int4"), ("district_code", "int4"),
+         ("best_technology", "int2"), ("class_key", "int2"), ("disagreement", "int2")],
+        {"run": run.id},
     )  # fmt: skip
+    if list(technologies) != list(FIXED_TECHNOLOGIES):  # pragma: no cover - a future vocabulary
+        lookup = {t: i for i, t in enumerate(FIXED_TECHNOLOGIES)}
+        table = np.array([lookup.get(str(t), -1) for t in technologies] + [-1], dtype=np.int16)
+        bt = data["best_technology"]
+        data["best_technology"] = table[np.where(bt < 0, len(table) - 1, bt)]
     cluster = data["cluster_id"].astype(np.int64)
     out = pd.DataFrame({
         "e": data["e"].astype(np.int64), "n": data["n"].astype(np.int64),
@@ -835,7 +889,7 @@ def load_cells(conn: psycopg.Connection[Any], run: Run) -> pd.DataFrame:
         "max_down_mbps": data["max_down_mbps"].astype(np.float64),
         "max_up_mbps": data["max_up_mbps"].astype(np.float64),
         "class_key": pd.Categorical.from_codes(data["class_key"].astype(np.int64),
-                                               run.class_keys),
+                                               [str(k) for k in class_keys]),
         "is_gap": data["is_gap"].astype(bool),
         "n_tests": data["n_tests"].astype(np.int64),
         "measured_down_mbps": data["measured_down_mbps"].astype(np.float64),
@@ -849,7 +903,7 @@ def load_cells(conn: psycopg.Connection[Any], run: Run) -> pd.DataFrame:
         "operators_5g": data["operators_5g"].astype(np.int64),
         "dead_zone": data["dead_zone"].astype(bool),
         "single_operator": data["single_operator"].astype(bool),
-        "cluster_id": pd.arrays.IntegerArray(np.maximum(cluster, 0), cluster < 0),
+        "cluster_id": pd.arrays.IntegerArray(np.maximum(cluster, 0), cluster <= 0),
     })  # fmt: skip
     return out
 

@@ -96,25 +96,67 @@ def label_clusters(keys: IntArray, connectivity: int = 4) -> IntArray:
     return labels
 
 
+_POLYGON_BATCH_CELLS = 100_000
+
+
 def cluster_polygons(keys: IntArray, labels: IntArray, n_clusters: int) -> npt.NDArray[np.object_]:
     """One MultiPolygon per cluster (EPSG:4326): the union of its cells, dissolved in EPSG:3035
-    (exact on the integer grid) and then projected."""
+    (exact on the integer grid) and then projected. Clusters are dissolved in batches of about
+    100,000 cells, so that the cell squares never all exist at once; a cluster of one cell is
+    its square (the ring ``buffer(0)`` would give, without calling it)."""
     order = np.argsort(labels, kind="stable")
-    e, n = corners_of(keys[order])
-    squares = shapely.box(e, n, e + CELL, n + CELL)
-    merged = shapely.multipolygons(squares, indices=labels[order])
-    if len(merged) < n_clusters:  # pragma: no cover - every label has a cell
-        raise ValueError("cluster without cells")
+    sorted_labels = labels[order]
+    bounds = np.searchsorted(sorted_labels, np.arange(n_clusters + 1))
+    out: npt.NDArray[np.object_] = np.empty(n_clusters, dtype=object)
+    first = 0
+    while first < n_clusters:
+        last = int(np.searchsorted(bounds, bounds[first] + _POLYGON_BATCH_CELLS, side="right"))
+        last = min(max(last - 1, first + 1), n_clusters)  # at least one cluster per batch
+        lo, hi = int(bounds[first]), int(bounds[last])
+        e, n = corners_of(keys[order[lo:hi]])
+        lab = sorted_labels[lo:hi] - first
+        sizes = np.bincount(lab, minlength=last - first)
+        if (sizes == 0).any():  # pragma: no cover - every label has a cell
+            raise ValueError("cluster without cells")
+        one = sizes[lab] == 1
+        batch: npt.NDArray[np.object_] = np.empty(last - first, dtype=object)
+        if one.any():
+            x0, y0 = e[one].astype(np.float64), n[one].astype(np.float64)
+            ring = np.stack(
+                [
+                    np.stack([x0 + CELL, x0, x0, x0 + CELL, x0 + CELL], axis=-1),
+                    np.stack([y0, y0, y0 + CELL, y0 + CELL, y0], axis=-1),
+                ],
+                axis=-1,
+            )  # clockwise from the lower-right corner, like buffer(0)
+            batch[lab[one]] = shapely.multipolygons(shapely.polygons(ring).reshape(-1, 1))
+        if not one.all():
+            many = ~one
+            present, inverse = np.unique(lab[many], return_inverse=True)
+            squares = shapely.box(e[many], n[many], e[many] + CELL, n[many] + CELL)
+            merged = shapely.multipolygons(squares, indices=inverse)
+            del squares
+            batch[present] = _dissolve(merged)
+        out[first:last] = _project(batch)
+        first = last
+    return out
+
+
+def _dissolve(merged: npt.NDArray[np.object_]) -> npt.NDArray[np.object_]:
     dissolved = shapely.buffer(merged, 0)  # unions the touching squares of each cluster
     dissolved = shapely.simplify(dissolved, 0)  # drops the vertices inside straight edges
     single = shapely.get_type_id(dissolved) == 3
     dissolved[single] = shapely.multipolygons(dissolved[single].reshape(-1, 1))
+    out: npt.NDArray[np.object_] = np.asarray(dissolved, dtype=object)
+    return out
 
+
+def _project(geoms: npt.NDArray[np.object_]) -> npt.NDArray[np.object_]:
     def project(coords: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         lon, lat = grid.from_grid_crs(coords[:, 0], coords[:, 1])
         return np.column_stack([lon, lat])
 
-    out: npt.NDArray[np.object_] = np.asarray(shapely.transform(dissolved, project), dtype=object)
+    out: npt.NDArray[np.object_] = np.asarray(shapely.transform(geoms, project), dtype=object)
     return out
 
 

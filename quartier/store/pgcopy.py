@@ -295,3 +295,93 @@ class _TimestamptzArrayDumper(Dumper):
 psycopg.adapters.register_dumper(Int8Array, _Int8ArrayDumper)
 psycopg.adapters.register_dumper(Float8Array, _Float8ArrayDumper)
 psycopg.adapters.register_dumper(TimestamptzArray, _TimestamptzArrayDumper)
+
+
+# ------------------------------------------------------- whole tables, batched by PostgreSQL
+
+
+def read_table_columns(
+    conn: psycopg.Connection[Any],
+    table: str,
+    columns: Sequence[tuple[str, str, str]],
+    where: str = "true",
+    params: Mapping[str, Any] | None = None,
+    *,
+    batch_rows: int = 262_144,
+) -> dict[str, npt.NDArray[Any]]:
+    """Every row of ``table`` matching ``where`` as one numpy array per column. ``columns``:
+    (name, kind, SQL expression) with ``kind`` one of int2, int4, int8, float4, float8; no value
+    may be null (use ``coalesce``). ``where`` and the expressions are SQL (constants of the
+    caller only); ``params`` fills their ``%(name)s`` placeholders (with ``params``, a literal
+    ``%`` is written ``%%``, as everywhere in psycopg).
+
+    Binary COPY sends one message per row, and taking 10 M messages apart costs Python more than
+    the data itself (0.7 µs a row). Here PostgreSQL aggregates each range of about
+    ``batch_rows`` rows (a TID range scan over consecutive heap blocks) into one array per
+    column, and one COPY row is a whole batch: Python handles a few dozen messages. Before
+    PostgreSQL 14 (no TID range scans) it falls back to :func:`read_copy`."""
+    if conn.info.server_version < 140000:
+        plain = sql.SQL("select {} from {} where {}").format(
+            sql.SQL(", ").join(sql.SQL(expr) for _, _, expr in columns),
+            sql.Identifier(table),
+            sql.SQL(where),
+        )
+        rows = read_copy(conn, plain, [(name, kind) for name, kind, _ in columns], params)
+        return {name: np.ascontiguousarray(rows[name]) for name, _, _ in columns}
+    with conn.cursor() as cur:
+        found = cur.execute(
+            "select relpages, reltuples from pg_class where oid = %s::regclass", (table,)
+        ).fetchone()
+    pages, tuples = (int(found[0]), float(found[1])) if found is not None else (0, -1.0)
+    per_block = tuples / pages if pages > 0 and tuples > 0 else 50.0
+    step = max(1, int(batch_rows / max(per_block, 1.0)))
+    aggs = sql.SQL(", ").join(
+        sql.SQL("array_agg({})").format(sql.SQL(expr)) for _, _, expr in columns
+    )
+    query = sql.SQL(
+        "select _cols.* from generate_series(0, pg_relation_size({table_lit}::regclass)"
+        " / current_setting('block_size')::int, {step}) _batch(_first_block),"
+        " lateral (select {aggs} from {table}"
+        " where ctid >= ('(' || _batch._first_block || ',0)')::tid"
+        " and ctid < ('(' || _batch._first_block + {step} || ',0)')::tid and ({where})) _cols"
+    ).format(
+        table_lit=sql.Literal(table),
+        step=sql.Literal(step),
+        aggs=aggs,
+        table=sql.Identifier(table),
+        where=sql.SQL(where),
+    )
+    stmt = sql.SQL("copy ({}) to stdout (format binary)").format(query)
+    elements = [np.dtype([("_l", ">i4"), ("v", _WIRE[kind])]) for _, kind, _ in columns]
+    parts: list[list[npt.NDArray[Any]]] = [[] for _ in columns]
+
+    def take(row: memoryview) -> None:
+        pos = 2  # the field count
+        for i, el in enumerate(elements):
+            size = int.from_bytes(row[pos : pos + 4], "big", signed=True)
+            pos += 4
+            if size < 0:  # an empty range: array_agg of no rows is null
+                continue
+            ndim = int.from_bytes(row[pos : pos + 4], "big")
+            if int.from_bytes(row[pos + 4 : pos + 8], "big"):
+                raise ValueError(f"column {columns[i][0]} has nulls; coalesce it in the query")
+            if ndim:
+                count = int.from_bytes(row[pos + 12 : pos + 16], "big")
+                data = np.frombuffer(row, dtype=el, count=count, offset=pos + 20)
+                parts[i].append(data["v"].astype(el["v"].newbyteorder("=")))
+            pos += size
+
+    with conn.cursor() as cur, cur.copy(stmt, params) as copy:
+        for chunk in copy:
+            # a COPY data message is exactly one row (the first one after the file header)
+            body = memoryview(chunk)
+            if bytes(body[: len(_SIGNATURE)]) == _SIGNATURE:
+                body = body[len(_SIGNATURE) :]
+            if len(body) >= 2 and bytes(body[:2]) != _TRAILER:
+                take(body)
+    out: dict[str, npt.NDArray[Any]] = {}
+    for (name, kind, _), got in zip(columns, parts, strict=True):
+        native = np.dtype(_WIRE[kind]).newbyteorder("=")
+        out[name] = np.concatenate(got) if got else np.empty(0, native)
+        got.clear()
+    return out
