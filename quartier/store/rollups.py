@@ -310,7 +310,7 @@ where h.inhparent = 'observation'::regclass and c.relname ~ '^observation_p[0-9]
 order by c.relname"""
 
 
-def compact(conn: Conn, older_than: datetime, *, lock_timeout_s: float = 10.0) -> list[str]:
+def compact(conn: Conn, older_than: datetime, *, lock_timeout_s: float = 3.0) -> list[str]:
     """Rewrite each monthly partition that ended before ``older_than`` and was not compacted yet,
     sorted by (datastream, time), with packed indexes. Needs an autocommit connection. Returns the
     partitions compacted.
