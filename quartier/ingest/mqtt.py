@@ -428,9 +428,12 @@ class Ingester:
                 res = writer.write(batch if batch is not None else self._batch(msgs))
             except psycopg.OperationalError as exc:  # server down, connection lost: retry
                 self.stats.db_errors += 1
-                log.warning(
-                    "database unavailable (%s); retrying in %.1f s", _first_line(exc), delay
+                what = (
+                    "database gave up the transaction"  # deadlock victim, lock timeout …
+                    if isinstance(exc, _GAVE_UP)
+                    else "database unavailable"
                 )
+                log.warning("%s (%s); retrying in %.1f s", what, _first_line(exc), delay)
                 writer.close()
                 if self.stop_event.wait(delay):
                     return False
@@ -475,6 +478,14 @@ class Ingester:
         st.batch_ms_total += st.last_batch_ms
         st.batch_messages_total += len(msgs)
         st.lag_s = (datetime.now(UTC) - msgs[0].received_at).total_seconds()
+
+
+_GAVE_UP = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.TransactionRollback,
+)
 
 
 def _first_line(exc: BaseException) -> str:
