@@ -12,8 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.types.json import Jsonb
+from store_fixtures import insert_filled, station
 
 from quartier.evaluation import manual, report
 from quartier.evaluation.evaluate import Evaluation, KpiResult
@@ -43,50 +42,6 @@ schools_gigabit_share,2025-08-01,79,Amt für Schulentwicklung
 business_parks_gigabit_share,2024-12-31,52,KölnBusiness
 business_parks_gigabit_share,2025-12-31,61,KölnBusiness
 """
-
-
-def station(conn, name: str, where: tuple[float, float], quantity: str) -> int:
-    thing = conn.execute("insert into thing (name) values (%s) returning id", (name,)).fetchone()[0]
-    loc = conn.execute(
-        "insert into location (name, location) values (%s, ST_SetSRID(ST_MakePoint(%s, %s), 4326))"
-        " returning id",
-        (name, *where),
-    ).fetchone()[0]
-    conn.execute("insert into thing_location values (%s, %s)", (thing, loc))
-    sensor = conn.execute("insert into sensor (name) values (%s) returning id", (name,)).fetchone()
-    prop = conn.execute(
-        "insert into observed_property (name, definition) values (%s, %s) on conflict (definition)"
-        " do update set name = excluded.name returning id",
-        (quantity, f"urn:test:{quantity}"),
-    ).fetchone()[0]
-    return conn.execute(
-        "insert into datastream (name, unit_of_measurement, thing_id, sensor_id,"
-        " observed_property_id, properties) values (%s, '{}', %s, %s, %s, %s) returning id",
-        (f"{name} {quantity}", thing, sensor[0], prop, Jsonb({"quantity": quantity})),
-    ).fetchone()[0]
-
-
-def insert_filled(conn, table: str, rows: list[dict]) -> None:
-    """Insert ``rows`` into a table of another part (the geo coverage tables), filling the
-    not-null columns a row does not name with a zero of their type, so the test depends only on
-    the columns the evaluation reads."""
-    zero = {"boolean": False, "text": "", "jsonb": "{}", "ARRAY": "{}"}
-    required = conn.execute(
-        "select column_name, data_type from information_schema.columns where table_name = %s"
-        " and is_nullable = 'NO' and column_default is null and is_generated = 'NEVER'",
-        (table,),
-    ).fetchall()
-    for row in rows:
-        full = {c: zero.get(t, 0) for c, t in required} | row
-        cols = list(full)
-        conn.execute(
-            sql.SQL("insert into {} ({}) values ({})").format(
-                sql.Identifier(table),
-                sql.SQL(", ").join(map(sql.Identifier, cols)),
-                sql.SQL(", ").join(sql.Placeholder() * len(cols)),
-            ),
-            [full[c] for c in cols],
-        )
 
 
 def _copy(conn: psycopg.Connection, rows: list[tuple[int, datetime, float]]) -> None:
