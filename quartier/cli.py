@@ -457,17 +457,7 @@ def import_broadband_cmd(
     sep: Annotated[str, typer.Option(help="CSV separator")] = ",",
 ) -> None:
     """Import fixed broadband offers per address point or grid cell, with a column mapping."""
-    import psycopg
-
-    from quartier.geo.supply import ColumnMapping, import_broadband
-
-    settings = _settings()
-    with _user_errors(), psycopg.connect(settings.require_database_url()) as conn:
-        report = import_broadband(
-            conn, path, ColumnMapping.parse(map_ or []), source=source, layer=layer, sep=sep
-        )
-        conn.commit()
-    _report_table(report)
+    _import_supply("broadband", path, map_, source, layer, sep)
 
 
 @import_app.command("households")
@@ -481,13 +471,25 @@ def import_households_cmd(
     sep: Annotated[str, typer.Option(help="CSV separator")] = ",",
 ) -> None:
     """Import households per address point or grid cell, with a column mapping."""
+    _import_supply("households", path, map_, source, layer, sep)
+
+
+def _import_supply(
+    what: str,
+    path: Path,
+    map_: list[str] | None,
+    source: str | None,
+    layer: str | None,
+    sep: str,
+) -> None:
     import psycopg
 
-    from quartier.geo.supply import ColumnMapping, import_households
+    from quartier.geo.supply import ColumnMapping, import_broadband, import_households
 
+    importer = import_broadband if what == "broadband" else import_households
     settings = _settings()
     with _user_errors(), psycopg.connect(settings.require_database_url()) as conn:
-        report = import_households(
+        report = importer(
             conn, path, ColumnMapping.parse(map_ or []), source=source, layer=layer, sep=sep
         )
         conn.commit()

@@ -98,3 +98,35 @@ def test_geojson_and_geopackage_into_the_store(tmp_path: Path, db_url: str) -> N
                                      ("a.gpkg", "ftth", 1000), ("a.gpkg", "hfc", 500)]  # fmt: skip
     assert rows[0][3:] == (4107200, 3096600)  # the Dom's cell, also after EPSG:25832
     assert rows[2][3:] == (4107200, 3096600)
+
+
+@pytest.mark.services
+def test_cli_imports_offers_and_households(
+    tmp_path: Path, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from quartier import cli
+
+    monkeypatch.setenv("QUARTIER_DATABASE__URL", settings.require_database_url())
+    (tmp_path / "angebote.csv").write_text(CSV, encoding="utf-8")
+    (tmp_path / "hh.csv").write_text("x;y;hh\n6.9583;50.9413;4\n6.95;50.94;-1\n")
+    runner = CliRunner()
+    args = ["import", "broadband", str(tmp_path / "angebote.csv"), "--sep", ";"]
+    for m in ("technology=tech", "max_down_mbps=down", "max_up_mbps=up", "operator=anbieter",
+              "valid_on=stand", "lon=x", "lat=y", "cell_id=zelle", "address_key=id"):  # fmt: skip
+        args += ["--map", m]
+    r = runner.invoke(cli.app, args)
+    assert r.exit_code == 0, r.output
+    assert "4 of 11 rows usable" in r.output
+    r = runner.invoke(
+        cli.app,
+        ["import", "households", str(tmp_path / "hh.csv"), "--sep", ";",
+         "--map", "lon=x", "--map", "lat=y", "--map", "households=hh"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with psycopg.connect(settings.require_database_url()) as conn:
+        offers = conn.execute("select count(*) from broadband_offer").fetchone()
+        homes = conn.execute("select sum(households) from household").fetchone()
+    assert offers == (4,)
+    assert homes == (4,)

@@ -192,10 +192,6 @@ def test_cli_evaluate_and_import(settings, tmp_path: Path, monkeypatch) -> None:
 
     from quartier import cli
 
-    names = {c.name for c in cli.app.registered_commands}
-    groups = {g.name for g in cli.app.registered_groups}
-    if "evaluate" not in names or "indicators" not in groups:
-        pytest.skip("`quartier evaluate` / `quartier indicators import` not wired into cli.py yet")
     monkeypatch.setenv("QUARTIER_DATABASE__URL", settings.require_database_url())
     monkeypatch.chdir(tmp_path)
     (tmp_path / "v.csv").write_text(MANUAL_CSV)
