@@ -42,22 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from quartier.services import LocalServices
 from quartier.store import rollups, timeseries
 from quartier.store.migrate import migrate
+from quartier.store.pgcopy import write_copy_fixed
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-ROW = np.dtype(
-    [
-        ("ncols", ">i2"),
-        ("l1", ">i4"),
-        ("ds", ">i8"),
-        ("l2", ">i4"),
-        ("t", ">i8"),
-        ("l3", ">i4"),
-        ("v", ">f8"),
-    ]
-)
-HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
-TRAILER = (-1).to_bytes(2, "big", signed=True)
 
 
 def log(msg: str) -> None:
@@ -65,43 +53,35 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ data
-def rows_for(ds_ids: np.ndarray, t0: datetime, steps: int, step: timedelta) -> np.ndarray:
-    """Binary COPY rows for ``steps`` instants from ``t0``, every datastream at each instant."""
+Rows = list[tuple[str, str, np.ndarray]]
+
+
+def rows_for(ds_ids: np.ndarray, t0: datetime, steps: int, step: timedelta) -> Rows:
+    """Columns for :func:`write_copy_fixed`: ``steps`` instants from ``t0``, every datastream at
+    each instant."""
     n_ds = len(ds_ids)
-    out = np.empty(steps * n_ds, dtype=ROW)
-    out["ncols"], out["l1"], out["l2"], out["l3"] = 3, 8, 8, 8
     start_us = int((t0 - PG_EPOCH) / timedelta(microseconds=1))
     step_us = int(step / timedelta(microseconds=1))
-    t_us = start_us + np.arange(steps, dtype=np.int64) * step_us
-    out["t"] = np.repeat(t_us, n_ds)
-    out["ds"] = np.tile(ds_ids, steps)
-    hours = (out["t"].astype(np.int64) // 3_600_000_000) % 24
-    base = (out["ds"].astype(np.int64) % 50).astype(np.float64)
-    noise = (
-        (out["t"].astype(np.int64) // step_us * 7919 + out["ds"].astype(np.int64) * 104729) % 1000
-    ) / 100.0
-    out["v"] = np.round(base + 5.0 * np.sin(hours / 24.0 * 2 * np.pi) + noise, 2)
-    return out
+    t = np.repeat(start_us + np.arange(steps, dtype=np.int64) * step_us, n_ds)
+    ds = np.tile(ds_ids.astype(np.int64), steps)
+    hours = (t // 3_600_000_000) % 24
+    base = (ds % 50).astype(np.float64)
+    noise = ((t // step_us * 7919 + ds * 104729) % 1000) / 100.0
+    v = np.round(base + 5.0 * np.sin(hours / 24.0 * 2 * np.pi) + noise, 2)
+    return [("datastream_id", "int8", ds), ("phenomenon_time", "int8", t), ("result", "float8", v)]
 
 
 def load_month(
     url: str, ds_ids: np.ndarray, start: datetime, end: datetime, step: timedelta
 ) -> int:
-    chunk = max(1, 200_000 // len(ds_ids))  # instants per write
+    chunk = max(1, 200_000 // len(ds_ids))  # instants per COPY
     total = 0
     with psycopg.connect(url) as conn:
-        with conn.cursor().copy(
-            "copy observation (datastream_id, phenomenon_time, result) from stdin (format binary)"
-        ) as cp:
-            cp.write(HEADER)
-            t = start
-            while t < end:
-                steps = min(chunk, int((end - t) / step))
-                rows = rows_for(ds_ids, t, steps, step)
-                cp.write(rows.tobytes())
-                total += len(rows)
-                t += steps * step
-            cp.write(TRAILER)
+        t = start
+        while t < end:
+            steps = min(chunk, int((end - t) / step))
+            total += write_copy_fixed(conn, "observation", rows_for(ds_ids, t, steps, step))
+            t += steps * step
         conn.commit()
     return total
 
@@ -532,17 +512,11 @@ def incremental(url: str, ds_ids: np.ndarray, end: datetime, repeat: int) -> dic
         batches = []
         for k in range(5):
             t = time.perf_counter()
-            with conn.cursor().copy(
-                "copy _obs_stage (datastream_id, phenomenon_time, result) from stdin"
-                " (format binary)"
-            ) as cp:
-                cp.write(HEADER)
-                cp.write(
-                    rows_for(
-                        ds_ids, end + timedelta(minutes=5 * k), 1, timedelta(minutes=5)
-                    ).tobytes()
-                )
-                cp.write(TRAILER)
+            write_copy_fixed(
+                conn,
+                "_obs_stage",
+                rows_for(ds_ids, end + timedelta(minutes=5 * k), 1, timedelta(minutes=5)),
+            )
             conn.execute(
                 "insert into observation (datastream_id, phenomenon_time, result, parameters)"
                 " select datastream_id, phenomenon_time, result, parameters from _obs_stage"

@@ -99,23 +99,37 @@ class Column:
     categories: Sequence[str] = ()
 
 
-def _encode_fixed(cols: Sequence[Column], lo: int, hi: int) -> bytes | None:
-    """The common case, numbers without nulls: one structured array, no scatter. None when a
-    column has text or nulls."""
+def _fixed_chunk(cols: Sequence[tuple[str, npt.NDArray[Any]]], lo: int, hi: int) -> bytes:
+    """Rows ``lo:hi`` of numeric columns ((kind, values), no nulls; NaN floats as NaN) as one
+    numpy structured array: every row has the same width, so no per-row work."""
     fields: list[tuple[str, str]] = [("_n", ">i2")]
-    for i, c in enumerate(cols):
-        if c.kind == "text" or c.null is not None:
-            return None
-        fields += [(f"_l{i}", ">i4"), (f"_v{i}", _WIRE[c.kind])]
+    for i, (kind, _) in enumerate(cols):
+        fields += [(f"_l{i}", ">i4"), (f"_v{i}", _WIRE[kind])]
     rec = np.empty(hi - lo, dtype=fields)
     rec["_n"] = len(cols)
-    for i, c in enumerate(cols):
-        v = c.values[lo:hi]
-        if v.dtype.kind == "f" and np.isnan(v).any():
-            return None
-        rec[f"_l{i}"] = np.dtype(_WIRE[c.kind]).itemsize
-        rec[f"_v{i}"] = v
+    for i, (kind, values) in enumerate(cols):
+        rec[f"_l{i}"] = np.dtype(_WIRE[kind]).itemsize
+        rec[f"_v{i}"] = values[lo:hi]
     return rec.tobytes()
+
+
+def _encode_fixed(cols: Sequence[Column], lo: int, hi: int) -> bytes | None:
+    """The common case, numbers without nulls, as :func:`_fixed_chunk`. None when a column has
+    text or nulls (NaN floats are nulls here)."""
+    for c in cols:
+        if c.kind == "text" or c.null is not None:
+            return None
+        if c.values.dtype.kind == "f" and np.isnan(c.values[lo:hi]).any():
+            return None
+    return _fixed_chunk([(c.kind, c.values) for c in cols], lo, hi)
+
+
+def _copy_statement(table: str, names: Sequence[str], *, freeze: bool = False) -> sql.Composed:
+    return sql.SQL("copy {} ({}) from stdin (format binary{})").format(
+        sql.Identifier(table),
+        sql.SQL(", ").join(sql.Identifier(n) for n in names),
+        sql.SQL(", freeze" if freeze else ""),
+    )
 
 
 def _encode_chunk(cols: Sequence[Column], lo: int, hi: int) -> bytes:
@@ -181,9 +195,7 @@ def encode(cols: Sequence[Column]) -> Iterator[bytes]:
 
 def write_copy(conn: psycopg.Connection[Any], table: str, cols: Sequence[Column]) -> int:
     """Append the rows of ``cols`` to ``table`` with binary COPY; returns the number of rows."""
-    stmt = sql.SQL("copy {} ({}) from stdin (format binary)").format(
-        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c.name) for c in cols)
-    )
+    stmt = _copy_statement(table, [c.name for c in cols])
     with conn.cursor() as cur, cur.copy(stmt) as copy:
         for chunk in encode(cols):
             copy.write(chunk)
@@ -204,27 +216,12 @@ def write_copy_fixed(
     int4, int8, float4, float8, bool); NaN floats are sent as NaN. ``freeze``: ``COPY … FREEZE``
     (the table must have been created or truncated in this transaction). Returns the rows."""
     n = len(cols[0][2]) if cols else 0
-    fields: list[tuple[str, str]] = [("_n", ">i2")]
-    for i, (_, kind, _values) in enumerate(cols):
-        fields += [(f"_l{i}", ">i4"), (f"v{i}", _WIRE[kind])]
-    wire = np.dtype(fields)
-    stmt = sql.SQL("copy {} ({}) from stdin (format binary{})").format(
-        sql.Identifier(table),
-        sql.SQL(", ").join(sql.Identifier(c[0]) for c in cols),
-        sql.SQL(", freeze" if freeze else ""),
-    )
+    columns = [(kind, values) for _, kind, values in cols]
+    stmt = _copy_statement(table, [name for name, _, _ in cols], freeze=freeze)
     with conn.cursor() as cur, cur.copy(stmt) as copy:
         copy.write(_SIGNATURE)
-        rows = np.empty(min(n, chunk_rows), dtype=wire)
-        rows["_n"] = len(cols)
-        for i, (_, kind, _values) in enumerate(cols):
-            rows[f"_l{i}"] = np.dtype(_WIRE[kind]).itemsize
         for lo in range(0, n, chunk_rows):
-            hi = min(n, lo + chunk_rows)
-            part = rows[: hi - lo]
-            for i, (_, _kind, values) in enumerate(cols):
-                part[f"v{i}"] = values[lo:hi]
-            copy.write(part.tobytes())
+            copy.write(_fixed_chunk(columns, lo, min(n, lo + chunk_rows)))
         copy.write(_TRAILER)
     return n
 
