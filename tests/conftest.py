@@ -24,8 +24,6 @@ from quartier.config import Settings
 from quartier.services import LocalServices
 from quartier.store.migrate import migrate
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 @dataclass(frozen=True)
 class ServiceUrls:

@@ -1,5 +1,5 @@
 """Sensor.Community formats: the firmware's push, the archive CSV and data.json, on the real
-samples in ``shared/data/air_quality`` and on malformed input."""
+samples in ``tests/data/air_quality`` (see ``tests/data/SOURCES.md``) and on malformed input."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from quartier.ingest.sensor_community import (
 )
 from quartier.ingest.validate import validate
 
-AIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "air_quality"
+AIR = Path(__file__).parent / "data" / "air_quality"
 ARCHIVE = AIR / "stuttgart_2019-12-31_sds011_sensor_553.csv"
 DATA_JSON = AIR / "sensor_community_data_json_v1_sample_berlin_2019-04-25.json"
 NOW = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
@@ -31,8 +31,6 @@ HEADER = "sensor_id;sensor_type;location;lat;lon;timestamp;P1;durP1;ratioP1;P2;d
 
 
 def _read(path: Path) -> bytes:
-    if not path.is_file():
-        pytest.skip(f"shared sample data not found at {path} (shared/ must sit beside the repo)")
     return path.read_bytes()
 
 

@@ -1,5 +1,6 @@
 """The Things Stack v3 uplinks and the device codecs, checked against real uplinks and the values
-ThingsBoard decoded from them (``shared/data/ttn_uplinks/thingsboard_data_converters``)."""
+ThingsBoard decoded from them (``tests/data/ttn_uplinks/thingsboard_data_converters``, see
+``tests/data/SOURCES.md``)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ from quartier.ingest.codecs import REGISTRY, codec_for_model
 from quartier.ingest.model import Position
 from quartier.ingest.ttn import decode_ttn, parse_ttn_topic
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "ttn_uplinks"
-SAMPLES = SAMPLES / "thingsboard_data_converters"
+SAMPLES = Path(__file__).parent / "data" / "ttn_uplinks" / "thingsboard_data_converters"
 MAX = 64 * 1024
 
 #: file name prefix (vendor_model) → codec
@@ -59,13 +59,7 @@ NETWORK_KEYS = {
 }
 
 
-def _needs_samples() -> None:
-    if not SAMPLES.is_dir():
-        pytest.skip(f"shared sample data not found at {SAMPLES} (shared/ must sit beside the repo)")
-
-
 def _sample(name: str) -> bytes:
-    _needs_samples()
     return (SAMPLES / name).read_bytes()
 
 
@@ -103,7 +97,6 @@ def _encode(doc: dict[str, Any]) -> bytes:
 
 
 def test_every_sample_payload_with_a_codec_is_checked() -> None:
-    _needs_samples()
     on_disk = sorted(
         p.name for p in SAMPLES.glob("*payload*.json") if p.name.split("__")[0] in CODEC_OF_MODEL
     )

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from quartier.config import Settings
 
 pytestmark = pytest.mark.services
-AIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "air_quality"
+AIR = Path(__file__).parent / "data" / "air_quality"
 
 PUSH = {
     "esp8266id": "15005826",
@@ -68,7 +68,6 @@ def test_push_is_stored_and_a_bad_push_refused_with_reason(client: TestClient, d
     ]
 
 
-@pytest.mark.skipif(not AIR.exists(), reason=f"shared sample data not found at {AIR}")
 def test_archive_csv_import_is_idempotent(settings: Settings, db_url: str) -> None:
     from quartier.ingest.archive import import_sensor_community_csv
 
