@@ -147,7 +147,10 @@ def test_report_for_the_example_strategy(db_url: str, tmp_path: Path) -> None:
         pytest.skip(f"HTML checked; no PDF: {exc}")
     assert pdf.read_bytes().startswith(b"%PDF")
     if shutil.which("pdftoppm") is None:
-        pytest.skip("pdftoppm (poppler-utils) not installed: PDF pages not rendered")
+        pytest.skip(
+            "pdftoppm not found (Debian package poppler-utils: apt-get install poppler-utils);"
+            " the PDF was written and checked, its pages not rendered"
+        )
     subprocess.run(
         ["pdftoppm", "-png", "-r", "50", "-f", "1", "-l", "3", str(pdf), str(tmp_path / "page")],
         check=True,
