@@ -1,5 +1,6 @@
 # Quartier: `make demo` runs the platform with simulated sensors; `make test` runs the tests.
-# Both set up everything they need (virtualenv, packages, local PostgreSQL and Mosquitto).
+# Both set up everything they need: system packages (scripts/install-deps.sh: PostgreSQL/PostGIS,
+# Mosquitto, and for the tests Node.js and poppler-utils), the virtualenv, and local servers.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -7,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_ARGS ?=
 
-.PHONY: help venv services-up services-down services-status migrate demo test check lint typecheck bench clean
+.PHONY: help deps deps-demo venv services-up services-down services-status migrate demo test check lint typecheck bench clean
 
 help:
 	@echo "make demo     run the whole platform with simulated sensors (Ctrl-C stops it)"
@@ -23,7 +24,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-services-up: venv
+deps:
+	scripts/install-deps.sh
+
+deps-demo:
+	scripts/install-deps.sh --demo
+
+services-up: deps-demo venv
 	$(BIN)/quartier services up
 
 services-down: venv
@@ -35,10 +42,10 @@ services-status: venv
 migrate: venv
 	$(BIN)/quartier db migrate
 
-demo: venv
+demo: deps-demo venv
 	$(BIN)/quartier demo $(DEMO_ARGS)
 
-test: venv
+test: deps venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv

@@ -1,9 +1,10 @@
 """Project-local PostgreSQL (with PostGIS, and TimescaleDB when the server has it) and Mosquitto.
 
-``LocalServices(state_dir).up()`` installs what is missing (Debian/Ubuntu, as root), creates a
-PostgreSQL cluster and a Mosquitto config under the state directory, starts both on free loopback
-ports and records their URLs in ``<state_dir>/services.json``. It is idempotent; ``down()`` stops
-both and leaves no process behind. Tests use the same code with a temporary state directory.
+``LocalServices(state_dir).up()`` checks that the servers are installed (``scripts/install-deps.sh``
+installs them; this module only names what is missing), creates a PostgreSQL cluster and a
+Mosquitto config under the state directory, starts both on free loopback ports and records their
+URLs in ``<state_dir>/services.json``. It is idempotent; ``down()`` stops both and leaves no
+process behind. Tests use the same code with a temporary state directory.
 
 PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres`` user, and
 Mosquitto drops to the ``mosquitto`` user: their directories are owned by those users. When such a
@@ -142,33 +143,21 @@ def missing_packages() -> list[str]:
     return missing
 
 
-def _is_debian_like() -> bool:
-    return Path("/etc/debian_version").exists() and shutil.which("apt-get") is not None
+INSTALL_SCRIPT = "scripts/install-deps.sh"
 
 
-def ensure_installed(allow_install: bool = True) -> None:
+def check_installed() -> None:
+    """Raise :class:`ServiceError` (one line: which packages, how to install them) when PostgreSQL,
+    PostGIS or Mosquitto is missing. Installing is set-up, not Quartier's job: ``make test`` and
+    ``make demo`` run ``scripts/install-deps.sh`` first."""
     missing = missing_packages()
-    if not missing:
-        return
-    if not (allow_install and is_root() and _is_debian_like()):
+    if missing:
         raise ServiceError(
-            "missing: "
-            + ", ".join(missing)
-            + ". Install them (Debian/Ubuntu: `sudo apt-get install "
-            + " ".join(missing)
-            + "`), or run the stack with Docker: `docker compose up -d`, then set "
-            "QUARTIER_DATABASE__URL and QUARTIER_MQTT__URL."
+            f"missing Debian packages: {', '.join(missing)}. Install them with "
+            f"`sudo {INSTALL_SCRIPT}` (from the Quartier checkout) or "
+            f"`sudo apt-get install {' '.join(missing)}`; or run the stack with Docker "
+            "(`docker compose up -d`, then set QUARTIER_DATABASE__URL and QUARTIER_MQTT__URL)."
         )
-    log.info("installing Debian packages: %s", " ".join(missing))
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        if proc.returncode != 0:
-            raise ServiceError(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()[-2000:]}")
-    # "postgresql-postgis" pulls the default version's PostGIS; a newer server found afterwards
-    # may still need its own PostGIS package: one more round, then give up with the message above.
-    if missing_packages():
-        ensure_installed(allow_install=allow_install and missing != missing_packages())
 
 
 # --------------------------------------------------------------------------- directories
@@ -245,6 +234,7 @@ class LocalServices:
         self.state_dir = state_dir.resolve()
         self.pg_port = pg_port
         self.mqtt_port = mqtt_port
+        #: no longer used: packages are installed by scripts/install-deps.sh, not by Quartier
         self.install = install
         #: fsync off: for throwaway test clusters only.
         self.fast_unsafe = fast_unsafe
@@ -260,11 +250,11 @@ class LocalServices:
 
     # ---------------------------------------------------------------- public
     def up(self) -> ServiceState:
-        ensure_installed(self.install)
+        check_installed()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         old = ServiceState.read(self.state_dir)
         pg = find_postgres()
-        assert pg is not None  # ensure_installed guarantees it
+        assert pg is not None  # check_installed guarantees it
         pg_port, datadir = self._start_postgres(pg, old)
         mqtt_port, mqtt_dir = self._start_mosquitto(old)
         password = (Path(datadir).parent / "password").read_text().strip()
