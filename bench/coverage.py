@@ -49,8 +49,7 @@ import shapely
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quartier.geo import coverage_store as store
-from quartier.geo import grid
+from quartier.geo import grid, input_store, run_store
 from quartier.geo.analysis import AnalysisParams, CoverageInputs, analyse
 from quartier.geo.io import import_districts
 from quartier.services import LocalServices
@@ -110,7 +109,7 @@ def _t() -> float:
 
 
 def load_koeln(url: str) -> None:
-    from quartier.sensors_sim.coverage_world import WorldConfig, coverage_world
+    from quartier.sensors_sim.coverage_inputs import WorldConfig, coverage_world
 
     t = _t()
     w = coverage_world(WorldConfig(seed=1, addresses=150_000, speedtests=200_000,
@@ -121,10 +120,10 @@ def load_koeln(url: str) -> None:
     t = _t()
     with psycopg.connect(url) as conn:
         import_districts(conn)
-        store.write_households(conn, w.addresses, "sim")
-        store.write_offers(conn, w.offers, "sim")
-        store.write_speedtests(conn, w.speedtests, "sim")
-        store.write_signals(conn, w.signals, "sim")
+        input_store.write_households(conn, w.addresses, "sim")
+        input_store.write_offers(conn, w.offers, "sim")
+        input_store.write_speedtests(conn, w.speedtests, "sim")
+        input_store.write_signals(conn, w.signals, "sim")
         conn.commit()
     _analyze_tables(url)
     print(f"  loaded into PostgreSQL in {_t() - t:.1f} s")
@@ -350,11 +349,11 @@ def end_to_end(url: str) -> dict[str, float]:
     """Read inputs, analyse, store, commit; with the time of each part."""
     with psycopg.connect(url) as conn:
         t0 = _t()
-        inputs = store.load_inputs(conn, conninfo=url)  # signals over a second connection
+        inputs = input_store.load_inputs(conn, conninfo=url)  # signals over a second connection
         t1 = _t()
         result = analyse(inputs)
         t2 = _t()
-        store.save_result(conn, result, inputs.districts)
+        run_store.save_result(conn, result, inputs.districts)
         conn.commit()
         t3 = _t()
     return {"read": t1 - t0, "compute": t2 - t1, "write": t3 - t2, "total": t3 - t0,
@@ -457,7 +456,7 @@ def run_state_child(url: str, repeat: int) -> dict[str, Any]:
     runs = [end_to_end(url) for _ in range(repeat)]
     best = min(runs, key=lambda r: r["total"])
     with psycopg.connect(url) as conn:
-        inputs = store.load_inputs(conn)
+        inputs = input_store.load_inputs(conn)
     t = _t()
     analyse(inputs)
     compute = _t() - t
@@ -480,7 +479,7 @@ def bench_koeln(url: str, repeat: int) -> dict[str, Any]:
     runs = [end_to_end(url) for _ in range(repeat)]
     best = min(runs, key=lambda r: r["total"])
     with psycopg.connect(url) as conn:
-        inputs = store.load_inputs(conn)
+        inputs = input_store.load_inputs(conn)
     computes = []
     for _ in range(repeat):
         t = _t()

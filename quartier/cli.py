@@ -355,7 +355,7 @@ def coverage_analyse_cmd(
     from rich.progress import Progress
 
     from quartier.errors import BadRequestError
-    from quartier.geo import coverage_store
+    from quartier.geo import service
     from quartier.geo.analysis import AnalysisParams
     from quartier.geo.profiles import PROFILES
 
@@ -375,17 +375,17 @@ def coverage_analyse_cmd(
             psycopg.connect(settings.require_database_url()) as conn,
             Progress(console=console, transient=True) as bar,
         ):
-            task = bar.add_task("Analyse", total=len(coverage_store.ANALYSIS_STEPS))
+            task = bar.add_task("Analyse", total=len(service.ANALYSIS_STEPS))
 
             def step(name: str) -> None:
-                done = coverage_store.ANALYSIS_STEPS.index(name)
+                done = service.ANALYSIS_STEPS.index(name)
                 bar.update(task, description=name, completed=done)
 
-            run_id, result = coverage_store.analyse_and_store(
+            run_id, result = service.analyse_and_store(
                 conn, analysis, district_level=level, progress=step
             )
             conn.commit()
-            bar.update(task, completed=len(coverage_store.ANALYSIS_STEPS))
+            bar.update(task, completed=len(service.ANALYSIS_STEPS))
     table = Table(title=f"Coverage run {run_id} ({analysis.profile.name})")
     for col in ("Bezirk", "Haushalte", *[c.key for c in analysis.profile.classes]):
         table.add_column(col, justify="right")
@@ -507,8 +507,8 @@ def coverage_simulate_cmd(
     measurements, source "sim") into the store, for demos and tests."""
     import psycopg
 
-    from quartier.geo import coverage_store
-    from quartier.sensors_sim.coverage_world import WorldConfig, coverage_world
+    from quartier.geo.input_store import write_inputs
+    from quartier.sensors_sim.coverage_inputs import WorldConfig, coverage_world
 
     settings = _settings()
     with console.status("Simulierte Versorgung erzeugen …"):
@@ -520,7 +520,7 @@ def coverage_simulate_cmd(
         psycopg.connect(settings.require_database_url()) as conn,
         console.status("In die Datenbank schreiben …"),
     ):
-        counts = coverage_store.write_inputs(
+        counts = write_inputs(
             conn, world.addresses, world.offers, world.speedtests, world.signals, "sim"
         )
         conn.commit()

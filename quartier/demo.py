@@ -215,19 +215,20 @@ class Demo:
         """The simulated Köln coverage world (households, offers, speed tests, signal
         measurements) and one gap analysis, so that the map and the broadband indicators show
         something."""
-        from quartier.geo import coverage_store
         from quartier.geo.analysis import AnalysisParams
-        from quartier.sensors_sim.coverage_world import WorldConfig, coverage_world
+        from quartier.geo.input_store import write_inputs
+        from quartier.geo.service import analyse_and_store
+        from quartier.sensors_sim.coverage_inputs import WorldConfig, coverage_world
 
         with self.console.status("simulating Köln's broadband and mobile coverage …"):
             world = coverage_world(
                 WorldConfig(seed=self.seed, addresses=150_000, speedtests=50_000, signals=200_000)
             )
             with psycopg.connect(s.require_database_url()) as conn:
-                coverage_store.write_inputs(
+                write_inputs(
                     conn, world.addresses, world.offers, world.speedtests, world.signals, "sim"
                 )
-                run_id, _ = coverage_store.analyse_and_store(conn, AnalysisParams())
+                run_id, _ = analyse_and_store(conn, AnalysisParams())
                 conn.commit()
         self.console.print(f"[green]✓[/green] coverage gap analysis stored (run {run_id})")
 

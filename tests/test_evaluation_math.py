@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quartier.evaluation import coverage, environment, network
+from quartier.evaluation import coverage_indicators as coverage
+from quartier.evaluation import environment, network
 from quartier.evaluation.indicators import CATALOGUE, to_values
 from quartier.evaluation.scopes import Scopes
 

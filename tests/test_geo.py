@@ -11,8 +11,8 @@ import shapely
 from pyproj import Transformer
 
 from quartier.geo import grid
-from quartier.geo.coverage import SPEED_CLASSES, classify_cells, classify_download
 from quartier.geo.io import load_sensor_locations, load_speedtests
+from quartier.geo.speedtest_cells import SPEED_CLASSES, classify_cells, classify_download
 
 TO_3035 = Transformer.from_crs("EPSG:4326", "EPSG:3035", always_xy=True)
 TO_4326 = Transformer.from_crs("EPSG:3035", "EPSG:4326", always_xy=True)
@@ -49,6 +49,30 @@ def test_cell_index_floors_at_cell_edges() -> None:
         "CRS3035RES100mN3096600E4107200",
     ]
     assert e.dtype == np.int64 and n.dtype == np.int64
+
+
+def test_cell_ids_parse_back_to_their_corners() -> None:
+    ids = grid.cell_ids([4107200, 4110000], [3096600, 3091900]).tolist()
+    e, n, ok = grid.parse_cell_ids(
+        [*ids, f" {ids[0]} ", "CRS3035RES100mN1", "x", "CRS3035RES1kmN1E2"]
+    )
+    assert ok.tolist() == [True, True, True, False, False, False]
+    assert e[:3].tolist() == [4107200, 4110000, 4107200]
+    assert n[:3].tolist() == [3096600, 3091900, 3096600]
+    assert e.dtype == np.int64 and n.dtype == np.int64
+
+
+def test_mobile_mask_decoded_in_one_place() -> None:
+    from quartier.geo.analysis import MOBILE_TECHNOLOGIES, covers, operator_lists
+
+    ops, techs = ["A", "B", "C"], list(MOBILE_TECHNOLOGIES)
+    bit = {(i, j): 1 << (i * len(techs) + j) for i in range(3) for j in range(4)}
+    masks = np.array([0, bit[0, 2] | bit[2, 2] | bit[1, 3], bit[1, 2]], dtype=np.int32)
+    assert covers(masks, 0, 2).tolist() == [False, True, False]
+    assert covers(int(masks[1]), 1, 3).tolist() is True
+    assert operator_lists(masks, ops, techs, "4G").tolist() == ["", "A,C", "B"]
+    assert operator_lists(masks, ops, techs, "5G").tolist() == ["", "B", ""]
+    assert operator_lists(masks, ops, ["4G"], "5G").tolist() == ["", "", ""]
 
 
 def test_cell_index_rejects_non_finite_coordinates() -> None:

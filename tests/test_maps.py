@@ -7,8 +7,8 @@ import geopandas as gpd
 import pandas as pd
 import shapely
 
-from quartier.geo.coverage import classify_cells, empty_cells
-from quartier.maps.coverage import CLASS_COLOURS, render_coverage_map
+from quartier.geo.speedtest_cells import classify_cells, empty_cells
+from quartier.maps.render import CLASS_COLOURS, render_coverage_map
 
 LEGEND = [
     "Gemessene Download-Geschwindigkeit (Median je 100-m-Zelle)",
@@ -118,7 +118,7 @@ def test_gap_map_has_german_legend_classes_gaps_and_dead_zones() -> None:
 
     from quartier.geo.analysis import AnalysisParams, analyse
     from quartier.geo.profiles import GERMAN_FUNDING
-    from quartier.maps.coverage import render_gap_map
+    from quartier.maps.render import render_gap_map
 
     res = analyse(scenario(), AnalysisParams(verdict_min_measurements=1))
     classes = [c.model_dump() for c in GERMAN_FUNDING.classes]

@@ -16,11 +16,12 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from test_coverage_store import load_scenario
+from test_coverage_runs import load_scenario
 
-from quartier.api import coverage, errors, ogc
+from quartier.api import coverage_gaps as coverage
+from quartier.api import errors, ogc
 from quartier.config import Settings
-from quartier.geo import coverage_store
+from quartier.geo import service
 from quartier.store.db import make_pool
 
 pytestmark = pytest.mark.services
@@ -52,7 +53,7 @@ def make_app(settings: Settings) -> FastAPI:
 def filled(settings: Settings) -> Settings:
     with psycopg.connect(settings.require_database_url()) as conn:
         load_scenario(conn)
-        coverage_store.analyse_and_store(conn)
+        service.analyse_and_store(conn)
     return settings
 
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from quartier import __version__
 from quartier.api import (
     aggregates,
-    coverage,
+    coverage_gaps,
     errors,
     indicators,
     ingest_http,
@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(indicators.router)
     app.include_router(ingest_http.router)
     app.include_router(strategy.router)
-    app.include_router(coverage.router)
+    app.include_router(coverage_gaps.router)
     app.include_router(ogc.router)
 
     @app.get("/", include_in_schema=False)

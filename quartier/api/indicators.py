@@ -20,9 +20,9 @@ from quartier.errors import BadRequestError, NotFoundError
 from quartier.evaluation import compute, sources, storage
 from quartier.evaluation.indicators import CATALOGUE, IndicatorDefinition, IndicatorValue
 from quartier.evaluation.scopes import CITY
-from quartier.geo import coverage, coverage_store
 from quartier.geo import io as geo_io
-from quartier.maps.coverage import render_coverage_map, render_gap_map
+from quartier.geo import run_store, speedtest_cells
+from quartier.maps.render import render_coverage_map, render_gap_map
 
 router = APIRouter(tags=["Indicators and maps"])
 
@@ -249,19 +249,19 @@ def coverage_map(conn: Conn) -> HTMLResponse:
     districts = geo_io.load_districts(conn, "stadtbezirk")
     sensors = geo_io.load_sensor_locations(conn)
     try:
-        run = coverage_store.get_run(conn)
+        run = run_store.get_run(conn)
     except NotFoundError:
         run = None
     if run is not None:  # a stored gap analysis: classes by availability, clusters, dead zones
         return HTMLResponse(
             render_gap_map(
-                coverage_store.load_cells(conn, run),
-                coverage_store.load_gaps(conn, run),
+                run_store.load_cells(conn, run),
+                run_store.load_gaps(conn, run),
                 districts,
                 run.classes,
                 sensors,
             )
         )
     tests = geo_io.load_speedtests(conn)
-    cells = coverage.classify_cells(tests, districts if len(districts) else None)
+    cells = speedtest_cells.classify_cells(tests, districts if len(districts) else None)
     return HTMLResponse(render_coverage_map(cells, sensors, districts))

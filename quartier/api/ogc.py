@@ -15,11 +15,10 @@ import shapely.geometry
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from quartier.api.coverage import GeoJSONResponse, Link, parse_bbox
+from quartier.api.coverage_gaps import GeoJSONResponse, Link, parse_bbox
 from quartier.api.deps import BaseUrl, Conn
 from quartier.errors import NotFoundError
-from quartier.geo import coverage_store as store
-from quartier.geo import grid
+from quartier.geo import features, grid, run_store
 
 router = APIRouter(prefix="/ogc", tags=["OGC API - Features"])
 
@@ -172,21 +171,21 @@ def _items(
     conn: Conn, collection_id: str, bbox: str | None, limit: int, offset: int,
     feature_id: str | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    run = store.get_run(conn)
+    run = run_store.get_run(conn)
     box = parse_bbox(bbox)
     if collection_id == "coverage_cells":
         if feature_id is not None:
-            return [store.get_cell(conn, run, feature_id)]
-        return store.query_cells(conn, run, bbox=box, limit=limit, offset=offset)
+            return [features.get_cell(conn, run, feature_id)]
+        return features.query_cells(conn, run, bbox=box, limit=limit, offset=offset)
     if collection_id == "coverage_gaps":
         if feature_id is not None:
             try:
                 cid = int(feature_id)
             except ValueError:
                 raise NotFoundError(f"no gap cluster {feature_id!r}") from None
-            return store.query_gaps(conn, run, cluster_id=cid, limit=1)
-        return store.query_gaps(conn, run, bbox=box, limit=limit, offset=offset)
-    feats = store.query_districts(conn, run, code=feature_id, limit=limit, offset=offset)
+            return features.query_gaps(conn, run, cluster_id=cid, limit=1)
+        return features.query_gaps(conn, run, bbox=box, limit=limit, offset=offset)
+    feats = features.query_districts(conn, run, code=feature_id, limit=limit, offset=offset)
     for f in feats:  # nested lists flattened for GIS clients
         props = f["properties"]
         for c in props.pop("classes"):

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import psycopg
 
-from quartier.evaluation import coverage, environment, network, sources
+from quartier.evaluation import coverage_indicators, environment, network, sources
 from quartier.evaluation.indicators import (
     CATALOGUE,
     IndicatorValue,
@@ -25,8 +25,7 @@ from quartier.evaluation.indicators import (
     to_values,
 )
 from quartier.evaluation.scopes import Scopes
-from quartier.geo import coverage as geo_coverage
-from quartier.geo import grid
+from quartier.geo import grid, speedtest_cells
 from quartier.geo import io as geo_io
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ def _speedtest(conn: psycopg.Connection[Any], now: datetime, out: Computation) -
         out.notes["gigabit_cell_share"] = "no Stadtbezirke in the district table"
         return
     tests = geo_io.load_speedtests(conn, until=now)
-    cells = geo_coverage.classify_cells(tests, districts)
+    cells = speedtest_cells.classify_cells(tests, districts)
     first = tests["measured_at"].min() if len(tests) else None
     last = tests["measured_at"].max() if len(tests) else None
     in_city = cells["district_code"].notna().to_numpy()
@@ -92,13 +91,15 @@ def _broadband(
         out.notes.update({i: f"no data: {reason}" for i in ids})
         return
     results = {
-        "bb_households_30": coverage.households_with_speed(cells, scopes, 30),
-        "bb_households_100": coverage.households_with_speed(cells, scopes, 100),
-        "bb_households_1000": coverage.households_with_speed(cells, scopes, 1000),
-        "bb_households_fibre": coverage.households_with_fibre(cells, scopes),
-        "bb_households_white": coverage.households_in_class(cells, scopes, "white"),
-        "bb_households_grey": coverage.households_in_class(cells, scopes, "grey"),
-        "bb_households_dark_grey": coverage.households_in_class(cells, scopes, "dark_grey"),
+        "bb_households_30": coverage_indicators.households_with_speed(cells, scopes, 30),
+        "bb_households_100": coverage_indicators.households_with_speed(cells, scopes, 100),
+        "bb_households_1000": coverage_indicators.households_with_speed(cells, scopes, 1000),
+        "bb_households_fibre": coverage_indicators.households_with_fibre(cells, scopes),
+        "bb_households_white": coverage_indicators.households_in_class(cells, scopes, "white"),
+        "bb_households_grey": coverage_indicators.households_in_class(cells, scopes, "grey"),
+        "bb_households_dark_grey": coverage_indicators.households_in_class(
+            cells, scopes, "dark_grey"
+        ),
     }
     for key, res in results.items():
         out.values += to_values(
@@ -115,9 +116,13 @@ def _mobile(conn: psycopg.Connection[Any], scopes: Scopes, now: datetime, out: C
         return
     cells, offers = frames
     results = {
-        "mobile_4g_area_share": coverage.area_with_technology(cells, offers, scopes, "4g"),
-        "mobile_5g_area_share": coverage.area_with_technology(cells, offers, scopes, "5g"),
-        "mobile_dead_zone_area": coverage.dead_zone_area(cells, offers, scopes),
+        "mobile_4g_area_share": coverage_indicators.area_with_technology(
+            cells, offers, scopes, "4g"
+        ),
+        "mobile_5g_area_share": coverage_indicators.area_with_technology(
+            cells, offers, scopes, "5g"
+        ),
+        "mobile_dead_zone_area": coverage_indicators.dead_zone_area(cells, offers, scopes),
     }
     for key, res in results.items():
         out.values += to_values(

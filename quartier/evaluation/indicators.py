@@ -1,10 +1,11 @@
 """Indicators: the catalogue of definitions, the value model with provenance, and the glue that
 turns per-scope results of the pure math into values.
 
-The math lives in ``coverage`` (broadband, mobile), ``environment`` (air, noise), ``network``
-(sensor network) and here (``gigabit_cell_share_by_district``, from speed tests); ``compute``
-is the thin I/O that feeds it from the store. Manual indicators (``origin="manual"``) are not
-computed: their values are recorded through the API or a CSV import (``manual``).
+The math lives in ``coverage_indicators`` (broadband, mobile), ``environment`` (air, noise),
+``network`` (sensor network) and here (``gigabit_cell_share_by_district``, from speed tests);
+``compute`` is the thin I/O that feeds it from the store. Manual indicators
+(``origin="manual"``) are not computed: their values are recorded through the API or a CSV
+import (``manual``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from quartier.evaluation.scopes import CITY, ScopeResult, Scopes
-from quartier.geo import coverage
+from quartier.geo import speedtest_cells
 
 log = logging.getLogger(__name__)
 
@@ -518,7 +519,7 @@ def gigabit_cell_share_by_district(
 ) -> list[IndicatorValue]:
     """Per district (in ``districts`` order): the percentage of measured cells in the gigabit class.
 
-    ``cells`` as from :func:`quartier.geo.coverage.classify_cells` (``district_code``,
+    ``cells`` as from :func:`quartier.geo.speedtest_cells.classify_cells` (``district_code``,
     ``class_key``, ``n_tests``); ``districts`` with ``code`` and ``name``. Numerator: gigabit
     cells, denominator: measured cells in the district; a district without measured cells gets
     value None. ``provenance`` is copied into every value, plus the tests and cells in scope.
@@ -531,7 +532,7 @@ def gigabit_cell_share_by_district(
         pd.DataFrame(
             {
                 "code": cells["district_code"].astype(object),
-                "gigabit": (cells["class_key"] == coverage.GIGABIT_CLASS).astype(np.int64),
+                "gigabit": (cells["class_key"] == speedtest_cells.GIGABIT_CLASS).astype(np.int64),
                 "n_tests": cells["n_tests"].astype(np.int64),
             }
         )

@@ -21,6 +21,8 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from quartier.evaluation.scopes import DISTRICT_LEVEL, Scopes
+from quartier.geo import grid
+from quartier.geo.analysis import covers
 
 log = logging.getLogger(__name__)
 
@@ -210,19 +212,20 @@ def _latest_coverage_run(
 
 def _coverage_cells(conn: psycopg.Connection[Any], run_id: int) -> list[tuple[Any, ...]]:
     with conn.cursor(row_factory=tuple_row) as cur:
-        return cur.execute(
-            "select 'CRS3035RES100mN' || n || 'E' || e, district_code, households, best_technology,"
-            " max_down_mbps, class_key, operators_4g, operators_5g, dead_zone, n_signal,"
-            " mobile_mask"
+        rows = cur.execute(
+            "select e, n, district_code, households, best_technology, max_down_mbps, class_key,"
+            " operators_4g, operators_5g, dead_zone, n_signal, mobile_mask"
             " from coverage_cell where run_id = %s order by n, e",
             (run_id,),
         ).fetchall()
+    ids = grid.cell_ids([r[0] for r in rows], [r[1] for r in rows]).tolist()
+    return [(cid, *r[2:]) for cid, r in zip(ids, rows, strict=True)]
 
 
 def load_broadband_cells(
     conn: psycopg.Connection[Any],
 ) -> tuple[pd.DataFrame | None, dict[str, Any], str | None]:
-    """Broadband cells (``coverage.BROADBAND_COLUMNS``) of the newest coverage run, its
+    """Broadband cells (``coverage_indicators.BROADBAND_COLUMNS``) of the newest coverage run, its
     provenance, or None and why. ``fibre``: the cell's best technology is FTTH or FTTB."""
     run, reason = _latest_coverage_run(conn)
     if run is None:
@@ -253,10 +256,9 @@ def load_broadband_cells(
 def load_mobile(
     conn: psycopg.Connection[Any],
 ) -> tuple[tuple[pd.DataFrame, pd.DataFrame] | None, dict[str, Any], str | None]:
-    """Mobile cells (``coverage.MOBILE_CELL_COLUMNS``, 100 m x 100 m each) and offers of the
-    newest coverage run. The analysed area is the cells with signal measurements, as in the geo
-    analysis; offers come from ``mobile_mask`` (bit ``i * len(technologies) + j``: operator
-    ``operators[i]`` with ``technologies[j]``)."""
+    """Mobile cells (``coverage_indicators.MOBILE_CELL_COLUMNS``, 100 m x 100 m each) and offers
+    of the newest coverage run. The analysed area is the cells with signal measurements, as in the
+    geo analysis; offers come from ``mobile_mask`` (decoded by ``quartier.geo.analysis.covers``)."""
     run, reason = _latest_coverage_run(conn)
     if run is None:
         return None, {}, reason
@@ -271,13 +273,14 @@ def load_mobile(
             "area_m2": CELL_AREA_M2,
         }
     )
-    offers: list[tuple[str, str, str]] = []
-    for r in rows:
-        mask = int(r[10] or 0)
-        for i, op in enumerate(operators):
-            for j, tech in enumerate(technologies):
-                if (mask >> (i * len(technologies) + j)) & 1:
-                    offers.append((r[0], op, tech))
+    masks = np.array([int(r[10] or 0) for r in rows], dtype=np.int64)
+    hits = [
+        (k, i * len(technologies) + j, op, tech)
+        for i, op in enumerate(operators)
+        for j, tech in enumerate(technologies)
+        for k in np.flatnonzero(covers(masks, i, j, len(technologies))).tolist()
+    ]
+    offers = [(rows[k][0], op, tech) for k, _, op, tech in sorted(hits, key=lambda h: h[:2])]
     prov = {
         "source": "coverage_cell",
         "coverage_run": run[0],

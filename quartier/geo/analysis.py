@@ -31,6 +31,7 @@ technology ``MOBILE_TECHNOLOGIES[j]``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +58,39 @@ _DENSE_LIMIT = 64_000_000  # cells in the bounding box up to which cells are ind
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+
+
+def covers(
+    mask: npt.ArrayLike,
+    operator: int,
+    technology: int,
+    n_technologies: int = len(MOBILE_TECHNOLOGIES),
+) -> BoolArray:
+    """Whether operator number ``operator`` covers each cell with technology number
+    ``technology``, from ``mobile_mask`` (bit ``operator * n_technologies + technology``). The one
+    place that knows the bit layout."""
+    m = np.asarray(mask)
+    if m.dtype.kind not in "iu":
+        m = m.astype(np.int64)
+    bits = m >> (operator * n_technologies + technology)
+    covered: BoolArray = (bits & 1) == 1
+    return covered
+
+
+def operator_lists(
+    mask: npt.ArrayLike, operators: Sequence[str], technologies: Sequence[str], technology: str
+) -> npt.NDArray[np.object_]:
+    """Per cell, the operators covering it with ``technology``, comma-separated in the order of
+    ``operators`` ("" for none, and for a technology not in ``technologies``)."""
+    masks = np.asarray(mask, dtype=np.int64).reshape(-1)
+    out: npt.NDArray[np.object_] = np.full(len(masks), "", dtype=object)
+    if technology not in technologies:
+        return out
+    j = list(technologies).index(technology)
+    for i, op in enumerate(operators):
+        has = covers(masks, i, j, len(technologies))
+        out[has] = out[has] + op + ","
+    return np.array([s[:-1] for s in out], dtype=object) if len(out) else out
 
 
 class AnalysisParams(BaseModel):
@@ -452,15 +486,13 @@ def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> Cov
     ops_measured = ops_measured64.astype(np.int16)
     n_signal = n_signal64.astype(np.int32)
     del mask64, ops_measured64, n_signal64
-    n_tech = len(MOBILE_TECHNOLOGIES)
     t4, t5 = MOBILE_TECHNOLOGIES.index("4G"), MOBILE_TECHNOLOGIES.index("5G")
     broadband_mobile = np.zeros(n_cells, dtype=np.int16)
     ops_5g = np.zeros(n_cells, dtype=np.int16)
     for i in range(len(operators)):
-        broadband_mobile += (
-            ((mask >> (i * n_tech + t4)) | (mask >> (i * n_tech + t5))) & 1
-        ).astype(np.int16)
-        ops_5g += ((mask >> (i * n_tech + t5)) & 1).astype(np.int16)
+        has5 = covers(mask, i, t5)
+        broadband_mobile += (covers(mask, i, t4) | has5).astype(np.int16)
+        ops_5g += has5.astype(np.int16)
     verdict = n_signal >= p.verdict_min_measurements
     dead_zone = verdict & (broadband_mobile == 0)
     single = verdict & (broadband_mobile == 1)
@@ -599,13 +631,12 @@ def district_stats(
     out["signal_cells"] = per_slot(ones, signal).round().astype(np.int64)
     mask = cells["mobile_mask"].to_numpy(dtype=np.int64)
     seen = cells["operators_measured"].to_numpy(dtype=np.int64)
-    n_tech = len(MOBILE_TECHNOLOGIES)
     t4, t5 = MOBILE_TECHNOLOGIES.index("4G"), MOBILE_TECHNOLOGIES.index("5G")
     for i, op in enumerate(operators):
         op_seen = ((seen >> i) & 1) == 1
         measured = per_slot(ones, op_seen)
-        has5 = ((mask >> (i * n_tech + t5)) & 1) == 1
-        has4 = (((mask >> (i * n_tech + t4)) & 1) == 1) | has5  # 5G (NSA) runs on 4G
+        has5 = covers(mask, i, t5)
+        has4 = covers(mask, i, t4) | has5  # 5G (NSA) runs on 4G
         for tech, covered_cells in (("4G", has4), ("5G", has5)):
             covered = per_slot(ones, op_seen & covered_cells)
             with np.errstate(invalid="ignore", divide="ignore"):

@@ -12,10 +12,11 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import psycopg
+import shapely.geometry
 
 from quartier.errors import BadRequestError
-from quartier.geo import coverage_store as store
-from quartier.geo import grid
+from quartier.geo import features, grid, run_store
+from quartier.geo.analysis import operator_lists
 
 log = logging.getLogger(__name__)
 
@@ -23,28 +24,37 @@ FORMATS = ("gpkg", "geojson", "csv")
 LAYERS = ("coverage_cells", "coverage_gaps", "coverage_districts")
 
 
-def _operators(mask: np.ndarray[Any, Any], run: store.Run, tech: str) -> np.ndarray[Any, Any]:
-    n_t = len(run.technologies)
-    j = run.technologies.index(tech)
-    out = np.full(len(mask), "", dtype=object)
-    for i, op in enumerate(run.operators):
-        has = ((mask >> (i * n_t + j)) & 1) == 1
-        out[has] = out[has] + op + ","
-    return np.array([s[:-1] for s in out], dtype=object) if len(out) else out
-
-
-def cells_frame(cells: pd.DataFrame, run: store.Run) -> gpd.GeoDataFrame:
+def cells_frame(cells: pd.DataFrame, run: run_store.Run) -> gpd.GeoDataFrame:
     """Cells with ``cell_id``, operator lists and polygons (EPSG:4326)."""
     e = cells["e"].to_numpy()
     n = cells["n"].to_numpy()
     out = cells.drop(columns=["mobile_mask", "operators_measured"]).copy()
     out.insert(0, "cell_id", grid.cell_ids(e, n))
     mask = cells["mobile_mask"].to_numpy(dtype=np.int64)
-    out["operators_4g_list"] = _operators(mask, run, "4G")
-    out["operators_5g_list"] = _operators(mask, run, "5G")
+    out["operators_4g_list"] = operator_lists(mask, run.operators, run.technologies, "4G")
+    out["operators_5g_list"] = operator_lists(mask, run.operators, run.technologies, "5G")
     for col in ("district_code", "best_technology", "class_key", "disagreement"):
         out[col] = out[col].astype(object)
     return gpd.GeoDataFrame(out, geometry=gpd.GeoSeries(grid.cell_polygons(e, n), crs=grid.WGS84),
+                            crs=grid.WGS84)  # fmt: skip
+
+
+def load_districts_stats(conn: psycopg.Connection[Any], run: run_store.Run) -> gpd.GeoDataFrame:
+    """District statistics flattened (``households_<class>``, ``share_<class>``,
+    ``area_4g_<op>``…) with outlines."""
+    feats = features.query_districts(conn, run, limit=100_000)
+    rows = []
+    for f in feats:
+        p = dict(f["properties"])
+        for c in p.pop("classes"):
+            p[f"households_{c['key']}"] = c["households"]
+            p[f"share_{c['key']}"] = c["share"]
+            p[f"cells_{c['key']}"] = c["cells"]
+        for m in p.pop("mobile"):
+            p[f"area_{m['technology'].lower()}_{m['operator']}"] = m["area_share"]
+        rows.append(p)
+    geoms = [shapely.geometry.shape(f["geometry"]) if f["geometry"] else None for f in feats]
+    return gpd.GeoDataFrame(pd.DataFrame(rows), geometry=gpd.GeoSeries(geoms, crs=grid.WGS84),
                             crs=grid.WGS84)  # fmt: skip
 
 
@@ -62,16 +72,16 @@ def export_run(
     if unknown:
         raise BadRequestError(f"unknown format {', '.join(unknown)}; one of {', '.join(FORMATS)}")
     step = progress or (lambda _s: None)
-    run = store.get_run(conn, run_id)
+    run = run_store.get_run(conn, run_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     step("Zellen lesen")
-    cells = cells_frame(store.load_cells(conn, run), run)
+    cells = cells_frame(run_store.load_cells(conn, run), run)
     step("Lücken und Bezirke lesen")
     layers: dict[str, gpd.GeoDataFrame] = {
         "coverage_cells": cells,
-        "coverage_gaps": store.load_gaps(conn, run),
-        "coverage_districts": store.load_districts_stats(conn, run),
+        "coverage_gaps": run_store.load_gaps(conn, run),
+        "coverage_districts": load_districts_stats(conn, run),
     }
     written: list[Path] = []
     stem = f"coverage_run{run.id}"

@@ -8,10 +8,13 @@ EPSG:3035 and handed out as polygons in EPSG:4326.
 
 from __future__ import annotations
 
+import re
 import threading
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import shapely
 from pyproj import Transformer
 
@@ -19,6 +22,9 @@ GRID_CRS = "EPSG:3035"
 WGS84 = "EPSG:4326"
 CELL_SIZE_M = 100
 CELL_ID_PREFIX = f"CRS3035RES{CELL_SIZE_M}m"
+CELL_ID_PATTERN = re.compile(rf"^{CELL_ID_PREFIX}N(\d+)E(\d+)$")
+#: decimals of WGS84 coordinates handed out (GeoJSON, maps): 6 is about 0.1 m
+COORD_DECIMALS = 6
 
 # pyproj Transformers are not thread-safe: each thread builds its own, once.
 _local = threading.local()
@@ -58,6 +64,19 @@ def cell_ids(e: npt.ArrayLike, n: npt.ArrayLike) -> npt.NDArray[np.str_]:
     e_str = np.asarray(e, dtype=np.int64).astype(np.str_)
     n_str = np.asarray(n, dtype=np.int64).astype(np.str_)
     return np.char.add(np.char.add(f"{CELL_ID_PREFIX}N", n_str), np.char.add("E", e_str))
+
+
+def parse_cell_ids(
+    ids: Iterable[object],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Lower-left corners ``e``, ``n`` of cell ids (surrounding spaces ignored) and which ids
+    are well-formed; ``e`` and ``n`` are 0 where not."""
+    text = pd.Series(list(ids), dtype=object).astype(str).str.strip()
+    parts = text.str.extract(CELL_ID_PATTERN)
+    ok = parts[0].notna().to_numpy(dtype=bool)
+    n = pd.to_numeric(parts[0], errors="coerce").fillna(0).to_numpy(dtype=np.int64)
+    e = pd.to_numeric(parts[1], errors="coerce").fillna(0).to_numpy(dtype=np.int64)
+    return e, n, ok
 
 
 def cell_index(

@@ -14,7 +14,6 @@ number, negative), ``bad_upload`` (not a number, negative), ``bad_date``, ``bad_
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ TECHNOLOGY_ALIASES: dict[str, str] = {
     **{k: "fwa" for k in ("fwa", "fixed wireless", "fixed wireless access", "funk", "wimax")},
     "other": "other",
 }  # fmt: skip
-_CELL_ID = re.compile(r"^CRS3035RES100mN(\d+)E(\d+)$")
 MAX_REPORTED_ROWS = 1000
 
 
@@ -147,15 +145,12 @@ def _positions(
     cells = _col(frame, m.cell_id)
     if cells is not None:
         given = ~has & cells.notna().to_numpy() & (reason == None)  # noqa: E711
-        parts = cells[given].astype(str).str.strip().str.extract(_CELL_ID)
-        ok = parts[0].notna().to_numpy()
+        e_m, n_m, ok = grid.parse_cell_ids(cells[given])
         idx = np.flatnonzero(given)
         reason[idx[~ok]] = "bad_cell_id"
         good = idx[ok]
         if len(good):
-            n_m = parts[0][ok].astype(np.int64).to_numpy()
-            e_m = parts[1][ok].astype(np.int64).to_numpy()
-            clon, clat = grid.cell_centres(e_m, n_m)
+            clon, clat = grid.cell_centres(e_m[ok], n_m[ok])
             lon[good], lat[good] = clon, clat
             has[good] = True
     reason[~has & (reason == None)] = "no_position"  # noqa: E711
@@ -266,7 +261,7 @@ def import_broadband(
 ) -> ImportReport:
     """Read, normalise and append the usable offers of a file to ``broadband_offer`` (in the
     caller's transaction); ``source`` defaults to the file name."""
-    from quartier.geo.coverage_store import write_offers
+    from quartier.geo.input_store import write_offers
 
     offers, report = normalise_offers(read_table(path, layer, sep), mapping or ColumnMapping())
     write_offers(conn, offers, source or Path(path).name)
@@ -283,7 +278,7 @@ def import_households(
     sep: str = ",",
 ) -> ImportReport:
     """Read, normalise and append address points or cells with households to ``household``."""
-    from quartier.geo.coverage_store import write_households
+    from quartier.geo.input_store import write_households
 
     rows, report = normalise_households(read_table(path, layer, sep), mapping or ColumnMapping())
     write_households(conn, rows, source or Path(path).name)

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from quartier.geo.coverage import SPEED_CLASS_BY_KEY, SPEED_CLASSES
+from quartier.geo import grid
+from quartier.geo.speedtest_cells import SPEED_CLASS_BY_KEY, SPEED_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ CLASS_COLOURS: dict[str, str] = {
     "100_to_1000": "#abd9e9",
     "gigabit": "#2c7bb6",
 }
-COORD_DECIMALS = 6
 SENSOR_COLOUR = "#3f007d"
 DISTRICT_COLOUR = "#333333"
 
@@ -90,7 +90,7 @@ def _legend_html(cells: gpd.GeoDataFrame, has_sensors: bool) -> str:
 def _geojson(frame: gpd.GeoDataFrame) -> dict[str, Any]:
     """A compact FeatureCollection: coordinates rounded to 1e-6 degrees (about 0.1 m), no bboxes."""
     rounded = shapely.transform(
-        np.asarray(frame.geometry.values, dtype=object), lambda c: np.round(c, COORD_DECIMALS)
+        np.asarray(frame.geometry.values, dtype=object), lambda c: np.round(c, grid.COORD_DECIMALS)
     )
     compact = frame.set_geometry(gpd.GeoSeries(rounded, index=frame.index, crs=frame.crs))
     data: dict[str, Any] = compact.to_geo_dict(show_bbox=False)
@@ -190,7 +190,7 @@ def render_coverage_map(
 ) -> str:
     """A complete standalone HTML page with the coverage map.
 
-    ``cells`` as from :func:`quartier.geo.coverage.classify_cells`, ``sensors`` as from
+    ``cells`` as from :func:`quartier.geo.speedtest_cells.classify_cells`, ``sensors`` as from
     :func:`quartier.geo.io.load_sensor_locations` (``thing_id``, ``name``, ``lon``, ``lat``,
     ``observed_properties``), ``districts`` with ``code``, ``name`` and polygons. Any of them may
     be empty; the map then still opens on Köln. ``attribution`` is trusted HTML.
@@ -276,12 +276,10 @@ def render_gap_map(
     coloured by class (all but the best class, worst first, at most :data:`MAX_MAP_CELLS`),
     the gap clusters with rank and priority, dead zones, districts and sensors; German legend.
 
-    ``cells`` as from :func:`quartier.geo.coverage_store.load_cells` (``e``, ``n``,
+    ``cells`` as from :func:`quartier.geo.run_store.load_cells` (``e``, ``n``,
     ``class_key``, ``households``, ``dead_zone``…), ``gaps`` as from ``load_gaps``, ``classes``
     the profile's classes as dicts (``key``, ``label_de``, ``colour``).
     """
-    from quartier.geo import grid
-
     keys = [str(c["key"]) for c in classes]
     colours = {str(c["key"]): str(c.get("colour", "#999999")) for c in classes}
     labels = {str(c["key"]): str(c["label_de"]) for c in classes}

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from test_coverage_analysis import scenario
 
-from quartier.geo import coverage_store, grid
+from quartier.geo import features, grid, run_store, service
 from quartier.geo.analysis import analyse
 from quartier.store.pgcopy import (
     Column,
@@ -149,7 +149,7 @@ def test_analysis_from_and_to_the_store_equals_the_pure_analysis(db_url: str) ->
     with psycopg.connect(db_url) as conn:
         load_scenario(conn)
         conn.commit()  # the signals are read over a second connection
-        run_id, result = coverage_store.analyse_and_store(conn, conninfo=db_url)
+        run_id, result = service.analyse_and_store(conn, conninfo=db_url)
         conn.commit()
         ref = analyse(scenario())
         cols = ["e", "n", "households", "class_key", "is_gap", "n_tests", "measured_down_mbps",
@@ -157,16 +157,16 @@ def test_analysis_from_and_to_the_store_equals_the_pure_analysis(db_url: str) ->
         pd.testing.assert_frame_equal(
             result.cells[cols].astype(object), ref.cells[cols].astype(object)
         )
-        run = coverage_store.get_run(conn)
+        run = run_store.get_run(conn)
         assert run.id == run_id and run.operators == ["A-Net", "B-Mobil"]
-        cells = coverage_store.query_cells(conn, run)
+        cells = features.query_cells(conn, run)
         assert len(cells) == 8
-        whites = coverage_store.query_cells(conn, run, classes=["white"])
+        whites = features.query_cells(conn, run, classes=["white"])
         assert {f["properties"]["households"] for f in whites} == {10, 6, 2}
-        gaps = coverage_store.query_gaps(conn, run)
+        gaps = features.query_gaps(conn, run)
         assert [g["properties"]["households"] for g in gaps] == [20, 6]
         assert gaps[0]["geometry"]["type"] == "MultiPolygon"
-        districts = coverage_store.query_districts(conn, run)
+        districts = features.query_districts(conn, run)
         assert [d["id"] for d in districts] == ["1", "2", "all"]
         assert districts[0]["properties"]["classes"][0] == {
             "key": "white", "label_de": "weiß (unter 30 Mbit/s)", "households": 16,
@@ -177,7 +177,7 @@ def test_analysis_from_and_to_the_store_equals_the_pure_analysis(db_url: str) ->
         lon, lat = grid.from_grid_crs(np.array([4_100_050.0]), np.array([3_090_050.0]))
         box = (float(lon[0]) - 1e-4, float(lat[0]) - 1e-4, float(lon[0]) + 1e-4,
                float(lat[0]) + 1e-4)  # fmt: skip
-        inside = coverage_store.query_cells(conn, run, bbox=box)
+        inside = features.query_cells(conn, run, bbox=box)
         assert [f["properties"]["cell_id"] for f in inside] == ["CRS3035RES100mN3090000E4100000"]
         view = conn.execute(
             "select cell_id, ST_Area(ST_Transform(geom, 3035)) from coverage_cell_geom"
@@ -197,9 +197,9 @@ def test_export_gpkg_geojson_csv(db_url: str, tmp_path) -> None:  # type: ignore
     steps: list[str] = []
     with psycopg.connect(db_url) as conn:
         load_scenario(conn)
-        coverage_store.analyse_and_store(conn, progress=steps.append)
+        service.analyse_and_store(conn, progress=steps.append)
         files = export_run(conn, tmp_path, progress=steps.append)
-    assert steps[:3] == list(coverage_store.ANALYSIS_STEPS)
+    assert steps[:3] == list(service.ANALYSIS_STEPS)
     names = sorted(p.name for p in files)
     assert names == [
         "coverage_run1.gpkg",
@@ -223,8 +223,8 @@ def test_export_gpkg_geojson_csv(db_url: str, tmp_path) -> None:  # type: ignore
 def test_deleting_a_run_deletes_its_cells(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
         load_scenario(conn)
-        first, _ = coverage_store.analyse_and_store(conn)
-        second, _ = coverage_store.analyse_and_store(conn)
+        first, _ = service.analyse_and_store(conn)
+        second, _ = service.analyse_and_store(conn)
         conn.execute("delete from coverage_run where id = %s", (first,))
         rows = conn.execute("select run_id, count(*) from coverage_cell group by 1").fetchall()
         gaps = conn.execute("select distinct run_id from coverage_gap").fetchall()
@@ -239,7 +239,7 @@ def test_deleting_a_run_deletes_its_cells(db_url: str) -> None:
 def test_cell_view_shows_codes_as_texts_and_nulls(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
         load_scenario(conn)
-        run_id, result = coverage_store.analyse_and_store(conn)
+        run_id, result = service.analyse_and_store(conn)
         stored = conn.execute(
             "select district_code, best_technology, max_down_mbps, max_up_mbps, class_key,"
             " measured_down_mbps, measured_ratio, disagreement, cluster_id, is_gap"

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from quartier.api.deps import Conn
 from quartier.errors import BadRequestError
-from quartier.geo import coverage_store as store
+from quartier.geo import features, run_store
 
 router = APIRouter(prefix="/coverage", tags=["Coverage"])
 
@@ -149,7 +149,7 @@ def parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
         values = [float(v) for v in bbox.split(",")]
     except ValueError:
         raise BadRequestError("bbox must be four comma-separated numbers") from None
-    return store.check_bbox(values)
+    return features.check_bbox(values)
 
 
 def _page_links(base: str, params: dict[str, Any], limit: int, offset: int, n: int) -> list[Link]:
@@ -193,9 +193,9 @@ def cells(
 ) -> dict[str, Any]:
     """100 m cells with households, best offer, class, measured speed and mobile coverage,
     ordered north then east; filter by bounding box and class."""
-    info = store.get_run(conn, run)
+    info = run_store.get_run(conn, run)
     classes = [c.strip() for c in class_.split(",") if c.strip()] if class_ else None
-    feats = store.query_cells(conn, info, bbox=parse_bbox(bbox), classes=classes,
+    feats = features.query_cells(conn, info, bbox=parse_bbox(bbox), classes=classes,
                               gaps_only=gaps_only, limit=limit, offset=offset)  # fmt: skip
     params = {"bbox": bbox, "class": class_, "gaps_only": gaps_only or None, "run": run}
     return {"type": "FeatureCollection", "run_id": info.id, "features": feats,
@@ -221,8 +221,8 @@ def gaps(
 ) -> dict[str, Any]:
     """Gap clusters (connected gap cells) ranked by priority, with households, area, districts
     and the distance to the nearest gigabit-served cell."""
-    info = store.get_run(conn, run)
-    feats = store.query_gaps(conn, info, bbox=parse_bbox(bbox), district=district, limit=limit,
+    info = run_store.get_run(conn, run)
+    feats = features.query_gaps(conn, info, bbox=parse_bbox(bbox), district=district, limit=limit,
                              offset=offset)  # fmt: skip
     params = {"bbox": bbox, "district": district, "run": run}
     return {"type": "FeatureCollection", "run_id": info.id, "features": feats,
@@ -234,8 +234,8 @@ def gaps(
 def districts(conn: Conn, run: Run = None) -> DistrictList:
     """Households and shares per class, and 4G/5G area shares per operator, per district and for
     the whole area (code "all")."""
-    info = store.get_run(conn, run)
-    rows = store.query_districts(conn, info)
+    info = run_store.get_run(conn, run)
+    rows = features.query_districts(conn, info)
     return DistrictList(
         run_id=info.id,
         profile=info.profile,
@@ -247,5 +247,5 @@ def districts(conn: Conn, run: Run = None) -> DistrictList:
 @router.get("/runs/latest", response_model=RunInfo, operation_id="coverage_latest_run")
 def latest_run(conn: Conn) -> RunInfo:
     """The latest analysis run: profile, parameters and input counts."""
-    info = store.get_run(conn)
+    info = run_store.get_run(conn)
     return RunInfo(**info.__dict__)

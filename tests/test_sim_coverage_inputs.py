@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from quartier.geo.analysis import CoverageInputs, analyse
-from quartier.sensors_sim.coverage_world import (
+from quartier.sensors_sim.coverage_inputs import (
     WorldConfig,
     breitbandatlas_targets,
     coverage_world,
