@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -14,7 +15,6 @@ from fastapi.testclient import TestClient
 from quartier.api import models as m
 from quartier.api.app import create_app
 from quartier.config import Settings
-from quartier.ingest.decoders import decode_native
 from quartier.ingest.mqtt import Ingester, mqtt_client
 from quartier.sensors_sim.fleet import Fleet
 from quartier.sensors_sim.run import simulate
@@ -24,17 +24,49 @@ START = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 SEED, SENSORS, TICKS, STEP = 7, 8, 6, 600
 
 
+#: the simulated fleet (seed 7, 8 sensors) and what each sensor sends, written down by hand
+QUANTITIES = {
+    "air-0000": ["pm25", "pm10", "no2"],
+    "air-0001": ["pm25", "pm10", "no2"],
+    "air-0002": ["pm25", "pm10", "no2"],
+    "noise-0000": ["noise_laeq"],
+    "noise-0001": ["noise_laeq"],
+    "climate-0000": ["temperature", "humidity"],
+    "climate-0001": ["temperature", "humidity"],
+    "traffic-0000": ["traffic_count"],
+}
+#: a few readings of that fleet, written down by hand: (device, quantity, time, value)
+KNOWN = [
+    ("air-0000", "pm25", "2026-11-01T06:00:00.000Z", 12.9),
+    ("air-0000", "pm10", "2026-11-01T06:00:00.000Z", 19.3),
+    ("air-0000", "no2", "2026-11-01T06:00:00.000Z", 14.0),
+    ("noise-0000", "noise_laeq", "2026-11-01T06:00:00.000Z", 48.7),
+    ("climate-0001", "temperature", "2026-11-01T06:00:00.000Z", 9.2),
+    ("climate-0001", "humidity", "2026-11-01T06:00:00.000Z", 86.3),
+    ("traffic-0000", "traffic_count", "2026-11-01T06:50:00.000Z", 9),
+]
+
+
 def _expected(network: str) -> set[tuple[str, str, str, float]]:
+    """The readings the simulator sends, read from its JSON with nothing but a JSON parser (not
+    the platform's decoder); the times follow from START and STEP, the API's format by hand."""
     fleet = Fleet(SEED, SENSORS, network=network)
     out = set()
     for k in range(TICKS):
+        minute = k * STEP // 60  # 06:00, 06:10, … 06:50
+        sent_at = f"2026-11-01T06:{minute:02d}:00Z"
+        api_time = f"2026-11-01T06:{minute:02d}:00.000Z"
         for msg in fleet.readings_at(START + timedelta(seconds=k * STEP)):
-            _, _, net, dev, _ = msg.topic.split("/")
-            up = decode_native(net, dev, msg.payload, max_bytes=1 << 20)
-            assert not up.invalid
-            for r in up.readings:
-                t = r.time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-                out.add((f"{net}/{dev}", r.quantity, t, r.value))
+            prefix, version, net, dev, kind = msg.topic.split("/")
+            assert (prefix, version, net, kind) == ("quartier", "v1", network, "up")
+            doc = orjson.loads(msg.payload)
+            assert doc["time"] == sent_at
+            assert [r["quantity"] for r in doc["readings"]] == QUANTITIES[dev]
+            for r in doc["readings"]:
+                assert "time" not in r  # every reading has the message's time
+                out.add((f"{net}/{dev}", r["quantity"], api_time, r["value"]))
+    assert len(out) == TICKS * 16  # 16 readings a tick: 3 air x 3, 2 noise, 2 climate x 2, 1
+    assert {(f"{network}/{d}", q, t, v) for d, q, t, v in KNOWN} <= out
     return out
 
 
