@@ -70,10 +70,33 @@ def sample_rows() -> list[Row]:
     return rows
 
 
-def truth(rows: list[Row], width: timedelta) -> dict[tuple[int, datetime], tuple[Any, ...]]:
+#: the API's bucket widths in seconds, written down by hand (not read from the code under test)
+WIDTH_SECONDS = {
+    "1min": 60,
+    "5min": 5 * 60,
+    "10min": 10 * 60,
+    "15min": 15 * 60,
+    "30min": 30 * 60,
+    "1h": 3600,
+    "2h": 2 * 3600,
+    "3h": 3 * 3600,
+    "6h": 6 * 3600,
+    "12h": 12 * 3600,
+    "1d": 86400,
+    "1w": 7 * 86400,
+}
+#: buckets are aligned to 2000-01-03T00:00Z, a Monday (so weeks start on Mondays), in seconds
+#: since 1970: 30 years and 2 days, 7 of them leap days
+MONDAY_2000_01_03 = (30 * 365 + 7 + 2) * 86400
+
+
+def truth(rows: list[Row], width_s: int) -> dict[tuple[int, datetime], tuple[Any, ...]]:
+    """count, sum, avg, min, max per (datastream, bucket), bucketed with integer arithmetic."""
     acc: dict[tuple[int, datetime], list[Any]] = defaultdict(list)
     for ds, t, v in rows:
-        acc[(ds, timeseries.floor_to(t, width))].append(v)
+        s = int(t.timestamp())
+        start = MONDAY_2000_01_03 + (s - MONDAY_2000_01_03) // width_s * width_s
+        acc[(ds, datetime.fromtimestamp(start, UTC))].append(v)
     out = {}
     for key, vals in acc.items():
         nums = [v for v in vals if v is not None]
@@ -102,8 +125,18 @@ def test_aggregates_exact_from_every_source_before_and_after_refresh(conn: Conn)
     assert write_batch(conn, rows[len(rows) // 2 :] + redelivered) == len(rows) - len(rows) // 2
     start, end = T0 - timedelta(hours=1), T0 + timedelta(days=3, hours=1)
 
+    assert {name: timedelta(seconds=sec) for name, sec in WIDTH_SECONDS.items()} == WIDTHS
+    # a few buckets by hand: T0 is Tuesday 2024-01-30 21:04Z, the data lasts 3 days
+    week, day = truth(rows, WIDTH_SECONDS["1w"]), truth(rows, WIDTH_SECONDS["1d"])
+    assert sorted(week) == [(ds, datetime(2024, 1, 29, tzinfo=UTC)) for ds in (1, 2, 3)]
+    assert sorted({t for _, t in day}) == [datetime(2024, 1, d, tzinfo=UTC) for d in (30, 31)] + [
+        datetime(2024, 2, d, tzinfo=UTC) for d in (1, 2)
+    ]
+    assert day[(1, datetime(2024, 1, 30, tzinfo=UTC))][0] == 26  # 21:04 … 23:59, every 7 min
+
     def check(stage: str) -> None:
-        for name, width in WIDTHS.items():
+        for name, sec in WIDTH_SECONDS.items():
+            width = timedelta(seconds=sec)
             auto = aggregate(conn, [1, 2, 3], width, start, end)
             raw = aggregate(conn, [1, 2, 3], width, start, end, source="raw")
             assert raw.source == "raw"
@@ -119,7 +152,7 @@ def test_aggregates_exact_from_every_source_before_and_after_refresh(conn: Conn)
                 "1w": "observation_1d",
             }.get(name, "raw")
             assert auto.source == expected_source, name
-            assert as_dict(auto) == as_dict(raw) == truth(rows, width), (stage, name)
+            assert as_dict(auto) == as_dict(raw) == truth(rows, sec), (stage, name)
 
     check("dirty, before any refresh")  # rollups empty: everything read through the overlay
     res = rollups.refresh_all(conn)
