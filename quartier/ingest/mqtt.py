@@ -331,18 +331,31 @@ class Ingester:
 
     def _decode_loop(self) -> None:
         """Stage 1 (own thread): collect and decode batches while stage 2 writes the previous
-        one, so that Python decoding overlaps with PostgreSQL's work. An unexpected error stops
-        the ingester (``failed`` says why; ``quartier ingest`` exits non-zero so that its
-        supervisor restarts it): nothing it took is acknowledged, so the broker redelivers."""
+        one, so that Python decoding overlaps with PostgreSQL's work."""
         try:
             self._decode_batches()
         except Exception as exc:
-            log.critical("ingester stopped by an internal error", exc_info=True)
-            self.failed = exc
-            self.stop_event.set()
+            self._fail(exc, "decoder")
         finally:
             if not self._db_done.is_set():
                 self._pipe.put(None)  # the writers are still consuming: tell them we are done
+
+    def _fail(self, exc: BaseException, where: str) -> None:
+        """An unexpected error in any of the ingester's threads stops the ingester (``failed``
+        says why; ``quartier ingest`` exits non-zero so that its supervisor restarts it). Nothing
+        that was not committed has been acknowledged, so the broker redelivers it."""
+        log.critical(
+            "ingester stopped by an internal error in the %s: %s: %s",
+            where,
+            type(exc).__name__,
+            _first_line(exc),
+            exc_info=exc,
+        )
+        with self._stats_lock:
+            if self.failed is None:
+                self.failed = exc
+        self.stop_event.set()
+        self._db_done.set()
 
     def _decode_batches(self) -> None:
         while not self._db_done.is_set():
@@ -370,21 +383,27 @@ class Ingester:
         decoder = threading.Thread(target=self._decode_loop, name="ingest-decode", daemon=True)
         decoder.start()
         others = [
-            threading.Thread(target=self._writer_loop, args=(w,), name=f"ingest-write-{i}")
+            threading.Thread(target=self._writer_thread, args=(w, i), name=f"ingest-write-{i}")
             for i, w in enumerate(self._writers[1:], 1)
         ]
         for t in others:
             t.start()
         try:
-            self._writer_loop(self._writers[0])
+            self._writer_thread(self._writers[0], 0)
         finally:
             self._db_done.set()
             for t in others:
                 t.join(30)
             decoder.join(10)
 
+    def _writer_thread(self, writer: BatchWriter, number: int) -> None:
+        try:
+            self._writer_loop(writer)
+        except Exception as exc:
+            self._fail(exc, f"writer {number}")
+
     def _writer_loop(self, writer: BatchWriter) -> None:
-        while True:
+        while self.failed is None:  # after a failure elsewhere, take no more work
             try:
                 work = self._pipe.get(timeout=0.2)
             except queue.Empty:
@@ -420,46 +439,52 @@ class Ingester:
 
     def _store(self, writer: BatchWriter, msgs: list[Message], batch: Batch | None = None) -> bool:
         """Store the messages; True once they are committed (data or rejects), False if stopped
-        while the database was unreachable."""
+        before the database took them.
+
+        Only an error that belongs to the data (``DataError``, ``IntegrityError``) is the
+        messages' fault: the batch is split until the message at fault is found, and that one is
+        kept as a ``store_error`` reject. Any other error is the database's (down, read-only,
+        permission denied, a cancelled transaction …): the same batch is retried with backoff and
+        nothing is acknowledged meanwhile."""
         delay = 0.2
+        refusal = False  # the batch in hand is the store_error reject of msgs[0]
         while True:
             t0 = time.perf_counter()
             try:
                 res = writer.write(batch if batch is not None else self._batch(msgs))
-            except psycopg.OperationalError as exc:  # server down, connection lost: retry
-                self.stats.db_errors += 1
-                what = (
-                    "database gave up the transaction"  # deadlock victim, lock timeout …
-                    if isinstance(exc, _GAVE_UP)
-                    else "database unavailable"
+            except _DATA_ERRORS as exc:
+                if refusal:
+                    raise  # even the reject cannot be stored: stop, acknowledge nothing
+                if len(msgs) > 1:
+                    half = len(msgs) // 2
+                    return self._store(writer, msgs[:half]) and self._store(writer, msgs[half:])
+                msg = msgs[0]
+                log.warning("message on %s cannot be stored: %s", msg.topic, _first_line(exc))
+                reject = Reject(
+                    msg.topic, msg.payload, "store_error", _first_line(exc), msg.received_at
                 )
-                log.warning("%s (%s); retrying in %.1f s", what, _first_line(exc), delay)
+                batch, refusal = Batch(rejects=[reject]), True
+                continue
+            except psycopg.Error as exc:
+                self.stats.db_errors += 1
+                if isinstance(exc, _GAVE_UP):
+                    what = "database gave up the transaction"  # deadlock victim, lock timeout …
+                elif isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                    what = "database unavailable"
+                else:
+                    what = "database refused the write"  # read-only, no privilege, internal …
+                log.warning(
+                    "%s (%s: %s); nothing acknowledged, retrying in %.1f s",
+                    what,
+                    type(exc).__name__,
+                    _first_line(exc),
+                    delay,
+                )
                 writer.close()
                 if self.stop_event.wait(delay):
                     return False
                 delay = min(delay * 2, 10.0)
                 continue
-            except psycopg.Error as exc:  # the data itself: isolate the message(s) at fault
-                if len(msgs) == 1:
-                    log.warning(
-                        "message on %s cannot be stored: %s", msgs[0].topic, _first_line(exc)
-                    )
-                    res = writer.write(
-                        Batch(
-                            rejects=[
-                                Reject(
-                                    msgs[0].topic,
-                                    msgs[0].payload,
-                                    "store_error",
-                                    _first_line(exc),
-                                    msgs[0].received_at,
-                                )
-                            ]
-                        )
-                    )
-                else:
-                    half = len(msgs) // 2
-                    return self._store(writer, msgs[:half]) and self._store(writer, msgs[half:])
             with self._stats_lock:
                 self._count(res, msgs, t0)
             return True
@@ -479,6 +504,9 @@ class Ingester:
         st.batch_messages_total += len(msgs)
         st.lag_s = (datetime.now(UTC) - msgs[0].received_at).total_seconds()
 
+
+#: errors that belong to the data written, not to the database: only these make messages rejects
+_DATA_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 
 _GAVE_UP = (
     psycopg.errors.DeadlockDetected,

@@ -2,7 +2,8 @@
 
 Replay runs a stored message through today's decoders and validation. A message that now passes
 completely is stored and its reject row is marked ``replayed_at`` in the same transaction; one
-that still fails stays as it is (no second reject row).
+that still fails (while decoding, or in the store, e.g. an unknown device) stays listed with
+today's reason and no second reject row.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from psycopg.rows import dict_row
 
 from quartier.config import IngestSettings
 from quartier.ingest.pipeline import Message, add_to_batch
-from quartier.ingest.writer import Batch, BatchWriter
+from quartier.ingest.writer import Batch, BatchWriter, Reject, describe_invalid
 
 
 def list_rejects(
@@ -72,14 +73,30 @@ def replay(
     writer = BatchWriter(url, auto_register=cfg.auto_register)
     try:
         for reject_id, topic, payload, received_at in rows:
-            batch = Batch()
+            batch = Batch(replayed=[reject_id])
             add_to_batch(batch, Message(topic, bytes(payload), received_at), cfg, now)
-            if batch.rejects or any(u.invalid for u, *_ in batch.uplinks):
+            refusal = _refusal(batch, topic, bytes(payload), received_at)
+            if refusal is not None:
+                batch = Batch(rejects=[refusal], replayed=[reject_id])
+            if writer.write(batch).rejects:
                 result.still_failing += 1
-                continue
-            batch.replayed.append(reject_id)
-            writer.write(batch)
-            result.stored += 1
+            else:
+                result.stored += 1
     finally:
         writer.close()
     return result
+
+
+def _refusal(batch: Batch, topic: str, payload: bytes, received_at: datetime) -> Reject | None:
+    """Why a replayed message cannot be stored whole (today's decoders), or None if it can."""
+    if batch.rejects:
+        return batch.rejects[0]
+    for uplink, *_ in batch.uplinks:
+        if uplink.invalid:
+            reason, detail = describe_invalid(uplink)
+            return Reject(topic, payload, reason, detail, received_at)
+    if not batch.uplinks and not batch.speedtests:
+        return Reject(
+            topic, payload, "no_readings", "the message decodes to nothing to store", received_at
+        )
+    return None

@@ -108,6 +108,19 @@ def _observations_written(conn: Conn, ds: I64, t_us: I64, value: F64) -> None:
     )
 
 
+def _first_per_key(ds: I64, t_us: I64) -> npt.NDArray[np.bool_] | None:
+    """Which readings to write when a batch holds the same (datastream, time) more than once:
+    the first of each (the rule of the store, "first stored wins", applied inside the batch, so
+    that ``observation`` and ``observation_latest`` keep the same value); None when all differ."""
+    order = np.lexsort((t_us, ds))  # stable: equal keys stay in batch order
+    same = (ds[order][1:] == ds[order][:-1]) & (t_us[order][1:] == t_us[order][:-1])
+    if not same.any():
+        return None
+    keep = np.ones(len(ds), dtype=np.bool_)
+    keep[order[1:][same]] = False
+    return keep
+
+
 class UnknownDevice(Exception):
     pass
 
@@ -318,7 +331,27 @@ def _place(conn: Conn, thing_id: int, name: str, where: Position, *, replace: bo
     conn.execute("insert into historical_location_location values (%s, %s)", (hist[0], loc[0]))
 
 
-def _describe_invalid(u: Uplink, total: int) -> tuple[str, str]:
+def _finish_replay(conn: Conn, ids: list[int], rejects: list[Reject]) -> None:
+    """Close the replay of the reject rows ``ids`` (one message): marked replayed only when the
+    message was stored without a new refusal; otherwise the row stays open with today's reason
+    (a new row for the same bytes would be dropped by the once-only index, migration 0020)."""
+    if not rejects:
+        conn.execute("update ingest_reject set replayed_at = now() where id = any(%s)", (ids,))
+        return
+    reasons = sorted({r.reason for r in rejects})
+    conn.execute(
+        "update ingest_reject set reason = %s, detail = %s where id = any(%s)",
+        (
+            reasons[0] if len(reasons) == 1 else "invalid_readings",
+            "; ".join(r.detail for r in rejects).replace("\x00", "\\0"),
+            ids,
+        ),
+    )
+
+
+def describe_invalid(u: Uplink) -> tuple[str, str]:
+    """One reason (and a detail naming each refused reading) for an uplink's invalid readings."""
+    total = len(u.readings) + len(u.invalid)
     reasons = {reason for _, reason, _ in u.invalid}
     reason = reasons.pop() if len(reasons) == 1 else "invalid_readings"
     parts = [f"#{i} {r}: {d}" for i, r, d in u.invalid[:20]]
@@ -326,10 +359,37 @@ def _describe_invalid(u: Uplink, total: int) -> tuple[str, str]:
     return reason, f"{len(u.invalid)} of {total} readings refused: " + "; ".join(parts) + more
 
 
+def _insert_observations(
+    conn: Conn, table: str, rows: list[ObsRow], columns: tuple[I64, I64, F64]
+) -> None:
+    """What ``BatchWriter._copy`` does by COPY, by INSERT: for servers without COPY FROM STDIN."""
+    ds, t_us, value = columns
+    target = sql.Identifier(table)
+    if len(ds):
+        conn.execute(
+            sql.SQL(
+                "insert into {} (datastream_id, phenomenon_time, result) "
+                "select d, t, r from unnest(%s::int8[], %s::timestamptz[], "
+                "%s::float8[]) as x(d, t, r)"
+            ).format(target),
+            (Int8Array(ds), TimestamptzArray(t_us), Float8Array(value)),
+        )
+    if rows:
+        conn.execute(
+            sql.SQL(
+                "insert into {} (datastream_id, phenomenon_time, result, parameters) "
+                "select * from unnest(%s::int8[], %s::timestamptz[], %s::float8[], %s::jsonb[])"
+            ).format(target),
+            [list(col) for col in zip(*rows, strict=True)],
+        )
+
+
 class BatchWriter:
     """Writes batches on one connection it owns. Not thread-safe: one writer per thread."""
 
-    def __init__(self, url: str, *, auto_register: bool, optimistic: bool = True) -> None:
+    def __init__(
+        self, url: str, *, auto_register: bool, optimistic: bool = True, copy: bool | None = None
+    ) -> None:
         self.url = url
         self.registry = Registry(auto_register)
         self._conn: Conn | None = None
@@ -337,6 +397,16 @@ class BatchWriter:
         #: COPY straight into observation first (see _store_observations)
         self._optimistic = optimistic
         self.fallbacks = 0
+        #: True: COPY FROM STDIN; False: multi-row INSERTs of array parameters (same rows stored);
+        #: None: COPY unless the server cannot take it (PGlite, by version(); see _session)
+        self._copy_option = copy
+        #: (connection, use COPY, has TimescaleDB), asked once per connection by _session
+        self._probed: tuple[Conn, bool, bool] | None = None
+        #: timescaledb.max_tuples_decompressed_per_dml_transaction for each batch on TimescaleDB
+        #: (0: no limit). TimescaleDB's default, 100000, fails a late write into compressed chunks
+        #: once its conflict check has decompressed that many rows in one transaction, e.g. when
+        #: an archive import backfills compressed weeks.
+        self.decompress_limit = 0
 
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
@@ -384,21 +454,27 @@ class BatchWriter:
             ds = np.concatenate([np.asarray(row_ds, dtype=np.int64), col_ds])
             t_us = np.concatenate([np.asarray(row_us, dtype=np.int64), col_us])
             value = np.concatenate([np.asarray(row_v, dtype=np.float64), col_v])
+            n_readings = len(ds)
+            keep = _first_per_key(ds, t_us)
+            if keep is not None:  # the same (datastream, time) twice in this batch
+                n_rows = len(rows)
+                rows = [row for row, k in zip(rows, keep[:n_rows], strict=True) if k]
+                col_keep = keep[n_rows:]
+                col_ds, col_us, col_v = col_ds[col_keep], col_us[col_keep], col_v[col_keep]
+                ds, t_us, value = ds[keep], t_us[keep], value[keep]
             self._ensure_partitions(conn, t_us)
             res.observations = self._store_observations(conn, rows, (col_ds, col_us, col_v))
             _observations_written(conn, ds, t_us, value)
-            res.duplicates = len(ds) - res.observations
+            res.duplicates = n_readings - res.observations
         if batch.speedtests:
             res.speedtests = self._write_speedtests(conn, batch.speedtests)
-        if rejects:
-            self._write_rejects(conn, rejects)
-            res.rejects = len(rejects)
-            for rej in rejects:
-                res.reasons[rej.reason] = res.reasons.get(rej.reason, 0) + 1
+        for rej in rejects:
+            res.reasons[rej.reason] = res.reasons.get(rej.reason, 0) + 1
+        res.rejects = len(rejects)
         if batch.replayed:
-            conn.execute(
-                "update ingest_reject set replayed_at = now() where id = any(%s)", (batch.replayed,)
-            )
+            _finish_replay(conn, batch.replayed, rejects)
+        elif rejects:
+            self._write_rejects(conn, rejects)
         return res
 
     def _rows(
@@ -410,10 +486,9 @@ class BatchWriter:
         row_us: list[int] = []
         row_v: list[float] = []
         for uplink, topic, payload, received_at in batch.uplinks:
-            total = len(uplink.readings) + len(uplink.invalid)
             if not uplink.readings:  # nothing to store: keep the message, register nothing
                 if uplink.invalid:
-                    reason, detail = _describe_invalid(uplink, total)
+                    reason, detail = describe_invalid(uplink)
                     rejects.append(
                         Reject(topic, payload, reason, detail, received_at, batch.source)
                     )
@@ -442,7 +517,7 @@ class BatchWriter:
                 row_us.append((t - _EPOCH) // _US)
                 row_v.append(r.value)
             if uplink.invalid:
-                reason, detail = _describe_invalid(uplink, total)
+                reason, detail = describe_invalid(uplink)
                 rejects.append(Reject(topic, payload, reason, detail, received_at, batch.source))
         return rows, row_ds, row_us, row_v
 
@@ -509,8 +584,36 @@ class BatchWriter:
         )
         return max(cur.rowcount, 0)
 
-    @staticmethod
-    def _copy(conn: Conn, table: str, rows: list[ObsRow], columns: tuple[I64, I64, F64]) -> None:
+    def _session(self, conn: Conn) -> tuple[bool, bool]:
+        """(use COPY, server has TimescaleDB) for ``conn``: asked once per connection."""
+        if self._probed is None or self._probed[0] is not conn:
+            row = conn.execute(
+                "select version(), exists (select from pg_extension where extname = 'timescaledb')"
+            ).fetchone()
+            assert row is not None
+            use_copy = self._copy_option
+            if use_copy is None:  # PGlite (PostgreSQL in WebAssembly) dies on COPY FROM STDIN
+                use_copy = "emscripten" not in str(row[0]).lower()
+            self._probed = (conn, use_copy, bool(row[1]))
+        return self._probed[1], self._probed[2]
+
+    def _copy(
+        self, conn: Conn, table: str, rows: list[ObsRow], columns: tuple[I64, I64, F64]
+    ) -> None:
+        """Append ``columns`` and ``rows`` to ``table`` (``observation`` or ``_obs_stage``) with
+        binary COPY, or, where COPY cannot run, with one INSERT of array parameters for each:
+        the same rows either way (NaN in ``columns`` is stored as NULL, in ``rows`` as NaN), and
+        a duplicate key fails both the same way."""
+        use_copy, timescale = self._session(conn)
+        if timescale:  # for this transaction (a savepoint rolled back takes it along)
+            conn.execute(
+                "select set_config('timescaledb.max_tuples_decompressed_per_dml_transaction', "
+                "%s, true)",
+                (str(self.decompress_limit),),
+            )
+        if not use_copy:
+            _insert_observations(conn, table, rows, columns)
+            return
         ds, t_us, value = columns
         if len(ds):  # numbers only: one binary buffer built by numpy
             write_copy(
@@ -550,26 +653,41 @@ class BatchWriter:
             conn.execute("select quartier_ensure_observation_partitions(%s, %s)", (start, end))
             self._months.add(key)
 
-    @staticmethod
-    def _write_speedtests(conn: Conn, tests: list[SpeedTest]) -> int:
-        with conn.cursor().copy(
-            "copy _st_stage (measured_at, source, device_key, geom, download_mbps, upload_mbps,"
-            " latency_ms, technology, operator) from stdin"
-        ) as copy:
-            for t in tests:
-                copy.write_row(
-                    (
-                        t.time,
-                        t.source,
-                        t.device,
-                        f"SRID=4326;POINT({t.position.lon} {t.position.lat})",
-                        t.download_mbps,
-                        t.upload_mbps,
-                        t.latency_ms,
-                        t.technology,
-                        t.operator,
-                    )
-                )
+    def _write_speedtests(self, conn: Conn, tests: list[SpeedTest]) -> int:
+        rows = [
+            (
+                t.time,
+                t.source,
+                t.device,
+                f"SRID=4326;POINT({t.position.lon} {t.position.lat})",
+                t.download_mbps,
+                t.upload_mbps,
+                t.latency_ms,
+                t.technology,
+                t.operator,
+            )
+            for t in tests
+        ]
+        if self._session(conn)[0]:
+            with conn.cursor().copy(
+                "copy _st_stage (measured_at, source, device_key, geom, download_mbps,"
+                " upload_mbps, latency_ms, technology, operator) from stdin"
+            ) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:  # no COPY on this server: the same rows in one INSERT (numbers and geometry
+            # sent as the same text COPY sends, so that they are parsed the same way)
+            cols = [list(col) for col in zip(*rows, strict=True)]
+            for i in (4, 5, 6):
+                cols[i] = [None if v is None else str(v) for v in cols[i]]
+            conn.execute(
+                "insert into _st_stage (measured_at, source, device_key, geom, download_mbps,"
+                " upload_mbps, latency_ms, technology, operator) "
+                "select m, s, d, g::geometry, dl::real, ul::real, lat::real, tech, op from unnest("
+                "%s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+                " %s::text[], %s::text[], %s::text[]) as x(m, s, d, g, dl, ul, lat, tech, op)",
+                cols,
+            )
         cur = conn.execute(
             "insert into speedtest (measured_at, source, device_key, geom, download_mbps,"
             " upload_mbps, latency_ms, technology, operator) "
@@ -590,7 +708,7 @@ class BatchWriter:
                     (
                         r.received_at,
                         r.source,
-                        r.topic,
+                        r.topic.replace("\x00", "\\0"),
                         r.payload,
                         r.reason,
                         r.detail.replace("\x00", "\\0"),
