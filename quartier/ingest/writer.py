@@ -369,7 +369,7 @@ def _insert_observations(
         conn.execute(
             sql.SQL(
                 "insert into {} (datastream_id, phenomenon_time, result) "
-                "select d, t, r from unnest(%s::int8[], %s::timestamptz[], "
+                "select d, t, nullif(r, 'NaN') from unnest(%s::int8[], %s::timestamptz[], "
                 "%s::float8[]) as x(d, t, r)"
             ).format(target),
             (Int8Array(ds), TimestamptzArray(t_us), Float8Array(value)),
