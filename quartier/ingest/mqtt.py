@@ -354,8 +354,7 @@ class Ingester:
         with self._stats_lock:
             if self.failed is None:
                 self.failed = exc
-        self.stop_event.set()
-        self._db_done.set()
+        self.stop_event.set()  # the writers take no more work (see _writer_loop)
 
     def _decode_batches(self) -> None:
         while not self._db_done.is_set():
