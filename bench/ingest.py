@@ -196,8 +196,8 @@ def drain(
 
 
 def register_devices(db: str, devices: set[str]) -> int:
-    from quartier.ingest.model import Reading, Uplink
-    from quartier.ingest.writer import Batch, BatchWriter
+    from quartier.ingest.model import Batch, Reading, Uplink
+    from quartier.ingest.writer import BatchWriter
 
     w = BatchWriter(db, auto_register=True)
     batch = Batch()

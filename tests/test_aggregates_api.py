@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from quartier.api.aggregates import AggregateResult, LatestValues
 from quartier.api.app import create_app
 from quartier.config import Settings
-from quartier.ingest.model import Position, Reading, Uplink
-from quartier.ingest.writer import Batch, BatchWriter
+from quartier.ingest.model import Batch, Position, Reading, Uplink
+from quartier.ingest.writer import BatchWriter
 from quartier.store import rollups, timeseries
 
 pytestmark = pytest.mark.services

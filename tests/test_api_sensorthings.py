@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from quartier.api import models as m
 from quartier.api.app import create_app
 from quartier.config import Settings
-from quartier.ingest.model import Position, Reading, Uplink
-from quartier.ingest.writer import Batch, BatchWriter
+from quartier.ingest.model import Batch, Position, Reading, Uplink
+from quartier.ingest.writer import BatchWriter
 
 pytestmark = pytest.mark.services
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

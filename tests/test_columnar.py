@@ -14,8 +14,9 @@ import psycopg
 import pytest
 
 from quartier.config import IngestSettings
+from quartier.ingest.model import Batch
 from quartier.ingest.pipeline import Message, add_to_batch, build_batch
-from quartier.ingest.writer import Batch, BatchWriter
+from quartier.ingest.writer import BatchWriter
 from quartier.store.pgcopy import Float8Array, Int8Array, TimestamptzArray
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -21,10 +21,10 @@ from test_ingest import count, publish, wait_for
 
 from quartier.config import Settings
 from quartier.ingest import rejects
-from quartier.ingest.model import Position, SpeedTest
+from quartier.ingest.model import Batch, Position, Reject, SpeedTest
 from quartier.ingest.mqtt import Ingester
 from quartier.ingest.pipeline import Message, build_batch
-from quartier.ingest.writer import Batch, BatchWriter, Reject
+from quartier.ingest.writer import BatchWriter
 
 pytestmark = pytest.mark.services
 

@@ -18,9 +18,10 @@ from starlette.concurrency import run_in_threadpool
 
 from quartier.api.deps import AppSettings
 from quartier.errors import DecodeError
+from quartier.ingest.model import Batch, Reject
 from quartier.ingest.sensor_community import decode_sensor_community_push
 from quartier.ingest.validate import validate
-from quartier.ingest.writer import Batch, BatchWriter, Reject
+from quartier.ingest.writer import BatchWriter
 
 router = APIRouter(prefix="/ingest", tags=["Ingest over HTTP"])
 TOPIC = "http/sensor-community"

@@ -1,10 +1,14 @@
-"""What decoders produce: plain data, no I/O."""
+"""The ingest path's plain data, no I/O: what decoders produce (readings, uplinks, speed tests)
+and what the writer takes and reports (batches, rejects, results)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from quartier.ingest.columnar import Columns
 
 
 class Reading(NamedTuple):
@@ -50,3 +54,48 @@ class SpeedTest:
     latency_ms: float | None = None
     technology: str | None = None
     operator: str | None = None
+
+
+# ------------------------------------------------------------------ what the writer takes and says
+def _columns() -> Columns:
+    from quartier.ingest.columnar import Columns  # columnar builds on this module's types
+
+    return Columns()
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A refused message, kept whole with the reason (``ingest_reject``)."""
+
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+    received_at: datetime
+    source: str = "mqtt"
+
+
+@dataclass
+class Batch:
+    """Decoded messages to store in one transaction, with the messages refused while decoding."""
+
+    uplinks: list[tuple[Uplink, str, bytes, datetime]] = field(default_factory=list)
+    #: plainly valid native messages, decoded into columns (see quartier.ingest.columnar)
+    columns: Columns = field(default_factory=_columns)
+    speedtests: list[SpeedTest] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    #: where the messages came from, recorded with rejects: mqtt, http, import
+    source: str = "mqtt"
+    #: ids of ingest_reject rows whose replay this batch completes (marked in the same transaction)
+    replayed: list[int] = field(default_factory=list)
+
+
+@dataclass
+class WriteResult:
+    """What one batch did to the store."""
+
+    observations: int = 0  # rows newly stored
+    duplicates: int = 0  # rows already there
+    speedtests: int = 0
+    rejects: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # rejects by reason

@@ -30,8 +30,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from quartier.config import Settings
+from quartier.ingest.model import Batch, Reject, WriteResult
 from quartier.ingest.pipeline import SUBSCRIPTIONS, Message, build_batch
-from quartier.ingest.writer import Batch, BatchWriter, Reject, WriteResult
+from quartier.ingest.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 paho_log = logging.getLogger("paho")

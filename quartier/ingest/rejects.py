@@ -16,8 +16,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from quartier.config import IngestSettings
+from quartier.ingest.model import Batch, Reject
 from quartier.ingest.pipeline import Message, add_to_batch
-from quartier.ingest.writer import Batch, BatchWriter, Reject, describe_invalid
+from quartier.ingest.writer import BatchWriter, describe_invalid
 
 
 def list_rejects(

@@ -9,7 +9,6 @@ the first value stored for a (datastream, time) wins.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -18,8 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from quartier.ingest.columnar import Columns
-from quartier.ingest.model import Position, SpeedTest, Uplink
+from quartier.ingest.model import Batch, Position, Reject, SpeedTest, Uplink, WriteResult
 from quartier.ingest.quantities import QUANTITIES
 from quartier.store.pgcopy import (
     PG_EPOCH_US,
@@ -33,38 +31,6 @@ from quartier.store.pgcopy import (
 log = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[tuple[object, ...]]
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    topic: str
-    payload: bytes
-    reason: str
-    detail: str
-    received_at: datetime
-    source: str = "mqtt"
-
-
-@dataclass
-class Batch:
-    uplinks: list[tuple[Uplink, str, bytes, datetime]] = field(default_factory=list)
-    #: plainly valid native messages, decoded into columns (see quartier.ingest.columnar)
-    columns: Columns = field(default_factory=Columns)
-    speedtests: list[SpeedTest] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
-    #: where the messages came from, recorded with rejects: mqtt, http, import
-    source: str = "mqtt"
-    #: ids of ingest_reject rows whose replay this batch completes (marked in the same transaction)
-    replayed: list[int] = field(default_factory=list)
-
-
-@dataclass
-class WriteResult:
-    observations: int = 0  # rows newly stored
-    duplicates: int = 0  # rows already there
-    speedtests: int = 0
-    rejects: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)  # rejects by reason
 
 
 def _int(value: object) -> int:
