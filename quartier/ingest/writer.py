@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from quartier.ingest.model import Batch, Position, Reject, SpeedTest, Uplink, WriteResult
+from quartier.ingest.model import Batch, Reject, SpeedTest, Uplink, WriteResult
 from quartier.ingest.quantities import QUANTITIES
 from quartier.store.pgcopy import (
     PG_EPOCH_US,
@@ -27,23 +27,22 @@ from quartier.store.pgcopy import (
     TimestamptzArray,
     write_copy,
 )
+from quartier.store.registry import Registry, UnknownDevice
+from quartier.store.timeseries import ORIGIN, ROLLUPS
 
 log = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
 
-def _int(value: object) -> int:
-    assert isinstance(value, int)
-    return value
-
+_PARTITION_LOCK = 0x5155_4950  # "QUIP": one writer creates partitions at a time
 
 ObsRow = tuple[int, datetime, float, Jsonb | None]
 
 
-#: origin of the 15-minute buckets of the rollups (date_bin origin in quartier.store)
-_BUCKET_ORIGIN_S = int(datetime(2000, 1, 3, tzinfo=UTC).timestamp())
-_BUCKET_S = 900
+#: the store's bucket grid: the finest rollup's buckets, from the store's origin
+_BUCKET_ORIGIN_S = int(ORIGIN.timestamp())
+_BUCKET_S = int(min(ROLLUPS).total_seconds())
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 I64 = npt.NDArray[np.int64]
@@ -85,216 +84,6 @@ def _first_per_key(ds: I64, t_us: I64) -> npt.NDArray[np.bool_] | None:
     keep = np.ones(len(ds), dtype=np.bool_)
     keep[order[1:][same]] = False
     return keep
-
-
-class UnknownDevice(Exception):
-    pass
-
-
-_PARTITION_LOCK = 0x5155_4950  # "QUIP": one writer creates partitions at a time
-#: a reported position closer than this (degrees, about a metre) to the current one is no move
-_SAME_PLACE_DEG = 1e-5
-
-
-class Registry:
-    """Device → Thing/Datastream lookups, cached; registers unknown devices when allowed, and
-    records a device's new position as a new Location and HistoricalLocation of its Thing."""
-
-    def __init__(self, auto_register: bool) -> None:
-        self.auto_register = auto_register
-        self._devices: dict[tuple[str, str], int] = {}
-        self._streams: dict[tuple[int, str], int] = {}
-        #: device id → (thing id, current position or None)
-        self._things: dict[int, tuple[int, Position | None]] = {}
-
-    def clear(self) -> None:
-        self._devices.clear()
-        self._streams.clear()
-        self._things.clear()
-
-    def preload(self, conn: Conn) -> None:
-        """Load every known device and datastream in two queries (instead of one round trip per
-        device on first contact)."""
-        for dev_id, network, key, thing_id, lat, lon in conn.execute(_DEVICES):
-            self._devices[(str(network), str(key))] = _int(dev_id)
-            self._things[_int(dev_id)] = (_int(thing_id), _position(lat, lon))
-        for dev_id, quantity, ds_id in conn.execute(
-            "select device_id, quantity, datastream_id from device_datastream"
-        ):
-            self._streams[(_int(dev_id), str(quantity))] = _int(ds_id)
-
-    def device_id(
-        self,
-        conn: Conn,
-        network: str,
-        device: str,
-        location: Position | None,
-        *,
-        from_gateway: bool = False,
-    ) -> int:
-        key = (network, device)
-        found = self._devices.get(key)
-        if found is None:
-            row = conn.execute(_DEVICES + " where d.network = %s and d.device_key = %s", key)
-            hit = row.fetchone()
-            if hit is None:
-                if not self.auto_register:
-                    raise UnknownDevice(
-                        f"device {device!r} on network {network!r} is not registered"
-                    )
-                found, thing_id = self._register(conn, network, device, location)
-                self._things[found] = (thing_id, location)
-            else:
-                found = _int(hit[0])
-                self._things[found] = (_int(hit[3]), _position(hit[4], hit[5]))
-            self._devices[key] = found
-        if location is not None:
-            thing_id, current = self._things[found]
-            if current is None or (
-                not from_gateway
-                and (
-                    abs(current.lat - location.lat) > _SAME_PLACE_DEG
-                    or abs(current.lon - location.lon) > _SAME_PLACE_DEG
-                )
-            ):
-                _place(conn, thing_id, f"{network}/{device}", location, replace=True)
-                self._things[found] = (thing_id, location)
-                log.info(
-                    "device %s/%s is now at %s, %s", network, device, location.lat, location.lon
-                )
-        return found
-
-    def datastream_id(self, conn: Conn, device_id: int, quantity: str) -> int:
-        key = (device_id, quantity)
-        found = self._streams.get(key)
-        if found is not None:
-            return found
-        row = conn.execute(
-            "select datastream_id from device_datastream where device_id = %s and quantity = %s",
-            key,
-        ).fetchone()
-        if row is None:
-            row = (self._create_datastream(conn, device_id, quantity),)
-        self._streams[key] = _int(row[0])
-        return self._streams[key]
-
-    @staticmethod
-    def _register(
-        conn: Conn, network: str, device: str, location: Position | None
-    ) -> tuple[int, int]:
-        """A new device with its Thing (and Location); returns (device id, thing id)."""
-        # Serialise concurrent registrations of the same device (several ingest workers).
-        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"{network}/{device}",))
-        row = conn.execute(
-            "select id, thing_id from device where network = %s and device_key = %s",
-            (network, device),
-        ).fetchone()
-        if row is not None:
-            return _int(row[0]), _int(row[1])
-        name = f"{network}/{device}"
-        thing = conn.execute(
-            "insert into thing (name, description, properties) values (%s, %s, %s) returning id",
-            (name, f"Device {device} on network {network}", Jsonb({"network": network})),
-        ).fetchone()
-        assert thing is not None
-        if location is not None:
-            _place(conn, _int(thing[0]), name, location, replace=False)
-        dev = conn.execute(
-            "insert into device (network, device_key, thing_id, auto_registered) "
-            "values (%s, %s, %s, true) returning id",
-            (network, device, thing[0]),
-        ).fetchone()
-        assert dev is not None
-        log.info("registered device %s (thing %s)", name, thing[0])
-        return _int(dev[0]), _int(thing[0])
-
-    @staticmethod
-    def _create_datastream(conn: Conn, device_id: int, quantity: str) -> int:
-        q = QUANTITIES[quantity]
-        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"ds/{device_id}/{quantity}",))
-        row = conn.execute(
-            "select datastream_id from device_datastream where device_id = %s and quantity = %s",
-            (device_id, quantity),
-        ).fetchone()
-        if row is not None:
-            return _int(row[0])
-        dev = conn.execute(
-            "select d.thing_id, t.name from device d join thing t on t.id = d.thing_id "
-            "where d.id = %s",
-            (device_id,),
-        ).fetchone()
-        assert dev is not None
-        thing_id, thing_name = dev
-        op = conn.execute(
-            "insert into observed_property (name, definition, description, properties) "
-            "values (%s, %s, %s, %s) on conflict (definition) do update set name = excluded.name "
-            "returning id",
-            (q.name, q.definition, q.name, Jsonb({"key": q.key, "name_de": q.name_de})),
-        ).fetchone()
-        sensor = conn.execute(
-            "insert into sensor (name, description, properties) values (%s, %s, %s) returning id",
-            (f"{thing_name} {q.key}", f"Sensor measuring {q.name}", Jsonb({"quantity": q.key})),
-        ).fetchone()
-        assert op is not None and sensor is not None
-        ds = conn.execute(
-            "insert into datastream (name, description, unit_of_measurement, thing_id, sensor_id,"
-            " observed_property_id, observed_area, properties) "
-            "select %s, %s, %s, %s, %s, %s, "
-            " (select l.location from thing_location tl join location l on l.id = tl.location_id"
-            "  where tl.thing_id = %s limit 1), %s returning id",
-            (
-                f"{thing_name} {q.name}",
-                f"{q.name} measured by {thing_name}",
-                Jsonb(
-                    {"name": q.unit_name, "symbol": q.unit_symbol, "definition": q.unit_definition}
-                ),
-                thing_id,
-                sensor[0],
-                op[0],
-                thing_id,
-                Jsonb({"quantity": q.key}),
-            ),
-        ).fetchone()
-        assert ds is not None
-        conn.execute(
-            "insert into device_datastream values (%s, %s, %s)", (device_id, quantity, ds[0])
-        )
-        return _int(ds[0])
-
-
-_DEVICES = """select d.id, d.network, d.device_key, d.thing_id, ST_Y(p.pt), ST_X(p.pt)
-from device d
-left join lateral (
-    select ST_PointOnSurface(l.location) as pt from thing_location tl
-    join location l on l.id = tl.location_id
-    where tl.thing_id = d.thing_id order by l.id desc limit 1
-) p on true"""
-
-
-def _position(lat: object, lon: object) -> Position | None:
-    if isinstance(lat, float) and isinstance(lon, float):
-        return Position(lat, lon)
-    return None
-
-
-def _place(conn: Conn, thing_id: int, name: str, where: Position, *, replace: bool) -> None:
-    """Make ``where`` the Thing's current Location, with a HistoricalLocation from now."""
-    conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"thing-location/{thing_id}",))
-    loc = conn.execute(
-        "insert into location (name, description, location) values "
-        "(%s, %s, ST_SetSRID(ST_MakePoint(%s, %s), 4326)) returning id",
-        (name, f"Position of {name}", where.lon, where.lat),
-    ).fetchone()
-    assert loc is not None
-    if replace:
-        conn.execute("delete from thing_location where thing_id = %s", (thing_id,))
-    conn.execute("insert into thing_location values (%s, %s)", (thing_id, loc[0]))
-    hist = conn.execute(
-        "insert into historical_location (thing_id, time) values (%s, now()) returning id",
-        (thing_id,),
-    ).fetchone()
-    assert hist is not None
-    conn.execute("insert into historical_location_location values (%s, %s)", (hist[0], loc[0]))
 
 
 def _finish_replay(conn: Conn, ids: list[int], rejects: list[Reject]) -> None:
@@ -357,7 +146,7 @@ class BatchWriter:
         self, url: str, *, auto_register: bool, optimistic: bool = True, copy: bool | None = None
     ) -> None:
         self.url = url
-        self.registry = Registry(auto_register)
+        self.registry = Registry(auto_register, QUANTITIES)
         self._conn: Conn | None = None
         self._months: set[tuple[int, int]] = set()
         #: COPY straight into observation first (see _store_observations)

@@ -1,0 +1,263 @@
+"""The device registry: which Thing and Datastreams a device's readings belong to (cached),
+registering unknown devices when allowed, and recording a device's new position as a new
+Location and HistoricalLocation of its Thing. The ingest writer and the HTTP ingest use it inside
+their write transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import NamedTuple, Protocol
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+class Place(Protocol):
+    """A position in WGS 84 (the ingest model's ``Position``)."""
+
+    @property
+    def lat(self) -> float: ...
+    @property
+    def lon(self) -> float: ...
+
+
+class QuantityInfo(Protocol):
+    """What the registry needs of a quantity to create its ObservedProperty and Datastream (the
+    ingest catalogue's ``Quantity``)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def name_de(self) -> str: ...
+    @property
+    def definition(self) -> str: ...
+    @property
+    def unit_name(self) -> str: ...
+    @property
+    def unit_symbol(self) -> str: ...
+    @property
+    def unit_definition(self) -> str: ...
+
+
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
+
+
+class UnknownDevice(Exception):
+    pass
+
+
+#: a reported position closer than this (degrees, about a metre) to the current one is no move
+_SAME_PLACE_DEG = 1e-5
+
+
+class Registry:
+    """Device → Thing/Datastream lookups, cached; registers unknown devices when allowed, and
+    records a device's new position as a new Location and HistoricalLocation of its Thing."""
+
+    def __init__(self, auto_register: bool, quantities: Mapping[str, QuantityInfo]) -> None:
+        self.auto_register = auto_register
+        self.quantities = quantities
+        self._devices: dict[tuple[str, str], int] = {}
+        self._streams: dict[tuple[int, str], int] = {}
+        #: device id → (thing id, current position or None)
+        self._things: dict[int, tuple[int, Place | None]] = {}
+
+    def clear(self) -> None:
+        self._devices.clear()
+        self._streams.clear()
+        self._things.clear()
+
+    def preload(self, conn: Conn) -> None:
+        """Load every known device and datastream in two queries (instead of one round trip per
+        device on first contact)."""
+        for dev_id, network, key, thing_id, lat, lon in conn.execute(_DEVICES):
+            self._devices[(str(network), str(key))] = _int(dev_id)
+            self._things[_int(dev_id)] = (_int(thing_id), _position(lat, lon))
+        for dev_id, quantity, ds_id in conn.execute(
+            "select device_id, quantity, datastream_id from device_datastream"
+        ):
+            self._streams[(_int(dev_id), str(quantity))] = _int(ds_id)
+
+    def device_id(
+        self,
+        conn: Conn,
+        network: str,
+        device: str,
+        location: Place | None,
+        *,
+        from_gateway: bool = False,
+    ) -> int:
+        key = (network, device)
+        found = self._devices.get(key)
+        if found is None:
+            row = conn.execute(_DEVICES + " where d.network = %s and d.device_key = %s", key)
+            hit = row.fetchone()
+            if hit is None:
+                if not self.auto_register:
+                    raise UnknownDevice(
+                        f"device {device!r} on network {network!r} is not registered"
+                    )
+                found, thing_id = self._register(conn, network, device, location)
+                self._things[found] = (thing_id, location)
+            else:
+                found = _int(hit[0])
+                self._things[found] = (_int(hit[3]), _position(hit[4], hit[5]))
+            self._devices[key] = found
+        if location is not None:
+            thing_id, current = self._things[found]
+            if current is None or (
+                not from_gateway
+                and (
+                    abs(current.lat - location.lat) > _SAME_PLACE_DEG
+                    or abs(current.lon - location.lon) > _SAME_PLACE_DEG
+                )
+            ):
+                _place(conn, thing_id, f"{network}/{device}", location, replace=True)
+                self._things[found] = (thing_id, location)
+                log.info(
+                    "device %s/%s is now at %s, %s", network, device, location.lat, location.lon
+                )
+        return found
+
+    def datastream_id(self, conn: Conn, device_id: int, quantity: str) -> int:
+        key = (device_id, quantity)
+        found = self._streams.get(key)
+        if found is not None:
+            return found
+        row = conn.execute(
+            "select datastream_id from device_datastream where device_id = %s and quantity = %s",
+            key,
+        ).fetchone()
+        if row is None:
+            row = (self._create_datastream(conn, device_id, quantity),)
+        self._streams[key] = _int(row[0])
+        return self._streams[key]
+
+    @staticmethod
+    def _register(conn: Conn, network: str, device: str, location: Place | None) -> tuple[int, int]:
+        """A new device with its Thing (and Location); returns (device id, thing id)."""
+        # Serialise concurrent registrations of the same device (several ingest workers).
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"{network}/{device}",))
+        row = conn.execute(
+            "select id, thing_id from device where network = %s and device_key = %s",
+            (network, device),
+        ).fetchone()
+        if row is not None:
+            return _int(row[0]), _int(row[1])
+        name = f"{network}/{device}"
+        thing = conn.execute(
+            "insert into thing (name, description, properties) values (%s, %s, %s) returning id",
+            (name, f"Device {device} on network {network}", Jsonb({"network": network})),
+        ).fetchone()
+        assert thing is not None
+        if location is not None:
+            _place(conn, _int(thing[0]), name, location, replace=False)
+        dev = conn.execute(
+            "insert into device (network, device_key, thing_id, auto_registered) "
+            "values (%s, %s, %s, true) returning id",
+            (network, device, thing[0]),
+        ).fetchone()
+        assert dev is not None
+        log.info("registered device %s (thing %s)", name, thing[0])
+        return _int(dev[0]), _int(thing[0])
+
+    def _create_datastream(self, conn: Conn, device_id: int, quantity: str) -> int:
+        q = self.quantities[quantity]
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"ds/{device_id}/{quantity}",))
+        row = conn.execute(
+            "select datastream_id from device_datastream where device_id = %s and quantity = %s",
+            (device_id, quantity),
+        ).fetchone()
+        if row is not None:
+            return _int(row[0])
+        dev = conn.execute(
+            "select d.thing_id, t.name from device d join thing t on t.id = d.thing_id "
+            "where d.id = %s",
+            (device_id,),
+        ).fetchone()
+        assert dev is not None
+        thing_id, thing_name = dev
+        op = conn.execute(
+            "insert into observed_property (name, definition, description, properties) "
+            "values (%s, %s, %s, %s) on conflict (definition) do update set name = excluded.name "
+            "returning id",
+            (q.name, q.definition, q.name, Jsonb({"key": q.key, "name_de": q.name_de})),
+        ).fetchone()
+        sensor = conn.execute(
+            "insert into sensor (name, description, properties) values (%s, %s, %s) returning id",
+            (f"{thing_name} {q.key}", f"Sensor measuring {q.name}", Jsonb({"quantity": q.key})),
+        ).fetchone()
+        assert op is not None and sensor is not None
+        ds = conn.execute(
+            "insert into datastream (name, description, unit_of_measurement, thing_id, sensor_id,"
+            " observed_property_id, observed_area, properties) "
+            "select %s, %s, %s, %s, %s, %s, "
+            " (select l.location from thing_location tl join location l on l.id = tl.location_id"
+            "  where tl.thing_id = %s limit 1), %s returning id",
+            (
+                f"{thing_name} {q.name}",
+                f"{q.name} measured by {thing_name}",
+                Jsonb(
+                    {"name": q.unit_name, "symbol": q.unit_symbol, "definition": q.unit_definition}
+                ),
+                thing_id,
+                sensor[0],
+                op[0],
+                thing_id,
+                Jsonb({"quantity": q.key}),
+            ),
+        ).fetchone()
+        assert ds is not None
+        conn.execute(
+            "insert into device_datastream values (%s, %s, %s)", (device_id, quantity, ds[0])
+        )
+        return _int(ds[0])
+
+
+_DEVICES = """select d.id, d.network, d.device_key, d.thing_id, ST_Y(p.pt), ST_X(p.pt)
+from device d
+left join lateral (
+    select ST_PointOnSurface(l.location) as pt from thing_location tl
+    join location l on l.id = tl.location_id
+    where tl.thing_id = d.thing_id order by l.id desc limit 1
+) p on true"""
+
+
+class _Point(NamedTuple):
+    lat: float
+    lon: float
+
+
+def _position(lat: object, lon: object) -> Place | None:
+    if isinstance(lat, float) and isinstance(lon, float):
+        return _Point(lat, lon)
+    return None
+
+
+def _place(conn: Conn, thing_id: int, name: str, where: Place, *, replace: bool) -> None:
+    """Make ``where`` the Thing's current Location, with a HistoricalLocation from now."""
+    conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"thing-location/{thing_id}",))
+    loc = conn.execute(
+        "insert into location (name, description, location) values "
+        "(%s, %s, ST_SetSRID(ST_MakePoint(%s, %s), 4326)) returning id",
+        (name, f"Position of {name}", where.lon, where.lat),
+    ).fetchone()
+    assert loc is not None
+    if replace:
+        conn.execute("delete from thing_location where thing_id = %s", (thing_id,))
+    conn.execute("insert into thing_location values (%s, %s)", (thing_id, loc[0]))
+    hist = conn.execute(
+        "insert into historical_location (thing_id, time) values (%s, now()) returning id",
+        (thing_id,),
+    ).fetchone()
+    assert hist is not None
+    conn.execute("insert into historical_location_location values (%s, %s)", (hist[0], loc[0]))
