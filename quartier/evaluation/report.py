@@ -483,7 +483,7 @@ def write_pdf(html: str, path: Path) -> None:
             import weasyprint
     except (ImportError, OSError) as exc:  # OSError: Pango & co. missing
         raise PdfUnavailableError(
-            "PDF output needs WeasyPrint (pip install weasyprint) and the Pango libraries "
+            "PDF output needs WeasyPrint (pip install 'quartier[pdf]') and the Pango libraries "
             f"(Debian: apt-get install libpango-1.0-0 libpangoft2-1.0-0): {exc}"
         ) from None
     weasyprint.HTML(string=html, base_url=str(path.parent)).write_pdf(str(path))
