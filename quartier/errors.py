@@ -5,6 +5,7 @@ QuartierError
 ├── ConfigError            a setting is missing or invalid
 ├── ServiceError           a local service (PostgreSQL, Mosquitto) cannot be installed or started
 ├── MigrationError         a schema migration failed
+│   └── UnsupportedVersionError  the server's TimescaleDB is older than the features used
 ├── DecodeError            a payload cannot be decoded or validated (ingest; kept as a reject)
 ├── NotFoundError          a requested entity does not exist            → 404
 └── BadRequestError        a request parameter is invalid               → 400
@@ -27,6 +28,11 @@ class ServiceError(QuartierError):
 
 class MigrationError(QuartierError):
     """A schema migration failed; the message names the file."""
+
+
+class UnsupportedVersionError(MigrationError):
+    """The database server (e.g. its TimescaleDB) is older than the features Quartier uses; the
+    message names the version found, the version needed and what to do."""
 
 
 class DecodeError(QuartierError):

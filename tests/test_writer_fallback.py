@@ -17,9 +17,9 @@ from psycopg import sql
 
 from quartier.config import IngestSettings
 from quartier.ingest import writer as writer_module
-from quartier.ingest.model import Position, SpeedTest
+from quartier.ingest.model import Batch, Position, SpeedTest, WriteResult
 from quartier.ingest.pipeline import Message, build_batch
-from quartier.ingest.writer import Batch, BatchWriter, WriteResult
+from quartier.ingest.writer import BatchWriter
 
 pytestmark = pytest.mark.services
 

@@ -7,7 +7,10 @@ can connect to:
   as is;
 * otherwise PGlite (PostgreSQL 17.5 in WebAssembly, with TimescaleDB) from ``deploy/pglite`` is
   started on a free loopback port: ``npm ci`` installs it into ``deploy/pglite/node_modules`` the
-  first time (then it is cached), ``node server.mjs`` serves it over the wire protocol.
+  first time (then it is cached), ``node server.mjs --postgis-standin`` serves it over the wire
+  protocol, with deploy/pglite/postgis-standin.sql as the extension ``postgis`` (NOT PostGIS: a
+  geometry type and a few ST_ functions that do no geometry) so that Quartier's whole migration
+  set runs unchanged.
 
 When the engine cannot be had for reasons outside the project (no ``node``/``npm``, or the npm
 registry cannot be reached) it raises :class:`EngineUnavailable`, which the fixture turns into a
@@ -16,8 +19,9 @@ mismatch, a crashing server) is an error.
 
 PGlite limits that tests must respect: ONE backend session shared by every connection (so one
 connection at a time, ``prepare_threshold=None``, session state such as ``search_path`` and temp
-tables survives a reconnect), no ``COPY ... FROM STDIN`` (it crashes the engine), no background
-workers (TimescaleDB jobs only run through ``CALL run_job(id)``). See docs/timescaledb-testing.md.
+tables survives a reconnect), no ``COPY ... FROM STDIN`` (it crashes the engine; BatchWriter sees
+PGlite and INSERTs instead), no background workers (TimescaleDB jobs only run through
+``CALL run_job(id)``). See docs/timescaledb-testing.md.
 """
 
 from __future__ import annotations
@@ -220,7 +224,16 @@ def _pglite() -> Iterator[Engine]:
         # stdin stays an open pipe: with --exit-on-stdin-close the server stops by itself if this
         # process dies without reaching the cleanup below.
         proc = subprocess.Popen(
-            [node, "server.mjs", "--host", "127.0.0.1", "--port", "0", "--exit-on-stdin-close"],
+            [
+                node,
+                "server.mjs",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--exit-on-stdin-close",
+                "--postgis-standin",
+            ],
             cwd=PGLITE_DIR,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -7,6 +7,10 @@ differ (exactly one of a pair is applied). The storage path is decided once, on 
 never changed afterwards. Each file runs in its own transaction, unless its first line is
 ``-- quartier: no-transaction`` (needed for TimescaleDB continuous aggregates). An advisory lock
 keeps concurrent runners (two ingesters starting at once) from applying a file twice.
+
+On the TimescaleDB path every run first checks the extension's version against
+:data:`MIN_TIMESCALEDB` and refuses an older one (:class:`UnsupportedVersionError`) before applying
+anything.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Literal
 
 import psycopg
 
-from quartier.errors import MigrationError
+from quartier.errors import MigrationError, UnsupportedVersionError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,15 @@ StoragePath = Literal["timescaledb", "postgres"]
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(timescaledb|postgres))?\.sql$")
 _LOCK_KEY = 0x5155_4152  # "QUAR"
 NO_TRANSACTION = "-- quartier: no-transaction"
+
+#: The oldest TimescaleDB that has every feature Quartier uses. The newest of them:
+#: ``timescaledb.max_tuples_decompressed_per_dml_transaction``, which the ingest writer lifts for
+#: its batches (TimescaleDB 2.14.0); ``create_hypertable(..., by_range(...))`` (migration 0003)
+#: needs 2.13.0, INSERT ... ON CONFLICT DO NOTHING into compressed chunks 2.11; continuous
+#: aggregates with real-time aggregation, compression, and refresh/retention policies with
+#: ``if_exists`` are older.
+MIN_TIMESCALEDB = (2, 14, 0)
+_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,35 @@ def timescaledb_available(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
         "select 1 from pg_available_extensions where name = 'timescaledb'"
     ).fetchone()
     return row is not None
+
+
+def check_timescaledb_version(version: str) -> tuple[int, int, int]:
+    """The parsed version when it is at least :data:`MIN_TIMESCALEDB`; raises
+    :class:`UnsupportedVersionError` otherwise (or when ``version`` cannot be read)."""
+    need = ".".join(map(str, MIN_TIMESCALEDB))
+    m = _VERSION.match(version.strip())
+    if m is None:
+        raise UnsupportedVersionError(
+            f"cannot read the TimescaleDB version {version!r}; Quartier needs TimescaleDB >= {need}"
+        )
+    found = (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+    if found < MIN_TIMESCALEDB:
+        raise UnsupportedVersionError(
+            f"TimescaleDB {version} is too old: Quartier needs TimescaleDB >= {need} "
+            "(by_range hypertables, the DML decompression limit). Upgrade the extension "
+            "(ALTER EXTENSION timescaledb UPDATE, after installing a newer package), or, on a "
+            "new database, "
+            "use plain PostgreSQL (QUARTIER_DATABASE__TIMESCALEDB=postgres)"
+        )
+    return found
+
+
+def timescaledb_version(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    """The version of the timescaledb extension created in this database (None: not created)."""
+    row = conn.execute(
+        "select extversion from pg_extension where extname = 'timescaledb'"
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def storage_path(conn: psycopg.Connection[tuple[object, ...]]) -> StoragePath | None:
@@ -100,6 +142,8 @@ def migrate(url: str, *, timescaledb: str = "auto") -> tuple[StoragePath, list[s
                        applied_at timestamptz not null default now())"""
             )
             path = storage_path(conn) or _decide_path(conn, timescaledb)
+            if path == "timescaledb":
+                check_timescaledb_version(timescaledb_version(conn) or "(not created)")
             done = {r[0] for r in conn.execute("select version from schema_migrations")}
             for mig in available_migrations(path):
                 if mig.version in done:

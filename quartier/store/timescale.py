@@ -3,7 +3,8 @@
 * :func:`configure` applies the settings (chunk interval, compression after, retention of raw
   data and of the continuous aggregates) as TimescaleDB policies. Run it after ``db migrate``.
 * :func:`refresh_aggregates` and :func:`run_jobs` run what the background workers run (for
-  backfills, and for engines without background workers such as the PGlite test engine).
+  backfills, and for engines without background workers such as the PGlite test engine);
+  :func:`refresh_after_backfill` is what an archive import calls when it is done.
 * :func:`status` reads sizes, chunks, compression and job state for ``quartier db status``.
 
 Functions here need an autocommit connection: refreshing a continuous aggregate cannot run in a
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
+from quartier.store.migrate import storage_path
 from quartier.store.rollups import StorePolicy
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,23 @@ def refresh_aggregates(
             "call refresh_continuous_aggregate(%s, %s::timestamptz, %s::timestamptz)",
             (agg, start, end),
         )
+
+
+def refresh_after_backfill(conn: Conn, start: datetime, end: datetime) -> bool:
+    """After old data was written (an archive import): materialize the continuous aggregates
+    over every bucket that ``[start, end]`` touches, whole UTC days (the widest bucket). Without
+    it, data below an aggregate's materialization watermark stays invisible in the aggregate
+    (real-time aggregation only covers what is newer than the watermark, and the refresh
+    policies only look back days to weeks). Returns False (nothing done) on the plain
+    PostgreSQL path, whose rollups the writer marks dirty as it writes."""
+    if storage_path(conn) != "timescaledb":
+        return False
+    day = timedelta(days=1)
+    first = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    last = end.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + day
+    log.info("timescaledb: refreshing the continuous aggregates over %s .. %s", first, last)
+    refresh_aggregates(conn, first, last)
+    return True
 
 
 def job_ids(conn: Conn) -> list[int]:
