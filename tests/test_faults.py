@@ -5,7 +5,9 @@ every valid reading sent is in the database exactly once and every invalid one i
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -19,8 +21,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from quartier.sensors_sim.fleet import Message
 from quartier.sensors_sim.publisher import publish
@@ -35,7 +39,11 @@ T0 = datetime(2026, 10, 1, tzinfo=UTC)
 def own_services() -> Iterator[tuple[LocalServices, ServiceState]]:
     state_dir = Path(tempfile.mkdtemp(prefix="quartier-faults-"))
     os.chmod(state_dir, 0o755)
-    local = LocalServices(state_dir, fast_unsafe=False)
+    # PostgreSQL with fsync and synchronous_commit on, as in production. Mosquitto saves every
+    # 30 s here: the tests below that push 20,000 messages through one connection at 8,000/s
+    # would be throttled by the per-change save (see docs/mqtt.md); the broker crash tests turn
+    # the production setting on (fixture ``durable_broker``).
+    local = LocalServices(state_dir, fast_unsafe=False, durable_broker=False)
     try:
         state = local.up()
         migrate(state.database_url)
@@ -257,3 +265,319 @@ def test_two_workers_share_the_load(world: World) -> None:
     # each message went to one of them (a redelivery after a dropped connection may add a few;
     # the database check above is what proves nothing was stored twice)
     assert len(msgs) <= sum(received) <= len(msgs) * 1.05, received
+
+
+# --------------------------------------------------------------------------- crashes (kill -9)
+
+
+class Devices:
+    """``n`` device connections publishing QoS 1 (MQTT 3.1.1, clean session) at a steady total
+    rate, message ``i`` on connection ``i % n``. When the broker goes away they reconnect with new
+    connections and resend every message they never got a PUBACK for, then go on. ``acked``
+    holds every message index the broker acknowledged; ``last_acked`` the last one acknowledged
+    on each connection before each crash (Mosquitto's residual window, see docs/mqtt.md)."""
+
+    def __init__(self, mqtt_url: str, msgs: list[Message], n: int, rate: float) -> None:
+        parts = mqtt_url.split("://", 1)[1]
+        self.host, port = parts.rsplit(":", 1)
+        self.port = int(port)
+        self.msgs, self.n, self.rate = msgs, n, rate
+        self.tag = uuid.uuid4().hex[:6]
+        self.acked: set[int] = set()
+        self.last_acked: list[set[int]] = []  # per crash
+        self.crashes = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Devices:
+        self.thread.start()
+        return self
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "devices did not get every message acknowledged"
+        assert self.error is None, self.error
+
+    def _connect(self) -> list[mqtt.Client]:
+        deadline = time.monotonic() + 30
+        while True:
+            clients: list[mqtt.Client] = []
+            try:
+                for k in range(self.n):
+                    c = mqtt.Client(
+                        CallbackAPIVersion.VERSION2,
+                        client_id=f"dev-{self.tag}-{k}",
+                        protocol=mqtt.MQTTv311,
+                        reconnect_on_failure=False,  # the resend below is done by hand
+                    )
+                    c.max_inflight_messages_set(50)
+                    c.max_queued_messages_set(0)
+                    c.connect(self.host, self.port, keepalive=30)
+                    c.loop_start()
+                    clients.append(c)
+                t = time.monotonic() + 5
+                while not all(c.is_connected() for c in clients) and time.monotonic() < t:
+                    time.sleep(0.01)
+                if all(c.is_connected() for c in clients):
+                    return clients
+            except OSError:
+                pass
+            for c in clients:
+                c.loop_stop()
+            if time.monotonic() > deadline:
+                raise AssertionError("devices could not reconnect to the broker")
+            time.sleep(0.1)
+
+    def _run(self) -> None:
+        try:
+            self._publish_all()
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    def _publish_all(self) -> None:
+        infos: dict[int, mqtt.MQTTMessageInfo] = {}
+        clients = self._connect()
+        t0, i, total = time.monotonic(), 0, len(self.msgs)
+
+        def send(idx: int) -> None:
+            m = self.msgs[idx]
+            infos[idx] = clients[idx % self.n].publish(m.topic, m.payload, qos=1)
+
+        while i < total or infos:
+            for idx in [k for k, info in infos.items() if _acked(info)]:
+                self.acked.add(idx)
+                del infos[idx]
+            if not all(c.is_connected() for c in clients):  # the broker is gone
+                time.sleep(0.2)  # let paho read the PUBACKs that arrived before the crash
+                for c in clients:
+                    c.loop_stop()
+                for idx in [k for k, info in infos.items() if _acked(info)]:
+                    self.acked.add(idx)
+                    del infos[idx]
+                self.crashes += 1
+                last: set[int] = set()
+                for k in range(self.n):
+                    mine = [a for a in self.acked if a % self.n == k]
+                    if mine:
+                        last.add(max(mine))
+                self.last_acked.append(last)
+                unacked = sorted(infos)
+                infos.clear()
+                clients = self._connect()
+                for idx in unacked:  # never acknowledged: send again
+                    send(idx)
+                continue
+            due = min(total, int((time.monotonic() - t0) * self.rate))
+            while i < due:
+                send(i)
+                i += 1
+            time.sleep(0.002)
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
+
+
+#: Mosquitto 2.0 does not save shared subscriptions ($share/…), not even on a clean shutdown:
+#: after any restart, messages published before the ingesters reconnect and subscribe again have
+#: no subscriber and are dropped (see docs/mqtt.md). The crash tests use a plain subscription.
+PLAIN_SUBSCRIPTION = {"QUARTIER_INGEST__SHARE_GROUP": ""}
+
+
+def _acked(info: mqtt.MQTTMessageInfo) -> bool:
+    try:
+        return info.is_published()
+    except RuntimeError:  # published while the connection was down: not acknowledged
+        return False
+
+
+def _kill_mosquitto(w: World) -> None:
+    pidfile = Path(w.state.mqtt_dir) / "mosquitto.pid"
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # gone, or a zombie nobody reaped yet
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+                break
+        except (OSError, IndexError):
+            break
+        time.sleep(0.02)
+    state = w.local.up()  # starts Mosquitto again on the same port, from its persistence file
+    assert state.mqtt_url == w.state.mqtt_url
+
+
+@pytest.fixture
+def durable_broker(world: World) -> Iterator[World]:
+    """The module's Mosquitto restarted with the production setting (save after every change)."""
+    world.local.stop_mosquitto()
+    world.local.durable_broker = True
+    world.local.up()
+    conf = (Path(world.state.mqtt_dir) / "mosquitto.conf").read_text()
+    assert "autosave_on_changes true" in conf and "\nautosave_interval 1\n" in conf
+    try:
+        yield world
+    finally:
+        world.stop_all()
+        world.local.stop_mosquitto()
+        world.local.durable_broker = False
+        world.local.up()
+
+
+def _stored_once(w: World) -> tuple[int, int, set[int]]:
+    """Rows, distinct (datastream, time) and the message indexes stored (time = T0 + index s)."""
+    rows = w.count("select count(*) from observation")
+    distinct = w.count(
+        "select count(*) from (select distinct datastream_id, phenomenon_time from observation) d"
+    )
+    with psycopg.connect(w.db) as conn:
+        stored = {
+            int(r[0])
+            for r in conn.execute(
+                "select extract(epoch from phenomenon_time - %s)::int from observation", (T0,)
+            )
+        }
+    return rows, distinct, stored
+
+
+def _settle(w: World, at_least: int) -> tuple[int, int, set[int]]:
+    """Wait until at least ``at_least`` rows are stored and no more arrive for a second."""
+    deadline = time.monotonic() + 30
+    last = -1
+    while time.monotonic() < deadline:
+        rows, distinct, stored = _stored_once(w)
+        if rows >= at_least and rows == last:
+            break
+        last = rows
+        time.sleep(1.0 if rows >= at_least else 0.2)
+    return rows, distinct, stored
+
+
+def _connected(port: int) -> bool:
+    try:
+        return _metric(port, "quartier_ingest_connected") == 1
+    except OSError:
+        return False
+
+
+def test_mosquitto_kill_9_under_load_ingester_online(durable_broker: World) -> None:
+    """Three kill -9 of Mosquitto at random moments while 10 devices publish 300 msgs/s and the
+    ingester is connected: every message is stored exactly once.
+
+    What it proves: the ingester's persistent session and subscription survive a crash (they are
+    saved when made; with the former 30 s save a crash in the first 30 s forgot them, and the
+    devices' next messages went to no subscriber: dropped after their PUBACK), and a message
+    the broker acknowledged to a device while the ingester was connected is not lost, because
+    Mosquitto writes the PUBLISH to the subscriber before the PUBACK to the device.
+    """
+    w = durable_broker
+    port = free_port()
+    w.start_ingester("w1", "--metrics-port", str(port), **PLAIN_SUBSCRIPTION)
+    w.wait(lambda: _connected(port), timeout=20)
+    msgs, _ = w.readings(6000)
+    devices = Devices(w.state.mqtt_url, msgs, n=10, rate=300).start()  # 20 s of traffic
+    rng = random.Random()
+    for _ in range(3):
+        time.sleep(1.0)
+        # connected, and caught up with what the broker had acknowledged: nothing waits in the
+        # broker's queue for it (a backlog after a reconnect goes through the queue)
+        w.wait(lambda: _connected(port), timeout=20)
+        acked = len(devices.acked)
+        w.wait(lambda a=acked: w.count("select count(*) from observation") >= a, timeout=20)
+        time.sleep(rng.uniform(0.2, 2.0))
+        _kill_mosquitto(w)
+    devices.join(60)
+    assert devices.crashes == 3
+    assert len(devices.acked) == len(msgs)  # all acknowledged in the end, after resends
+    rows, distinct, stored = _settle(w, len(msgs))
+    lost = set(range(len(msgs))) - stored
+    logging.getLogger(__name__).warning(
+        "lost %s; last acknowledged before the crashes %s", sorted(lost), devices.last_acked
+    )
+    assert rows == distinct == len(msgs) and not lost
+
+
+def test_mosquitto_kill_9_with_messages_queued(durable_broker: World) -> None:
+    """Three kill -9 of Mosquitto at random moments while 5 devices publish 150 msgs/s and the
+    ingester is away (its session queues everything): then the ingester comes back.
+
+    Mosquitto 2.0 cannot close the window completely: it sends the PUBACK while handling the
+    PUBLISH and saves at the end of that loop turn (all state, then fsync, then rename). A crash
+    during that save loses what the turn acknowledged: at most one message per connection, the
+    last one it acknowledged. This asserts exactly that bound, and that every other
+    acknowledged message is stored once. (With the former 30 s save every queued message since
+    the last save was lost.)
+    """
+    w = durable_broker
+    proc = w.start_ingester("w1", **PLAIN_SUBSCRIPTION)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)  # away; its session and subscription stay in the broker
+    proc.wait(30)
+    n = 5
+    msgs, _ = w.readings(2400)
+    devices = Devices(w.state.mqtt_url, msgs, n=n, rate=150).start()  # 16 s of traffic
+    rng = random.Random()
+    for _ in range(3):
+        time.sleep(rng.uniform(2.0, 4.0))
+        _kill_mosquitto(w)
+    devices.join(60)
+    assert devices.crashes == 3
+    assert len(devices.acked) == len(msgs)
+    w.start_ingester("w1", **PLAIN_SUBSCRIPTION)
+    rows, distinct, stored = _settle(w, len(msgs) - 3 * n)
+    lost = set(range(len(msgs))) - stored
+    window = set().union(*devices.last_acked)
+    logging.getLogger(__name__).warning(
+        "lost %s; last acknowledged before the crashes %s", sorted(lost), sorted(window)
+    )
+    assert rows == distinct == len(stored)  # nothing stored twice
+    assert lost <= window  # only a last-acknowledged message of some connection before a crash
+    assert len(lost) <= 3 * n
+
+
+def test_postgres_kill_9_under_load(world: World) -> None:
+    """PostgreSQL killed with SIGKILL twice under a steady load: first one backend of the
+    ingester (the postmaster then ends every backend and recovers from its WAL), then the
+    postmaster itself (restarted here; it recovers on start). The ingester retries without
+    acknowledging; nothing is lost, nothing is stored twice. This cluster runs with fsync and
+    synchronous_commit on; a process kill does not need fsync (the page cache survives), but it
+    does need synchronous_commit: with it off, a commit the ingester acknowledged could be lost.
+    """
+    port = free_port()
+    world.start_ingester("w1", "--metrics-port", str(port))
+    world.wait(lambda: _connected(port), timeout=20)
+    msgs, bad = world.readings(30_000, bad_every=10)
+    pub = _publish_async(world, msgs, rate=2000)  # 15 s of traffic
+    datadir = Path(world.state.pg_datadir)
+    logfile = datadir.parent / "postgresql.log"
+    log_before = logfile.read_text(errors="replace")
+    time.sleep(3)
+    with psycopg.connect(world.db, autocommit=True) as conn:
+        pids = [
+            r[0]
+            for r in conn.execute(
+                "select pid from pg_stat_activity where datname = current_database()"
+                " and pid <> pg_backend_pid()"
+            )
+        ]
+    assert pids, "the ingester has no connection to kill"
+    os.kill(pids[0], signal.SIGKILL)  # one backend: crash recovery of the whole server
+    time.sleep(4)
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:  # its backends notice and exit; then it can start again
+        time.sleep(0.5)
+        try:
+            world.local.up()
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+    assert _metric(port, "quartier_ingest_db_errors_total") > 0
+    pub.join(60)
+    world.assert_exactly(len(msgs) - bad, bad)
+    log = logfile.read_text(errors="replace")[len(log_before) :]
+    assert "was terminated by signal 9" in log
+    assert log.count("database system was interrupted") + log.count("not properly shut down") >= 2
+    (out,) = world.stop_all()
+    assert "database unavailable" in out
