@@ -1,7 +1,7 @@
 """What Mosquitto's persistence settings cost: QoS 1 publish → deliver throughput per config.
 
     .venv/bin/python bench/broker_durability.py [--runs 5] [--seconds 2] [--connections 1 50]
-                                                [--variant NAME='option value; option value']
+                                                [--queued] [--variant NAME='opt value; opt value']
 
 Compares the broker config of `deploy/mosquitto/mosquitto.conf` ("chosen") with the same config
 saving every 30 s as before issue #10 ("today": `autosave_interval 30`), in the same run,
@@ -11,7 +11,9 @@ QoS 1 session that keeps up (the ingester's role), then publishes QoS 1 for `--s
 `--connections` client connections (1000 messages in flight in total) and times publish → the
 last message delivered. Mosquitto saves once per loop turn at most, and a loop turn reads at most
 one packet per connection, so the number of connections matters: one connection is a gateway or
-bridge, many are devices. Prints min / median / max per case and the ratio of medians.
+bridge, many are devices. With `--queued` the subscriber is away (an ingester restarting): its
+session queues everything, every save writes the whole queue, and the bench times publish →
+PUBACK instead. Prints min / median / max per case and the ratio of medians.
 """
 
 from __future__ import annotations
@@ -59,7 +61,13 @@ props.ReceiveMaximum = 65535
 c.connect("127.0.0.1", port, clean_start=False, properties=props)
 c.subscribe("$share/bench/bench/#", 1)
 c.loop_start()
-want = int(sys.stdin.readline())
+line = sys.stdin.readline().strip()
+if line == "away":  # leave; the session stays and queues everything
+    c.disconnect()
+    c.loop_stop()
+    print("gone", flush=True)
+    sys.exit(0)
+want = int(line)
 while n < want:
     time.sleep(0.0005)
 print(time.time(), flush=True)
@@ -87,7 +95,9 @@ def autosave_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip().startswith("autosave")]
 
 
-def one_run(autosave: list[str], seconds: float, connections: int) -> tuple[float, int]:
+def one_run(
+    autosave: list[str], seconds: float, connections: int, queued: bool = False
+) -> tuple[float, int]:
     binary = find_mosquitto()
     assert binary is not None, "mosquitto is not installed"
     root = Path(tempfile.mkdtemp(prefix="bench-durability-"))
@@ -112,6 +122,10 @@ def one_run(autosave: list[str], seconds: float, connections: int) -> tuple[floa
         )
         assert sub.stdout is not None and sub.stdin is not None
         assert sub.stdout.readline().strip() == "ready"
+        if queued:
+            sub.stdin.write("away\n")
+            sub.stdin.flush()
+            assert sub.stdout.readline().strip() == "gone"
         window = max(1, 1000 // connections)
         acked = [0]
 
@@ -135,6 +149,8 @@ def one_run(autosave: list[str], seconds: float, connections: int) -> tuple[floa
                 continue
             pubs[sent % connections].publish(f"bench/dev-{sent % 997}/up", b"x" * 80, qos=1)
             sent += 1
+        if queued:  # nothing is delivered: publish → PUBACK while the queue grows
+            return acked[0] / seconds, acked[0]
         sub.stdin.write(f"{sent}\n")
         sub.stdin.flush()
         line = sub.stdout.readline().strip()
@@ -159,6 +175,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 50])
     ap.add_argument(
+        "--queued",
+        action="store_true",
+        help="the subscriber is away: time publish → PUBACK while its queue grows",
+    )
+    ap.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -177,9 +198,13 @@ def main() -> None:
         results: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.runs):
             for name, lines in cases.items():
-                rate, _sent = one_run(lines, args.seconds, conns)
+                rate, _sent = one_run(lines, args.seconds, conns, args.queued)
                 results[name].append(rate)
-        print(f"\n{conns} publisher connection(s), {args.runs} runs of {args.seconds:g} s each:")
+        what = "publish → PUBACK, subscriber away" if args.queued else "publish → deliver"
+        print(
+            f"\n{what}, {conns} publisher connection(s), {args.runs} runs of"
+            f" {args.seconds:g} s each:"
+        )
         print(f"{'case':40} {'min':>9} {'median':>9} {'max':>9}  msgs/s")
         for name, rates in results.items():
             print(f"{name:40} {min(rates):9.0f} {statistics.median(rates):9.0f} {max(rates):9.0f}")
