@@ -11,9 +11,11 @@ services that ``quartier services up`` started (their URLs are kept in ``.quarti
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +23,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from quartier.errors import ConfigError
 
 STATE_FILE = "services.json"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (URL or ``password=`` conninfo) replaced by ``***``, for
+    anything printed or logged."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
 
 
 class DatabaseSettings(BaseModel):

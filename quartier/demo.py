@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from quartier.api.app import create_app
-from quartier.config import Settings
+from quartier.config import Settings, redact_url
 from quartier.errors import ServiceError
 from quartier.evaluation.report import evaluate_to_report
 from quartier.geo.io import import_districts
@@ -37,6 +39,33 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BACKFILL_HOURS = 24
 BACKFILL_STEP_S = 900
 LIVE_INTERVAL_S = 10.0
+#: parts whose INFO lines (a line per migration, per registered device, …) the start-up replaces
+#: with its own few lines; warnings still show, and ``quartier -v demo`` shows everything
+STARTUP_LOGGERS = (
+    "quartier.services",
+    "quartier.store",
+    "quartier.geo",
+    "quartier.ingest",
+    "quartier.sensors_sim",
+    "quartier.evaluation",
+)
+
+
+@contextmanager
+def quiet_startup() -> Iterator[None]:
+    """Raise :data:`STARTUP_LOGGERS` to WARNING for the block (unless logging is verbose)."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in STARTUP_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 class Demo:
@@ -70,8 +99,8 @@ class Demo:
         with self.console.status("starting PostgreSQL and Mosquitto (installing if missing) …"):
             state = self.local.up()
         self.console.print(
-            f"[green]✓[/green] PostgreSQL {state.database_url.split('@')[-1]}, "
-            f"Mosquitto {state.mqtt_url}"
+            f"[green]✓[/green] PostgreSQL {redact_url(state.database_url)}, "
+            f"Mosquitto {redact_url(state.mqtt_url)}"
         )
         return s.model_copy(
             update={
@@ -142,51 +171,59 @@ class Demo:
     # ------------------------------------------------------------------ run
     def run(self, duration: float | None) -> None:
         t_start = time.monotonic()
-        s = self._services()
+        with quiet_startup():
+            s = self._services()
         threads: list[threading.Thread] = []
         ingester: Ingester | None = None
         server: uvicorn.Server | None = None
         sim_stop = threading.Event()
         try:
-            self._prepare_store(s)
-            ingester = Ingester(s, self.stop)
-            threads.append(threading.Thread(target=ingester.run, name="ingest", daemon=True))
-            threads[-1].start()
-            threads.append(start_maintenance(s.require_database_url(), s.database, self.stop))
-            if not ingester.connected.wait(15):
-                raise ServiceError("the ingester could not connect to the MQTT broker")
-            sent = self._backfill(s)
-            self._broken_device(s)
-            sent += 2
-            server = uvicorn.Server(
-                uvicorn.Config(create_app(s), host="127.0.0.1", port=self.port, log_level="warning")
-            )
-            threads.append(threading.Thread(target=server.run, name="api", daemon=True))
-            threads[-1].start()
-            threads.append(
-                threading.Thread(
-                    target=simulate,
-                    name="simulator",
-                    daemon=True,
-                    kwargs={
-                        "settings": s,
-                        "seed": self.seed,
-                        "sensors": self.sensors,
-                        "interval_s": LIVE_INTERVAL_S,
-                        "start": None,
-                        "count": None,
-                        "duration_s": None,
-                        "speedtests_per_tick": 2,
-                        "stop_event": sim_stop,
-                        "client_id": "quartier-demo-live",
-                    },
+            with quiet_startup():
+                self._prepare_store(s)
+                ingester = Ingester(s, self.stop)
+                threads.append(threading.Thread(target=ingester.run, name="ingest", daemon=True))
+                threads[-1].start()
+                threads.append(start_maintenance(s.require_database_url(), s.database, self.stop))
+                if not ingester.connected.wait(15):
+                    raise ServiceError("the ingester could not connect to the MQTT broker")
+                sent = self._backfill(s)
+                self._broken_device(s)
+                sent += 2
+                server = uvicorn.Server(
+                    uvicorn.Config(
+                        create_app(s), host="127.0.0.1", port=self.port, log_level="warning"
+                    )
                 )
-            )
-            threads[-1].start()
-            self._wait_caught_up(ingester, sent, server)
-            self._coverage(s)
-            report = self._evaluate(s)
-            self._announce(s, time.monotonic() - t_start, report)
+                threads.append(threading.Thread(target=server.run, name="api", daemon=True))
+                threads[-1].start()
+                threads.append(
+                    threading.Thread(
+                        target=simulate,
+                        name="simulator",
+                        daemon=True,
+                        kwargs={
+                            "settings": s,
+                            "seed": self.seed,
+                            "sensors": self.sensors,
+                            "interval_s": LIVE_INTERVAL_S,
+                            "start": None,
+                            "count": None,
+                            "duration_s": None,
+                            "speedtests_per_tick": 2,
+                            "stop_event": sim_stop,
+                            "client_id": "quartier-demo-live",
+                        },
+                    )
+                )
+                threads[-1].start()
+                self._wait_caught_up(ingester, sent, server)
+                self.console.print(
+                    f"[green]✓[/green] a day of history ingested: {sent} messages from "
+                    f"{self.sensors} simulated sensors and phones"
+                )
+                self._coverage(s)
+                report = self._evaluate(s)
+                self._announce(s, time.monotonic() - t_start, report)
             self._watch(s, ingester, duration)
         finally:
             sim_stop.set()
@@ -257,6 +294,7 @@ class Demo:
     def _announce(self, s: Settings, took: float, report: Path | None) -> None:
         base = f"http://127.0.0.1:{self.port}"
         things, obs, tests, rejects = self._counts(s)
+        broker = redact_url(s.require_mqtt_url())
         self.console.print(
             Panel.fit(
                 f"Quartier is running (ready after {took:.0f} s)\n\n"
@@ -270,7 +308,7 @@ class Demo:
                 f"  Strategy evaluation     {base}/strategy/evaluations/latest\n"
                 + (f"  Report (Bericht)        file://{report}\n" if report else "")
                 + "\n"
-                f"  MQTT broker             {s.mqtt.url}  (topics: docs/mqtt.md)\n"
+                f"  MQTT broker             {broker}  (topics: docs/mqtt.md)\n"
                 f"  Refused messages        .venv/bin/quartier rejects list\n\n"
                 f"  {things} things, {obs} observations, {tests} speed tests, {rejects} rejects\n"
                 "  Ctrl-C stops everything.",

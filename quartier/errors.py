@@ -1,9 +1,13 @@
 """Quartier's one error hierarchy. Every part raises these; the API maps them to HTTP in one table
-(``quartier.api.errors``) and the CLI prints their message without a stack trace.
+(``quartier.api.errors``) and the CLI prints their message as one line, without a stack trace,
+with the exit status of its table (``quartier.cli.common.EXIT_CODES``; 1 unless it says otherwise).
 
 QuartierError
 ├── ConfigError            a setting is missing or invalid
 ├── ServiceError           a local service (PostgreSQL, Mosquitto) cannot be installed or started
+├── UnreachableError       a server Quartier needs does not answer           → CLI exit 2, 503
+│   ├── DatabaseUnreachableError   PostgreSQL
+│   └── BrokerUnreachableError     the MQTT broker
 ├── MigrationError         a schema migration failed
 │   └── UnsupportedVersionError  the server's TimescaleDB is older than the features used
 ├── DecodeError            a payload cannot be decoded or validated (ingest; kept as a reject)
@@ -24,6 +28,23 @@ class ConfigError(QuartierError):
 
 class ServiceError(QuartierError):
     """A local service cannot be installed, started or stopped."""
+
+
+class UnreachableError(QuartierError):
+    """A server Quartier needs does not answer. The message names it by ``host:port`` (never
+    with a password) and says how to fix it; ``address`` is that ``host:port``."""
+
+    def __init__(self, message: str, address: str) -> None:
+        super().__init__(message)
+        self.address = address
+
+
+class DatabaseUnreachableError(UnreachableError):
+    """PostgreSQL does not answer (not running, wrong address, refused the login)."""
+
+
+class BrokerUnreachableError(UnreachableError):
+    """The MQTT broker does not answer."""
 
 
 class MigrationError(QuartierError):

@@ -30,3 +30,31 @@ def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -
     ]
     assert records[0]["batch_ms"] == 12.5
     assert records[0]["time"].startswith("20")
+
+
+def test_demo_start_up_keeps_the_parts_info_lines_to_itself(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One INFO line per registered device or migration is the demo's own ✓ line instead;
+    warnings still show, and the levels come back afterwards."""
+    from quartier.demo import quiet_startup
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    writer = logging.getLogger("quartier.ingest.writer")
+    try:
+        _setup_logging(False, "json")
+        with quiet_startup():
+            for i in range(40):
+                writer.info("registered device sim/air-%04d", i)
+            writer.warning("database unavailable; retrying")
+        writer.info("after the start-up")
+        lines = capsys.readouterr().err.strip().splitlines()
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert [json.loads(line)["message"] for line in lines] == [
+        "database unavailable; retrying",
+        "after the start-up",
+    ]
+    assert writer.level == logging.NOTSET

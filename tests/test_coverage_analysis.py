@@ -357,3 +357,21 @@ def test_best_offer_upload_decides_with_float32_inputs() -> None:
                                  base.districts))  # fmt: skip
     a = _cell(res.cells, "A")
     assert a["best_technology"] == "ftth" and a["max_up_mbps"] == 50
+
+
+def test_analysis_params_from_profile_file_and_options(tmp_path: Any) -> None:
+    from quartier.errors import BadRequestError
+    from quartier.geo.service import analysis_params
+
+    assert analysis_params().profile.key == GERMAN_FUNDING.key
+    assert analysis_params("bead", min_tests=2).profile.key == US_BEAD.key
+    path = tmp_path / "params.json"
+    path.write_text('{"min_tests": 7, "disagree_below": 0.2}')
+    p = analysis_params("de", path)
+    assert (p.min_tests, p.disagree_below) == (7, 0.2)
+    assert analysis_params("de", path, min_tests=3).min_tests == 3
+    with pytest.raises(BadRequestError, match="unknown profile"):
+        analysis_params("xx")
+    path.write_text('{"min_tests": 0}')
+    with pytest.raises(BadRequestError, match="invalid analysis parameters"):
+        analysis_params("de", path)

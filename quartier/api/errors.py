@@ -18,6 +18,7 @@ from quartier.errors import (
     ConfigError,
     NotFoundError,
     QuartierError,
+    UnreachableError,
 )
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ STATUS: dict[type[QuartierError], int] = {
     NotFoundError: 404,
     BadRequestError: 400,
     ConfigError: 500,
+    UnreachableError: 503,
 }
 
 

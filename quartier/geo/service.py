@@ -36,7 +36,7 @@ def analysis_params(
         raise BadRequestError(f"invalid analysis parameters: {exc}") from None
 
 
-ANALYSIS_STEPS = ("Eingangsdaten lesen", "Analysieren", "Ergebnisse speichern")
+ANALYSIS_STEPS = ("reading inputs", "analysing", "storing results")
 
 
 def analyse_and_store(

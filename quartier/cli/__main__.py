@@ -1,0 +1,5 @@
+"""``python -m quartier.cli``."""
+
+from quartier.cli.main import run
+
+run()

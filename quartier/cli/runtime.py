@@ -1,0 +1,174 @@
+"""The long-running commands: ``quartier ingest``, ``serve``, ``simulate`` and ``demo``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from quartier.cli.common import console, settings, stop_on_signals, user_errors
+from quartier.cli.connect import broker_url, database_url
+
+app = typer.Typer()
+
+
+@app.command("ingest")
+def ingest(
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve Prometheus metrics on this port")
+    ] = None,
+    stats: Annotated[
+        bool, typer.Option("--stats", help="show a live view of the counters")
+    ] = False,
+) -> None:
+    """Subscribe to the sensor topics and store what arrives (Ctrl-C stops)."""
+    from quartier.ingest.metrics import serve_metrics
+    from quartier.ingest.mqtt import Ingester
+    from quartier.store.rollups import start_maintenance
+
+    s = settings()
+    with user_errors(s):
+        url = database_url(s)
+        broker_url(s)
+        ing = Ingester(s)
+    stop_on_signals(ing.stop_event)
+    start_maintenance(url, s.database, ing.stop_event)
+    port = metrics_port or s.ingest.metrics_port
+    if port:
+        serve_metrics(ing, port)
+        console.print(f"metrics on http://127.0.0.1:{port}/metrics")
+    if not stats:
+        ing.run()
+        if ing.failed is not None:
+            raise typer.Exit(1)
+        return
+    from rich.live import Live
+
+    worker = threading.Thread(target=ing.run, name="ingest", daemon=True)
+    worker.start()
+    with Live(_stats_table(ing), console=console, refresh_per_second=2) as live:
+        while worker.is_alive():
+            worker.join(1.0)
+            live.update(_stats_table(ing))
+    if ing.failed is not None:
+        raise typer.Exit(1)
+
+
+def _stats_table(ing: Any) -> Table:
+    st = ing.stats
+    up = max(time.monotonic() - st.started, 1e-9)
+    table = Table("counter", "value", "per second", title="quartier ingest")
+    for name in ("received", "stored", "duplicates", "speedtests", "rejected", "batches"):
+        value = getattr(st, name)
+        table.add_row(name, f"{value:,}", f"{value / up:,.0f}")
+    table.add_row("buffer", f"{ing.buffered():,} / {ing.cfg.buffer_max:,}", "")
+    table.add_row("last batch", f"{st.last_batch_size} msgs in {st.last_batch_ms:.0f} ms", "")
+    table.add_row("lag", f"{st.lag_s:.2f} s", "")
+    table.add_row("connected", "yes" if ing.connected.is_set() else "no", "")
+    return table
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+) -> None:
+    """Run the HTTP API (SensorThings v1.1, indicators, maps)."""
+    import uvicorn
+
+    from quartier.api.app import create_app
+
+    s = settings()
+    with user_errors(s):
+        database_url(s)
+    uvicorn.run(
+        create_app(s),
+        host=host or s.api.host,
+        port=port or s.api.port,
+        log_level="info",
+    )
+
+
+@app.command("simulate")
+def simulate_cmd(
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same fleet and readings")] = 1,
+    sensors: Annotated[int, typer.Option(help="number of sensors")] = 40,
+    interval: Annotated[float, typer.Option(help="seconds between readings of a sensor")] = 10.0,
+    start: Annotated[
+        datetime | None,
+        typer.Option(help="replay from this UTC time on a virtual clock (default: live)"),
+    ] = None,
+    count: Annotated[int | None, typer.Option(help="stop after this many ticks")] = None,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    speedtests: Annotated[int, typer.Option(help="speed tests per tick")] = 2,
+    network: Annotated[str, typer.Option(help="device network name in the topics")] = "sim",
+    rate: Annotated[float | None, typer.Option(help="max messages/s when replaying")] = None,
+) -> None:
+    """Run a deterministic fleet of Köln city sensors publishing over MQTT."""
+    from quartier.sensors_sim.run import simulate
+
+    s = settings()
+    stop = threading.Event()
+    stop_on_signals(stop)
+    if start is not None and start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    with user_errors(s):
+        broker_url(s)
+    with user_errors(s), console.status("publishing …") as status:
+        stats = simulate(
+            s,
+            seed=seed,
+            sensors=sensors,
+            interval_s=interval,
+            start=start,
+            count=count,
+            duration_s=duration,
+            speedtests_per_tick=speedtests,
+            stop_event=stop,
+            progress=lambda n: status.update(f"published {n} messages"),
+            network=network,
+            rate=rate,
+        )
+    console.print(
+        f"published {stats.messages} messages ({stats.readings} readings, "
+        f"{stats.speedtests} speed tests) in {stats.ticks} ticks, "
+        f"{stats.first_time} … {stats.last_time}"
+    )
+
+
+@app.command("demo")
+def demo_cmd(
+    duration: Annotated[
+        float | None, typer.Option(help="stop by itself after this many seconds")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="simulator seed")] = 1,
+    sensors: Annotated[int, typer.Option(help="simulated sensors")] = 40,
+    port: Annotated[int, typer.Option(help="API port (a free one if taken)")] = 8000,
+    keep_services: Annotated[
+        bool, typer.Option(help="leave PostgreSQL and Mosquitto running afterwards")
+    ] = False,
+) -> None:
+    """Everything at once: services, schema, districts, a day of history, then the simulator,
+    ingester and API together until Ctrl-C (or --duration)."""
+    from quartier.demo import Demo
+
+    stop = threading.Event()
+    stop_on_signals(stop)
+    s = settings(local=False)
+    with user_errors(s):
+        if s.database.url and s.mqtt.url:  # configured servers: they must answer
+            database_url(s)
+            broker_url(s)
+        Demo(
+            s,
+            console,
+            stop,
+            seed=seed,
+            sensors=sensors,
+            port=port,
+            keep_services=keep_services,
+        ).run(duration)
