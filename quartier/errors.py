@@ -71,3 +71,8 @@ class NotFoundError(QuartierError):
 
 class BadRequestError(QuartierError):
     """A request parameter is invalid; the message says which and why."""
+
+
+class NotImplementedQueryError(QuartierError):
+    """A query uses a valid construct of the standard that Quartier does not implement (yet); the
+    message names it. Meant to map to 501 Not Implemented."""
