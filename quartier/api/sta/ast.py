@@ -33,9 +33,7 @@ class Interval:
     end: datetime
 
 
-Value = (
-    None | bool | int | float | str | datetime | date | time | timedelta | Geometry | Interval
-)
+Value = None | bool | int | float | str | datetime | date | time | timedelta | Geometry | Interval
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ class Negate:
 
 @dataclass(frozen=True)
 class Call:
-    """A built-in function: ``name`` in lower case as written (``geo.intersects``, ``st_within``)."""
+    """A built-in function; ``name`` as written (``geo.intersects``, ``st_within``)."""
 
     name: str
     args: tuple[Expr, ...]

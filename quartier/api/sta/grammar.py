@@ -374,7 +374,8 @@ QueryError = BadRequestError | NotImplementedQueryError
 def _describe(option: str, text: str, e: UnexpectedInput) -> BadRequestError:
     col = int(getattr(e, "column", 0) or 0)
     if isinstance(e, UnexpectedCharacters):
-        what = f"unexpected character {text[e.pos_in_stream] if e.pos_in_stream is not None else '?'!r}"
+        char = text[e.pos_in_stream] if e.pos_in_stream is not None else "?"
+        what = f"unexpected character {char!r}"
     elif isinstance(e, UnexpectedEOF) or getattr(e, "token", None) is None:
         what, col = "unexpected end", len(text) + 1
     else:
