@@ -8,13 +8,13 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from quartier.config import Settings
 from quartier.errors import BrokerUnreachableError, DatabaseUnreachableError
+from quartier.sensors_sim.publisher import parse_mqtt_url
 
 #: seconds to wait for a server that does not answer at all (a closed port answers at once)
 CONNECT_TIMEOUT_S = 5
@@ -32,17 +32,6 @@ def database_address(url: str) -> str:
         return "the configured server"
     host = str(info.get("host") or info.get("hostaddr") or "localhost")
     return f"{host}:{info.get('port') or 5432}"
-
-
-def broker_address(url: str) -> str:
-    """``host:port`` of an MQTT URL (``mqtt://[user:pass@]host[:port]``)."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    default = 8883 if parts.scheme == "mqtts" else 1883
-    return f"{parts.hostname or '127.0.0.1'}:{port or default}"
 
 
 def _reason(exc: BaseException) -> str:
@@ -98,10 +87,10 @@ def database_url(settings: Settings) -> str:
 def broker_url(settings: Settings) -> str:
     """The MQTT URL, once the broker has accepted a TCP connection."""
     url = settings.require_mqtt_url()
-    address = broker_address(url)
-    host, _, port = address.rpartition(":")
+    host, port, *_ = parse_mqtt_url(url)
+    address = f"{host}:{port}"
     try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from quartier.config import redact_url
 from quartier.errors import ConfigError, ServiceError
 from quartier.sensors_sim.fleet import Message
 
@@ -44,12 +45,14 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
     """``mqtt://[user:pass@]host[:port]`` (or ``mqtts://``) → host, port, user, password, tls."""
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
-        raise ConfigError(f"MQTT URL {url!r} must look like mqtt://[user:pass@]host:port")
+        raise ConfigError(
+            f"MQTT URL {redact_url(url)!r} must look like mqtt://[user:pass@]host:port"
+        )
     tls = parts.scheme in ("mqtts", "ssl")
     try:
         port = parts.port or (8883 if tls else 1883)
     except ValueError:
-        raise ConfigError(f"MQTT URL {url!r} has an invalid port") from None
+        raise ConfigError(f"MQTT URL {redact_url(url)!r} has an invalid port") from None
     user = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     return parts.hostname, port, user, password, tls
