@@ -461,25 +461,28 @@ def _connected(port: int) -> bool:
 
 def test_mosquitto_kill_9_under_load_ingester_online(durable_broker: World) -> None:
     """Three kill -9 of Mosquitto at random moments while 10 devices publish 300 msgs/s and the
-    ingester is connected: every message is stored exactly once.
+    ingester is connected and caught up: every acknowledged message is stored exactly once,
+    except at most the last one acknowledged on each device connection before each kill.
 
     What it proves: the ingester's persistent session and subscription survive a crash (they are
-    saved when made; with the former 30 s save a crash in the first 30 s forgot them, and the
-    devices' next messages went to no subscriber: dropped after their PUBACK), and a message
-    the broker acknowledged to a device while the ingester was connected is not lost, because
-    Mosquitto writes the PUBLISH to the subscriber before the PUBACK to the device.
+    saved when made; with the former 30 s save the broker forgot them, the devices' next
+    messages went to no subscriber and were dropped after their PUBACK: about 900 of 6,000
+    lost), and what remains is Mosquitto 2.0's own window (the PUBACK leaves before the save of
+    its loop turn), which a connected ingester does not close either: by hand, 4 of 150 such
+    last-acknowledged messages were lost in 15 kills (docs/mqtt.md).
     """
     w = durable_broker
+    n = 10
     port = free_port()
     w.start_ingester("w1", "--metrics-port", str(port), **PLAIN_SUBSCRIPTION)
     w.wait(lambda: _connected(port), timeout=20)
     msgs, _ = w.readings(6000)
-    devices = Devices(w.state.mqtt_url, msgs, n=10, rate=300).start()  # 20 s of traffic
+    devices = Devices(w.state.mqtt_url, msgs, n=n, rate=300).start()  # 20 s of traffic
     rng = random.Random()
     for _ in range(3):
         time.sleep(1.0)
-        # connected, and caught up with what the broker had acknowledged: nothing waits in the
-        # broker's queue for it (a backlog after a reconnect goes through the queue)
+        # connected, and caught up with what the broker had acknowledged (right after a
+        # reconnect its backlog comes through the broker's queue)
         w.wait(lambda: _connected(port), timeout=20)
         acked = len(devices.acked)
         w.wait(lambda a=acked: w.count("select count(*) from observation") >= a, timeout=20)
@@ -488,12 +491,15 @@ def test_mosquitto_kill_9_under_load_ingester_online(durable_broker: World) -> N
     devices.join(60)
     assert devices.crashes == 3
     assert len(devices.acked) == len(msgs)  # all acknowledged in the end, after resends
-    rows, distinct, stored = _settle(w, len(msgs))
+    rows, distinct, stored = _settle(w, len(msgs) - 3 * n)
     lost = set(range(len(msgs))) - stored
+    window = set().union(*devices.last_acked)
     logging.getLogger(__name__).warning(
-        "lost %s; last acknowledged before the crashes %s", sorted(lost), devices.last_acked
+        "lost %s; last acknowledged before the crashes %s", sorted(lost), sorted(window)
     )
-    assert rows == distinct == len(msgs) and not lost
+    assert rows == distinct == len(stored)  # nothing stored twice
+    assert lost <= window  # only a last-acknowledged message of some connection before a crash
+    assert len(lost) <= 3 * n
 
 
 def test_mosquitto_kill_9_with_messages_queued(durable_broker: World) -> None:
