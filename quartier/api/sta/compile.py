@@ -377,8 +377,9 @@ class _Compiler:
         if op in _ARITH:
             return _Val(t, _S("({} " + _ARITH[op] + " {})").format(a, b), nullable)
         if t == "int":
-            o = "/" if op == "div" else "%"
-            return _Val(t, _S("({} " + o + " nullif({}, 0))").format(a, b), True)
+            if op == "div":
+                return _Val(t, _S("({} / nullif({}, 0))").format(a, b), True)
+            return _Val(t, _S("mod({}, nullif({}, 0))").format(a, b), True)
         a, b = _S("({})::float8").format(a), _S("({})::float8").format(b)
         if op == "div":
             return _Val(t, _S("({} / nullif({}, 0))").format(a, b), True)
