@@ -35,6 +35,7 @@ GRAMMAR = r"""
 ?and_expr: cmp_expr | and_expr _AND cmp_expr -> and_
 ?cmp_expr: add_expr | add_expr CMP add_expr -> compare
          | add_expr UNSUPPORTED_OP add_expr -> unsupported_op
+         | add_expr IN "(" [expr ("," expr)*] ")" -> unsupported_op
 ?add_expr: mul_expr | add_expr ADDOP mul_expr -> arith
 ?mul_expr: unary | mul_expr MULOP unary -> arith
 ?unary: primary | MINUS unary -> neg | _NOT unary -> not_
@@ -59,7 +60,8 @@ MINUS: "-"
         | "null" -> null
 
 CMP: "eq" | "ne" | "gt" | "ge" | "lt" | "le"
-UNSUPPORTED_OP: "has" | "in"
+UNSUPPORTED_OP: "has"
+IN: "in"
 ADDOP: "add" | "sub"
 MULOP: "mul" | "div" | "mod"
 _AND: "and"
