@@ -152,6 +152,9 @@ def test_migrate_applies_every_migration_on_timescaledb(
         names = [r[0] for r in conn.execute("select name from schema_migrations order by version")]
         assert names == expected
         assert storage_path(conn) == "timescaledb"
+        # the setting can refuse TimescaleDB (decided before the first migration)
+        assert migrate_module._decide_path(conn, "postgres") == "postgres"
+        assert migrate_module._decide_path(conn, "auto") == "timescaledb"
         version = timescaledb_version(conn)
         assert version is not None and check_timescaledb_version(version) >= (2, 14, 0)
         dims = conn.execute(
