@@ -107,8 +107,6 @@ class ServicesSettings(BaseModel):
     state_dir: Path = Path(".quartier")
     pg_port: int | None = None
     mqtt_port: int | None = None
-    #: Install missing Debian packages when running as root on Debian/Ubuntu.
-    install_packages: bool = True
 
 
 class Settings(BaseSettings):

@@ -228,15 +228,12 @@ class LocalServices:
         *,
         pg_port: int | None = None,
         mqtt_port: int | None = None,
-        install: bool = True,
         fast_unsafe: bool = False,
         durable_broker: bool | None = None,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.pg_port = pg_port
         self.mqtt_port = mqtt_port
-        #: no longer used: packages are installed by scripts/install-deps.sh, not by Quartier
-        self.install = install
         #: fsync off: for throwaway test clusters only.
         self.fast_unsafe = fast_unsafe
         #: Mosquitto saves after every change as deploy/mosquitto/mosquitto.conf says (True), or
@@ -250,7 +247,6 @@ class LocalServices:
             services.state_dir,
             pg_port=services.pg_port,
             mqtt_port=services.mqtt_port,
-            install=services.install_packages,
         )
 
     # ---------------------------------------------------------------- public
