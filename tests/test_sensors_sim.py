@@ -20,13 +20,13 @@ import shapely
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from shapely.geometry import shape
 
-from quartier.config import Settings
+from quartier.config import Settings, parse_mqtt_url
 from quartier.errors import ServiceError
 from quartier.ingest.decoders import decode_native, decode_speedtest
 from quartier.ingest.quantities import QUANTITIES
 from quartier.sensors_sim import run
 from quartier.sensors_sim.fleet import KIND_QUANTITIES, Fleet, Message, kind_counts
-from quartier.sensors_sim.publisher import parse_mqtt_url, publish
+from quartier.sensors_sim.publisher import publish
 
 DATA = Path(__file__).resolve().parents[1] / "quartier" / "data"
 BERLIN = ZoneInfo("Europe/Berlin")

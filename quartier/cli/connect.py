@@ -12,9 +12,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from quartier.config import Settings
+from quartier.config import Settings, parse_mqtt_url
 from quartier.errors import BrokerUnreachableError, DatabaseUnreachableError
-from quartier.sensors_sim.publisher import parse_mqtt_url
 
 #: seconds to wait for a server that does not answer at all (a closed port answers at once)
 CONNECT_TIMEOUT_S = 5

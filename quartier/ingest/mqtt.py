@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -29,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from quartier.config import Settings
+from quartier.config import Settings, parse_mqtt_url
 from quartier.ingest.model import Batch, Reject, WriteResult
 from quartier.ingest.pipeline import SUBSCRIPTIONS, Message, build_batch
 from quartier.ingest.writer import BatchWriter
@@ -152,15 +151,16 @@ _PUBACK = struct.Struct("!BBH")
 
 
 def mqtt_client(url: str, client_id: str) -> tuple[FastClient, str, int]:
-    """A paho MQTT 5 client for ``mqtt://[user:pass@]host:port`` (not yet connected)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp", ""):
-        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r}")
+    """A paho MQTT 5 client for ``mqtt[s]://[user:pass@]host:port`` (not yet connected); TLS
+    with the system's CA certificates for ``mqtts://``."""
+    host, port, user, password, tls = parse_mqtt_url(url)
     client = FastClient(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.enable_logger(paho_log)
-    if parts.username:
-        client.username_pw_set(parts.username, parts.password)
-    return client, parts.hostname or "127.0.0.1", parts.port or 1883
+    if user is not None:
+        client.username_pw_set(user, password)
+    if tls:
+        client.tls_set()
+    return client, host, port
 
 
 #: a decoded batch: its number (acknowledgements go out in this order), the messages with their

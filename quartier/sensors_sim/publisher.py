@@ -13,14 +13,13 @@ import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from quartier.config import redact_url
-from quartier.errors import ConfigError, ServiceError
+from quartier.config import parse_mqtt_url
+from quartier.errors import ServiceError
 from quartier.sensors_sim.fleet import Message
 
 logger = logging.getLogger(__name__)
@@ -39,23 +38,6 @@ MAX_INFLIGHT = 1000
 #: Messages handed to paho but not yet acknowledged before ``send`` waits (bounds memory).
 WINDOW = 2 * MAX_INFLIGHT
 QOS = 1
-
-
-def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
-    """``mqtt://[user:pass@]host[:port]`` (or ``mqtts://``) → host, port, user, password, tls."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
-        raise ConfigError(
-            f"MQTT URL {redact_url(url)!r} must look like mqtt://[user:pass@]host:port"
-        )
-    tls = parts.scheme in ("mqtts", "ssl")
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise ConfigError(f"MQTT URL {redact_url(url)!r} has an invalid port") from None
-    user = unquote(parts.username) if parts.username is not None else None
-    password = unquote(parts.password) if parts.password is not None else None
-    return parts.hostname, port, user, password, tls
 
 
 class Publisher:
