@@ -222,7 +222,7 @@ class NaiveIngester:
         return self.rows
 
     def run(self) -> None:
-        from quartier.ingest.decoders import decode_native
+        from quartier.ingest.native import decode_native
 
         conn = psycopg.connect(self.settings.require_database_url())
         streams: dict[str, int] = {}

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from quartier.errors import DecodeError
-from quartier.ingest.decoders import decode_native, decode_speedtest
+from quartier.ingest.native import decode_native, decode_speedtest
 from quartier.ingest.validate import validate
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -22,7 +22,7 @@ from shapely.geometry import shape
 
 from quartier.config import Settings, parse_mqtt_url
 from quartier.errors import ServiceError
-from quartier.ingest.decoders import decode_native, decode_speedtest
+from quartier.ingest.native import decode_native, decode_speedtest
 from quartier.ingest.quantities import QUANTITIES
 from quartier.sensors_sim import run
 from quartier.sensors_sim.fleet import KIND_QUANTITIES, Fleet, Message, kind_counts

@@ -8,7 +8,7 @@ times for all of them at once.
 
 A message takes this path only when all of it is plainly valid. Anything else (a reading without a
 time, parameters, an unknown quantity, a value out of range, a malformed document) is handed back
-and decoded by :func:`quartier.ingest.decoders.decode_native`, which says exactly what is wrong
+and decoded by :func:`quartier.ingest.native.decode_native`, which says exactly what is wrong
 with which reading. So both paths store the same rows and refuse the same readings with the same
 reasons; ``tests/test_columnar.py`` checks that on valid and invalid messages.
 """

@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 from quartier.config import IngestSettings
 from quartier.errors import DecodeError
-from quartier.ingest.decoders import decode_native, decode_speedtest
 from quartier.ingest.model import Batch, Reject, SpeedTest, Uplink
+from quartier.ingest.native import decode_native, decode_speedtest
 from quartier.ingest.senml import decode_senml
 from quartier.ingest.ttn import decode_ttn, parse_ttn_topic
 from quartier.ingest.validate import EARLIEST, validate

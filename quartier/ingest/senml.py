@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from quartier.errors import DecodeError
-from quartier.ingest.decoders import load_json, number, position
+from quartier.ingest.fields import load_json, number, position
 from quartier.ingest.model import Position, Reading, Uplink
 
 #: the SenML version this decoder understands (RFC 8428)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from quartier.errors import DecodeError
-from quartier.ingest.decoders import load_json, position
+from quartier.ingest.fields import load_json, position
 from quartier.ingest.model import Position, Reading, Uplink
 
 NETWORK = "sensor.community"

@@ -23,7 +23,7 @@ from typing import Any
 
 from quartier.errors import DecodeError
 from quartier.ingest.codecs import REGISTRY, Codec, FieldMap, codec_for_model
-from quartier.ingest.decoders import load_json, number, parse_time, position
+from quartier.ingest.fields import load_json, number, parse_time, position
 from quartier.ingest.model import Position, Reading, Uplink
 
 APPLICATION_UP = "ttn.lorawan.v3.ApplicationUp"
