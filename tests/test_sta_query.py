@@ -407,6 +407,8 @@ def test_check_options_against_the_model() -> None:
     ]:
         with pytest.raises(BadRequestError, match=message):
             check_options(parse_query_options(options), "Things")
+    with pytest.raises(NotImplementedQueryError, match="inside a JSON property"):
+        check_options(parse_query_options({"$select": "properties/owner"}), "Things")
 
 
 def test_query_options() -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -51,11 +52,14 @@ from quartier.api.sta.model import (
     resolve,
     type_of,
 )
-from quartier.errors import BadRequestError
+from quartier.errors import BadRequestError, NotImplementedQueryError
 
 log = logging.getLogger(__name__)
 
 MIN_DATETIME = datetime(1, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The canonical spelling of an Observation's derived @iot.id (no leading zeros, no "+").
+_OBSERVATION_KEY = re.compile(r"^(?P<ds>0|[1-9][0-9]{0,17}):(?P<us>0|-?[1-9][0-9]{0,17})$")
 MAX_DATETIME = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
@@ -256,6 +260,9 @@ class _Compiler:
             return _bool(_S("(not {})").format(_cond(self.value(e.operand, scope))))
         if isinstance(e, ast.Compare):
             type_of(e, self.entity)  # checks comparability, with a message naming the operator
+            key = self.observation_key(e, scope)
+            if key is not None:
+                return _bool(key)
             return _bool(self.compare(e.op, self.value(e.left, scope), self.value(e.right, scope)))
         if isinstance(e, ast.Arith):
             t = type_of(e, self.entity)
@@ -266,6 +273,29 @@ class _Compiler:
             return _Val(t, _S("(-{})").format(v.sql), v.nullable)
         t = type_of(e, self.entity)
         return self.call(e, t, [self.value(a, scope) for a in e.args])
+
+    def observation_key(self, e: ast.Compare, scope: _Scope) -> sql.Composable | None:
+        """``id eq '<datastream>:<µs>'`` on Observations as a primary-key condition (the same
+        rows as comparing the derived id string, which has one spelling per key)."""
+        if e.op not in ("eq", "ne"):
+            return None
+        path, lit = (e.left, e.right) if isinstance(e.left, ast.Path) else (e.right, e.left)
+        if not (isinstance(path, ast.Path) and isinstance(lit, ast.Literal)):
+            return None
+        if not isinstance(lit.value, str):
+            return None
+        r = resolve(path, self.entity)
+        if r.entity.name != "Observation" or r.prop_name != "id" or r.fk_shortcut:
+            return None
+        m = _OBSERVATION_KEY.match(lit.value)
+        if m is None:
+            return None
+        a = sql.Identifier(scope.alias_for(r.steps))
+        at = _EPOCH + timedelta(microseconds=int(m["us"]))
+        cond = _S("({}.datastream_id = {} and {}.phenomenon_time = {})").format(
+            a, self.param(int(m["ds"]), "bigint"), a, self.param(at, "timestamptz")
+        )
+        return cond if e.op == "eq" else _S("(not {})").format(cond)
 
     def literal(self, value: ast.Value) -> _Val:
         if value is None:
@@ -348,24 +378,25 @@ class _Compiler:
         return _S("(not {})").format(eq) if op == "ne" else eq
 
     def compare_interval(self, op: str, left: _Val, right: _Val) -> sql.Composable:
-        ls, le, rs, re = left.sql, left.stop, right.sql, right.stop
+        l0, l1, r0, r1 = left.sql, left.stop, right.sql, right.stop
+        eq: sql.Composable
         if op in ("eq", "ne"):
             if left.type == right.type == "interval":
-                eq = _S("({} = {} and {} = {})").format(ls, rs, le, re)
+                eq = _S("({} = {} and {} = {})").format(l0, r0, l1, r1)
             elif left.type == "interval":
-                eq = _S("({} <= {} and {} <= {})").format(ls, rs, rs, le)
+                eq = _S("({} <= {} and {} <= {})").format(l0, r0, r0, l1)
             else:
-                eq = _S("({} <= {} and {} <= {})").format(rs, ls, ls, re)
-            eq = _S("coalesce({}, false)").format(eq)
+                eq = _S("({} <= {} and {} <= {})").format(r0, l0, l0, r1)
+            eq = _two_valued(eq, left, right)
             return _S("(not {})").format(eq) if op == "ne" else eq
         pair = {
-            "lt": (le, "<", rs),
-            "le": (le, "<=", rs),
-            "gt": (ls, ">", re),
-            "ge": (ls, ">=", re),
+            "lt": (l1, "<", r0),
+            "le": (l1, "<=", r0),
+            "gt": (l0, ">", r1),
+            "ge": (l0, ">=", r1),
         }
         a, o, b = pair[op]
-        return _S("coalesce({} " + o + " {}, false)").format(a, b)
+        return _two_valued(_S("({} " + o + " {})").format(a, b), left, right)
 
     # --- arithmetic
     def arith(self, op: str, t: Type, left: _Val, right: _Val) -> _Val:
@@ -490,7 +521,14 @@ def _temporal(name: str, a: _Val, b: _Val) -> sql.Composable:
         "starts": "{as_} = {bs}",
         "finishes": "{ae} = {be}",
     }[name]
-    return _S("coalesce(" + template + ", false)").format(as_=as_, ae=ae, bs=bs, be=be)
+    return _two_valued(_S(template).format(as_=as_, ae=ae, bs=bs, be=be), a, b)
+
+
+def _two_valued(cond: sql.Composable, *operands: _Val) -> sql.Composable:
+    """``cond`` made false where it is null; untouched (so indexable) when nothing is null."""
+    if any(v.nullable for v in operands):
+        return _S("coalesce({}, false)").format(cond)
+    return cond
 
 
 # ------------------------------------------------------------------------------ public API
@@ -574,6 +612,12 @@ def check_options(options: ast.QueryOptions, entity: str | Entity) -> None:
     if options.orderby:
         compile_orderby(options.orderby, e, "x")
     for p in options.select:
+        head = e.props.get(p.segments[0])
+        if len(p.segments) > 1 and head is not None and head.type == "dyn":
+            raise NotImplementedQueryError(
+                f"$select: {p} at position {p.pos}: selecting inside a JSON property is not"
+                " supported; select the whole property"
+            )
         if len(p.segments) != 1 or (p.segments[0] not in e.props and p.segments[0] not in e.navs):
             raise BadRequestError(
                 f"$select: {p} at position {p.pos} is not a property of {e.name}; known: "
