@@ -71,6 +71,7 @@ class World:
                 (T0 - timedelta(days=31), T0 + timedelta(days=62)),
             )
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.client_ids: set[str] = set()
 
     def start_ingester(
         self, client_id: str = "w1", *args: str, **env_extra: str
@@ -92,7 +93,23 @@ class World:
             stderr=subprocess.STDOUT,
         )
         self.procs.append(proc)
+        self.client_ids.add(env["QUARTIER_INGEST__CLIENT_ID"])
         return proc
+
+    def forget_sessions(self) -> None:
+        """End the ingesters' persistent sessions in the broker: a stopped ingester's session
+        would otherwise queue every later test's messages (and the per-change save would write
+        them all each time)."""
+        host, port = self.state.mqtt_url.split("://", 1)[1].rsplit(":", 1)
+        for client_id in sorted(self.client_ids):
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+            c.connect(host, int(port), clean_start=True)  # session expiry 0: gone on disconnect
+            c.loop_start()
+            deadline = time.monotonic() + 5
+            while not c.is_connected() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            c.disconnect()
+            c.loop_stop()
 
     def stop_all(self) -> list[str]:
         logs = []
@@ -174,6 +191,7 @@ def world(own_services: tuple[LocalServices, ServiceState]) -> Iterator[World]:
     w = World(*own_services)
     yield w
     w.stop_all()
+    w.forget_sessions()
 
 
 def _publish_async(w: World, msgs: list[Message], rate: float | None) -> threading.Thread:
