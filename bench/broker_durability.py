@@ -3,7 +3,7 @@
     .venv/bin/python bench/broker_durability.py [--runs 5] [--seconds 2] [--connections 1 50]
                                                 [--queued] [--variant NAME='opt value; opt value']
 
-Compares the broker config of `deploy/mosquitto/mosquitto.conf` ("chosen") with the same config
+Compares the broker config of `quartier/resources/mosquitto.conf` ("chosen") with the same config
 saving every 30 s as before issue #10 ("today": `autosave_interval 30`), in the same run,
 interleaved so that noise from the shared machine hits both alike. Each run starts a fresh
 Mosquitto (persistence on, loopback, its own directory), a subscriber process on a persistent

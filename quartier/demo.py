@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from importlib.resources import as_file
 from pathlib import Path
 
 import psycopg
@@ -28,6 +29,7 @@ from quartier.errors import ServiceError
 from quartier.evaluation.report import evaluate_to_report
 from quartier.geo.io import import_districts
 from quartier.ingest.mqtt import Ingester, mqtt_client
+from quartier.resources import resource
 from quartier.sensors_sim.run import simulate
 from quartier.services import LocalServices, free_port, port_free
 from quartier.store.rollups import start_maintenance
@@ -35,7 +37,6 @@ from quartier.store.setup import prepare
 
 log = logging.getLogger(__name__)
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BACKFILL_HOURS = 24
 BACKFILL_STEP_S = 900
 LIVE_INTERVAL_S = 10.0
@@ -269,14 +270,12 @@ class Demo:
                 conn.commit()
         self.console.print(f"[green]✓[/green] coverage gap analysis stored (run {run_id})")
 
-    def _evaluate(self, s: Settings) -> Path | None:
+    def _evaluate(self, s: Settings) -> Path:
         """Evaluate the example strategy once, so /strategy and the report have a run."""
-        strategy = EXAMPLES / "strategy-koeln.yaml"
-        if not strategy.exists():
-            return None
         out = s.services.state_dir.resolve() / "report.html"
         with (
             self.console.status("evaluating the example strategy …"),
+            as_file(resource("strategy-koeln.yaml")) as strategy,
             psycopg.connect(s.require_database_url(), autocommit=True) as conn,
         ):
             evaluate_to_report(conn, strategy, out, as_of=datetime.now(UTC))

@@ -32,11 +32,12 @@ from urllib.parse import quote
 
 from quartier.config import STATE_FILE, ServicesSettings
 from quartier.errors import ServiceError
+from quartier.resources import resource
 
 log = logging.getLogger(__name__)
 
-DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
-MOSQUITTO_CONF = DEPLOY_DIR / "mosquitto" / "mosquitto.conf"
+#: Quartier's Mosquitto config, shipped in the package (docker-compose.yml mounts the same file)
+MOSQUITTO_CONF = resource("mosquitto.conf")
 PG_USER = "quartier"
 PG_DATABASE = "quartier"
 #: Lines of the deploy config that describe the container; the local config sets its own.
@@ -236,7 +237,7 @@ class LocalServices:
         self.mqtt_port = mqtt_port
         #: fsync off: for throwaway test clusters only.
         self.fast_unsafe = fast_unsafe
-        #: Mosquitto saves after every change as deploy/mosquitto/mosquitto.conf says (True), or
+        #: Mosquitto saves after every change as quartier/resources/mosquitto.conf says (True), or
         #: every 30 s (False: a crash loses up to 30 s of acknowledged messages, but one
         #: connection is not limited by a save per message). Default: durable unless fast_unsafe.
         self.durable_broker = (not fast_unsafe) if durable_broker is None else durable_broker
@@ -426,7 +427,7 @@ class LocalServices:
 
     @staticmethod
     def _mosquitto_config(root: Path, port: int, user: str, *, durable: bool = True) -> str:
-        if not MOSQUITTO_CONF.exists():
+        if not MOSQUITTO_CONF.is_file():
             raise ServiceError(f"Mosquitto config not found at {MOSQUITTO_CONF}")
         shared = [
             line

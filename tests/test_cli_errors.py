@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 
 from quartier.cli import app
 from quartier.config import redact_url
+from quartier.resources import resource
 from quartier.services import free_port
 
 PASSWORD = "s3cret-Pw"
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "strategy-koeln.yaml"
+EXAMPLE = Path(str(resource("strategy-koeln.yaml")))
 
 #: every command that needs the database (arguments that get past option parsing)
 DATABASE_COMMANDS = [

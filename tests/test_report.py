@@ -18,8 +18,9 @@ from quartier.evaluation import manual, report
 from quartier.evaluation.evaluate import Evaluation, KpiResult
 from quartier.evaluation.strategy import load_strategy
 from quartier.geo.io import import_districts
+from quartier.resources import resource
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "strategy-koeln.yaml"
+EXAMPLE = Path(str(resource("strategy-koeln.yaml")))
 AS_OF = datetime(2026, 3, 10, 12, tzinfo=UTC)
 START = datetime(2025, 12, 31, 23, tzinfo=UTC)  # local midnight, 1 January 2026
 

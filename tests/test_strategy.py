@@ -8,8 +8,9 @@ import pytest
 
 from quartier.errors import BadRequestError
 from quartier.evaluation.strategy import Problem, StrategyError, load_strategy, parse_strategy
+from quartier.resources import resource
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "strategy-koeln.yaml"
+EXAMPLE = Path(str(resource("strategy-koeln.yaml")))
 
 VALID = """\
 id: s
