@@ -188,12 +188,12 @@ def main() -> None:
     args = ap.parse_args()
     cases = {
         "today (autosave_interval 30)": ["autosave_interval 30"],
-        "chosen (deploy config)": autosave_lines(MOSQUITTO_CONF.read_text()),
+        "chosen (mosquitto.conf)": autosave_lines(MOSQUITTO_CONF.read_text()),
     }
     for v in args.variant:
         name, _, lines = v.partition("=")
         cases[name] = [ln.strip() for ln in lines.split(";") if ln.strip()]
-    print(f"chosen = {cases['chosen (deploy config)']}")
+    print(f"chosen = {cases['chosen (mosquitto.conf)']}")
     for conns in args.connections:
         results: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.runs):
