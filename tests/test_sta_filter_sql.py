@@ -245,7 +245,11 @@ def _quote(s: str) -> str:
 
 
 def _expressions(
-    num_leaves: list[str], str_leaves: list[str], time_leaves: list[str], bool_leaves: list[str]
+    num_leaves: list[str],
+    str_leaves: list[str],
+    time_leaves: list[str],
+    bool_leaves: list[str],
+    interval_leaves: list[str],
 ) -> st.SearchStrategy[str]:
     num_lit = st.sampled_from(["0", "1", "2", "3", "-1", "-2.5", "0.5", "1.25", "7", "-10"])
     str_lit = st.text(ALPHABET, max_size=3).map(_quote)
@@ -292,6 +296,17 @@ def _expressions(
         ),
     )
     op = st.sampled_from(["eq", "ne", "gt", "ge", "lt", "le"])
+    span = st.one_of(
+        time,
+        st.sampled_from(interval_leaves),
+        st.sampled_from(
+            [
+                "2024-03-30T22:00:00Z/2024-03-31T02:00:00Z",
+                "2024-03-31T01:00:00Z/2024-03-31T01:00:00Z",
+                "2024-03-31T06:00:00Z/2024-04-02T00:00:00Z",
+            ]
+        ),
+    )
     atom = st.one_of(
         st.tuples(num, op, num).map(" ".join),
         st.tuples(text, op, text).map(" ".join),
@@ -311,6 +326,14 @@ def _expressions(
             st.integers(0, 60),
         ).map(lambda t: f"{t[0]}({t[1]}) {t[2]} {t[3]}"),
         st.sampled_from(bool_leaves),
+        st.tuples(span, op, span).map(" ".join),
+        st.tuples(
+            st.sampled_from(
+                ["before", "after", "meets", "during", "overlaps", "starts", "finishes"]
+            ),
+            span,
+            span,
+        ).map(lambda t: f"{t[0]}({t[1]}, {t[2]})"),
     )
     return st.recursive(
         atom,
@@ -342,6 +365,7 @@ OBSERVATION_FILTERS = _expressions(
         "Datastream/Thing/name",
     ],
     time_leaves=["phenomenonTime", "resultTime"],
+    interval_leaves=["Datastream/phenomenonTime", "Datastream/resultTime", "validTime"],
     bool_leaves=[
         "parameters/b",
         "result",
@@ -361,6 +385,7 @@ THING_FILTERS = _expressions(
     num_leaves=["id", "properties/a", "Datastreams/Observations/result", "Datastreams/id"],
     str_leaves=["name", "properties/s", "Datastreams/name", "Datastreams/Observations/result"],
     time_leaves=["Datastreams/Observations/phenomenonTime"],
+    interval_leaves=["Datastreams/phenomenonTime"],
     bool_leaves=[
         "properties/b",
         "Datastreams/properties/a eq properties/a",
