@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quartier.services import LocalServices
 from quartier.store import rollups, timeseries
-from quartier.store.migrate import migrate
+from quartier.store.migrate import migrate, storage_path
 from quartier.store.pgcopy import write_copy_fixed
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -387,7 +387,7 @@ def run_queries(
     month = min(30, days)
     out: dict[str, Any] = {}
     with psycopg.connect(url, autocommit=True) as conn:
-        path = timeseries.storage_path(conn)
+        path = storage_path(conn)
         day, hour = timedelta(days=1), timedelta(hours=1)
 
         def pick(k: int) -> list[int]:

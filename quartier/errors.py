@@ -1,18 +1,30 @@
-"""Quartier's one error hierarchy. Every part raises these; the API maps them to HTTP in one table
-(``quartier.api.errors``) and the CLI prints their message as one line, without a stack trace,
-with the exit status of its table (``quartier.cli.common.EXIT_CODES``; 1 unless it says otherwise).
+"""Quartier's one error hierarchy. Every part raises these (or subclasses of them); the API maps
+them to an HTTP status in one table (``quartier.api.errors.STATUS``) and the CLI prints their
+message as one line, without a stack trace, with the exit status of its one table
+(``quartier.cli.common.EXIT_CODES``). The most specific class in either table wins.
 
-QuartierError
-├── ConfigError            a setting is missing or invalid
-├── ServiceError           a local service (PostgreSQL, Mosquitto) cannot be installed or started
-├── UnreachableError       a server Quartier needs does not answer           → CLI exit 2, 503
+QuartierError                                                            HTTP  CLI exit
+├── ConfigError            a setting is missing or invalid                  500  1
+├── ServiceError           a local service (PostgreSQL, Mosquitto) cannot   500  1
+│                          be installed or started
+├── UnreachableError       a server Quartier needs does not answer          503  2
 │   ├── DatabaseUnreachableError   PostgreSQL
 │   └── BrokerUnreachableError     the MQTT broker
-├── MigrationError         a schema migration failed
-│   └── UnsupportedVersionError  the server's TimescaleDB is older than the features used
-├── DecodeError            a payload cannot be decoded or validated (ingest; kept as a reject)
-├── NotFoundError          a requested entity does not exist            → 404
-└── BadRequestError        a request parameter is invalid               → 400
+├── NotMigratedError       the database has no Quartier schema yet          503  3
+├── MigrationError         a schema migration failed                        500  1
+│   └── UnsupportedVersionError  the server's TimescaleDB is older than
+│                                the features used
+├── DecodeError            a payload cannot be decoded or validated         400  1
+│                          (ingest: kept as a reject; HTTP ingest: 400)
+├── NotFoundError          a requested entity does not exist                404  1
+│   └── UnknownDevice      a device is not registered and may not register
+│                          itself (ingest: kept as a reject)
+├── BadRequestError        a request parameter is invalid                   400  1
+│   └── StrategyError      a strategy file is invalid, every problem listed
+│                          (``quartier.evaluation.strategy``, with its ``Problem`` list)
+├── NotImplementedQueryError  a valid query construct Quartier does not     501  1
+│                             implement (yet)
+└── PdfUnavailableError    PDF output lacks WeasyPrint or its libraries     501  1
 """
 
 from __future__ import annotations
@@ -47,6 +59,14 @@ class BrokerUnreachableError(UnreachableError):
     """The MQTT broker does not answer."""
 
 
+class NotMigratedError(QuartierError):
+    """The database has no Quartier schema (``quartier db migrate`` has not run on it): the
+    store's own error, not a missing entity."""
+
+    def __init__(self, message: str = "database not migrated: run `quartier db migrate`") -> None:
+        super().__init__(message)
+
+
 class MigrationError(QuartierError):
     """A schema migration failed; the message names the file."""
 
@@ -69,6 +89,11 @@ class NotFoundError(QuartierError):
     """The requested entity does not exist."""
 
 
+class UnknownDevice(NotFoundError):
+    """A device is not in the registry and may not register itself (``auto_register`` off). The
+    ingest keeps its message as a reject (``unknown_device``)."""
+
+
 class BadRequestError(QuartierError):
     """A request parameter is invalid; the message says which and why."""
 
@@ -76,3 +101,8 @@ class BadRequestError(QuartierError):
 class NotImplementedQueryError(QuartierError):
     """A query uses a valid construct of the standard that Quartier does not implement (yet); the
     message names it. Meant to map to 501 Not Implemented."""
+
+
+class PdfUnavailableError(QuartierError):
+    """PDF output needs WeasyPrint and its system libraries, which are missing; the message says
+    what to install."""

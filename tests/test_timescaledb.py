@@ -39,6 +39,7 @@ from quartier.store.migrate import (
     storage_path,
     timescaledb_version,
 )
+from quartier.store.policy import StorePolicy
 
 pytestmark = pytest.mark.services
 log = logging.getLogger(__name__)
@@ -417,7 +418,7 @@ def test_archive_import_shows_in_the_continuous_aggregates(ts: str) -> None:
 
 
 def test_configure_sets_policies_and_every_job_runs(ts: str) -> None:
-    policy = rollups.StorePolicy(
+    policy = StorePolicy(
         retention=timedelta(days=3650),
         rollup_retention=timedelta(days=7300),
         compress_after=timedelta(days=2),

@@ -13,8 +13,11 @@ import psycopg
 import pytest
 from rich.console import Console
 
+from quartier.cli.db import render_status
+from quartier.config import DatabaseSettings
 from quartier.errors import BadRequestError, ConfigError
 from quartier.store import rollups, status, timeseries
+from quartier.store.policy import StorePolicy
 from quartier.store.timeseries import WIDTHS, aggregate, count_observations, latest, raw_range
 
 pytestmark = pytest.mark.services
@@ -265,7 +268,7 @@ def test_count_observations_exact_with_dirty_and_after_retention(conn: Conn) -> 
     rollups.refresh_all(conn)
     assert count_observations(conn, 1) == (n1, True)
     assert count_observations(conn, 42) == (0, True)
-    policy = rollups.StorePolicy(retention=timedelta(days=60))
+    policy = StorePolicy(retention=timedelta(days=60))
     dropped = rollups.apply_retention(conn, policy, now=datetime(2024, 1, 1, tzinfo=UTC))
     assert dropped == ["observation_p202310"]
     # the rollups still hold October; the count starts at the oldest raw day
@@ -330,7 +333,7 @@ def test_compaction_gives_way_to_a_busy_table(conn: Conn, db_url: str) -> None:
 def test_partitions_ahead_compaction_and_maintain(conn: Conn) -> None:
     write_batch(conn, sample_rows())
     now = datetime(2024, 3, 20, tzinfo=UTC)
-    out = rollups.maintain(conn, rollups.StorePolicy(partitions_ahead_months=2), now=now)
+    out = rollups.maintain(conn, StorePolicy(partitions_ahead_months=2), now=now)
     assert out["path"] == "postgres"
     assert out["partitions_created"] >= 2  # March (if missing), April, May …
     assert out["refreshed"].buckets_15m > 0
@@ -338,8 +341,8 @@ def test_partitions_ahead_compaction_and_maintain(conn: Conn) -> None:
     assert out["compacted"] == ["observation_p202401", "observation_p202402"]
     names = {r[0] for r in conn.execute("select relname from observation_partition_compacted")}
     assert names == {"observation_p202401", "observation_p202402"}
-    assert rollups.maintain(conn, rollups.StorePolicy(), now=now)["compacted"] == []
-    (done,) = rollups.configure(conn, rollups.StorePolicy())
+    assert rollups.maintain(conn, StorePolicy(), now=now)["compacted"] == []
+    (done,) = rollups.configure(conn, StorePolicy())
     assert done.endswith("partition(s) created ahead")
     this_month = conn.execute(
         "select to_regclass('observation_p' || to_char(now() at time zone 'UTC', 'YYYYMM'))"
@@ -350,16 +353,16 @@ def test_partitions_ahead_compaction_and_maintain(conn: Conn) -> None:
 
 def test_policy_is_validated() -> None:
     with pytest.raises(ConfigError, match="rollup_retention must be at least"):
-        rollups.StorePolicy(retention=timedelta(days=365), rollup_retention=timedelta(days=90))
+        StorePolicy(retention=timedelta(days=365), rollup_retention=timedelta(days=90))
     with pytest.raises(ConfigError, match="at least 31 days"):
-        rollups.StorePolicy(retention=timedelta(days=3))
+        StorePolicy(retention=timedelta(days=3))
     with pytest.raises(ConfigError, match="whole days"):
-        rollups.StorePolicy(chunk_interval=timedelta(hours=12))
+        StorePolicy(chunk_interval=timedelta(hours=12))
 
-    class Db:
-        retention = timedelta(days=400)
-
-    assert rollups.StorePolicy.from_settings(Db()).retention == timedelta(days=400)
+    settings = DatabaseSettings(retention=timedelta(days=400), partitions_ahead_months=2)
+    policy = StorePolicy.from_settings(settings)
+    assert policy.retention == timedelta(days=400) and policy.partitions_ahead_months == 2
+    assert StorePolicy.from_settings(DatabaseSettings()) == StorePolicy()
 
 
 def test_bad_requests_say_what_is_wrong(conn: Conn) -> None:
@@ -394,7 +397,7 @@ def test_status_plain(conn: Conn) -> None:
     assert st.observation_rows_estimate == len(sample_rows())
     assert st.dirty_buckets == 0
     console = Console(record=True, width=160)
-    console.print(status.render(st))
+    console.print(render_status(st))
     text = console.export_text()
     assert "plain PostgreSQL" in text and "observation_p202401" in text and "rollup refresh" in text
 
@@ -402,9 +405,9 @@ def test_status_plain(conn: Conn) -> None:
 def test_one_maintenance_round_at_a_time(conn: Conn, db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as other:
         other.execute("select pg_advisory_lock(%s)", (rollups._MAINTAIN_LOCK,))
-        assert rollups.maintain(conn, rollups.StorePolicy()) == {
+        assert rollups.maintain(conn, StorePolicy()) == {
             "path": "postgres",
             "skipped": True,
         }
         other.execute("select pg_advisory_unlock(%s)", (rollups._MAINTAIN_LOCK,))
-    assert "skipped" not in rollups.maintain(conn, rollups.StorePolicy())
+    assert "skipped" not in rollups.maintain(conn, StorePolicy())

@@ -23,11 +23,13 @@ from quartier.api import (
     sensorthings,
     strategy,
 )
-from quartier.api.deps import AppSettings, Conn
+from quartier.api.deps import AnyConn, AppSettings
 from quartier.api.models import ComponentHealth, Health
 from quartier.config import Settings
+from quartier.errors import NotMigratedError
 from quartier.ingest.mqtt import mqtt_client
-from quartier.store.db import make_pool
+from quartier.store.db import DictConn, make_pool
+from quartier.store.migrate import storage_path
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get(
         "/health", response_model=Health, operation_id="health", responses={503: {"model": Health}}
     )
-    def health(conn: Conn, settings: AppSettings) -> JSONResponse:
+    def health(conn: AnyConn, settings: AppSettings) -> JSONResponse:
         db = _check_database(conn)
         broker = _check_mqtt(settings)
         body = Health(status="ok" if db.ok and broker.ok else "degraded", database=db, mqtt=broker)
@@ -81,14 +83,15 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _check_database(conn: Conn) -> ComponentHealth:
+def _check_database(conn: DictConn) -> ComponentHealth:
     try:
-        row = conn.execute("select value from quartier_meta where key = 'storage_path'").fetchone()
+        conn.execute("select 1")  # the server answers now (the storage path is cached)
+        path = storage_path(conn)
+    except NotMigratedError as exc:
+        return ComponentHealth(ok=False, detail=str(exc))
     except Exception as exc:  # health must report, not raise
         return ComponentHealth(ok=False, detail=f"database error: {exc}")
-    if row is None:
-        return ComponentHealth(ok=False, detail="schema not migrated: run `quartier db migrate`")
-    return ComponentHealth(ok=True, detail=f"storage path {row['value']}")
+    return ComponentHealth(ok=True, detail=f"storage path {path}")
 
 
 def _check_mqtt(settings: Settings, timeout: float = 3.0) -> ComponentHealth:

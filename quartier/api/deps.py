@@ -1,15 +1,16 @@
-"""Request dependencies: a pooled connection and the public base URL."""
+"""Request dependencies: a pooled connection (to a migrated database) and the public base URL."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
-import psycopg
 from fastapi import Depends, Request
 from psycopg_pool import ConnectionPool
 
 from quartier.config import Settings
+from quartier.store.db import DictConn
+from quartier.store.migrate import storage_path
 
 
 def get_settings(request: Request) -> Settings:
@@ -17,9 +18,19 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_conn(request: Request) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+def get_any_conn(request: Request) -> Iterator[DictConn]:
+    """A pooled connection, whatever state the database is in (for ``/health``)."""
     pool: ConnectionPool = request.app.state.pool
     with pool.connection() as conn:
+        yield conn  # type: ignore[misc]
+
+
+def get_conn(request: Request) -> Iterator[DictConn]:
+    """A pooled connection to a migrated database: :class:`~quartier.errors.NotMigratedError`
+    (503) otherwise. The storage path is read once per pooled connection."""
+    pool: ConnectionPool = request.app.state.pool
+    with pool.connection() as conn:
+        storage_path(conn)
         yield conn  # type: ignore[misc]
 
 
@@ -28,6 +39,7 @@ def get_base_url(request: Request) -> str:
     return (settings.api.base_url or str(request.base_url)).rstrip("/")
 
 
-Conn = Annotated[psycopg.Connection[dict[str, Any]], Depends(get_conn)]
+Conn = Annotated[DictConn, Depends(get_conn)]
+AnyConn = Annotated[DictConn, Depends(get_any_conn)]
 BaseUrl = Annotated[str, Depends(get_base_url)]
 AppSettings = Annotated[Settings, Depends(get_settings)]

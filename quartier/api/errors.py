@@ -16,19 +16,38 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from quartier.errors import (
     BadRequestError,
     ConfigError,
+    DecodeError,
+    MigrationError,
     NotFoundError,
+    NotImplementedQueryError,
+    NotMigratedError,
+    PdfUnavailableError,
     QuartierError,
+    ServiceError,
     UnreachableError,
 )
 
 log = logging.getLogger(__name__)
 
+#: HTTP status per error type (the tree in ``quartier.errors``); the most specific class wins
 STATUS: dict[type[QuartierError], int] = {
+    QuartierError: 500,
+    ConfigError: 500,
+    ServiceError: 500,
+    UnreachableError: 503,
+    NotMigratedError: 503,
+    MigrationError: 500,
+    DecodeError: 400,
     NotFoundError: 404,
     BadRequestError: 400,
-    ConfigError: 500,
-    UnreachableError: 503,
+    NotImplementedQueryError: 501,
+    PdfUnavailableError: 501,
 }
+
+
+def status_of(exc: QuartierError) -> int:
+    """The HTTP status of ``exc``: that of the nearest class in :data:`STATUS`."""
+    return next(STATUS[t] for t in type(exc).__mro__ if t in STATUS)
 
 
 def _body(status: int, kind: str, message: str) -> JSONResponse:
@@ -38,7 +57,7 @@ def _body(status: int, kind: str, message: str) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(QuartierError)
     async def quartier_error(request: Request, exc: QuartierError) -> JSONResponse:
-        status = next((s for t, s in STATUS.items() if isinstance(exc, t)), 500)
+        status = status_of(exc)
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
         return _body(status, type(exc).__name__, str(exc))

@@ -87,17 +87,10 @@ async def sensor_community_push(
             now,
             cfg.max_future_seconds,
         )
-    except DecodeError as exc:
+    except DecodeError as exc:  # kept as a reject; the error table answers 400
         reject = Reject(TOPIC, body, exc.reason, exc.detail, now, source="http")
         await run_in_threadpool(w.write, url, cfg.auto_register, Batch(rejects=[reject]))
-        return JSONResponse(
-            {
-                "code": 400,
-                "type": "DecodeError",
-                "message": f"refused ({exc.reason}): {exc.detail}",
-            },
-            status_code=400,
-        )
+        raise
     batch = Batch()
     batch.uplinks.append((uplink, f"{TOPIC}/{uplink.device}", body, now))
     stored = await run_in_threadpool(w.write, url, cfg.auto_register, batch)

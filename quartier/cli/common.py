@@ -15,12 +15,22 @@ from rich.console import Console
 from rich.text import Text
 
 from quartier.config import Settings
-from quartier.errors import QuartierError, UnreachableError
+from quartier.errors import NotMigratedError, QuartierError, UnreachableError
 
 console = Console(stderr=True)
 
-#: exit status per error type (the first that matches); any other QuartierError exits with 1
-EXIT_CODES: dict[type[QuartierError], int] = {UnreachableError: 2}
+#: exit status per error type (the tree in ``quartier.errors``); the most specific class wins:
+#: 2 a server does not answer, 3 the database is not migrated, 1 any other error
+EXIT_CODES: dict[type[QuartierError], int] = {
+    QuartierError: 1,
+    UnreachableError: 2,
+    NotMigratedError: 3,
+}
+
+
+def exit_code(exc: QuartierError) -> int:
+    """The exit status of ``exc``: that of the nearest class in :data:`EXIT_CODES`."""
+    return next(EXIT_CODES[t] for t in type(exc).__mro__ if t in EXIT_CODES)
 
 
 def settings(local: bool = True) -> Settings:
@@ -51,8 +61,7 @@ def user_errors(s: Settings | None = None) -> Iterator[None]:
     try:
         yield
     except QuartierError as exc:
-        code = next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), 1)
-        raise fail(str(exc), code) from None
+        raise fail(str(exc), exit_code(exc)) from None
     except Exception as exc:
         unreachable = database_error(exc, s)
         if unreachable is None:

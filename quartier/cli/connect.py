@@ -64,12 +64,19 @@ def database_error(
 
 
 @contextmanager
-def connect(settings: Settings, *, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
+def connect(
+    settings: Settings, *, autocommit: bool = False, application_name: str | None = None
+) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the configured database, closed (and committed unless an error left
-    it) at the end of the block."""
+    it) at the end of the block; ``application_name`` names it in ``pg_stat_activity``."""
     url = settings.require_database_url()
+    named: dict[str, Any] = (
+        {} if application_name is None else {"application_name": application_name}
+    )
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+        conn = psycopg.connect(
+            url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S, **named
+        )
     except psycopg.OperationalError as exc:
         raise _database_unreachable(url, exc) from None
     with conn:

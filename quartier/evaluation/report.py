@@ -22,7 +22,7 @@ import geopandas as gpd
 import jinja2
 import psycopg
 
-from quartier.errors import QuartierError
+from quartier.errors import PdfUnavailableError
 from quartier.evaluation import charts, compute
 from quartier.evaluation.evaluate import Evaluation, KpiResult
 from quartier.evaluation.indicators import CATALOGUE, IndicatorValue
@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 
 NETWORK_INDICATORS = ("sensor_availability", "sensor_stale_count", "sensor_data_freshness")
 STALE_MANUAL = timedelta(days=400)
-
-
-class PdfUnavailableError(QuartierError):
-    """PDF output needs WeasyPrint and its system libraries, which are missing."""
 
 
 T: dict[str, dict[str, str]] = {

@@ -17,8 +17,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from quartier.errors import UnknownDevice
 from quartier.ingest.model import Batch, Reject, SpeedTest, Uplink, WriteResult
 from quartier.ingest.quantities import QUANTITIES
+from quartier.store.db import Conn
 from quartier.store.pgcopy import (
     PG_EPOCH_US,
     Column,
@@ -27,12 +29,10 @@ from quartier.store.pgcopy import (
     TimestamptzArray,
     write_copy,
 )
-from quartier.store.registry import Registry, UnknownDevice
+from quartier.store.registry import Registry
 from quartier.store.timeseries import ORIGIN, ROLLUPS
 
 log = logging.getLogger(__name__)
-
-Conn = psycopg.Connection[tuple[object, ...]]
 
 
 _PARTITION_LOCK = 0x5155_4950  # "QUIP": one writer creates partitions at a time

@@ -1,11 +1,21 @@
-"""Connections. Pools are created by entry points (the app factory) and passed down."""
+"""Connections and their types. Pools are created by entry points (the app factory) and passed
+down."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from quartier.config import Settings
+
+#: A connection with any row factory: the API pool's rows are dicts, the CLI's and the
+#: ingester's tuples; code typed with it reads rows either way (or only by position).
+Conn = psycopg.Connection[Any]
+#: A connection whose rows are dicts (``row_factory=dict_row``, as the API pool's).
+DictConn = psycopg.Connection[dict[str, Any]]
 
 
 def make_pool(settings: Settings, *, name: str = "quartier-api") -> ConnectionPool:

@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 
-from quartier.errors import MigrationError, UnsupportedVersionError
+from quartier.errors import MigrationError, NotMigratedError, UnsupportedVersionError
+from quartier.store.db import Conn
 
 log = logging.getLogger(__name__)
 
+#: The two storage paths: TimescaleDB (hypertable, continuous aggregates, policies) or plain
+#: PostgreSQL (monthly range partitions, rollup tables kept by :mod:`quartier.store.rollups`).
 StoragePath = Literal["timescaledb", "postgres"]
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(timescaledb|postgres))?\.sql$")
 _LOCK_KEY = 0x5155_4152  # "QUAR"
@@ -70,7 +74,7 @@ def available_migrations(path: StoragePath) -> list[Migration]:
     return [chosen[v] for v in sorted(chosen)]
 
 
-def timescaledb_available(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+def timescaledb_available(conn: Conn) -> bool:
     row = conn.execute(
         "select 1 from pg_available_extensions where name = 'timescaledb'"
     ).fetchone()
@@ -98,23 +102,43 @@ def check_timescaledb_version(version: str) -> tuple[int, int, int]:
     return found
 
 
-def timescaledb_version(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+def timescaledb_version(conn: Conn) -> str | None:
     """The version of the timescaledb extension created in this database (None: not created)."""
     row = conn.execute(
         "select extversion from pg_extension where extname = 'timescaledb'"
     ).fetchone()
-    return None if row is None else str(row[0])
+    return None if row is None else str(_value(row))
 
 
-def storage_path(conn: psycopg.Connection[tuple[object, ...]]) -> StoragePath | None:
-    """The storage path of a migrated database (None before the first migration)."""
-    if conn.execute("select to_regclass('quartier_meta')").fetchone() == (None,):
-        return None
-    row = conn.execute("select value from quartier_meta where key = 'storage_path'").fetchone()
-    return None if row is None else row[0]  # type: ignore[return-value]
+#: the storage path per open connection: decided at the first migration, it never changes
+_PATHS: weakref.WeakKeyDictionary[Any, StoragePath] = weakref.WeakKeyDictionary()
 
 
-def _decide_path(conn: psycopg.Connection[tuple[object, ...]], mode: str) -> StoragePath:
+def _value(row: Any) -> Any:
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+
+def storage_path(conn: Conn) -> StoragePath:
+    """The storage path of a migrated database (read once per connection, for any row factory);
+    :class:`NotMigratedError` before the first migration. The one place that tells the two
+    paths apart."""
+    known = _PATHS.get(conn)
+    if known is not None:
+        return known
+    table = conn.execute("select to_regclass('quartier_meta') is not null").fetchone()
+    row = (
+        conn.execute("select value from quartier_meta where key = 'storage_path'").fetchone()
+        if table is not None and _value(table)
+        else None
+    )
+    if row is None:
+        raise NotMigratedError()
+    path: StoragePath = "timescaledb" if _value(row) == "timescaledb" else "postgres"
+    _PATHS[conn] = path
+    return path
+
+
+def _decide_path(conn: Conn, mode: str) -> StoragePath:
     if mode == "postgres" or not timescaledb_available(conn):
         return "postgres"
     try:
@@ -141,7 +165,10 @@ def migrate(url: str, *, timescaledb: str = "auto") -> tuple[StoragePath, list[s
                        name       text not null,
                        applied_at timestamptz not null default now())"""
             )
-            path = storage_path(conn) or _decide_path(conn, timescaledb)
+            try:
+                path = storage_path(conn)
+            except NotMigratedError:  # the first run decides
+                path = _decide_path(conn, timescaledb)
             if path == "timescaledb":
                 check_timescaledb_version(timescaledb_version(conn) or "(not created)")
             done = {r[0] for r in conn.execute("select version from schema_migrations")}
@@ -171,9 +198,7 @@ def migrate(url: str, *, timescaledb: str = "auto") -> tuple[StoragePath, list[s
     return path, applied
 
 
-def _apply(
-    conn: psycopg.Connection[tuple[object, ...]], mig: Migration, label: str, path: StoragePath
-) -> None:
+def _apply(conn: Conn, mig: Migration, label: str, path: StoragePath) -> None:
     conn.execute(mig.sql.encode())
     conn.execute(
         "insert into schema_migrations (version, name) values (%s, %s)", (mig.version, label)

@@ -9,12 +9,12 @@ import logging
 from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
-import psycopg
 from psycopg.types.json import Jsonb
 
-log = logging.getLogger(__name__)
+from quartier.errors import UnknownDevice
+from quartier.store.db import Conn
 
-Conn = psycopg.Connection[tuple[object, ...]]
+log = logging.getLogger(__name__)
 
 
 class Place(Protocol):
@@ -49,10 +49,6 @@ class QuantityInfo(Protocol):
 def _int(value: object) -> int:
     assert isinstance(value, int)
     return value
-
-
-class UnknownDevice(Exception):
-    pass
 
 
 #: a reported position closer than this (degrees, about a metre) to the current one is no move

@@ -28,77 +28,21 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from quartier.errors import ConfigError
-from quartier.store.timeseries import (
-    ORIGIN,
-    ROLLUPS,
-    StoragePath,
-    ceil_to,
-    floor_to,
-    storage_path,
-)
+from quartier.config import DatabaseSettings
+from quartier.store import timescale
+from quartier.store.db import Conn
+from quartier.store.migrate import StoragePath, storage_path
+from quartier.store.policy import StorePolicy
+from quartier.store.timeseries import ORIGIN, ROLLUPS, ceil_to, floor_to
 
 log = logging.getLogger(__name__)
 
-Conn = psycopg.Connection[Any]
 _REFRESH_LOCK = 0x5155_5231  # "QUR1": one refresher at a time
 _MAINTAIN_LOCK = 0x5155_5232  # "QUR2": one maintenance round at a time
 _FINER = {
     timedelta(hours=1): timedelta(minutes=15),
     timedelta(days=1): timedelta(hours=1),
 }
-
-
-@dataclass(frozen=True)
-class StorePolicy:
-    """Retention and compression, from ``DatabaseSettings`` (see :meth:`from_settings`)."""
-
-    #: raw observations older than this are dropped (None: kept forever)
-    retention: timedelta | None = None
-    #: rollup rows older than this are dropped (None: kept forever); must be >= retention
-    rollup_retention: timedelta | None = None
-    #: TimescaleDB: chunks are compressed when all their rows are older than this; plain
-    #: PostgreSQL: a month's partition is compacted (rewritten sorted by datastream and time)
-    #: this long after it ended
-    compress_after: timedelta = timedelta(days=7)
-    #: TimescaleDB: chunk interval for new chunks
-    chunk_interval: timedelta = timedelta(days=7)
-    #: plain PostgreSQL: monthly partitions are created this many months ahead
-    partitions_ahead_months: int = 3
-
-    def __post_init__(self) -> None:
-        if (
-            self.retention is not None
-            and self.rollup_retention is not None
-            and self.rollup_retention < self.retention
-        ):
-            raise ConfigError(
-                "database.rollup_retention must be at least database.retention "
-                f"({self.rollup_retention} < {self.retention}): @iot.count and aggregates over "
-                "old ranges read the rollups"
-            )
-        for name in ("retention", "rollup_retention"):
-            value = getattr(self, name)
-            if value is not None and value < timedelta(days=31):
-                raise ConfigError(f"database.{name} must be at least 31 days, got {value}")
-        if self.chunk_interval % timedelta(days=1) != timedelta(0):
-            raise ConfigError(
-                f"database.chunk_interval must be whole days, got {self.chunk_interval}"
-            )
-
-    @classmethod
-    def from_settings(cls, database: Any) -> StorePolicy:
-        """From ``settings.database``; fields it does not have yet keep their defaults."""
-        defaults = cls()
-        return cls(
-            retention=getattr(database, "retention", defaults.retention),
-            rollup_retention=getattr(database, "rollup_retention", defaults.rollup_retention),
-            compress_after=getattr(database, "compress_after", defaults.compress_after),
-            chunk_interval=getattr(database, "chunk_interval", defaults.chunk_interval),
-            partitions_ahead_months=getattr(
-                database, "partitions_ahead_months", defaults.partitions_ahead_months
-            ),
-        )
 
 
 @dataclass
@@ -430,8 +374,6 @@ def configure(conn: Conn, policy: StorePolicy) -> list[str]:
     TimescaleDB the policies (:func:`quartier.store.timescale.configure`), on plain PostgreSQL the
     partitions ahead (retention and compaction run in :func:`maintain`)."""
     if storage_path(conn) == "timescaledb":
-        from quartier.store import timescale  # the TimescaleDB-specific SQL
-
         return timescale.configure(conn, policy)
     made = ensure_partitions_ahead(conn, policy.partitions_ahead_months)
     return [f"{made} partition(s) created ahead"]
@@ -480,7 +422,9 @@ def run_maintenance(
             stop.wait(every_s)
 
 
-def start_maintenance(url: str, database: Any, stop: threading.Event) -> threading.Thread:
+def start_maintenance(
+    url: str, database: DatabaseSettings, stop: threading.Event
+) -> threading.Thread:
     """:func:`run_maintenance` with the policy of ``settings.database``, in a daemon thread."""
     thread = threading.Thread(
         target=run_maintenance,

@@ -9,11 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-import psycopg
-
 from quartier.errors import NotFoundError
+from quartier.store.db import DictConn
 
-Conn = psycopg.Connection[dict[str, Any]]
 Order = Literal["asc", "desc"]
 
 _THING = "select t.id, t.name, t.description, t.properties from thing t"
@@ -37,7 +35,7 @@ _OBSERVED_PROPERTY = (
 
 
 def _page(
-    conn: Conn, query: str, params: tuple[Any, ...], top: int, skip: int, order: str = "id"
+    conn: DictConn, query: str, params: tuple[Any, ...], top: int, skip: int, order: str = "id"
 ) -> list[dict[str, Any]]:
     return conn.execute(
         f"{query} order by {order} limit %s offset %s",  # order is one of our constants
@@ -45,13 +43,13 @@ def _page(
     ).fetchall()
 
 
-def _count(conn: Conn, table: str, where: str = "", params: tuple[Any, ...] = ()) -> int:
+def _count(conn: DictConn, table: str, where: str = "", params: tuple[Any, ...] = ()) -> int:
     row = conn.execute(f"select count(*) as n from {table} {where}", params).fetchone()
     assert row is not None
     return int(row["n"])
 
 
-def _one(conn: Conn, query: str, entity: str, entity_id: int) -> dict[str, Any]:
+def _one(conn: DictConn, query: str, entity: str, entity_id: int) -> dict[str, Any]:
     row = conn.execute(query, (entity_id,)).fetchone()
     if row is None:
         raise NotFoundError(f"no {entity} with @iot.id {entity_id}")
@@ -59,21 +57,21 @@ def _one(conn: Conn, query: str, entity: str, entity_id: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- Things
-def things(conn: Conn, top: int, skip: int) -> list[dict[str, Any]]:
+def things(conn: DictConn, top: int, skip: int) -> list[dict[str, Any]]:
     return _page(conn, _THING, (), top, skip, "t.id")
 
 
-def thing(conn: Conn, thing_id: int) -> dict[str, Any]:
+def thing(conn: DictConn, thing_id: int) -> dict[str, Any]:
     return _one(conn, f"{_THING} where t.id = %s", "Thing", thing_id)
 
 
-def count_things(conn: Conn) -> int:
+def count_things(conn: DictConn) -> int:
     return _count(conn, "thing")
 
 
 # ------------------------------------------------------------------------- Datastreams
 def datastreams(
-    conn: Conn, top: int, skip: int, thing_id: int | None = None
+    conn: DictConn, top: int, skip: int, thing_id: int | None = None
 ) -> list[dict[str, Any]]:
     if thing_id is None:
         return _page(conn, _DATASTREAM, (), top, skip, "d.id")
@@ -81,11 +79,11 @@ def datastreams(
     return _page(conn, f"{_DATASTREAM} where d.thing_id = %s", (thing_id,), top, skip, "d.id")
 
 
-def datastream(conn: Conn, ds_id: int) -> dict[str, Any]:
+def datastream(conn: DictConn, ds_id: int) -> dict[str, Any]:
     return _one(conn, f"{_DATASTREAM} where d.id = %s", "Datastream", ds_id)
 
 
-def count_datastreams(conn: Conn, thing_id: int | None = None) -> int:
+def count_datastreams(conn: DictConn, thing_id: int | None = None) -> int:
     if thing_id is None:
         return _count(conn, "datastream")
     return _count(conn, "datastream", "where thing_id = %s", (thing_id,))
@@ -93,7 +91,7 @@ def count_datastreams(conn: Conn, thing_id: int | None = None) -> int:
 
 # ------------------------------------------------------------------------- Observations
 def observations(
-    conn: Conn, ds_id: int, top: int, skip: int, order: Order = "asc"
+    conn: DictConn, ds_id: int, top: int, skip: int, order: Order = "asc"
 ) -> list[dict[str, Any]]:
     if conn.execute("select 1 from datastream where id = %s", (ds_id,)).fetchone() is None:
         raise NotFoundError(f"no Datastream with @iot.id {ds_id}")
@@ -106,7 +104,7 @@ def observations(
     ).fetchall()
 
 
-def observation(conn: Conn, ds_id: int, time: datetime) -> dict[str, Any]:
+def observation(conn: DictConn, ds_id: int, time: datetime) -> dict[str, Any]:
     """One observation by its primary key (the parts of its derived @iot.id)."""
     row = conn.execute(
         "select datastream_id, phenomenon_time, result, result_json, result_time, parameters"
@@ -118,7 +116,7 @@ def observation(conn: Conn, ds_id: int, time: datetime) -> dict[str, Any]:
     return row
 
 
-def count_observations(conn: Conn, ds_id: int) -> tuple[int, bool]:
+def count_observations(conn: DictConn, ds_id: int) -> tuple[int, bool]:
     """(count, exact): exact where cheap, an estimate on very large TimescaleDB datastreams."""
     from quartier.store.timeseries import count_observations as fast_count
 
@@ -126,7 +124,9 @@ def count_observations(conn: Conn, ds_id: int) -> tuple[int, bool]:
 
 
 # ------------------------------------------------------------------------- others
-def locations(conn: Conn, top: int, skip: int, thing_id: int | None = None) -> list[dict[str, Any]]:
+def locations(
+    conn: DictConn, top: int, skip: int, thing_id: int | None = None
+) -> list[dict[str, Any]]:
     if thing_id is None:
         return _page(conn, _LOCATION, (), top, skip, "l.id")
     thing(conn, thing_id)
@@ -140,17 +140,17 @@ def locations(conn: Conn, top: int, skip: int, thing_id: int | None = None) -> l
     )
 
 
-def sensors(conn: Conn, top: int, skip: int) -> list[dict[str, Any]]:
+def sensors(conn: DictConn, top: int, skip: int) -> list[dict[str, Any]]:
     return _page(conn, _SENSOR, (), top, skip, "s.id")
 
 
-def sensor(conn: Conn, sensor_id: int) -> dict[str, Any]:
+def sensor(conn: DictConn, sensor_id: int) -> dict[str, Any]:
     return _one(conn, f"{_SENSOR} where s.id = %s", "Sensor", sensor_id)
 
 
-def observed_properties(conn: Conn, top: int, skip: int) -> list[dict[str, Any]]:
+def observed_properties(conn: DictConn, top: int, skip: int) -> list[dict[str, Any]]:
     return _page(conn, _OBSERVED_PROPERTY, (), top, skip, "p.id")
 
 
-def observed_property(conn: Conn, op_id: int) -> dict[str, Any]:
+def observed_property(conn: DictConn, op_id: int) -> dict[str, Any]:
     return _one(conn, f"{_OBSERVED_PROPERTY} where p.id = %s", "ObservedProperty", op_id)

@@ -9,7 +9,8 @@ import psycopg
 
 from quartier.config import DatabaseSettings
 from quartier.store.migrate import StoragePath, migrate
-from quartier.store.rollups import StorePolicy, configure
+from quartier.store.policy import StorePolicy
+from quartier.store.rollups import configure
 
 
 def prepare(url: str, database: DatabaseSettings) -> tuple[StoragePath, list[str]]:

@@ -1,8 +1,9 @@
-"""``quartier db status``: which storage path is in use, how big things are, how old the data is,
-and whether the upkeep (policies on TimescaleDB, the rollup refresh on plain PostgreSQL) keeps up.
+"""What ``quartier db status`` shows, as data: which storage path is in use, how big things are,
+how old the data is, and whether the upkeep (policies on TimescaleDB, the rollup refresh on plain
+PostgreSQL) keeps up.
 
-:func:`collect` reads everything into a :class:`StoreStatus` (plain data, testable);
-:func:`render` turns it into a rich renderable; :func:`db_status` does both for the CLI.
+:func:`collect` reads everything into a :class:`StoreStatus` (plain data); the CLI
+(``quartier.cli.db``) renders it. A database that is not migrated is :class:`NotMigratedError`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from rich.console import Group, RenderableType
-from rich.table import Table
 
-from quartier.config import Settings
-from quartier.errors import ConfigError
 from quartier.store import timescale
+from quartier.store.db import Conn
 from quartier.store.migrate import storage_path
-
-Conn = psycopg.Connection[Any]
 
 
 @dataclass
@@ -76,8 +72,6 @@ def _rows(conn: Conn, query: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 def collect(conn: Conn) -> StoreStatus:
     path = storage_path(conn)
-    if path is None:
-        raise ConfigError("the database is not migrated: run `quartier db migrate`")
     newest = _one(conn, "select max(phenomenon_time) from observation_latest")
     st = StoreStatus(
         path=path,
@@ -191,66 +185,3 @@ def _timescale(conn: Conn, st: StoreStatus) -> None:
     for a in ts.aggregates:
         st.rollups[a["name"]] = int(a["bytes"] or 0)
     st.jobs = ts.jobs
-
-
-# ------------------------------------------------------------------------------------ render
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def _t(t: datetime | None) -> str:
-    return "–" if t is None else f"{t:%Y-%m-%d %H:%M}Z"
-
-
-def render(st: StoreStatus) -> RenderableType:
-    head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column()
-    path = (
-        "TimescaleDB " + (st.timescaledb_version or "")
-        if st.path == "timescaledb"
-        else ("plain PostgreSQL (monthly partitions, rollup tables)")
-    )
-    head.add_row("storage path", path)
-    head.add_row("server", f"PostgreSQL {st.server_version}")
-    bpo = st.bytes_per_observation
-    head.add_row(
-        "observations",
-        f"~{st.observation_rows_estimate:,} rows, {_size(st.observation_bytes)}"
-        + (f" ({bpo:.0f} bytes each)" if bpo else ""),
-    )
-    head.add_row("datastreams with data", f"{st.datastreams_with_data:,}")
-    head.add_row("oldest / newest", f"{_t(st.oldest)} / {_t(st.newest)}")
-    ratio = f"{st.compression_ratio:.1f}×, " if st.compression_ratio else ""
-    head.add_row("compression", ratio + st.compression_note)
-    rollups = ", ".join(
-        f"{k.removeprefix('observation_')} {_size(v)}" for k, v in st.rollups.items()
-    )
-    head.add_row("rollups", rollups)
-    parts = Table(
-        title="chunks" if st.path == "timescaledb" else "partitions", title_justify="left"
-    )
-    for col in ("name", "from", "to", "size", "state"):
-        parts.add_column(col, justify="right" if col == "size" else "left")
-    for p in st.parts:
-        parts.add_row(p.name, _t(p.start), _t(p.end), _size(p.bytes), p.state)
-    jobs = Table(title="jobs", title_justify="left")
-    keys = list(st.jobs[0].keys()) if st.jobs else ["job"]
-    for k in keys:
-        jobs.add_column(k)
-    for j in st.jobs:
-        jobs.add_row(*("" if j.get(k) is None else str(j.get(k)) for k in keys))
-    return Group(head, parts, jobs)
-
-
-def db_status(settings: Settings) -> RenderableType:
-    """Everything ``quartier db status`` shows, as one rich renderable."""
-    with psycopg.connect(
-        settings.require_database_url(), autocommit=True, application_name="quartier-status"
-    ) as conn:
-        return render(collect(conn))

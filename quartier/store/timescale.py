@@ -18,14 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
-
-from quartier.store.migrate import storage_path
-from quartier.store.rollups import StorePolicy
+from quartier.store.db import Conn
+from quartier.store.migrate import storage_path, timescaledb_version
+from quartier.store.policy import StorePolicy
 
 log = logging.getLogger(__name__)
 
-Conn = psycopg.Connection[Any]
 AGGREGATES = ("observation_15m", "observation_1h", "observation_1d")
 #: refresh policy per aggregate: (start_offset, end_offset, schedule_interval). A start offset
 #: bounds the work of each run; late data older than it is materialized by the next policy up
@@ -177,9 +175,7 @@ class TimescaleStatus:
 
 
 def status(conn: Conn) -> TimescaleStatus:
-    version = _rows(conn, "select extversion from pg_extension where extname = 'timescaledb'")[0][
-        "extversion"
-    ]
+    version = timescaledb_version(conn)
     dims = _rows(
         conn,
         "select time_interval from timescaledb_information.dimensions "

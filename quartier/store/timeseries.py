@@ -17,7 +17,6 @@ buckets without any observation.
 from __future__ import annotations
 
 import re
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,10 +26,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from quartier.errors import BadRequestError, NotFoundError
+from quartier.errors import BadRequestError
+from quartier.store.db import Conn
+from quartier.store.migrate import StoragePath, storage_path
 
-Conn = psycopg.Connection[Any]
-StoragePath = Literal["timescaledb", "postgres"]
 SourceChoice = Literal["auto", "raw", "rollup"]
 Function = Literal["count", "sum", "avg", "min", "max"]
 FUNCTIONS: tuple[Function, ...] = ("count", "sum", "avg", "min", "max")
@@ -179,24 +178,6 @@ def _utc(t: datetime, name: str) -> datetime:
     if t.tzinfo is None:
         raise BadRequestError(f"{name}={t.isoformat()} has no time zone; add Z or an offset")
     return t.astimezone(UTC)
-
-
-# ------------------------------------------------------------------------------------ path
-#: the storage path per open connection: decided at the first migration, it never changes
-_PATHS: weakref.WeakKeyDictionary[Any, StoragePath] = weakref.WeakKeyDictionary()
-
-
-def storage_path(conn: Conn) -> StoragePath:
-    known = _PATHS.get(conn)
-    if known is not None:
-        return known
-    row = conn.execute("select value from quartier_meta where key = 'storage_path'").fetchone()
-    if row is None:
-        raise NotFoundError("the database is not migrated: run `quartier db migrate`")
-    value = row["value"] if isinstance(row, dict) else row[0]
-    path: StoragePath = "timescaledb" if value == "timescaledb" else "postgres"
-    _PATHS[conn] = path
-    return path
 
 
 def choose_source(width: timedelta, source: SourceChoice = "auto") -> timedelta | None:
