@@ -54,6 +54,11 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
 
 
 class DatabaseSettings(BaseModel):
+    """PostgreSQL, and the store policies (``partitions_ahead_months`` … ``chunk_interval``),
+    which ``quartier db migrate`` applies and the maintenance round keeps (read as one value by
+    :class:`quartier.store.policy.StorePolicy`, which validates them). Durations are ISO 8601
+    (``QUARTIER_DATABASE__RETENTION=P400D``) or seconds."""
+
     url: str | None = Field(
         default=None, description="PostgreSQL URL; default: the project-local cluster"
     )

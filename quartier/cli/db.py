@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console, Group, RenderableType
@@ -10,7 +11,9 @@ from rich.table import Table
 
 from quartier.cli.common import console, settings, user_errors
 from quartier.cli.connect import connect, database_url
-from quartier.store.status import StoreStatus
+
+if TYPE_CHECKING:
+    from quartier.store.status import StoreStatus
 
 app = typer.Typer(help="Database schema and status.", no_args_is_help=True)
 

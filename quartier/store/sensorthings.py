@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from quartier.errors import NotFoundError
+from quartier.store import timeseries
 from quartier.store.db import DictConn
 
 Order = Literal["asc", "desc"]
@@ -118,9 +119,7 @@ def observation(conn: DictConn, ds_id: int, time: datetime) -> dict[str, Any]:
 
 def count_observations(conn: DictConn, ds_id: int) -> tuple[int, bool]:
     """(count, exact): exact where cheap, an estimate on very large TimescaleDB datastreams."""
-    from quartier.store.timeseries import count_observations as fast_count
-
-    return fast_count(conn, ds_id)
+    return timeseries.count_observations(conn, ds_id)
 
 
 # ------------------------------------------------------------------------- others
