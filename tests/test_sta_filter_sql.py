@@ -29,7 +29,7 @@ pytestmark = pytest.mark.services
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T0 = datetime(2024, 3, 30, 22, 0, tzinfo=UTC)
-ALPHABET = "aAb '"
+ALPHABET = "aAb '%_"
 
 
 # ------------------------------------------------------------------------------ random data
