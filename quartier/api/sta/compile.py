@@ -15,8 +15,11 @@ equal):
   the joined entities, true when some combination of related entities satisfies it (OData's
   ``any``). ``Datastream/id`` on an Observation is read from its foreign key, without a join.
 * Non-nullable columns compared with literals compile to plain comparisons, so an Observation
-  filter ``phenomenonTime ge … and phenomenonTime lt …`` on one Datastream is a range scan of
-  the ``(datastream_id, phenomenon_time)`` primary key.
+  filter ``phenomenonTime ge … and phenomenonTime lt …`` (or ``phenomenonTime eq <interval>``,
+  ``during(phenomenonTime, <interval>)``) on one Datastream is a range scan of the
+  ``(datastream_id, phenomenon_time)`` primary key, and ``id eq '<datastream>:<µs>'`` a lookup.
+* An Observation's ``result`` is numeric from ``result`` or a JSON number in ``result_json``;
+  a string, boolean or object only from ``result_json``.
 * Strings order by code point (``COLLATE "C"``). ``div`` of two integers truncates; division and
   ``mod`` by zero are null. ``round`` rounds half away from zero.
 * Date parts are those of the UTC time (independent of the session's TimeZone);
