@@ -9,6 +9,7 @@ order (simulator, ingester after draining, API) and stops the local services.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -50,6 +51,13 @@ STARTUP_LOGGERS = (
     "quartier.sensors_sim",
     "quartier.evaluation",
 )
+
+
+def _self_command() -> str:
+    """How to call this ``quartier`` again: the script as it was run (``.venv/bin/quartier``
+    under ``make demo``), or ``quartier`` when it was started some other way."""
+    script = sys.argv[0] if sys.argv else ""
+    return script if Path(script).name == "quartier" else "quartier"
 
 
 @contextmanager
@@ -308,7 +316,7 @@ class Demo:
                 + (f"  Report (Bericht)        file://{report}\n" if report else "")
                 + "\n"
                 f"  MQTT broker             {broker}  (topics: docs/mqtt.md)\n"
-                f"  Refused messages        .venv/bin/quartier rejects list\n\n"
+                f"  Refused messages        {_self_command()} rejects list\n\n"
                 f"  {things} things, {obs} observations, {tests} speed tests, {rejects} rejects\n"
                 "  Ctrl-C stops everything.",
                 title="Quartier demo",
