@@ -20,9 +20,10 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from quartier.api.sta.compile import compile_filter, compile_orderby
+from quartier.api.sta.compile import compile_filter, compile_navigation, compile_orderby
 from quartier.api.sta.evaluate import evaluate_filter
 from quartier.api.sta.grammar import parse_filter, parse_orderby
+from quartier.errors import BadRequestError
 
 pytestmark = pytest.mark.services
 
@@ -499,6 +500,27 @@ def test_to_many_navigation_is_any(world: Any) -> None:
     assert sql_things(conn, text) == expected == py_things(w, text)
     f = compile_filter(parse_filter(text), "Things", "t")
     assert "exists" in f.sql.as_string(None)
+
+
+def test_navigation_joins(world: Any) -> None:
+    w, conn = world
+    for entity, nav, table in [
+        ("Thing", "Datastreams", "thing"),
+        ("Datastream", "Thing", "datastream"),
+        ("Datastream", "ObservedProperty", "datastream"),
+    ]:
+        source, on = compile_navigation(entity, nav, "p", "c")
+        rows = {1: w.things, 2: w.datastreams}[1 if entity == "Thing" else 2]
+        for parent in rows.values():
+            q = sql.SQL("select c.id from {} p, {} where p.id = %(id)s and {}").format(
+                sql.Identifier(table), source, on
+            )
+            got = {r["id"] for r in conn.execute(q, {"id": parent["id"]})}
+            assert got == {r["id"] for r in w.related(entity, parent, nav)}, (entity, nav)
+    source, on = compile_navigation("Things", "Locations", "p", "c")
+    assert "thing_location" in source.as_string(None) and '"cx".thing_id' in on.as_string(None)
+    with pytest.raises(BadRequestError, match="Thing has no navigation property 'Sensors'"):
+        compile_navigation("Things", "Sensors", "p", "c")
 
 
 def test_values_are_parameters(world: Any) -> None:

@@ -12,7 +12,13 @@ against). No I/O here. A route does::
 """
 
 from quartier.api.sta.ast import Expand, OrderItem, QueryOptions
-from quartier.api.sta.compile import SqlFragment, check_options, compile_filter, compile_orderby
+from quartier.api.sta.compile import (
+    SqlFragment,
+    check_options,
+    compile_filter,
+    compile_navigation,
+    compile_orderby,
+)
 from quartier.api.sta.evaluate import Graph, evaluate_filter
 from quartier.api.sta.grammar import (
     parse_expand,
@@ -33,6 +39,7 @@ __all__ = [
     "SqlFragment",
     "check_options",
     "compile_filter",
+    "compile_navigation",
     "compile_orderby",
     "evaluate_filter",
     "parse_expand",

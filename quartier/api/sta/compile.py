@@ -637,3 +637,24 @@ def check_options(options: ast.QueryOptions, entity: str | Entity) -> None:
                 )
             target = ENTITIES[nav.target]
         check_options(x.options, target)
+
+
+def compile_navigation(
+    entity: str | Entity, nav: str, parent_alias: str, alias: str
+) -> tuple[sql.Composable, sql.Composable]:
+    """The FROM item (the target's table aliased ``alias``, with its link table where there is
+    one) and the condition tying it to the parent row ``parent_alias`` for navigating ``nav`` of
+    ``entity``: ``/Things(1)/Datastreams`` or one level of ``$expand``. A ``$filter`` of that
+    level compiles with ``compile_filter(expr, target, alias)``."""
+    e = entity_of(entity)
+    n = e.navs.get(nav)
+    if n is None:
+        raise BadRequestError(
+            f"{e.name} has no navigation property {nav!r}; known: {', '.join(e.navs)}"
+        )
+    fmt: dict[str, Composable] = {
+        "a": sql.Identifier(parent_alias),
+        "b": sql.Identifier(alias),
+        "x": sql.Identifier(alias + "x"),
+    }
+    return _S(n.source).format(**_only(n.source, fmt)), _S(n.on).format(**_only(n.on, fmt))
