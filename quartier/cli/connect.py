@@ -14,6 +14,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from quartier.config import Settings, parse_mqtt_url
 from quartier.errors import BrokerUnreachableError, DatabaseUnreachableError
+from quartier.store.db import Conn
 
 #: seconds to wait for a server that does not answer at all (a closed port answers at once)
 CONNECT_TIMEOUT_S = 5
@@ -66,7 +67,7 @@ def database_error(
 @contextmanager
 def connect(
     settings: Settings, *, autocommit: bool = False, application_name: str | None = None
-) -> Iterator[psycopg.Connection[Any]]:
+) -> Iterator[Conn]:
     """A connection to the configured database, closed (and committed unless an error left
     it) at the end of the block; ``application_name`` names it in ``pg_stat_activity``."""
     url = settings.require_database_url()

@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-import psycopg
 
 from quartier.evaluation import coverage_indicators, environment, network, sources
 from quartier.evaluation.indicators import (
@@ -27,6 +26,7 @@ from quartier.evaluation.indicators import (
 from quartier.evaluation.scopes import Scopes
 from quartier.geo import grid, speedtest_cells
 from quartier.geo import io as geo_io
+from quartier.store.db import Conn
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def year_start(now: datetime, tz: str = environment.LOCAL_TZ) -> datetime:
     return start
 
 
-def _speedtest(conn: psycopg.Connection[Any], now: datetime, out: Computation) -> None:
+def _speedtest(conn: Conn, now: datetime, out: Computation) -> None:
     districts = geo_io.load_districts(conn, "stadtbezirk")
     if districts.empty:
         out.notes["gigabit_cell_share"] = "no Stadtbezirke in the district table"
@@ -82,9 +82,7 @@ def _speedtest(conn: psycopg.Connection[Any], now: datetime, out: Computation) -
     )
 
 
-def _broadband(
-    conn: psycopg.Connection[Any], scopes: Scopes, now: datetime, out: Computation
-) -> None:
+def _broadband(conn: Conn, scopes: Scopes, now: datetime, out: Computation) -> None:
     ids = [d.id for d in CATALOGUE.values() if d.family == "broadband"]
     cells, prov, reason = sources.load_broadband_cells(conn)
     if cells is None:
@@ -108,7 +106,7 @@ def _broadband(
         )  # fmt: skip
 
 
-def _mobile(conn: psycopg.Connection[Any], scopes: Scopes, now: datetime, out: Computation) -> None:
+def _mobile(conn: Conn, scopes: Scopes, now: datetime, out: Computation) -> None:
     ids = [d.id for d in CATALOGUE.values() if d.family == "mobile"]
     frames, prov, reason = sources.load_mobile(conn)
     if frames is None:
@@ -131,9 +129,7 @@ def _mobile(conn: psycopg.Connection[Any], scopes: Scopes, now: datetime, out: C
         )  # fmt: skip
 
 
-def _environment(
-    conn: psycopg.Connection[Any], scopes: Scopes, now: datetime, out: Computation
-) -> None:
+def _environment(conn: Conn, scopes: Scopes, now: datetime, out: Computation) -> None:
     y0 = year_start(now)
     r0 = now - ROLLING
     for q in ("pm25", "pm10", "no2"):
@@ -172,9 +168,7 @@ def _environment(
     )  # fmt: skip
 
 
-def _network(
-    conn: psycopg.Connection[Any], scopes: Scopes, now: datetime, out: Computation
-) -> None:
+def _network(conn: Conn, scopes: Scopes, now: datetime, out: Computation) -> None:
     start = now - AVAILABILITY_WINDOW
     streams = sources.load_streams(conn, start, now)
     things = sources.load_things(conn, now)
@@ -200,9 +194,7 @@ def _network(
     )  # fmt: skip
 
 
-def compute(
-    conn: psycopg.Connection[Any], now: datetime, ids: Collection[str] | None = None
-) -> Computation:
+def compute(conn: Conn, now: datetime, ids: Collection[str] | None = None) -> Computation:
     """Values of the computed indicators (all, or the families of ``ids``) as of ``now``."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -227,6 +219,6 @@ def compute(
     return out
 
 
-def compute_indicators(conn: psycopg.Connection[Any], now: datetime) -> list[IndicatorValue]:
+def compute_indicators(conn: Conn, now: datetime) -> list[IndicatorValue]:
     """Every computed indicator's values as of ``now`` (tz-aware)."""
     return compute(conn, now).values

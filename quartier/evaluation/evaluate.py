@@ -11,7 +11,6 @@ from datetime import date, datetime
 from typing import Any
 
 import pandas as pd
-import psycopg
 from pydantic import BaseModel, Field
 
 from quartier.evaluation import compute, sources, storage
@@ -19,6 +18,7 @@ from quartier.evaluation.indicators import CATALOGUE
 from quartier.evaluation.progress import STATUSES, Assessment, Point, Status, assess
 from quartier.evaluation.scopes import CITY, Scopes
 from quartier.evaluation.strategy import Kpi, Strategy
+from quartier.store.db import Conn
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _scopes_of(
 
 
 def assess_kpi(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     strategy: Strategy,
     field_id: str,
     goal_id: str,
@@ -151,7 +151,7 @@ def months_before(at: datetime, months: int) -> datetime:
 
 
 def evaluate(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     strategy: Strategy,
     as_of: datetime,
     *,

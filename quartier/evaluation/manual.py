@@ -17,14 +17,12 @@ import csv
 import io
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
-
-import psycopg
 
 from quartier.errors import BadRequestError, QuartierError
 from quartier.evaluation import sources, storage
 from quartier.evaluation.indicators import IndicatorValue
 from quartier.evaluation.scopes import CITY
+from quartier.store.db import Conn
 
 REQUIRED = ("indicator", "date", "value", "source")
 OPTIONAL = ("scope_type", "scope_code", "period_start", "numerator", "denominator", "note")
@@ -110,7 +108,7 @@ def parse_csv(
     return values
 
 
-def import_csv(conn: psycopg.Connection[Any], path: Path, *, now: datetime | None = None) -> int:
+def import_csv(conn: Conn, path: Path, *, now: datetime | None = None) -> int:
     """Validate every row of ``path``, then store all of them (or none). Returns the count."""
     try:
         text = path.read_text(encoding="utf-8-sig")

@@ -20,7 +20,6 @@ from typing import Any
 
 import geopandas as gpd
 import jinja2
-import psycopg
 
 from quartier.errors import PdfUnavailableError
 from quartier.evaluation import charts, compute
@@ -29,6 +28,7 @@ from quartier.evaluation.indicators import CATALOGUE, IndicatorValue
 from quartier.evaluation.progress import STATUSES
 from quartier.evaluation.strategy import Strategy
 from quartier.geo import io as geo_io
+from quartier.store.db import Conn
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +458,7 @@ def render_html(
 
 
 def build_report(
-    conn: psycopg.Connection[Any], strategy: Strategy, evaluation: Evaluation, *, lang: str = "de"
+    conn: Conn, strategy: Strategy, evaluation: Evaluation, *, lang: str = "de"
 ) -> str:
     """Gather the districts and the sensor-network facts from the store and render the HTML."""
     districts = geo_io.load_districts(conn, "stadtbezirk")
@@ -503,7 +503,7 @@ def write_report(html: str, out: Path, *, pdf: bool = False) -> list[Path]:
 
 
 def evaluate_to_report(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     strategy_path: Path,
     out: Path,
     *,

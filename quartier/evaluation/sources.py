@@ -17,19 +17,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psycopg
 from psycopg.rows import tuple_row
 
 from quartier.evaluation.scopes import DISTRICT_LEVEL, Scopes
 from quartier.geo import grid
 from quartier.geo.analysis import covers
+from quartier.store.db import Conn
 
 log = logging.getLogger(__name__)
 
 INTERVAL_HISTORY = timedelta(days=7)
 
 
-def load_scopes(conn: psycopg.Connection[Any]) -> Scopes:
+def load_scopes(conn: Conn) -> Scopes:
     """The city and its Stadtbezirke from ``district`` (code "city" if no city row is loaded)."""
     with conn.cursor(row_factory=tuple_row) as cur:
         rows = cur.execute(
@@ -68,7 +68,7 @@ def _stations_sql() -> str:
 
 
 def load_hourly(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     quantity: str,
     start: datetime,
     end: datetime,
@@ -115,7 +115,7 @@ def load_hourly(
     return hourly, station_frame, provenance
 
 
-def load_streams(conn: psycopg.Connection[Any], start: datetime, end: datetime) -> pd.DataFrame:
+def load_streams(conn: Conn, start: datetime, end: datetime) -> pd.DataFrame:
     """Per datastream: ``datastream_id``, ``district_code``, ``received`` in ``[start, end)``,
     ``interval_s`` (property ``interval_s``, else the median gap over the 7 days before ``end``)
     and ``active_from`` (first reading before ``end``)."""
@@ -151,7 +151,7 @@ def load_streams(conn: psycopg.Connection[Any], start: datetime, end: datetime) 
     )
 
 
-def load_things(conn: psycopg.Connection[Any], until: datetime) -> pd.DataFrame:
+def load_things(conn: Conn, until: datetime) -> pd.DataFrame:
     """Per Thing: ``thing_id``, ``district_code``, ``last_seen`` (latest reading up to ``until``
     of any of its datastreams; NaT if none)."""
     point = _THING_POINT.format(thing="t.id")
@@ -181,7 +181,7 @@ CELL_AREA_M2 = 10_000.0
 
 
 def _latest_coverage_run(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
 ) -> tuple[tuple[int, datetime, str, list[str], list[str]] | None, str | None]:
     """The newest run of the geo part's coverage analysis (German profile preferred), or why
     there is none."""
@@ -210,7 +210,7 @@ def _latest_coverage_run(
     return (int(run[0]), run[1], str(run[2]), list(run[3] or []), list(run[4] or [])), None
 
 
-def _coverage_cells(conn: psycopg.Connection[Any], run_id: int) -> list[tuple[Any, ...]]:
+def _coverage_cells(conn: Conn, run_id: int) -> list[tuple[Any, ...]]:
     with conn.cursor(row_factory=tuple_row) as cur:
         rows = cur.execute(
             "select e, n, district_code, households, best_technology, max_down_mbps, class_key,"
@@ -223,7 +223,7 @@ def _coverage_cells(conn: psycopg.Connection[Any], run_id: int) -> list[tuple[An
 
 
 def load_broadband_cells(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
 ) -> tuple[pd.DataFrame | None, dict[str, Any], str | None]:
     """Broadband cells (``coverage_indicators.BROADBAND_COLUMNS``) of the newest coverage run, its
     provenance, or None and why. ``fibre``: the cell's best technology is FTTH or FTTB."""
@@ -254,7 +254,7 @@ def load_broadband_cells(
 
 
 def load_mobile(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
 ) -> tuple[tuple[pd.DataFrame, pd.DataFrame] | None, dict[str, Any], str | None]:
     """Mobile cells (``coverage_indicators.MOBILE_CELL_COLUMNS``, 100 m x 100 m each) and offers
     of the newest coverage run. The analysed area is the cells with signal measurements, as in the

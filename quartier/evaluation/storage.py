@@ -11,12 +11,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from quartier.errors import BadRequestError, NotFoundError
 from quartier.evaluation.indicators import CATALOGUE, IndicatorValue, get_definition
+from quartier.store.db import Conn
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _row(v: IndicatorValue) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def record_values(conn: psycopg.Connection[Any], values: Iterable[IndicatorValue]) -> int:
+def record_values(conn: Conn, values: Iterable[IndicatorValue]) -> int:
     """Store values; a value for the same indicator, area, variant, period, origin and source
     replaces the stored one. Returns the number written."""
     rows = [_row(v) for v in values]
@@ -81,7 +81,7 @@ def _value(row: dict[str, Any]) -> IndicatorValue:
 
 
 def history(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     indicator_id: str,
     *,
     scope_type: str | None = None,
@@ -117,7 +117,7 @@ def history(
 
 
 def latest_values(
-    conn: psycopg.Connection[Any], indicator_ids: Sequence[str], until: datetime | None = None
+    conn: Conn, indicator_ids: Sequence[str], until: datetime | None = None
 ) -> list[IndicatorValue]:
     """The newest stored value (by period end, then computation time) of each indicator, area
     and variant among ``indicator_ids``, up to ``until``."""
@@ -190,7 +190,7 @@ def manual_value(
 
 
 def save_run(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     *,
     strategy_id: str,
     strategy_title: str,
@@ -239,9 +239,7 @@ def save_run(
 _RUN_COLUMNS = "id, strategy_id, strategy_title, strategy_hash, as_of, started_at, summary"
 
 
-def list_runs(
-    conn: psycopg.Connection[Any], strategy_id: str | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
+def list_runs(conn: Conn, strategy_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Evaluation runs, newest first."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
@@ -252,7 +250,7 @@ def list_runs(
         ).fetchall()
 
 
-def get_run(conn: psycopg.Connection[Any], run_id: int | None = None) -> dict[str, Any]:
+def get_run(conn: Conn, run_id: int | None = None) -> dict[str, Any]:
     """One run (the newest if ``run_id`` is None) with ``strategy`` and ``results``; raises
     :class:`NotFoundError`."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -278,7 +276,7 @@ def get_run(conn: psycopg.Connection[Any], run_id: int | None = None) -> dict[st
 
 
 def previous_statuses(
-    conn: psycopg.Connection[Any], strategy_id: str, before: int | None = None
+    conn: Conn, strategy_id: str, before: int | None = None
 ) -> tuple[int | None, dict[tuple[str, str, str], str]]:
     """The newest run of ``strategy_id`` (before run ``before``, if given) and its status per
     (kpi_id, scope_type, scope_code)."""

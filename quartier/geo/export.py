@@ -6,17 +6,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import psycopg
 import shapely.geometry
 
 from quartier.errors import BadRequestError
 from quartier.geo import features, grid, run_store
 from quartier.geo.analysis import operator_lists
+from quartier.store.db import Conn
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ def cells_frame(cells: pd.DataFrame, run: run_store.Run) -> gpd.GeoDataFrame:
                             crs=grid.WGS84)  # fmt: skip
 
 
-def load_districts_stats(conn: psycopg.Connection[Any], run: run_store.Run) -> gpd.GeoDataFrame:
+def load_districts_stats(conn: Conn, run: run_store.Run) -> gpd.GeoDataFrame:
     """District statistics flattened (``households_<class>``, ``share_<class>``,
     ``area_4g_<op>``…) with outlines."""
     feats = features.query_districts(conn, run, limit=100_000)
@@ -59,7 +58,7 @@ def load_districts_stats(conn: psycopg.Connection[Any], run: run_store.Run) -> g
 
 
 def export_run(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     out_dir: Path | str,
     *,
     formats: Sequence[str] = FORMATS,

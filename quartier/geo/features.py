@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import psycopg
 from psycopg.rows import dict_row
 
 from quartier.errors import BadRequestError, NotFoundError
 from quartier.geo import grid
 from quartier.geo.analysis import operator_lists
 from quartier.geo.run_store import Run
+from quartier.store.db import Conn
 
 
 def check_bbox(bbox: Sequence[float] | None) -> tuple[float, float, float, float] | None:
@@ -60,7 +60,7 @@ CELL_COLUMNS = (
 
 
 def query_cells(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     run: Run,
     *,
     bbox: tuple[float, float, float, float] | None = None,
@@ -152,7 +152,7 @@ def cell_features(rows: list[dict[str, Any]], run: Run) -> list[dict[str, Any]]:
     return feats
 
 
-def get_cell(conn: psycopg.Connection[Any], run: Run, cell_id: str) -> dict[str, Any]:
+def get_cell(conn: Conn, run: Run, cell_id: str) -> dict[str, Any]:
     es, ns, ok = grid.parse_cell_ids([cell_id])
     if not ok[0]:
         raise NotFoundError(f"no cell {cell_id!r}")
@@ -169,7 +169,7 @@ def get_cell(conn: psycopg.Connection[Any], run: Run, cell_id: str) -> dict[str,
 
 
 def query_gaps(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     run: Run,
     *,
     bbox: tuple[float, float, float, float] | None = None,
@@ -220,7 +220,7 @@ def query_gaps(
 
 
 def query_districts(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     run: Run,
     *,
     code: str | None = None,

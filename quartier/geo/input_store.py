@@ -19,12 +19,13 @@ from psycopg.rows import tuple_row
 from quartier.geo import io as geo_io
 from quartier.geo.analysis import FIXED_TECHNOLOGIES, MOBILE_TECHNOLOGIES, CoverageInputs
 from quartier.geo.memory import release_free_memory
+from quartier.store.db import Conn
 from quartier.store.pgcopy import Column, read_table_columns, write_copy
 
 # --- reading ------------------------------------------------------------------------------------
 
 
-def _operators(conn: psycopg.Connection[Any]) -> list[str]:
+def _operators(conn: Conn) -> list[str]:
     """The distinct operators of ``mobile_measurement`` (a loose index scan)."""
     with conn.cursor(row_factory=tuple_row) as cur:
         rows = cur.execute(
@@ -43,7 +44,7 @@ def _operators(conn: psycopg.Connection[Any]) -> list[str]:
 
 
 def _read_signals(
-    conn: psycopg.Connection[Any], window: str, period: dict[str, Any]
+    conn: Conn, window: str, period: dict[str, Any]
 ) -> tuple[list[str], dict[str, npt.NDArray[Any]]]:
     """The signal measurements with operator codes (index in the returned list) and technology
     codes (index in MOBILE_TECHNOLOGIES). PostgreSQL sends both in one int4: ``hashtext(operator)``
@@ -78,7 +79,7 @@ def _read_signals(
 
 
 def load_inputs(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     *,
     district_level: str = "stadtbezirk",
     since: datetime | None = None,
@@ -181,7 +182,7 @@ _EPOCH_2000 = "'2000-01-01 00:00:00+00'::timestamptz"
 
 
 def _write_points(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     table: str,
     frame: pd.DataFrame,
     cols: list[Column],
@@ -219,7 +220,7 @@ def _write_points(
     return n
 
 
-def write_households(conn: psycopg.Connection[Any], frame: pd.DataFrame, source: str) -> int:
+def write_households(conn: Conn, frame: pd.DataFrame, source: str) -> int:
     """Append address points (``lon``, ``lat``, ``households``, optional ``address_key``)."""
     keys = frame["address_key"] if "address_key" in frame.columns else [None] * len(frame)
     return _write_points(
@@ -230,7 +231,7 @@ def write_households(conn: psycopg.Connection[Any], frame: pd.DataFrame, source:
     )  # fmt: skip
 
 
-def write_offers(conn: psycopg.Connection[Any], frame: pd.DataFrame, source: str) -> int:
+def write_offers(conn: Conn, frame: pd.DataFrame, source: str) -> int:
     """Append fixed broadband offers (``lon``, ``lat``, ``technology``, ``max_down_mbps``,
     ``max_up_mbps``, optional ``operator``, ``valid_on``, ``address_key``)."""
     n = len(frame)
@@ -254,7 +255,7 @@ def write_offers(conn: psycopg.Connection[Any], frame: pd.DataFrame, source: str
     ) if n else 0  # fmt: skip
 
 
-def write_speedtests(conn: psycopg.Connection[Any], frame: pd.DataFrame, source: str) -> int:
+def write_speedtests(conn: Conn, frame: pd.DataFrame, source: str) -> int:
     """Append speed tests (``measured_at``, ``device_key``, ``lon``, ``lat``, ``download_mbps``,
     optional ``upload_mbps``, ``latency_ms``, ``technology``, ``operator``); duplicates of
     (source, device_key, measured_at) are skipped."""
@@ -276,7 +277,7 @@ def write_speedtests(conn: psycopg.Connection[Any], frame: pd.DataFrame, source:
     ) if n else 0  # fmt: skip
 
 
-def write_signals(conn: psycopg.Connection[Any], frame: pd.DataFrame, source: str) -> int:
+def write_signals(conn: Conn, frame: pd.DataFrame, source: str) -> int:
     """Append mobile signal measurements (``measured_at``, ``device_key``, ``lon``, ``lat``,
     ``technology``, ``operator``, ``rsrp_dbm``, ``rsrq_db``, ``rssi_dbm``); duplicates of
     (source, device_key, measured_at) are skipped."""
@@ -299,7 +300,7 @@ def write_signals(conn: psycopg.Connection[Any], frame: pd.DataFrame, source: st
 
 
 def write_inputs(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     addresses: pd.DataFrame,
     offers: pd.DataFrame,
     speedtests: pd.DataFrame,

@@ -21,12 +21,12 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import psycopg
 import shapely
 from psycopg.rows import tuple_row
 
 from quartier.errors import BadRequestError
 from quartier.geo.grid import WGS84
+from quartier.store.db import Conn
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _population(path: Path) -> dict[str, int]:
 
 
 def _upsert(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     level: str,
     codes: Sequence[str],
     names: Sequence[str],
@@ -116,7 +116,7 @@ def _upsert(
 
 
 def import_districts(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     stadtbezirke_path: Path | str | None = None,
     stadtteile_path: Path | str | None = None,
     city_path: Path | str | None = None,
@@ -174,7 +174,7 @@ def import_districts(
     return counts
 
 
-def load_districts(conn: psycopg.Connection[Any], level: str = "stadtbezirk") -> gpd.GeoDataFrame:
+def load_districts(conn: Conn, level: str = "stadtbezirk") -> gpd.GeoDataFrame:
     """Districts of one level: ``code``, ``name``, ``parent_code``, ``population``, ``geometry``
     (EPSG:4326), ordered by code."""
     if level not in LEVELS:
@@ -206,7 +206,7 @@ SPEEDTEST_COLUMNS = [
 
 
 def load_speedtests(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> pd.DataFrame:
@@ -243,7 +243,7 @@ def load_speedtests(
     )
 
 
-def load_sensor_locations(conn: psycopg.Connection[Any]) -> pd.DataFrame:
+def load_sensor_locations(conn: Conn) -> pd.DataFrame:
     """One row per Thing with a Location: ``thing_id``, ``name``, ``lon``, ``lat`` (a point on the
     Thing's most recently created Location) and ``observed_properties`` (sorted list of the names
     of the ObservedProperties of its Datastreams)."""

@@ -17,7 +17,6 @@ import geopandas as gpd
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import psycopg
 import shapely
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
@@ -28,6 +27,7 @@ from quartier.geo import io as geo_io
 from quartier.geo.analysis import FIXED_TECHNOLOGIES, CoverageResult
 from quartier.geo.memory import release_free_memory
 from quartier.geo.profiles import Profile
+from quartier.store.db import Conn
 from quartier.store.pgcopy import read_copy, write_copy_fixed
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _cell_table(run_id: int) -> str:
 
 
 def save_result(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     result: CoverageResult,
     districts: gpd.GeoDataFrame | None = None,
 ) -> int:
@@ -244,7 +244,7 @@ class Run:
         return [str(c["key"]) for c in self.classes]
 
 
-def get_run(conn: psycopg.Connection[Any], run_id: int | None = None) -> Run:
+def get_run(conn: Conn, run_id: int | None = None) -> Run:
     """The run ``run_id``, or the latest; NotFoundError if there is none."""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
@@ -262,7 +262,7 @@ def get_run(conn: psycopg.Connection[Any], run_id: int | None = None) -> Run:
     return Run(**row)
 
 
-def load_cells(conn: psycopg.Connection[Any], run: Run) -> pd.DataFrame:
+def load_cells(conn: Conn, run: Run) -> pd.DataFrame:
     """The stored cells of ``run`` with the columns of :attr:`CoverageResult.cells`."""
     with conn.cursor(row_factory=tuple_row) as cur:
         found = cur.execute(
@@ -321,7 +321,7 @@ def load_cells(conn: psycopg.Connection[Any], run: Run) -> pd.DataFrame:
     return out
 
 
-def load_gaps(conn: psycopg.Connection[Any], run: Run) -> gpd.GeoDataFrame:
+def load_gaps(conn: Conn, run: Run) -> gpd.GeoDataFrame:
     with conn.cursor(row_factory=tuple_row) as cur:
         rows = cur.execute(
             "select cluster_id, rank, cells, households, area_km2, district_codes, worst_class,"

@@ -7,15 +7,13 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import psycopg
 
 from quartier.errors import BadRequestError
 from quartier.geo.analysis import AnalysisParams, CoverageResult, analyse
 from quartier.geo.input_store import load_inputs
 from quartier.geo.profiles import PROFILES
 from quartier.geo.run_store import save_result
+from quartier.store.db import Conn
 
 
 def analysis_params(
@@ -40,7 +38,7 @@ ANALYSIS_STEPS = ("reading inputs", "analysing", "storing results")
 
 
 def analyse_and_store(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     params: AnalysisParams | None = None,
     *,
     district_level: str = "stadtbezirk",

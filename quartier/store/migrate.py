@@ -4,9 +4,11 @@ Migrations are numbered SQL files in ``quartier/store/migrations``: ``NNNN_name.
 server, or ``NNNN_name.timescaledb.sql`` / ``NNNN_name.postgres.sql`` where the two storage paths
 differ (exactly one of a pair is applied). The storage path is decided once, on the first run
 (TimescaleDB when the server offers it and the settings allow it), kept in ``quartier_meta`` and
-never changed afterwards. Each file runs in its own transaction, unless its first line is
-``-- quartier: no-transaction`` (needed for TimescaleDB continuous aggregates). An advisory lock
-keeps concurrent runners (two ingesters starting at once) from applying a file twice.
+never changed afterwards; :func:`storage_path` reads it, the one place every part asks which path
+a database is on (:class:`NotMigratedError` before the first migration). Each file runs in its
+own transaction, unless its first line is ``-- quartier: no-transaction`` (needed for TimescaleDB
+continuous aggregates). An advisory lock keeps concurrent runners (two ingesters starting at
+once) from applying a file twice.
 
 On the TimescaleDB path every run first checks the extension's version against
 :data:`MIN_TIMESCALEDB` and refuses an older one (:class:`UnsupportedVersionError`) before applying

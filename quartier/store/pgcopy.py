@@ -21,6 +21,8 @@ from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+from quartier.store.db import Conn
+
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _TRAILER = b"\xff\xff"
 _CHUNK_ROWS = 262_144
@@ -32,7 +34,7 @@ _WIRE: dict[str, str] = {"int2": ">i2", "int4": ">i4", "int8": ">i8", "float4": 
 
 
 def read_copy(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     query: sql.Composable | str,
     columns: Sequence[tuple[str, str]],
     params: Mapping[str, Any] | None = None,
@@ -193,7 +195,7 @@ def encode(cols: Sequence[Column]) -> Iterator[bytes]:
     yield _TRAILER
 
 
-def write_copy(conn: psycopg.Connection[Any], table: str, cols: Sequence[Column]) -> int:
+def write_copy(conn: Conn, table: str, cols: Sequence[Column]) -> int:
     """Append the rows of ``cols`` to ``table`` with binary COPY; returns the number of rows."""
     stmt = _copy_statement(table, [c.name for c in cols])
     with conn.cursor() as cur, cur.copy(stmt) as copy:
@@ -203,7 +205,7 @@ def write_copy(conn: psycopg.Connection[Any], table: str, cols: Sequence[Column]
 
 
 def write_copy_fixed(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     table: str,
     cols: Sequence[tuple[str, str, npt.NDArray[Any]]],
     *,
@@ -298,7 +300,7 @@ psycopg.adapters.register_dumper(TimestamptzArray, _TimestamptzArrayDumper)
 
 
 def read_table_columns(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     table: str,
     columns: Sequence[tuple[str, str, str]],
     where: str = "true",
