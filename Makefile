@@ -1,28 +1,45 @@
 # Quartier: `make demo` runs the platform with simulated sensors; `make test` runs the tests.
 # Both set up everything they need: system packages (scripts/install-deps.sh: PostgreSQL/PostGIS,
 # Mosquitto, and for the tests Node.js and poppler-utils), the virtualenv, and local servers.
+# Python packages come from requirements.lock (exact versions with hashes, for Python 3.11 on
+# Linux x86_64); `make lock` regenerates it from pyproject.toml.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+LOCK   := requirements.lock
+UV_VERSION := 0.13.9
+LOCK_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: help deps deps-demo venv services-up services-down services-status migrate demo test check lint typecheck bench clean
+.PHONY: help deps deps-demo venv lock services-up services-down services-status migrate demo test check lint typecheck audit bench clean
 
 help:
 	@echo "make demo     run the whole platform with simulated sensors (Ctrl-C stops it)"
 	@echo "make test     run the test suite (starts its own PostgreSQL and Mosquitto)"
-	@echo "make check    lint, type-check and test"
+	@echo "make check    lint, type-check, test and audit the locked packages (pip-audit)"
+	@echo "make lock     update requirements.lock after editing pyproject.toml's dependencies"
+	@echo "              (keeps the other pins; LOCK_ARGS=--upgrade takes the newest allowed)"
 	@echo "make services-up | services-down | services-status"
 
-$(STAMP): pyproject.toml
+# The locked packages (hash-checked), then Quartier itself, editable, without resolving anything.
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# Runtime, pdf and dev dependencies for Python 3.11 on Linux x86_64, every file's hash. uv does the
+# resolving (installed into the venv for this, not a dependency of Quartier).
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes $(LOCK_ARGS) \
+	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	  --custom-compile-command 'make lock' -o $(LOCK)
 
 deps:
 	scripts/install-deps.sh
@@ -55,7 +72,18 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy quartier
 
-check: lint typecheck test
+# The locked versions against the vulnerability data PyPI serves with each release (its JSON API,
+# pypi.org/pypi/NAME/VERSION/json). --strict: a package that cannot be looked up fails the audit;
+# without it, an unreachable database would read "No known vulnerabilities found". A machine that
+# reaches PyPI's package index but not that API (or OSV: PIP_AUDIT_ARGS='-s osv') fails here.
+audit: venv
+	@$(BIN)/pip-audit --strict --disable-pip --progress-spinner off -r $(LOCK) $(PIP_AUDIT_ARGS) \
+	  || { echo "make audit: FAILED: vulnerable packages (listed above), or pip-audit could not" \
+	    "look every locked package up in the vulnerability database (\"not found on PyPI\":" \
+	    "pypi.org's JSON API, or OSV with PIP_AUDIT_ARGS='-s osv', is not reachable from here)" >&2; \
+	    exit 1; }
+
+check: lint typecheck test audit
 
 bench: venv
 	$(BIN)/python bench/ingest.py
