@@ -2,7 +2,8 @@
 
 The body goes through the same decode → validate → batch writer pipeline as MQTT messages; a
 refused body is stored in ``ingest_reject`` (source ``http``) with its reason, and the client gets
-a 400 saying what was wrong. A 201 means the readings are committed.
+its ``DecodeError`` as a 400 saying what was wrong (the API's one error table). A 201 means the
+readings are committed.
 """
 
 from __future__ import annotations
