@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,9 @@ def test_the_tree_docstring_names_every_class() -> None:
     doc = quartier.errors.__doc__ or ""
     missing = [cls.__name__ for cls in INTENDED if cls.__name__ not in doc]
     assert missing == []
+    # where a line of the tree gives the HTTP status and exit status, they are the intended ones
+    for m in re.finditer(r"(\w+Error|UnknownDevice)\b.*?\s(\d{3})\s+(\d)\s*$", doc, re.M):
+        assert INTENDED[BY_NAME[m.group(1)]] == (int(m.group(2)), int(m.group(3))), m.group(0)
 
 
 @pytest.mark.parametrize("cls", INTENDED, ids=lambda c: c.__name__)
