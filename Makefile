@@ -23,11 +23,14 @@ help:
 	@echo "              (keeps the other pins; LOCK_ARGS=--upgrade takes the newest allowed)"
 	@echo "make services-up | services-down | services-status"
 
-# The locked packages (hash-checked), then Quartier itself, editable, without resolving anything.
+# The locked packages (hash-checked), then Quartier itself, editable, without resolving anything;
+# pip check catches a lock that lacks a dependency added to pyproject.toml since.
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps -e .
+	@$(BIN)/python -m pip check || { echo "$(LOCK) does not cover pyproject.toml's" \
+	  "dependencies: run make lock" >&2; exit 1; }
 	@touch $(STAMP)
 
 venv: $(STAMP)
