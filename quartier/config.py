@@ -85,8 +85,11 @@ class MqttSettings(BaseModel):
 
 class IngestSettings(BaseModel):
     client_id: str = "quartier-ingest"
-    #: MQTT 5 shared subscription group; several ingesters with the same group share the load.
-    share_group: str | None = "quartier-ingest"
+    #: MQTT 5 shared subscription group, for several ingesters sharing the load. Off by default:
+    #: Mosquitto 2.0 does not save shared subscriptions, so after a broker restart messages that
+    #: arrive before the ingesters have subscribed again are dropped; a plain subscription is part
+    #: of the ingester's saved session (docs/mqtt.md, docs/reliability.md).
+    share_group: str | None = None
     batch_max: int = 5000
     #: A batch also ends at this much payload (large batched messages).
     batch_max_bytes: int = 4 * 1024 * 1024

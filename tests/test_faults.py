@@ -235,6 +235,25 @@ def test_mosquitto_restart_keeps_queued_messages(world: World) -> None:
     world.assert_exactly(6000 - bad1 - bad2, bad1 + bad2)
 
 
+def test_broker_restart_while_the_ingester_reconnects_loses_nothing(world: World) -> None:
+    """The default plain subscription is part of the ingester's saved session: messages that
+    devices publish right after a broker restart, before the ingester is back (it retries every
+    1-5 s), are queued for it, not dropped (Mosquitto 2.0 does not save shared subscriptions)."""
+    port = free_port()
+    world.start_ingester("w1", "--metrics-port", str(port), **PLAIN_SUBSCRIPTION)
+    world.wait(lambda: _connected(port), timeout=20)
+    time.sleep(0.5)  # its SUBSCRIBE follows the CONNACK
+    first, _ = world.readings(500)
+    publish(world.state.mqtt_url, first, rate=None, client_id="pub-a")
+    world.wait(lambda: world.count("select count(*) from observation") == len(first))
+    world.local.stop_mosquitto()
+    world.local.up()
+    assert _connected(port) is False  # published below while the ingester is still away
+    second, _ = world.readings(2000, start=500)
+    publish(world.state.mqtt_url, second, rate=None, client_id="pub-b")
+    world.assert_exactly(2500, 0)
+
+
 def _metric(port: int, name: str) -> float:
     import urllib.request
 

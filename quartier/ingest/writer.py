@@ -21,6 +21,7 @@ from quartier.errors import UnknownDevice
 from quartier.ingest.model import Batch, Reject, SpeedTest, Uplink, WriteResult
 from quartier.ingest.quantities import QUANTITIES
 from quartier.store.db import Conn
+from quartier.store.migrate import storage_path
 from quartier.store.pgcopy import (
     PG_EPOCH_US,
     Column,
@@ -342,14 +343,12 @@ class BatchWriter:
     def _session(self, conn: Conn) -> tuple[bool, bool]:
         """(use COPY, server has TimescaleDB) for ``conn``: asked once per connection."""
         if self._probed is None or self._probed[0] is not conn:
-            row = conn.execute(
-                "select version(), exists (select from pg_extension where extname = 'timescaledb')"
-            ).fetchone()
+            row = conn.execute("select version()").fetchone()
             assert row is not None
             use_copy = self._copy_option
             if use_copy is None:  # PGlite (PostgreSQL in WebAssembly) dies on COPY FROM STDIN
                 use_copy = "emscripten" not in str(row[0]).lower()
-            self._probed = (conn, use_copy, bool(row[1]))
+            self._probed = (conn, use_copy, storage_path(conn) == "timescaledb")
         return self._probed[1], self._probed[2]
 
     def _copy(
