@@ -33,7 +33,8 @@ from paho.mqtt.properties import Properties
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quartier.config import Settings
-from quartier.ingest.mqtt import Ingester, mqtt_client
+from quartier.ingest.mqtt import Ingester
+from quartier.ingest.mqtt_client import mqtt_client
 from quartier.services import LocalServices
 from quartier.store.migrate import migrate
 

@@ -29,7 +29,8 @@ from quartier.config import Settings, redact_url
 from quartier.errors import ServiceError
 from quartier.evaluation.report import evaluate_to_report
 from quartier.geo.io import import_districts
-from quartier.ingest.mqtt import Ingester, mqtt_client
+from quartier.ingest.mqtt import Ingester
+from quartier.ingest.mqtt_client import mqtt_client
 from quartier.resources import resource
 from quartier.sensors_sim.run import simulate
 from quartier.services import LocalServices, free_port, port_free

@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from quartier.api import models as m
 from quartier.api.app import create_app
 from quartier.config import Settings
-from quartier.ingest.mqtt import Ingester, mqtt_client
+from quartier.ingest.mqtt import Ingester
+from quartier.ingest.mqtt_client import mqtt_client
 from quartier.sensors_sim.fleet import Fleet
 from quartier.sensors_sim.run import simulate
 

@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from quartier.config import Settings
-from quartier.ingest.mqtt import Ingester, mqtt_client
+from quartier.ingest.mqtt import Ingester
+from quartier.ingest.mqtt_client import mqtt_client
 
 pytestmark = pytest.mark.services
 

@@ -27,7 +27,7 @@ from quartier.api.deps import AnyConn, AppSettings
 from quartier.api.models import ComponentHealth, Health
 from quartier.config import Settings
 from quartier.errors import NotMigratedError
-from quartier.ingest.mqtt import mqtt_client
+from quartier.ingest.mqtt_client import mqtt_client
 from quartier.store.db import DictConn, make_pool
 from quartier.store.migrate import storage_path
 

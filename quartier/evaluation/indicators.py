@@ -6,6 +6,8 @@ The math lives in ``coverage_indicators`` (broadband, mobile), ``environment`` (
 ``compute`` is the thin I/O that feeds it from the store. Manual indicators
 (``origin="manual"``) are not computed: their values are recorded through the API or a CSV
 import (``manual``).
+
+Length: one job; most of it is the catalogue of indicator definitions (data, one per indicator).
 """
 
 from __future__ import annotations

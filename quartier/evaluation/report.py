@@ -5,6 +5,9 @@ charts and district maps embedded as SVG. ``build_report`` gathers what it needs
 ``write_report`` writes HTML or PDF. PDF needs WeasyPrint and the Pango libraries (Debian:
 ``libpango-1.0-0``, ``libpangoft2-1.0-0``); without them :class:`PdfUnavailableError` says so and
 HTML still works.
+
+Length: one job (the report, from its data to HTML or PDF): the German/English text table ``T``,
+the sections and the SVG district maps they embed belong together.
 """
 
 from __future__ import annotations

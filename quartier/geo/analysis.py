@@ -26,6 +26,9 @@ dead zone; from exactly one, a single-operator cell. Area shares count cells: pe
 covered cells / cells with measurements of that operator; the 4G share counts 5G cells too.
 Bit ``i * len(MOBILE_TECHNOLOGIES) + j`` of ``mobile_mask`` is operator ``operators[i]`` with
 technology ``MOBILE_TECHNOLOGIES[j]``.
+
+Length: one job, one pipeline (cells, classes, clusters, district statistics) whose vectorised
+steps share the same frames; each step is a function of its own.
 """
 
 from __future__ import annotations

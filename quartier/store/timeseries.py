@@ -12,6 +12,9 @@ Buckets are on a UTC grid with origin 2000-01-03 (a Monday), which is TimescaleD
 observations of a bucket; ``sum``, ``avg``, ``min`` and ``max`` are over the numeric results
 (``avg = sum / number of numeric results``, the same formula on every source). A gap is a run of
 buckets without any observation.
+
+Length: one job (the aggregate query layer); its parts (bucket parsing, the dirty-bucket overlay,
+raw and rollup reads) share the same grid and SQL, and split apart they would each need the rest.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ equal):
 * ``st_*`` and ``geo.intersects`` are PostGIS geometry predicates in WGS 84 longitude/latitude
   (as in the standard's examples); ``geo.distance`` and ``geo.length`` are in metres, on the
   spheroid (PostGIS ``geography``).
+
+Length: one job; one small compiler per operator and function family of the standard.
 """
 
 from __future__ import annotations

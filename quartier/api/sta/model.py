@@ -14,6 +14,8 @@ booleans.
 
 SQL fragments here are constants of this module (the whitelist); ``{a}`` is the entity's table
 alias, ``{b}`` a navigation target's alias, ``{x}`` the alias of a link table.
+
+Length: one job; most of it is the table of the eight entity types and their properties.
 """
 
 from __future__ import annotations
