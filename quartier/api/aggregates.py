@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from quartier.api.deps import Conn
+from quartier.api.sensorthings import iso
 from quartier.errors import BadRequestError, NotFoundError
 from quartier.store import timeseries as ts
 
@@ -84,10 +85,6 @@ class LatestValues(BaseModel):
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def parse_ids(text: str) -> list[int]:
     ids: list[int] = []
     for part in text.split(","):
@@ -128,15 +125,15 @@ def _to_model(agg: ts.Aggregate) -> AggregateResult:
     series = []
     for s in agg.series:
         buckets = [
-            Bucket.model_construct(time=_iso(t), **{f: v for f, v in zip(fns, values, strict=True)})
+            Bucket.model_construct(time=iso(t), **{f: v for f, v in zip(fns, values, strict=True)})
             for t, *values in s.rows(fns)
         ]
-        gaps = [Gap(start=_iso(g.start), end=_iso(g.end)) for g in s.gaps]
+        gaps = [Gap(start=iso(g.start), end=iso(g.end)) for g in s.gaps]
         series.append(Series(datastream_id=s.datastream_id, buckets=buckets, gaps=gaps))
     return AggregateResult(
         interval=ts.iso_width(agg.width),
-        start=_iso(agg.start),
-        end=_iso(agg.end),
+        start=iso(agg.start),
+        end=iso(agg.end),
         functions=fns,
         source=agg.source,
         series=series,
@@ -150,14 +147,14 @@ def _csv(agg: ts.Aggregate) -> Response:
     w.writerow(["datastream_id", "time", *fns])
     for s in agg.series:
         for t, *values in s.rows(fns):
-            w.writerow([s.datastream_id, _iso(t), *("" if v is None else repr(v) for v in values)])
+            w.writerow([s.datastream_id, iso(t), *("" if v is None else repr(v) for v in values)])
     return Response(
         out.getvalue(),
         media_type="text/csv; charset=utf-8",
         headers={
             "X-Quartier-Source": agg.source,
             "X-Quartier-Interval": ts.iso_width(agg.width),
-            "X-Quartier-Range": f"{_iso(agg.start)}/{_iso(agg.end)}",
+            "X-Quartier-Range": f"{iso(agg.start)}/{iso(agg.end)}",
         },
     )
 
@@ -273,7 +270,7 @@ def latest_values(
         value=[
             LatestValue(
                 datastream_id=r.datastream_id,
-                phenomenon_time=_iso(r.phenomenon_time),
+                phenomenon_time=iso(r.phenomenon_time),
                 result=r.result,
             )
             for r in rows

@@ -6,7 +6,7 @@ ObservedProperties and Observations with ``$top``, ``$skip``, ``$count``, ``$ord
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -78,7 +78,12 @@ class Paging:
 PagingDep = Annotated[Paging, Depends()]
 
 
+@overload
+def iso(t: datetime) -> str: ...
+@overload
+def iso(t: None) -> None: ...
 def iso(t: datetime | None) -> str | None:
+    """The one time format of the API's bodies: RFC 3339 in UTC with milliseconds and ``Z``."""
     if t is None:
         return None
     return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
