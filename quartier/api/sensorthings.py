@@ -1,78 +1,87 @@
 """OGC SensorThings API v1.1 (read part): Things, Locations, Datastreams, Sensors,
-ObservedProperties and Observations with ``$top``, ``$skip``, ``$count``, ``$orderby`` and
-``@iot.nextLink``. Other system query options are refused with a 400 that says so, never ignored.
+ObservedProperties and Observations with ``$filter``, ``$orderby``, ``$top``, ``$skip``, ``$count``
+and ``@iot.nextLink``. The options are parsed and compiled by ``quartier.api.sta``; valid options
+Quartier does not implement yet (``$select``, ``$expand``, ``$resultFormat``, ``$search`` …) are a
+501 that says so, never ignored.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, overload
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from quartier.api import models as m
 from quartier.api.deps import AppSettings, BaseUrl, Conn
-from quartier.errors import BadRequestError
+from quartier.api.sta import QueryOptions, compile_filter, compile_orderby, parse_query_options
+from quartier.errors import BadRequestError, NotImplementedQueryError
 from quartier.store import sensorthings as q
 
 PREFIX = "/v1.1"
 router = APIRouter(prefix=PREFIX, tags=["SensorThings API v1.1"])
-SUPPORTED = {"$top", "$skip", "$count", "$orderby"}
+
+_NOT_YET = {"select": "$select", "expand": "$expand", "result_format": "$resultFormat"}
 
 
 class Paging:
+    """The system query options of a collection request. The ``Query`` parameters document them
+    in the OpenAPI description; ``parse_query_options`` is their one parser. ``$top`` above the
+    server's maximum is clamped to it (the standard's server-driven paging), not refused."""
+
     def __init__(
         self,
         request: Request,
         settings: AppSettings,
-        top: Annotated[int | None, Query(alias="$top", ge=0)] = None,
-        skip: Annotated[int, Query(alias="$skip", ge=0)] = 0,
-        count: Annotated[bool, Query(alias="$count")] = False,
-        orderby: Annotated[str | None, Query(alias="$orderby")] = None,
+        top: Annotated[str | None, Query(alias="$top", description="page size")] = None,
+        skip: Annotated[str | None, Query(alias="$skip", description="entities to skip")] = None,
+        count: Annotated[str | None, Query(alias="$count", description="true or false")] = None,
+        filter_: Annotated[
+            str | None, Query(alias="$filter", description="OData condition")
+        ] = None,
+        orderby: Annotated[
+            str | None, Query(alias="$orderby", description="keys, each asc or desc")
+        ] = None,
     ) -> None:
-        unsupported = sorted(
-            k for k in request.query_params if k.startswith("$") and k not in SUPPORTED
-        )
-        if unsupported:
-            raise BadRequestError(
-                f"query option {', '.join(unsupported)} is not supported; supported: "
-                + ", ".join(sorted(SUPPORTED))
-            )
-        if top is not None and top > settings.api.max_top:
-            raise BadRequestError(f"$top={top} exceeds the maximum {settings.api.max_top}")
+        options = parse_query_options(request.query_params)
+        for attr, name in _NOT_YET.items():
+            if getattr(options, attr) not in (None, ()):
+                raise NotImplementedQueryError(f"query option {name} is not supported yet")
         self.request = request
-        self.top = settings.api.default_top if top is None else top
-        self.skip = skip
-        self.count = count
-        self.orderby = orderby
+        self.options: QueryOptions = options
+        wanted = settings.api.default_top if options.top is None else options.top
+        self.top = min(wanted, settings.api.max_top)
+        self.skip = options.skip or 0
+        self.count = bool(options.count)
 
-    def order(self, allowed: dict[str, str], default: str) -> str:
-        """Parse ``$orderby`` against ``{"property": "asc|desc" default}``; returns asc/desc."""
-        if self.orderby is None:
-            return default
-        words = self.orderby.strip().split()
-        if (
-            not words
-            or len(words) > 2
-            or words[0] not in allowed
-            or (len(words) == 2 and words[1].lower() not in ("asc", "desc"))
-        ):
-            raise BadRequestError(
-                f"$orderby={self.orderby!r} is not supported; use "
-                + " or ".join(f"'{p} asc|desc'" for p in allowed)
-            )
-        return words[1].lower() if len(words) == 2 else "asc"
+    def listing(self, entity_set: str) -> q.Listing:
+        """The compiled ``$filter`` and ``$orderby`` of this request over ``entity_set``."""
+        alias = q.ALIASES[entity_set]
+        where = None
+        params: dict[str, Any] = {}
+        if self.options.filter is not None:
+            f = compile_filter(self.options.filter, entity_set, alias)
+            where, params = f.sql, dict(f.params)
+        order = None
+        if self.options.orderby:
+            o = compile_orderby(self.options.orderby, entity_set, alias)
+            order = o.sql
+            params.update(o.params)
+        return q.Listing(self.top, self.skip, where, order, params)
 
     def page(
         self, rows: list[dict[str, Any]], base: str
     ) -> tuple[list[dict[str, Any]], str | None]:
-        if len(rows) <= self.top:
-            return rows, None
+        """The rows of this page and the ``@iot.nextLink`` (the same request, ``$skip`` on by
+        ``$top``) when there are more; none for ``$top=0``, which asks for no entities."""
+        if self.top == 0 or len(rows) <= self.top:
+            return rows[: self.top], None
         params = dict(self.request.query_params)
         params["$skip"] = str(self.skip + self.top)
         params["$top"] = str(self.top)
-        return rows[: self.top], f"{base}{self.request.url.path}?{urlencode(params)}"
+        query = urlencode(params, quote_via=quote)
+        return rows[: self.top], f"{base}{self.request.url.path}?{query}"
 
 
 PagingDep = Annotated[Paging, Depends()]
@@ -209,6 +218,7 @@ def service_root(base: BaseUrl) -> m.ServiceRoot:
                 "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/skip",
                 "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/count",
                 "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/orderby",
+                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/filter",
             ]
         },
     )
@@ -216,12 +226,12 @@ def service_root(base: BaseUrl) -> m.ServiceRoot:
 
 @router.get("/Things", response_model=m.ThingCollection, operation_id="sta_list_things")
 def list_things(conn: Conn, base: BaseUrl, p: PagingDep) -> m.ThingCollection:
-    p.order({"id": "asc"}, "asc")
-    rows, nxt = p.page(q.things(conn, p.top, p.skip), base)
+    listing = p.listing("Things")
+    rows, nxt = p.page(q.things(conn, listing), base)
     return m.ThingCollection(
         value=[_thing(r, base) for r in rows],
         next_link=nxt,
-        count=q.count_things(conn) if p.count else None,
+        count=q.count_things(conn, listing) if p.count else None,
     )
 
 
@@ -238,11 +248,12 @@ def get_thing(thing_id: int, conn: Conn, base: BaseUrl) -> m.Thing:
 def thing_datastreams(
     thing_id: int, conn: Conn, base: BaseUrl, p: PagingDep
 ) -> m.DatastreamCollection:
-    rows, nxt = p.page(q.datastreams(conn, p.top, p.skip, thing_id), base)
+    listing = p.listing("Datastreams")
+    rows, nxt = p.page(q.datastreams(conn, listing, thing_id), base)
     return m.DatastreamCollection(
         value=[_datastream(r, base) for r in rows],
         next_link=nxt,
-        count=q.count_datastreams(conn, thing_id) if p.count else None,
+        count=q.count_datastreams(conn, listing, thing_id) if p.count else None,
     )
 
 
@@ -252,26 +263,36 @@ def thing_datastreams(
     operation_id="sta_thing_locations",
 )
 def thing_locations(thing_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> m.LocationCollection:
-    rows, nxt = p.page(q.locations(conn, p.top, p.skip, thing_id), base)
-    return m.LocationCollection(value=[_location(r, base) for r in rows], next_link=nxt)
+    listing = p.listing("Locations")
+    rows, nxt = p.page(q.locations(conn, listing, thing_id), base)
+    return m.LocationCollection(
+        value=[_location(r, base) for r in rows],
+        next_link=nxt,
+        count=q.count_locations(conn, listing, thing_id) if p.count else None,
+    )
 
 
 @router.get("/Locations", response_model=m.LocationCollection, operation_id="sta_list_locations")
 def list_locations(conn: Conn, base: BaseUrl, p: PagingDep) -> m.LocationCollection:
-    rows, nxt = p.page(q.locations(conn, p.top, p.skip), base)
-    return m.LocationCollection(value=[_location(r, base) for r in rows], next_link=nxt)
+    listing = p.listing("Locations")
+    rows, nxt = p.page(q.locations(conn, listing), base)
+    return m.LocationCollection(
+        value=[_location(r, base) for r in rows],
+        next_link=nxt,
+        count=q.count_locations(conn, listing) if p.count else None,
+    )
 
 
 @router.get(
     "/Datastreams", response_model=m.DatastreamCollection, operation_id="sta_list_datastreams"
 )
 def list_datastreams(conn: Conn, base: BaseUrl, p: PagingDep) -> m.DatastreamCollection:
-    p.order({"id": "asc"}, "asc")
-    rows, nxt = p.page(q.datastreams(conn, p.top, p.skip), base)
+    listing = p.listing("Datastreams")
+    rows, nxt = p.page(q.datastreams(conn, listing), base)
     return m.DatastreamCollection(
         value=[_datastream(r, base) for r in rows],
         next_link=nxt,
-        count=q.count_datastreams(conn) if p.count else None,
+        count=q.count_datastreams(conn, listing) if p.count else None,
     )
 
 
@@ -288,9 +309,9 @@ def get_datastream(ds_id: int, conn: Conn, base: BaseUrl) -> m.Datastream:
 def datastream_observations(
     ds_id: int, conn: Conn, base: BaseUrl, p: PagingDep
 ) -> m.ObservationCollection:
-    direction = p.order({"phenomenonTime": "asc"}, "asc")
-    rows, nxt = p.page(q.observations(conn, ds_id, p.top, p.skip, direction), base)  # type: ignore[arg-type]
-    count, exact = q.count_observations(conn, ds_id) if p.count else (None, True)
+    listing = p.listing("Observations")
+    rows, nxt = p.page(q.observations(conn, ds_id, listing), base)
+    count, exact = q.count_observations(conn, ds_id, listing) if p.count else (None, True)
     return m.ObservationCollection(
         value=[_observation(r, base) for r in rows],
         next_link=nxt,
@@ -301,8 +322,13 @@ def datastream_observations(
 
 @router.get("/Sensors", response_model=m.SensorCollection, operation_id="sta_list_sensors")
 def list_sensors(conn: Conn, base: BaseUrl, p: PagingDep) -> m.SensorCollection:
-    rows, nxt = p.page(q.sensors(conn, p.top, p.skip), base)
-    return m.SensorCollection(value=[_sensor(r, base) for r in rows], next_link=nxt)
+    listing = p.listing("Sensors")
+    rows, nxt = p.page(q.sensors(conn, listing), base)
+    return m.SensorCollection(
+        value=[_sensor(r, base) for r in rows],
+        next_link=nxt,
+        count=q.count_sensors(conn, listing) if p.count else None,
+    )
 
 
 @router.get("/Sensors({sensor_id})", response_model=m.Sensor, operation_id="sta_get_sensor")
@@ -318,9 +344,12 @@ def get_sensor(sensor_id: int, conn: Conn, base: BaseUrl) -> m.Sensor:
 def list_observed_properties(
     conn: Conn, base: BaseUrl, p: PagingDep
 ) -> m.ObservedPropertyCollection:
-    rows, nxt = p.page(q.observed_properties(conn, p.top, p.skip), base)
+    listing = p.listing("ObservedProperties")
+    rows, nxt = p.page(q.observed_properties(conn, listing), base)
     return m.ObservedPropertyCollection(
-        value=[_observed_property(r, base) for r in rows], next_link=nxt
+        value=[_observed_property(r, base) for r in rows],
+        next_link=nxt,
+        count=q.count_observed_properties(conn, listing) if p.count else None,
     )
 
 

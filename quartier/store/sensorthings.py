@@ -1,115 +1,194 @@
 """Queries behind the SensorThings API. They return plain dicts (rows); the API shapes them.
 
-Every list query takes ``top`` and ``skip`` and fetches one row more than asked, so the caller
-knows whether a next page exists without counting.
+A collection query takes a :class:`Listing`: the page (``top``, ``skip``) and, already compiled by
+``quartier.api.sta``, the ``$filter`` condition and ``$orderby`` keys over the entity's table
+alias (``t`` Thing, ``l`` Location, ``d`` Datastream, ``s`` Sensor, ``p`` ObservedProperty, ``o``
+Observation) with named placeholders. It fetches one row more than asked, so the caller knows
+whether a next page exists without counting, and always sorts last by the primary key, so pages
+are stable. Counts apply the same condition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
+
+from psycopg import sql
 
 from quartier.errors import NotFoundError
 from quartier.store import timeseries
 from quartier.store.db import DictConn
 
-Order = Literal["asc", "desc"]
+#: The table alias of each entity set in the queries here (the compilers' ``alias``).
+ALIASES = {
+    "Things": "t",
+    "Locations": "l",
+    "Datastreams": "d",
+    "Sensors": "s",
+    "ObservedProperties": "p",
+    "Observations": "o",
+}
 
-_THING = "select t.id, t.name, t.description, t.properties from thing t"
-_DATASTREAM = """
-select d.id, d.name, d.description, d.observation_type, d.unit_of_measurement, d.thing_id,
+
+@dataclass(frozen=True)
+class Listing:
+    """One page of a collection. ``where`` and ``order`` are SQL over the entity's alias
+    (:data:`ALIASES`) with named placeholders whose values are in ``params``; ``order`` is the
+    list after ``ORDER BY`` (the primary key follows it)."""
+
+    top: int
+    skip: int = 0
+    where: sql.Composable | None = None
+    order: sql.Composable | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Collection:
+    columns: str
+    source: str  # the FROM item: the entity's table under its alias
+    key: str  # the primary key, the last sort key
+
+    @property
+    def select(self) -> str:
+        return f"select {self.columns} from {self.source}"
+
+
+_THING = _Collection("t.id, t.name, t.description, t.properties", "thing t", "t.id")
+_DATASTREAM = _Collection(
+    """d.id, d.name, d.description, d.observation_type, d.unit_of_measurement, d.thing_id,
        d.sensor_id, d.observed_property_id, d.properties,
        ST_AsGeoJSON(d.observed_area)::json as observed_area,
        (select min(o.phenomenon_time) from observation o where o.datastream_id = d.id) as t_min,
-       (select max(o.phenomenon_time) from observation o where o.datastream_id = d.id) as t_max
-from datastream d"""
-_LOCATION = """
-select l.id, l.name, l.description, l.encoding_type, ST_AsGeoJSON(l.location)::json as location,
-       l.properties
-from location l"""
-_SENSOR = (
-    "select s.id, s.name, s.description, s.encoding_type, s.metadata, s.properties from sensor s"
+       (select max(o.phenomenon_time) from observation o where o.datastream_id = d.id) as t_max""",
+    "datastream d",
+    "d.id",
 )
-_OBSERVED_PROPERTY = (
-    "select p.id, p.name, p.definition, p.description, p.properties from observed_property p"
+_LOCATION = _Collection(
+    "l.id, l.name, l.description, l.encoding_type,"
+    " ST_AsGeoJSON(l.location)::json as location, l.properties",
+    "location l",
+    "l.id",
 )
+_THING_LOCATION = _Collection(
+    _LOCATION.columns, "location l join thing_location tl on tl.location_id = l.id", "l.id"
+)
+_SENSOR = _Collection(
+    "s.id, s.name, s.description, s.encoding_type, s.metadata, s.properties", "sensor s", "s.id"
+)
+_OBSERVED_PROPERTY = _Collection(
+    "p.id, p.name, p.definition, p.description, p.properties", "observed_property p", "p.id"
+)
+_OBSERVATION = _Collection(
+    "o.datastream_id, o.phenomenon_time, o.result, o.result_json, o.result_time, o.parameters",
+    "observation o",
+    "o.phenomenon_time",  # with the datastream fixed by the scope: the primary key's rest
+)
+
+
+def _where(scope: str, listing: Listing) -> sql.Composable:
+    conds: list[sql.Composable] = [sql.SQL(scope)] if scope else []
+    if listing.where is not None:
+        conds.append(listing.where)
+    if not conds:
+        return sql.SQL("")
+    return sql.SQL(" where ") + sql.SQL(" and ").join(conds)
 
 
 def _page(
-    conn: DictConn, query: str, params: tuple[Any, ...], top: int, skip: int, order: str = "id"
+    conn: DictConn,
+    c: _Collection,
+    listing: Listing,
+    scope: str = "",
+    scope_id: int | None = None,
 ) -> list[dict[str, Any]]:
-    return conn.execute(
-        f"{query} order by {order} limit %s offset %s",  # order is one of our constants
-        (*params, top + 1, skip),
-    ).fetchall()
+    """One page (plus one row) of ``c``; ``scope`` is a condition on ``%(_scope)s``."""
+    keys: list[sql.Composable] = [sql.SQL(c.key)]
+    if listing.order is not None:
+        keys.insert(0, listing.order)
+    query = sql.SQL("{}{} order by {} limit %(_top)s offset %(_skip)s").format(
+        sql.SQL(c.select), _where(scope, listing), sql.SQL(", ").join(keys)
+    )
+    params = {**listing.params, "_scope": scope_id, "_top": listing.top + 1, "_skip": listing.skip}
+    return conn.execute(query, params).fetchall()
 
 
-def _count(conn: DictConn, table: str, where: str = "", params: tuple[Any, ...] = ()) -> int:
-    row = conn.execute(f"select count(*) as n from {table} {where}", params).fetchone()
+def _count(
+    conn: DictConn,
+    c: _Collection,
+    listing: Listing,
+    scope: str = "",
+    scope_id: int | None = None,
+) -> int:
+    query = sql.SQL("select count(*) as n from {}{}").format(
+        sql.SQL(c.source), _where(scope, listing)
+    )
+    row = conn.execute(query, {**listing.params, "_scope": scope_id}).fetchone()
     assert row is not None
     return int(row["n"])
 
 
-def _one(conn: DictConn, query: str, entity: str, entity_id: int) -> dict[str, Any]:
-    row = conn.execute(query, (entity_id,)).fetchone()
+def _one(conn: DictConn, c: _Collection, entity: str, entity_id: int) -> dict[str, Any]:
+    row = conn.execute(f"{c.select} where {c.key} = %s", (entity_id,)).fetchone()
     if row is None:
         raise NotFoundError(f"no {entity} with @iot.id {entity_id}")
     return row
 
 
 # ------------------------------------------------------------------------- Things
-def things(conn: DictConn, top: int, skip: int) -> list[dict[str, Any]]:
-    return _page(conn, _THING, (), top, skip, "t.id")
+def things(conn: DictConn, listing: Listing) -> list[dict[str, Any]]:
+    return _page(conn, _THING, listing)
 
 
 def thing(conn: DictConn, thing_id: int) -> dict[str, Any]:
-    return _one(conn, f"{_THING} where t.id = %s", "Thing", thing_id)
+    return _one(conn, _THING, "Thing", thing_id)
 
 
-def count_things(conn: DictConn) -> int:
-    return _count(conn, "thing")
+def count_things(conn: DictConn, listing: Listing) -> int:
+    return _count(conn, _THING, listing)
 
 
 # ------------------------------------------------------------------------- Datastreams
+_OF_THING = "d.thing_id = %(_scope)s"
+
+
 def datastreams(
-    conn: DictConn, top: int, skip: int, thing_id: int | None = None
+    conn: DictConn, listing: Listing, thing_id: int | None = None
 ) -> list[dict[str, Any]]:
     if thing_id is None:
-        return _page(conn, _DATASTREAM, (), top, skip, "d.id")
+        return _page(conn, _DATASTREAM, listing)
     thing(conn, thing_id)
-    return _page(conn, f"{_DATASTREAM} where d.thing_id = %s", (thing_id,), top, skip, "d.id")
+    return _page(conn, _DATASTREAM, listing, _OF_THING, thing_id)
 
 
 def datastream(conn: DictConn, ds_id: int) -> dict[str, Any]:
-    return _one(conn, f"{_DATASTREAM} where d.id = %s", "Datastream", ds_id)
+    return _one(conn, _DATASTREAM, "Datastream", ds_id)
 
 
-def count_datastreams(conn: DictConn, thing_id: int | None = None) -> int:
+def count_datastreams(conn: DictConn, listing: Listing, thing_id: int | None = None) -> int:
     if thing_id is None:
-        return _count(conn, "datastream")
-    return _count(conn, "datastream", "where thing_id = %s", (thing_id,))
+        return _count(conn, _DATASTREAM, listing)
+    return _count(conn, _DATASTREAM, listing, _OF_THING, thing_id)
 
 
 # ------------------------------------------------------------------------- Observations
-def observations(
-    conn: DictConn, ds_id: int, top: int, skip: int, order: Order = "asc"
-) -> list[dict[str, Any]]:
+_OF_DATASTREAM = "o.datastream_id = %(_scope)s"
+
+
+def observations(conn: DictConn, ds_id: int, listing: Listing) -> list[dict[str, Any]]:
+    """A page of one datastream's observations; a ``phenomenonTime`` filter is a range scan of
+    the ``(datastream_id, phenomenon_time)`` primary key."""
     if conn.execute("select 1 from datastream where id = %s", (ds_id,)).fetchone() is None:
         raise NotFoundError(f"no Datastream with @iot.id {ds_id}")
-    direction = "desc" if order == "desc" else "asc"
-    return conn.execute(
-        "select datastream_id, phenomenon_time, result, result_json, result_time, parameters"
-        f" from observation where datastream_id = %s order by phenomenon_time {direction}"
-        " limit %s offset %s",
-        (ds_id, top + 1, skip),
-    ).fetchall()
+    return _page(conn, _OBSERVATION, listing, _OF_DATASTREAM, ds_id)
 
 
 def observation(conn: DictConn, ds_id: int, time: datetime) -> dict[str, Any]:
     """One observation by its primary key (the parts of its derived @iot.id)."""
     row = conn.execute(
-        "select datastream_id, phenomenon_time, result, result_json, result_time, parameters"
-        " from observation where datastream_id = %s and phenomenon_time = %s",
+        f"{_OBSERVATION.select} where o.datastream_id = %s and o.phenomenon_time = %s",
         (ds_id, time),
     ).fetchone()
     if row is None:
@@ -117,39 +196,52 @@ def observation(conn: DictConn, ds_id: int, time: datetime) -> dict[str, Any]:
     return row
 
 
-def count_observations(conn: DictConn, ds_id: int) -> tuple[int, bool]:
-    """(count, exact): exact where cheap, an estimate on very large TimescaleDB datastreams."""
-    return timeseries.count_observations(conn, ds_id)
+def count_observations(conn: DictConn, ds_id: int, listing: Listing) -> tuple[int, bool]:
+    """(count, exact). Without a filter: exact where cheap, an estimate on very large TimescaleDB
+    datastreams (``timeseries.count_observations``); with one, the matching rows are counted."""
+    if listing.where is None:
+        return timeseries.count_observations(conn, ds_id)
+    return _count(conn, _OBSERVATION, listing, _OF_DATASTREAM, ds_id), True
 
 
 # ------------------------------------------------------------------------- others
+_LOCATION_OF_THING = "tl.thing_id = %(_scope)s"
+
+
 def locations(
-    conn: DictConn, top: int, skip: int, thing_id: int | None = None
+    conn: DictConn, listing: Listing, thing_id: int | None = None
 ) -> list[dict[str, Any]]:
     if thing_id is None:
-        return _page(conn, _LOCATION, (), top, skip, "l.id")
+        return _page(conn, _LOCATION, listing)
     thing(conn, thing_id)
-    return _page(
-        conn,
-        f"{_LOCATION} join thing_location tl on tl.location_id = l.id where tl.thing_id = %s",
-        (thing_id,),
-        top,
-        skip,
-        "l.id",
-    )
+    return _page(conn, _THING_LOCATION, listing, _LOCATION_OF_THING, thing_id)
 
 
-def sensors(conn: DictConn, top: int, skip: int) -> list[dict[str, Any]]:
-    return _page(conn, _SENSOR, (), top, skip, "s.id")
+def count_locations(conn: DictConn, listing: Listing, thing_id: int | None = None) -> int:
+    if thing_id is None:
+        return _count(conn, _LOCATION, listing)
+    return _count(conn, _THING_LOCATION, listing, _LOCATION_OF_THING, thing_id)
+
+
+def sensors(conn: DictConn, listing: Listing) -> list[dict[str, Any]]:
+    return _page(conn, _SENSOR, listing)
 
 
 def sensor(conn: DictConn, sensor_id: int) -> dict[str, Any]:
-    return _one(conn, f"{_SENSOR} where s.id = %s", "Sensor", sensor_id)
+    return _one(conn, _SENSOR, "Sensor", sensor_id)
 
 
-def observed_properties(conn: DictConn, top: int, skip: int) -> list[dict[str, Any]]:
-    return _page(conn, _OBSERVED_PROPERTY, (), top, skip, "p.id")
+def count_sensors(conn: DictConn, listing: Listing) -> int:
+    return _count(conn, _SENSOR, listing)
+
+
+def observed_properties(conn: DictConn, listing: Listing) -> list[dict[str, Any]]:
+    return _page(conn, _OBSERVED_PROPERTY, listing)
 
 
 def observed_property(conn: DictConn, op_id: int) -> dict[str, Any]:
-    return _one(conn, f"{_OBSERVED_PROPERTY} where p.id = %s", "ObservedProperty", op_id)
+    return _one(conn, _OBSERVED_PROPERTY, "ObservedProperty", op_id)
+
+
+def count_observed_properties(conn: DictConn, listing: Listing) -> int:
+    return _count(conn, _OBSERVED_PROPERTY, listing)

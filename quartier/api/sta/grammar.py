@@ -394,6 +394,9 @@ def _describe(option: str, text: str, e: UnexpectedInput) -> BadRequestError:
     return BadRequestError(f"{option}: {what} at position {col}{hint}")
 
 
+_LAMBDA = re.compile(r"/\s*(?P<op>any|all)\s*\(")
+
+
 def _parse(option: str, text: str, start: str) -> Any:
     if not text.strip():
         raise BadRequestError(f"{option} is empty")
@@ -401,6 +404,12 @@ def _parse(option: str, text: str, start: str) -> Any:
         tree = _parser().parse(text, start=start)
         return _ToAst().transform(tree)
     except UnexpectedInput as e:
+        lambda_ = _LAMBDA.search(text)
+        if lambda_ is not None:  # OData's lambda operators are not in the grammar: 501, not 400
+            raise NotImplementedQueryError(
+                f"{option}: lambda operator {lambda_['op']} at position {lambda_.start('op') + 1}"
+                " is not supported"
+            ) from None
         raise _describe(option, text, e) from None
     except VisitError as e:
         if isinstance(e.orig_exc, BadRequestError | NotImplementedQueryError):
