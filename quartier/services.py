@@ -243,11 +243,14 @@ class LocalServices:
         self.durable_broker = (not fast_unsafe) if durable_broker is None else durable_broker
 
     @classmethod
-    def from_settings(cls, services: ServicesSettings) -> LocalServices:
+    def from_settings(
+        cls, services: ServicesSettings, *, durable_broker: bool | None = None
+    ) -> LocalServices:
         return cls(
             services.state_dir,
             pg_port=services.pg_port,
             mqtt_port=services.mqtt_port,
+            durable_broker=durable_broker,
         )
 
     # ---------------------------------------------------------------- public
