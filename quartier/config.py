@@ -117,6 +117,11 @@ class IngestSettings(BaseModel):
     #: interpreter back sooner from the decoding thread; measured here it did not pay off once
     #: there were two writers (docs/benchmarks.md), so it is off by default.
     switch_interval_ms: float | None = None
+    #: A refused payload longer than this is kept in ``ingest_reject`` as its first this many
+    #: bytes (``payload_truncated``); its ``payload_sha256`` is that of the whole payload.
+    reject_payload_max_bytes: int = 64 * 1024
+    #: Rejects older than this are deleted by the maintenance round (None: kept for ever).
+    reject_retention: timedelta | None = timedelta(days=30)
 
 
 class ApiSettings(BaseModel):
@@ -126,6 +131,17 @@ class ApiSettings(BaseModel):
     base_url: str | None = None
     default_top: int = 100
     max_top: int = 10_000
+    #: Request bodies above this many bytes are refused with 413 (a Content-Length above it at
+    #: once; a body without one while it is read, never read whole).
+    max_body_bytes: int = 1024 * 1024
+    #: PostgreSQL ``statement_timeout`` of the API's pooled connections (seconds; 0: none). A
+    #: query that runs longer is cancelled and answered 503 (``QueryTimeoutError``).
+    statement_timeout_seconds: float = 10.0
+    #: Largest ``$skip`` / offset accepted (400 above it): deep offsets cost a scan each.
+    max_skip: int = 1_000_000
+    #: ``GET /indicators`` serves stored values; older than this (seconds), a read recomputes
+    #: them first (the maintenance round refreshes them at this interval too).
+    indicators_max_age_seconds: float = Field(default=300.0, gt=0)
 
 
 class ServicesSettings(BaseModel):

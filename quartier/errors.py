@@ -24,7 +24,9 @@ QuartierError                                                            HTTP  C
 │                          (``quartier.evaluation.strategy``, with its ``Problem`` list)
 ├── NotImplementedQueryError  a valid query construct Quartier does not     501  1
 │                             implement (yet)
-└── PdfUnavailableError    PDF output lacks WeasyPrint or its libraries     501  1
+├── PdfUnavailableError    PDF output lacks WeasyPrint or its libraries     501  1
+├── PayloadTooLargeError   a request body is above the configured cap      413  1
+└── QueryTimeoutError      a query ran longer than the statement timeout   503  1
 """
 
 from __future__ import annotations
@@ -106,3 +108,12 @@ class NotImplementedQueryError(QuartierError):
 class PdfUnavailableError(QuartierError):
     """PDF output needs WeasyPrint and its system libraries, which are missing; the message says
     what to install."""
+
+
+class PayloadTooLargeError(QuartierError):
+    """A request body is larger than ``api.max_body_bytes``; it was not read further."""
+
+
+class QueryTimeoutError(QuartierError):
+    """A query ran longer than the API's ``statement_timeout`` and was cancelled; the message says
+    so (never the SQL)."""

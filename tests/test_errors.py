@@ -35,8 +35,10 @@ from quartier.errors import (
     NotFoundError,
     NotImplementedQueryError,
     NotMigratedError,
+    PayloadTooLargeError,
     PdfUnavailableError,
     QuartierError,
+    QueryTimeoutError,
     ServiceError,
     UnknownDevice,
     UnreachableError,
@@ -65,6 +67,8 @@ INTENDED: dict[type[QuartierError], tuple[int, int]] = {
     StrategyError: (400, 1),
     NotImplementedQueryError: (501, 1),
     PdfUnavailableError: (501, 1),
+    PayloadTooLargeError: (413, 1),
+    QueryTimeoutError: (503, 1),
 }
 BY_NAME = {cls.__name__: cls for cls in INTENDED}
 

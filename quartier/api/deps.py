@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
 from quartier.config import Settings
+from quartier.errors import QueryTimeoutError
 from quartier.store.db import DictConn
 from quartier.store.migrate import storage_path
 
@@ -27,11 +29,19 @@ def get_any_conn(request: Request) -> Iterator[DictConn]:
 
 def get_conn(request: Request) -> Iterator[DictConn]:
     """A pooled connection to a migrated database: :class:`~quartier.errors.NotMigratedError`
-    (503) otherwise. The storage path is read once per pooled connection."""
+    (503) otherwise. The storage path is read once per pooled connection. A query cancelled by
+    the pool's ``statement_timeout`` becomes :class:`~quartier.errors.QueryTimeoutError` (503)."""
     pool: ConnectionPool = request.app.state.pool
     with pool.connection() as conn:
         storage_path(conn)
-        yield conn  # type: ignore[misc]
+        try:
+            yield conn  # type: ignore[misc]
+        except pg_errors.QueryCanceled as exc:
+            seconds = request.app.state.settings.api.statement_timeout_seconds
+            raise QueryTimeoutError(
+                f"the query took longer than {seconds:g} s and was cancelled; ask for less"
+                " (a shorter time range, fewer entities, a smaller $top)"
+            ) from exc
 
 
 def get_base_url(request: Request) -> str:

@@ -21,8 +21,10 @@ from quartier.errors import (
     NotFoundError,
     NotImplementedQueryError,
     NotMigratedError,
+    PayloadTooLargeError,
     PdfUnavailableError,
     QuartierError,
+    QueryTimeoutError,
     ServiceError,
     UnreachableError,
 )
@@ -42,6 +44,8 @@ STATUS: dict[type[QuartierError], int] = {
     BadRequestError: 400,
     NotImplementedQueryError: 501,
     PdfUnavailableError: 501,
+    PayloadTooLargeError: 413,
+    QueryTimeoutError: 503,
 }
 
 

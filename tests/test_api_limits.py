@@ -1,0 +1,140 @@
+"""The API's limits (issue #12 item 3): capped request bodies, a statement timeout, a health
+check that says ok/degraded without internals, CSV cells that cannot run as formulas."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from quartier.api import models as m
+from quartier.api.app import create_app
+from quartier.api.deps import Conn
+from quartier.config import Settings
+from quartier.services import free_port
+
+pytestmark = pytest.mark.services
+CAP = 64 * 1024
+PATH = "/ingest/sensor-community"
+
+
+def with_api(settings: Settings, **api: object) -> Settings:
+    return settings.model_copy(update={"api": settings.api.model_copy(update=api)})
+
+
+@pytest.fixture
+def port(settings: Settings) -> Iterator[int]:
+    """A real HTTP server (uvicorn) for the app with a body cap of ``CAP`` bytes: the test client
+    would read a request body whole before the app sees it."""
+    port = free_port()
+    app = create_app(with_api(settings, max_body_bytes=CAP))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def status_line(sock: socket.socket) -> str:
+    sock.settimeout(5)
+    head = b""
+    while b"\r\n" not in head:
+        part = sock.recv(4096)
+        if not part:
+            break
+        head += part
+    return head.split(b"\r\n", 1)[0].decode()
+
+
+def test_a_content_length_over_the_cap_is_refused_before_the_body(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {100 * CAP}\r\n\r\n".encode()
+        )
+        # not a byte of the body sent: the answer comes anyway
+        assert status_line(sock) == "HTTP/1.1 413 Request Entity Too Large"
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_cap(port: int) -> None:
+    """A body without Content-Length is read until it passes the cap, not to its end: the 413
+    arrives while the client is still sending (it would send 1000 times the cap)."""
+    chunk = b"x" * 8192
+    planned = 1000 * CAP
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        answered = False
+        try:
+            while sent < planned and not answered:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+                answered = bool(select.select([sock], [], [], 0.002)[0])
+        except (BrokenPipeError, ConnectionResetError):
+            answered = True  # the server closed the connection after answering
+        assert answered and sent < planned // 10, sent
+        assert status_line(sock) == "HTTP/1.1 413 Request Entity Too Large"
+
+
+def test_a_body_within_the_cap_is_read(settings: Settings) -> None:
+    with TestClient(create_app(with_api(settings, max_body_bytes=CAP))) as client:
+        big = client.post(PATH, content=b"{" + b" " * CAP + b"}")
+        assert big.status_code == 413
+        assert big.json()["type"] == "PayloadTooLargeError"
+        small = client.post(PATH, content=b"not json")
+        assert small.status_code == 400  # read and decoded: the cap did not refuse it
+
+
+def test_health_is_degraded_without_internals(settings: Settings) -> None:
+    broker_port = free_port()
+    broken = settings.model_copy(
+        update={
+            "mqtt": settings.mqtt.model_copy(
+                update={"url": f"mqtt://quartier:s3cret@127.0.0.1:{broker_port}"}
+            )
+        }
+    )
+    with TestClient(create_app(broken)) as client:
+        r = client.get("/health")
+    assert r.status_code == 503
+    body = m.Health.model_validate(r.json())
+    assert body.status == "degraded"
+    assert body.database.ok and body.database.detail == "ok"
+    assert not body.mqtt.ok and body.mqtt.detail.startswith("degraded")
+    for secret in ("s3cret", "quartier:", "127.0.0.1", str(broker_port), "Errno", "refused"):
+        assert secret not in r.text, secret
+
+
+def test_a_query_over_the_statement_timeout_is_a_503_not_a_hang(settings: Settings) -> None:
+    app = create_app(with_api(settings, statement_timeout_seconds=0.3))
+
+    def slow(conn: Conn) -> dict[str, str]:
+        conn.execute("select pg_sleep(10)")
+        return {"done": "yes"}
+
+    assert isinstance(app, FastAPI)
+    app.get("/test-slow")(slow)
+    with TestClient(app) as client:
+        started = time.monotonic()
+        r = client.get("/test-slow")
+        elapsed = time.monotonic() - started
+        assert r.status_code == 503, r.text
+        assert r.json()["type"] == "QueryTimeoutError"
+        assert "0.3 s" in r.json()["message"] and "pg_sleep" not in r.text
+        assert elapsed < 5
+        assert client.get("/health").status_code == 200  # the connection went back usable
