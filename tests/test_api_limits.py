@@ -138,3 +138,50 @@ def test_a_query_over_the_statement_timeout_is_a_503_not_a_hang(settings: Settin
         assert "0.3 s" in r.json()["message"] and "pg_sleep" not in r.text
         assert elapsed < 5
         assert client.get("/health").status_code == 200  # the connection went back usable
+
+
+@pytest.mark.parametrize(
+    ("cell", "written"),
+    [
+        ('=HYPERLINK("http://x")', '\'=HYPERLINK("http://x")'),
+        ("+1+1", "'+1+1"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("-3.5", "-3.5"),  # a number stays a number
+        ("-1e-05", "-1e-05"),
+        ("+7", "+7"),
+        ("plain", "plain"),
+        (-3.5, -3.5),
+        (None, None),
+    ],
+)
+def test_csv_cells_cannot_be_formulas(cell: object, written: object) -> None:
+    from quartier.api.csv_cells import safe_cell
+
+    assert safe_cell(cell) == written
+
+
+def test_aggregate_csv_goes_through_the_neutraliser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The aggregates CSV writes its header and every row through ``safe_row``; its negative
+    numbers come out as numbers."""
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from quartier.api import aggregates
+
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    series = SimpleNamespace(datastream_id=7, rows=lambda fns: [(t, -3.5, None)])
+    agg = SimpleNamespace(
+        functions=["avg", "min"], series=[series], source="raw",
+        width=timedelta(hours=1), start=t, end=t + timedelta(hours=1),
+    )  # fmt: skip
+    monkeypatch.setattr(
+        aggregates, "safe_row", lambda cells: ["=X" if c == "min" else c for c in cells]
+    )
+    text = aggregates._csv(agg).body.decode()  # type: ignore[arg-type]
+    assert text.splitlines()[0] == "datastream_id,time,avg,=X"
+    monkeypatch.undo()
+    text = aggregates._csv(agg).body.decode()  # type: ignore[arg-type]
+    assert text.splitlines()[1] == "7,2026-01-01T00:00:00.000Z,-3.5,"

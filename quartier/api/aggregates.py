@@ -21,6 +21,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from quartier.api.csv_cells import safe_row
 from quartier.api.deps import Conn
 from quartier.api.sensorthings import iso
 from quartier.errors import BadRequestError, NotFoundError
@@ -144,10 +145,11 @@ def _csv(agg: ts.Aggregate) -> Response:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     fns = list(agg.functions)
-    w.writerow(["datastream_id", "time", *fns])
+    w.writerow(safe_row(["datastream_id", "time", *fns]))
     for s in agg.series:
         for t, *values in s.rows(fns):
-            w.writerow([s.datastream_id, iso(t), *("" if v is None else repr(v) for v in values)])
+            cells = [s.datastream_id, iso(t), *("" if v is None else repr(v) for v in values)]
+            w.writerow(safe_row(cells))
     return Response(
         out.getvalue(),
         media_type="text/csv; charset=utf-8",

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
+from quartier.api.csv_cells import safe_row
 from quartier.api.deps import Conn
 from quartier.evaluation import storage
 from quartier.evaluation.evaluate import Evaluation, KpiResult
@@ -71,7 +72,7 @@ def _respond(evaluation: Evaluation, format: str) -> Evaluation | Response:
     writer.writerow(RESULT_CSV_COLUMNS)
     for r in evaluation.results:
         d = r.model_dump(mode="json")
-        writer.writerow(["" if d[c] is None else d[c] for c in RESULT_CSV_COLUMNS])
+        writer.writerow(safe_row("" if d[c] is None else d[c] for c in RESULT_CSV_COLUMNS))
     return Response(
         buf.getvalue(),
         media_type="text/csv; charset=utf-8",
