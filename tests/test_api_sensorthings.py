@@ -114,7 +114,7 @@ def test_orderby_desc_and_top(client: TestClient) -> None:
         ("/v1.1/Things?$top=-1", 400, "$top"),
         ("/v1.1/Things?$filter=name eq", 400, "$filter: unexpected end"),
         ("/v1.1/Things?$search=x", 501, "$search"),
-        ("/v1.1/Datastreams(abc)", 400, "ds_id"),
+        ("/v1.1/Datastreams(abc)", 400, "entity_id"),
         ("/v1.1/Nothing", 404, "no resource"),
     ],
 )

@@ -350,7 +350,7 @@ def test_top_above_maximum_is_clamped(filled: Settings) -> None:
         ({"$filter": "Datastreams/any(d: d/name eq 'x')"}, 501, ["any", "not supported"]),
         ({"$filter": "isof(name, 'Edm.String')"}, 501, ["isof"]),
         ({"$search": "pm25"}, 501, ["$search"]),
-        ({"$select": "name"}, 501, ["$select"]),
+        ({"$select": "nosuch"}, 400, ["$select", "not a property of Thing"]),
         ({"$expand": "Datastreams"}, 501, ["$expand"]),
         ({"$nonsense": "1"}, 400, ["$nonsense"]),
     ],

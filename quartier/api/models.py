@@ -36,6 +36,13 @@ class Location(_Entity):
     location: dict[str, Any]
     properties: dict[str, Any] | None = None
     things_link: str = Field(alias="Things@iot.navigationLink")
+    historical_locations_link: str = Field(alias="HistoricalLocations@iot.navigationLink")
+
+
+class HistoricalLocation(_Entity):
+    time: str
+    thing_link: str = Field(alias="Thing@iot.navigationLink")
+    locations_link: str = Field(alias="Locations@iot.navigationLink")
 
 
 class UnitOfMeasurement(BaseModel):
@@ -86,6 +93,15 @@ class Observation(_Entity):
     datastream_link: str = Field(alias="Datastream@iot.navigationLink")
 
 
+class FeatureOfInterest(_Entity):
+    name: str
+    description: str
+    encoding_type: str = Field(alias="encodingType")
+    feature: dict[str, Any]
+    properties: dict[str, Any] | None = None
+    observations_link: str = Field(alias="Observations@iot.navigationLink")
+
+
 class _Collection(BaseModel):
     """A collection; ``@iot.count`` and ``@iot.nextLink`` appear only when they have a value."""
 
@@ -111,6 +127,14 @@ class ThingCollection(_Collection):
 
 class LocationCollection(_Collection):
     value: list[Location]
+
+
+class HistoricalLocationCollection(_Collection):
+    value: list[HistoricalLocation]
+
+
+class FeatureOfInterestCollection(_Collection):
+    value: list[FeatureOfInterest]
 
 
 class DatastreamCollection(_Collection):

@@ -1,28 +1,85 @@
-"""OGC SensorThings API v1.1 (read part): Things, Locations, Datastreams, Sensors,
-ObservedProperties and Observations with ``$filter``, ``$orderby``, ``$top``, ``$skip``, ``$count``
-and ``@iot.nextLink``. The options are parsed and compiled by ``quartier.api.sta``; valid options
-Quartier does not implement yet (``$select``, ``$expand``, ``$resultFormat``, ``$search`` …) are a
-501 that says so, never ignored.
+"""OGC SensorThings API v1.1 (read part): the eight entity sets, each entity by id and the to-many
+navigations the bodies link to, with ``$filter``, ``$orderby``, ``$top``, ``$skip``, ``$count``,
+``$select`` and ``@iot.nextLink``. The routes are made by three functions over the entity sets
+(collection, entity, navigation; see ``_NAVIGATIONS`` at the end), so every link a body carries
+has its route. The options are parsed and compiled by ``quartier.api.sta``; valid options
+Quartier does not implement yet (``$expand``, ``$resultFormat``, ``$search`` …) are a 501 that
+says so, never ignored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, overload
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from quartier.api import models as m
 from quartier.api.deps import AppSettings, BaseUrl, Conn
-from quartier.api.sta import QueryOptions, compile_filter, compile_orderby, parse_query_options
+from quartier.api.sta import (
+    ENTITIES,
+    ENTITY_SETS,
+    QueryOptions,
+    check_options,
+    compile_filter,
+    compile_navigation,
+    compile_orderby,
+    parse_query_options,
+)
+from quartier.api.sta.ast import Path
 from quartier.errors import BadRequestError, NotImplementedQueryError
 from quartier.store import sensorthings as q
+from quartier.store.db import DictConn
 
 PREFIX = "/v1.1"
 router = APIRouter(prefix=PREFIX, tags=["SensorThings API v1.1"])
 
-_NOT_YET = {"select": "$select", "expand": "$expand", "result_format": "$resultFormat"}
+_NOT_YET = {"expand": "$expand", "result_format": "$resultFormat"}
+
+
+def _options(request: Request) -> QueryOptions:
+    options = parse_query_options(request.query_params)
+    for attr, name in _NOT_YET.items():
+        if getattr(options, attr) not in (None, ()):
+            raise NotImplementedQueryError(f"query option {name} is not supported yet")
+    return options
+
+
+def _pick(body: dict[str, Any], select: tuple[Path, ...], entity_type: str) -> dict[str, Any]:
+    """The ``$select``ed part of one entity's body: ``id`` is ``@iot.id``, a navigation property
+    its ``@iot.navigationLink``, any other property its value (null where Quartier stores none)."""
+    navs = ENTITIES[entity_type].navs
+    out: dict[str, Any] = {}
+    for p in select:
+        name = p.segments[0]
+        if name == "id":
+            out["@iot.id"] = body["@iot.id"]
+        elif name in navs:
+            key = f"{name}@iot.navigationLink"
+            if key in body:  # an Observation's FeatureOfInterest is not linked yet
+                out[key] = body[key]
+        else:
+            out[name] = body.get(name)
+    return out
+
+
+def _selected(body: BaseModel, select: tuple[Path, ...], entity_type: str) -> Any:
+    """``body`` itself without ``$select``; else its selected part as a JSON response (a
+    collection's ``value`` entity by entity, its annotations kept)."""
+    if not select:
+        return body
+    check_options(QueryOptions(select=select), entity_type)
+    data: dict[str, Any] = body.model_dump(mode="json", by_alias=True)
+    if isinstance(body, m._Collection):
+        data["value"] = [_pick(v, select, entity_type) for v in data["value"]]
+    else:
+        data = _pick(data, select, entity_type)
+    return JSONResponse(data)
 
 
 class Paging:
@@ -43,11 +100,11 @@ class Paging:
         orderby: Annotated[
             str | None, Query(alias="$orderby", description="keys, each asc or desc")
         ] = None,
+        select: Annotated[
+            str | None, Query(alias="$select", description="properties to return")
+        ] = None,
     ) -> None:
-        options = parse_query_options(request.query_params)
-        for attr, name in _NOT_YET.items():
-            if getattr(options, attr) not in (None, ()):
-                raise NotImplementedQueryError(f"query option {name} is not supported yet")
+        options = _options(request)
         self.request = request
         self.options: QueryOptions = options
         wanted = settings.api.default_top if options.top is None else options.top
@@ -56,7 +113,8 @@ class Paging:
         self.count = bool(options.count)
 
     def listing(self, entity_set: str) -> q.Listing:
-        """The compiled ``$filter`` and ``$orderby`` of this request over ``entity_set``."""
+        """The compiled ``$filter`` and ``$orderby`` of this request over ``entity_set``
+        (``$select`` is checked when the body is shaped)."""
         alias = q.ALIASES[entity_set]
         where = None
         params: dict[str, Any] = {}
@@ -85,6 +143,22 @@ class Paging:
 
 
 PagingDep = Annotated[Paging, Depends()]
+
+
+class Selection:
+    """The ``$select`` of a request for one entity; ``$expand`` and ``$resultFormat`` are 501."""
+
+    def __init__(
+        self,
+        request: Request,
+        select: Annotated[
+            str | None, Query(alias="$select", description="properties to return")
+        ] = None,
+    ) -> None:
+        self.select = _options(request).select
+
+
+SelectionDep = Annotated[Selection, Depends()]
 
 
 @overload
@@ -126,6 +200,30 @@ def _location(r: dict[str, Any], base: str) -> m.Location:
         location=r["location"],
         properties=r["properties"],
         things_link=_link(base, "Locations", r["id"], "Things"),
+        historical_locations_link=_link(base, "Locations", r["id"], "HistoricalLocations"),
+    )
+
+
+def _historical_location(r: dict[str, Any], base: str) -> m.HistoricalLocation:
+    return m.HistoricalLocation(
+        id=r["id"],
+        self_link=_link(base, "HistoricalLocations", r["id"]),
+        time=iso(r["time"]),
+        thing_link=_link(base, "Things", r["thing_id"]),
+        locations_link=_link(base, "HistoricalLocations", r["id"], "Locations"),
+    )
+
+
+def _feature_of_interest(r: dict[str, Any], base: str) -> m.FeatureOfInterest:
+    return m.FeatureOfInterest(
+        id=r["id"],
+        self_link=_link(base, "FeaturesOfInterest", r["id"]),
+        name=r["name"],
+        description=r["description"],
+        encoding_type=r["encoding_type"],
+        feature=r["feature"],
+        properties=r["properties"],
+        observations_link=_link(base, "FeaturesOfInterest", r["id"], "Observations"),
     )
 
 
@@ -205,11 +303,41 @@ def _observation(r: dict[str, Any], base: str) -> m.Observation:
 
 
 # --------------------------------------------------------------------------- routes
+@dataclass(frozen=True)
+class _Set:
+    """What the routes of one entity set need: its shaping and its response models."""
+
+    shape: Callable[[dict[str, Any], str], m._Entity]
+    model: type[m._Entity]
+    collection: type[m._Collection]
+
+
+_SETS: dict[str, _Set] = {
+    "Things": _Set(_thing, m.Thing, m.ThingCollection),
+    "Locations": _Set(_location, m.Location, m.LocationCollection),
+    "HistoricalLocations": _Set(
+        _historical_location, m.HistoricalLocation, m.HistoricalLocationCollection
+    ),
+    "Datastreams": _Set(_datastream, m.Datastream, m.DatastreamCollection),
+    "Sensors": _Set(_sensor, m.Sensor, m.SensorCollection),
+    "ObservedProperties": _Set(
+        _observed_property, m.ObservedProperty, m.ObservedPropertyCollection
+    ),
+    "Observations": _Set(_observation, m.Observation, m.ObservationCollection),
+    "FeaturesOfInterest": _Set(
+        _feature_of_interest, m.FeatureOfInterest, m.FeatureOfInterestCollection
+    ),
+}
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
 @router.get("", response_model=m.ServiceRoot, operation_id="sta_service_root")
 def service_root(base: BaseUrl) -> m.ServiceRoot:
-    names = ["Things", "Locations", "Datastreams", "Sensors", "ObservedProperties"]
     return m.ServiceRoot(
-        value=[m.ServiceEndpoint(name=n, url=f"{base}{PREFIX}/{n}") for n in names],
+        value=[m.ServiceEndpoint(name=n, url=f"{base}{PREFIX}/{n}") for n in ENTITY_SETS],
         serverSettings={
             "conformance": [
                 "http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel",
@@ -219,86 +347,78 @@ def service_root(base: BaseUrl) -> m.ServiceRoot:
                 "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/count",
                 "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/orderby",
                 "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/filter",
+                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/select",
             ]
         },
     )
 
 
-@router.get("/Things", response_model=m.ThingCollection, operation_id="sta_list_things")
-def list_things(conn: Conn, base: BaseUrl, p: PagingDep) -> m.ThingCollection:
-    listing = p.listing("Things")
-    rows, nxt = p.page(q.things(conn, listing), base)
-    return m.ThingCollection(
-        value=[_thing(r, base) for r in rows],
-        next_link=nxt,
-        count=q.count_things(conn, listing) if p.count else None,
+def _list(
+    conn: DictConn, base: str, p: Paging, entity_set: str, within: q.Within | None = None
+) -> Any:
+    """One page of ``entity_set`` (all of it, or navigated to ``within`` one entity)."""
+    spec = _SETS[entity_set]
+    listing = p.listing(entity_set)
+    rows, nxt = p.page(q.entities(conn, entity_set, listing, within), base)
+    body = spec.collection.model_validate(
+        {
+            "value": [spec.shape(r, base) for r in rows],
+            "@iot.nextLink": nxt,
+            "@iot.count": q.count_entities(conn, entity_set, listing, within) if p.count else None,
+        }
+    )
+    return _selected(body, p.options.select, ENTITY_SETS[entity_set])
+
+
+def _add_collection(entity_set: str) -> None:
+    """``GET /<entity set>``."""
+
+    def route(conn: Conn, base: BaseUrl, p: PagingDep) -> Any:
+        return _list(conn, base, p, entity_set)
+
+    router.add_api_route(
+        f"/{entity_set}",
+        route,
+        response_model=_SETS[entity_set].collection,
+        operation_id=f"sta_list_{_snake(entity_set)}",
+        summary=f"The {entity_set}",
     )
 
 
-@router.get("/Things({thing_id})", response_model=m.Thing, operation_id="sta_get_thing")
-def get_thing(thing_id: int, conn: Conn, base: BaseUrl) -> m.Thing:
-    return _thing(q.thing(conn, thing_id), base)
+def _add_entity(entity_set: str) -> None:
+    """``GET /<entity set>(<id>)`` for the entity sets with integer ids."""
+    entity_type = ENTITY_SETS[entity_set]
 
+    def route(entity_id: int, conn: Conn, base: BaseUrl, s: SelectionDep) -> Any:
+        spec = _SETS[entity_set]
+        row = q.entity(conn, entity_set, entity_type, entity_id)
+        return _selected(spec.shape(row, base), s.select, entity_type)
 
-@router.get(
-    "/Things({thing_id})/Datastreams",
-    response_model=m.DatastreamCollection,
-    operation_id="sta_thing_datastreams",
-)
-def thing_datastreams(
-    thing_id: int, conn: Conn, base: BaseUrl, p: PagingDep
-) -> m.DatastreamCollection:
-    listing = p.listing("Datastreams")
-    rows, nxt = p.page(q.datastreams(conn, listing, thing_id), base)
-    return m.DatastreamCollection(
-        value=[_datastream(r, base) for r in rows],
-        next_link=nxt,
-        count=q.count_datastreams(conn, listing, thing_id) if p.count else None,
+    router.add_api_route(
+        f"/{entity_set}({{entity_id}})",
+        route,
+        response_model=_SETS[entity_set].model,
+        operation_id=f"sta_get_{_snake(entity_type)}",
+        summary=f"One {entity_type}",
     )
 
 
-@router.get(
-    "/Things({thing_id})/Locations",
-    response_model=m.LocationCollection,
-    operation_id="sta_thing_locations",
-)
-def thing_locations(thing_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> m.LocationCollection:
-    listing = p.listing("Locations")
-    rows, nxt = p.page(q.locations(conn, listing, thing_id), base)
-    return m.LocationCollection(
-        value=[_location(r, base) for r in rows],
-        next_link=nxt,
-        count=q.count_locations(conn, listing, thing_id) if p.count else None,
+def _add_navigation(entity_set: str, nav: str) -> None:
+    """``GET /<entity set>(<id>)/<nav>`` for a to-many navigation property (its entity set)."""
+    entity_type = ENTITY_SETS[entity_set]
+
+    def route(entity_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> Any:
+        source, on = compile_navigation(entity_type, nav, "_p", q.ALIASES[nav])
+        table = ENTITIES[entity_type].table
+        return _list(conn, base, p, nav, q.Within(source, on, entity_type, table, entity_id))
+
+    router.add_api_route(
+        f"/{entity_set}({{entity_id}})/{nav}",
+        route,
+        response_model=_SETS[nav].collection,
+        operation_id=f"sta_{_snake(entity_type)}_{_snake(nav)}",
+        summary=f"The {nav} of one {entity_type}",
     )
-
-
-@router.get("/Locations", response_model=m.LocationCollection, operation_id="sta_list_locations")
-def list_locations(conn: Conn, base: BaseUrl, p: PagingDep) -> m.LocationCollection:
-    listing = p.listing("Locations")
-    rows, nxt = p.page(q.locations(conn, listing), base)
-    return m.LocationCollection(
-        value=[_location(r, base) for r in rows],
-        next_link=nxt,
-        count=q.count_locations(conn, listing) if p.count else None,
-    )
-
-
-@router.get(
-    "/Datastreams", response_model=m.DatastreamCollection, operation_id="sta_list_datastreams"
-)
-def list_datastreams(conn: Conn, base: BaseUrl, p: PagingDep) -> m.DatastreamCollection:
-    listing = p.listing("Datastreams")
-    rows, nxt = p.page(q.datastreams(conn, listing), base)
-    return m.DatastreamCollection(
-        value=[_datastream(r, base) for r in rows],
-        next_link=nxt,
-        count=q.count_datastreams(conn, listing) if p.count else None,
-    )
-
-
-@router.get("/Datastreams({ds_id})", response_model=m.Datastream, operation_id="sta_get_datastream")
-def get_datastream(ds_id: int, conn: Conn, base: BaseUrl) -> m.Datastream:
-    return _datastream(q.datastream(conn, ds_id), base)
 
 
 @router.get(
@@ -306,60 +426,19 @@ def get_datastream(ds_id: int, conn: Conn, base: BaseUrl) -> m.Datastream:
     response_model=m.ObservationCollection,
     operation_id="sta_datastream_observations",
 )
-def datastream_observations(
-    ds_id: int, conn: Conn, base: BaseUrl, p: PagingDep
-) -> m.ObservationCollection:
+def datastream_observations(ds_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> Any:
+    """One datastream's observations: a ``phenomenonTime`` filter is a primary-key range scan
+    and an unfiltered ``$count`` may be an estimate on very large TimescaleDB datastreams."""
     listing = p.listing("Observations")
     rows, nxt = p.page(q.observations(conn, ds_id, listing), base)
     count, exact = q.count_observations(conn, ds_id, listing) if p.count else (None, True)
-    return m.ObservationCollection(
+    body = m.ObservationCollection(
         value=[_observation(r, base) for r in rows],
         next_link=nxt,
         count=count,
         count_is_estimate=None if exact else True,
     )
-
-
-@router.get("/Sensors", response_model=m.SensorCollection, operation_id="sta_list_sensors")
-def list_sensors(conn: Conn, base: BaseUrl, p: PagingDep) -> m.SensorCollection:
-    listing = p.listing("Sensors")
-    rows, nxt = p.page(q.sensors(conn, listing), base)
-    return m.SensorCollection(
-        value=[_sensor(r, base) for r in rows],
-        next_link=nxt,
-        count=q.count_sensors(conn, listing) if p.count else None,
-    )
-
-
-@router.get("/Sensors({sensor_id})", response_model=m.Sensor, operation_id="sta_get_sensor")
-def get_sensor(sensor_id: int, conn: Conn, base: BaseUrl) -> m.Sensor:
-    return _sensor(q.sensor(conn, sensor_id), base)
-
-
-@router.get(
-    "/ObservedProperties",
-    response_model=m.ObservedPropertyCollection,
-    operation_id="sta_list_observed_properties",
-)
-def list_observed_properties(
-    conn: Conn, base: BaseUrl, p: PagingDep
-) -> m.ObservedPropertyCollection:
-    listing = p.listing("ObservedProperties")
-    rows, nxt = p.page(q.observed_properties(conn, listing), base)
-    return m.ObservedPropertyCollection(
-        value=[_observed_property(r, base) for r in rows],
-        next_link=nxt,
-        count=q.count_observed_properties(conn, listing) if p.count else None,
-    )
-
-
-@router.get(
-    "/ObservedProperties({op_id})",
-    response_model=m.ObservedProperty,
-    operation_id="sta_get_observed_property",
-)
-def get_observed_property(op_id: int, conn: Conn, base: BaseUrl) -> m.ObservedProperty:
-    return _observed_property(q.observed_property(conn, op_id), base)
+    return _selected(body, p.options.select, "Observation")
 
 
 @router.get(
@@ -367,7 +446,28 @@ def get_observed_property(op_id: int, conn: Conn, base: BaseUrl) -> m.ObservedPr
     response_model=m.Observation,
     operation_id="sta_get_observation",
 )
-def get_observation(obs_id: str, conn: Conn, base: BaseUrl) -> m.Observation:
+def get_observation(obs_id: str, conn: Conn, base: BaseUrl, s: SelectionDep) -> Any:
     """One Observation by its @iot.id (``'<datastream id>:<µs since 1970>'``)."""
     ds_id, time = parse_observation_id(obs_id)
-    return _observation(q.observation(conn, ds_id, time), base)
+    return _selected(_observation(q.observation(conn, ds_id, time), base), s.select, "Observation")
+
+
+#: The resource paths: every entity set, every entity by integer id (an Observation's id is
+#: derived, see above) and every to-many navigation whose links the bodies carry.
+_NAVIGATIONS = [
+    ("Things", "Datastreams"),
+    ("Things", "Locations"),
+    ("Things", "HistoricalLocations"),
+    ("Locations", "Things"),
+    ("Locations", "HistoricalLocations"),
+    ("HistoricalLocations", "Locations"),
+    ("Sensors", "Datastreams"),
+    ("ObservedProperties", "Datastreams"),
+    ("FeaturesOfInterest", "Observations"),
+]
+for _entity_set in ENTITY_SETS:
+    _add_collection(_entity_set)
+    if _entity_set != "Observations":
+        _add_entity(_entity_set)
+for _entity_set, _nav in _NAVIGATIONS:
+    _add_navigation(_entity_set, _nav)

@@ -2,10 +2,11 @@
 
 A collection query takes a :class:`Listing`: the page (``top``, ``skip``) and, already compiled by
 ``quartier.api.sta``, the ``$filter`` condition and ``$orderby`` keys over the entity's table
-alias (``t`` Thing, ``l`` Location, ``d`` Datastream, ``s`` Sensor, ``p`` ObservedProperty, ``o``
-Observation) with named placeholders. It fetches one row more than asked, so the caller knows
-whether a next page exists without counting, and always sorts last by the primary key, so pages
-are stable. Counts apply the same condition.
+alias (:data:`ALIASES`) with named placeholders. It fetches one row more than asked, so the
+caller knows whether a next page exists without counting, and always sorts last by the primary
+key (``datastream_id, phenomenon_time`` for Observations), so pages are stable. Counts apply the
+same condition. :func:`entities` serves every entity set, whole or navigated to from one entity
+(a :class:`Within`); one datastream's Observations have their own range-scan query.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ ALIASES = {
     "Sensors": "s",
     "ObservedProperties": "p",
     "Observations": "o",
+    "HistoricalLocations": "h",
+    "FeaturesOfInterest": "f",
 }
 
 
@@ -43,6 +46,20 @@ class Listing:
     where: sql.Composable | None = None
     order: sql.Composable | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Within:
+    """A navigation from one entity (``/Sensors(3)/Datastreams``), compiled by
+    ``quartier.api.sta.compile_navigation``: ``source`` is the target's FROM item under its alias,
+    ``on`` ties it to the parent row aliased ``_p`` of table ``parent_table`` with id ``parent_id``;
+    ``parent`` names the parent entity type for the 404."""
+
+    source: sql.Composable
+    on: sql.Composable
+    parent: str
+    parent_table: str
+    parent_id: int
 
 
 @dataclass(frozen=True)
@@ -72,9 +89,6 @@ _LOCATION = _Collection(
     "location l",
     "l.id",
 )
-_THING_LOCATION = _Collection(
-    _LOCATION.columns, "location l join thing_location tl on tl.location_id = l.id", "l.id"
-)
 _SENSOR = _Collection(
     "s.id, s.name, s.description, s.encoding_type, s.metadata, s.properties", "sensor s", "s.id"
 )
@@ -86,6 +100,27 @@ _OBSERVATION = _Collection(
     "observation o",
     "o.phenomenon_time",  # with the datastream fixed by the scope: the primary key's rest
 )
+_HISTORICAL_LOCATION = _Collection("h.id, h.time, h.thing_id", "historical_location h", "h.id")
+_FEATURE_OF_INTEREST = _Collection(
+    "f.id, f.name, f.description, f.encoding_type,"
+    " ST_AsGeoJSON(f.feature)::json as feature, f.properties",
+    "feature_of_interest f",
+    "f.id",
+)
+
+#: Each entity set's collection; Observations over all datastreams sort by the whole primary key.
+_COLLECTIONS = {
+    "Things": _THING,
+    "Locations": _LOCATION,
+    "HistoricalLocations": _HISTORICAL_LOCATION,
+    "Datastreams": _DATASTREAM,
+    "Sensors": _SENSOR,
+    "ObservedProperties": _OBSERVED_PROPERTY,
+    "Observations": _Collection(
+        _OBSERVATION.columns, _OBSERVATION.source, "o.datastream_id, o.phenomenon_time"
+    ),
+    "FeaturesOfInterest": _FEATURE_OF_INTEREST,
+}
 
 
 def _where(scope: str, listing: Listing) -> sql.Composable:
@@ -137,42 +172,6 @@ def _one(conn: DictConn, c: _Collection, entity: str, entity_id: int) -> dict[st
     return row
 
 
-# ------------------------------------------------------------------------- Things
-def things(conn: DictConn, listing: Listing) -> list[dict[str, Any]]:
-    return _page(conn, _THING, listing)
-
-
-def thing(conn: DictConn, thing_id: int) -> dict[str, Any]:
-    return _one(conn, _THING, "Thing", thing_id)
-
-
-def count_things(conn: DictConn, listing: Listing) -> int:
-    return _count(conn, _THING, listing)
-
-
-# ------------------------------------------------------------------------- Datastreams
-_OF_THING = "d.thing_id = %(_scope)s"
-
-
-def datastreams(
-    conn: DictConn, listing: Listing, thing_id: int | None = None
-) -> list[dict[str, Any]]:
-    if thing_id is None:
-        return _page(conn, _DATASTREAM, listing)
-    thing(conn, thing_id)
-    return _page(conn, _DATASTREAM, listing, _OF_THING, thing_id)
-
-
-def datastream(conn: DictConn, ds_id: int) -> dict[str, Any]:
-    return _one(conn, _DATASTREAM, "Datastream", ds_id)
-
-
-def count_datastreams(conn: DictConn, listing: Listing, thing_id: int | None = None) -> int:
-    if thing_id is None:
-        return _count(conn, _DATASTREAM, listing)
-    return _count(conn, _DATASTREAM, listing, _OF_THING, thing_id)
-
-
 # ------------------------------------------------------------------------- Observations
 _OF_DATASTREAM = "o.datastream_id = %(_scope)s"
 
@@ -204,44 +203,54 @@ def count_observations(conn: DictConn, ds_id: int, listing: Listing) -> tuple[in
     return _count(conn, _OBSERVATION, listing, _OF_DATASTREAM, ds_id), True
 
 
-# ------------------------------------------------------------------------- others
-_LOCATION_OF_THING = "tl.thing_id = %(_scope)s"
+# ------------------------------------------------------------------------- any entity set
+def _from(c: _Collection, within: Within | None) -> tuple[sql.Composable, str]:
+    """The FROM item of ``c`` (joined to the parent row when navigating) and the scope."""
+    if within is None:
+        return sql.SQL(c.source), ""
+    source = sql.SQL("{} join {} _p on {}").format(
+        within.source, sql.Identifier(within.parent_table), within.on
+    )
+    return source, "_p.id = %(_scope)s"
 
 
-def locations(
-    conn: DictConn, listing: Listing, thing_id: int | None = None
+def _check_parent(conn: DictConn, within: Within) -> None:
+    query = sql.SQL("select 1 from {} where id = %s").format(sql.Identifier(within.parent_table))
+    if conn.execute(query, (within.parent_id,)).fetchone() is None:
+        raise NotFoundError(f"no {within.parent} with @iot.id {within.parent_id}")
+
+
+def entities(
+    conn: DictConn, entity_set: str, listing: Listing, within: Within | None = None
 ) -> list[dict[str, Any]]:
-    if thing_id is None:
-        return _page(conn, _LOCATION, listing)
-    thing(conn, thing_id)
-    return _page(conn, _THING_LOCATION, listing, _LOCATION_OF_THING, thing_id)
+    """A page (plus one row) of ``entity_set``, all of it or navigated to from one entity."""
+    c = _COLLECTIONS[entity_set]
+    if within is not None:
+        _check_parent(conn, within)
+    source, scope = _from(c, within)
+    keys: list[sql.Composable] = [sql.SQL(c.key)]
+    if listing.order is not None:
+        keys.insert(0, listing.order)
+    query = sql.SQL("select {} from {}{} order by {} limit %(_top)s offset %(_skip)s").format(
+        sql.SQL(c.columns), source, _where(scope, listing), sql.SQL(", ").join(keys)
+    )
+    scope_id = None if within is None else within.parent_id
+    params = {**listing.params, "_scope": scope_id, "_top": listing.top + 1, "_skip": listing.skip}
+    return conn.execute(query, params).fetchall()
 
 
-def count_locations(conn: DictConn, listing: Listing, thing_id: int | None = None) -> int:
-    if thing_id is None:
-        return _count(conn, _LOCATION, listing)
-    return _count(conn, _THING_LOCATION, listing, _LOCATION_OF_THING, thing_id)
+def count_entities(
+    conn: DictConn, entity_set: str, listing: Listing, within: Within | None = None
+) -> int:
+    """How many entities of ``entity_set`` match ``listing``'s condition (its ``@iot.count``)."""
+    source, scope = _from(_COLLECTIONS[entity_set], within)
+    query = sql.SQL("select count(*) as n from {}{}").format(source, _where(scope, listing))
+    scope_id = None if within is None else within.parent_id
+    row = conn.execute(query, {**listing.params, "_scope": scope_id}).fetchone()
+    assert row is not None
+    return int(row["n"])
 
 
-def sensors(conn: DictConn, listing: Listing) -> list[dict[str, Any]]:
-    return _page(conn, _SENSOR, listing)
-
-
-def sensor(conn: DictConn, sensor_id: int) -> dict[str, Any]:
-    return _one(conn, _SENSOR, "Sensor", sensor_id)
-
-
-def count_sensors(conn: DictConn, listing: Listing) -> int:
-    return _count(conn, _SENSOR, listing)
-
-
-def observed_properties(conn: DictConn, listing: Listing) -> list[dict[str, Any]]:
-    return _page(conn, _OBSERVED_PROPERTY, listing)
-
-
-def observed_property(conn: DictConn, op_id: int) -> dict[str, Any]:
-    return _one(conn, _OBSERVED_PROPERTY, "ObservedProperty", op_id)
-
-
-def count_observed_properties(conn: DictConn, listing: Listing) -> int:
-    return _count(conn, _OBSERVED_PROPERTY, listing)
+def entity(conn: DictConn, entity_set: str, entity_type: str, entity_id: int) -> dict[str, Any]:
+    """One entity of ``entity_set`` by its integer @iot.id."""
+    return _one(conn, _COLLECTIONS[entity_set], entity_type, entity_id)
