@@ -134,6 +134,19 @@ def test_navigations_the_issue_listed(client: TestClient) -> None:
     assert _get(client, m.HistoricalLocationCollection, location.historical_locations_link).value
 
 
+def test_to_one_navigation_paths(client: TestClient) -> None:
+    ds = _get(client, m.DatastreamCollection, "/v1.1/Datastreams").value[0]
+    assert _get(client, m.Thing, ds.self_link + "/Thing") == _get(client, m.Thing, ds.thing_link)
+    assert _get(client, m.Sensor, ds.self_link + "/Sensor").self_link == ds.sensor_link
+    op = _get(client, m.ObservedProperty, ds.self_link + "/ObservedProperty")
+    assert op.self_link == ds.observed_property_link
+    h = _get(client, m.HistoricalLocationCollection, "/v1.1/HistoricalLocations").value[0]
+    assert _get(client, m.Thing, h.self_link + "/Thing").self_link == h.thing_link
+    assert _json(client, ds.self_link + "/Thing", **{"$select": "name"}) == {"name": "net/a-1"}
+    r = client.get("/v1.1/Datastreams(999999)/Sensor")
+    assert r.status_code == 404 and "no Datastream" in r.json()["message"]
+
+
 def test_features_of_interest(client: TestClient) -> None:
     fois = _get(client, m.FeatureOfInterestCollection, "/v1.1/FeaturesOfInterest")
     assert [f.name for f in fois.value] == ["b-1 site"]

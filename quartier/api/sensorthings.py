@@ -1,8 +1,8 @@
 """OGC SensorThings API v1.1 (read part): the eight entity sets, each entity by id and the to-many
 navigations the bodies link to, with ``$filter``, ``$orderby``, ``$top``, ``$skip``, ``$count``,
-``$select`` and ``@iot.nextLink``. The routes are made by three functions over the entity sets
-(collection, entity, navigation; see ``_NAVIGATIONS`` at the end), so every link a body carries
-has its route. The options are parsed and compiled by ``quartier.api.sta``; valid options
+``$select`` and ``@iot.nextLink``. The routes are made by four functions over the entity sets
+(collection, entity, to-many and to-one navigation; see ``_NAVIGATIONS`` and ``_TO_ONE`` at the
+end) over one store query, so every link a body carries has its route. The options are parsed and compiled by ``quartier.api.sta``; valid options
 Quartier does not implement yet (``$expand``, ``$resultFormat``, ``$search`` …) are a 501 that
 says so, never ignored.
 """
@@ -32,7 +32,7 @@ from quartier.api.sta import (
     parse_query_options,
 )
 from quartier.api.sta.ast import Path
-from quartier.errors import BadRequestError, NotImplementedQueryError
+from quartier.errors import BadRequestError, NotFoundError, NotImplementedQueryError
 from quartier.store import sensorthings as q
 from quartier.store.db import DictConn
 
@@ -421,6 +421,30 @@ def _add_navigation(entity_set: str, nav: str) -> None:
     )
 
 
+def _add_to_one(entity_set: str, nav: str) -> None:
+    """``GET /<entity set>(<id>)/<nav>`` for a to-one navigation property: the one entity."""
+    entity_type = ENTITY_SETS[entity_set]
+    target_type = ENTITIES[entity_type].navs[nav].target
+    target_set = next(k for k, v in ENTITY_SETS.items() if v == target_type)
+
+    def route(entity_id: int, conn: Conn, base: BaseUrl, s: SelectionDep) -> Any:
+        source, on = compile_navigation(entity_type, nav, "_p", q.ALIASES[target_set])
+        table = ENTITIES[entity_type].table
+        within = q.Within(source, on, entity_type, table, entity_id)
+        rows = q.entities(conn, target_set, q.Listing(1), within)
+        if not rows:
+            raise NotFoundError(f"{entity_type} {entity_id} has no {nav}")
+        return _selected(_SETS[target_set].shape(rows[0], base), s.select, target_type)
+
+    router.add_api_route(
+        f"/{entity_set}({{entity_id}})/{nav}",
+        route,
+        response_model=_SETS[target_set].model,
+        operation_id=f"sta_{_snake(entity_type)}_{_snake(nav)}",
+        summary=f"The {nav} of one {entity_type}",
+    )
+
+
 @router.get(
     "/Datastreams({ds_id})/Observations",
     response_model=m.ObservationCollection,
@@ -465,9 +489,19 @@ _NAVIGATIONS = [
     ("ObservedProperties", "Datastreams"),
     ("FeaturesOfInterest", "Observations"),
 ]
+#: The to-one navigations of entities with integer ids (bodies link straight to the entity, e.g.
+#: ``Thing@iot.navigationLink`` is ``Things(1)``; these paths are the standard's other spelling).
+_TO_ONE = [
+    ("Datastreams", "Thing"),
+    ("Datastreams", "Sensor"),
+    ("Datastreams", "ObservedProperty"),
+    ("HistoricalLocations", "Thing"),
+]
 for _entity_set in ENTITY_SETS:
     _add_collection(_entity_set)
     if _entity_set != "Observations":
         _add_entity(_entity_set)
 for _entity_set, _nav in _NAVIGATIONS:
     _add_navigation(_entity_set, _nav)
+for _entity_set, _nav in _TO_ONE:
+    _add_to_one(_entity_set, _nav)
