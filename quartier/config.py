@@ -76,6 +76,9 @@ class DatabaseSettings(BaseModel):
     compress_after: timedelta = timedelta(days=7)
     #: TimescaleDB chunk interval (whole days).
     chunk_interval: timedelta = timedelta(days=7)
+    #: Refused messages (``ingest_reject``) older than this are deleted by the maintenance thread
+    #: of ``quartier ingest`` (None: kept for ever).
+    reject_retention: timedelta | None = timedelta(days=30)
 
 
 class MqttSettings(BaseModel):
@@ -120,8 +123,6 @@ class IngestSettings(BaseModel):
     #: A refused payload longer than this is kept in ``ingest_reject`` as its first this many
     #: bytes (``payload_truncated``); its ``payload_sha256`` is that of the whole payload.
     reject_payload_max_bytes: int = 64 * 1024
-    #: Rejects older than this are deleted by the maintenance round (None: kept for ever).
-    reject_retention: timedelta | None = timedelta(days=30)
 
 
 class ApiSettings(BaseModel):

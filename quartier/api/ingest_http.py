@@ -3,7 +3,8 @@
 The body goes through the same decode → validate → batch writer pipeline as MQTT messages; a
 refused body is stored in ``ingest_reject`` (source ``http``) with its reason, and the client gets
 its ``DecodeError`` as a 400 saying what was wrong (the API's one error table). A 201 means the
-readings are committed.
+readings are committed. The body is never read past ``api.max_body_bytes`` (413, the app's
+``BodyCap``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from quartier.api.deps import AppSettings
+from quartier.config import IngestSettings
 from quartier.errors import DecodeError
 from quartier.ingest.model import Batch, Reject
 from quartier.ingest.sensor_community import decode_sensor_community_push
@@ -41,10 +43,11 @@ class _Writer:
         self.lock = threading.Lock()
         self.writer: BatchWriter | None = None
 
-    def write(self, url: str, auto_register: bool, batch: Batch) -> int:
+    def write(self, url: str, cfg: IngestSettings, batch: Batch) -> int:
         with self.lock:
             if self.writer is None:
-                self.writer = BatchWriter(url, auto_register=auto_register)
+                self.writer = BatchWriter(url, auto_register=cfg.auto_register)
+                self.writer.reject_payload_max_bytes = cfg.reject_payload_max_bytes
             return self.writer.write(batch).observations
 
     def close(self) -> None:
@@ -90,11 +93,11 @@ async def sensor_community_push(
         )
     except DecodeError as exc:  # kept as a reject; the error table answers 400
         reject = Reject(TOPIC, body, exc.reason, exc.detail, now, source="http")
-        await run_in_threadpool(w.write, url, cfg.auto_register, Batch(rejects=[reject]))
+        await run_in_threadpool(w.write, url, cfg, Batch(rejects=[reject]))
         raise
     batch = Batch()
     batch.uplinks.append((uplink, f"{TOPIC}/{uplink.device}", body, now))
-    stored = await run_in_threadpool(w.write, url, cfg.auto_register, batch)
+    stored = await run_in_threadpool(w.write, url, cfg, batch)
     result = IngestResult(
         device=uplink.device,
         stored=stored,

@@ -8,6 +8,7 @@ the first value stored for a (datastream, time) wins.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from quartier.config import IngestSettings
 from quartier.errors import UnknownDevice
 from quartier.ingest.model import Batch, Reject, SpeedTest, Uplink, WriteResult
 from quartier.ingest.quantities import QUANTITIES
@@ -450,20 +452,30 @@ class BatchWriter:
         )
         return max(cur.rowcount, 0)
 
-    @staticmethod
-    def _write_rejects(conn: Conn, rejects: list[Reject]) -> int:
-        """Keep refused messages; the same bytes on the same topic (a redelivery) once."""
+    #: A refused payload above this is kept as its first this many bytes (the configured value
+    #: is ``ingest.reject_payload_max_bytes``; an owner holding the settings sets it here).
+    reject_payload_max_bytes: int = IngestSettings.model_fields["reject_payload_max_bytes"].default
+
+    def _write_rejects(self, conn: Conn, rejects: list[Reject]) -> int:
+        """Keep refused messages; the same bytes on the same topic (a redelivery) once. A payload
+        above :attr:`reject_payload_max_bytes` is kept as its beginning (``payload_truncated``);
+        ``payload_sha256`` and ``payload_bytes`` are of the whole payload (migration 0031)."""
+        cap = self.reject_payload_max_bytes
         with conn.cursor() as cur:
             cur.executemany(
-                "insert into ingest_reject (received_at, source, topic, payload, reason, detail)"
-                " values (%s, %s, %s, %s, %s, %s)"
+                "insert into ingest_reject (received_at, source, topic, payload, payload_sha256,"
+                " payload_bytes, payload_truncated, reason, detail)"
+                " values (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " on conflict (topic, payload_sha256) where replayed_at is null do nothing",
                 [
                     (
                         r.received_at,
                         r.source,
                         r.topic.replace("\x00", "\\0"),
-                        r.payload,
+                        r.payload[:cap],
+                        hashlib.sha256(r.payload).digest(),
+                        len(r.payload),
+                        len(r.payload) > cap,
                         r.reason,
                         r.detail.replace("\x00", "\\0"),
                     )

@@ -406,8 +406,21 @@ def maintain(conn: Conn, policy: StorePolicy, *, now: datetime | None = None) ->
     }
 
 
+def expire_rejects(conn: Conn, retention: timedelta, *, now: datetime | None = None) -> int:
+    """Delete the refused messages (``ingest_reject``) received longer than ``retention`` ago;
+    the number deleted."""
+    cutoff = (now or datetime.now(UTC)) - retention
+    cur = conn.execute("delete from ingest_reject where received_at < %s", (cutoff,))
+    return max(cur.rowcount, 0)
+
+
 def run_maintenance(
-    url: str, policy: StorePolicy, stop: threading.Event, *, every_s: float = 30.0
+    url: str,
+    policy: StorePolicy,
+    stop: threading.Event,
+    *,
+    every_s: float = 30.0,
+    reject_retention: timedelta | None = None,
 ) -> None:
     """:func:`maintain` every ``every_s`` seconds until ``stop`` is set (for a thread in
     ``quartier ingest``). Errors are logged and retried next round."""
@@ -416,6 +429,8 @@ def run_maintenance(
             with psycopg.connect(url, autocommit=True, application_name="quartier-rollups") as c:
                 while not stop.is_set():
                     maintain(c, policy)
+                    if reject_retention is not None:  # both storage paths
+                        expire_rejects(c, reject_retention)
                     stop.wait(every_s)
         except psycopg.Error as exc:
             log.warning("store maintenance failed (retrying in %.0f s): %s", every_s, exc)
@@ -429,6 +444,7 @@ def start_maintenance(
     thread = threading.Thread(
         target=run_maintenance,
         args=(url, StorePolicy.from_settings(database), stop),
+        kwargs={"reject_retention": database.reject_retention},
         name="store-maintenance",
         daemon=True,
     )
