@@ -8,16 +8,17 @@ import datetime as dt
 import io
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
-from quartier.api.deps import Conn
+from quartier.api.deps import Conn, get_settings
+from quartier.config import Settings
 from quartier.errors import BadRequestError, NotFoundError
-from quartier.evaluation import compute, sources, storage
+from quartier.evaluation import current, sources, storage
 from quartier.evaluation.indicators import CATALOGUE, IndicatorDefinition, IndicatorValue
 from quartier.evaluation.scopes import CITY
 from quartier.geo import io as geo_io
@@ -26,6 +27,7 @@ from quartier.maps.render import render_coverage_map, render_gap_map
 
 router = APIRouter(tags=["Indicators and maps"])
 
+AppSettings = Annotated[Settings, Depends(get_settings)]
 Format = Annotated[Literal["json", "csv"], Query(description="json (default) or csv")]
 CSV_COLUMNS = (
     "indicator_id", "name_de", "name_en", "unit", "scope_type", "scope_code", "scope_name",
@@ -92,29 +94,39 @@ def _csv(values: Sequence[IndicatorValue], filename: str) -> Response:
     )
 
 
-def _current(
-    conn: Conn, now: datetime, ids: Sequence[str]
-) -> tuple[list[IndicatorValue], dict[str, str]]:
-    computed = [i for i in ids if CATALOGUE[i].origin == "computed"]
-    manual = [i for i in ids if CATALOGUE[i].origin == "manual"]
-    result = compute.compute(conn, now, computed) if computed else None
-    values = list(result.values) if result else []
-    notes = dict(result.notes) if result else {}
-    recorded = storage.latest_values(conn, manual, until=now) if manual else []
-    values += recorded
-    for i in set(manual) - {v.indicator_id for v in recorded}:
-        notes[i] = "no data: no value recorded yet"
-    return values, notes
+def _max_age(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.api.indicators_max_age_seconds)
 
 
-def _list(
-    conn: Conn, scope_type: str | None
-) -> tuple[datetime, list[IndicatorValue], dict[str, str]]:
-    now = datetime.now(UTC)
-    values, notes = _current(conn, now, list(CATALOGUE))
-    if scope_type is not None:
-        values = [v for v in values if v.scope_type == scope_type]
-    return now, values, notes
+def _stored(
+    conn: Conn,
+    settings: Settings,
+    ids: Sequence[str] | None = None,
+    scope_type: str | None = None,
+    scope_code: str | None = None,
+) -> current.CurrentJson:
+    return current.current_json(
+        conn, ids, max_age=_max_age(settings), scope_type=scope_type, scope_code=scope_code
+    )
+
+
+_DEFINITIONS = TypeAdapter(list[IndicatorDefinition])
+_TIME = TypeAdapter(datetime)
+_NOTES = TypeAdapter(dict[str, str])
+
+
+def _json_object(**members: bytes | str) -> Response:
+    """A JSON object from members already encoded as JSON (the stored values are joined as
+    they were stored, not decoded and encoded again per request)."""
+    body = b",".join(
+        json.dumps(k).encode() + b":" + (v.encode() if isinstance(v, str) else v)
+        for k, v in members.items()
+    )
+    return Response(b"{" + body + b"}", media_type="application/json")
+
+
+def _array(items: Sequence[str]) -> str:
+    return "[" + ",".join(items) + "]"
 
 
 @router.get(
@@ -122,16 +134,22 @@ def _list(
 )
 def list_indicators(
     conn: Conn,
+    settings: AppSettings,
     format: Format = "json",
     scope_type: Annotated[str | None, Query(description="city or stadtbezirk")] = None,
-) -> IndicatorList | Response:
+) -> Response:
     """The catalogue and the current value of every indicator per area: computed from the stored
-    data, or (manual indicators) the newest recorded value; each value with its provenance."""
-    now, values, notes = _list(conn, scope_type)
+    data, or (manual indicators) the newest recorded value; each value with its provenance.
+    Served from the stored current values (``computed_at``: when they were computed; see
+    docs/evaluation.md for when they are recomputed)."""
+    stored = _stored(conn, settings, scope_type=scope_type)
     if format == "csv":
-        return _csv(values, "indicators.csv")
-    return IndicatorList(
-        computed_at=now, definitions=list(CATALOGUE.values()), values=values, notes=notes
+        return _csv(stored.parsed().values, "indicators.csv")
+    return _json_object(
+        computed_at=_TIME.dump_json(stored.computed_at),
+        definitions=_DEFINITIONS.dump_json(list(CATALOGUE.values())),
+        values=_array(stored.values),
+        notes=_NOTES.dump_json(stored.notes),
     )
 
 
@@ -142,10 +160,12 @@ def list_indicators(
     responses={200: {"content": {"text/csv": {}}, "description": "current values as CSV"}},
 )
 def list_indicators_csv(
-    conn: Conn, scope_type: Annotated[str | None, Query(description="city or stadtbezirk")] = None
+    conn: Conn,
+    settings: AppSettings,
+    scope_type: Annotated[str | None, Query(description="city or stadtbezirk")] = None,
 ) -> Response:
     """The current values of every indicator as CSV (one row per indicator, area and variant)."""
-    return _csv(_list(conn, scope_type)[1], "indicators.csv")
+    return _csv(_stored(conn, settings, scope_type=scope_type).parsed().values, "indicators.csv")
 
 
 def _definition(indicator_id: str) -> IndicatorDefinition:
@@ -164,12 +184,13 @@ def _definition(indicator_id: str) -> IndicatorDefinition:
 def get_indicator(
     indicator_id: str,
     conn: Conn,
+    settings: AppSettings,
     scope_type: Annotated[str | None, Query(description="city or stadtbezirk")] = None,
     scope_code: Annotated[str | None, Query(description="district code")] = None,
     since: Annotated[datetime | None, Query(description="history from (period end)")] = None,
     until: Annotated[datetime | None, Query(description="history until (period end)")] = None,
     format: Format = "json",
-) -> IndicatorDetail | Response:
+) -> Response:
     """One indicator: its definition, its current values and its stored history (values from
     evaluation runs and manual records), optionally for one area and period range. With
     ``?format=csv``, the history as CSV."""
@@ -177,24 +198,21 @@ def get_indicator(
     for t in (since, until):
         if t is not None and t.tzinfo is None:
             raise BadRequestError("since and until need a time zone (e.g. 2026-01-01T00:00Z)")
-    now = datetime.now(UTC)
     hist = storage.history(
         conn, indicator_id, scope_type=scope_type, scope_code=scope_code, variant=None,
         since=since, until=until,
     )  # fmt: skip
     if format == "csv":
         return _csv(hist, f"{indicator_id}.csv")
-    current, notes = _current(conn, now, [indicator_id])
-    current = [
-        v
-        for v in current
-        if (scope_type is None or v.scope_type == scope_type)
-        and (scope_code is None or v.scope_code == scope_code)
-    ]
-    return IndicatorDetail(
-        definition=definition, computed_at=now, current=current, history=hist,
-        note=notes.get(indicator_id),
-    )  # fmt: skip
+    stored = _stored(conn, settings, [indicator_id], scope_type, scope_code)
+    note = stored.notes.get(indicator_id)
+    return _json_object(
+        definition=definition.model_dump_json(),
+        computed_at=_TIME.dump_json(stored.computed_at),
+        current=_array(stored.values),
+        history=_array([v.model_dump_json() for v in hist]),
+        note=json.dumps(note),
+    )
 
 
 def _when(value: dt.datetime | dt.date) -> datetime:
@@ -234,6 +252,7 @@ def record_indicator_value(indicator_id: str, body: ManualValueIn, conn: Conn) -
         recorded_at=datetime.now(UTC),
     )  # fmt: skip
     storage.record_values(conn, [value])
+    current.refresh_indicators(conn, ids=[indicator_id], trigger="manual value")
     return value
 
 

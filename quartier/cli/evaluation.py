@@ -61,9 +61,33 @@ def indicators_import_cmd(
 ) -> None:
     """Record manual indicator values (OZG services online, course participants, …) from CSV;
     all rows or none."""
+    from quartier.evaluation.current import refresh_indicators
     from quartier.evaluation.manual import import_csv
+    from quartier.evaluation.storage import manual_indicators
 
     s = settings()
     with user_errors(s), connect(s, autocommit=True) as conn:
         n = import_csv(conn, file)
+        refresh_indicators(conn, ids=manual_indicators(), trigger=f"import {file.name}")
     console.print(f"recorded {n} indicator value(s) from {file}")
+
+
+@indicators_app.command("refresh")
+def indicators_refresh_cmd(
+    as_of: Annotated[
+        datetime | None, typer.Option("--as-of", help="compute as of, UTC (default: now)")
+    ] = None,
+) -> None:
+    """Recompute the current value of every indicator (city and every Stadtbezirk) and store it
+    for ``GET /indicators``."""
+    from quartier.evaluation.current import refresh_indicators
+
+    when = as_of or datetime.now(UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    s = settings()
+    with user_errors(s), connect(s, autocommit=True) as conn:
+        stored = refresh_indicators(conn, when, trigger="cli")
+    console.print(
+        f"stored {len(stored.values)} indicator value(s) as of {when:%Y-%m-%d %H:%M} UTC;"
+        f" {len(stored.notes)} indicator(s) without data"
+    )

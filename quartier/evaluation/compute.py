@@ -12,7 +12,7 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 ROLLING = timedelta(days=365)
 AVAILABILITY_WINDOW = timedelta(hours=24)
+HourlySource = Literal["raw", "rollup"]
 
 
 @dataclass
@@ -129,11 +130,14 @@ def _mobile(conn: Conn, scopes: Scopes, now: datetime, out: Computation) -> None
         )  # fmt: skip
 
 
-def _environment(conn: Conn, scopes: Scopes, now: datetime, out: Computation) -> None:
+def _environment(
+    conn: Conn, scopes: Scopes, now: datetime, out: Computation, hourly_from: HourlySource
+) -> None:
     y0 = year_start(now)
     r0 = now - ROLLING
+    load = sources.load_hourly_rollup if hourly_from == "rollup" else sources.load_hourly
     for q in ("pm25", "pm10", "no2"):
-        hourly, stations, prov = sources.load_hourly(conn, q, min(y0, r0), now)
+        hourly, stations, prov = load(conn, q, min(y0, r0), now)
         if hourly.empty:
             for kind in ("annual", "rolling"):
                 out.notes[f"{q}_{kind}_mean"] = f"no data: no {q} readings before {now:%Y-%m-%d}"
@@ -194,8 +198,18 @@ def _network(conn: Conn, scopes: Scopes, now: datetime, out: Computation) -> Non
     )  # fmt: skip
 
 
-def compute(conn: Conn, now: datetime, ids: Collection[str] | None = None) -> Computation:
-    """Values of the computed indicators (all, or the families of ``ids``) as of ``now``."""
+def compute(
+    conn: Conn,
+    now: datetime,
+    ids: Collection[str] | None = None,
+    *,
+    hourly_from: HourlySource = "raw",
+) -> Computation:
+    """Values of the computed indicators (all, or the families of ``ids``) as of ``now``.
+
+    ``hourly_from``: the hourly air-quality means from the raw rows (the clear path) or from the
+    1 h rollup (:func:`sources.load_hourly_rollup`, the same values; what the stored current
+    values use). Noise needs energetic means, which the rollups do not keep: always raw."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     now = now.astimezone(UTC)
@@ -210,7 +224,7 @@ def compute(conn: Conn, now: datetime, ids: Collection[str] | None = None) -> Co
     if "mobile" in families:
         _mobile(conn, scopes, now, out)
     if "environment" in families:
-        _environment(conn, scopes, now, out)
+        _environment(conn, scopes, now, out, hourly_from)
     if "network" in families:
         _network(conn, scopes, now, out)
     out.values = [v for v in out.values if v.indicator_id in wanted]

@@ -20,9 +20,10 @@ import pandas as pd
 from psycopg.rows import tuple_row
 
 from quartier.evaluation.scopes import DISTRICT_LEVEL, Scopes
-from quartier.geo import grid
+from quartier.geo import grid, run_store
 from quartier.geo.analysis import covers
 from quartier.store.db import Conn
+from quartier.store.migrate import storage_path
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,94 @@ def load_hourly(
     return hourly, station_frame, provenance
 
 
+def _hour_ceil(t: datetime) -> datetime:
+    floor = t.replace(minute=0, second=0, microsecond=0)
+    return floor if floor == t else floor + timedelta(hours=1)
+
+
+# Hours of the plain path's 1 h rollup not yet recomputed (a dirty 15-minute bucket); TimescaleDB's
+# continuous aggregates are real-time, so none there.
+_DIRTY_HOURS = """
+    select distinct x.datastream_id, date_trunc('hour', x.bucket, 'UTC') as hour
+    from observation_dirty x join ds on ds.id = x.datastream_id
+    where x.bucket >= %(a)s and x.bucket < %(b)s
+"""
+_NO_DIRTY = "select null::bigint as datastream_id, null::timestamptz as hour where false"
+
+
+def load_hourly_rollup(
+    conn: Conn, quantity: str, start: datetime, end: datetime
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The same frames as :func:`load_hourly` (arithmetic means), read from the 1 h rollup
+    (``observation_1h``: mean = sum / count of numeric results) for the whole hours inside
+    ``[start, end)`` whose 15-minute buckets are all rolled up; the partial hours at both ends and
+    the hours with a pending (dirty) bucket come from the raw rows, so the result equals
+    :func:`load_hourly`'s on the same data."""
+    a = min(max(_hour_ceil(start), start), end)
+    b = max(end.replace(minute=0, second=0, microsecond=0), a)
+    query = """
+        with ds as (
+            select id from datastream where properties->>'quantity' = %(q)s
+        ), dirty as ({dirty}), rolled as (
+            select h.datastream_id, h.bucket, h.s / h.n, h.n
+            from observation_1h h join ds on ds.id = h.datastream_id
+            where h.bucket >= %(a)s and h.bucket < %(b)s and h.n > 0
+              and not exists (select 1 from dirty where dirty.datastream_id = h.datastream_id
+                              and dirty.hour = h.bucket)
+        ), raw_rows as (
+            select o.datastream_id, o.phenomenon_time, o.result from observation o
+            join ds on ds.id = o.datastream_id
+            where o.result is not null and o.phenomenon_time >= %(start)s
+              and o.phenomenon_time < %(a)s
+            union all
+            select o.datastream_id, o.phenomenon_time, o.result from observation o
+            join ds on ds.id = o.datastream_id
+            where o.result is not null and o.phenomenon_time >= %(b)s
+              and o.phenomenon_time < %(end)s
+            union all
+            select o.datastream_id, o.phenomenon_time, o.result from dirty
+            join observation o on o.datastream_id = dirty.datastream_id
+              and o.phenomenon_time >= dirty.hour
+              and o.phenomenon_time < dirty.hour + interval '1 hour'
+            where o.result is not null
+        ), raw as (
+            select datastream_id, date_trunc('hour', phenomenon_time, 'UTC'), avg(result),
+                   count(*)
+            from raw_rows group by 1, 2
+        )
+        select * from rolled union all select * from raw order by 1, 2
+    """.replace("{dirty}", _NO_DIRTY if storage_path(conn) == "timescaledb" else _DIRTY_HOURS)
+    # one of two fixed texts; values are parameters
+    params = {"q": quantity, "start": start, "end": end, "a": a, "b": b}
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(query.encode(), params).fetchall()
+        stations = cur.execute(_stations_sql().encode(), params).fetchall()
+    hourly = pd.DataFrame(
+        {
+            "datastream_id": pd.Series([r[0] for r in rows], dtype=np.int64),
+            "hour": pd.to_datetime(pd.Series([r[1] for r in rows], dtype=object), utc=True),
+            "value": pd.Series([r[2] for r in rows], dtype=np.float64),
+        }
+    )
+    station_frame = pd.DataFrame(
+        {
+            "datastream_id": pd.Series([r[0] for r in stations], dtype=np.int64),
+            "district_code": pd.Series([r[1] for r in stations], dtype=object),
+        }
+    )
+    provenance = {
+        "source": "observation_1h",
+        "quantity": quantity,
+        "readings_used": int(sum(r[3] for r in rows)),
+        "datastreams": len(station_frame),
+        "data_from": min(r[1] for r in rows).isoformat() if rows else None,
+        "data_to": max(r[1] for r in rows).isoformat() if rows else None,
+        "rollup_range": [a.isoformat(), b.isoformat()],
+        "data_range": "hours with readings (the rollup keeps no reading times)",
+    }
+    return hourly, station_frame, provenance
+
+
 def load_streams(conn: Conn, start: datetime, end: datetime) -> pd.DataFrame:
     """Per datastream: ``datastream_id``, ``district_code``, ``received`` in ``[start, end)``,
     ``interval_s`` (property ``interval_s``, else the median gap over the 7 days before ``end``)
@@ -183,8 +272,8 @@ CELL_AREA_M2 = 10_000.0
 def _latest_coverage_run(
     conn: Conn,
 ) -> tuple[tuple[int, datetime, str, list[str], list[str]] | None, str | None]:
-    """The newest run of the geo part's coverage analysis (German profile preferred), or why
-    there is none."""
+    """The current run of the geo part's coverage analysis (:func:`run_store.current_run_id`),
+    or why there is none."""
     with conn.cursor(row_factory=tuple_row) as cur:
         found = cur.execute(
             "select to_regclass('coverage_run')::text, to_regclass('coverage_cell')::text"
@@ -201,10 +290,16 @@ def _latest_coverage_run(
         lacking = [c for c in _CELL_COLUMNS if c not in cols]
         if lacking:
             return None, f"coverage_cell lacks columns {', '.join(lacking)}"
-        run = cur.execute(
-            "select id, created_at, profile, operators, technologies from coverage_run "
-            "order by (profile = 'de') desc, id desc limit 1"
-        ).fetchone()
+        current = run_store.current_run_id(conn)
+        run = (
+            None
+            if current is None
+            else cur.execute(
+                "select id, created_at, profile, operators, technologies from coverage_run "
+                "where id = %s",
+                (current,),
+            ).fetchone()
+        )
     if run is None:
         return None, "no coverage analysis has been run (quartier.geo)"
     return (int(run[0]), run[1], str(run[2]), list(run[3] or []), list(run[4] or [])), None

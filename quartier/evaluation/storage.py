@@ -20,13 +20,13 @@ from quartier.store.db import Conn
 
 log = logging.getLogger(__name__)
 
-_VALUE_COLUMNS = (
+VALUE_COLUMNS = (
     "indicator_id, scope_type, scope_code, scope_name, variant, period_start, period_end, value,"
     " numerator, denominator, unit, origin, source, computed_at, provenance"
 )
 
 
-def _row(v: IndicatorValue) -> tuple[Any, ...]:
+def value_row(v: IndicatorValue) -> tuple[Any, ...]:
     return (
         v.indicator_id, v.scope_type, v.scope_code, v.scope_name, v.variant, v.period_start,
         v.period_end or v.computed_at, v.value, v.numerator, v.denominator, v.unit, v.origin,
@@ -37,13 +37,13 @@ def _row(v: IndicatorValue) -> tuple[Any, ...]:
 def record_values(conn: Conn, values: Iterable[IndicatorValue]) -> int:
     """Store values; a value for the same indicator, area, variant, period, origin and source
     replaces the stored one. Returns the number written."""
-    rows = [_row(v) for v in values]
+    rows = [value_row(v) for v in values]
     if not rows:
         return 0
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             f"""
-            insert into indicator_value ({_VALUE_COLUMNS})
+            insert into indicator_value ({VALUE_COLUMNS})
             values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             on conflict (indicator_id, scope_type, scope_code, variant, period_start, period_end,
                          origin, source)
@@ -57,7 +57,7 @@ def record_values(conn: Conn, values: Iterable[IndicatorValue]) -> int:
     return len(rows)
 
 
-def _value(row: dict[str, Any]) -> IndicatorValue:
+def value_from_row(row: dict[str, Any]) -> IndicatorValue:
     d = CATALOGUE.get(row["indicator_id"])
     return IndicatorValue(
         indicator_id=row["indicator_id"],
@@ -95,7 +95,7 @@ def history(
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             f"""
-            select {_VALUE_COLUMNS} from indicator_value
+            select {VALUE_COLUMNS} from indicator_value
             where indicator_id = %(id)s
               and (%(st)s::text is null or scope_type = %(st)s)
               and (%(sc)s::text is null or scope_code = %(sc)s)
@@ -113,7 +113,7 @@ def history(
                 "until": until,
             },
         ).fetchall()
-    return [_value(r) for r in rows]
+    return [value_from_row(r) for r in rows]
 
 
 def latest_values(
@@ -124,7 +124,7 @@ def latest_values(
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             f"""
-            select distinct on (indicator_id, scope_type, scope_code, variant) {_VALUE_COLUMNS}
+            select distinct on (indicator_id, scope_type, scope_code, variant) {VALUE_COLUMNS}
             from indicator_value
             where indicator_id = any(%(ids)s)
               and (%(until)s::timestamptz is null or period_end <= %(until)s)
@@ -133,7 +133,7 @@ def latest_values(
             """,
             {"ids": list(indicator_ids), "until": until},
         ).fetchall()
-    return [_value(r) for r in rows]
+    return [value_from_row(r) for r in rows]
 
 
 def manual_indicators() -> list[str]:

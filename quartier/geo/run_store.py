@@ -244,8 +244,30 @@ class Run:
         return [str(c["key"]) for c in self.classes]
 
 
+#: The profile whose runs are "current" before any other's: the indicators' broadband classes
+#: (white, grey, dark_grey) are those of the German profile.
+CURRENT_PROFILE = "de"
+
+
+def current_run_id(conn: Conn) -> int | None:
+    """The current coverage run: the newest run of the German profile, else the newest run of
+    any profile; None if there is none. The one rule for the map, the ``/coverage`` API and the
+    indicators."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(
+            "select id from coverage_run order by (profile = %s) desc, id desc limit 1",
+            (CURRENT_PROFILE,),
+        ).fetchone()
+    return None if row is None else int(row[0])
+
+
 def get_run(conn: Conn, run_id: int | None = None) -> Run:
-    """The run ``run_id``, or the latest; NotFoundError if there is none."""
+    """The run ``run_id``, or the current one (:func:`current_run_id`); NotFoundError if there
+    is none."""
+    if run_id is None:
+        run_id = current_run_id(conn)
+        if run_id is None:
+            raise NotFoundError("no coverage analysis stored yet: run `quartier coverage analyse`")
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             "select id, created_at, profile, parameters, inputs, classes, operators, technologies"

@@ -59,4 +59,8 @@ def analyse_and_store(
     result = analyse(inputs, params)
     step(ANALYSIS_STEPS[2])
     run_id = save_result(conn, result, inputs.districts)
+    # the broadband and mobile indicators read the current run: recompute their stored values
+    from quartier.evaluation.current import refresh_after_coverage_run  # no import cycle
+
+    refresh_after_coverage_run(conn, run_id)
     return run_id, result

@@ -414,23 +414,36 @@ def expire_rejects(conn: Conn, retention: timedelta, *, now: datetime | None = N
     return max(cur.rowcount, 0)
 
 
+def refresh_indicators_if_stale(conn: Conn, max_age_s: float) -> None:
+    """Recompute the stored current indicator values (:mod:`quartier.evaluation.current`) when
+    they are older than ``max_age_s``, after the rollups they read are up to date. A failure is
+    logged, not raised: the store's upkeep goes on."""
+    from quartier.evaluation import current  # the evaluation needs pandas; the store does not
+
+    try:
+        current.current_json(conn, max_age=timedelta(seconds=max_age_s))
+    except Exception:  # the maintenance thread must survive a failing indicator
+        log.exception("refreshing the indicator values failed (retrying next round)")
+
+
 def run_maintenance(
     url: str,
     policy: StorePolicy,
     stop: threading.Event,
     *,
     every_s: float = 30.0,
-    reject_retention: timedelta | None = None,
+    indicators_every_s: float | None = 300.0,
 ) -> None:
     """:func:`maintain` every ``every_s`` seconds until ``stop`` is set (for a thread in
-    ``quartier ingest``). Errors are logged and retried next round."""
+    ``quartier ingest``), and the indicator values refreshed every ``indicators_every_s``
+    seconds (None: never). Errors are logged and retried next round."""
     while not stop.is_set():
         try:
             with psycopg.connect(url, autocommit=True, application_name="quartier-rollups") as c:
                 while not stop.is_set():
                     maintain(c, policy)
-                    if reject_retention is not None:  # both storage paths
-                        expire_rejects(c, reject_retention)
+                    if indicators_every_s is not None:
+                        refresh_indicators_if_stale(c, indicators_every_s)
                     stop.wait(every_s)
         except psycopg.Error as exc:
             log.warning("store maintenance failed (retrying in %.0f s): %s", every_s, exc)
@@ -438,13 +451,19 @@ def run_maintenance(
 
 
 def start_maintenance(
-    url: str, database: DatabaseSettings, stop: threading.Event
+    url: str,
+    database: DatabaseSettings,
+    stop: threading.Event,
+    *,
+    indicators_every_s: float | None = 300.0,
 ) -> threading.Thread:
-    """:func:`run_maintenance` with the policy of ``settings.database``, in a daemon thread."""
+    """:func:`run_maintenance` with the policy of ``settings.database``, in a daemon thread;
+    ``indicators_every_s``: see :func:`run_maintenance` (the API's
+    ``indicators_max_age_seconds`` is a good value)."""
     thread = threading.Thread(
         target=run_maintenance,
         args=(url, StorePolicy.from_settings(database), stop),
-        kwargs={"reject_retention": database.reject_retention},
+        kwargs={"indicators_every_s": indicators_every_s},
         name="store-maintenance",
         daemon=True,
     )
