@@ -185,3 +185,15 @@ def test_aggregate_csv_goes_through_the_neutraliser(monkeypatch: pytest.MonkeyPa
     monkeypatch.undo()
     text = aggregates._csv(agg).body.decode()  # type: ignore[arg-type]
     assert text.splitlines()[1] == "7,2026-01-01T00:00:00.000Z,-3.5,"
+
+
+@pytest.mark.parametrize(
+    "path", ["/coverage/cells", "/coverage/gaps", "/ogc/collections/cells/items"]
+)
+def test_an_offset_above_the_maximum_is_a_400(settings: Settings, path: str) -> None:
+    with TestClient(create_app(with_api(settings, max_skip=10))) as client:
+        r = client.get(path, params={"offset": 11})
+        assert r.status_code == 400, r.text
+        assert r.json()["type"] == "BadRequestError"
+        assert "above the maximum of 10" in r.json()["message"]
+        assert client.get(path, params={"offset": 10}).status_code != 400

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from quartier.api.deps import Conn
+from quartier.api.deps import Conn, Offset
 from quartier.errors import BadRequestError
 from quartier.geo import features, run_store
 
@@ -171,7 +171,6 @@ def _page_links(base: str, params: dict[str, Any], limit: int, offset: int, n: i
 
 Run = Annotated[int | None, Query(description="run id; default the latest")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 @router.get(
@@ -182,6 +181,7 @@ Offset = Annotated[int, Query(ge=0)]
 )
 def cells(
     conn: Conn,
+    offset: Offset,
     bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (WGS84)")] = None,
     class_: Annotated[
         str | None, Query(alias="class", description="comma-separated class keys")
@@ -189,7 +189,6 @@ def cells(
     gaps_only: bool = False,
     run: Run = None,
     limit: Limit = 1000,
-    offset: Offset = 0,
 ) -> dict[str, Any]:
     """100 m cells with households, best offer, class, measured speed and mobile coverage,
     ordered north then east; filter by bounding box and class."""
@@ -211,13 +210,13 @@ def cells(
 )
 def gaps(
     conn: Conn,
+    offset: Offset,
     bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (WGS84)")] = None,
     district: Annotated[
         str | None, Query(description="only clusters touching this district")
     ] = None,
     run: Run = None,
     limit: Limit = 100,
-    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Gap clusters (connected gap cells) ranked by priority, with households, area, districts
     and the distance to the nearest gigabit-served cell."""

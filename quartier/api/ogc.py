@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from quartier.api.coverage_gaps import GeoJSONResponse, Link, parse_bbox
-from quartier.api.deps import BaseUrl, Conn
+from quartier.api.deps import BaseUrl, Conn, Offset
 from quartier.errors import NotFoundError
 from quartier.geo import features, grid, run_store
 
@@ -217,9 +217,9 @@ def items(
     conn: Conn,
     base: BaseUrl,
     collectionId: str,
+    offset: Offset,
     bbox: Annotated[str | None, Query(description="minlon,minlat,maxlon,maxlat (CRS84)")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     """Features of a layer, a page at a time (``next`` link while pages are full)."""
     _check(collectionId)
