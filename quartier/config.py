@@ -140,6 +140,11 @@ class ApiSettings(BaseModel):
     statement_timeout_seconds: float = 10.0
     #: Largest ``$skip`` / offset accepted (400 above it): deep offsets cost a scan each.
     max_skip: int = 1_000_000
+    #: Requests per second each client address may make on average (0: no limit), and how many
+    #: it may make at once above that; more are answered 429 with ``Retry-After``. Behind a
+    #: reverse proxy, run uvicorn with ``--forwarded-allow-ips`` so the address is the client's.
+    rate_per_second: float = 20.0
+    rate_burst: int = 200
     #: ``GET /indicators`` serves stored values; older than this (seconds), a read recomputes
     #: them first (the maintenance round refreshes them at this interval too).
     indicators_max_age_seconds: float = Field(default=300.0, gt=0)

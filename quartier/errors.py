@@ -26,7 +26,8 @@ QuartierError                                                            HTTP  C
 │                             implement (yet)
 ├── PdfUnavailableError    PDF output lacks WeasyPrint or its libraries     501  1
 ├── PayloadTooLargeError   a request body is above the configured cap      413  1
-└── QueryTimeoutError      a query ran longer than the statement timeout   503  1
+├── QueryTimeoutError      a query ran longer than the statement timeout   503  1
+└── RateLimitedError       a client sent more requests than its rate       429  1
 """
 
 from __future__ import annotations
@@ -117,3 +118,12 @@ class PayloadTooLargeError(QuartierError):
 class QueryTimeoutError(QuartierError):
     """A query ran longer than the API's ``statement_timeout`` and was cancelled; the message says
     so (never the SQL)."""
+
+
+class RateLimitedError(QuartierError):
+    """A client address sent more requests than ``api.rate_per_second`` (with ``api.rate_burst``
+    in reserve) allows; ``retry_after`` is the whole seconds until its next request is accepted."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -197,3 +197,26 @@ def test_an_offset_above_the_maximum_is_a_400(settings: Settings, path: str) -> 
         assert r.json()["type"] == "BadRequestError"
         assert "above the maximum of 10" in r.json()["message"]
         assert client.get(path, params={"offset": 10}).status_code != 400
+
+
+def test_token_buckets_are_per_address() -> None:
+    from quartier.api.app import TokenBuckets
+
+    b = TokenBuckets(rate=2.0, burst=3)
+    assert [b.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert b.take("a", 0.0) == pytest.approx(0.5)  # one token comes back in 1/rate s
+    assert b.take("b", 0.0) == 0.0  # another address has its own bucket
+    assert b.take("a", 0.5) == 0.0  # refilled
+    assert b.take("a", 0.5) > 0
+
+
+def test_too_many_requests_are_a_429_with_retry_after(settings: Settings) -> None:
+    limited = with_api(settings, rate_per_second=0.5, rate_burst=3)
+    with TestClient(create_app(limited)) as client:
+        codes = [client.get("/v1.1/Things").status_code for _ in range(3)]
+        assert codes == [200, 200, 200]
+        r = client.get("/v1.1/Things")
+        assert r.status_code == 429
+        assert r.headers["Retry-After"] == "2"
+        assert r.json()["type"] == "RateLimitedError"
+        assert client.get("/health").status_code == 200  # monitors are not limited

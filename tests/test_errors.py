@@ -39,6 +39,7 @@ from quartier.errors import (
     PdfUnavailableError,
     QuartierError,
     QueryTimeoutError,
+    RateLimitedError,
     ServiceError,
     UnknownDevice,
     UnreachableError,
@@ -69,6 +70,7 @@ INTENDED: dict[type[QuartierError], tuple[int, int]] = {
     PdfUnavailableError: (501, 1),
     PayloadTooLargeError: (413, 1),
     QueryTimeoutError: (503, 1),
+    RateLimitedError: (429, 1),
 }
 BY_NAME = {cls.__name__: cls for cls in INTENDED}
 
@@ -83,6 +85,8 @@ def make(cls: type[QuartierError]) -> QuartierError:
         return cls([Problem("s.yaml", 3, 5, "kpis", "expected a list")])
     if issubclass(cls, NotMigratedError):
         return cls()
+    if issubclass(cls, RateLimitedError):
+        return cls("RateLimitedError: too many requests", 3)
     return cls(f"{cls.__name__}: what went wrong")
 
 

@@ -4,7 +4,9 @@ limits every request meets (a capped body, a statement timeout on the pooled con
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +30,7 @@ from quartier.api import (
 from quartier.api.deps import AnyConn, AppSettings
 from quartier.api.models import ComponentHealth, Health
 from quartier.config import Settings
-from quartier.errors import NotMigratedError, PayloadTooLargeError
+from quartier.errors import NotMigratedError, PayloadTooLargeError, QuartierError, RateLimitedError
 from quartier.ingest.mqtt_client import mqtt_client
 from quartier.store.db import DictConn, make_pool
 from quartier.store.migrate import storage_path
@@ -67,6 +69,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.pool = pool
     errors.install(app)
     app.add_middleware(BodyCap, limit=settings.api.max_body_bytes)
+    if settings.api.rate_per_second > 0:  # outermost: a refused client costs no body read
+        buckets = TokenBuckets(settings.api.rate_per_second, settings.api.rate_burst)
+        app.add_middleware(RateLimit, buckets=buckets)
     app.include_router(aggregates.router)  # before sensorthings: more specific paths
     app.include_router(sensorthings.router)
     app.include_router(indicators.router)
@@ -108,9 +113,7 @@ class BodyCap:
         too_large = PayloadTooLargeError(f"request body larger than {self.limit} bytes")
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
-            status = errors.status_of(too_large)
-            body = {"code": status, "type": type(too_large).__name__, "message": str(too_large)}
-            await JSONResponse(body, status_code=status)(scope, receive, send)
+            await _error_response(too_large)(scope, receive, send)
             return
         seen = 0
 
@@ -124,6 +127,69 @@ class BodyCap:
             return message
 
         await self.app(scope, capped, send)
+
+
+def _error_response(exc: QuartierError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error table's answer for ``exc``, for middleware (outside the exception handlers)."""
+    status = errors.status_of(exc)
+    body = {"code": status, "type": type(exc).__name__, "message": str(exc)}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class TokenBuckets:
+    """One token bucket per key (a client address): ``rate`` tokens a second, at most ``burst``
+    held. Pure (the time is passed in); buckets that are full again are forgotten, so memory
+    holds only the clients active within the last ``burst / rate`` seconds."""
+
+    def __init__(self, rate: float, burst: int, *, max_keys: int = 100_000) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take(self, key: str, now: float) -> float:
+        """0 if ``key`` may go on (a token taken), else the seconds until it may."""
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+        if len(self._buckets) >= self.max_keys and key not in self._buckets:
+            self._forget_full(now)
+        self._buckets[key] = (tokens - 1, now)
+        return 0.0
+
+    def _forget_full(self, now: float) -> None:
+        full = [
+            k for k, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst
+        ]
+        for k in full:
+            del self._buckets[k]
+
+
+class RateLimit:
+    """Answers 429 with ``Retry-After`` to a client address over its :class:`TokenBuckets` rate
+    (``/health`` is exempt: monitors poll it). Runs on the event loop, so no lock is needed."""
+
+    def __init__(self, app: ASGIApp, buckets: TokenBuckets) -> None:
+        self.app = app
+        self.buckets = buckets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        wait = self.buckets.take(client[0] if client else "", time.monotonic())
+        if wait > 0:
+            retry_after = math.ceil(wait)
+            exc = RateLimitedError(
+                f"too many requests from this address; retry after {retry_after} s", retry_after
+            )
+            headers = {"Retry-After": str(retry_after)}
+            await _error_response(exc, headers)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _check_database(conn: DictConn) -> ComponentHealth:

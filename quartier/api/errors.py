@@ -25,6 +25,7 @@ from quartier.errors import (
     PdfUnavailableError,
     QuartierError,
     QueryTimeoutError,
+    RateLimitedError,
     ServiceError,
     UnreachableError,
 )
@@ -46,6 +47,7 @@ STATUS: dict[type[QuartierError], int] = {
     PdfUnavailableError: 501,
     PayloadTooLargeError: 413,
     QueryTimeoutError: 503,
+    RateLimitedError: 429,
 }
 
 
