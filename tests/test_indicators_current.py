@@ -152,3 +152,28 @@ def test_one_rule_for_the_current_coverage_run(conn) -> None:
     assert prov["coverage_run"] == de
     newer = _coverage_run(conn, "de")
     assert run_store.current_run_id(conn) == newer == run_store.get_run(conn).id
+
+
+def test_api_serves_the_stored_values(settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from quartier.api.app import create_app
+    from quartier.api.indicators import IndicatorDetail, IndicatorList
+
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as c:
+        import_districts(c)
+        run = _coverage_run(c, "de")
+    with TestClient(create_app(settings)) as client:
+        first = IndicatorList.model_validate(client.get("/indicators").json())  # refreshed
+        again = IndicatorList.model_validate(client.get("/indicators").json())  # stored
+        assert again == first
+        with psycopg.connect(settings.require_database_url(), autocommit=True) as c:
+            stored = current.read_current(c)
+            assert stored is not None and stored.values == first.values
+            assert stored.computed_at == first.computed_at
+            # a new coverage run without a trigger: the stored values are served until refreshed
+            _coverage_run(c, "de")
+        bb = IndicatorDetail.model_validate(client.get("/indicators/bb_households_1000").json())
+        assert {v.provenance["coverage_run"] for v in bb.current} == {run}
+        city = client.get("/indicators/bb_households_1000?scope_type=city").json()
+        assert [v["scope_type"] for v in city["current"]] == ["city"]

@@ -246,9 +246,10 @@ def load_things(conn: Conn, until: datetime) -> pd.DataFrame:
     point = _THING_POINT.format(thing="t.id")
     query = f"""
         select t.id, {_DISTRICT_OF.format(point=point)},
-            (select max(o.phenomenon_time) from datastream d
-               join observation o on o.datastream_id = d.id
-             where d.thing_id = t.id and o.phenomenon_time <= %(until)s)
+            (select max(m.last) from datastream d cross join lateral (
+               select max(o.phenomenon_time) as last from observation o
+               where o.datastream_id = d.id and o.phenomenon_time <= %(until)s) m
+             where d.thing_id = t.id)
         from thing t order by t.id
     """
     with conn.cursor(row_factory=tuple_row) as cur:
