@@ -433,6 +433,7 @@ def run_maintenance(
     *,
     every_s: float = 30.0,
     indicators_every_s: float | None = 300.0,
+    reject_retention: timedelta | None = None,
 ) -> None:
     """:func:`maintain` every ``every_s`` seconds until ``stop`` is set (for a thread in
     ``quartier ingest``), and the indicator values refreshed every ``indicators_every_s``
@@ -442,6 +443,8 @@ def run_maintenance(
             with psycopg.connect(url, autocommit=True, application_name="quartier-rollups") as c:
                 while not stop.is_set():
                     maintain(c, policy)
+                    if reject_retention is not None:  # both storage paths
+                        expire_rejects(c, reject_retention)
                     if indicators_every_s is not None:
                         refresh_indicators_if_stale(c, indicators_every_s)
                     stop.wait(every_s)
@@ -463,7 +466,10 @@ def start_maintenance(
     thread = threading.Thread(
         target=run_maintenance,
         args=(url, StorePolicy.from_settings(database), stop),
-        kwargs={"indicators_every_s": indicators_every_s},
+        kwargs={
+            "indicators_every_s": indicators_every_s,
+            "reject_retention": database.reject_retention,
+        },
         name="store-maintenance",
         daemon=True,
     )
