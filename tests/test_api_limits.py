@@ -199,6 +199,14 @@ def test_an_offset_above_the_maximum_is_a_400(settings: Settings, path: str) -> 
         assert client.get(path, params={"offset": 10}).status_code != 400
 
 
+def test_a_sensorthings_skip_above_the_maximum_is_a_400(settings: Settings) -> None:
+    with TestClient(create_app(with_api(settings, max_skip=10))) as client:
+        r = client.get("/v1.1/Things", params={"$skip": 11})
+        assert r.status_code == 400, r.text
+        assert "$skip 11 is above the maximum of 10" in r.json()["message"]
+        assert client.get("/v1.1/Things", params={"$skip": 10}).status_code == 200
+
+
 def test_token_buckets_are_per_address() -> None:
     from quartier.api.app import TokenBuckets
 

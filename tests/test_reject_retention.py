@@ -31,8 +31,7 @@ def rejects(url: str, topic: str) -> list[tuple[bytes, bytes, int, bool]]:
 
 def test_an_oversized_reject_is_kept_as_a_prefix_with_the_whole_hash(db_url: str) -> None:
     topic = "quartier/v1/limits/big/up"
-    w = BatchWriter(db_url, auto_register=False)
-    w.reject_payload_max_bytes = 1024
+    w = BatchWriter(db_url, auto_register=False, reject_payload_max_bytes=1024)
     big = b"{" + b"x" * 5000 + b"}"
     other = big[:-1] + b"]"  # the same first 1024 bytes, a different payload
     small = b"not json"
@@ -99,3 +98,23 @@ def test_the_maintenance_thread_expires_rejects(db_url: str) -> None:
         stop.set()
         thread.join(10)
     assert [r[0] for r in rejects(db_url, topic)] == [b"new"]
+
+
+def test_a_truncated_reject_is_not_replayed(db_url: str) -> None:
+    """Only its beginning was kept: a replay would decode a different message."""
+    from quartier.config import IngestSettings
+    from quartier.ingest import rejects as replays
+
+    topic = "quartier/v1/limits/big/up"
+    w = BatchWriter(db_url, auto_register=True, reject_payload_max_bytes=16)
+    w.write(Batch(rejects=[Reject(topic, b'{"value": ' + b"1" * 40 + b"}", "too_large", "x", NOW)]))
+    w.write(Batch(rejects=[Reject(topic, b"{bad", "invalid_json", "x", NOW)]))
+    w.close()
+    res = replays.replay(db_url, IngestSettings(), NOW)
+    assert res.tried == 1  # the short one only
+    with psycopg.connect(db_url) as conn:
+        open_ = conn.execute(
+            "select payload_truncated, reason from ingest_reject where replayed_at is null"
+            " order by id"
+        ).fetchall()
+    assert open_ == [(True, "too_large"), (False, "invalid_json")]

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, TypeAdapter
 
+from quartier.api.csv_cells import safe_row
 from quartier.api.deps import Conn, get_settings
 from quartier.config import Settings
 from quartier.errors import BadRequestError, NotFoundError
@@ -80,12 +81,12 @@ def _csv(values: Sequence[IndicatorValue], filename: str) -> Response:
     for v in values:
         d = v.model_dump(mode="json")
         writer.writerow(
-            [
+            safe_row(
                 json.dumps(d[c], ensure_ascii=False, sort_keys=True)
                 if c == "provenance"
                 else ("" if d[c] is None else d[c])
                 for c in CSV_COLUMNS
-            ]
+            )
         )
     return Response(
         buf.getvalue(),

@@ -46,8 +46,11 @@ class _Writer:
     def write(self, url: str, cfg: IngestSettings, batch: Batch) -> int:
         with self.lock:
             if self.writer is None:
-                self.writer = BatchWriter(url, auto_register=cfg.auto_register)
-                self.writer.reject_payload_max_bytes = cfg.reject_payload_max_bytes
+                self.writer = BatchWriter(
+                    url,
+                    auto_register=cfg.auto_register,
+                    reject_payload_max_bytes=cfg.reject_payload_max_bytes,
+                )
             return self.writer.write(batch).observations
 
     def close(self) -> None:

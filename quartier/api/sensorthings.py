@@ -2,9 +2,9 @@
 navigations the bodies link to, with ``$filter``, ``$orderby``, ``$top``, ``$skip``, ``$count``,
 ``$select`` and ``@iot.nextLink``. The routes are made by four functions over the entity sets
 (collection, entity, to-many and to-one navigation; see ``_NAVIGATIONS`` and ``_TO_ONE`` at the
-end) over one store query, so every link a body carries has its route. The options are parsed and compiled by ``quartier.api.sta``; valid options
-Quartier does not implement yet (``$expand``, ``$resultFormat``, ``$search`` …) are a 501 that
-says so, never ignored.
+end) over one store query, so every link a body carries has its route. The options are parsed
+and compiled by ``quartier.api.sta``; valid options Quartier does not implement yet
+(``$expand``, ``$resultFormat``, ``$search`` …) are a 501 that says so, never ignored.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from quartier.api import models as m
-from quartier.api.deps import AppSettings, BaseUrl, Conn
+from quartier.api.deps import AppSettings, BaseUrl, Conn, bounded_skip
 from quartier.api.sta import (
     ENTITIES,
     ENTITY_SETS,
@@ -109,7 +109,7 @@ class Paging:
         self.options: QueryOptions = options
         wanted = settings.api.default_top if options.top is None else options.top
         self.top = min(wanted, settings.api.max_top)
-        self.skip = options.skip or 0
+        self.skip = bounded_skip(settings, options.skip or 0, "$skip")
         self.count = bool(options.count)
 
     def listing(self, entity_set: str) -> q.Listing:

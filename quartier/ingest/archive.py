@@ -43,7 +43,11 @@ def import_sensor_community_csv(
     result = ImportResult()
     cfg = settings.ingest
     url = settings.require_database_url()
-    writer = BatchWriter(url, auto_register=cfg.auto_register)
+    writer = BatchWriter(
+        url,
+        auto_register=cfg.auto_register,
+        reject_payload_max_bytes=cfg.reject_payload_max_bytes,
+    )
     now = datetime.now(UTC)
     try:
         for path in paths:

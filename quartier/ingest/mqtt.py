@@ -78,7 +78,11 @@ class Ingester:
         self._pipe: queue.Queue[Work | None] = queue.Queue(maxsize=n_writers + 1)
         self._db_done = threading.Event()
         self._writers = [
-            BatchWriter(settings.require_database_url(), auto_register=self.cfg.auto_register)
+            BatchWriter(
+                settings.require_database_url(),
+                auto_register=self.cfg.auto_register,
+                reject_payload_max_bytes=self.cfg.reject_payload_max_bytes,
+            )
             for _ in range(n_writers)
         ]
         self._seq = 0  # next batch number (decoding thread only)

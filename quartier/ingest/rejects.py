@@ -65,13 +65,17 @@ def replay(
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             "select id, topic, payload, received_at from ingest_reject where replayed_at is null"
-            " and source = 'mqtt'"
+            " and source = 'mqtt' and not payload_truncated"  # only its beginning was kept
             " and (%(ids)s::bigint[] is null or id = any(%(ids)s))"
             " and (%(reason)s::text is null or reason = %(reason)s) order by id",
             {"ids": ids, "reason": reason},
         ).fetchall()
     result = ReplayResult(tried=len(rows))
-    writer = BatchWriter(url, auto_register=cfg.auto_register)
+    writer = BatchWriter(
+        url,
+        auto_register=cfg.auto_register,
+        reject_payload_max_bytes=cfg.reject_payload_max_bytes,
+    )
     try:
         for reject_id, topic, payload, received_at in rows:
             batch = Batch(replayed=[reject_id])

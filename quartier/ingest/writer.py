@@ -142,13 +142,25 @@ def _insert_observations(
         )
 
 
+_REJECT_PAYLOAD_MAX: int = IngestSettings.model_fields["reject_payload_max_bytes"].default
+
+
 class BatchWriter:
     """Writes batches on one connection it owns. Not thread-safe: one writer per thread."""
 
     def __init__(
-        self, url: str, *, auto_register: bool, optimistic: bool = True, copy: bool | None = None
+        self,
+        url: str,
+        *,
+        auto_register: bool,
+        optimistic: bool = True,
+        copy: bool | None = None,
+        reject_payload_max_bytes: int = _REJECT_PAYLOAD_MAX,
     ) -> None:
         self.url = url
+        #: a refused payload above this is kept as its first this many bytes
+        #: (``ingest.reject_payload_max_bytes``)
+        self.reject_payload_max_bytes = reject_payload_max_bytes
         self.registry = Registry(auto_register, QUANTITIES)
         self._conn: Conn | None = None
         self._months: set[tuple[int, int]] = set()
@@ -451,10 +463,6 @@ class BatchWriter:
             " latency_ms, technology, operator from _st_stage on conflict do nothing"
         )
         return max(cur.rowcount, 0)
-
-    #: A refused payload above this is kept as its first this many bytes (the configured value
-    #: is ``ingest.reject_payload_max_bytes``; an owner holding the settings sets it here).
-    reject_payload_max_bytes: int = IngestSettings.model_fields["reject_payload_max_bytes"].default
 
     def _write_rejects(self, conn: Conn, rejects: list[Reject]) -> int:
         """Keep refused messages; the same bytes on the same topic (a redelivery) once. A payload
