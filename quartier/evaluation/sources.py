@@ -56,6 +56,30 @@ _THING_POINT = """
 """
 
 
+def _hourly_frames(
+    conn: Conn, query: str, params: dict[str, Any]
+) -> tuple[list[tuple[Any, ...]], pd.DataFrame, pd.DataFrame]:
+    """Run an hourly-means query (rows of datastream, hour, value, …) and the stations query:
+    the rows, the hourly frame and the datastream → district frame."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(query.encode(), params).fetchall()
+        stations = cur.execute(_stations_sql().encode(), params).fetchall()
+    hourly = pd.DataFrame(
+        {
+            "datastream_id": pd.Series([r[0] for r in rows], dtype=np.int64),
+            "hour": pd.to_datetime(pd.Series([r[1] for r in rows], dtype=object), utc=True),
+            "value": pd.Series([r[2] for r in rows], dtype=np.float64),
+        }
+    )
+    station_frame = pd.DataFrame(
+        {
+            "datastream_id": pd.Series([r[0] for r in stations], dtype=np.int64),
+            "district_code": pd.Series([r[1] for r in stations], dtype=object),
+        }
+    )
+    return rows, hourly, station_frame
+
+
 def _stations_sql() -> str:
     point = (
         "coalesce(ST_PointOnSurface(d.observed_area), "
@@ -89,22 +113,7 @@ def load_hourly(
         group by 1, 2 order by 1, 2
     """  # `mean` is one of two fixed expressions, values are parameters
     params = {"q": quantity, "start": start, "end": end}
-    with conn.cursor(row_factory=tuple_row) as cur:
-        rows = cur.execute(query.encode(), params).fetchall()
-        stations = cur.execute(_stations_sql().encode(), params).fetchall()
-    hourly = pd.DataFrame(
-        {
-            "datastream_id": pd.Series([r[0] for r in rows], dtype=np.int64),
-            "hour": pd.to_datetime(pd.Series([r[1] for r in rows], dtype=object), utc=True),
-            "value": pd.Series([r[2] for r in rows], dtype=np.float64),
-        }
-    )
-    station_frame = pd.DataFrame(
-        {
-            "datastream_id": pd.Series([r[0] for r in stations], dtype=np.int64),
-            "district_code": pd.Series([r[1] for r in stations], dtype=object),
-        }
-    )
+    rows, hourly, station_frame = _hourly_frames(conn, query, params)
     provenance = {
         "source": "observation",
         "quantity": quantity,
@@ -175,22 +184,7 @@ def load_hourly_rollup(
     """.replace("{dirty}", _NO_DIRTY if storage_path(conn) == "timescaledb" else _DIRTY_HOURS)
     # one of two fixed texts; values are parameters
     params = {"q": quantity, "start": start, "end": end, "a": a, "b": b}
-    with conn.cursor(row_factory=tuple_row) as cur:
-        rows = cur.execute(query.encode(), params).fetchall()
-        stations = cur.execute(_stations_sql().encode(), params).fetchall()
-    hourly = pd.DataFrame(
-        {
-            "datastream_id": pd.Series([r[0] for r in rows], dtype=np.int64),
-            "hour": pd.to_datetime(pd.Series([r[1] for r in rows], dtype=object), utc=True),
-            "value": pd.Series([r[2] for r in rows], dtype=np.float64),
-        }
-    )
-    station_frame = pd.DataFrame(
-        {
-            "datastream_id": pd.Series([r[0] for r in stations], dtype=np.int64),
-            "district_code": pd.Series([r[1] for r in stations], dtype=object),
-        }
-    )
+    rows, hourly, station_frame = _hourly_frames(conn, query, params)
     provenance = {
         "source": "observation_1h",
         "quantity": quantity,
