@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from quartier.api.app import create_app
 from quartier.config import Settings, redact_url
 from quartier.errors import ServiceError
+from quartier.evaluation.current import indicator_refresh, refresh_after_coverage_run
 from quartier.evaluation.report import evaluate_to_report
 from quartier.geo.io import import_districts
 from quartier.ingest.mqtt import Ingester
@@ -196,7 +197,14 @@ class Demo:
                 ingester = Ingester(s, self.stop)
                 threads.append(threading.Thread(target=ingester.run, name="ingest", daemon=True))
                 threads[-1].start()
-                threads.append(start_maintenance(s.require_database_url(), s.database, self.stop))
+                threads.append(
+                    start_maintenance(
+                        s.require_database_url(),
+                        s.database,
+                        self.stop,
+                        after_round=indicator_refresh(s),
+                    )
+                )
                 if not ingester.connected.wait(15):
                     raise ServiceError("the ingester could not connect to the MQTT broker")
                 sent = self._backfill(s)
@@ -278,7 +286,9 @@ class Demo:
                 write_inputs(
                     conn, world.addresses, world.offers, world.speedtests, world.signals, "sim"
                 )
-                run_id, _ = analyse_and_store(conn, AnalysisParams())
+                run_id, _ = analyse_and_store(
+                    conn, AnalysisParams(), on_stored=refresh_after_coverage_run
+                )
                 conn.commit()
         self.console.print(f"[green]✓[/green] coverage gap analysis stored (run {run_id})")
 

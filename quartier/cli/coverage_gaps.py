@@ -28,6 +28,7 @@ def coverage_analyse_cmd(
     """Analyse the stored inputs on the 100 m grid and store the results as a new run."""
     from rich.progress import Progress
 
+    from quartier.evaluation.current import refresh_after_coverage_run
     from quartier.geo import service
 
     s = settings()
@@ -41,7 +42,11 @@ def coverage_analyse_cmd(
                 bar.update(task, description=name, completed=done)
 
             run_id, result = service.analyse_and_store(
-                conn, analysis, district_level=level, progress=step
+                conn,
+                analysis,
+                district_level=level,
+                progress=step,
+                on_stored=refresh_after_coverage_run,
             )
             conn.commit()
             bar.update(task, completed=len(service.ANALYSIS_STEPS))

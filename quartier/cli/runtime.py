@@ -26,6 +26,7 @@ def ingest(
     ] = False,
 ) -> None:
     """Subscribe to the sensor topics and store what arrives (Ctrl-C stops)."""
+    from quartier.evaluation.current import indicator_refresh
     from quartier.ingest.metrics import serve_metrics
     from quartier.ingest.mqtt import Ingester
     from quartier.store.rollups import start_maintenance
@@ -36,7 +37,7 @@ def ingest(
         broker_url(s)
         ing = Ingester(s)
     stop_on_signals(ing.stop_event)
-    start_maintenance(url, s.database, ing.stop_event)
+    start_maintenance(url, s.database, ing.stop_event, after_round=indicator_refresh(s))
     port = metrics_port or s.ingest.metrics_port
     if port:
         serve_metrics(ing, port)

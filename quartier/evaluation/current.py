@@ -22,7 +22,7 @@ benchmark's baseline.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ from typing import Any
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
+from quartier.config import Settings
 from quartier.evaluation import compute, storage
 from quartier.evaluation.compute import HourlySource
 from quartier.evaluation.indicators import CATALOGUE, IndicatorValue
@@ -211,3 +212,16 @@ def current(
     """The stored current values of ``ids``; refreshed first when one was never refreshed or
     its values are older than ``max_age``."""
     return current_json(conn, ids, max_age=max_age, now=now).parsed()
+
+
+def refresh_if_stale(conn: Conn, max_age_s: float) -> None:
+    """Recompute the stored values when they are older than ``max_age_s`` (the store's
+    maintenance round calls this after the rollups are up to date: ``after_round``)."""
+    current_json(conn, max_age=timedelta(seconds=max_age_s))
+
+
+def indicator_refresh(settings: Settings) -> Callable[[Conn], None]:
+    """The store maintenance round's hook (``rollups.start_maintenance(after_round=…)``):
+    stored values refreshed once older than ``api.indicators_max_age_seconds``."""
+    max_age_s = settings.api.indicators_max_age_seconds
+    return lambda conn: refresh_if_stale(conn, max_age_s)

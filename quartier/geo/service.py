@@ -46,10 +46,13 @@ def analyse_and_store(
     until: datetime | None = None,
     progress: Callable[[str], None] | None = None,
     conninfo: str | None = None,
+    on_stored: Callable[[Conn, int], object] | None = None,
 ) -> tuple[int, CoverageResult]:
     """Load the inputs, analyse, store; returns the run id and the result. The caller commits.
     ``progress`` is called with each of :data:`ANALYSIS_STEPS` before it starts; ``conninfo``
-    (the database URL) lets the inputs be read over two connections at once."""
+    (the database URL) lets the inputs be read over two connections at once; ``on_stored(conn,
+    run_id)`` runs after the run is stored, in the same transaction (the composition roots pass
+    the evaluation's refresh of the indicators that read the current run)."""
     step = progress or (lambda _s: None)
     step(ANALYSIS_STEPS[0])
     inputs = load_inputs(
@@ -59,8 +62,6 @@ def analyse_and_store(
     result = analyse(inputs, params)
     step(ANALYSIS_STEPS[2])
     run_id = save_result(conn, result, inputs.districts)
-    # the broadband and mobile indicators read the current run: recompute their stored values
-    from quartier.evaluation.current import refresh_after_coverage_run  # no import cycle
-
-    refresh_after_coverage_run(conn, run_id)
+    if on_stored is not None:
+        on_stored(conn, run_id)
     return run_id, result

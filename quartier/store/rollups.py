@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -414,30 +415,19 @@ def expire_rejects(conn: Conn, retention: timedelta, *, now: datetime | None = N
     return max(cur.rowcount, 0)
 
 
-def refresh_indicators_if_stale(conn: Conn, max_age_s: float) -> None:
-    """Recompute the stored current indicator values (:mod:`quartier.evaluation.current`) when
-    they are older than ``max_age_s``, after the rollups they read are up to date. A failure is
-    logged, not raised: the store's upkeep goes on."""
-    from quartier.evaluation import current  # the evaluation needs pandas; the store does not
-
-    try:
-        current.current_json(conn, max_age=timedelta(seconds=max_age_s))
-    except Exception:  # the maintenance thread must survive a failing indicator
-        log.exception("refreshing the indicator values failed (retrying next round)")
-
-
 def run_maintenance(
     url: str,
     policy: StorePolicy,
     stop: threading.Event,
     *,
     every_s: float = 30.0,
-    indicators_every_s: float | None = 300.0,
     reject_retention: timedelta | None = None,
+    after_round: Callable[[Conn], None] | None = None,
 ) -> None:
     """:func:`maintain` every ``every_s`` seconds until ``stop`` is set (for a thread in
-    ``quartier ingest``), and the indicator values refreshed every ``indicators_every_s``
-    seconds (None: never). Errors are logged and retried next round."""
+    ``quartier ingest``), with the rejects past ``reject_retention`` expired, then
+    ``after_round(conn)`` (the composition root's hook, e.g. refreshing stale indicator values;
+    its errors are logged, the upkeep goes on). Errors are logged and retried next round."""
     while not stop.is_set():
         try:
             with psycopg.connect(url, autocommit=True, application_name="quartier-rollups") as c:
@@ -445,8 +435,11 @@ def run_maintenance(
                     maintain(c, policy)
                     if reject_retention is not None:  # both storage paths
                         expire_rejects(c, reject_retention)
-                    if indicators_every_s is not None:
-                        refresh_indicators_if_stale(c, indicators_every_s)
+                    if after_round is not None:
+                        try:
+                            after_round(c)
+                        except Exception:  # the store's upkeep must survive a failing hook
+                            log.exception("maintenance hook failed (retrying next round)")
                     stop.wait(every_s)
         except psycopg.Error as exc:
             log.warning("store maintenance failed (retrying in %.0f s): %s", every_s, exc)
@@ -458,18 +451,14 @@ def start_maintenance(
     database: DatabaseSettings,
     stop: threading.Event,
     *,
-    indicators_every_s: float | None = 300.0,
+    after_round: Callable[[Conn], None] | None = None,
 ) -> threading.Thread:
     """:func:`run_maintenance` with the policy of ``settings.database``, in a daemon thread;
-    ``indicators_every_s``: see :func:`run_maintenance` (the API's
-    ``indicators_max_age_seconds`` is a good value)."""
+    ``after_round``: see :func:`run_maintenance`."""
     thread = threading.Thread(
         target=run_maintenance,
         args=(url, StorePolicy.from_settings(database), stop),
-        kwargs={
-            "indicators_every_s": indicators_every_s,
-            "reject_retention": database.reject_retention,
-        },
+        kwargs={"reject_retention": database.reject_retention, "after_round": after_round},
         name="store-maintenance",
         daemon=True,
     )
