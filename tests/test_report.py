@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import shutil
 import subprocess
 from datetime import UTC, date, datetime, timedelta
@@ -140,6 +141,12 @@ def test_report_for_the_example_strategy(db_url: str, tmp_path: Path) -> None:
     assert "Nach Stadtbezirken" in html and html.count("data:image/svg+xml;base64,") >= 20
     assert "Sensornetz" in html and "Verfügbarkeit des Sensornetzes" in html
     assert "Progress report" in html_en and "Data quality" in html_en
+    # the German report has no English "no data" notes left (they come from the computations)
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"<(style|svg)\b.*?</\1>", "", html, flags=re.S))
+    assert "keine Daten:" in text
+    english = re.findall(r"no data:[^<\n]*|no value[^<\n]*|[^<\n]*\breadings\b[^<\n]*", text)
+    assert english == []
+    assert "no data:" in html_en
 
     pdf = tmp_path / "report.pdf"
     try:
@@ -227,3 +234,23 @@ def test_missing_weasyprint_is_reported_not_crashed(tmp_path: Path, monkeypatch)
     with pytest.raises(report.PdfUnavailableError, match=r"libpango-1\.0-0"):
         report.write_report("<html></html>", tmp_path / "r.html", pdf=True)
     assert (tmp_path / "r.html").exists()  # the HTML is written before the PDF is attempted
+
+
+@pytest.mark.parametrize(
+    ("note", "german"),
+    [
+        (
+            "no data: no value recorded (POST /indicators/{id}/values or CSV import)",
+            "keine Daten: kein Wert erfasst (POST /indicators/{id}/values oder CSV-Import)",
+        ),
+        (
+            "no data: no pm25 readings before 2026-11-28",
+            "keine Daten: keine Messwerte (pm25) vor dem 2026-11-28",
+        ),
+        ("no data: coverage run 3 has no cells", "keine Daten: Analyse 3 hat keine Zellen"),
+        ("no value on or before the evaluation date", "kein Wert bis zum Stichtag"),
+        ("something new", "something new"),  # unknown: kept, not lost
+    ],
+)
+def test_notes_in_german(note: str, german: str) -> None:
+    assert report.note_de(note) == german

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +122,42 @@ REASONS_DE = {
     "oder ist zu unsicher für eine klare Aussage.",
     "the trend misses the target by the deadline": "Der Trend verfehlt das Ziel bis zur Frist.",
 }
+
+#: the evaluation's "no data" notes in German (they are made in English by compute/evaluate/sources)
+NOTES_DE: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"no value recorded \(POST (\S+) or CSV import\)"),
+     r"kein Wert erfasst (POST \1 oder CSV-Import)"),
+    (re.compile(r"no value recorded yet"), "noch kein Wert erfasst"),
+    (re.compile(r"no (\S+) readings before (\S+)"), r"keine Messwerte (\1) vor dem \2"),
+    (re.compile(r"no noise readings this year"), "keine Lärmmesswerte in diesem Jahr"),
+    (re.compile(r"no (\S+) readings"), r"keine Messwerte (\1)"),
+    (re.compile(r"no coverage analysis has been run \(quartier\.geo\)"),
+     "noch keine Versorgungsanalyse gerechnet (quartier coverage analyse)"),
+    (re.compile(r"the coverage analysis tables do not exist \(geo migrations not applied\)"),
+     "die Tabellen der Versorgungsanalyse fehlen (quartier db migrate)"),
+    (re.compile(r"coverage_cell lacks columns (.+)"), r"coverage_cell fehlen die Spalten \1"),
+    (re.compile(r"coverage run (\d+) has no cells with signal measurements"),
+     r"Analyse \1 hat keine Zellen mit Mobilfunkmessungen"),
+    (re.compile(r"coverage run (\d+) has no cells"), r"Analyse \1 hat keine Zellen"),
+)  # fmt: skip
+
+
+def _note(note: str | None, lang: str) -> str | None:
+    return note_de(note) if note and lang == "de" else note
+
+
+def note_de(note: str) -> str:
+    """A note of the evaluation (``no data: why``) in German; an unknown one stays as it is."""
+    prefix, sep, why = note.partition("no data: ")
+    if sep and not prefix:
+        return "keine Daten: " + note_de(why)
+    if note in REASONS_DE:
+        return REASONS_DE[note]
+    for pattern, german in NOTES_DE:
+        if pattern.fullmatch(note):
+            return pattern.sub(german, note)
+    return note
+
 
 CHART_LABELS = {
     "de": {"trend": "Trend", "band": "90-%-Konfidenzband", "projection": "Prognose zur Frist",
@@ -288,7 +325,7 @@ def _kpi_view(
         "points": str(r.points_used),
         "reason": REASONS_DE.get(r.reason, r.reason) if lang == "de" else _sentence(r.reason),
         "change": _change(r, lang),
-        "note": (notes.get(r.indicator_id) or r.note) if r.status == "no_data" else None,
+        "note": _note(notes.get(r.indicator_id) or r.note, lang) if r.status == "no_data" else None,
         "provenance": _provenance(r.provenance, lang),
         "chart": _b64(
             charts.kpi_chart(
@@ -416,12 +453,12 @@ def render_html(
         {
             "id": r.indicator_id,
             "name": r.name + ("" if r.scope_type == "city" else f" ({r.scope_name})"),
-            "reason": notes.get(r.indicator_id) or r.note or r.reason,
+            "reason": _note(notes.get(r.indicator_id) or r.note or r.reason, lang),
         }
         for r in main
         if r.status == "no_data"
     ] + [
-        {"id": i, "name": CATALOGUE[i].name(lang), "reason": notes[i]}
+        {"id": i, "name": CATALOGUE[i].name(lang), "reason": _note(notes[i], lang)}
         for i in NETWORK_INDICATORS
         if i in notes and i not in {r.indicator_id for r in main}
     ]
