@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -12,6 +13,8 @@ from rich.table import Table
 
 from quartier.cli.common import console, settings, stop_on_signals, user_errors
 from quartier.cli.connect import broker_url, database_url
+from quartier.config import Settings
+from quartier.store.db import Conn
 
 app = typer.Typer()
 
@@ -26,7 +29,6 @@ def ingest(
     ] = False,
 ) -> None:
     """Subscribe to the sensor topics and store what arrives (Ctrl-C stops)."""
-    from quartier.evaluation.current import indicator_refresh
     from quartier.ingest.metrics import serve_metrics
     from quartier.ingest.mqtt import Ingester
     from quartier.store.rollups import start_maintenance
@@ -37,7 +39,7 @@ def ingest(
         broker_url(s)
         ing = Ingester(s)
     stop_on_signals(ing.stop_event)
-    start_maintenance(url, s.database, ing.stop_event, after_round=indicator_refresh(s))
+    start_maintenance(url, s.database, ing.stop_event, after_round=_indicator_refresh(s))
     port = metrics_port or s.ingest.metrics_port
     if port:
         serve_metrics(ing, port)
@@ -173,3 +175,15 @@ def demo_cmd(
             port=port,
             keep_services=keep_services,
         ).run(duration)
+
+
+def _indicator_refresh(s: Settings) -> Callable[[Conn], None]:
+    """The maintenance round's indicator refresh, importing the evaluation (pandas, geopandas:
+    seconds) only when the first round runs, not before the ingester subscribes."""
+
+    def hook(conn: Conn) -> None:
+        from quartier.evaluation.current import indicator_refresh
+
+        indicator_refresh(s)(conn)
+
+    return hook
