@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from quartier.errors import ConfigError
@@ -150,6 +150,27 @@ class ApiSettings(BaseModel):
     indicators_max_age_seconds: float = Field(default=300.0, gt=0)
 
 
+class PrivacySettings(BaseModel):
+    """Privacy by design (DSGVO Art. 25; docs/privacy.md): pseudonyms, retention, k-anonymity."""
+
+    #: HMAC-SHA256 key for the pseudonyms of crowdsourced device keys (or ``…_FILE``: a file
+    #: holding it). Outside development, ingest of personal data refuses to start without one; in
+    #: development one is generated into the state directory.
+    pseudonym_secret: SecretStr | None = None
+    pseudonym_secret_file: Path | None = None
+    #: Epoch of the secret, part of every pseudonym (``p{key_id}-…``): raise it with a new secret
+    #: to rotate; old and new pseudonyms of a device are then unlinked.
+    pseudonym_key_id: int = Field(default=1, ge=1, le=9999)
+    #: Raw speed tests, signal measurements and their refused messages older than this are
+    #: deleted by the maintenance round (None: kept for ever).
+    raw_retention: timedelta | None = timedelta(days=90)
+    #: Published cell aggregates only for cells with at least this many distinct devices.
+    min_contributors: int = Field(default=5, ge=1)
+    #: Networks whose devices are people's (citizen sensors, phones): fnmatch patterns. Their
+    #: Things get the 100 m cell centre as Location and no location history.
+    personal_networks: list[str] = ["sensor.community", "citizen*", "mobile*", "crowd*"]
+
+
 class ServicesSettings(BaseModel):
     state_dir: Path = Path(".quartier")
     pg_port: int | None = None
@@ -170,6 +191,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     api: ApiSettings = ApiSettings()
     services: ServicesSettings = ServicesSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
