@@ -27,7 +27,10 @@ QuartierError                                                            HTTP  C
 ├── PdfUnavailableError    PDF output lacks WeasyPrint or its libraries     501  1
 ├── PayloadTooLargeError   a request body is above the configured cap      413  1
 ├── QueryTimeoutError      a query ran longer than the statement timeout   503  1
-└── RateLimitedError       a client sent more requests than its rate       429  1
+├── RateLimitedError       a client sent more requests than its rate       429  1
+├── AuthenticationError    no valid credentials (missing, unknown,         401  1
+│                          revoked or expired key)
+└── PermissionDeniedError  valid credentials without the scope needed      403  1
 """
 
 from __future__ import annotations
@@ -127,3 +130,16 @@ class RateLimitedError(QuartierError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class AuthenticationError(QuartierError):
+    """A request needs credentials and has none that are valid (missing, unknown, revoked or
+    expired). ``challenge`` is the ``WWW-Authenticate`` value the API answers with."""
+
+    def __init__(self, message: str, challenge: str = 'Bearer realm="quartier"') -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+
+class PermissionDeniedError(QuartierError):
+    """Valid credentials that lack the scope (permission) an action needs; the message names it."""

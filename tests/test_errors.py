@@ -26,6 +26,7 @@ from quartier.cli import app as cli_app
 from quartier.cli.common import exit_code, user_errors
 from quartier.config import Settings
 from quartier.errors import (
+    AuthenticationError,
     BadRequestError,
     BrokerUnreachableError,
     ConfigError,
@@ -37,6 +38,7 @@ from quartier.errors import (
     NotMigratedError,
     PayloadTooLargeError,
     PdfUnavailableError,
+    PermissionDeniedError,
     QuartierError,
     QueryTimeoutError,
     RateLimitedError,
@@ -71,6 +73,8 @@ INTENDED: dict[type[QuartierError], tuple[int, int]] = {
     PayloadTooLargeError: (413, 1),
     QueryTimeoutError: (503, 1),
     RateLimitedError: (429, 1),
+    AuthenticationError: (401, 1),
+    PermissionDeniedError: (403, 1),
 }
 BY_NAME = {cls.__name__: cls for cls in INTENDED}
 

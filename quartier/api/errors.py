@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from quartier.errors import (
+    AuthenticationError,
     BadRequestError,
     ConfigError,
     DecodeError,
@@ -23,6 +24,7 @@ from quartier.errors import (
     NotMigratedError,
     PayloadTooLargeError,
     PdfUnavailableError,
+    PermissionDeniedError,
     QuartierError,
     QueryTimeoutError,
     RateLimitedError,
@@ -48,6 +50,8 @@ STATUS: dict[type[QuartierError], int] = {
     PayloadTooLargeError: 413,
     QueryTimeoutError: 503,
     RateLimitedError: 429,
+    AuthenticationError: 401,
+    PermissionDeniedError: 403,
 }
 
 
@@ -56,8 +60,12 @@ def status_of(exc: QuartierError) -> int:
     return next(STATUS[t] for t in type(exc).__mro__ if t in STATUS)
 
 
-def _body(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"code": status, "type": kind, "message": message}, status_code=status)
+def _body(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"code": status, "type": kind, "message": message}, status_code=status, headers=headers
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -66,7 +74,10 @@ def install(app: FastAPI) -> None:
         status = status_of(exc)
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return _body(status, type(exc).__name__, str(exc))
+        headers = (
+            {"WWW-Authenticate": exc.challenge} if isinstance(exc, AuthenticationError) else None
+        )
+        return _body(status, type(exc).__name__, str(exc), headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
