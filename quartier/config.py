@@ -171,6 +171,33 @@ class PrivacySettings(BaseModel):
     personal_networks: list[str] = ["sensor.community", "citizen*", "mobile*", "crowd*"]
 
 
+class MapSettings(BaseModel):
+    """The maps' basemap and source line (``QUARTIER_MAPS__…``). Without ``tile_url`` the maps
+    have no basemap and the browser requests nothing from any other server (docs/maps.md)."""
+
+    #: Tile URL template with ``{z}``, ``{x}``, ``{y}`` (https), e.g. basemap.de's WMTS or the
+    #: city's own tile server; None: no basemap (a plain background, no third-party request).
+    tile_url: str | None = None
+    #: Shown with the basemap (plain text, e.g. "© GeoBasis-DE / BKG (2026) CC BY 4.0").
+    tile_attribution: str = ""
+    tile_max_zoom: int = Field(default=19, ge=1, le=24)
+    #: The source and licence line on every map (plain text).
+    data_source: str = (
+        "Quartier; Bezirke: Stadt Köln (CC BY 4.0); Stadtgrenze: © OpenStreetMap-Mitwirkende (ODbL)"
+    )
+
+    @model_validator(mode="after")
+    def _check_tile_url(self) -> MapSettings:
+        url = self.tile_url
+        if url is not None and (
+            urlsplit(url).scheme not in ("https", "http")
+            or not urlsplit(url).hostname
+            or not all(p in url for p in ("{z}", "{x}", "{y}"))
+        ):
+            raise ValueError("maps.tile_url must be an http(s) URL template with {z}, {x} and {y}")
+        return self
+
+
 class ServicesSettings(BaseModel):
     state_dir: Path = Path(".quartier")
     pg_port: int | None = None
@@ -190,6 +217,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     ingest: IngestSettings = IngestSettings()
     api: ApiSettings = ApiSettings()
+    maps: MapSettings = MapSettings()
     services: ServicesSettings = ServicesSettings()
     privacy: PrivacySettings = PrivacySettings()
 
