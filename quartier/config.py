@@ -84,6 +84,12 @@ class DatabaseSettings(BaseModel):
 class MqttSettings(BaseModel):
     url: str | None = Field(default=None, description="mqtt://[user:pass@]host:port")
     keepalive: int = 30
+    #: CA certificate(s) (PEM) that sign the broker's certificate, for ``mqtts://`` URLs
+    #: (None: the system's CAs). Used by the ingester, the simulator and the health check.
+    ca_file: Path | None = None
+    #: The broker account Quartier manages device accounts with (``quartier devices``), e.g.
+    #: ``mqtts://quartier-admin:…@broker:8883``; default: the local broker's (``services up``).
+    admin_url: str | None = None
 
 
 class IngestSettings(BaseModel):
@@ -123,6 +129,12 @@ class IngestSettings(BaseModel):
     #: A refused payload longer than this is kept in ``ingest_reject`` as its first this many
     #: bytes (``payload_truncated``); its ``payload_sha256`` is that of the whole payload.
     reject_payload_max_bytes: int = 64 * 1024
+    #: Topic filters the ingester subscribes to (None: all of Quartier's, see docs/mqtt.md), e.g.
+    #: ``["v3/app@tenant/devices/+/up"]`` on The Things Stack's own MQTT server.
+    topics: list[str] | None = None
+    #: ``POST /ingest/sensor-community`` from a device without credentials (``quartier devices
+    #: add``) is refused (401) unless this is on (open registration: anyone can push).
+    http_allow_unknown_devices: bool = False
 
 
 class ApiSettings(BaseModel):
@@ -202,6 +214,12 @@ class ServicesSettings(BaseModel):
     state_dir: Path = Path(".quartier")
     pg_port: int | None = None
     mqtt_port: int | None = None
+    #: Development only: the local broker lets anyone in, with no access control (the test
+    #: fixtures and the demo use it; a warning says so). Off: accounts, ACLs (docs/security.md).
+    mqtt_allow_anonymous: bool = False
+    #: Also a TLS listener (``mqtts://``) with a CA generated under the state directory.
+    mqtt_tls: bool = False
+    mqtt_tls_port: int | None = None
 
 
 class Settings(BaseSettings):
@@ -240,7 +258,14 @@ class Settings(BaseSettings):
         db = self.database.model_copy(
             update={"url": self.database.url or state.get("database_url")}
         )
-        mqtt = self.mqtt.model_copy(update={"url": self.mqtt.url or state.get("mqtt_url")})
+        mqtt = self.mqtt
+        if mqtt.url is None:  # the local broker: its ingest account, and its admin account
+            mqtt = mqtt.model_copy(
+                update={
+                    "url": state.get("mqtt_url"),
+                    "admin_url": mqtt.admin_url or state.get("mqtt_admin_url"),
+                }
+            )
         return self.model_copy(update={"database": db, "mqtt": mqtt})
 
     def require_database_url(self) -> str:

@@ -93,7 +93,7 @@ class Ingester:
         #: the internal error that stopped the ingester, if one did
         self.failed: BaseException | None = None
         self._client, self._host, self._port = mqtt_client(
-            settings.require_mqtt_url(), self.cfg.client_id
+            settings.require_mqtt_url(), self.cfg.client_id, ca_file=settings.mqtt.ca_file
         )
         self._client.manual_ack_set(True)
         self._client.on_connect = self._on_connect
@@ -113,7 +113,8 @@ class Ingester:
     # ------------------------------------------------------------------ MQTT callbacks
     def _topics(self) -> list[str]:
         group = self.cfg.share_group
-        return [f"$share/{group}/{t}" if group else t for t in SUBSCRIPTIONS]
+        topics = self.cfg.topics or SUBSCRIPTIONS
+        return [f"$share/{group}/{t}" if group else t for t in topics]
 
     def _on_connect(
         self,

@@ -5,14 +5,17 @@ common PUBLISH), and ``mqtt_client``, which builds one from a ``mqtt[s]://`` URL
 from __future__ import annotations
 
 import logging
+import ssl
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from quartier.config import parse_mqtt_url
+from quartier.errors import ConfigError
 
 paho_log = logging.getLogger("paho")
 # paho 2.2's network thread may run once more after a clean disconnect() and log "Client is not
@@ -111,14 +114,31 @@ class FastClient(mqtt.Client):
 _PUBACK = struct.Struct("!BBH")
 
 
-def mqtt_client(url: str, client_id: str) -> tuple[FastClient, str, int]:
-    """A paho MQTT 5 client for ``mqtt[s]://[user:pass@]host:port`` (not yet connected); TLS
-    with the system's CA certificates for ``mqtts://``."""
+def mqtt_client(
+    url: str, client_id: str, *, ca_file: Path | str | None = None
+) -> tuple[FastClient, str, int]:
+    """A paho MQTT 5 client for ``mqtt[s]://[user:pass@]host:port`` (not yet connected), with the
+    URL's username and password; for ``mqtts://``, TLS that verifies the broker's certificate and
+    name against ``ca_file`` (PEM), or the system's CA certificates when it is None.
+
+    On a broker with ``use_username_as_clientid`` (Quartier's, docs/security.md) the client id
+    is replaced by the username."""
     host, port, user, password, tls = parse_mqtt_url(url)
     client = FastClient(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.enable_logger(paho_log)
     if user is not None:
         client.username_pw_set(user, password)
     if tls:
-        client.tls_set()
+        client.tls_set_context(tls_context(ca_file))
     return client, host, port
+
+
+def tls_context(ca_file: Path | str | None = None) -> ssl.SSLContext:
+    """A TLS client context that verifies the broker's certificate and host name, against
+    ``ca_file`` or the system's CAs. A CA file that cannot be read is a :class:`ConfigError`."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot use the MQTT CA file {ca_file} ({exc}): check QUARTIER_MQTT__CA_FILE"
+        ) from None
