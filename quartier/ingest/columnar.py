@@ -58,6 +58,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _EARLIEST_US = (EARLIEST - _EPOCH) // _US
 _BOUNDS = {k: (q.min_value, q.max_value) for k, q in QUANTITIES.items()}
+#: epoch milliseconds datetime can represent (years 1 to 9999, a day inside either end); others
+#: (and NaN) take the full decoder, which refuses them
+_MIN_MS = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) / timedelta(milliseconds=1)
+_MAX_MS = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) / timedelta(milliseconds=1)
 
 
 class ColumnMessage(NamedTuple):
@@ -134,7 +138,7 @@ class Columns:
                     t = base  # the message's time, when a reading has none
                 if type(t) is datetime:
                     times_s.append(t.timestamp())
-                elif type(t) is float and math.isfinite(t) and abs(t) < 1e15:
+                elif type(t) is float and _MIN_MS <= t <= _MAX_MS:
                     # epoch milliseconds, to the µs exactly as the full decoder rounds them
                     times_s.append(datetime.fromtimestamp(t / 1000.0, tz=UTC).timestamp())
                 else:

@@ -40,7 +40,10 @@ def parse_time(raw: Any) -> datetime:
             raise ValueError(f"time {raw!r} is not RFC 3339") from None
         if t.tzinfo is None:
             raise ValueError(f"time {raw!r} has no time zone")
-        return t.astimezone(UTC)
+        try:
+            return t.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise ValueError(f"time {raw!r} is out of range") from None
     raise ValueError(f"time must be RFC 3339 text or epoch milliseconds, got {type(raw).__name__}")
 
 

@@ -42,7 +42,10 @@ def _fast_time(raw: str) -> datetime | None:
         return None
     if t.tzinfo is None:
         return None
-    return t if t.utcoffset() == _ZERO else t.astimezone(UTC)
+    try:
+        return t if t.utcoffset() == _ZERO else t.astimezone(UTC)
+    except OverflowError:  # out of range in UTC: parse_time says so
+        return None
 
 
 _ZERO = timedelta(0)

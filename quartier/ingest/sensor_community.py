@@ -158,7 +158,10 @@ def _utc(raw: Any, what: str) -> datetime:
         t = datetime.fromisoformat(raw.strip())
     except ValueError:
         raise ValueError(f"{what} {raw!r} is not an ISO time") from None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    try:
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    except OverflowError:  # e.g. year 1 with a positive offset
+        raise ValueError(f"{what} {raw!r} is out of range") from None
 
 
 def _lat_lon(lat: Any, lon: Any) -> Position | None:
