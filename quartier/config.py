@@ -15,7 +15,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +79,65 @@ class DatabaseSettings(BaseModel):
     #: Refused messages (``ingest_reject``) older than this are deleted by the maintenance thread
     #: of ``quartier ingest`` (None: kept for ever).
     reject_retention: timedelta | None = timedelta(days=30)
+    #: The logins of the services (docs/security.md, "Database: roles and secrets"): ``url`` is
+    #: the owner's (``quartier db migrate``, the maintenance round), ``api_url`` the API's (role
+    #: ``quartier_api``), ``ingest_url`` the ingester's (``quartier_ingest``); each falls back to
+    #: ``url``. A ``*_password_file`` (Docker secrets) holds the password of the matching URL.
+    api_url: str | None = None
+    ingest_url: str | None = None
+    password_file: Path | None = None
+    api_password_file: Path | None = None
+    ingest_password_file: Path | None = None
+    #: Audit rows (``audit_event``) older than this are deleted by ``quartier db maintain``.
+    audit_retention: timedelta | None = timedelta(days=365)
+
+    def service_url(self, service: Literal["owner", "api", "ingest"]) -> str | None:
+        """The URL ``service`` logs in with (``url`` where its own is not set), with the password
+        of its ``*_password_file`` when one is set (:class:`ConfigError` if it cannot be read)."""
+        own, file = {
+            "owner": (None, self.password_file),
+            "api": (self.api_url, self.api_password_file),
+            "ingest": (self.ingest_url, self.ingest_password_file),
+        }[service]
+        url = own or self.url
+        if own is None and file is None:  # the owner's URL, with the owner's password file
+            file = self.password_file
+        if url is None or file is None:
+            return url
+        return _with_password(url, _read_secret(file))
+
+
+#: Passwords refused outside development (the examples' and the images' defaults).
+WEAK_PASSWORDS = frozenset({"", "quartier", "postgres", "password", "changeme", "secret"})
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the password file {path} ({exc.strerror})") from None
+
+
+def _with_password(url: str, password: str) -> str:
+    """``url`` (a postgresql:// URL or a conninfo string) with ``password``."""
+    if "://" in url:
+        parts = urlsplit(url)
+        userinfo = quote(unquote(parts.username or ""), safe="") + ":" + quote(password, safe="")
+        return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc.rpartition('@')[2]}"))
+    escaped = password.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{url} password='{escaped}'"
+
+
+def database_password(url: str) -> str | None:
+    """The password in a PostgreSQL URL or conninfo string (None: none given)."""
+    if "://" in url:
+        password = urlsplit(url).password
+        return None if password is None else unquote(password)
+    m = re.search(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", url)
+    if m is None:
+        return None
+    value = m.group(1)
+    return re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith("'") else value
 
 
 class MqttSettings(BaseModel):
@@ -247,7 +306,29 @@ class Settings(BaseSettings):
             raise ValueError(
                 "in production QUARTIER_DATABASE__URL and QUARTIER_MQTT__URL must be set explicitly"
             )
+        if self.environment == "production":
+            for service in ("owner", "api", "ingest"):
+                url = self.database.service_url(service)  # type: ignore[arg-type]
+                if url is not None and (database_password(url) or "") in WEAK_PASSWORDS:
+                    raise ValueError(
+                        f"in production the database login of the {service} needs its own "
+                        "password (empty and default passwords are refused): put it into the "
+                        "file named by QUARTIER_DATABASE__"
+                        + {"owner": "", "api": "API_", "ingest": "INGEST_"}[service]
+                        + "PASSWORD_FILE (a Docker secret) or into its URL"
+                    )
         return self
+
+    def for_service(self, service: Literal["api", "ingest"]) -> Settings:
+        """These settings with ``database.url`` the login of ``service`` (its own URL and
+        password file, else ``url``) and every service's URL resolved, for an entry point that
+        runs that service (``quartier serve``: ``api``; ``quartier ingest``: ``ingest``)."""
+        db = self.database
+        resolved = {k: db.service_url(k) for k in ("owner", "api", "ingest")}  # type: ignore[arg-type]
+        update = {"url": resolved[service], "api_url": resolved["api"]}
+        update |= {"ingest_url": resolved["ingest"], "password_file": None}
+        update |= {"api_password_file": None, "ingest_password_file": None}
+        return self.model_copy(update={"database": db.model_copy(update=update)})
 
     def with_local_services(self) -> Settings:
         """Fill missing URLs from the project-local services, if they were started."""

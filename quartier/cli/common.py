@@ -34,8 +34,21 @@ def exit_code(exc: QuartierError) -> int:
 
 
 def settings(local: bool = True) -> Settings:
-    """The settings of this invocation; ``local`` fills missing URLs from the local services."""
-    s = Settings()
+    """The settings of this invocation; ``local`` fills missing URLs from the local services.
+    Invalid settings (e.g. a default password in production) end the command with one line."""
+    from pydantic import ValidationError
+
+    try:
+        s = Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = "__".join(str(p) for p in err.get("loc", ())).upper()
+            what = str(err.get("msg", "")).removeprefix("Value error, ")
+            problems.append(f"QUARTIER_{where}: {what}" if where else what)
+        raise fail("invalid settings: " + "; ".join(problems)) from None
+    except QuartierError as exc:  # e.g. a password file that cannot be read
+        raise fail(str(exc), exit_code(exc)) from None
     return s.with_local_services() if local else s
 
 
