@@ -155,12 +155,10 @@ def test_decode_ttn_readings_match_results(name: str) -> None:
         assert r.parameters == {
             "f_cnt": up["f_cnt"],
             "f_port": up["f_port"],
-            "gateway_id": gateway["gateway_ids"]["gateway_id"],
             "rssi": gateway["rssi"],
             "snr": gateway["snr"],
             "received_at": up["received_at"],
-            **({"location_source": "gateway"} if "location" in gateway else {}),
-        }
+        }  # no gateway id, no gateway position (docs/privacy.md)
     radio = telemetry[0]["values"]
     if "lora_rssi" in radio:  # the Decentlab results carry ThingsBoard's view of the radio
         assert (gateway["rssi"], gateway["snr"]) == (radio["lora_rssi"], radio["lora_snr"])
@@ -200,14 +198,23 @@ def test_battery_only_frame_gives_no_readings() -> None:
     assert uplink.readings == [] and uplink.invalid == []
 
 
-def test_gateway_location_is_used_when_the_device_has_none() -> None:
+def test_gateway_location_is_never_used_for_a_device_without_one() -> None:
+    """Privacy (docs/privacy.md): a gateway is often someone's home; a device without its own
+    position gets none (this sample's gateway has one, at 52.7186, -4.0526)."""
+    doc = _doc("Decentlab_DL-SHT35-001__payload.json")
+    assert any("location" in g for g in doc["uplink_message"]["rx_metadata"])
     uplink = decode_ttn(
         "ttn",
         _sample("Decentlab_DL-SHT35-001__payload.json"),
         max_bytes=MAX,
         codecs=_config("Decentlab_DL-SHT35-001__payload.json"),
     )
-    assert uplink.location == Position(52.71863806169478, -4.052632749080659)
+    assert uplink.location is None and not uplink.location_from_gateway
+    assert uplink.readings
+    assert all(
+        "gateway_id" not in (r.parameters or {}) and "location_source" not in (r.parameters or {})
+        for r in uplink.readings
+    )
 
 
 def test_device_location_wins_over_gateway_location() -> None:
@@ -235,7 +242,8 @@ def test_strongest_gateway_is_kept() -> None:
     )
     params = uplink.readings[0].parameters
     assert params is not None
-    assert (params["gateway_id"], params["rssi"], params["snr"]) == ("next-door", -20, 9.0)
+    assert (params["rssi"], params["snr"]) == (-20, 9.0)  # the strongest's radio, not its id
+    assert "gateway_id" not in params
 
 
 def test_milesight_history_record_has_its_own_time() -> None:
@@ -289,7 +297,6 @@ def test_decoded_payload_through_the_generic_map(name: str) -> None:
     assert uplink.readings[0].parameters == {
         "f_cnt": 25,
         "f_port": 1,
-        "gateway_id": "eriks-rg186",
         "rssi": -69,
         "snr": 8.25,
         "received_at": "2025-11-07T08:52:14.536109379Z",

@@ -20,12 +20,14 @@ from quartier.ingest import writer as writer_module
 from quartier.ingest.model import Batch, Position, SpeedTest, WriteResult
 from quartier.ingest.pipeline import Message, build_batch
 from quartier.ingest.writer import BatchWriter
+from quartier.pseudonym import Pseudonymizer
 
 pytestmark = pytest.mark.services
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CFG = IngestSettings(max_future_seconds=600)
 T0 = datetime(2026, 11, 2, 0, 0, tzinfo=UTC)
+SECRET = b"test-secret-of-32-bytes-exactly!"  # speed tests are stored under pseudonyms
 
 
 def _msg(net: str, device: str, readings: list[dict[str, Any]], **extra: Any) -> Message:
@@ -177,7 +179,7 @@ def test_insert_fallback_stores_exactly_what_copy_stores(
     results: dict[bool, list[tuple[int, int, int, int]]] = {}
     fallbacks: dict[bool, int] = {}
     for use_copy, url in ((True, db_url), (False, second_db_url)):
-        w = BatchWriter(url, auto_register=True, copy=use_copy)
+        w = BatchWriter(url, auto_register=True, copy=use_copy, pseudonyms=Pseudonymizer(SECRET))
         try:
             if not use_copy:  # prove the fallback never reaches COPY
 

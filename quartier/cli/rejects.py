@@ -72,6 +72,7 @@ def rejects_replay(
 ) -> None:
     """Run refused messages through today's decoders again; store those that now pass."""
     from quartier.ingest import rejects
+    from quartier.pseudonym import pseudonymizer
 
     s = settings()
     with user_errors(s):
@@ -81,5 +82,6 @@ def rejects_replay(
             datetime.now(UTC),
             ids=ids or None,
             reason=reason,
+            pseudonyms=pseudonymizer(s),
         )
     console.print(f"replayed {res.tried}: {res.stored} stored, {res.still_failing} still failing")

@@ -30,6 +30,7 @@ from quartier.ingest.model import Batch, Reject, WriteResult
 from quartier.ingest.mqtt_client import mqtt_client
 from quartier.ingest.pipeline import SUBSCRIPTIONS, Message, build_batch
 from quartier.ingest.writer import BatchWriter
+from quartier.pseudonym import pseudonymizer
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,14 @@ class Ingester:
         n_writers = max(1, self.cfg.writers)
         self._pipe: queue.Queue[Work | None] = queue.Queue(maxsize=n_writers + 1)
         self._db_done = threading.Event()
+        pseudonyms = pseudonymizer(settings)  # no secret outside development: refuse to start
         self._writers = [
             BatchWriter(
                 settings.require_database_url(),
                 auto_register=self.cfg.auto_register,
                 reject_payload_max_bytes=self.cfg.reject_payload_max_bytes,
+                pseudonyms=pseudonyms,
+                personal_networks=settings.privacy.personal_networks,
             )
             for _ in range(n_writers)
         ]

@@ -120,9 +120,7 @@ def decode_ttn(
         [g for g in rx_metadata if isinstance(g, dict)] if isinstance(rx_metadata, list) else []
     )
     params = _parameters(up, f_cnt, f_port, _best_gateway(gateways))
-    location, from_gateway = _location(up, gateways)
-    if from_gateway:
-        params["location_source"] = "gateway"
+    location, from_gateway = _location(up)
 
     codec = _choose_codec(device, up, codecs, registry)
     uplink = Uplink(network, device, [], location, location_from_gateway=from_gateway)
@@ -197,14 +195,11 @@ def _radio(gateway: dict[str, Any], key: str) -> float | None:
 def _parameters(
     up: dict[str, Any], f_cnt: int, f_port: int, best: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """What every reading keeps of the radio: frame counter and port, the strongest gateway's id,
-    RSSI and SNR, and the network's time of receipt as sent."""
+    """What every reading keeps of the radio: frame counter and port, the strongest gateway's
+    RSSI and SNR, and the network's time of receipt as sent. Never a gateway's id: gateways are
+    often at people's homes and the parameters are published (docs/privacy.md)."""
     params: dict[str, Any] = {"f_cnt": f_cnt, "f_port": f_port}
     if best is not None:
-        gw_ids = best.get("gateway_ids")
-        gw_id = gw_ids.get("gateway_id") if isinstance(gw_ids, dict) else None
-        if isinstance(gw_id, str):
-            params["gateway_id"] = gw_id
         for key in ("rssi", "snr"):
             value = _radio(best, key)
             if value is not None:
@@ -237,18 +232,17 @@ def _lat_lon(raw: Any) -> Position | None:
         return None
 
 
-def _location(up: dict[str, Any], gateways: list[dict[str, Any]]) -> tuple[Position | None, bool]:
-    """The device's own location (``locations``: "user" first), else the best gateway's that has
-    one. The flag says the position is a gateway's."""
+def _location(up: dict[str, Any]) -> tuple[Position | None, bool]:
+    """The device's own location (``locations``: "user" first), else none: a receiving gateway's
+    position is not the device's, and is often someone's home (docs/privacy.md). The flag (a
+    gateway's position) is always False now; it stays in the model for other sources."""
     locations = up.get("locations")
     if isinstance(locations, dict):
         for key in sorted(locations, key=lambda k: k != "user"):
             found = _lat_lon(locations[key])
             if found is not None:
                 return found, False
-    with_location = [g for g in gateways if _lat_lon(g.get("location")) is not None]
-    best = _best_gateway(with_location)
-    return (_lat_lon(best.get("location")), True) if best is not None else (None, False)
+    return None, False
 
 
 def _model(up: dict[str, Any]) -> str | None:

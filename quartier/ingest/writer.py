@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -18,8 +19,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from quartier.config import IngestSettings
-from quartier.errors import UnknownDevice
+from quartier.config import IngestSettings, PrivacySettings
+from quartier.errors import ConfigError, UnknownDevice
 from quartier.ingest.model import Batch, Reject, SpeedTest, Uplink, WriteResult
 from quartier.ingest.quantities import QUANTITIES
 from quartier.store.db import Conn
@@ -156,12 +157,25 @@ class BatchWriter:
         optimistic: bool = True,
         copy: bool | None = None,
         reject_payload_max_bytes: int = _REJECT_PAYLOAD_MAX,
+        pseudonyms: Callable[[str], str] | None = None,
+        personal_networks: Sequence[str] | None = None,
     ) -> None:
         self.url = url
+        #: device key → pseudonym (quartier.pseudonym), applied to speed tests before they are
+        #: stored; a batch with speed tests and no pseudonyms is refused (ConfigError)
+        self.pseudonyms = pseudonyms
         #: a refused payload above this is kept as its first this many bytes
         #: (``ingest.reject_payload_max_bytes``)
         self.reject_payload_max_bytes = reject_payload_max_bytes
-        self.registry = Registry(auto_register, QUANTITIES)
+        self.registry = Registry(
+            auto_register,
+            QUANTITIES,
+            personal_networks=(
+                PrivacySettings().personal_networks
+                if personal_networks is None
+                else personal_networks
+            ),
+        )
         self._conn: Conn | None = None
         self._months: set[tuple[int, int]] = set()
         #: COPY straight into observation first (see _store_observations)
@@ -422,11 +436,18 @@ class BatchWriter:
             self._months.add(key)
 
     def _write_speedtests(self, conn: Conn, tests: list[SpeedTest]) -> int:
+        """Speed tests, each under its device's pseudonym (never the raw key)."""
+        pseudonym = self.pseudonyms
+        if pseudonym is None:
+            raise ConfigError(
+                "speed tests are stored only under a pseudonym: the writer needs a pseudonym "
+                "secret (QUARTIER_PRIVACY__PSEUDONYM_SECRET, docs/privacy.md)"
+            )
         rows = [
             (
                 t.time,
                 t.source,
-                t.device,
+                pseudonym(t.device),
                 f"SRID=4326;POINT({t.position.lon} {t.position.lat})",
                 t.download_mbps,
                 t.upload_mbps,

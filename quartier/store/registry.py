@@ -6,12 +6,13 @@ their write transaction."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from psycopg.types.json import Jsonb
 
 from quartier.errors import UnknownDevice
+from quartier.pseudonym import is_personal_network
 from quartier.store.db import Conn
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,24 @@ _SAME_PLACE_DEG = 1e-5
 
 class Registry:
     """Device → Thing/Datastream lookups, cached; registers unknown devices when allowed, and
-    records a device's new position as a new Location and HistoricalLocation of its Thing."""
+    records a device's new position as a new Location and HistoricalLocation of its Thing.
 
-    def __init__(self, auto_register: bool, quantities: Mapping[str, QuantityInfo]) -> None:
+    Devices of a personal network (``personal_networks``, fnmatch patterns: citizen sensors,
+    phones; docs/privacy.md) are stored coarsened: their Thing's one Location is the centre of
+    the 100 m INSPIRE cell (EPSG:3035) of the reported position, updated in place, with no
+    HistoricalLocation; a gateway's position is never used for them."""
+
+    def __init__(
+        self,
+        auto_register: bool,
+        quantities: Mapping[str, QuantityInfo],
+        *,
+        personal_networks: Sequence[str] = (),
+    ) -> None:
         self.auto_register = auto_register
         self.quantities = quantities
+        self.personal_networks = tuple(personal_networks)
+        self._personal: dict[str, bool] = {}
         self._devices: dict[tuple[str, str], int] = {}
         self._streams: dict[tuple[int, str], int] = {}
         #: device id → (thing id, current position or None)
@@ -92,6 +106,13 @@ class Registry:
         *,
         from_gateway: bool = False,
     ) -> int:
+        personal = self._personal.get(network)
+        if personal is None:
+            personal = self._personal[network] = is_personal_network(
+                network, self.personal_networks
+            )
+        if personal and from_gateway:
+            location = None  # a gateway's position is someone's home, not the device's
         key = (network, device)
         found = self._devices.get(key)
         if found is None:
@@ -102,7 +123,7 @@ class Registry:
                     raise UnknownDevice(
                         f"device {device!r} on network {network!r} is not registered"
                     )
-                found, thing_id = self._register(conn, network, device, location)
+                found, thing_id = self._register(conn, network, device, location, personal)
                 self._things[found] = (thing_id, location)
             else:
                 found = _int(hit[0])
@@ -117,11 +138,20 @@ class Registry:
                     or abs(current.lon - location.lon) > _SAME_PLACE_DEG
                 )
             ):
-                _place(conn, thing_id, f"{network}/{device}", location, replace=True)
-                self._things[found] = (thing_id, location)
-                log.info(
-                    "device %s/%s is now at %s, %s", network, device, location.lat, location.lon
+                _place(
+                    conn, thing_id, f"{network}/{device}", location, replace=True, coarse=personal
                 )
+                self._things[found] = (thing_id, location)
+                if personal:
+                    log.debug("device %s/%s moved (stored coarsened)", network, device)
+                else:
+                    log.info(
+                        "device %s/%s is now at %s, %s",
+                        network,
+                        device,
+                        location.lat,
+                        location.lon,
+                    )
         return found
 
     def datastream_id(self, conn: Conn, device_id: int, quantity: str) -> int:
@@ -139,7 +169,9 @@ class Registry:
         return self._streams[key]
 
     @staticmethod
-    def _register(conn: Conn, network: str, device: str, location: Place | None) -> tuple[int, int]:
+    def _register(
+        conn: Conn, network: str, device: str, location: Place | None, personal: bool = False
+    ) -> tuple[int, int]:
         """A new device with its Thing (and Location); returns (device id, thing id)."""
         # Serialise concurrent registrations of the same device (several ingest workers).
         conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"{network}/{device}",))
@@ -156,7 +188,7 @@ class Registry:
         ).fetchone()
         assert thing is not None
         if location is not None:
-            _place(conn, _int(thing[0]), name, location, replace=False)
+            _place(conn, _int(thing[0]), name, location, replace=False, coarse=personal)
         dev = conn.execute(
             "insert into device (network, device_key, thing_id, auto_registered) "
             "values (%s, %s, %s, true) returning id",
@@ -239,9 +271,67 @@ def _position(lat: object, lon: object) -> Place | None:
     return None
 
 
-def _place(conn: Conn, thing_id: int, name: str, where: Place, *, replace: bool) -> None:
-    """Make ``where`` the Thing's current Location, with a HistoricalLocation from now."""
+#: the centre of the 100 m INSPIRE cell (EPSG:3035) of a WGS 84 point (lon, lat); the cell
+#: functions are those of migration 0010, the grid of quartier/geo/grid.py
+_CELL_CENTRE = (
+    "ST_Transform(ST_SetSRID(ST_MakePoint("
+    "quartier_cell_e(ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326)) + 50, "
+    "quartier_cell_n(ST_SetSRID(ST_MakePoint(%(lon)s, %(lat)s), 4326)) + 50), 3035), 4326)"
+)
+
+
+def _place_coarse(conn: Conn, thing_id: int, name: str, where: Place) -> None:
+    """Make the centre of ``where``'s 100 m cell the Thing's one Location: the existing row is
+    updated in place (no new Location, no HistoricalLocation), so no past position is kept."""
+    params = {"lon": where.lon, "lat": where.lat, "thing": thing_id, "name": name,
+              "props": Jsonb({"precision": "centre of the 100 m INSPIRE grid cell"})}  # fmt: skip
+    current = conn.execute(
+        "select location_id from thing_location where thing_id = %s order by location_id desc",
+        (thing_id,),
+    ).fetchall()
+    if current:
+        keep = current[0][0]
+        conn.execute(
+            f"update location set location = {_CELL_CENTRE}, properties = %(props)s "
+            "where id = %(id)s",
+            {**params, "id": keep},
+        )
+        old = [row[0] for row in current[1:]]
+        if old:
+            conn.execute("delete from location where id = any(%s)", (old,))
+        _forget_history(conn, thing_id, keep)
+        return
+    loc = conn.execute(
+        "insert into location (name, description, location, properties) values "
+        f"(%(name)s, 'Position of ' || %(name)s || ' (100 m cell)', {_CELL_CENTRE}, %(props)s) "
+        "returning id",
+        params,
+    ).fetchone()
+    assert loc is not None
+    conn.execute("insert into thing_location values (%s, %s)", (thing_id, loc[0]))
+
+
+def _forget_history(conn: Conn, thing_id: int, keep: int) -> None:
+    """Delete the Thing's HistoricalLocations and their past Locations (not ``keep``), e.g. of
+    a device registered before its network counted as personal."""
+    conn.execute(
+        "delete from location l using historical_location_location hll, historical_location h "
+        "where hll.location_id = l.id and h.id = hll.historical_location_id "
+        "and h.thing_id = %s and l.id <> %s",
+        (thing_id, keep),
+    )
+    conn.execute("delete from historical_location where thing_id = %s", (thing_id,))
+
+
+def _place(
+    conn: Conn, thing_id: int, name: str, where: Place, *, replace: bool, coarse: bool = False
+) -> None:
+    """Make ``where`` the Thing's current Location, with a HistoricalLocation from now
+    (``coarse``: see :func:`_place_coarse`)."""
     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"thing-location/{thing_id}",))
+    if coarse:
+        _place_coarse(conn, thing_id, name, where)
+        return
     loc = conn.execute(
         "insert into location (name, description, location) values "
         "(%s, %s, ST_SetSRID(ST_MakePoint(%s, %s), 4326)) returning id",
