@@ -39,7 +39,13 @@ def ingest(
         broker_url(s)
         ing = Ingester(s)
     stop_on_signals(ing.stop_event)
-    start_maintenance(url, s.database, ing.stop_event, after_round=_indicator_refresh(s))
+    start_maintenance(
+        url,
+        s.database,
+        ing.stop_event,
+        after_round=_indicator_refresh(s),
+        raw_retention=s.privacy.raw_retention,
+    )
     port = metrics_port or s.ingest.metrics_port
     if port:
         serve_metrics(ing, port)

@@ -29,11 +29,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from quartier.config import DatabaseSettings
+from quartier.config import DatabaseSettings, PrivacySettings
 from quartier.store import timescale
 from quartier.store.db import Conn
 from quartier.store.migrate import StoragePath, storage_path
 from quartier.store.policy import StorePolicy
+from quartier.store.privacy import expire_personal
 from quartier.store.timeseries import ORIGIN, ROLLUPS, ceil_to, floor_to
 
 log = logging.getLogger(__name__)
@@ -423,6 +424,7 @@ def run_maintenance(
     every_s: float = 30.0,
     reject_retention: timedelta | None = None,
     after_round: Callable[[Conn], None] | None = None,
+    raw_retention: timedelta | None = None,
 ) -> None:
     """:func:`maintain` every ``every_s`` seconds until ``stop`` is set (for a thread in
     ``quartier ingest``), with the rejects past ``reject_retention`` expired, then
@@ -435,6 +437,8 @@ def run_maintenance(
                     maintain(c, policy)
                     if reject_retention is not None:  # both storage paths
                         expire_rejects(c, reject_retention)
+                    if raw_retention is not None:  # personal raw data (store/privacy.py)
+                        expire_personal(c, raw_retention)
                     if after_round is not None:
                         try:
                             after_round(c)
@@ -452,13 +456,18 @@ def start_maintenance(
     stop: threading.Event,
     *,
     after_round: Callable[[Conn], None] | None = None,
+    raw_retention: timedelta | None = PrivacySettings().raw_retention,
 ) -> threading.Thread:
     """:func:`run_maintenance` with the policy of ``settings.database``, in a daemon thread;
     ``after_round``: see :func:`run_maintenance`."""
     thread = threading.Thread(
         target=run_maintenance,
         args=(url, StorePolicy.from_settings(database), stop),
-        kwargs={"reject_retention": database.reject_retention, "after_round": after_round},
+        kwargs={
+            "reject_retention": database.reject_retention,
+            "after_round": after_round,
+            "raw_retention": raw_retention,  # privacy.raw_retention
+        },
         name="store-maintenance",
         daemon=True,
     )
