@@ -20,6 +20,7 @@ from quartier.evaluation.evaluate import Evaluation, evaluate
 from quartier.evaluation.indicators import IndicatorValue
 from quartier.evaluation.strategy import parse_strategy
 from quartier.geo.io import import_districts
+from quartier.store import api_keys
 
 pytestmark = pytest.mark.services
 
@@ -30,9 +31,12 @@ def _app(settings: Settings) -> FastAPI:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
+    """A client whose requests carry an API key with the scope indicators:write (writes need
+    one; tests/test_api_auth.py tests what happens without)."""
     with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
         import_districts(conn)
-    with TestClient(_app(settings)) as c:
+        _, token = api_keys.create(conn, "indicator tests", ["indicators:write"], created_by="test")
+    with TestClient(_app(settings), headers={"Authorization": f"Bearer {token}"}) as c:
         yield c
 
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, TypeAdapter
 
+from quartier.api.auth import require_scope
 from quartier.api.csv_cells import safe_row
 from quartier.api.deps import Conn, get_settings
 from quartier.config import Settings
@@ -227,7 +228,13 @@ def _when(value: dt.datetime | dt.date) -> datetime:
     response_model=IndicatorValue,
     status_code=201,
     operation_id="record_indicator_value",
-    responses={400: {"description": "invalid value"}, 404: {"description": "unknown indicator"}},
+    responses={
+        400: {"description": "invalid value"},
+        401: {"description": "no valid API key"},
+        403: {"description": "the key lacks the scope indicators:write"},
+        404: {"description": "unknown indicator"},
+    },
+    dependencies=[require_scope("indicators:write")],
 )
 def record_indicator_value(indicator_id: str, body: ManualValueIn, conn: Conn) -> IndicatorValue:
     """Record a value of a manual indicator (one no sensor measures, e.g. the share of OZG
