@@ -109,7 +109,11 @@ class Demo:
         # The demo's back-fill sends a day of readings through one connection, which a broker that
         # saves after every change would hold to a few hundred messages a second: the demo's
         # broker saves every 30 s instead (`quartier services up` keeps the durable setting).
-        self.local = LocalServices.from_settings(s.services, durable_broker=False)
+        # The demo's broker is open (no accounts; LocalServices warns): the simulated fleet
+        # publishes without device accounts (docs/security.md).
+        self.local = LocalServices.from_settings(
+            s.services, durable_broker=False, allow_anonymous=True
+        )
         with self.console.status("starting PostgreSQL and Mosquitto …"):
             state = self.local.up()
         self.console.print(
@@ -165,7 +169,9 @@ class Demo:
 
     def _broken_device(self, s: Settings) -> None:
         """A few malformed messages, so that the rejects table has something to show."""
-        client, host, port = mqtt_client(s.require_mqtt_url(), "quartier-demo-broken")
+        client, host, port = mqtt_client(
+            s.require_mqtt_url(), "quartier-demo-broken", ca_file=s.mqtt.ca_file
+        )
         client.connect(host, port)
         client.loop_start()
         now = datetime.now(UTC).isoformat()

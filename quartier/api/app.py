@@ -221,7 +221,9 @@ def _check_mqtt(settings: Settings, timeout: float = 3.0) -> ComponentHealth:
 
     try:
         client, host, port = mqtt_client(
-            settings.mqtt.url, f"quartier-health-{uuid.uuid4().hex[:8]}"
+            settings.mqtt.url,
+            f"quartier-health-{uuid.uuid4().hex[:8]}",
+            ca_file=settings.mqtt.ca_file,
         )
         client.on_connect = on_connect
         client.connect(host, port, keepalive=5)

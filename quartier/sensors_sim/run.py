@@ -79,7 +79,10 @@ def simulate(
     )
 
     with Publisher(
-        settings.require_mqtt_url(), client_id=client_id, keepalive=settings.mqtt.keepalive
+        settings.require_mqtt_url(),
+        client_id=client_id,
+        keepalive=settings.mqtt.keepalive,
+        ca_file=settings.mqtt.ca_file,
     ) as publisher:
 
         def tick(t: datetime) -> None:
