@@ -10,6 +10,13 @@ PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres
 Mosquitto drops to the ``mosquitto`` user: their directories are owned by those users. When such a
 user cannot reach the state directory (e.g. a checkout under ``/root``), the service's files go to
 ``/var/tmp/quartier-<hash>/`` instead.
+
+The broker refuses anonymous clients: it loads Mosquitto's dynamic-security plugin with two
+accounts, Quartier's admin (manages device accounts, ``quartier devices``) and the ingester; their
+passwords are kept in ``<state_dir>/mqtt-accounts.json`` (0600) and the recorded ``mqtt_url``
+carries the ingest account. ``allow_anonymous=True`` (development, tests, the demo) runs it open
+instead, as Mosquitto does without accounts, and says so. ``tls=True`` adds a TLS listener with
+a CA generated under the state directory (:func:`make_tls_files`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from quartier.config import STATE_FILE, ServicesSettings
+from quartier import mqtt_accounts
+from quartier.config import STATE_FILE, ServicesSettings, Settings
 from quartier.errors import ServiceError
 from quartier.resources import resource
 
@@ -41,7 +49,35 @@ MOSQUITTO_CONF = resource("mosquitto.conf")
 PG_USER = "quartier"
 PG_DATABASE = "quartier"
 #: Lines of the deploy config that describe the container; the local config sets its own.
-_LOCAL_OVERRIDES = ("listener", "persistence_location", "log_dest", "pid_file", "user", "port")
+_LOCAL_OVERRIDES = (
+    "listener",
+    "persistence_location",
+    "log_dest",
+    "pid_file",
+    "user",
+    "port",
+    "allow_anonymous",
+    "use_username_as_clientid",
+    "plugin",
+    "cafile",
+    "certfile",
+    "keyfile",
+    "tls_version",
+    "require_certificate",
+)
+#: Where Debian and Ubuntu put Mosquitto's dynamic-security plugin.
+DYNSEC_PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
+ACCOUNTS_FILE = "mqtt-accounts.json"
+ANONYMOUS_WARNING = (
+    "the local MQTT broker lets anyone publish and subscribe without an account "
+    "(development setting QUARTIER_SERVICES__MQTT_ALLOW_ANONYMOUS / allow_anonymous=True); "
+    "never expose it beyond this machine"
+)
 
 
 def is_root() -> bool:
@@ -161,6 +197,89 @@ def check_installed() -> None:
         )
 
 
+def find_dynsec_plugin() -> str:
+    """The path of Mosquitto's dynamic-security plugin (part of Debian's mosquitto package)."""
+    for cand in DYNSEC_PLUGIN_PATHS:
+        if Path(cand).exists():
+            return cand
+    raise ServiceError(
+        "Mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) was not found in "
+        f"{', '.join(DYNSEC_PLUGIN_PATHS)}: install Mosquitto 2.0 or newer (`sudo "
+        f"{INSTALL_SCRIPT}`), or set QUARTIER_SERVICES__MQTT_ALLOW_ANONYMOUS=true for a "
+        "development broker without accounts"
+    )
+
+
+def make_tls_files(directory: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Path:
+    """A self-signed CA (``ca.crt``, ``ca.key``) and a server certificate for ``hosts``
+    (``server.crt``, ``server.key``) in ``directory``, made with the ``openssl`` command; for
+    tests and local brokers only. Returns the CA certificate's path."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise ServiceError(
+            "the `openssl` command is needed for a TLS listener: apt-get install openssl"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca, ca_key = directory / "ca.crt", directory / "ca.key"
+    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
+    _run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            *ec,
+            "-keyout",
+            str(ca_key),
+            "-out",
+            str(ca),
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=Quartier local test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]
+    )
+    _run([openssl, "req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={hosts[0]}"])
+    alt = ",".join(
+        f"IP:{h}" if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+:[0-9a-fA-F:]*", h) else f"DNS:{h}"
+        for h in hosts
+    )
+    ext = directory / "server.ext"
+    ext.write_text(
+        f"subjectAltName={alt}\nextendedKeyUsage=serverAuth\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+    )
+    _run(
+        [
+            openssl,
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-out",
+            str(crt),
+            "-days",
+            "825",
+            "-extfile",
+            str(ext),
+        ]
+    )
+    for path in (ca_key, key):
+        os.chmod(path, 0o600)
+    for path in (ca, crt):
+        os.chmod(path, 0o644)
+    return ca
+
+
 # --------------------------------------------------------------------------- directories
 
 
@@ -194,6 +313,14 @@ class ServiceState:
     pg_datadir: str
     mqtt_dir: str
     timescaledb_available: bool
+    #: anonymous clients refused, accounts and ACLs on (False: the development override)
+    mqtt_auth: bool = False
+    #: the admin account's URL, for ``quartier devices`` (None when ``mqtt_auth`` is off)
+    mqtt_admin_url: str | None = None
+    #: the TLS listener (``tls=True``): its URL with the ingest account, and the CA to trust
+    mqtts_url: str | None = None
+    mqtts_port: int | None = None
+    mqtt_ca_file: str | None = None
 
     def write(self, state_dir: Path) -> None:
         path = state_dir / STATE_FILE
@@ -231,8 +358,19 @@ class LocalServices:
         mqtt_port: int | None = None,
         fast_unsafe: bool = False,
         durable_broker: bool | None = None,
+        allow_anonymous: bool | None = None,
+        tls: bool = False,
+        tls_port: int | None = None,
     ) -> None:
         self.state_dir = state_dir.resolve()
+        #: Development override: no accounts, anyone may publish and subscribe. None: as the
+        #: settings say (QUARTIER_SERVICES__MQTT_ALLOW_ANONYMOUS, default off).
+        self.allow_anonymous = (
+            Settings().services.mqtt_allow_anonymous if allow_anonymous is None else allow_anonymous
+        )
+        #: A TLS listener as well (on ``tls_port``, or a free one), with a generated CA.
+        self.tls = tls
+        self.tls_port = tls_port
         self.pg_port = pg_port
         self.mqtt_port = mqtt_port
         #: fsync off: for throwaway test clusters only.
@@ -244,13 +382,22 @@ class LocalServices:
 
     @classmethod
     def from_settings(
-        cls, services: ServicesSettings, *, durable_broker: bool | None = None
+        cls,
+        services: ServicesSettings,
+        *,
+        durable_broker: bool | None = None,
+        allow_anonymous: bool | None = None,
     ) -> LocalServices:
+        """``allow_anonymous`` True turns the development override on whatever the settings say
+        (the demo); None follows ``services.mqtt_allow_anonymous``."""
         return cls(
             services.state_dir,
             pg_port=services.pg_port,
             mqtt_port=services.mqtt_port,
             durable_broker=durable_broker,
+            allow_anonymous=services.mqtt_allow_anonymous or bool(allow_anonymous),
+            tls=services.mqtt_tls,
+            tls_port=services.mqtt_tls_port,
         )
 
     # ---------------------------------------------------------------- public
@@ -261,16 +408,29 @@ class LocalServices:
         pg = find_postgres()
         assert pg is not None  # check_installed guarantees it
         pg_port, datadir = self._start_postgres(pg, old)
-        mqtt_port, mqtt_dir = self._start_mosquitto(old)
+        mqtt_port, tls_port, mqtt_dir = self._start_mosquitto(old)
         password = (Path(datadir).parent / "password").read_text().strip()
+        if self.allow_anonymous:
+            log.warning(ANONYMOUS_WARNING)
+            login = admin_url = None
+        else:
+            accounts = self._accounts()
+            login = f"{mqtt_accounts.INGEST_USER}:{quote(accounts['ingest'], safe='')}@"
+            admin = f"{mqtt_accounts.ADMIN_USER}:{quote(accounts['admin'], safe='')}@"
+            admin_url = f"mqtt://{admin}127.0.0.1:{mqtt_port}"
         state = ServiceState(
             database_url=f"postgresql://{PG_USER}:{quote(password)}@127.0.0.1:{pg_port}/{PG_DATABASE}",
-            mqtt_url=f"mqtt://127.0.0.1:{mqtt_port}",
+            mqtt_url=f"mqtt://{login or ''}127.0.0.1:{mqtt_port}",
             pg_port=pg_port,
             mqtt_port=mqtt_port,
             pg_datadir=str(datadir),
             mqtt_dir=str(mqtt_dir),
             timescaledb_available=pg.has_timescaledb,
+            mqtt_auth=not self.allow_anonymous,
+            mqtt_admin_url=admin_url,
+            mqtts_url=f"mqtts://{login or ''}127.0.0.1:{tls_port}" if tls_port else None,
+            mqtts_port=tls_port,
+            mqtt_ca_file=str(Path(mqtt_dir) / "tls" / "ca.crt") if tls_port else None,
         )
         state.write(self.state_dir)
         return state
@@ -408,28 +568,89 @@ class LocalServices:
                 conn.execute(f"create database {PG_DATABASE}")
 
     # ---------------------------------------------------------------- Mosquitto
-    def _start_mosquitto(self, old: ServiceState | None) -> tuple[int, Path]:
+    def _start_mosquitto(self, old: ServiceState | None) -> tuple[int, int | None, Path]:
         binary = find_mosquitto()
         assert binary is not None
         run_as = "mosquitto" if is_root() else None
         root = _owned_dir(self.state_dir / "mqtt", run_as)
+        auth = not self.allow_anonymous
         if old is not None and self._mosquitto_pid(root) and port_open(old.mqtt_port):
-            return old.mqtt_port, root
+            if old.mqtt_auth == auth and (old.mqtts_port is not None) == self.tls:
+                return old.mqtt_port, old.mqtts_port, root
+            log.info("restarting the local Mosquitto with the requested access settings")
+            self._stop_mosquitto(root)
         port = self._choose_port(self.mqtt_port, old.mqtt_port if old else None)
+        tls_port = (
+            self._choose_port(self.tls_port, old.mqtts_port if old else None) if self.tls else None
+        )
         data = root / "data"
         data.mkdir(exist_ok=True)
         if run_as:
             shutil.chown(data, run_as, run_as)
+        plugin = None
+        if auth:
+            plugin = find_dynsec_plugin()
+            dynsec = root / "dynamic-security.json"
+            fresh = not (self.state_dir / ACCOUNTS_FILE).exists()
+            accounts = self._accounts()
+            if fresh or not dynsec.exists():  # new passwords need a new broker config
+                mqtt_accounts.write_initial_config(dynsec, accounts["admin"], accounts["ingest"])
+                if run_as:
+                    shutil.chown(dynsec, run_as, run_as)
+        if tls_port:
+            tls_dir = root / "tls"
+            if not (tls_dir / "server.crt").exists():
+                make_tls_files(tls_dir)
+            if run_as:
+                shutil.chown(tls_dir / "server.key", run_as, run_as)
         conf = root / "mosquitto.conf"
         conf.write_text(
-            self._mosquitto_config(root, port, run_as or "root", durable=self.durable_broker)
+            self._mosquitto_config(
+                root,
+                port,
+                run_as or "root",
+                durable=self.durable_broker,
+                plugin=plugin,
+                tls_port=tls_port,
+            )
         )
         _run([str(binary), "-c", str(conf), "-d"])
         self._wait_port(port, "Mosquitto", root / "mosquitto.log")
-        return port, root
+        if tls_port:
+            self._wait_port(tls_port, "Mosquitto (TLS)", root / "mosquitto.log")
+        return port, tls_port, root
+
+    def _accounts(self) -> dict[str, str]:
+        """The admin and ingest passwords, made once and kept in the state directory (0600)."""
+        path = self.state_dir / ACCOUNTS_FILE
+        try:
+            accounts = json.loads(path.read_text())
+            if {"admin", "ingest"} <= accounts.keys():
+                return {"admin": str(accounts["admin"]), "ingest": str(accounts["ingest"])}
+        except (OSError, ValueError):
+            pass
+        accounts = {
+            "admin": mqtt_accounts.new_password(),
+            "ingest": mqtt_accounts.new_password(),
+        }
+        path.touch(mode=0o600)
+        os.chmod(path, 0o600)
+        path.write_text(json.dumps(accounts))
+        return accounts
 
     @staticmethod
-    def _mosquitto_config(root: Path, port: int, user: str, *, durable: bool = True) -> str:
+    def _mosquitto_config(
+        root: Path,
+        port: int,
+        user: str,
+        *,
+        durable: bool = True,
+        plugin: str | None = None,
+        tls_port: int | None = None,
+    ) -> str:
+        """The local broker's config: the shared lines of ``quartier/resources/mosquitto.conf``
+        and the local ones; ``plugin`` (the dynamic-security plugin) turns accounts on, without
+        it anyone may connect (the development override)."""
         if not MOSQUITTO_CONF.is_file():
             raise ServiceError(f"Mosquitto config not found at {MOSQUITTO_CONF}")
         shared = [
@@ -446,8 +667,31 @@ class LocalServices:
             f"persistence_location {root / 'data'}/",
             f"log_dest file {root / 'mosquitto.log'}",
             f"user {user}",
-            f"listener {port} 127.0.0.1",
         ]
+        if plugin:
+            local += [
+                "allow_anonymous false",
+                f"plugin {plugin}",
+                f"plugin_opt_config_file {root / 'dynamic-security.json'}",
+            ]
+        else:
+            local += [
+                "# development override: no accounts, no access control",
+                "allow_anonymous true",
+            ]
+        # the client id is the username: nobody takes over another account's session
+        same_id = ["use_username_as_clientid true"] if plugin else []
+        local += [f"listener {port} 127.0.0.1", *same_id]
+        if tls_port:
+            tls = root / "tls"
+            local += [
+                f"listener {tls_port} 127.0.0.1",
+                *same_id,
+                f"cafile {tls / 'ca.crt'}",
+                f"certfile {tls / 'server.crt'}",
+                f"keyfile {tls / 'server.key'}",
+                "tls_version tlsv1.2",
+            ]
         return "\n".join(local + shared) + "\n"
 
     @staticmethod

@@ -24,6 +24,11 @@ from quartier.config import Settings
 from quartier.services import LocalServices
 from quartier.store.migrate import migrate
 
+# The tests' brokers run with the development override (no accounts): every LocalServices the
+# tests start without saying otherwise, and every `quartier …` they run, sees it. The access
+# control itself is tested with brokers that have it on (tests/test_mqtt_auth.py).
+os.environ.setdefault("QUARTIER_SERVICES__MQTT_ALLOW_ANONYMOUS", "true")
+
 
 @dataclass(frozen=True)
 class ServiceUrls:
@@ -40,7 +45,7 @@ def service_urls() -> Iterator[ServiceUrls]:
         return
     state_dir = Path(tempfile.mkdtemp(prefix="quartier-test-"))
     os.chmod(state_dir, 0o755)  # the postgres and mosquitto users must reach it
-    local = LocalServices(state_dir, fast_unsafe=True)
+    local = LocalServices(state_dir, fast_unsafe=True, allow_anonymous=True)
     try:
         state = local.up()
         yield ServiceUrls(db or state.database_url, mqtt or state.mqtt_url)

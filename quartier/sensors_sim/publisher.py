@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -20,6 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from quartier.config import parse_mqtt_url
 from quartier.errors import ServiceError
+from quartier.ingest.mqtt_client import tls_context
 from quartier.sensors_sim.fleet import Message
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class Publisher:
         keepalive: int = 30,
         connect_timeout_s: float = 10.0,
         ack_timeout_s: float = 60.0,
+        ca_file: Path | str | None = None,
     ) -> None:
         self._host, self._port, user, password, tls = parse_mqtt_url(mqtt_url)
         self._keepalive = keepalive
@@ -75,8 +78,8 @@ class Publisher:
         self._client.enable_logger(logging.getLogger(__name__))
         if user is not None:
             self._client.username_pw_set(user, password)
-        if tls:
-            self._client.tls_set()
+        if tls:  # verifies the broker's certificate against ca_file (or the system's CAs)
+            self._client.tls_set_context(tls_context(ca_file))
         self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client.max_queued_messages_set(0)  # unbounded; ``send`` keeps a window instead
         self._client.on_connect = self._on_connect
@@ -225,8 +228,10 @@ def publish(
     rate: float | None,
     client_id: str,
     progress: Callable[[int], None] | None = None,
+    ca_file: Path | str | None = None,
 ) -> int:
     """Connect, publish ``messages`` with QoS 1 (at ``rate`` messages/s if given), wait until the
-    broker acknowledged every one, disconnect. Returns the number acknowledged without error."""
-    with Publisher(mqtt_url, client_id=client_id) as publisher:
+    broker acknowledged every one, disconnect. Returns the number acknowledged without error
+    (a message the broker refuses, e.g. a topic the account may not publish to, is not)."""
+    with Publisher(mqtt_url, client_id=client_id, ca_file=ca_file) as publisher:
         return publisher.send(messages, rate=rate, progress=progress)
