@@ -11,7 +11,7 @@ import typer
 from pythonjsonlogger.json import JsonFormatter
 from rich.logging import RichHandler
 
-from quartier.cli import coverage_gaps, db, evaluation, imports, rejects, runtime, services
+from quartier.cli import coverage_gaps, db, evaluation, imports, keys, rejects, runtime, services
 from quartier.cli.common import console
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.add_typer(coverage_gaps.app, name="coverage")
 app.add_typer(evaluation.app)  # evaluate
 app.add_typer(evaluation.indicators_app, name="indicators")
 app.add_typer(rejects.app, name="rejects")
+app.add_typer(keys.app, name="keys")
 
 
 class LogFormat(StrEnum):
