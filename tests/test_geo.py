@@ -130,7 +130,7 @@ def test_median_per_cell_decides_the_class() -> None:
         ],
         ignore_index=True,
     )
-    cells = classify_cells(tests)
+    cells = classify_cells(tests, min_contributors=1)  # the classification, not k
     assert list(cells.columns) == [
         "cell_id", "n_tests", "median_download_mbps", "class_key", "district_code", "geometry",
     ]  # fmt: skip
@@ -157,7 +157,7 @@ def test_district_is_the_polygon_containing_the_cell_centre() -> None:
     square = shapely.box(sw[0], sw[1], ne[0], ne[1])
     districts = gpd.GeoDataFrame({"code": ["7"], "name": ["Quadrat"]}, geometry=[square], crs=4326)
     tests = pd.concat([_tests_in(inside, [1000]), _tests_in(outside, [1000])], ignore_index=True)
-    cells = classify_cells(tests, districts).set_index("cell_id")
+    cells = classify_cells(tests, districts, min_contributors=1).set_index("cell_id")
     assert cells.loc["CRS3035RES100mN3096600E4107200", "district_code"] == "7"
     assert pd.isna(cells.loc["CRS3035RES100mN3096600E4107500", "district_code"])
 
@@ -165,7 +165,7 @@ def test_district_is_the_polygon_containing_the_cell_centre() -> None:
 def test_district_in_another_crs_is_reprojected() -> None:
     square = shapely.box(4107100, 3096500, 4107400, 3096800)
     districts = gpd.GeoDataFrame({"code": ["1"]}, geometry=[square], crs=3035)
-    cells = classify_cells(_tests_in((4107200, 3096600), [5]), districts)
+    cells = classify_cells(_tests_in((4107200, 3096600), [5]), districts, min_contributors=1)
     assert cells["district_code"].tolist() == ["1"]
 
 
@@ -177,9 +177,9 @@ def test_invalid_tests_are_dropped_and_empty_input_gives_empty_cells() -> None:
             "download_mbps": [100.0, 50.0, np.nan, -3.0],
         }
     )
-    cells = classify_cells(tests)
+    cells = classify_cells(tests, min_contributors=1)
     assert cells["n_tests"].tolist() == [1]
-    empty = classify_cells(tests.iloc[:0])
+    empty = classify_cells(tests.iloc[:0], min_contributors=1)
     assert empty.empty and "geometry" in empty.columns and empty.crs.to_epsg() == 4326
     with pytest.raises(ValueError, match="download_mbps"):
         classify_cells(pd.DataFrame({"lon": [1.0], "lat": [2.0]}))

@@ -47,6 +47,7 @@ def coverage_analyse_cmd(
                 district_level=level,
                 progress=step,
                 on_stored=refresh_after_coverage_run,
+                min_contributors=s.privacy.min_contributors,
             )
             conn.commit()
             bar.update(task, completed=len(service.ANALYSIS_STEPS))

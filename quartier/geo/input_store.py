@@ -19,6 +19,7 @@ from psycopg.rows import tuple_row
 from quartier.geo import io as geo_io
 from quartier.geo.analysis import FIXED_TECHNOLOGIES, MOBILE_TECHNOLOGIES, CoverageInputs
 from quartier.geo.memory import release_free_memory
+from quartier.geo.speedtest_cells import MIN_CONTRIBUTORS, contributed_cells
 from quartier.store.db import Conn
 from quartier.store.pgcopy import Column, read_table_columns, write_copy
 
@@ -60,10 +61,12 @@ def _read_signals(
         "mobile_measurement",
         [("cell_e", "int4", "cell_e"), ("cell_n", "int4", "cell_n"),
          ("optech", "int4", "(hashtext(operator) & -8) | (ascii(technology) - ascii('2'))"),
-         ("level", "float4", "coalesce(rsrp_dbm, rssi_dbm, 'NaN'::real)")],
+         ("level", "float4", "coalesce(rsrp_dbm, rssi_dbm, 'NaN'::real)"),
+         ("dev", "int4", "hashtext(device_key)")],
         window,
         period,
     )  # fmt: skip
+    _only_contributed(signals, int(period.get("min_contributors") or 1))
     # technology: '2G' '3G' '4G' '5G' (the table's check) → 0…3, the order of MOBILE_TECHNOLOGIES
     assert [t[0] for t in MOBILE_TECHNOLOGIES] == ["2", "3", "4", "5"]
     optech = signals.pop("optech")
@@ -78,6 +81,17 @@ def _read_signals(
     return ops, signals
 
 
+def _only_contributed(columns: dict[str, npt.NDArray[Any]], min_contributors: int) -> None:
+    """Keep, in place, the rows of cells with at least ``min_contributors`` distinct devices
+    (``dev``: a 32-bit hash of the pseudonym; a collision can only merge two devices, which
+    errs towards leaving a cell out); ``dev`` itself is dropped."""
+    dev = columns.pop("dev")
+    keep = contributed_cells(columns["cell_e"], columns["cell_n"], dev, min_contributors)
+    if not keep.all():
+        for name in list(columns):
+            columns[name] = columns[name][keep]
+
+
 def load_inputs(
     conn: Conn,
     *,
@@ -85,11 +99,16 @@ def load_inputs(
     since: datetime | None = None,
     until: datetime | None = None,
     conninfo: str | None = None,
+    min_contributors: int = MIN_CONTRIBUTORS,
 ) -> CoverageInputs:
     """Households, offers, speed tests and signal measurements (the latter two measured in
     ``[since, until]``, either bound optional) by cell, and the districts of one level. With
-    ``conninfo`` the signal measurements are read over a second connection at the same time."""
-    period = {"since": since, "until": until}
+    ``conninfo`` the signal measurements are read over a second connection at the same time.
+
+    k-anonymity: speed tests and signal measurements only of cells where at least
+    ``min_contributors`` distinct devices measured (each kind counted on its own), so that
+    nothing the analysis publishes stems from fewer (docs/privacy.md)."""
+    period: dict[str, Any] = {"since": since, "until": until, "min_contributors": min_contributors}
     window = (
         "(%(since)s::timestamptz is null or measured_at >= %(since)s) and "
         "(%(until)s::timestamptz is null or measured_at <= %(until)s)"
@@ -122,10 +141,11 @@ def load_inputs(
         conn,
         "speedtest",
         [("cell_e", "int4", "cell_e"), ("cell_n", "int4", "cell_n"),
-         ("down", "float4", "download_mbps")],
+         ("down", "float4", "download_mbps"), ("dev", "int4", "hashtext(device_key)")],
         window,
         period,
     )  # fmt: skip
+    _only_contributed(tests, min_contributors)
     if pending is not None and pool is not None:
         ops, signals = pending.result()
         pool.shutdown()

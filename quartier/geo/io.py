@@ -211,11 +211,14 @@ def load_speedtests(
     until: datetime | None = None,
 ) -> pd.DataFrame:
     """Speed tests measured in ``[since, until]`` (either bound optional), ordered by time, with
-    the position as ``lon``/``lat`` (WGS84). Columns: :data:`SPEEDTEST_COLUMNS`."""
+    the position as ``lon``/``lat`` (WGS84). Columns: :data:`SPEEDTEST_COLUMNS`. For aggregates
+    only: ``measured_at`` is coarsened to the hour, ``device_key`` is the stored pseudonym
+    (docs/privacy.md)."""
     with conn.cursor(row_factory=tuple_row) as cur:
         rows = cur.execute(
             """
-            select id, measured_at, source, device_key, ST_X(geom), ST_Y(geom),
+            select id, date_trunc('hour', measured_at, 'UTC'), source, device_key,
+                   ST_X(geom), ST_Y(geom),
                    download_mbps, upload_mbps, latency_ms, technology, operator
             from speedtest
             where (%(since)s::timestamptz is null or measured_at >= %(since)s)

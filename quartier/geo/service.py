@@ -13,6 +13,7 @@ from quartier.geo.analysis import AnalysisParams, CoverageResult, analyse
 from quartier.geo.input_store import load_inputs
 from quartier.geo.profiles import PROFILES
 from quartier.geo.run_store import save_result
+from quartier.geo.speedtest_cells import MIN_CONTRIBUTORS
 from quartier.store.db import Conn
 
 
@@ -47,6 +48,7 @@ def analyse_and_store(
     progress: Callable[[str], None] | None = None,
     conninfo: str | None = None,
     on_stored: Callable[[Conn, int], object] | None = None,
+    min_contributors: int = MIN_CONTRIBUTORS,
 ) -> tuple[int, CoverageResult]:
     """Load the inputs, analyse, store; returns the run id and the result. The caller commits.
     ``progress`` is called with each of :data:`ANALYSIS_STEPS` before it starts; ``conninfo``
@@ -56,7 +58,12 @@ def analyse_and_store(
     step = progress or (lambda _s: None)
     step(ANALYSIS_STEPS[0])
     inputs = load_inputs(
-        conn, district_level=district_level, since=since, until=until, conninfo=conninfo
+        conn,
+        district_level=district_level,
+        since=since,
+        until=until,
+        conninfo=conninfo,
+        min_contributors=min_contributors,  # k-anonymity (privacy.min_contributors)
     )
     step(ANALYSIS_STEPS[1])
     result = analyse(inputs, params)

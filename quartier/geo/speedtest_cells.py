@@ -4,6 +4,11 @@ download and a speed class.
 Classes (lower bound inclusive, upper bound exclusive, Mbit/s): below 30, 30 to under 100,
 100 to under 1000, 1000 and more (gigabit). A cell is assigned to the district whose polygon
 contains (or touches) the cell centre.
+
+k-anonymity (docs/privacy.md): a cell is published only when at least ``min_contributors``
+distinct devices measured in it (:func:`contributed_cells`); the tests of other cells are left
+out before anything is counted, so no count below k (and no "n_tests: 1") leaves the system.
+The coverage analysis reads its inputs through the same rule (``geo/input_store.py``).
 """
 
 from __future__ import annotations
@@ -17,9 +22,33 @@ import numpy.typing as npt
 import pandas as pd
 import shapely
 
+from quartier.config import PrivacySettings
 from quartier.geo import grid
 
 log = logging.getLogger(__name__)
+
+#: k: the fewest distinct devices a published cell aggregate may stem from (privacy setting)
+MIN_CONTRIBUTORS: int = PrivacySettings.model_fields["min_contributors"].default
+
+
+def contributed_cells(
+    cell_e: npt.ArrayLike, cell_n: npt.ArrayLike, device: npt.ArrayLike, min_contributors: int
+) -> npt.NDArray[np.bool_]:
+    """Per row (a measurement in cell ``cell_e``/``cell_n`` by ``device``, any hashable codes):
+    whether its cell has at least ``min_contributors`` distinct devices. Rows of other cells must
+    not reach a published aggregate."""
+    e = np.asarray(cell_e, dtype=np.int64).reshape(-1)
+    n = np.asarray(cell_n, dtype=np.int64).reshape(-1)
+    if len(e) == 0 or min_contributors <= 1:
+        return np.ones(len(e), dtype=np.bool_)
+    dev_codes = pd.factorize(pd.Series(np.asarray(device).reshape(-1)), use_na_sentinel=False)[0]
+    frame = pd.DataFrame({"e": e, "n": n, "d": dev_codes})
+    distinct = frame.drop_duplicates().groupby(["e", "n"]).size()
+    enough = distinct[distinct >= min_contributors]
+    if enough.empty:
+        return np.zeros(len(e), dtype=np.bool_)
+    keep = pd.MultiIndex.from_arrays([e, n]).isin(enough.index)
+    return np.asarray(keep, dtype=np.bool_)
 
 
 @dataclass(frozen=True)
@@ -113,20 +142,27 @@ def empty_cells() -> gpd.GeoDataFrame:
 
 
 def classify_cells(
-    tests: pd.DataFrame, districts: gpd.GeoDataFrame | None = None
+    tests: pd.DataFrame,
+    districts: gpd.GeoDataFrame | None = None,
+    *,
+    min_contributors: int = MIN_CONTRIBUTORS,
 ) -> gpd.GeoDataFrame:
-    """One row per measured 100 m cell, sorted by ``cell_id``.
+    """One row per measured 100 m cell with at least ``min_contributors`` distinct devices
+    (k-anonymity; the other cells are left out whole), sorted by ``cell_id``.
 
-    ``tests`` needs columns ``lon``, ``lat`` (WGS84) and ``download_mbps``; rows with a missing,
-    non-finite or negative value are dropped (and counted in the log). ``districts`` (columns
-    ``code`` and ``geometry``) assigns each cell the district containing its centre.
+    ``tests`` needs columns ``lon``, ``lat`` (WGS84), ``download_mbps`` and (unless
+    ``min_contributors`` is 1) ``device_key``; rows
+    with a missing, non-finite or negative value are dropped (and counted in the log).
+    ``districts`` (columns ``code`` and ``geometry``) assigns each cell the district containing
+    its centre.
 
     Columns: ``cell_id``, ``n_tests``, ``median_download_mbps``, ``class_key`` (see
     :data:`SPEED_CLASSES`), ``district_code`` (None without districts or outside all of them) and
     ``geometry`` (the cell polygon, EPSG:4326). Text columns are pandas strings; a missing
     ``district_code`` is NA (test with ``pd.isna``).
     """
-    missing = {"lon", "lat", "download_mbps"} - set(tests.columns)
+    needed = {"lon", "lat", "download_mbps"} | ({"device_key"} if min_contributors > 1 else set())
+    missing = needed - set(tests.columns)
     if missing:
         raise ValueError(f"speed tests lack columns: {', '.join(sorted(missing))}")
     lon = pd.to_numeric(tests["lon"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -148,7 +184,22 @@ def classify_cells(
     if not ok.any():
         return empty_cells()
     ids, e, n = grid.cell_index(lon[ok], lat[ok])
-    per_test = pd.DataFrame({"cell_id": ids, "e": e, "n": n, "down": down[ok]})
+    if min_contributors > 1:
+        devices = tests["device_key"].to_numpy(dtype=object)[ok]
+        public = contributed_cells(e, n, devices, min_contributors)
+    else:  # every cell public: only for tests of the classification itself
+        public = np.ones(len(e), dtype=np.bool_)
+    if not public.all():
+        log.info(
+            "left out %d of %d speed tests in cells with fewer than %d devices",
+            int((~public).sum()),
+            len(public),
+            min_contributors,
+        )
+        if not public.any():
+            return empty_cells()
+        ids, e, n = ids[public], e[public], n[public]
+    per_test = pd.DataFrame({"cell_id": ids, "e": e, "n": n, "down": down[ok][public]})
     per_cell = (
         per_test.groupby("cell_id", sort=True)
         .agg(
