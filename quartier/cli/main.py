@@ -11,7 +11,17 @@ import typer
 from pythonjsonlogger.json import JsonFormatter
 from rich.logging import RichHandler
 
-from quartier.cli import coverage_gaps, db, evaluation, imports, keys, rejects, runtime, services
+from quartier.cli import (
+    coverage_gaps,
+    db,
+    devices,
+    evaluation,
+    imports,
+    keys,
+    rejects,
+    runtime,
+    services,
+)
 from quartier.cli.common import console
 
 app = typer.Typer(
@@ -23,8 +33,10 @@ app.add_typer(runtime.app)  # ingest, serve, simulate, demo
 app.add_typer(imports.app, name="import")
 app.add_typer(coverage_gaps.app, name="coverage")
 app.add_typer(evaluation.app)  # evaluate
+app.add_typer(maps.app)  # map
 app.add_typer(evaluation.indicators_app, name="indicators")
 app.add_typer(rejects.app, name="rejects")
+app.add_typer(devices.app, name="devices")
 app.add_typer(keys.app, name="keys")
 
 
