@@ -21,8 +21,10 @@ from quartier.api import (
     aggregates,
     coverage_gaps,
     errors,
+    frontend,
     indicators,
     ingest_http,
+    maps,
     ogc,
     sensorthings,
     strategy,
@@ -64,6 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
             "indicators of the digitalisation strategy, and broadband coverage."
         ),
         lifespan=lifespan,
+        docs_url=None,  # frontend.install: /docs with the shipped Swagger UI, no CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.pool = pool
@@ -79,6 +83,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(strategy.router)
     app.include_router(coverage_gaps.router)
     app.include_router(ogc.router)
+    app.include_router(maps.router)
+    frontend.install(app)  # /static and /docs
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -1,5 +1,5 @@
 """Indicators of the strategy evaluation (catalogue, current values, stored history, manual
-values, CSV download) and the coverage map."""
+values, CSV download); the maps are in maps.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
-from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, TypeAdapter
 
 from quartier.api.auth import require_scope
@@ -23,9 +22,6 @@ from quartier.errors import BadRequestError, NotFoundError
 from quartier.evaluation import current, sources, storage
 from quartier.evaluation.indicators import CATALOGUE, IndicatorDefinition, IndicatorValue
 from quartier.evaluation.scopes import CITY
-from quartier.geo import io as geo_io
-from quartier.geo import run_store, speedtest_cells
-from quartier.maps.render import render_coverage_map, render_gap_map
 
 router = APIRouter(tags=["Indicators and maps"])
 
@@ -262,33 +258,3 @@ def record_indicator_value(indicator_id: str, body: ManualValueIn, conn: Conn) -
     storage.record_values(conn, [value])
     current.refresh_indicators(conn, ids=[indicator_id], trigger="manual value")
     return value
-
-
-@router.get(
-    "/maps/coverage",
-    response_class=HTMLResponse,
-    operation_id="coverage_map",
-    responses={200: {"content": {"text/html": {}}, "description": "a folium map"}},
-)
-def coverage_map(conn: Conn) -> HTMLResponse:
-    """Map of measured broadband download speed per 100 m INSPIRE cell, the districts and the
-    sensors (German legend)."""
-    districts = geo_io.load_districts(conn, "stadtbezirk")
-    sensors = geo_io.load_sensor_locations(conn)
-    try:
-        run = run_store.get_run(conn)
-    except NotFoundError:
-        run = None
-    if run is not None:  # a stored gap analysis: classes by availability, clusters, dead zones
-        return HTMLResponse(
-            render_gap_map(
-                run_store.load_cells(conn, run),
-                run_store.load_gaps(conn, run),
-                districts,
-                run.classes,
-                sensors,
-            )
-        )
-    tests = geo_io.load_speedtests(conn)
-    cells = speedtest_cells.classify_cells(tests, districts if len(districts) else None)
-    return HTMLResponse(render_coverage_map(cells, sensors, districts))

@@ -18,6 +18,7 @@ from quartier.cli import (
     evaluation,
     imports,
     keys,
+    maps,
     rejects,
     runtime,
     services,

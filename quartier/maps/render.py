@@ -1,6 +1,10 @@
-"""The coverage map: measured 100 m cells coloured by speed class, district outlines and sensor
-markers, as one standalone HTML page (Leaflet via folium). The browser loads the OpenStreetMap
-tiles; the server only writes HTML.
+"""The maps as standalone HTML pages (Leaflet via folium): the coverage map (measured 100 m cells
+by speed class, or a stored gap analysis) and the sensor map, with German (default) or English
+legends, a metric scale bar and a source line, opened on the city's extent.
+
+Every script and style comes from Quartier itself (:mod:`quartier.maps.assets`: linked from its
+``/static`` or inline); the basemap is the configured tile server or none at all, so without one
+the browser asks no other server for anything. The server only writes HTML; no database access.
 """
 
 from __future__ import annotations
@@ -8,28 +12,35 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
 
 import folium
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
+from branca.element import Element, Figure, MacroElement
+from folium.plugins import MarkerCluster
+from folium.template import Template
 
+from quartier.config import MapSettings
 from quartier.geo import grid
 from quartier.geo.speedtest_cells import SPEED_CLASS_BY_KEY, SPEED_CLASSES
+from quartier.maps.assets import Assets, use_shipped
 
 log = logging.getLogger(__name__)
 
-KOELN_CENTRE = (50.9375, 6.9603)  # lat, lon
+Lang = Literal["de", "en"]
+LANGS: tuple[Lang, ...] = ("de", "en")
+
+#: Germany ([[south, west], [north, east]]): where a map opens when no city, district or data is
+#: loaded
+GERMANY_BOUNDS = [[47.27, 5.87], [55.06, 15.04]]
 DEFAULT_ZOOM = 11
-OSM_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
-DEFAULT_ATTRIBUTION = (
-    '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a>-Mitwirkende'
-    " | Stadtgrenzen: Stadt Köln, "
-    '<a href="https://creativecommons.org/licenses/by/4.0/deed.de">CC BY</a>'
-)
-LEGEND_TITLE = "Gemessene Download-Geschwindigkeit (Median je 100-m-Zelle)"
+#: The plain background without a basemap.
+BACKGROUND = "#f3f2ee"
 
 #: Fill colour per speed class (ColorBrewer RdYlBu, colour-blind safe): red is slow, blue gigabit.
 CLASS_COLOURS: dict[str, str] = {
@@ -39,7 +50,105 @@ CLASS_COLOURS: dict[str, str] = {
     "gigabit": "#2c7bb6",
 }
 SENSOR_COLOUR = "#3f007d"
+STALE_COLOUR = "#9e9e9e"
 DISTRICT_COLOUR = "#333333"
+
+#: Every text the maps show, German and English.
+TEXTS: dict[str, tuple[str, str]] = {
+    "coverage_title": ("Breitbandversorgung", "Broadband coverage"),
+    "legend_measured": (
+        "Gemessene Download-Geschwindigkeit (Median je 100-m-Zelle)",
+        "Measured download speed (median per 100 m cell)",
+    ),
+    "legend_gaps": (
+        "Breitbandversorgung je 100-m-Zelle (bestes Angebot)",
+        "Broadband supply per 100 m cell (best offer)",
+    ),
+    "districts": ("Stadtbezirke", "Districts"),
+    "district": ("Bezirk", "District"),
+    "measured_cells": ("Gemessene Zellen", "Measured cells"),
+    "class": ("Klasse", "Class"),
+    "median_down": ("Median Download (Mbit/s)", "Median download (Mbit/s)"),
+    "tests": ("Messungen", "Tests"),
+    "cell": ("Zelle", "Cell"),
+    "cell_1": ("Zelle", "cell"),
+    "cell_n": ("Zellen", "cells"),
+    "sensors": ("Sensoren", "Sensors"),
+    "sensor": ("Sensor", "Sensor"),
+    "measures": ("Messgrößen", "Measures"),
+    "supply": ("Versorgung je Zelle", "Supply per cell"),
+    "households": ("Haushalte", "Households"),
+    "best_offer": ("bestes Angebot (Mbit/s)", "best offer (Mbit/s)"),
+    "gaps": ("Versorgungslücken", "Coverage gaps"),
+    "gap_row": (
+        "Versorgungslücke (zusammenhängend, {n} Cluster)",
+        "Coverage gap (contiguous, {n} clusters)",
+    ),
+    "rank": ("Rang", "Rank"),
+    "area": ("Fläche (km²)", "Area (km²)"),
+    "priority": ("Priorität", "Priority"),
+    "distance": ("Abstand zu Gigabit (m)", "Distance to gigabit (m)"),
+    "district_list": ("Bezirke", "Districts"),
+    "dead_zones": ("Funklöcher", "Dead zones"),
+    "dead_zone": ("Funkloch", "Dead zone"),
+    "dead_row": (
+        "Funkloch: kein 4G/5G gemessen ({cells})",
+        "Dead zone: no 4G/5G measured ({cells})",
+    ),
+    "gap_note": (
+        "Gezeigt: Zellen mit Haushalten außer Gigabit; Förderkategorien nach Gigabit-Richtlinie"
+        " 2.0",
+        "Shown: cells with households except gigabit; funding categories of the Gigabit-Richtlinie"
+        " 2.0",
+    ),
+    "basemap": ("Hintergrundkarte", "Basemap"),
+    "source": ("Daten", "Data"),
+    "sensors_title": ("Sensoren", "Sensors"),
+    "legend_sensors": ("Sensoren und letzte Messwerte", "Sensors and latest readings"),
+    "sensor_current": ("Sensor mit aktuellen Werten", "Sensor with current readings"),
+    "sensor_stale": (
+        "Sensor ohne Werte seit über {hours} h (veraltet)",
+        "Sensor without readings for over {hours} h (stale)",
+    ),
+    "stale": ("veraltet", "stale"),
+    "no_readings": ("keine Messwerte", "no readings"),
+    "ago": ("vor {age}", "{age} ago"),
+    "latest": ("Letzte Werte", "Latest readings"),
+    "n_sensors": ("{n} Sensoren", "{n} sensors"),
+}
+
+
+def text(lang: Lang, key: str, **values: object) -> str:
+    """The map text ``key`` in ``lang`` (German unless ``en``), with ``values`` filled in."""
+    de, en = TEXTS[key]
+    return (en if lang == "en" else de).format(**values)
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """What every map needs besides its data: language, where the scripts come from, the basemap
+    (none without ``tile_url``) and the source line (plain text)."""
+
+    lang: Lang = "de"
+    assets: Assets = field(default_factory=Assets)
+    tile_url: str | None = None
+    tile_attribution: str = ""
+    tile_max_zoom: int = 19
+    data_source: str = field(default_factory=lambda: MapSettings().data_source)
+
+    @classmethod
+    def from_settings(
+        cls, maps: MapSettings, *, lang: Lang = "de", assets: Assets | None = None
+    ) -> MapOptions:
+        return cls(
+            lang=lang,
+            assets=assets or Assets(),
+            tile_url=maps.tile_url,
+            tile_attribution=maps.tile_attribution,
+            tile_max_zoom=maps.tile_max_zoom,
+            data_source=maps.data_source,
+        )
+
 
 # Characters that folium's JavaScript template literals would interpret.
 _JS_TEMPLATE_SAFE = str.maketrans({"`": "&#96;", "$": "&#36;", "{": "&#123;", "}": "&#125;",
@@ -59,31 +168,44 @@ def _as_names(value: object) -> list[str]:
     return []
 
 
-def _cells_de(count: int) -> str:
-    return f"{count} Zelle" if count == 1 else f"{count} Zellen"
+def _cells(count: int, lang: Lang) -> str:
+    return f"{count} {text(lang, 'cell_1' if count == 1 else 'cell_n')}"
 
 
-def _legend_html(cells: gpd.GeoDataFrame, has_sensors: bool) -> str:
-    counts = cells["class_key"].value_counts().to_dict() if len(cells) else dict[Any, int]()
-    rows = "".join(
-        '<div style="margin:2px 0"><span style="display:inline-block;width:14px;height:14px;'
-        f"margin-right:6px;vertical-align:middle;background:{CLASS_COLOURS[c.key]};"
-        f'opacity:0.8;border:1px solid #555"></span>{html.escape(c.label_de)} '
-        f'<span style="color:#666">({_cells_de(int(counts.get(c.key, 0)))})</span></div>'
-        for c in SPEED_CLASSES
+class _MetricScale(MacroElement):
+    """Leaflet's scale bar in metres and kilometres only (folium's ``control_scale`` adds miles)."""
+
+    _template = Template(
+        """{% macro script(this, kwargs) %}
+        L.control.scale({imperial: false, maxWidth: 160}).addTo({{ this._parent.get_name() }});
+        {% endmacro %}"""
     )
-    if has_sensors:
-        rows += (
-            '<div style="margin:6px 0 2px"><span style="display:inline-block;width:12px;'
-            f"height:12px;margin:0 7px 0 1px;border-radius:50%;background:{SENSOR_COLOUR};"
-            'vertical-align:middle"></span>Sensor</div>'
-        )
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._name = "MetricScale"
+
+
+def _swatch(colour: str, label: str, round_: bool = False) -> str:
+    radius = "border-radius:50%;" if round_ else ""
+    return (
+        '<div style="margin:2px 0"><span style="display:inline-block;width:14px;height:14px;'
+        f"margin-right:6px;vertical-align:middle;background:{colour};{radius}"
+        f'opacity:0.8;border:1px solid #555"></span>{label}</div>'
+    )
+
+
+def _legend(title: str, rows: str, options: MapOptions, note: str = "") -> str:
+    note_html = f'<div style="color:#666;margin-top:4px">{html.escape(note)}</div>' if note else ""
     return (
         '<div id="quartier-legend" style="position:fixed;bottom:24px;left:12px;z-index:9999;'
         "background:rgba(255,255,255,0.92);padding:8px 10px;border-radius:4px;"
-        'font:12px/1.4 sans-serif;box-shadow:0 1px 4px rgba(0,0,0,0.3);max-width:300px">'
-        f'<div style="font-weight:bold;margin-bottom:4px">{html.escape(LEGEND_TITLE)}</div>'
-        f"{rows}</div>"
+        'font:12px/1.4 sans-serif;box-shadow:0 1px 4px rgba(0,0,0,0.3);max-width:340px">'
+        f'<div style="font-weight:bold;margin-bottom:4px">{html.escape(title)}</div>'
+        f"{rows}{note_html}"
+        '<div id="quartier-source" style="color:#666;margin-top:6px;font-size:11px">'
+        f"{html.escape(text(options.lang, 'source'))}: {html.escape(options.data_source)}</div>"
+        "</div>"
     )
 
 
@@ -97,8 +219,8 @@ def _geojson(frame: gpd.GeoDataFrame) -> dict[str, Any]:
     return data
 
 
-def _bounds(frames: Sequence[gpd.GeoDataFrame]) -> list[list[float]] | None:
-    """[[south, west], [north, east]] of the first non-empty frame (districts, then cells)."""
+def _bounds(frames: Sequence[gpd.GeoDataFrame | None]) -> list[list[float]] | None:
+    """[[south, west], [north, east]] of the first non-empty frame (city, districts, data)."""
     for frame in frames:
         if frame is not None and len(frame) and not frame.geometry.is_empty.all():
             west, south, east, north = (float(v) for v in frame.to_crs(4326).total_bounds)
@@ -107,7 +229,58 @@ def _bounds(frames: Sequence[gpd.GeoDataFrame]) -> list[list[float]] | None:
     return None
 
 
-def _add_districts(fmap: folium.Map, districts: gpd.GeoDataFrame) -> None:
+def _points(frame: pd.DataFrame) -> gpd.GeoDataFrame | None:
+    if not len(frame):
+        return None
+    return gpd.GeoDataFrame(
+        geometry=gpd.points_from_xy(frame["lon"].astype(float), frame["lat"].astype(float)),
+        crs=4326,
+    )
+
+
+def _base_map(options: MapOptions, bounds: list[list[float]] | None, title: str) -> folium.Map:
+    """An empty map on ``bounds`` (Germany without), with the basemap if one is configured and a
+    metric scale bar."""
+    box = bounds or GERMANY_BOUNDS
+    centre = ((box[0][0] + box[1][0]) / 2, (box[0][1] + box[1][1]) / 2)
+    fmap = folium.Map(location=centre, zoom_start=DEFAULT_ZOOM if bounds else 6, tiles=None,
+                      control_scale=False)  # fmt: skip
+    if options.tile_url:
+        folium.TileLayer(
+            tiles=options.tile_url,
+            attr=_text(options.tile_attribution or options.tile_url.split("/")[2]),
+            name=text(options.lang, "basemap"),
+            max_zoom=options.tile_max_zoom,
+        ).add_to(fmap)
+    _MetricScale().add_to(fmap)
+    fmap.fit_bounds(box)
+    root = _root(fmap)
+    root.title = f"{title} – Quartier"
+    if not options.tile_url:
+        root.header.add_child(
+            Element(f"<style>.leaflet-container {{ background: {BACKGROUND}; }}</style>"),
+            name="quartier_background",
+        )
+    return fmap
+
+
+def _root(fmap: folium.Map) -> Figure:
+    root = fmap.get_root()
+    if not isinstance(root, Figure):  # pragma: no cover - folium always gives a Figure
+        raise TypeError("folium map without a Figure root")
+    return root
+
+
+def _page(fmap: folium.Map, legend: str, options: MapOptions) -> str:
+    folium.LayerControl(collapsed=True).add_to(fmap)
+    root = _root(fmap)
+    root.html.add_child(Element(legend))
+    use_shipped(fmap, options.assets)
+    page: str = root.render()
+    return page.replace("<html>", f'<html lang="{options.lang}">', 1)
+
+
+def _add_districts(fmap: folium.Map, districts: gpd.GeoDataFrame, lang: Lang) -> None:
     frame = districts.to_crs(4326)
     names = frame["name"] if "name" in frame.columns else frame["code"]
     layer = gpd.GeoDataFrame(
@@ -120,22 +293,25 @@ def _add_districts(fmap: folium.Map, districts: gpd.GeoDataFrame) -> None:
     )
     folium.GeoJson(
         _geojson(layer),
-        name="Stadtbezirke",
+        name=text(lang, "districts"),
         style_function=lambda _f: {"color": DISTRICT_COLOUR, "weight": 2, "fill": False},
-        tooltip=folium.GeoJsonTooltip(fields=["name"], aliases=["Bezirk"]),
+        tooltip=folium.GeoJsonTooltip(fields=["name"], aliases=[text(lang, "district")]),
     ).add_to(fmap)
 
 
-def _add_cells(fmap: folium.Map, cells: gpd.GeoDataFrame) -> None:
+def _add_cells(fmap: folium.Map, cells: gpd.GeoDataFrame, lang: Lang) -> None:
     frame = cells.to_crs(4326)
     keys = frame["class_key"].astype(str)
+
+    def label(key: str) -> str:
+        c = SPEED_CLASS_BY_KEY.get(key)
+        return key if c is None else (c.label_en if lang == "en" else c.label_de)
+
     layer = gpd.GeoDataFrame(
         {
             "cell_id": frame["cell_id"].astype(str).map(_text),
             "class_key": keys,
-            "class_label": keys.map(
-                lambda k: SPEED_CLASS_BY_KEY[k].label_de if k in SPEED_CLASS_BY_KEY else k
-            ),
+            "class_label": keys.map(label),
             "median_download_mbps": frame["median_download_mbps"].astype(float).round(1),
             "n_tests": frame["n_tests"].astype(int),
         },
@@ -149,24 +325,26 @@ def _add_cells(fmap: folium.Map, cells: gpd.GeoDataFrame) -> None:
 
     folium.GeoJson(
         _geojson(layer),
-        name="Gemessene Zellen",
+        name=text(lang, "measured_cells"),
         style_function=style,
         tooltip=folium.GeoJsonTooltip(
             fields=["class_label", "median_download_mbps", "n_tests", "cell_id"],
-            aliases=["Klasse", "Median Download (Mbit/s)", "Messungen", "Zelle"],
+            aliases=[text(lang, k) for k in ("class", "median_down", "tests", "cell")],
         ),
     ).add_to(fmap)
 
 
-def _add_sensors(fmap: folium.Map, sensors: pd.DataFrame) -> None:
-    group = folium.FeatureGroup(name="Sensoren")
+def _add_sensors(fmap: folium.Map, sensors: pd.DataFrame, lang: Lang) -> None:
+    group = folium.FeatureGroup(name=text(lang, "sensors"))
     for thing_id, name, lon, lat, props in zip(
         sensors["thing_id"], sensors["name"], sensors["lon"], sensors["lat"],
         sensors["observed_properties"], strict=True,
     ):  # fmt: skip
         names = _as_names(props)
         measured = ", ".join(_text(p) for p in names) if names else "–"
-        popup = f"<b>{_text(name)}</b><br>Thing {int(thing_id)}<br>Messgrößen: {measured}"
+        popup = (
+            f"<b>{_text(name)}</b><br>Thing {int(thing_id)}<br>{text(lang, 'measures')}: {measured}"
+        )
         folium.CircleMarker(
             location=(float(lat), float(lon)),
             radius=6,
@@ -181,86 +359,61 @@ def _add_sensors(fmap: folium.Map, sensors: pd.DataFrame) -> None:
     group.add_to(fmap)
 
 
+def _finite_sensors(sensors: pd.DataFrame) -> pd.DataFrame:
+    if not len(sensors):
+        return sensors
+    ok = np.isfinite(sensors["lon"].to_numpy(dtype=float)) & np.isfinite(
+        sensors["lat"].to_numpy(dtype=float)
+    )
+    return sensors[ok]
+
+
 def render_coverage_map(
     cells: gpd.GeoDataFrame,
     sensors: pd.DataFrame,
     districts: gpd.GeoDataFrame | None = None,
     *,
-    attribution: str = DEFAULT_ATTRIBUTION,
+    city: gpd.GeoDataFrame | None = None,
+    options: MapOptions | None = None,
 ) -> str:
-    """A complete standalone HTML page with the coverage map.
+    """A complete standalone HTML page with the coverage map of measured speeds.
 
     ``cells`` as from :func:`quartier.geo.speedtest_cells.classify_cells`, ``sensors`` as from
     :func:`quartier.geo.io.load_sensor_locations` (``thing_id``, ``name``, ``lon``, ``lat``,
-    ``observed_properties``), ``districts`` with ``code``, ``name`` and polygons. Any of them may
-    be empty; the map then still opens on Köln. ``attribution`` is trusted HTML.
+    ``observed_properties``), ``districts`` with ``code``, ``name`` and polygons, ``city`` the
+    city's outline (the map opens on it; else on the districts, the cells, or Germany). Any of
+    them may be empty.
     """
-    if len(sensors):
-        ok = np.isfinite(sensors["lon"].to_numpy(dtype=float)) & np.isfinite(
-            sensors["lat"].to_numpy(dtype=float)
-        )
-        sensors = sensors[ok]
-    fmap = folium.Map(
-        location=KOELN_CENTRE, zoom_start=DEFAULT_ZOOM, tiles=None, control_scale=True
-    )
-    folium.TileLayer(tiles=OSM_TILES, attr=attribution, name="OpenStreetMap", max_zoom=19).add_to(
-        fmap
-    )
+    options = options or MapOptions()
+    lang = options.lang
+    sensors = _finite_sensors(sensors)
+    bounds = _bounds([city, districts, cells, _points(sensors)])
+    fmap = _base_map(options, bounds, text(lang, "coverage_title"))
     if districts is not None and len(districts):
-        _add_districts(fmap, districts)
+        _add_districts(fmap, districts, lang)
     if len(cells):
-        _add_cells(fmap, cells)
+        _add_cells(fmap, cells, lang)
     if len(sensors):
-        _add_sensors(fmap, sensors)
-    folium.LayerControl(collapsed=True).add_to(fmap)
-    root = fmap.get_root()
-    if not isinstance(root, folium.Figure):  # pragma: no cover - folium always gives a Figure
-        raise TypeError("folium map without a Figure root")
-    root.html.add_child(folium.Element(_legend_html(cells, len(sensors) > 0)))
-    bounds = _bounds([f for f in (districts, cells) if f is not None])
-    if bounds is not None:
-        fmap.fit_bounds(bounds)
-    html_page: str = root.render()
+        _add_sensors(fmap, sensors, lang)
+    counts = cells["class_key"].value_counts().to_dict() if len(cells) else dict[Any, int]()
+    rows = "".join(
+        _swatch(CLASS_COLOURS[c.key], f"{html.escape(c.label_en if lang == 'en' else c.label_de)} "
+                f'<span style="color:#666">({_cells(int(counts.get(c.key, 0)), lang)})</span>')
+        for c in SPEED_CLASSES
+    )  # fmt: skip
+    if len(sensors):
+        rows += _swatch(SENSOR_COLOUR, text(lang, "sensor"), round_=True)
+    page = _page(fmap, _legend(text(lang, "legend_measured"), rows, options), options)
     log.debug("rendered coverage map: %d cells, %d sensors", len(cells), len(sensors))
-    return html_page
+    return page
 
 
 # --- the gap map: results of the coverage-gap analysis ------------------------------------------
 
-GAP_LEGEND_TITLE = "Breitbandversorgung je 100-m-Zelle (bestes Angebot)"
 GAP_COLOUR = "#7b3294"
 DEAD_ZONE_COLOUR = "#000000"
 #: at most this many cells are drawn (the worst classes first); the rest is in the export
 MAX_MAP_CELLS = 20_000
-
-
-def _gap_legend(classes: Sequence[dict[str, Any]], counts: dict[str, int], n_gaps: int,
-                n_dead: int, has_sensors: bool) -> str:  # fmt: skip
-    def swatch(colour: str, text: str, round_: bool = False) -> str:
-        radius = "border-radius:50%;" if round_ else ""
-        return (
-            '<div style="margin:2px 0"><span style="display:inline-block;width:14px;height:14px;'
-            f"margin-right:6px;vertical-align:middle;background:{colour};{radius}"
-            f'opacity:0.8;border:1px solid #555"></span>{text}</div>'
-        )
-
-    rows = "".join(
-        swatch(str(c.get("colour", "#999999")), f"{html.escape(str(c['label_de']))} "
-               f'<span style="color:#666">({_cells_de(int(counts.get(str(c["key"]), 0)))})</span>')
-        for c in classes
-    )  # fmt: skip
-    rows += swatch(GAP_COLOUR, f"Versorgungslücke (zusammenhängend, {n_gaps} Cluster)")
-    rows += swatch(DEAD_ZONE_COLOUR, f"Funkloch: kein 4G/5G gemessen ({_cells_de(n_dead)})")
-    if has_sensors:
-        rows += swatch(SENSOR_COLOUR, "Sensor", round_=True)
-    return (
-        '<div id="quartier-legend" style="position:fixed;bottom:24px;left:12px;z-index:9999;'
-        "background:rgba(255,255,255,0.92);padding:8px 10px;border-radius:4px;"
-        'font:12px/1.4 sans-serif;box-shadow:0 1px 4px rgba(0,0,0,0.3);max-width:340px">'
-        f'<div style="font-weight:bold;margin-bottom:4px">{html.escape(GAP_LEGEND_TITLE)}</div>'
-        f'{rows}<div style="color:#666;margin-top:4px">Gezeigt: Zellen mit Haushalten außer '
-        "Gigabit; Förderkategorien nach Gigabit-Richtlinie 2.0</div></div>"
-    )
 
 
 def render_gap_map(
@@ -270,19 +423,25 @@ def render_gap_map(
     classes: Sequence[dict[str, Any]],
     sensors: pd.DataFrame | None = None,
     *,
-    attribution: str = DEFAULT_ATTRIBUTION,
+    city: gpd.GeoDataFrame | None = None,
+    options: MapOptions | None = None,
 ) -> str:
     """A standalone HTML page with the results of a coverage-gap run: cells with households
     coloured by class (all but the best class, worst first, at most :data:`MAX_MAP_CELLS`),
-    the gap clusters with rank and priority, dead zones, districts and sensors; German legend.
+    the gap clusters with rank and priority, dead zones, districts and sensors.
 
     ``cells`` as from :func:`quartier.geo.run_store.load_cells` (``e``, ``n``,
     ``class_key``, ``households``, ``dead_zone``…), ``gaps`` as from ``load_gaps``, ``classes``
-    the profile's classes as dicts (``key``, ``label_de``, ``colour``).
+    the profile's classes as dicts (``key``, ``label_de``, ``label_en``, ``colour``).
     """
+    options = options or MapOptions()
+    lang = options.lang
     keys = [str(c["key"]) for c in classes]
     colours = {str(c["key"]): str(c.get("colour", "#999999")) for c in classes}
-    labels = {str(c["key"]): str(c["label_de"]) for c in classes}
+    labels = {
+        str(c["key"]): str(c.get("label_en", c["label_de"]) if lang == "en" else c["label_de"])
+        for c in classes
+    }
     populated = cells[(cells["households"] > 0) & cells["class_key"].notna()]
     counts = populated["class_key"].astype(str).value_counts().to_dict()
     rank = populated["class_key"].astype(str).map({k: i for i, k in enumerate(keys)})
@@ -290,13 +449,11 @@ def render_gap_map(
         populated[rank < len(keys) - 1].assign(_rank=rank).sort_values("_rank").head(MAX_MAP_CELLS)
     )
     dead = cells[cells["dead_zone"]].head(MAX_MAP_CELLS)
-    fmap = folium.Map(location=KOELN_CENTRE, zoom_start=DEFAULT_ZOOM, tiles=None,
-                      control_scale=True)  # fmt: skip
-    folium.TileLayer(tiles=OSM_TILES, attr=attribution, name="OpenStreetMap", max_zoom=19).add_to(
-        fmap
-    )
+    sensors = _finite_sensors(sensors) if sensors is not None else None
+    bounds = _bounds([city, districts, gaps])
+    fmap = _base_map(options, bounds, text(lang, "coverage_title"))
     if districts is not None and len(districts):
-        _add_districts(fmap, districts)
+        _add_districts(fmap, districts, lang)
     if len(shown):
         e, n = shown["e"].to_numpy(), shown["n"].to_numpy()
         layer = gpd.GeoDataFrame(
@@ -316,10 +473,10 @@ def render_gap_map(
             return {"color": colour, "weight": 0.5, "fillColor": colour, "fillOpacity": 0.7}
 
         folium.GeoJson(
-            _geojson(layer), name="Versorgung je Zelle", style_function=style,
+            _geojson(layer), name=text(lang, "supply"), style_function=style,
             tooltip=folium.GeoJsonTooltip(
                 fields=["klasse", "haushalte", "max_down", "cell_id"],
-                aliases=["Klasse", "Haushalte", "bestes Angebot (Mbit/s)", "Zelle"]),
+                aliases=[text(lang, k) for k in ("class", "households", "best_offer", "cell")]),
         ).add_to(fmap)  # fmt: skip
     if len(gaps):
         g = gaps.to_crs(4326)
@@ -336,35 +493,133 @@ def render_gap_map(
             crs=4326,
         )
         folium.GeoJson(
-            _geojson(layer), name="Versorgungslücken",
+            _geojson(layer), name=text(lang, "gaps"),
             style_function=lambda _f: {"color": GAP_COLOUR, "weight": 2, "fill": False},
             tooltip=folium.GeoJsonTooltip(
                 fields=["rang", "haushalte", "flaeche", "prioritaet", "abstand", "bezirke"],
-                aliases=["Rang", "Haushalte", "Fläche (km²)", "Priorität",
-                         "Abstand zu Gigabit (m)", "Bezirke"]),
+                aliases=[text(lang, k) for k in ("rank", "households", "area", "priority",
+                                                 "distance", "district_list")]),
         ).add_to(fmap)  # fmt: skip
     if len(dead):
         e, n = dead["e"].to_numpy(), dead["n"].to_numpy()
         layer = gpd.GeoDataFrame({"cell_id": grid.cell_ids(e, n)}, geometry=grid.cell_polygons(
             e, n), crs=4326)  # fmt: skip
         folium.GeoJson(
-            _geojson(layer), name="Funklöcher",
+            _geojson(layer), name=text(lang, "dead_zones"),
             style_function=lambda _f: {"color": DEAD_ZONE_COLOUR, "weight": 1,
                                        "fillColor": DEAD_ZONE_COLOUR, "fillOpacity": 0.5},
-            tooltip=folium.GeoJsonTooltip(fields=["cell_id"], aliases=["Funkloch"]),
+            tooltip=folium.GeoJsonTooltip(fields=["cell_id"], aliases=[text(lang, "dead_zone")]),
         ).add_to(fmap)  # fmt: skip
     has_sensors = sensors is not None and len(sensors) > 0
     if sensors is not None and has_sensors:
-        _add_sensors(fmap, sensors)
-    folium.LayerControl(collapsed=True).add_to(fmap)
-    root = fmap.get_root()
-    if not isinstance(root, folium.Figure):  # pragma: no cover
-        raise TypeError("folium map without a Figure root")
-    root.html.add_child(
-        folium.Element(_gap_legend(classes, counts, len(gaps), len(dead), has_sensors))
+        _add_sensors(fmap, sensors, lang)
+    rows = "".join(
+        _swatch(colours[k], f"{html.escape(labels[k])} "
+                f'<span style="color:#666">({_cells(int(counts.get(k, 0)), lang)})</span>')
+        for k in keys
+    )  # fmt: skip
+    rows += _swatch(GAP_COLOUR, html.escape(text(lang, "gap_row", n=len(gaps))))
+    dead_row = text(lang, "dead_row", cells=_cells(len(dead), lang))
+    rows += _swatch(DEAD_ZONE_COLOUR, html.escape(dead_row))
+    if has_sensors:
+        rows += _swatch(SENSOR_COLOUR, text(lang, "sensor"), round_=True)
+    legend = _legend(text(lang, "legend_gaps"), rows, options, text(lang, "gap_note"))
+    return _page(fmap, legend, options)
+
+
+# --- the sensor map ------------------------------------------------------------------------------
+
+
+def _age(seconds: float, lang: Lang) -> str:
+    if seconds < 90:
+        value = f"{max(0, round(seconds))} s"
+    elif seconds < 5400:
+        value = f"{round(seconds / 60)} min"
+    elif seconds < 2 * 86400:
+        value = f"{round(seconds / 3600)} h"
+    else:
+        value = f"{round(seconds / 86400)} d" if lang == "en" else f"{round(seconds / 86400)} Tg."
+    return text(lang, "ago", age=value)
+
+
+def _number(value: float, lang: Lang) -> str:
+    shown = f"{value:.4g}" if abs(value) < 1e6 else f"{value:.3e}"
+    return shown.replace(".", ",") if lang == "de" else shown
+
+
+def render_sensor_map(
+    sensors: pd.DataFrame,
+    latest: pd.DataFrame,
+    districts: gpd.GeoDataFrame | None = None,
+    *,
+    now: datetime,
+    stale_after_seconds: float = 6 * 3600,
+    city: gpd.GeoDataFrame | None = None,
+    options: MapOptions | None = None,
+) -> str:
+    """Every sensor (clustered markers) with its latest value per datastream, unit and age;
+    sensors without a reading for ``stale_after_seconds`` (or none at all) are grey and marked
+    stale.
+
+    ``sensors`` as from :func:`quartier.geo.io.load_sensor_locations`; ``latest`` one row per
+    datastream: ``thing_id``, ``name`` (what is measured), ``unit``, ``value``, ``time`` (UTC).
+    """
+    options = options or MapOptions()
+    lang = options.lang
+    sensors = _finite_sensors(sensors)
+    bounds = _bounds([city, districts, _points(sensors)])
+    fmap = _base_map(options, bounds, text(lang, "sensors_title"))
+    if districts is not None and len(districts):
+        _add_districts(fmap, districts, lang)
+    by_thing: dict[int, list[tuple[str, str, float, datetime]]] = {}
+    for thing_id, name, unit, value, time in zip(
+        latest["thing_id"], latest["name"], latest["unit"], latest["value"], latest["time"],
+        strict=True,
+    ):  # fmt: skip
+        if value is None or time is None or pd.isna(value) or pd.isna(time):
+            continue
+        by_thing.setdefault(int(thing_id), []).append(
+            (str(name), str(unit or ""), float(value), pd.Timestamp(time).to_pydatetime())
+        )
+    cluster = MarkerCluster(  # type: ignore[no-untyped-call]
+        name=text(lang, "sensors"), show_coverage_on_hover=False
     )
-    bounds = _bounds([f for f in (districts, gaps) if f is not None])
-    if bounds is not None:
-        fmap.fit_bounds(bounds)
-    page: str = root.render()
-    return page
+    n_stale = 0
+    for thing_id, name, lon, lat in zip(
+        sensors["thing_id"], sensors["name"], sensors["lon"], sensors["lat"], strict=True
+    ):
+        readings = sorted(by_thing.get(int(thing_id), []))
+        newest = max((t for *_r, t in readings), default=None)
+        stale = newest is None or (now - newest).total_seconds() > stale_after_seconds
+        n_stale += stale
+        lines = (
+            "".join(
+                f"<br>{_text(what)}: {_number(value, lang)} {_text(unit)} "
+                f'<span style="color:#666">({_age((now - t).total_seconds(), lang)})</span>'
+                for what, unit, value, t in readings
+            )
+            or f"<br>{text(lang, 'no_readings')}"
+        )
+        mark = f' <b style="color:#b00">({text(lang, "stale")})</b>' if stale else ""
+        popup = f"<b>{_text(name)}</b>{mark}<br>{text(lang, 'latest')}:{lines}"
+        folium.CircleMarker(
+            location=(float(lat), float(lon)),
+            radius=7,
+            color="#ffffff",
+            weight=1.5,
+            fill=True,
+            fill_color=STALE_COLOUR if stale else SENSOR_COLOUR,
+            fill_opacity=0.9,
+            popup=folium.Popup(popup, max_width=320),
+            tooltip=folium.Tooltip(_text(name) + (f" ({text(lang, 'stale')})" if stale else "")),
+            class_name="quartier-sensor-stale" if stale else "quartier-sensor",
+        ).add_to(cluster)
+    cluster.add_to(fmap)
+    hours = _number(stale_after_seconds / 3600, lang)
+    rows = _swatch(SENSOR_COLOUR, html.escape(text(lang, "sensor_current")), round_=True)
+    rows += _swatch(STALE_COLOUR, html.escape(text(lang, "sensor_stale", hours=hours)), True)
+    rows += (
+        f'<div style="color:#666">{html.escape(text(lang, "n_sensors", n=len(sensors)))}, '
+        f"{n_stale} {html.escape(text(lang, 'stale'))}</div>"
+    )
+    return _page(fmap, _legend(text(lang, "legend_sensors"), rows, options), options)
