@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from quartier.geo import grid, input_store, run_store
 from quartier.geo.analysis import AnalysisParams, CoverageInputs, analyse
 from quartier.geo.io import import_districts
+from quartier.pseudonym import Pseudonymizer
 from quartier.services import LocalServices
 from quartier.store.migrate import migrate
 
@@ -122,8 +123,9 @@ def load_koeln(url: str) -> None:
         import_districts(conn)
         input_store.write_households(conn, w.addresses, "sim")
         input_store.write_offers(conn, w.offers, "sim")
-        input_store.write_speedtests(conn, w.speedtests, "sim")
-        input_store.write_signals(conn, w.signals, "sim")
+        pseudonyms = Pseudonymizer(os.urandom(32))  # device keys are stored as pseudonyms
+        input_store.write_speedtests(conn, w.speedtests, "sim", pseudonyms)
+        input_store.write_signals(conn, w.signals, "sim", pseudonyms)
         conn.commit()
     _analyze_tables(url)
     print(f"  loaded into PostgreSQL in {_t() - t:.1f} s")

@@ -282,6 +282,7 @@ class Demo:
         from quartier.geo.analysis import AnalysisParams
         from quartier.geo.input_store import write_inputs
         from quartier.geo.service import analyse_and_store
+        from quartier.pseudonym import pseudonymizer
         from quartier.sensors_sim.coverage_inputs import WorldConfig, coverage_world
 
         with self.console.status("simulating Köln's broadband and mobile coverage …"):
@@ -290,7 +291,13 @@ class Demo:
             )
             with psycopg.connect(s.require_database_url()) as conn:
                 write_inputs(
-                    conn, world.addresses, world.offers, world.speedtests, world.signals, "sim"
+                    conn,
+                    world.addresses,
+                    world.offers,
+                    world.speedtests,
+                    world.signals,
+                    "sim",
+                    pseudonymizer(s),
                 )
                 run_id, _ = analyse_and_store(
                     conn, AnalysisParams(), on_stored=refresh_after_coverage_run

@@ -108,6 +108,7 @@ def coverage_simulate_cmd(
     """Load the simulated Köln coverage world (households, offers, speed tests, signal
     measurements, source "sim") into the store, for demos and tests."""
     from quartier.geo.input_store import write_inputs
+    from quartier.pseudonym import pseudonymizer
     from quartier.sensors_sim.coverage_inputs import WorldConfig, coverage_world
 
     s = settings()
@@ -123,7 +124,13 @@ def coverage_simulate_cmd(
         console.status("writing to the database …"),
     ):
         counts = write_inputs(
-            conn, world.addresses, world.offers, world.speedtests, world.signals, "sim"
+            conn,
+            world.addresses,
+            world.offers,
+            world.speedtests,
+            world.signals,
+            "sim",
+            pseudonymizer(s),
         )
         conn.commit()
     console.print(

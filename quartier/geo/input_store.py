@@ -6,6 +6,7 @@ Every function takes an open psycopg 3 connection and leaves the transaction to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ import pandas as pd
 import psycopg
 from psycopg.rows import tuple_row
 
+from quartier.errors import ConfigError
 from quartier.geo import io as geo_io
 from quartier.geo.analysis import FIXED_TECHNOLOGIES, MOBILE_TECHNOLOGIES, CoverageInputs
 from quartier.geo.memory import release_free_memory
@@ -186,6 +188,20 @@ def _text(name: str, values: Any) -> Column:
     return Column(name, "text", codes.astype(np.int64), categories=[str(c) for c in cats])
 
 
+def _device_keys(values: Any, pseudonyms: Callable[[str], str] | None) -> Column:
+    """The ``device_key`` column under pseudonyms (one HMAC per distinct key; docs/privacy.md):
+    crowdsourced device keys are never stored raw."""
+    if pseudonyms is None:
+        raise ConfigError(
+            "speed tests and signal measurements are stored only under a pseudonym: "
+            "pass the pseudonymizer of the settings (quartier.pseudonym.pseudonymizer)"
+        )
+    codes, cats = pd.factorize(pd.Series(values, dtype=object), use_na_sentinel=True)
+    return Column(
+        "device_key", "text", codes.astype(np.int64), categories=[pseudonyms(str(c)) for c in cats]
+    )
+
+
 def _float_col(name: str, values: Any, kind: str = "float8") -> Column:
     return Column(name, kind, pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(
         dtype=np.float64, na_value=np.nan))  # fmt: skip
@@ -275,10 +291,16 @@ def write_offers(conn: Conn, frame: pd.DataFrame, source: str) -> int:
     ) if n else 0  # fmt: skip
 
 
-def write_speedtests(conn: Conn, frame: pd.DataFrame, source: str) -> int:
+def write_speedtests(
+    conn: Conn,
+    frame: pd.DataFrame,
+    source: str,
+    pseudonyms: Callable[[str], str] | None = None,
+) -> int:
     """Append speed tests (``measured_at``, ``device_key``, ``lon``, ``lat``, ``download_mbps``,
-    optional ``upload_mbps``, ``latency_ms``, ``technology``, ``operator``); duplicates of
-    (source, device_key, measured_at) are skipped."""
+    optional ``upload_mbps``, ``latency_ms``, ``technology``, ``operator``), each device key
+    stored as its pseudonym (``pseudonyms`` is required); duplicates of (source, device_key,
+    measured_at) are skipped."""
     n = len(frame)
 
     def opt(col: str) -> Any:
@@ -286,7 +308,7 @@ def write_speedtests(conn: Conn, frame: pd.DataFrame, source: str) -> int:
 
     return _write_points(
         conn, "speedtest", frame,
-        [_text("source", [source] * n), _text("device_key", frame["device_key"]),
+        [_text("source", [source] * n), _device_keys(frame["device_key"], pseudonyms),
          _time_col("measured_at", frame["measured_at"]),
          _float_col("download_mbps", frame["download_mbps"], "float4"),
          _float_col("upload_mbps", opt("upload_mbps"), "float4"),
@@ -297,10 +319,16 @@ def write_speedtests(conn: Conn, frame: pd.DataFrame, source: str) -> int:
     ) if n else 0  # fmt: skip
 
 
-def write_signals(conn: Conn, frame: pd.DataFrame, source: str) -> int:
+def write_signals(
+    conn: Conn,
+    frame: pd.DataFrame,
+    source: str,
+    pseudonyms: Callable[[str], str] | None = None,
+) -> int:
     """Append mobile signal measurements (``measured_at``, ``device_key``, ``lon``, ``lat``,
-    ``technology``, ``operator``, ``rsrp_dbm``, ``rsrq_db``, ``rssi_dbm``); duplicates of
-    (source, device_key, measured_at) are skipped."""
+    ``technology``, ``operator``, ``rsrp_dbm``, ``rsrq_db``, ``rssi_dbm``), each device key
+    stored as its pseudonym (``pseudonyms`` is required); duplicates of (source, device_key,
+    measured_at) are skipped."""
     n = len(frame)
 
     def opt(col: str) -> Any:
@@ -308,7 +336,7 @@ def write_signals(conn: Conn, frame: pd.DataFrame, source: str) -> int:
 
     return _write_points(
         conn, "mobile_measurement", frame,
-        [_text("source", [source] * n), _text("device_key", frame["device_key"]),
+        [_text("source", [source] * n), _device_keys(frame["device_key"], pseudonyms),
          _time_col("measured_at", frame["measured_at"]),
          _text("technology", frame["technology"]), _text("operator", frame["operator"]),
          _float_col("rsrp_dbm", opt("rsrp_dbm"), "float4"),
@@ -326,11 +354,13 @@ def write_inputs(
     speedtests: pd.DataFrame,
     signals: pd.DataFrame,
     source: str,
+    pseudonyms: Callable[[str], str] | None = None,
 ) -> tuple[int, int, int, int]:
-    """All four inputs of an analysis at once (e.g. a simulated world); the caller commits."""
+    """All four inputs of an analysis at once (e.g. a simulated world); the caller commits.
+    ``pseudonyms``: see :func:`write_speedtests`."""
     return (
         write_households(conn, addresses, source),
         write_offers(conn, offers, source),
-        write_speedtests(conn, speedtests, source),
-        write_signals(conn, signals, source),
+        write_speedtests(conn, speedtests, source, pseudonyms),
+        write_signals(conn, signals, source, pseudonyms),
     )
