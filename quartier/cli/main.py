@@ -19,6 +19,7 @@ from quartier.cli import (
     imports,
     keys,
     maps,
+    privacy,
     rejects,
     runtime,
     services,
@@ -39,6 +40,7 @@ app.add_typer(evaluation.indicators_app, name="indicators")
 app.add_typer(rejects.app, name="rejects")
 app.add_typer(devices.app, name="devices")
 app.add_typer(keys.app, name="keys")
+app.add_typer(privacy.app, name="privacy")
 
 
 class LogFormat(StrEnum):
