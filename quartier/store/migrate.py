@@ -155,8 +155,13 @@ def _decide_path(conn: Conn, mode: str) -> StoragePath:
     return "timescaledb"
 
 
-def migrate(url: str, *, timescaledb: str = "auto") -> tuple[StoragePath, list[str]]:
-    """Apply what is missing; returns the storage path and the names of the files applied."""
+def migrate(
+    url: str, *, timescaledb: str = "auto", roles: bool = True
+) -> tuple[StoragePath, list[str]]:
+    """Apply what is missing; returns the storage path and the names of the files applied.
+    With ``roles``, then create the services' database roles where missing and set this
+    database's grants (:func:`quartier.store.roles.apply`; every run, so new tables get theirs).
+    """
     applied: list[str] = []
     with psycopg.connect(url, autocommit=True, application_name="quartier-migrate") as conn:
         conn.execute("select pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -188,6 +193,15 @@ def migrate(url: str, *, timescaledb: str = "auto") -> tuple[StoragePath, list[s
                 except psycopg.Error as exc:
                     raise MigrationError(f"migration {label}.sql failed: {exc}") from exc
                 applied.append(label)
+            if roles:
+                from quartier.store import roles as db_roles
+
+                try:
+                    db_roles.apply(conn, path)
+                except psycopg.Error as exc:
+                    raise MigrationError(
+                        f"setting the database roles' grants failed: {exc}"
+                    ) from exc
         finally:
             conn.execute("select pg_advisory_unlock(%s)", (_LOCK_KEY,))
     log.info(
