@@ -350,11 +350,13 @@ class Settings(BaseSettings):
         return self.model_copy(update={"database": db, "mqtt": mqtt})
 
     def require_database_url(self) -> str:
-        if not self.database.url:
+        """``database.url``, with the password of ``database.password_file`` if one is set."""
+        url = self.database.service_url("owner")
+        if not url:
             raise ConfigError(
                 "no database configured: run `quartier services up` or set QUARTIER_DATABASE__URL"
             )
-        return self.database.url
+        return url
 
     def require_mqtt_url(self) -> str:
         if not self.mqtt.url:
