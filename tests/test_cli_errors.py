@@ -40,6 +40,8 @@ DATABASE_COMMANDS = [
     ["rejects", "list"],
     ["rejects", "show", "1"],
     ["rejects", "replay"],
+    ["privacy", "export", "--device", "phone-1"],
+    ["privacy", "erase", "--device", "phone-1", "--yes"],
 ]
 #: every command that needs the broker but not the database
 BROKER_COMMANDS = [["simulate", "--count", "1"]]

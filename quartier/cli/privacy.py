@@ -50,10 +50,9 @@ def privacy_export(
     from quartier.store import privacy
 
     s = settings()
-    with user_errors(s):
+    with user_errors(s), connect(s) as conn:
         pseudonym, raw = _device(s, device)
-        with connect(s) as conn:
-            data = privacy.export_device(conn, pseudonym, raw)
+        data = privacy.export_device(conn, pseudonym, raw)
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
     if out is None:
         sys.stdout.write(text)
@@ -80,15 +79,14 @@ def privacy_erase(
     from quartier.store import privacy
 
     s = settings()
-    with user_errors(s):
+    with user_errors(s), connect(s) as conn:
         pseudonym, raw = _device(s, device)
         if not yes and not typer.confirm(
             f"Delete all data of device {pseudonym}? This cannot be undone."
         ):
             raise typer.Exit(1)
-        with connect(s) as conn:
-            deleted = privacy.erase_device(conn, pseudonym, raw, reference=reference)
-            conn.commit()
+        deleted = privacy.erase_device(conn, pseudonym, raw, reference=reference)
+        conn.commit()
     console.print("erased: " + ", ".join(f"{n} {table}" for table, n in sorted(deleted.items())))
     if raw is None:
         console.print(
