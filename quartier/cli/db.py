@@ -11,6 +11,8 @@ from rich.table import Table
 
 from quartier.cli.common import console, settings, user_errors
 from quartier.cli.connect import connect, database_url
+from quartier.config import Settings
+from quartier.store.db import Conn
 
 if TYPE_CHECKING:
     from quartier.store.status import StoreStatus
@@ -20,16 +22,59 @@ app = typer.Typer(help="Database schema and status.", no_args_is_help=True)
 
 @app.command("migrate")
 def db_migrate() -> None:
-    """Apply pending schema migrations, partitions ahead and the store policies."""
+    """Apply pending schema migrations, partitions ahead and the store policies; create the
+    services' roles (quartier_owner, quartier_ingest, quartier_api) with their grants, and give
+    the API's and the ingester's logins (QUARTIER_DATABASE__API_URL / INGEST_URL and their
+    *_PASSWORD_FILE) their roles."""
     from quartier.store.setup import prepare
 
     s = settings()
     with user_errors(s):
         path, applied = prepare(database_url(s), s.database)
+        with connect(s, autocommit=True, application_name="quartier-migrate") as conn:
+            logins = service_logins(conn, s)
     console.print(
         f"storage path: {path}; applied {len(applied)} migration(s)"
         + (": " + ", ".join(applied) if applied else "")
     )
+    for line in logins:
+        console.print(line)
+
+
+def service_logins(conn: Conn, s: Settings) -> list[str]:
+    """Give the API's and the ingester's configured logins their roles (a password for the role
+    itself, membership for another login); what was done, one line each."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from quartier.errors import MigrationError
+    from quartier.store import roles
+
+    owner = s.database.service_url("owner")
+    done = []
+    for service, role in (("api", roles.API), ("ingest", roles.INGEST)):
+        url = s.database.service_url(service)  # type: ignore[arg-type]
+        if url is None or url == owner:
+            done.append(
+                f"{service}: uses the owner's login (set QUARTIER_DATABASE__{service.upper()}_URL"
+                f" with the role {role} to restrict it)"
+            )
+            continue
+        info = conninfo_to_dict(url)
+        login = str(info.get("user") or "")
+        if not login:
+            raise MigrationError(
+                f"QUARTIER_DATABASE__{service.upper()}_URL names no user; use {role}"
+            )
+        try:
+            done.append(roles.set_login(conn, role, login, info.get("password")))
+        except psycopg.errors.InsufficientPrivilege:
+            raise MigrationError(
+                f"the owner's login may not change the role {role}: have an administrator run "
+                f"`alter role {role} login password '…'` (or migrate once as a login with "
+                "CREATEROLE)"
+            ) from None
+    return done
 
 
 @app.command("status")
@@ -45,13 +90,18 @@ def db_status_cmd() -> None:
 
 @app.command("maintain")
 def db_maintain() -> None:
-    """One round of store upkeep (plain PostgreSQL: partitions, retention, rollups, compaction)."""
+    """One round of store upkeep (plain PostgreSQL: partitions, retention, rollups, compaction;
+    audit rows older than database.audit_retention deleted)."""
+    from quartier.store import audit
     from quartier.store.policy import StorePolicy
     from quartier.store.rollups import maintain
 
     s = settings()
     with user_errors(s), connect(s, autocommit=True) as conn:
-        console.print(maintain(conn, StorePolicy.from_settings(s.database)))
+        done = maintain(conn, StorePolicy.from_settings(s.database))
+        if s.database.audit_retention is not None:
+            done["audit_rows_expired"] = audit.expire(conn, s.database.audit_retention)
+        console.print(done)
 
 
 def _size(n: int) -> str:

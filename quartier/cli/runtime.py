@@ -37,7 +37,7 @@ def ingest(
     with user_errors(s):
         url = database_url(s)
         broker_url(s)
-        ing = Ingester(s)
+        ing = Ingester(s.for_service("ingest"))  # its own login; maintenance: the owner's
     stop_on_signals(ing.stop_event)
     start_maintenance(
         url,
@@ -95,7 +95,7 @@ def serve(
     with user_errors(s):
         database_url(s)
     uvicorn.run(
-        create_app(s),
+        create_app(s.for_service("api")),  # the API's own database login
         host=host or s.api.host,
         port=port or s.api.port,
         log_level="info",
