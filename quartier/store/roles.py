@@ -98,8 +98,8 @@ def ensure_roles(conn: Conn) -> list[str]:
             with conn.transaction():  # a savepoint: another migration may create it meanwhile
                 conn.execute(sql.SQL("create role {} nologin").format(sql.Identifier(role)))
             made.append(role)
-        except pg_errors.DuplicateObject:
-            pass
+        except (pg_errors.DuplicateObject, pg_errors.UniqueViolation):
+            pass  # made meanwhile by a migration of another database of the cluster
         except pg_errors.InsufficientPrivilege:
             raise MigrationError(
                 f"the role {role} does not exist and the migrating login may not create roles: "
