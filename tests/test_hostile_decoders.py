@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import os
 import string
@@ -164,6 +165,10 @@ payloads = st.one_of(
     st.integers(1, 3000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
     st.text(max_size=50).map(lambda s: s.encode("utf-8", "surrogatepass")),
     st.sampled_from([b"\xff\xfe", b'{"quantity":"pm25","value":1,"time":"\xc3\x28"}', b"", b"\0"]),
+    # a lone surrogate, UTF-8 encoded: msgspec raised UnicodeDecodeError on the fast path
+    st.sampled_from([b"\xed\xa0\x80", b"\xed\xbf\xbf"]).map(
+        lambda s: b'{"quantity": "pm%s", "value": 1, "time": "2026-11-27T10:00:00Z"}' % s
+    ),
 )
 
 
@@ -409,10 +414,28 @@ def accounted(batch: Batch) -> int:
     )
 
 
+class _Errors(logging.Handler):
+    """Records the ingest path logs at ERROR (a decoder or fast-path bug, with a traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(record.getMessage())
+
+
 @PROFILE
 @given(st.lists(st.tuples(topics, payloads), max_size=12))
 def test_pipeline_never_fails_and_stores_only_valid_readings(msgs: list[tuple[str, bytes]]) -> None:
-    batch = build_batch([Message(t, p, NOW) for t, p in msgs], CFG, NOW)
+    errors = _Errors()
+    logger = logging.getLogger("quartier.ingest")
+    logger.addHandler(errors)
+    try:
+        batch = build_batch([Message(t, p, NOW) for t, p in msgs], CFG, NOW)
+    finally:
+        logger.removeHandler(errors)
+    assert errors.seen == []  # neither path logged a failure
     # a decoder bug would show up as a decoder_error reject (and a logged traceback)
     assert [r for r in batch.rejects if r.reason == "decoder_error"] == []
     assert accounted(batch) <= len(msgs)
@@ -594,3 +617,23 @@ def test_absurd_times_are_invalid_readings_not_decoder_errors(
     row = f"1;{time};5;5;50.9;6.9" if isinstance(time, str) else "1;x;5;5;50.9;6.9"
     [up] = decode_sensor_community_archive_csv("sensor_id;timestamp;P1;P2;lat;lon\n" + row)
     assert [reason for _, reason, _ in up.invalid] == ["invalid_time"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"quantity": "pm\xed\xa0\x80", "value": 1, "time": "2026-11-27T10:00:00Z"}',
+        b'{"readings": [{"quantity": "pm25", "value": 1}], "time": "\xed\xbf\xbf"}',
+    ],
+)
+def test_a_lone_surrogate_is_a_reject_without_a_logged_traceback(payload: bytes) -> None:
+    """msgspec raised UnicodeDecodeError on the fast path, which logged it as a failure."""
+    errors = _Errors()
+    logger = logging.getLogger("quartier.ingest")
+    logger.addHandler(errors)
+    try:
+        batch = build_batch([Message("quartier/v1/n/d/up", payload, NOW)], CFG, NOW)
+    finally:
+        logger.removeHandler(errors)
+    assert errors.seen == []
+    assert [r.reason for r in batch.rejects] == ["invalid_json"]

@@ -107,8 +107,8 @@ class Columns:
             return False
         try:
             doc = _DECODER.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            return False  # deeply nested JSON raises RecursionError
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+            return False  # deeply nested JSON raises RecursionError, a lone surrogate UnicodeError
         location = None
         if doc.location is not msgspec.UNSET:
             loc = doc.location
