@@ -28,7 +28,7 @@ def _page(
     conn: Conn, settings: AppSettings, request: Request, name: str, lang: str
 ) -> HTMLResponse:
     options = MapOptions.from_settings(
-        settings.maps, lang="en" if lang == "en" else "de", assets=Assets(static_base(request))
+        settings, lang="en" if lang == "en" else "de", assets=Assets(static_base(request))
     )
     return HTMLResponse(
         pages.render_page(conn, name, options),

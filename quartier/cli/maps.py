@@ -32,7 +32,7 @@ def map_cmd(
         raise fail(f"--lang must be de or en, not {lang!r}")
     s = settings()
     options = MapOptions.from_settings(
-        s.maps, lang="en" if lang == "en" else "de", assets=Assets(base=None)
+        s, lang="en" if lang == "en" else "de", assets=Assets(base=None)
     )
     with user_errors(s), connect(s, autocommit=True) as conn:
         page = render_page(conn, name, options)

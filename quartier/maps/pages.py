@@ -36,7 +36,9 @@ def coverage_page(conn: Conn, options: MapOptions) -> str:
             run.classes, sensors, city=city, options=options,
         )  # fmt: skip
     tests = geo_io.load_speedtests(conn)
-    cells = speedtest_cells.classify_cells(tests, districts if len(districts) else None)
+    cells = speedtest_cells.classify_cells(
+        tests, districts if len(districts) else None, min_contributors=options.min_contributors
+    )
     return render_coverage_map(cells, sensors, districts, city=city, options=options)
 
 

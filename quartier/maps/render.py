@@ -25,9 +25,9 @@ from branca.element import Element, Figure, MacroElement
 from folium.plugins import MarkerCluster
 from folium.template import Template
 
-from quartier.config import MapSettings
+from quartier.config import MapSettings, Settings
 from quartier.geo import grid
-from quartier.geo.speedtest_cells import SPEED_CLASS_BY_KEY, SPEED_CLASSES
+from quartier.geo.speedtest_cells import MIN_CONTRIBUTORS, SPEED_CLASS_BY_KEY, SPEED_CLASSES
 from quartier.maps.assets import Assets, use_shipped
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,14 @@ class MapOptions:
     tile_max_zoom: int = 19
     data_source: str = field(default_factory=lambda: MapSettings().data_source)
 
+    #: cells of measured speeds shown only with at least this many distinct devices (privacy)
+    min_contributors: int = MIN_CONTRIBUTORS
+
     @classmethod
     def from_settings(
-        cls, maps: MapSettings, *, lang: Lang = "de", assets: Assets | None = None
+        cls, settings: Settings, *, lang: Lang = "de", assets: Assets | None = None
     ) -> MapOptions:
+        maps = settings.maps
         return cls(
             lang=lang,
             assets=assets or Assets(),
@@ -147,6 +151,7 @@ class MapOptions:
             tile_attribution=maps.tile_attribution,
             tile_max_zoom=maps.tile_max_zoom,
             data_source=maps.data_source,
+            min_contributors=settings.privacy.min_contributors,
         )
 
 
