@@ -411,7 +411,6 @@ class LocalServices:
         mqtt_port, tls_port, mqtt_dir = self._start_mosquitto(old)
         password = (Path(datadir).parent / "password").read_text().strip()
         if self.allow_anonymous:
-            log.warning(ANONYMOUS_WARNING)
             login = admin_url = None
         else:
             accounts = self._accounts()
@@ -574,6 +573,8 @@ class LocalServices:
         run_as = "mosquitto" if is_root() else None
         root = _owned_dir(self.state_dir / "mqtt", run_as)
         auth = not self.allow_anonymous
+        if not auth:
+            log.warning(ANONYMOUS_WARNING)
         if old is not None and self._mosquitto_pid(root) and port_open(old.mqtt_port):
             if old.mqtt_auth == auth and (old.mqtts_port is not None) == self.tls:
                 return old.mqtt_port, old.mqtts_port, root

@@ -92,6 +92,22 @@ class FastClient(mqtt.Client):
         sock = super()._create_socket()
         return sock if hasattr(sock, "pending") else _BufferedSocket(sock)
 
+    def _ssl_wrap_socket(self, tcp_sock: Any) -> ssl.SSLSocket:
+        """paho's TLS handshake, closing the socket when it fails (an untrusted certificate):
+        paho leaves it to the garbage collector, one leaked socket per failed attempt. The
+        context (``tls_context``) checks the host name itself."""
+        assert self._ssl_context is not None
+        ssl_sock = self._ssl_context.wrap_socket(
+            tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
+        )
+        try:
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
+
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
         turns = 0
