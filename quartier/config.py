@@ -308,7 +308,7 @@ class Settings(BaseSettings):
             )
         if self.environment == "production":
             for service in ("owner", "api", "ingest"):
-                url = self.database.service_url(service)  # type: ignore[arg-type]
+                url = self.database.service_url(service)
                 if url is not None and (database_password(url) or "") in WEAK_PASSWORDS:
                     raise ValueError(
                         f"in production the database login of the {service} needs its own "
@@ -324,7 +324,7 @@ class Settings(BaseSettings):
         password file, else ``url``) and every service's URL resolved, for an entry point that
         runs that service (``quartier serve``: ``api``; ``quartier ingest``: ``ingest``)."""
         db = self.database
-        resolved = {k: db.service_url(k) for k in ("owner", "api", "ingest")}  # type: ignore[arg-type]
+        resolved = {k: db.service_url(k) for k in ("owner", "api", "ingest")}
         update = {"url": resolved[service], "api_url": resolved["api"]}
         update |= {"ingest_url": resolved["ingest"], "password_file": None}
         update |= {"api_password_file": None, "ingest_password_file": None}

@@ -57,7 +57,7 @@ def test_migrate_creates_the_three_roles_without_superpowers(db_url: str) -> Non
         ).fetchall()
         assert [r[0] for r in rows] == sorted(roles.ROLES)
         assert all(r[1:] == (False, False, False, False) for r in rows)
-        owners = dict(
+        owners: dict[str, str] = dict(
             conn.execute(
                 "select relname, relowner::regrole::text from pg_class where relname = any(%s)",
                 (["observation", "api_key", "audit_event", "thing"],),
@@ -163,7 +163,7 @@ def test_the_api_serves_and_records_with_its_role(
         import_districts(conn)
         key, token = api_keys.create(conn, "kpi", ["indicators:write"], created_by="test")
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database={"url": db_url, "api_url": as_role(db_url, roles.API, passwords)},
         mqtt={"url": service_urls.mqtt_url},
     ).for_service("api")
@@ -326,14 +326,14 @@ PROD = {"environment": "production", "mqtt": {"url": "mqtt://broker:1883"}}
 )
 def test_production_refuses_empty_and_default_passwords(database: dict[str, str]) -> None:
     with pytest.raises(ValidationError, match="password"):
-        Settings(_env_file=None, database=database, **PROD)  # type: ignore[call-arg,arg-type]
+        Settings(_env_file=None, database=database, **PROD)  # type: ignore[arg-type]
 
 
 def test_production_takes_passwords_from_files(tmp_path: Path) -> None:
     (tmp_path / "owner").write_text("own-Secret-1\n")
     (tmp_path / "api").write_text("api/Secret:2@x\n")
     s = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database={
             "url": "postgresql://quartier_owner@db:5432/quartier",
             "password_file": tmp_path / "owner",
@@ -351,7 +351,7 @@ def test_production_takes_passwords_from_files(tmp_path: Path) -> None:
     assert (ingest["user"], ingest["password"]) == ("quartier_owner", "own-Secret-1")
     (tmp_path / "api").write_text("")
     with pytest.raises(ValidationError, match="api needs its own password"):
-        Settings(_env_file=None, database=s.database.model_dump(), **PROD)  # type: ignore[call-arg,arg-type]
+        Settings(_env_file=None, database=s.database.model_dump(), **PROD)  # type: ignore[arg-type]
 
 
 def test_the_cli_says_in_one_line_what_is_wrong_with_the_settings(

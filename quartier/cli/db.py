@@ -67,7 +67,10 @@ def service_logins(conn: Conn, s: Settings) -> list[str]:
                 f"QUARTIER_DATABASE__{service.upper()}_URL names no user; use {role}"
             )
         try:
-            done.append(roles.set_login(conn, role, login, info.get("password")))
+            password = info.get("password")
+            done.append(
+                roles.set_login(conn, role, login, None if password is None else str(password))
+            )
         except psycopg.errors.InsufficientPrivilege:
             raise MigrationError(
                 f"the owner's login may not change the role {role}: have an administrator run "
