@@ -102,7 +102,10 @@ def test_orderby_desc_and_top(client: TestClient) -> None:
         "2026-11-01T02:00:00.000Z",
         "2026-11-01T01:00:00.000Z",
     ]
-    assert obs.next_link is not None and "%24skip=2" in obs.next_link
+    assert obs.next_link is not None and "%24skiptoken=" in obs.next_link
+    rest = m.ObservationCollection.model_validate(client.get(obs.next_link).json())
+    assert [o.phenomenon_time for o in rest.value] == ["2026-11-01T00:00:00.000Z"]
+    assert rest.next_link is None
 
 
 @pytest.mark.parametrize(

@@ -200,7 +200,7 @@ def test_phenomenon_time_filter_is_a_primary_key_range_scan(filled: Settings) ->
         "Observations",
         q.ALIASES["Observations"],
     )
-    listing = q.Listing(100, 0, f.sql, None, f.params)
+    listing = q.Listing(100, 0, f.sql, (), f.params)
     with psycopg.connect(filled.require_database_url(), row_factory=dict_row) as conn:
         conn.execute("set enable_seqscan = off")
         conn.execute("set enable_bitmapscan = off")
@@ -328,7 +328,7 @@ def test_top_above_maximum_is_clamped(filled: Settings) -> None:
         assert body.count == 3
         assert body.next_link is not None
         query = parse_qs(urlsplit(body.next_link).query)
-        assert query["$top"] == ["2"] and query["$skip"] == ["2"]
+        assert query["$top"] == ["2"] and "$skiptoken" in query and "$skip" not in query
         last = m.ThingCollection.model_validate(c.get(body.next_link).json())
         assert [t.name for t in last.value] == ["net/c-1"] and last.next_link is None
 
@@ -351,7 +351,12 @@ def test_top_above_maximum_is_clamped(filled: Settings) -> None:
         ({"$filter": "isof(name, 'Edm.String')"}, 501, ["isof"]),
         ({"$search": "pm25"}, 501, ["$search"]),
         ({"$select": "nosuch"}, 400, ["$select", "not a property of Thing"]),
-        ({"$expand": "Datastreams"}, 501, ["$expand"]),
+        ({"$expand": "Nosuch"}, 400, ["$expand", "Thing has no navigation property"]),
+        ({"$expand": "Datastreams($filter=nosuch eq 1)"}, 400, ["nosuch"]),
+        ({"$expand": "Datastreams($levels=2)"}, 501, ["$levels"]),
+        ({"$skiptoken": "garbage"}, 400, ["$skiptoken"]),
+        ({"$skiptoken": "WyIxIiwiMiJd"}, 400, ["$skiptoken"]),
+        ({"$resultFormat": "dataArray"}, 400, ["Observations only"]),
         ({"$nonsense": "1"}, 400, ["$nonsense"]),
     ],
 )

@@ -325,7 +325,7 @@ def test_every_emitted_link_resolves(filled: Settings) -> None:
             assert match is not None, url
             entity, collection = _MODELS[match.group(1)]
             (entity if match.group(2) else collection).model_validate(body)
-            kind = "next" if "skip=" in url else ("entity" if match.group(2) else "collection")
+            kind = "next" if "skip" in url else ("entity" if match.group(2) else "collection")
             kinds[kind] = kinds.get(kind, 0) + 1
             for link in _links(body):
                 if link not in seen:

@@ -1,37 +1,49 @@
-"""OGC SensorThings API v1.1 (read part): the eight entity sets, each entity by id and the to-many
+"""OGC SensorThings API v1.1 (read part): the eight entity sets, each entity by id and the
 navigations the bodies link to, with ``$filter``, ``$orderby``, ``$top``, ``$skip``, ``$count``,
-``$select`` and ``@iot.nextLink``. The routes are made by four functions over the entity sets
-(collection, entity, to-many and to-one navigation; see ``_NAVIGATIONS`` and ``_TO_ONE`` at the
-end) over one store query, so every link a body carries has its route. The options are parsed
-and compiled by ``quartier.api.sta``; valid options Quartier does not implement yet
-(``$expand``, ``$resultFormat``, ``$search`` …) are a 501 that says so, never ignored.
+``$select``, ``$expand`` (nested, with options at each level), ``$resultFormat=dataArray`` and
+``@iot.nextLink``. The routes are made by four functions over the entity sets (collection,
+entity, to-many and to-one navigation; see ``_NAVIGATIONS`` and ``_TO_ONE`` at the end) over one
+store query, so every link a body carries has its route. The options are parsed and compiled by
+``quartier.api.sta``; valid options Quartier does not implement (``$search`` …) are a 501 that
+says so, never ignored.
+
+Server-driven paging: a next page continues after the last row's sort keys (a keyset cursor in
+``$skiptoken``), not by an offset, so pages stay cheap deep into a collection and no row that
+existed at the first page is skipped or repeated while rows are inserted. ``$expand``: one query
+per expanded navigation and level for the whole page (a LATERAL subquery per parent with its own
+order and limit), never one per entity.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, overload
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from quartier.api import models as m
 from quartier.api.deps import AppSettings, BaseUrl, Conn, bounded_skip
 from quartier.api.sta import (
     ENTITIES,
     ENTITY_SETS,
+    Expand,
     QueryOptions,
+    cast_of,
     check_options,
     compile_filter,
     compile_navigation,
-    compile_orderby,
+    order_keys,
     parse_query_options,
 )
 from quartier.api.sta.ast import Path
+from quartier.config import Settings
 from quartier.errors import BadRequestError, NotFoundError, NotImplementedQueryError
 from quartier.store import sensorthings as q
 from quartier.store.db import DictConn
@@ -39,14 +51,14 @@ from quartier.store.db import DictConn
 PREFIX = "/v1.1"
 router = APIRouter(prefix=PREFIX, tags=["SensorThings API v1.1"])
 
-_NOT_YET = {"expand": "$expand", "result_format": "$resultFormat"}
+#: The entity set of each entity type ("Thing" → "Things").
+SET_OF = {v: k for k, v in ENTITY_SETS.items()}
 
 
 def _options(request: Request) -> QueryOptions:
     options = parse_query_options(request.query_params)
-    for attr, name in _NOT_YET.items():
-        if getattr(options, attr) not in (None, ()):
-            raise NotImplementedQueryError(f"query option {name} is not supported yet")
+    if options.result_format == "GeoJSON":
+        raise NotImplementedQueryError("$resultFormat=GeoJSON is not supported yet")
     return options
 
 
@@ -68,18 +80,42 @@ def _pick(body: dict[str, Any], select: tuple[Path, ...], entity_type: str) -> d
     return out
 
 
-def _selected(body: BaseModel, select: tuple[Path, ...], entity_type: str) -> Any:
-    """``body`` itself without ``$select``; else its selected part as a JSON response (a
-    collection's ``value`` entity by entity, its annotations kept)."""
-    if not select:
-        return body
-    check_options(QueryOptions(select=select), entity_type)
-    data: dict[str, Any] = body.model_dump(mode="json", by_alias=True)
-    if isinstance(body, m._Collection):
-        data["value"] = [_pick(v, select, entity_type) for v in data["value"]]
-    else:
-        data = _pick(data, select, entity_type)
-    return JSONResponse(data)
+def _level(
+    settings: Settings, options: QueryOptions, entity_set: str, where: str = ""
+) -> q.Listing:
+    """The compiled ``$filter``, ``$orderby``, ``$top`` (clamped to the server maximum) and
+    ``$skip`` of one level of a request over ``entity_set``."""
+    alias = q.ALIASES[entity_set]
+    filter_sql = None
+    params: dict[str, Any] = {}
+    if options.filter is not None:
+        f = compile_filter(options.filter, entity_set, alias)
+        filter_sql, params = f.sql, dict(f.params)
+    keys: tuple[q.SortKey, ...] = ()
+    if options.orderby:
+        compiled, order_params = order_keys(options.orderby, entity_set, alias)
+        params.update(order_params)
+        keys = tuple(
+            q.SortKey(k.sql, k.descending, k.nullable, cast_of(k.type), k.column) for k in compiled
+        )
+    wanted = settings.api.default_top if options.top is None else options.top
+    top = min(wanted, settings.api.max_top)
+    skip = bounded_skip(settings, options.skip or 0, f"{where}$skip")
+    return q.Listing(top, skip, filter_sql, keys, params)
+
+
+def _encode_cursor(values: list[str | None]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> tuple[str | None, ...]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        values = None
+    if not isinstance(values, list) or not all(v is None or isinstance(v, str) for v in values):
+        raise BadRequestError("$skiptoken is not valid; start again without it")
+    return tuple(values)
 
 
 class Paging:
@@ -103,62 +139,274 @@ class Paging:
         select: Annotated[
             str | None, Query(alias="$select", description="properties to return")
         ] = None,
+        expand: Annotated[
+            str | None,
+            Query(alias="$expand", description="related entities to include, with options"),
+        ] = None,
+        result_format: Annotated[
+            str | None,
+            Query(alias="$resultFormat", description="dataArray (Observations only)"),
+        ] = None,
     ) -> None:
         options = _options(request)
         self.request = request
+        self.settings = settings
         self.options: QueryOptions = options
-        wanted = settings.api.default_top if options.top is None else options.top
-        self.top = min(wanted, settings.api.max_top)
-        self.skip = bounded_skip(settings, options.skip or 0, "$skip")
+        probe = _level(settings, replace(options, filter=None, orderby=()), "Things")
+        self.top, self.skip = probe.top, probe.skip
         self.count = bool(options.count)
+        self.after = None if options.skiptoken is None else _decode_cursor(options.skiptoken)
 
     def listing(self, entity_set: str) -> q.Listing:
-        """The compiled ``$filter`` and ``$orderby`` of this request over ``entity_set``
-        (``$select`` is checked when the body is shaped)."""
-        alias = q.ALIASES[entity_set]
-        where = None
-        params: dict[str, Any] = {}
-        if self.options.filter is not None:
-            f = compile_filter(self.options.filter, entity_set, alias)
-            where, params = f.sql, dict(f.params)
-        order = None
-        if self.options.orderby:
-            o = compile_orderby(self.options.orderby, entity_set, alias)
-            order = o.sql
-            params.update(o.params)
-        return q.Listing(self.top, self.skip, where, order, params)
+        """The compiled ``$filter``, ``$orderby`` and page of this request over ``entity_set``
+        (``$select`` and ``$expand`` are checked when the body is shaped)."""
+        if self.options.result_format == "dataArray" and entity_set != "Observations":
+            raise BadRequestError("$resultFormat=dataArray applies to Observations only")
+        check_options(
+            QueryOptions(select=self.options.select, expand=self.options.expand), entity_set
+        )
+        listing = _level(self.settings, self.options, entity_set)
+        if self.after is not None:
+            listing = replace(listing, skip=0, after=self.after)
+        return listing
 
     def page(
-        self, rows: list[dict[str, Any]], base: str
+        self, rows: list[dict[str, Any]], base: str, listing: q.Listing
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """The rows of this page and the ``@iot.nextLink`` (the same request, ``$skip`` on by
-        ``$top``) when there are more; none for ``$top=0``, which asks for no entities."""
+        """The rows of this page and the ``@iot.nextLink`` when there are more: the same request
+        continuing after this page's last row (``$skiptoken``, a keyset cursor), or by ``$skip``
+        where a sort key cannot be carried by a cursor; none for ``$top=0``."""
         if self.top == 0 or len(rows) <= self.top:
             return rows[: self.top], None
+        rows = rows[: self.top]
         params = dict(self.request.query_params)
-        params["$skip"] = str(self.skip + self.top)
         params["$top"] = str(self.top)
+        last = rows[-1]
+        if "_k0" in last:
+            params.pop("$skip", None)
+            n = sum(1 for k in last if k.startswith("_k"))
+            params["$skiptoken"] = _encode_cursor([last[f"_k{i}"] for i in range(n)])
+        else:
+            params.pop("$skiptoken", None)
+            params["$skip"] = str(self.skip + self.top)
         query = urlencode(params, quote_via=quote)
-        return rows[: self.top], f"{base}{self.request.url.path}?{query}"
+        return rows, f"{base}{self.request.url.path}?{query}"
+
+    def respond(
+        self,
+        conn: DictConn,
+        base: str,
+        entity_set: str,
+        rows: list[dict[str, Any]],
+        nxt: str | None,
+        count: int | None,
+        estimate: bool = False,
+    ) -> Any:
+        """The collection body: the response model itself when no option reshapes it, else the
+        ``$select``ed, ``$expand``ed or dataArray JSON."""
+        spec = _SETS[entity_set]
+        o = self.options
+        if o.result_format == "dataArray":
+            return JSONResponse(_data_array(rows, base, o.select, count, nxt))
+        if not o.select and not o.expand:
+            return spec.collection.model_validate(
+                {
+                    "value": [spec.shape(r, base) for r in rows],
+                    "@iot.nextLink": nxt,
+                    "@iot.count": count,
+                    "@quartier.countIsEstimate": True if estimate else None,
+                }
+            )
+        data: dict[str, Any] = {}
+        if count is not None:
+            data["@iot.count"] = count
+            if estimate:
+                data["@quartier.countIsEstimate"] = True
+        data["value"] = render(conn, base, self.settings, entity_set, rows, o)
+        if nxt is not None:
+            data["@iot.nextLink"] = nxt
+        return JSONResponse(data)
 
 
 PagingDep = Annotated[Paging, Depends()]
 
 
 class Selection:
-    """The ``$select`` of a request for one entity; ``$expand`` and ``$resultFormat`` are 501."""
+    """The ``$select`` and ``$expand`` of a request for one entity."""
 
     def __init__(
         self,
         request: Request,
+        settings: AppSettings,
         select: Annotated[
             str | None, Query(alias="$select", description="properties to return")
         ] = None,
+        expand: Annotated[
+            str | None,
+            Query(alias="$expand", description="related entities to include, with options"),
+        ] = None,
     ) -> None:
-        self.select = _options(request).select
+        o = _options(request)
+        self.settings = settings
+        self.options = QueryOptions(select=o.select, expand=o.expand)
+
+    def respond(self, conn: DictConn, base: str, entity_set: str, row: dict[str, Any]) -> Any:
+        if not self.options.select and not self.options.expand:
+            return _SETS[entity_set].shape(row, base)
+        check_options(self.options, entity_set)
+        return JSONResponse(render(conn, base, self.settings, entity_set, [row], self.options)[0])
 
 
 SelectionDep = Annotated[Selection, Depends()]
+
+
+# --------------------------------------------------------------------------- $expand, dataArray
+def render(
+    conn: DictConn,
+    base: str,
+    settings: Settings,
+    entity_set: str,
+    rows: list[dict[str, Any]],
+    options: QueryOptions,
+) -> list[dict[str, Any]]:
+    """The JSON bodies of ``rows`` with ``options``' ``$select`` and ``$expand`` applied (the
+    expansions of all rows fetched together, level by level)."""
+    entity_type = ENTITY_SETS[entity_set]
+    shape = _SETS[entity_set].shape
+    bodies = [shape(r, base).model_dump(mode="json", by_alias=True) for r in rows]
+    if options.select:
+        bodies = [_pick(b, options.select, entity_type) for b in bodies]
+    for x in normalized(options.expand):
+        _expand(conn, base, settings, entity_set, rows, bodies, x)
+    return bodies
+
+
+def _expand_text(path: tuple[str, ...], raw: tuple[tuple[str, str], ...]) -> str:
+    inner = ";".join(f"{k}={v}" for k, v in raw)
+    return "/".join(path) + (f"({inner})" if inner else "")
+
+
+def normalized(expands: tuple[Expand, ...]) -> list[Expand]:
+    """``$expand`` items one navigation deep: ``Datastreams/Observations($top=1)`` becomes
+    ``Datastreams($expand=Observations($top=1))``, and items of the same navigation are merged
+    (their nested expansions joined; the first item's other options win)."""
+    out: dict[str, Expand] = {}
+    for x in expands:
+        head, rest = x.path[0], x.path[1:]
+        item = x
+        if rest:
+            inner = Expand(rest, x.options, x.raw)
+            item = Expand(
+                (head,), QueryOptions(expand=(inner,)), (("$expand", _expand_text(rest, x.raw)),)
+            )
+        prev = out.get(head)
+        if prev is None:
+            out[head] = Expand((head,), item.options, item.raw)
+            continue
+        own = prev if _has_own(prev) else item
+        expand = prev.options.expand + item.options.expand
+        texts = [v for x2 in (prev, item) for k, v in x2.raw if k == "$expand"]
+        raw = tuple((k, v) for k, v in own.raw if k != "$expand")
+        raw += (("$expand", ",".join(texts)),) if texts else ()
+        out[head] = Expand((head,), replace(own.options, expand=expand), raw)
+    return list(out.values())
+
+
+def _has_own(x: Expand) -> bool:
+    return any(k != "$expand" for k, _ in x.raw)
+
+
+def _expand(
+    conn: DictConn,
+    base: str,
+    settings: Settings,
+    entity_set: str,
+    rows: list[dict[str, Any]],
+    bodies: list[dict[str, Any]],
+    x: Expand,
+) -> None:
+    """Put the entities ``x`` navigates to into each body: a to-one navigation as the entity, a
+    to-many one as a list with ``@iot.count`` (``$count=true``) and ``@iot.nextLink`` when it
+    has more than ``$top``."""
+    entity_type = ENTITY_SETS[entity_set]
+    name = x.path[0]
+    nav = ENTITIES[entity_type].navs[name]
+    target_set = SET_OF[nav.target]
+    o = x.options
+    listing = _level(settings, o, target_set, f"$expand={name}: ")
+    inner = QueryOptions(select=o.select, expand=o.expand)
+    if not nav.many:
+        fks = [r.get(nav.fk) for r in rows]
+        targets = q.by_ids(conn, target_set, sorted({i for i in fks if i is not None}), listing)
+        trows = list(targets.values())
+        by_id = dict(
+            zip(targets, render(conn, base, settings, target_set, trows, inner), strict=True)
+        )
+        for fk, body in zip(fks, bodies, strict=True):
+            if fk in by_id:
+                body[name] = by_id[fk]
+        return
+    source, on = compile_navigation(entity_type, name, "_p", q.ALIASES[target_set])
+    parent_ids = [int(r["id"]) for r in rows]
+    table = ENTITIES[entity_type].table
+    found = q.expand_many(conn, target_set, source, on, table, parent_ids, listing)
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for r in found:
+        groups.setdefault(int(r["_parent"]), []).append(r)
+    more = {pid for pid, g in groups.items() if len(g) > listing.top}
+    kept = [r for pid in parent_ids for r in groups.get(pid, [])[: listing.top]]
+    rendered = iter(render(conn, base, settings, target_set, kept, inner))
+    counts = q.count_many(conn, source, on, table, parent_ids, listing) if o.count else None
+    for pid, body in zip(parent_ids, bodies, strict=True):
+        if counts is not None:
+            body[f"{name}@iot.count"] = counts.get(pid, 0)
+        body[name] = [next(rendered) for _ in groups.get(pid, [])[: listing.top]]
+        if pid in more and listing.top > 0:
+            params = dict(x.raw)
+            params["$top"] = str(listing.top)
+            params["$skip"] = str(listing.skip + listing.top)
+            query = urlencode(params, quote_via=quote)
+            body[f"{name}@iot.nextLink"] = f"{_link(base, entity_set, pid, name)}?{query}"
+
+
+#: The components of a dataArray without ``$select`` (the standard's example).
+DATA_ARRAY_COMPONENTS = ("id", "phenomenonTime", "resultTime", "result")
+
+
+def _data_array(
+    rows: list[dict[str, Any]],
+    base: str,
+    select: tuple[Path, ...],
+    count: int | None,
+    nxt: str | None,
+) -> dict[str, Any]:
+    """Observations as ``$resultFormat=dataArray``: one item per datastream (in the order of the
+    page) with its ``components`` (the ``$select``ed properties, navigation properties left out)
+    and one array of values per observation."""
+    navs = ENTITIES["Observation"].navs
+    components = [str(p) for p in select if p.segments[0] not in navs] or list(
+        DATA_ARRAY_COMPONENTS
+    )
+    keys = ["@iot.id" if c == "id" else c for c in components]
+    groups: dict[int, list[list[Any]]] = {}
+    for r in rows:
+        body = _observation(r, base).model_dump(mode="json", by_alias=True)
+        groups.setdefault(r["datastream_id"], []).append([body.get(k) for k in keys])
+    data: dict[str, Any] = {}
+    if count is not None:
+        data["@iot.count"] = count
+    data["value"] = [
+        {
+            "Datastream@iot.navigationLink": _link(base, "Datastreams", ds),
+            "components": components,
+            "dataArray@iot.count": len(values),
+            "dataArray": values,
+        }
+        for ds, values in groups.items()
+    ]
+    if nxt is not None:
+        data["@iot.nextLink"] = nxt
+    return data
 
 
 @overload
@@ -357,17 +605,10 @@ def _list(
     conn: DictConn, base: str, p: Paging, entity_set: str, within: q.Within | None = None
 ) -> Any:
     """One page of ``entity_set`` (all of it, or navigated to ``within`` one entity)."""
-    spec = _SETS[entity_set]
     listing = p.listing(entity_set)
-    rows, nxt = p.page(q.entities(conn, entity_set, listing, within), base)
-    body = spec.collection.model_validate(
-        {
-            "value": [spec.shape(r, base) for r in rows],
-            "@iot.nextLink": nxt,
-            "@iot.count": q.count_entities(conn, entity_set, listing, within) if p.count else None,
-        }
-    )
-    return _selected(body, p.options.select, ENTITY_SETS[entity_set])
+    rows, nxt = p.page(q.entities(conn, entity_set, listing, within), base, listing)
+    count = q.count_entities(conn, entity_set, listing, within) if p.count else None
+    return p.respond(conn, base, entity_set, rows, nxt, count)
 
 
 def _add_collection(entity_set: str) -> None:
@@ -390,9 +631,8 @@ def _add_entity(entity_set: str) -> None:
     entity_type = ENTITY_SETS[entity_set]
 
     def route(entity_id: int, conn: Conn, base: BaseUrl, s: SelectionDep) -> Any:
-        spec = _SETS[entity_set]
         row = q.entity(conn, entity_set, entity_type, entity_id)
-        return _selected(spec.shape(row, base), s.select, entity_type)
+        return s.respond(conn, base, entity_set, row)
 
     router.add_api_route(
         f"/{entity_set}({{entity_id}})",
@@ -425,7 +665,7 @@ def _add_to_one(entity_set: str, nav: str) -> None:
     """``GET /<entity set>(<id>)/<nav>`` for a to-one navigation property: the one entity."""
     entity_type = ENTITY_SETS[entity_set]
     target_type = ENTITIES[entity_type].navs[nav].target
-    target_set = next(k for k, v in ENTITY_SETS.items() if v == target_type)
+    target_set = SET_OF[target_type]
 
     def route(entity_id: int, conn: Conn, base: BaseUrl, s: SelectionDep) -> Any:
         source, on = compile_navigation(entity_type, nav, "_p", q.ALIASES[target_set])
@@ -434,7 +674,7 @@ def _add_to_one(entity_set: str, nav: str) -> None:
         rows = q.entities(conn, target_set, q.Listing(1), within)
         if not rows:
             raise NotFoundError(f"{entity_type} {entity_id} has no {nav}")
-        return _selected(_SETS[target_set].shape(rows[0], base), s.select, target_type)
+        return s.respond(conn, base, target_set, rows[0])
 
     router.add_api_route(
         f"/{entity_set}({{entity_id}})/{nav}",
@@ -454,15 +694,9 @@ def datastream_observations(ds_id: int, conn: Conn, base: BaseUrl, p: PagingDep)
     """One datastream's observations: a ``phenomenonTime`` filter is a primary-key range scan
     and an unfiltered ``$count`` may be an estimate on very large TimescaleDB datastreams."""
     listing = p.listing("Observations")
-    rows, nxt = p.page(q.observations(conn, ds_id, listing), base)
+    rows, nxt = p.page(q.observations(conn, ds_id, listing), base, listing)
     count, exact = q.count_observations(conn, ds_id, listing) if p.count else (None, True)
-    body = m.ObservationCollection(
-        value=[_observation(r, base) for r in rows],
-        next_link=nxt,
-        count=count,
-        count_is_estimate=None if exact else True,
-    )
-    return _selected(body, p.options.select, "Observation")
+    return p.respond(conn, base, "Observations", rows, nxt, count, estimate=not exact)
 
 
 @router.get(
@@ -473,7 +707,7 @@ def datastream_observations(ds_id: int, conn: Conn, base: BaseUrl, p: PagingDep)
 def get_observation(obs_id: str, conn: Conn, base: BaseUrl, s: SelectionDep) -> Any:
     """One Observation by its @iot.id (``'<datastream id>:<µs since 1970>'``)."""
     ds_id, time = parse_observation_id(obs_id)
-    return _selected(_observation(q.observation(conn, ds_id, time), base), s.select, "Observation")
+    return s.respond(conn, base, "Observations", q.observation(conn, ds_id, time))
 
 
 #: The resource paths: every entity set, every entity by integer id (an Observation's id is

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
-from quartier.errors import NotFoundError
+from quartier.errors import BadRequestError, NotFoundError
 from quartier.store import timeseries
 from quartier.store.db import DictConn
 
@@ -36,16 +37,31 @@ ALIASES = {
 
 
 @dataclass(frozen=True)
+class SortKey:
+    """One sort key: ``sql`` over the entity's alias, its direction, whether it can be null, the
+    PostgreSQL type a keyset cursor value of it is cast back to (``None``: it cannot be carried
+    by a cursor) and the entity's column when it is just that column."""
+
+    sql: sql.Composable
+    descending: bool = False
+    nullable: bool = False
+    cast: str | None = None
+    column: str | None = None
+
+
+@dataclass(frozen=True)
 class Listing:
-    """One page of a collection. ``where`` and ``order`` are SQL over the entity's alias
-    (:data:`ALIASES`) with named placeholders whose values are in ``params``; ``order`` is the
-    list after ``ORDER BY`` (the primary key follows it)."""
+    """One page of a collection. ``where`` is SQL over the entity's alias (:data:`ALIASES`) with
+    named placeholders whose values are in ``params``; ``keys`` the ``$orderby`` (the primary key
+    follows them). ``after``: a keyset cursor, the sort keys' values (as text) of the last row of
+    the previous page; the page starts after it (``skip`` is then 0)."""
 
     top: int
     skip: int = 0
     where: sql.Composable | None = None
-    order: sql.Composable | None = None
+    keys: tuple[SortKey, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
+    after: tuple[str | None, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,18 @@ class _Collection:
     def select(self) -> str:
         return f"select {self.columns} from {self.source}"
 
+    @property
+    def tail(self) -> tuple[SortKey, ...]:
+        """The primary key as sort keys (the tie-breakers that make every order total)."""
+        return tuple(
+            SortKey(
+                sql.SQL(k.strip()),
+                cast="timestamptz" if k.strip().endswith("_time") else "bigint",
+                column=k.strip().split(".")[1],
+            )
+            for k in self.key.split(",")
+        )
+
 
 _THING = _Collection("t.id, t.name, t.description, t.properties", "thing t", "t.id")
 _DATASTREAM = _Collection(
@@ -96,7 +124,8 @@ _OBSERVED_PROPERTY = _Collection(
     "p.id, p.name, p.definition, p.description, p.properties", "observed_property p", "p.id"
 )
 _OBSERVATION = _Collection(
-    "o.datastream_id, o.phenomenon_time, o.result, o.result_json, o.result_time, o.parameters",
+    "o.datastream_id, o.phenomenon_time, o.result, o.result_json, o.result_time, o.parameters,"
+    " o.foi_id",
     "observation o",
     "o.phenomenon_time",  # with the datastream fixed by the scope: the primary key's rest
 )
@@ -123,31 +152,115 @@ _COLLECTIONS = {
 }
 
 
-def _where(scope: str, listing: Listing) -> sql.Composable:
+def _where(
+    scope: str, listing: Listing, extra: list[sql.Composable] | None = None
+) -> sql.Composable:
     conds: list[sql.Composable] = [sql.SQL(scope)] if scope else []
     if listing.where is not None:
         conds.append(listing.where)
+    conds += extra or []
     if not conds:
         return sql.SQL("")
     return sql.SQL(" where ") + sql.SQL(" and ").join(conds)
 
 
-def _page(
+def _keys(c: _Collection, listing: Listing) -> list[SortKey]:
+    """``listing``'s keys, then the primary key's columns it does not already sort by."""
+    named = {k.column for k in listing.keys if k.column and not k.nullable}
+    return [*listing.keys, *(k for k in c.tail if k.column not in named)]
+
+
+def _order_by(keys: list[SortKey]) -> sql.Composable:
+    return sql.SQL(", ").join(
+        sql.SQL("{} " + ("desc" if k.descending else "asc")).format(k.sql) for k in keys
+    )
+
+
+def _cursor_columns(keys: list[SortKey]) -> sql.Composable:
+    """The sort keys' values as text (``_k0`` …): what the next page's keyset cursor carries."""
+    if any(k.cast is None for k in keys):
+        return sql.SQL("")
+    return sql.SQL("").join(
+        sql.SQL(", ({})::text as {}").format(k.sql, sql.Identifier(f"_k{i}"))
+        for i, k in enumerate(keys)
+    )
+
+
+def keyset_capable(listing: Listing) -> bool:
+    """Whether pages of ``listing`` can continue by a keyset cursor (every key castable)."""
+    return all(k.cast is not None for k in listing.keys)
+
+
+def _after(
+    keys: list[SortKey], values: tuple[str | None, ...]
+) -> tuple[sql.Composable, dict[str, Any]]:
+    """The condition "sorts after ``values``" (PostgreSQL's order: nulls last ascending, first
+    descending), and its parameters. A leading bound on the first key lets an index serve it."""
+    if len(values) != len(keys):
+        raise BadRequestError("$skiptoken does not belong to this query; start again without it")
+    params: dict[str, Any] = {}
+    ties: list[sql.Composable] = []
+    branches: list[sql.Composable] = []
+    lead: sql.Composable | None = None
+    for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+        name = f"_c{i}"
+        params[name] = v
+        p = sql.SQL("%({})s::text::" + str(k.cast)).format(sql.SQL(name))
+        if v is None and not k.nullable:
+            raise BadRequestError("$skiptoken is not valid; start again without it")
+        if v is None:
+            beyond: sql.Composable | None = (
+                sql.SQL("({} is not null)").format(k.sql) if k.descending else None
+            )
+            tie: sql.Composable = sql.SQL("({} is null)").format(k.sql)
+        else:
+            op = "<" if k.descending else ">"
+            beyond = sql.SQL("({} " + op + " {})").format(k.sql, p)
+            if k.nullable and not k.descending:
+                beyond = sql.SQL("({} or {} is null)").format(beyond, k.sql)
+            tie = sql.SQL("({} = {})").format(k.sql, p)
+            if i == 0 and not k.nullable:
+                lead = sql.SQL("({} " + op + "= {})").format(k.sql, p)
+        if beyond is not None:
+            branches.append(sql.SQL("({})").format(sql.SQL(" and ").join([*ties, beyond])))
+        ties.append(tie)
+    cond = sql.SQL("({})").format(sql.SQL(" or ").join(branches)) if branches else sql.SQL("false")
+    if lead is not None:
+        cond = sql.SQL("({} and {})").format(lead, cond)
+    return cond, params
+
+
+def _select_page(
     conn: DictConn,
     c: _Collection,
+    source: sql.Composable,
+    scope: str,
+    scope_id: int | None,
     listing: Listing,
-    scope: str = "",
-    scope_id: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One page (plus one row) of ``c``; ``scope`` is a condition on ``%(_scope)s``."""
-    keys: list[sql.Composable] = [sql.SQL(c.key)]
-    if listing.order is not None:
-        keys.insert(0, listing.order)
-    query = sql.SQL("{}{} order by {} limit %(_top)s offset %(_skip)s").format(
-        sql.SQL(c.select), _where(scope, listing), sql.SQL(", ").join(keys)
+    """One page (plus one row) of ``c`` from ``source``, with the keyset cursor columns."""
+    keys = _keys(c, listing)
+    params: dict[str, Any] = {
+        **listing.params,
+        "_scope": scope_id,
+        "_top": listing.top + 1,
+        "_skip": listing.skip,
+    }
+    extra: list[sql.Composable] = []
+    if listing.after is not None:
+        cond, cursor = _after(keys, listing.after)
+        extra.append(cond)
+        params.update(cursor)
+    where = _where(scope, listing, extra)
+    query = sql.SQL("select {}{} from {}{} order by {} limit %(_top)s offset %(_skip)s").format(
+        sql.SQL(c.columns), _cursor_columns(keys), source, where, _order_by(keys)
     )
-    params = {**listing.params, "_scope": scope_id, "_top": listing.top + 1, "_skip": listing.skip}
-    return conn.execute(query, params).fetchall()
+    try:
+        return conn.execute(query, params).fetchall()
+    except psycopg.errors.DataError:
+        if listing.after is None:
+            raise
+        raise BadRequestError("$skiptoken is not valid; start again without it") from None
 
 
 def _count(
@@ -181,7 +294,8 @@ def observations(conn: DictConn, ds_id: int, listing: Listing) -> list[dict[str,
     the ``(datastream_id, phenomenon_time)`` primary key."""
     if conn.execute("select 1 from datastream where id = %s", (ds_id,)).fetchone() is None:
         raise NotFoundError(f"no Datastream with @iot.id {ds_id}")
-    return _page(conn, _OBSERVATION, listing, _OF_DATASTREAM, ds_id)
+    source = sql.SQL(_OBSERVATION.source)
+    return _select_page(conn, _OBSERVATION, source, _OF_DATASTREAM, ds_id, listing)
 
 
 def observation(conn: DictConn, ds_id: int, time: datetime) -> dict[str, Any]:
@@ -228,15 +342,8 @@ def entities(
     if within is not None:
         _check_parent(conn, within)
     source, scope = _from(c, within)
-    keys: list[sql.Composable] = [sql.SQL(c.key)]
-    if listing.order is not None:
-        keys.insert(0, listing.order)
-    query = sql.SQL("select {} from {}{} order by {} limit %(_top)s offset %(_skip)s").format(
-        sql.SQL(c.columns), source, _where(scope, listing), sql.SQL(", ").join(keys)
-    )
     scope_id = None if within is None else within.parent_id
-    params = {**listing.params, "_scope": scope_id, "_top": listing.top + 1, "_skip": listing.skip}
-    return conn.execute(query, params).fetchall()
+    return _select_page(conn, c, source, scope, scope_id, listing)
 
 
 def count_entities(
@@ -254,3 +361,85 @@ def count_entities(
 def entity(conn: DictConn, entity_set: str, entity_type: str, entity_id: int) -> dict[str, Any]:
     """One entity of ``entity_set`` by its integer @iot.id."""
     return _one(conn, _COLLECTIONS[entity_set], entity_type, entity_id)
+
+
+# ------------------------------------------------------------------------- $expand
+def expand_many(
+    conn: DictConn,
+    entity_set: str,
+    source: sql.Composable,
+    on: sql.Composable,
+    parent_table: str,
+    parent_ids: list[int],
+    listing: Listing,
+) -> list[dict[str, Any]]:
+    """For each parent (``parent_table`` rows ``parent_ids``, aliased ``_p``), one page (plus one
+    row) of its related ``entity_set`` entities: ``source`` and ``on`` as compiled by
+    ``compile_navigation``. Each row carries its parent's id as ``_parent``. A LATERAL subquery
+    with its own ORDER BY and LIMIT per parent, so "the latest observation of each datastream"
+    reads one index entry per datastream, not the datastreams' observations."""
+    if not parent_ids:
+        return []
+    c = _COLLECTIONS[entity_set]
+    keys = _keys(c, listing)
+    conds: list[sql.Composable] = [on]
+    if listing.where is not None:
+        conds.append(listing.where)
+    query = sql.SQL(
+        "select _p.id as _parent, _x.* from {} _p cross join lateral"
+        " (select {} from {} where {} order by {} limit %(_top)s offset %(_skip)s) _x"
+        " where _p.id = any(%(_ids)s) order by _p.id"
+    ).format(
+        sql.Identifier(parent_table),
+        sql.SQL(c.columns),
+        source,
+        sql.SQL(" and ").join(conds),
+        _order_by(keys),
+    )
+    params = {
+        **listing.params,
+        "_ids": parent_ids,
+        "_top": listing.top + 1,
+        "_skip": listing.skip,
+    }
+    return conn.execute(query, params).fetchall()
+
+
+def count_many(
+    conn: DictConn,
+    source: sql.Composable,
+    on: sql.Composable,
+    parent_table: str,
+    parent_ids: list[int],
+    listing: Listing,
+) -> dict[int, int]:
+    """For each parent, how many related entities match ``listing``'s condition."""
+    if not parent_ids:
+        return {}
+    conds: list[sql.Composable] = [on]
+    if listing.where is not None:
+        conds.append(listing.where)
+    query = sql.SQL(
+        "select _p.id as _parent, (select count(*) from {} where {}) as n"
+        " from {} _p where _p.id = any(%(_ids)s)"
+    ).format(source, sql.SQL(" and ").join(conds), sql.Identifier(parent_table))
+    rows = conn.execute(query, {**listing.params, "_ids": parent_ids}).fetchall()
+    return {int(r["_parent"]): int(r["n"]) for r in rows}
+
+
+def by_ids(
+    conn: DictConn, entity_set: str, ids: list[int], listing: Listing
+) -> dict[int, dict[str, Any]]:
+    """Entities of ``entity_set`` (not Observations) by id, those matching ``listing``'s
+    condition: the targets of a to-one ``$expand``."""
+    if not ids:
+        return {}
+    c = _COLLECTIONS[entity_set]
+    conds: list[sql.Composable] = [sql.SQL(c.key + " = any(%(_ids)s)")]
+    if listing.where is not None:
+        conds.append(listing.where)
+    query = sql.SQL("select {} from {} where {}").format(
+        sql.SQL(c.columns), sql.SQL(c.source), sql.SQL(" and ").join(conds)
+    )
+    rows = conn.execute(query, {**listing.params, "_ids": ids}).fetchall()
+    return {int(r["id"]): r for r in rows}

@@ -13,11 +13,14 @@ against). No I/O here. A route does::
 
 from quartier.api.sta.ast import Expand, OrderItem, QueryOptions
 from quartier.api.sta.compile import (
+    OrderKey,
     SqlFragment,
+    cast_of,
     check_options,
     compile_filter,
     compile_navigation,
     compile_orderby,
+    order_keys,
 )
 from quartier.api.sta.evaluate import Graph, evaluate_filter
 from quartier.api.sta.grammar import (
@@ -35,13 +38,16 @@ __all__ = [
     "Expand",
     "Graph",
     "OrderItem",
+    "OrderKey",
     "QueryOptions",
     "SqlFragment",
+    "cast_of",
     "check_options",
     "compile_filter",
     "compile_navigation",
     "compile_orderby",
     "evaluate_filter",
+    "order_keys",
     "parse_expand",
     "parse_filter",
     "parse_orderby",

@@ -114,6 +114,9 @@ class Expand:
 
     path: tuple[str, ...]
     options: QueryOptions
+    #: the options as written, ``(("$top", "1"), ("$orderby", "phenomenonTime desc"))``: what an
+    #: expanded collection's ``@iot.nextLink`` repeats
+    raw: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -129,3 +132,5 @@ class QueryOptions:
     skip: int | None = None
     count: bool | None = None
     result_format: ResultFormat | None = None
+    #: the keyset cursor of a server-driven next page (``$skiptoken``, opaque to clients)
+    skiptoken: str | None = None

@@ -51,6 +51,7 @@ from quartier.api.sta import ast
 from quartier.api.sta.model import (
     ENTITIES,
     Entity,
+    Prop,
     Resolved,
     Step,
     Type,
@@ -568,19 +569,46 @@ def compile_filter(
     return SqlFragment(c.condition(expr), c.params)
 
 
-def compile_orderby(
+@dataclass(frozen=True)
+class OrderKey:
+    """One compiled ``$orderby`` key: ``sql`` (without direction) of ``type``; ``column`` names the
+    entity's own column when the key is just that (so a caller can drop a repeated tie-breaker).
+    A keyset cursor compares values of ``sql`` (PostgreSQL sorts nulls last ascending, first
+    descending)."""
+
+    sql: sql.Composable
+    descending: bool
+    nullable: bool
+    type: Type
+    column: str | None = None
+
+
+_CASTS: dict[str, str] = {
+    "time": "timestamptz",
+    "int": "bigint",
+    "num": "float8",
+    "str": "text",
+    "bool": "boolean",
+    "dyn": "jsonb",
+    "date": "date",
+    "timeofday": "time",
+    "interval": "timestamptz",
+}
+
+
+def order_keys(
     items: tuple[ast.OrderItem, ...],
     entity: str | Entity,
     alias: str,
     *,
     now: datetime | None = None,
     param_prefix: str = "o",
-) -> SqlFragment:
-    """``$orderby`` → the list after ``ORDER BY`` (empty SQL when there are no items).
-    Properties of to-one navigations are allowed (``Datastream/name``), to-many ones are not."""
+) -> tuple[list[OrderKey], dict[str, Any]]:
+    """``$orderby`` → its keys and their parameters. Properties of to-one navigations are allowed
+    (``Datastream/name``), to-many ones are not."""
     e = entity_of(entity)
     c = _Compiler(e, alias, now or datetime.now(UTC), param_prefix)
-    parts: list[sql.Composable] = []
+    keys: list[OrderKey] = []
     for item in items:
         t = type_of(item.expr, e)
         if t == "geom":
@@ -598,10 +626,37 @@ def compile_orderby(
             key = _S('({} collate "C")').format(key)
         elif v.type == "bool" and not v.nullable:
             key = _cond(v)
-        parts.append(
-            _S("{} " + ("desc" if item.descending else "asc")).format(scope.wrap_value(key))
-        )
-    return SqlFragment(_S(", ").join(parts), c.params)
+        column = None
+        if isinstance(item.expr, ast.Path) and not scope.sources and v.type != "dyn":
+            m = re.fullmatch(r"\{a\}\.(\w+)", e.props.get(item.expr.segments[0], _NO_PROP).sql)
+            column = m[1] if m and len(item.expr.segments) == 1 else None
+        nullable = v.nullable or bool(scope.sources) or v.type == "dyn"
+        keys.append(OrderKey(scope.wrap_value(key), item.descending, nullable, v.type, column))
+    return keys, c.params
+
+
+_NO_PROP = Prop("", "null")
+
+
+def cast_of(t: Type) -> str | None:
+    """The PostgreSQL type a keyset cursor value of an order key of type ``t`` is cast to (None:
+    a key a cursor cannot carry, such as a duration; paging falls back to ``$skip``)."""
+    return _CASTS.get(t)
+
+
+def compile_orderby(
+    items: tuple[ast.OrderItem, ...],
+    entity: str | Entity,
+    alias: str,
+    *,
+    now: datetime | None = None,
+    param_prefix: str = "o",
+) -> SqlFragment:
+    """``$orderby`` → the list after ``ORDER BY`` (empty SQL when there are no items).
+    Properties of to-one navigations are allowed (``Datastream/name``), to-many ones are not."""
+    keys, params = order_keys(items, entity, alias, now=now, param_prefix=param_prefix)
+    parts = [_S("{} " + ("desc" if k.descending else "asc")).format(k.sql) for k in keys]
+    return SqlFragment(_S(", ").join(parts), params)
 
 
 def _describe(e: ast.Expr) -> str:

@@ -217,6 +217,17 @@ def _tpos(token: Token) -> int:
 
 @v_args(meta=True)
 class _ToAst(Transformer[Token, Any]):
+    def __init__(self, text: str = "") -> None:
+        super().__init__()
+        self._text = text
+
+    def _raw(self, meta: Any) -> str:
+        """The value of an ``$expand`` item's option as written (``$top=1`` → ``1``)."""
+        start, end = getattr(meta, "start_pos", None), getattr(meta, "end_pos", None)
+        if start is None or end is None:
+            return ""
+        return self._text[start:end].split("=", 1)[1].strip()
+
     # --- literals
     def string(self, meta: Any, c: list[Token]) -> ast.Literal:
         return ast.Literal(_unquote(c[0]), _pos(meta))
@@ -322,34 +333,36 @@ class _ToAst(Transformer[Token, Any]):
     def expand_item(self, meta: Any, c: list[Any]) -> ast.Expand:
         path, *opts = c
         given: dict[str, Any] = {}
-        for name, value in (o for o in opts if o is not None):
+        raw: list[tuple[str, str]] = []
+        for name, value, text in (o for o in opts if o is not None):
             if name in given:
                 raise BadRequestError(f"$expand={path}: option ${name} given twice")
             given[name] = value
-        return ast.Expand(path.segments, ast.QueryOptions(**given))
+            raw.append((f"${name}", text))
+        return ast.Expand(path.segments, ast.QueryOptions(**given), tuple(raw))
 
-    def opt_filter(self, meta: Any, c: list[Any]) -> tuple[str, Any]:
-        return ("filter", c[0])
+    def opt_filter(self, meta: Any, c: list[Any]) -> tuple[str, Any, str]:
+        return ("filter", c[0], self._raw(meta))
 
-    def opt_orderby(self, meta: Any, c: list[Any]) -> tuple[str, Any]:
-        return ("orderby", c[0])
+    def opt_orderby(self, meta: Any, c: list[Any]) -> tuple[str, Any, str]:
+        return ("orderby", c[0], self._raw(meta))
 
-    def opt_select(self, meta: Any, c: list[Any]) -> tuple[str, Any]:
-        return ("select", c[0])
+    def opt_select(self, meta: Any, c: list[Any]) -> tuple[str, Any, str]:
+        return ("select", c[0], self._raw(meta))
 
-    def opt_expand(self, meta: Any, c: list[Any]) -> tuple[str, Any]:
-        return ("expand", c[0])
+    def opt_expand(self, meta: Any, c: list[Any]) -> tuple[str, Any, str]:
+        return ("expand", c[0], self._raw(meta))
 
-    def opt_top(self, meta: Any, c: list[Token]) -> tuple[str, Any]:
-        return ("top", _nonnegative("$top", c[0]))
+    def opt_top(self, meta: Any, c: list[Token]) -> tuple[str, Any, str]:
+        return ("top", _nonnegative("$top", c[0]), self._raw(meta))
 
-    def opt_skip(self, meta: Any, c: list[Token]) -> tuple[str, Any]:
-        return ("skip", _nonnegative("$skip", c[0]))
+    def opt_skip(self, meta: Any, c: list[Token]) -> tuple[str, Any, str]:
+        return ("skip", _nonnegative("$skip", c[0]), self._raw(meta))
 
-    def opt_count(self, meta: Any, c: list[Token]) -> tuple[str, Any]:
-        return ("count", c[0] == "true")
+    def opt_count(self, meta: Any, c: list[Token]) -> tuple[str, Any, str]:
+        return ("count", c[0] == "true", self._raw(meta))
 
-    def opt_unsupported(self, meta: Any, c: list[Token]) -> tuple[str, Any]:
+    def opt_unsupported(self, meta: Any, c: list[Token]) -> tuple[str, Any, str]:
         raise _unknown_option(str(c[0]), inside_expand=True)
 
 
@@ -402,7 +415,7 @@ def _parse(option: str, text: str, start: str) -> Any:
         raise BadRequestError(f"{option} is empty")
     try:
         tree = _parser().parse(text, start=start)
-        return _ToAst().transform(tree)
+        return _ToAst(text).transform(tree)
     except UnexpectedInput as e:
         lambda_ = _LAMBDA.search(text)
         if lambda_ is not None:  # OData's lambda operators are not in the grammar: 501, not 400
@@ -484,6 +497,8 @@ def parse_query_options(params: Mapping[str, str]) -> ast.QueryOptions:
                     f"$resultFormat={text!r}: expected one of {', '.join(_RESULT_FORMATS.values())}"
                 )
             given["result_format"] = fmt
+        elif name == "$skiptoken":
+            given["skiptoken"] = text
         else:
             raise _unknown_option(name)
     return ast.QueryOptions(**given)
