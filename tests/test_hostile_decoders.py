@@ -637,3 +637,27 @@ def test_a_lone_surrogate_is_a_reject_without_a_logged_traceback(payload: bytes)
         logger.removeHandler(errors)
     assert errors.seen == []
     assert [r.reason for r in batch.rejects] == ["invalid_json"]
+
+
+@pytest.mark.parametrize("device", [".", "..", "..."])
+def test_device_keys_of_only_dots_are_refused(device: str) -> None:
+    """ "." and ".." are path-traversal bait wherever a device key ends up in a path or URL."""
+    reading = orjson.dumps({"quantity": "pm25", "value": 1.0, "time": "2026-11-27T10:00:00Z"})
+    for topic in (f"quartier/v1/net/{device}/up", f"quartier/v1/{device}/dev/up"):
+        batch = build_batch([Message(topic, reading, NOW)], CFG, NOW)
+        assert [r.reason for r in batch.rejects] == ["unknown_topic"]
+    with pytest.raises(DecodeError, match="not a valid device key"):
+        decode_sensor_community_push(
+            b'{"sensordatavalues": [{"value_type": "SDS_P1", "value": "1"}]}',
+            headers={"X-Sensor": device},
+            now=NOW,
+        )
+    doc = {
+        "end_device_ids": {"device_id": device},
+        "uplink_message": {"received_at": "2026-11-27T10:00:00Z", "decoded_payload": {"co2": 1}},
+    }
+    with pytest.raises(DecodeError) as exc:
+        decode_ttn("ttn-app", orjson.dumps(doc), max_bytes=MAX)
+    assert exc.value.reason == "invalid_device"
+    ok = build_batch([Message("quartier/v1/net/a..b/up", reading, NOW)], CFG, NOW)
+    assert ok.rejects == [] and len(ok.columns.messages) == 1  # dots inside a key are fine

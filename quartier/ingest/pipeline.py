@@ -17,8 +17,10 @@ from quartier.ingest.validate import EARLIEST, validate
 
 log = logging.getLogger(__name__)
 
+#: network and device: 1-64 of A-Z a-z 0-9 _ . - and not only dots (no "." or ".." keys)
 TOPIC = re.compile(
-    r"^quartier/v1/([A-Za-z0-9_.\-]{1,64})/([A-Za-z0-9_.\-]{1,64})/(up|senml|speedtest)$"
+    r"^quartier/v1/((?!\.+/)[A-Za-z0-9_.\-]{1,64})/((?!\.+/)[A-Za-z0-9_.\-]{1,64})"
+    r"/(up|senml|speedtest)$"
 )
 #: Subscriptions of the ingester (documented in docs/mqtt.md).
 SUBSCRIPTIONS = (

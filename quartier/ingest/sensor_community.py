@@ -133,7 +133,7 @@ ARCHIVE_IGNORED = frozenset(
     }
 )
 
-_DEVICE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_DEVICE = re.compile(r"^(?!\.+$)[A-Za-z0-9_.-]{1,64}$")  # not only dots: no "." or ".."
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
 

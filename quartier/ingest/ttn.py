@@ -55,7 +55,7 @@ GENERIC_FIELDS: FieldMap = {
     **dict.fromkeys(("traffic_count", "vehicle_count", "vehicles"), ("traffic_count", 1.0)),
 }
 
-_DEVICE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_DEVICE = re.compile(r"^(?!\.+$)[A-Za-z0-9_.-]{1,64}$")  # not only dots: no "." or ".."
 _TOPIC = re.compile(
     r"^v3/(?P<app>[a-z0-9](?:-?[a-z0-9]){2,35})(?:@(?P<tenant>[a-z0-9-]{1,36}))?"
     r"/devices/(?P<device>[a-z0-9](?:-?[a-z0-9]){2,35})/(?P<kind>[a-z/.]+)$"
