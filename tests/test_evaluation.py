@@ -85,13 +85,20 @@ def test_cells_need_the_classification_columns() -> None:
         )
 
 
+#: published speed-test cells need this many distinct devices (k-anonymity, docs/privacy.md):
+#: each test below is made by as many phones, a second apart, so the cells count
+PHONES = 5
+
+
 def _insert_test(conn: psycopg.Connection, key: str, when: str, lon: float, lat: float,
                  mbps: float) -> None:  # fmt: skip
-    conn.execute(
-        "insert into speedtest (measured_at, source, device_key, geom, download_mbps) "
-        "values (%s, 'test', %s, ST_SetSRID(ST_MakePoint(%s, %s), 4326), %s)",
-        (when, key, lon, lat, mbps),
-    )
+    for j in range(PHONES):
+        conn.execute(
+            "insert into speedtest (measured_at, source, device_key, geom, download_mbps) "
+            "values (%s::timestamptz + make_interval(secs => %s), 'test', %s,"
+            " ST_SetSRID(ST_MakePoint(%s, %s), 4326), %s)",
+            (when, j, f"{key}-{j}", lon, lat, mbps),
+        )
 
 
 @pytest.mark.services
@@ -143,10 +150,10 @@ def test_compute_indicators_end_to_end(db_url: str) -> None:
     v = by_code["1"]
     assert v.period_end == NOW and v.computed_at == NOW
     assert v.period_start == datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
-    assert v.provenance["tests_used"] == 4
-    assert v.provenance["tests_loaded"] == 5
+    assert v.provenance["tests_used"] == 4 * PHONES
+    assert v.provenance["tests_loaded"] == 5 * PHONES
     assert v.provenance["cells_measured"] == 3
-    assert v.provenance["tests_in_scope"] == 3
+    assert v.provenance["tests_in_scope"] == 3 * PHONES
     assert v.provenance["data_from"] == "2024-03-01T10:00:00+00:00"
     assert v.provenance["data_to"] == "2024-04-02T10:00:00+00:00"
     assert v.provenance["sources"] == ["test"]
