@@ -172,19 +172,11 @@ def grant(conn: Conn, path: str = "postgres") -> None:
     """This database's grants for the roles, set again from the lists of this module."""
     tables = _tables(conn)
     present = sorted(tables)
-    db = conn.execute("select current_database()").fetchone()
-    database = sql.Identifier(str(_value(db)))
-    for role in (INGEST, API):
+    for role in (INGEST, API):  # CONNECT and TEMPORARY (staging tables): PUBLIC's defaults
         ident = sql.Identifier(role)
         conn.execute(sql.SQL("revoke all on all tables in schema public from {}").format(ident))
         conn.execute(sql.SQL("revoke all on all sequences in schema public from {}").format(ident))
-        conn.execute(
-            sql.SQL("grant connect, temporary on database {} to {}").format(database, ident)
-        )
         conn.execute(sql.SQL("grant usage on schema public to {}").format(ident))
-    conn.execute(
-        sql.SQL("grant connect on database {} to {}").format(database, sql.Identifier(OWNER))
-    )
     _grant_owner(conn, path)
 
     ingest_writes = [t for t in INGEST_WRITES if t in tables]
