@@ -96,7 +96,14 @@ def settings(db_url: str, service_urls: ServiceUrls) -> Settings:
         _env_file=None,  # type: ignore[call-arg]
         database={"url": db_url},
         mqtt={"url": service_urls.mqtt_url},
-        ingest={"client_id": f"ingest-{tag}", "share_group": f"g{tag}", "batch_ms": 50},
+        ingest={
+            "client_id": f"ingest-{tag}",
+            "share_group": f"g{tag}",
+            "batch_ms": 50,
+            # HTTP pushes from devices without credentials, as before device accounts (the
+            # development override's HTTP side; tests/test_ingest_http.py turns it off)
+            "http_allow_unknown_devices": True,
+        },
     )
 
 
