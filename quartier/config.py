@@ -219,6 +219,11 @@ class ApiSettings(BaseModel):
     #: ``GET /indicators`` serves stored values; older than this (seconds), a read recomputes
     #: them first (the maintenance round refreshes them at this interval too).
     indicators_max_age_seconds: float = Field(default=300.0, gt=0)
+    #: Licence of the open data and the attribution it asks for, stated in the SensorThings
+    #: service root (``serverSettings``).
+    data_licence: str = "dl-de/by-2-0"
+    data_licence_url: str = "https://www.govdata.de/dl-de/by-2-0"
+    data_attribution: str = "Quartier – offene Daten der Kommune"
 
 
 class PrivacySettings(BaseModel):
