@@ -305,6 +305,17 @@ class BrokerAdmin:
             self.command("deleteRole", rolename=account.username)
             raise
 
+    def create_ingester(self, username: str, password: str) -> None:
+        """Another ingest account (each ingester process of a shared subscription needs its
+        own: the client id is the username)."""
+        self.command(
+            "createClient",
+            username=username,
+            password=password,
+            textname="Quartier: an ingester",
+            roles=[{"rolename": INGEST_ROLE}],
+        )
+
     def set_password(self, username: str, password: str) -> None:
         """A new password; the broker disconnects a client still connected with the old one."""
         self.command("setClientPassword", username=username, password=password)

@@ -540,3 +540,116 @@ def test_ingester_subscribes_to_the_things_stack_over_tls(
         ing.stop_event.set()
         thread.join(15)
     assert not thread.is_alive()
+
+
+# --------------------------------------------------------------------------- more accounts
+
+
+def test_another_ingester_gets_its_own_account(
+    broker: tuple[LocalServices, ServiceState], cli: Callable[..., Any]
+) -> None:
+    _, state = broker
+    name = f"w{uuid.uuid4().hex[:6]}"
+    out = cli("devices", "add-ingester", name).stdout
+    password = out.split("password:", 1)[1].split()[0]
+    worker = Probe(state.mqtt_port, f"quartier-ingest-{name}", password).start()
+    assert worker.accepted
+    worker.client.subscribe(
+        [("$share/workers/quartier/v1/+/+/up", 1), ("v3/+/devices/+/up", 1), ("#", 1)]
+    )
+    assert wait_for(lambda: bool(worker.of("suback")))
+    worker.client.publish("quartier/v1/x/y/up", READING, qos=1)  # it may not publish
+    assert wait_for(lambda: bool(worker.of("puback")))
+    worker.stop()
+    assert worker.of("suback") == [["Granted QoS 1", "Granted QoS 1", "Not authorized"]]
+    assert worker.of("puback") == ["Not authorized"]
+
+
+def test_init_broker_writes_a_config_a_broker_starts_with(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o777)
+    runner = CliRunner()
+    result = runner.invoke(app, ["devices", "init-broker", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    words = result.stdout.split()
+    admin_pw = words[words.index("quartier-admin") + 2]
+    ingest_pw = words[words.index("quartier-ingest") + 2]
+    dynsec = tmp_path / "data" / "dynamic-security.json"
+    assert dynsec.stat().st_mode & 0o077 == 0
+    assert admin_pw not in dynsec.read_text() and ingest_pw not in dynsec.read_text()
+    again = runner.invoke(app, ["devices", "init-broker", str(tmp_path / "data")])
+    assert again.exit_code == 1 and "exists already" in again.output
+    from quartier.services import find_dynsec_plugin
+
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"user {getpass.getuser()}\nallow_anonymous false\nplugin {find_dynsec_plugin()}\n"
+        f"plugin_opt_config_file {dynsec}\nlistener {port} 127.0.0.1\n"
+        "use_username_as_clientid true\n"
+    )
+    binary = find_mosquitto()
+    assert binary is not None
+    proc = subprocess.Popen([str(binary), "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: port_open(port), 10)
+        assert not refused_connect(port, "quartier-ingest", ingest_pw)
+        assert refused_connect(port, None, None)
+        from quartier.mqtt_accounts import BrokerAdmin
+
+        with BrokerAdmin(f"mqtt://quartier-admin:{admin_pw}@127.0.0.1:{port}") as admin:
+            assert set(admin.usernames()) == {"quartier-admin", "quartier-ingest"}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_deploy_config_serves_tls_with_accounts(tmp_path: Path) -> None:
+    """deploy/mosquitto/ as the README mounts it, with /mosquitto/… moved under tmp_path and
+    this machine's plugin path: TLS on the 8883 listener (another port here), no anonymous."""
+    from quartier.mqtt_accounts import write_initial_config
+    from quartier.services import MOSQUITTO_CONF, find_dynsec_plugin
+
+    os.chmod(tmp_path, 0o777)
+    deploy = Path(__file__).parent.parent / "deploy" / "mosquitto"
+    base = tmp_path / "mosquitto"
+    (base / "config" / "quartier.d").mkdir(parents=True)
+    (base / "data").mkdir()
+    os.chmod(base / "data", 0o777)
+    make_tls_files(base / "certs")
+    os.chmod(base / "certs" / "server.key", 0o644)
+    plain, tls = free_port(), free_port()
+
+    def moved(text: str) -> str:
+        text = text.replace("/mosquitto/", f"{base}/")
+        text = text.replace("/usr/lib/mosquitto_dynamic_security.so", find_dynsec_plugin())
+        text = text.replace("listener 1883 0.0.0.0", f"listener {plain} 127.0.0.1")
+        return text.replace("listener 8883 0.0.0.0", f"listener {tls} 127.0.0.1")
+
+    (base / "config" / "mosquitto.conf").write_text(
+        f"user {getpass.getuser()}\nlog_dest stderr\n"
+        + moved((deploy / "mosquitto.conf").read_text())
+    )
+    (base / "config" / "quartier.d" / "10-quartier.conf").write_text(
+        moved(MOSQUITTO_CONF.read_text()).replace("log_dest stdout", "")
+    )
+    (base / "config" / "quartier.d" / "20-tls.conf").write_text(
+        moved((deploy / "tls.conf").read_text())
+    )
+    write_initial_config(base / "data" / "dynamic-security.json", "admin-pw", "ingest-pw")
+    binary = find_mosquitto()
+    assert binary is not None
+    proc = subprocess.Popen(
+        [str(binary), "-c", str(base / "config" / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert wait_for(lambda: port_open(plain) and port_open(tls), 10), proc.poll()
+        ca = base / "certs" / "ca.crt"
+        assert not refused_connect(tls, "quartier-ingest", "ingest-pw", tls_ca=ca)
+        assert refused_connect(tls, None, None, tls_ca=ca)
+        assert refused_connect(plain, None, None)
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=10)[1].decode(errors="replace")
+    assert "Error" not in err, err

@@ -7,6 +7,7 @@ and the broker's own)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -72,6 +73,24 @@ def devices_add(network: Network, device: Device) -> None:
             with BrokerAdmin(admin_url, ca_file=s.mqtt.ca_file) as broker:
                 broker.create(account, password)
     _show_secret(account.username, password, account.topics)
+
+
+@app.command("add-ingester")
+def devices_add_ingester(
+    name: Annotated[str, typer.Argument(help="a name for the process, e.g. worker-2")],
+) -> None:
+    """Another ingest account, quartier-ingest-NAME (subscribe to the ingest topics, plainly
+    or in a shared-subscription group), for one more `quartier ingest` process."""
+    from quartier.mqtt_accounts import INGEST_USER, BrokerAdmin, new_password
+
+    s = settings()
+    with user_errors(s):
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,48}", name):
+            raise fail(f"the name {name!r} must be 1-48 of A-Z a-z 0-9 _ . -")
+        username, password = f"{INGEST_USER}-{name}", new_password()
+        with BrokerAdmin(_admin_url(s), ca_file=s.mqtt.ca_file) as broker:
+            broker.create_ingester(username, password)
+    _show_secret(username, password, ("subscribe: the ingest topics (docs/mqtt.md)",))
 
 
 @app.command("rotate")
