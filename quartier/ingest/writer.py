@@ -144,6 +144,20 @@ def _insert_observations(
 
 
 _REJECT_PAYLOAD_MAX: int = IngestSettings.model_fields["reject_payload_max_bytes"].default
+#: A refused message's topic is kept up to this many characters: with the payload hash it must
+#: fit a btree entry of the once-only index (2,704 bytes; 4 bytes a character at most). No topic
+#: the ingester accepts is near it; a longer one (MQTT allows 65,535 bytes) would fail every
+#: insert and stall the ingester (tests/test_hostile_mqtt.py).
+REJECT_TOPIC_MAX = 512
+
+
+def reject_topic(topic: str) -> str:
+    """The topic as ``ingest_reject`` keeps it (NUL escaped, at most ``REJECT_TOPIC_MAX``)."""
+    topic = topic.replace("\x00", "\\0")
+    if len(topic) <= REJECT_TOPIC_MAX:
+        return topic
+    more = f"…[{len(topic)} characters]"
+    return topic[: REJECT_TOPIC_MAX - len(more)] + more
 
 
 class BatchWriter:
@@ -500,7 +514,7 @@ class BatchWriter:
                     (
                         r.received_at,
                         r.source,
-                        r.topic.replace("\x00", "\\0"),
+                        reject_topic(r.topic),
                         r.payload[:cap],
                         hashlib.sha256(r.payload).digest(),
                         len(r.payload),
