@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
@@ -62,7 +63,7 @@ def device(db_url: str) -> tuple[str, str]:
     return DEVICE, PASSWORD
 
 
-def push(client: TestClient, auth: tuple[str, str] | None, device: str = DEVICE):  # type: ignore[no-untyped-def]
+def push(client: TestClient, auth: Any, device: str = DEVICE) -> Any:
     chip = device.rsplit("-", 1)[1]
     return client.post(
         "/ingest/sensor-community",
@@ -82,7 +83,7 @@ def stored_count(url: str) -> tuple[int, int]:
 
 def test_push_is_stored_and_a_bad_push_refused_with_reason(
     client: TestClient, db_url: str, device: tuple[str, str]
-):
+) -> None:
     r = client.post(
         "/ingest/sensor-community",
         content=orjson.dumps(PUSH),

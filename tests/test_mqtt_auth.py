@@ -149,7 +149,7 @@ class Probe:
 
     @property
     def accepted(self) -> bool:
-        return self.of("connect")[0] == "Success"
+        return bool(self.of("connect")[0] == "Success")
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -167,7 +167,7 @@ def ingester(broker: tuple[LocalServices, ServiceState], db_url: str) -> Iterato
     """Quartier's ingester with the ingest account `services up` made (no session kept)."""
     _, state = broker
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database={"url": db_url},
         mqtt={"url": state.mqtt_url},
         ingest={"client_id": "quartier-ingest", "batch_ms": 50, "session_expiry_seconds": 0},
@@ -410,7 +410,7 @@ def test_health_check_speaks_mqtts_with_credentials(
     _, state = broker
     assert state.mqtts_url
     good = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         mqtt={"url": state.mqtts_url, "ca_file": state.mqtt_ca_file},
     )
     assert _check_mqtt(good).ok
@@ -503,7 +503,7 @@ def test_ingester_subscribes_to_the_things_stack_over_tls(
     tts = tts_standin
     user = "test-decentlab@ttn"
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database={"url": db_url},
         mqtt={
             "url": f"mqtts://{quote(user)}:{tts.api_key}@localhost:{tts.port}",
