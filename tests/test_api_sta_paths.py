@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 import pytest
@@ -297,7 +297,7 @@ _LAST = re.compile(r"/(\w+)(\(.*\))?$")
 def _links(body: Any) -> Iterator[str]:
     if isinstance(body, dict):
         for key, value in body.items():
-            if key in ("@iot.selfLink", "@iot.nextLink") or key.endswith("@iot.navigationLink"):
+            if key.endswith(("@iot.selfLink", "@iot.nextLink", "@iot.navigationLink")):
                 yield value
             else:
                 yield from _links(value)
@@ -306,17 +306,34 @@ def _links(body: Any) -> Iterator[str]:
             yield from _links(item)
 
 
+def _expand_all(entity_set: str) -> str:
+    """``$expand`` of every navigation of ``entity_set``, two deep, small pages with counts."""
+    from quartier.api.sensorthings import SET_OF
+    from quartier.api.sta import ENTITIES
+    from quartier.api.sta import ENTITY_SETS as TYPES
+
+    items = []
+    for nav, n in ENTITIES[TYPES[entity_set]].navs.items():
+        inner = ",".join(f"{x}($top=1)" for x in ENTITIES[n.target].navs)
+        opts = "$top=2;$count=true;" if n.many else ""
+        items.append(f"{nav}({opts}$expand={inner})")
+        assert SET_OF[n.target]
+    return ",".join(items)
+
+
 def test_every_emitted_link_resolves(filled: Settings) -> None:
-    """Start at the service root and follow every selfLink, navigationLink and nextLink (pages of
-    10, so nextLinks appear); each answers 200 with a body its model validates."""
+    """Start at the service root (and at each entity set with every navigation expanded two
+    deep) and follow every selfLink, navigationLink and nextLink, expanded ones included (pages
+    of 10, so nextLinks appear); each answers 200 with a body its model validates."""
     small = filled.model_copy(update={"api": filled.api.model_copy(update={"default_top": 10})})
     with TestClient(create_app(small)) as client:
         root = _get(client, m.ServiceRoot, "/v1.1")
         queue = deque(e.url for e in root.value)
+        queue += [f"{e.url}?$top=3&$expand={_expand_all(e.name)}" for e in root.value]
         seen = set(queue)
         kinds: dict[str, int] = {}
         while queue:
-            assert len(seen) < 1000, "crawl bound reached"
+            assert len(seen) < 2000, "crawl bound reached"
             url = queue.popleft()
             r = client.get(url)
             assert r.status_code == 200, (url, r.text)
@@ -326,6 +343,8 @@ def test_every_emitted_link_resolves(filled: Settings) -> None:
             entity, collection = _MODELS[match.group(1)]
             (entity if match.group(2) else collection).model_validate(body)
             kind = "next" if "skip" in url else ("entity" if match.group(2) else "collection")
+            if "$expand" in url:
+                kind = "expanded"
             kinds[kind] = kinds.get(kind, 0) + 1
             for link in _links(body):
                 if link not in seen:
@@ -335,3 +354,57 @@ def test_every_emitted_link_resolves(filled: Settings) -> None:
     assert kinds["entity"] >= 29 + 3 + 2 + 2 + 2 + 3 + 3 + 1
     assert kinds["next"] >= 3
     assert kinds["collection"] >= 8
+    assert kinds["expanded"] == 8
+    # expanded collections' nextLinks were among those followed
+    assert any("$skip=" in unquote(u) and "$top=2" in unquote(u) for u in seen)
+
+
+# ------------------------------------------------------------------ conformance, properties, $ref
+def test_service_root_conformance_and_licence(client: TestClient) -> None:
+    root = _json(client, "/v1.1")
+    spec = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
+    classes = [c for c in root["serverSettings"]["conformance"] if c.startswith(spec)]
+    # exactly the classes this suite tests (paths here, request-data in test_api_sta_options,
+    # _expand and _paging, dataArray in _paging); no write, batch, multi-datastream or MQTT
+    assert sorted(classes) == sorted(
+        spec + c
+        for c in (
+            "datamodel",
+            "resource-path/resource-path-to-entities",
+            "request-data",
+            "data-array/data-array",
+        )
+    )
+    extensions = [c for c in root["serverSettings"]["conformance"] if not c.startswith(spec)]
+    assert len(extensions) == 3
+    for url in extensions:
+        assert client.get(url.split("#")[0]).status_code == 200
+    assert root["serverSettings"]["license"]["id"] == "dl-de/by-2-0"
+    assert root["serverSettings"]["license"]["url"].startswith("https://")
+
+
+def test_property_value_and_ref_paths(client: TestClient) -> None:
+    ds = _json(client, "/v1.1/Datastreams", **{"$top": "1"})["value"][0]
+    link = ds["@iot.selfLink"]
+    assert _json(client, link + "/name") == {"name": ds["name"]}
+    assert _json(client, link + "/unitOfMeasurement") == {
+        "unitOfMeasurement": ds["unitOfMeasurement"]
+    }
+    r = client.get(link + "/name/$value")
+    assert r.status_code == 200 and r.text == ds["name"]
+    assert r.headers["content-type"].startswith("text/plain")
+    assert client.get(link + "/id/$value").text == str(ds["@iot.id"])
+    assert client.get(link + "/nosuch").status_code == 404
+    obs = _json(client, ds["Observations@iot.navigationLink"], **{"$top": "1"})["value"][0]
+    assert _json(client, obs["@iot.selfLink"] + "/result") == {"result": obs["result"]}
+    assert client.get(obs["@iot.selfLink"] + "/validTime").status_code == 204  # null
+    assert _json(client, obs["@iot.selfLink"] + "/Datastream")["@iot.id"] == ds["@iot.id"]
+    assert _json(client, obs["@iot.selfLink"] + "/Datastream/$ref") == {"@iot.selfLink": link}
+    refs = _json(client, link + "/Observations/$ref", **{"$top": "2", "$count": "true"})
+    assert set(refs) == {"value", "@iot.count", "@iot.nextLink"}
+    assert refs["value"][0] == {"@iot.selfLink": obs["@iot.selfLink"]}
+    thing = _json(client, ds["Thing@iot.navigationLink"])
+    refs = _json(client, thing["@iot.selfLink"] + "/Datastreams/$ref")
+    assert link in [x["@iot.selfLink"] for x in refs["value"]]
+    r = client.get("/v1.1/Things(x)/name")
+    assert r.status_code == 400 and "not an integer" in r.json()["message"]

@@ -26,7 +26,7 @@ from typing import Annotated, Any, overload
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from quartier.api import models as m
 from quartier.api.deps import AppSettings, BaseUrl, Conn, bounded_skip
@@ -582,33 +582,72 @@ def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
+_SPEC = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
+#: The conformance classes of OGC 18-088 the read API passes (tests/test_api_sta_*.py, one group
+#: per class): the data model, resource paths (entities, properties, $value, $ref, navigation),
+#: every request-data option, and dataArray. Not (yet): create-update-delete, batch-request,
+#: multi-datastream and the two MQTT classes.
+CONFORMANCE = (
+    f"{_SPEC}datamodel",
+    f"{_SPEC}resource-path/resource-path-to-entities",
+    f"{_SPEC}request-data",
+    f"{_SPEC}data-array/data-array",
+)
+#: Quartier's own extensions, each documented by its part of the OpenAPI description.
+EXTENSIONS = {
+    "aggregate": "/docs#/Aggregates/aggregate_datastream_observations",
+    "latest": "/docs#/Aggregates/latest_observations_of_datastreams",
+    "skiptoken": "/docs#/SensorThings%20API%20v1.1/sta_list_observations",
+}
+
+
 @router.get("", response_model=m.ServiceRoot, operation_id="sta_service_root")
-def service_root(base: BaseUrl) -> m.ServiceRoot:
+def service_root(base: BaseUrl, settings: AppSettings) -> m.ServiceRoot:
+    """The entity sets, the conformance classes passed (plus Quartier's extensions, which name
+    their documentation), the data's licence and attribution."""
+    api = settings.api
     return m.ServiceRoot(
         value=[m.ServiceEndpoint(name=n, url=f"{base}{PREFIX}/{n}") for n in ENTITY_SETS],
         serverSettings={
-            "conformance": [
-                "http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel",
-                "http://www.opengis.net/spec/iot_sensing/1.1/req/resource-path/resource-path-to-entities",
-                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/top",
-                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/skip",
-                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/count",
-                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/orderby",
-                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/filter",
-                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data/select",
-            ]
+            "conformance": [*CONFORMANCE, *(f"{base}{path}" for path in EXTENSIONS.values())],
+            "license": {
+                "id": api.data_licence,
+                "url": api.data_licence_url,
+                "attribution": api.data_attribution,
+            },
+            "maxTop": api.max_top,
+            "defaultTop": api.default_top,
         },
     )
 
 
 def _list(
-    conn: DictConn, base: str, p: Paging, entity_set: str, within: q.Within | None = None
+    conn: DictConn,
+    base: str,
+    p: Paging,
+    entity_set: str,
+    within: q.Within | None = None,
+    refs: bool = False,
 ) -> Any:
-    """One page of ``entity_set`` (all of it, or navigated to ``within`` one entity)."""
+    """One page of ``entity_set`` (all of it, or navigated to ``within`` one entity); ``refs``:
+    only their selfLinks (a ``/$ref`` path)."""
     listing = p.listing(entity_set)
     rows, nxt = p.page(q.entities(conn, entity_set, listing, within), base, listing)
     count = q.count_entities(conn, entity_set, listing, within) if p.count else None
+    if refs:
+        return _ref_page(base, entity_set, rows, nxt, count)
     return p.respond(conn, base, entity_set, rows, nxt, count)
+
+
+def _ref_page(
+    base: str, entity_set: str, rows: list[dict[str, Any]], nxt: str | None, count: int | None
+) -> JSONResponse:
+    shape = _SETS[entity_set].shape
+    data: dict[str, Any] = {} if count is None else {"@iot.count": count}
+    data["value"] = [{"@iot.selfLink": shape(r, base).self_link} for r in rows]
+    if nxt is not None:
+        data["@iot.nextLink"] = nxt
+    return JSONResponse(data)
 
 
 def _add_collection(entity_set: str) -> None:
@@ -660,28 +699,103 @@ def _add_navigation(entity_set: str, nav: str) -> None:
         summary=f"The {nav} of one {entity_type}",
     )
 
-
-def _add_to_one(entity_set: str, nav: str) -> None:
-    """``GET /<entity set>(<id>)/<nav>`` for a to-one navigation property: the one entity."""
-    entity_type = ENTITY_SETS[entity_set]
-    target_type = ENTITIES[entity_type].navs[nav].target
-    target_set = SET_OF[target_type]
-
-    def route(entity_id: int, conn: Conn, base: BaseUrl, s: SelectionDep) -> Any:
-        source, on = compile_navigation(entity_type, nav, "_p", q.ALIASES[target_set])
+    def ref_route(entity_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> Any:
+        source, on = compile_navigation(entity_type, nav, "_p", q.ALIASES[nav])
         table = ENTITIES[entity_type].table
         within = q.Within(source, on, entity_type, table, entity_id)
-        rows = q.entities(conn, target_set, q.Listing(1), within)
-        if not rows:
-            raise NotFoundError(f"{entity_type} {entity_id} has no {nav}")
-        return s.respond(conn, base, target_set, rows[0])
+        return _list(conn, base, p, nav, within, refs=True)
 
     router.add_api_route(
-        f"/{entity_set}({{entity_id}})/{nav}",
+        f"/{entity_set}({{entity_id}})/{nav}/$ref",
+        ref_route,
+        operation_id=f"sta_{_snake(entity_type)}_{_snake(nav)}_ref",
+        summary=f"The selfLinks of the {nav} of one {entity_type}",
+    )
+
+
+def _entity_path(entity_set: str) -> str:
+    """The path of one entity of ``entity_set`` (an Observation's id is a quoted string)."""
+    if entity_set == "Observations":
+        return "/Observations('{entity_id}')"
+    return f"/{entity_set}({{entity_id}})"
+
+
+def _entity_row(conn: DictConn, entity_set: str, entity_id: str) -> dict[str, Any]:
+    """One entity's row by the id in its path (404 when there is none)."""
+    if entity_set == "Observations":
+        ds_id, time = parse_observation_id(entity_id)
+        return q.observation(conn, ds_id, time)
+    if not entity_id.isdigit():
+        raise BadRequestError(f"@iot.id {entity_id!r} of {entity_set} is not an integer")
+    return q.entity(conn, entity_set, ENTITY_SETS[entity_set], int(entity_id))
+
+
+def _add_to_one(entity_set: str, nav: str) -> None:
+    """``GET /<entity set>(<id>)/<nav>`` for a to-one navigation property: the one entity, read
+    by the parent's foreign key (and ``…/<nav>/$ref``: its selfLink)."""
+    entity_type = ENTITY_SETS[entity_set]
+    n = ENTITIES[entity_type].navs[nav]
+    target_set = SET_OF[n.target]
+
+    def target(conn: DictConn, entity_id: str) -> dict[str, Any]:
+        fk = _entity_row(conn, entity_set, entity_id).get(n.fk)
+        if fk is None:
+            raise NotFoundError(f"{entity_type} {entity_id} has no {nav}")
+        return q.entity(conn, target_set, n.target, int(fk))
+
+    def route(entity_id: str, conn: Conn, base: BaseUrl, s: SelectionDep) -> Any:
+        return s.respond(conn, base, target_set, target(conn, entity_id))
+
+    def ref_route(entity_id: str, conn: Conn, base: BaseUrl) -> Any:
+        row = target(conn, entity_id)
+        return JSONResponse({"@iot.selfLink": _SETS[target_set].shape(row, base).self_link})
+
+    path = f"{_entity_path(entity_set)}/{nav}"
+    router.add_api_route(
+        path,
         route,
         response_model=_SETS[target_set].model,
         operation_id=f"sta_{_snake(entity_type)}_{_snake(nav)}",
         summary=f"The {nav} of one {entity_type}",
+    )
+    router.add_api_route(
+        f"{path}/$ref",
+        ref_route,
+        operation_id=f"sta_{_snake(entity_type)}_{_snake(nav)}_ref",
+        summary=f"The selfLink of the {nav} of one {entity_type}",
+    )
+
+
+def _add_property(entity_set: str, prop: str) -> None:
+    """``GET /<entity set>(<id>)/<property>`` (``{"<property>": value}``) and ``…/$value`` (the
+    value alone, as text); 204 No Content when the value is null."""
+    entity_type = ENTITY_SETS[entity_set]
+    key = "@iot.id" if prop == "id" else prop
+    shape = _SETS[entity_set].shape
+
+    def value_of(conn: DictConn, base: str, entity_id: str) -> Any:
+        body = shape(_entity_row(conn, entity_set, entity_id), base)
+        return body.model_dump(mode="json", by_alias=True).get(key)
+
+    def route(entity_id: str, conn: Conn, base: BaseUrl) -> Any:
+        value = value_of(conn, base, entity_id)
+        return Response(status_code=204) if value is None else JSONResponse({prop: value})
+
+    def raw_route(entity_id: str, conn: Conn, base: BaseUrl) -> Any:
+        value = value_of(conn, base, entity_id)
+        if value is None:
+            return Response(status_code=204)
+        text = value if isinstance(value, str) else json.dumps(value)
+        return Response(text, media_type="text/plain; charset=utf-8")
+
+    path = f"{_entity_path(entity_set)}/{prop}"
+    op = f"sta_{_snake(entity_type)}_property_{_snake(prop)}"
+    router.add_api_route(path, route, operation_id=op, summary=f"One {entity_type}'s {prop}")
+    router.add_api_route(
+        f"{path}/$value",
+        raw_route,
+        operation_id=f"{op}_value",
+        summary=f"One {entity_type}'s {prop}, the value alone",
     )
 
 
@@ -697,6 +811,18 @@ def datastream_observations(ds_id: int, conn: Conn, base: BaseUrl, p: PagingDep)
     rows, nxt = p.page(q.observations(conn, ds_id, listing), base, listing)
     count, exact = q.count_observations(conn, ds_id, listing) if p.count else (None, True)
     return p.respond(conn, base, "Observations", rows, nxt, count, estimate=not exact)
+
+
+@router.get(
+    "/Datastreams({ds_id})/Observations/$ref",
+    operation_id="sta_datastream_observations_ref",
+)
+def datastream_observation_refs(ds_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> Any:
+    """The selfLinks of one datastream's observations."""
+    listing = p.listing("Observations")
+    rows, nxt = p.page(q.observations(conn, ds_id, listing), base, listing)
+    count = q.count_observations(conn, ds_id, listing)[0] if p.count else None
+    return _ref_page(base, "Observations", rows, nxt, count)
 
 
 @router.get(
@@ -730,6 +856,8 @@ _TO_ONE = [
     ("Datastreams", "Sensor"),
     ("Datastreams", "ObservedProperty"),
     ("HistoricalLocations", "Thing"),
+    ("Observations", "Datastream"),
+    ("Observations", "FeatureOfInterest"),
 ]
 for _entity_set in ENTITY_SETS:
     _add_collection(_entity_set)
@@ -739,3 +867,6 @@ for _entity_set, _nav in _NAVIGATIONS:
     _add_navigation(_entity_set, _nav)
 for _entity_set, _nav in _TO_ONE:
     _add_to_one(_entity_set, _nav)
+for _entity_set, _entity_type in ENTITY_SETS.items():
+    for _prop in ENTITIES[_entity_type].props:
+        _add_property(_entity_set, _prop)
