@@ -250,6 +250,8 @@ def _base_map(options: MapOptions, bounds: list[list[float]] | None, title: str)
     centre = ((box[0][0] + box[1][0]) / 2, (box[0][1] + box[1][1]) / 2)
     fmap = folium.Map(location=centre, zoom_start=DEFAULT_ZOOM if bounds else 6, tiles=None,
                       control_scale=False)  # fmt: skip
+    # without a tile layer Leaflet has no maxZoom, which marker clustering needs
+    fmap.options["maxZoom"] = options.tile_max_zoom
     if options.tile_url:
         folium.TileLayer(
             tiles=options.tile_url,
