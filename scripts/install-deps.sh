@@ -6,6 +6,9 @@
 #   mosquitto                       the MQTT broker of the demo and the ingest tests
 #   nodejs, npm (Node.js >= 20)     the PGlite TimescaleDB engine of tests/test_timescaledb.py
 #   poppler-utils                   pdftoppm, which the report tests use to look at PDF pages
+#   chromium                        the browser tests of the maps and /docs (Debian's chromium at
+#                                   /usr/bin/chromium, driven by Playwright; never Playwright's
+#                                   own browser downloads)
 #
 # Idempotent: what is there is left alone, and with nothing missing nothing is run. As root it
 # runs apt-get (printing each command); otherwise it prints the command to run and exits 1 if
@@ -27,7 +30,7 @@ for arg in "$@"; do
     --check) check_only=1 ;;
     --demo) demo_only=1 ;;
     -h | --help)
-      sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -91,6 +94,9 @@ compute_missing() {
   if ! command -v pdftoppm >/dev/null 2>&1; then
     missing+=(poppler-utils)
   fi
+  if ! command -v chromium >/dev/null 2>&1; then
+    missing+=(chromium)
+  fi
 }
 
 present() {
@@ -98,7 +104,7 @@ present() {
     echo "PostgreSQL $(pg_major) with PostGIS, mosquitto"
   else
     echo "PostgreSQL $(pg_major) with PostGIS, mosquitto, node $(node --version)," \
-      "npm $(npm --version 2>/dev/null), pdftoppm"
+      "npm $(npm --version 2>/dev/null), pdftoppm, chromium"
   fi
 }
 
@@ -117,7 +123,7 @@ if [ ${#missing[@]} -gt 0 ]; then
       say "run: sudo $0   (or: sudo apt-get install ${missing[*]})"
     else
       say "not Debian/Ubuntu: install PostgreSQL >= $MIN_PG_MAJOR with PostGIS, mosquitto," \
-        "Node.js >= $MIN_NODE_MAJOR with npm and poppler-utils by other means," \
+        "Node.js >= $MIN_NODE_MAJOR with npm, poppler-utils and chromium by other means," \
         "or use Docker (docker compose up -d)"
     fi
     for n in "${notes[@]}"; do say "$n"; done

@@ -44,7 +44,7 @@ def _path_without(tmp_path: Path, *absent: str) -> str:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("bash", "sed", "basename", "dirname", "ls", "id", "node", "npm", "pdftoppm",
-                 "mosquitto", "env", "apt-get"):  # fmt: skip
+                 "mosquitto", "env", "apt-get", "chromium"):  # fmt: skip
         found = shutil.which(tool) or (
             f"/usr/sbin/{tool}" if Path(f"/usr/sbin/{tool}").exists() else None
         )
@@ -54,7 +54,7 @@ def _path_without(tmp_path: Path, *absent: str) -> str:
 
 
 def test_install_deps_check_reports_what_is_missing(tmp_path: Path) -> None:
-    if not shutil.which("node") or not shutil.which("pdftoppm"):
+    if not shutil.which("node") or not shutil.which("pdftoppm") or not shutil.which("chromium"):
         pytest.skip("this test starts from a machine where install-deps.sh has run")
     env = {**os.environ, "PATH": _path_without(tmp_path, "node", "npm", "pdftoppm")}
     proc = subprocess.run(
@@ -77,3 +77,20 @@ def test_install_deps_check_reports_what_is_missing(tmp_path: Path) -> None:
         ["bash", str(SCRIPT), "--check"], capture_output=True, text=True, timeout=60
     )
     assert ok.returncode == 0 and "all present" in ok.stdout, ok.stdout + ok.stderr
+
+
+def test_install_deps_names_chromium_for_the_browser_tests(tmp_path: Path) -> None:
+    if not shutil.which("chromium"):
+        pytest.skip("this test starts from a machine where install-deps.sh has run")
+    env = {**os.environ, "PATH": _path_without(tmp_path, "chromium")}
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--check"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "missing: chromium" in proc.stdout
+    assert "apt-get install chromium" in proc.stdout
+    demo = subprocess.run(
+        ["bash", str(SCRIPT), "--check", "--demo"], env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout + demo.stderr  # the demo needs no browser
