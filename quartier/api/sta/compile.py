@@ -344,6 +344,8 @@ class _Compiler:
         p = r.prop
         s = _S(p.sql).format(a=a) if "{a}" in p.sql else _S(p.sql)
         if r.json_path:
+            if p.type == "geom":  # location/type: the GeoJSON of the geometry
+                s = _S("ST_AsGeoJSON({})::jsonb").format(s)
             j = _S("({} #> {})").format(s, self.param(list(r.json_path), "text[]"))
             return _Val("dyn", j)
         number = _S(p.number_sql).format(a=a) if p.number_sql else None

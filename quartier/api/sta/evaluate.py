@@ -118,6 +118,10 @@ class _Eval:
         value = row.get(r.prop_name)
         if r.prop.type == "geom" and value is not None:
             value = _geometry(value)
+            if r.json_path:  # location/type: the GeoJSON of the geometry
+                import shapely.geometry
+
+                value = shapely.geometry.mapping(value)
         if r.json_path:
             for key in r.json_path:
                 value = _json_step(value, key)

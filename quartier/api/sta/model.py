@@ -274,7 +274,8 @@ class Step:
 class Resolved:
     """A property path resolved against an entity: the navigations taken, the entity and
     property reached and the JSON path below it (``properties/a/b`` → ``("a", "b")``).
-    ``fk_shortcut``: the path is ``<to-one nav>/id`` and is read from the source's foreign key."""
+    ``fk_shortcut``: the path is ``<to-one nav>/id`` and is read from the source's foreign key.
+    Below a geometry the path reads its GeoJSON (``location/type`` is ``'Point'``, as QGIS asks)."""
 
     steps: tuple[Step, ...]
     entity: Entity
@@ -320,7 +321,7 @@ def resolve(path: ast.Path, entity: Entity) -> Resolved:
                 f" known: {', '.join(known)}"
             )
         rest = segs[i + 1 :]
-        if rest and prop.type != "dyn":
+        if rest and prop.type not in ("dyn", "geom"):
             raise BadRequestError(
                 f"{path} at position {path.pos}: {seg} is not a JSON object, it has no {rest[0]!r}"
             )
