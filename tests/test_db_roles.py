@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 import yaml
 from fastapi.testclient import TestClient
 from psycopg import sql
 from pydantic import ValidationError
+from test_ingest import publish, wait_for
 from test_writer_fallback import SECRET, result_tuple, sample_batches, stored
 from typer.testing import CliRunner
 
@@ -23,6 +26,7 @@ from quartier.api.app import create_app
 from quartier.cli import app as cli_app
 from quartier.config import Settings
 from quartier.geo.io import import_districts
+from quartier.ingest.mqtt import Ingester
 from quartier.ingest.writer import BatchWriter
 from quartier.pseudonym import Pseudonymizer
 from quartier.store import api_keys, roles
@@ -152,6 +156,44 @@ def test_the_ingest_writer_stores_with_its_role_what_the_owner_stores(
             conn.execute(
                 sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(other))
             )
+
+
+def test_quartier_ingest_runs_with_its_role(
+    settings: Settings, db_url: str, network: str, passwords: dict[str, str]
+) -> None:
+    """The whole ingester (MQTT in, writer threads, acknowledgements), as ``quartier ingest``
+    starts it: settings.for_service("ingest") with the ingest role's URL."""
+    own = settings.model_copy(
+        update={
+            "database": settings.database.model_copy(
+                update={"ingest_url": as_role(db_url, roles.INGEST, passwords)}
+            )
+        }
+    ).for_service("ingest")
+    assert psycopg.conninfo.conninfo_to_dict(own.require_database_url())["user"] == roles.INGEST
+    ing = Ingester(own)
+    thread = threading.Thread(target=ing.run, daemon=True)
+    thread.start()
+    try:
+        assert ing.connected.wait(10)
+        time.sleep(0.2)  # the SUBACK
+        reading = {"time": "2026-10-01T10:00:00Z", "quantity": "pm25", "value": 12.0}
+        topic = f"quartier/v1/{network}/air-1/up"
+        publish(own, [(topic, orjson.dumps(reading)), (topic, b"{not json")])
+
+        def landed() -> bool:
+            with psycopg.connect(db_url) as conn:
+                row = conn.execute(
+                    "select (select count(*) from observation),"
+                    " (select count(*) from ingest_reject)"
+                ).fetchone()
+            return row == (1, 1)
+
+        wait_for(landed)
+    finally:
+        ing.stop_event.set()
+        thread.join(15)
+    assert ing.failed is None and not thread.is_alive()
 
 
 def test_the_api_serves_and_records_with_its_role(
