@@ -21,7 +21,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from test_writer_fallback import T0, _msg, _reading, result_tuple, sample_batches, stored
+from test_writer_fallback import (
+    SECRET,
+    T0,
+    _msg,
+    _reading,
+    result_tuple,
+    sample_batches,
+    stored,
+)
 from timescale_engine import REQUIRED_ENV, Engine, EngineUnavailable, required, timescale_engine
 from timescale_engine import connect as engine_connect
 
@@ -30,6 +38,7 @@ from quartier.errors import MigrationError, UnsupportedVersionError
 from quartier.ingest.model import Batch
 from quartier.ingest.pipeline import build_batch
 from quartier.ingest.writer import BatchWriter
+from quartier.pseudonym import Pseudonymizer
 from quartier.store import migrate as migrate_module
 from quartier.store import rollups, status, timescale, timeseries
 from quartier.store.migrate import (
@@ -107,7 +116,7 @@ def ts(migrated: tuple[Engine, str, list[str]]) -> str:
 
 
 def write_all(url: str, batches: list[Batch], **kw: Any) -> list[tuple[int, int, int, int]]:
-    w = BatchWriter(url, auto_register=True, **kw)
+    w = BatchWriter(url, auto_register=True, pseudonyms=Pseudonymizer(SECRET), **kw)
     try:
         return [result_tuple(w.write(b)) for b in batches]
     finally:
@@ -199,7 +208,7 @@ def test_batchwriter_stores_on_timescaledb_what_it_stores_on_postgres(
     ts: str, migrated: tuple[Engine, str, list[str]], request: pytest.FixtureRequest
 ) -> None:
     db_url: str = request.getfixturevalue("db_url")  # a fresh plain PostgreSQL database
-    w = BatchWriter(ts, auto_register=True)
+    w = BatchWriter(ts, auto_register=True, pseudonyms=Pseudonymizer(SECRET))
     try:
         on_ts = [result_tuple(w.write(b)) for b in sample_batches()]
         use_copy, has_timescaledb = w._session(w._connection())

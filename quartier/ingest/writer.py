@@ -209,6 +209,11 @@ class BatchWriter:
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.url, application_name="quartier-ingest")
+            row = self._conn.execute("select version()").fetchone()
+            if row is not None and "emscripten" in str(row[0]).lower():
+                # PGlite: one server session shared by every connection, so prepared statements
+                # named per connection by psycopg (_pg3_N) would collide with another's
+                self._conn.prepare_threshold = None
             self._conn.execute(
                 "create temp table if not exists _obs_stage (datastream_id bigint, "
                 "phenomenon_time timestamptz, result double precision, parameters jsonb) "
