@@ -231,3 +231,22 @@ def test_keys_cli_add_list_revoke_and_audit(
     ]
     missing = cli.invoke(cli_app, ["keys", "revoke", "nobody"])
     assert missing.exit_code == 1 and "no API key 'nobody'" in missing.output
+
+
+def test_db_maintain_expires_old_audit_rows(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = settings.require_database_url()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for action in ("old", "recent"):
+            audit.record(conn, actor="os:test", action=action, origin="cli@test")
+        conn.execute("update audit_event set at = now() - interval '400 days' where action = 'old'")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUARTIER_DATABASE__URL", url)
+    monkeypatch.setenv("COLUMNS", "200")
+    r = CliRunner().invoke(cli_app, ["db", "maintain"])
+    assert r.exit_code == 0, r.output
+    assert "'audit_rows_expired': 1" in r.output
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert [e.action for e in audit.recent(conn)] == ["recent"]
+        assert audit.expire(conn, timedelta(days=365)) == 0
