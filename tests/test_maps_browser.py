@@ -10,6 +10,7 @@ import io
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 import uvicorn
 from PIL import Image
 from playwright.sync_api import Browser, Page, Route, sync_playwright
+from psycopg import sql
 from test_coverage_runs import load_scenario
 from test_maps import fill_store
 from typer.testing import CliRunner
@@ -101,6 +103,25 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
+@pytest.fixture(scope="module")
+def shared(service_urls: Any, template_db: str) -> Iterator[Settings]:
+    """One database with data for the tests that only read (Köln's districts take seconds)."""
+    name = f"quartier_maps_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("create database {} template {}").format(
+                sql.Identifier(name), sql.Identifier(template_db)
+            )
+        )
+    url = psycopg.conninfo.make_conninfo(service_urls.database_url, dbname=name)
+    fill_store(url)
+    yield Settings(_env_file=None, database={"url": url}, mqtt={"url": service_urls.mqtt_url})  # type: ignore[call-arg]
+    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
+
+
 @pytest.fixture
 def serve() -> Iterator[Any]:
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
@@ -158,15 +179,12 @@ def check_map(page: Page, visit: Visit, legend: list[str], layers: list[str]) ->
     assert colours > 30 and drawn > 0.02, (colours, drawn)
 
 
-def test_maps_and_docs_ask_no_other_server(
-    browser: Browser, serve: Any, settings: Settings, tmp_path: Path
-) -> None:
-    fill_store(settings.require_database_url())
-    own = serve(settings)
-    page = browser.new_page(viewport={"width": 1000, "height": 700})
+def test_maps_and_docs_ask_no_other_server(browser: Browser, serve: Any, shared: Settings) -> None:
+    own = serve(shared)
+    page = browser.new_page(viewport={"width": 800, "height": 500})
     visit = watch(page, own)
 
-    page.goto(f"http://{own}/maps/coverage", wait_until="networkidle")
+    page.goto(f"http://{own}/maps/coverage", wait_until="load")
     check_map(
         page, visit,
         ["Gemessene Download-Geschwindigkeit", "unter 30 Mbit/s (1 Zelle)",
@@ -180,11 +198,11 @@ def test_maps_and_docs_ask_no_other_server(
     )
     assert 50.83 < lat < 51.09 and 6.77 < lng < 7.17
 
-    page.goto(f"http://{own}/maps/coverage?lang=en", wait_until="networkidle")
+    page.goto(f"http://{own}/maps/coverage?lang=en", wait_until="load")
     check_map(page, visit, ["Measured download speed", "below 30 Mbit/s (1 cell)", "Data:"],
               ["Districts", "Measured cells", "Sensors"])  # fmt: skip
 
-    page.goto(f"http://{own}/maps/sensors", wait_until="networkidle")
+    page.goto(f"http://{own}/maps/sensors", wait_until="load")
     page.wait_for_selector(".marker-cluster, path.leaflet-interactive")
     check_map(page, visit, ["Sensoren und letzte Messwerte", "2 Sensoren, 1 veraltet"],
               ["Stadtbezirke", "Sensoren"])  # fmt: skip
@@ -194,7 +212,7 @@ def test_maps_and_docs_ask_no_other_server(
     assert "Luftmessstation Dom" in popup and "µg/m³" in popup and "vor 5 min" in popup
     assert visit.errors == []
 
-    page.goto(f"http://{own}/docs", wait_until="networkidle")
+    page.goto(f"http://{own}/docs", wait_until="load")
     page.wait_for_selector(".swagger-ui .opblock")
     assert "Quartier open-data API" in page.locator(".swagger-ui .info").inner_text()
     assert page.locator(".swagger-ui .opblock").count() > 10
@@ -202,35 +220,21 @@ def test_maps_and_docs_ask_no_other_server(
     colours, drawn = not_blank(page.screenshot())
     assert colours > 10 and drawn > 0.02
 
-    # a stored gap analysis: the broadband map with classes, gaps and dead zones
-    with psycopg.connect(settings.require_database_url()) as conn:  # committed at the end
-        conn.execute("delete from district where level = 'stadtbezirk'")  # the scenario's own
-        load_scenario(conn)
-        service.analyse_and_store(conn, conninfo=settings.require_database_url())
-    page.goto(f"http://{own}/maps/coverage", wait_until="networkidle")
-    check_map(
-        page, visit,
-        ["Breitbandversorgung je 100-m-Zelle", "weiß (unter 30 Mbit/s)", "Versorgungslücke",
-         "Funkloch: kein 4G/5G gemessen (0 Zellen)"],
-        # no dead zone: the scenario's signal measurements are below the privacy threshold
-        ["Stadtbezirke", "Versorgung je Zelle", "Versorgungslücken", "Sensoren"],
-    )  # fmt: skip
-
     assert visit.elsewhere == [] and visit.tiles == []
     page.close()
 
 
 def test_basemap_only_from_the_configured_tile_server(
-    browser: Browser, serve: Any, settings: Settings
+    browser: Browser, serve: Any, shared: Settings
 ) -> None:
-    fill_store(settings.require_database_url())
     maps = MapSettings(tile_url=TILES, tile_attribution="© Stadt Beispiel, dl-de/by-2-0")
-    own = serve(settings.model_copy(update={"maps": maps}))
-    page = browser.new_page(viewport={"width": 900, "height": 600})
+    own = serve(shared.model_copy(update={"maps": maps}))
+    page = browser.new_page(viewport={"width": 800, "height": 500})
     visit = watch(page, own)
-    page.goto(f"http://{own}/maps/coverage", wait_until="networkidle")
+    page.goto(f"http://{own}/maps/coverage", wait_until="load")
     check_map(page, visit, ["unter 30 Mbit/s"],
               ["Stadtbezirke", "Gemessene Zellen", "Sensoren"])  # fmt: skip
+    page.wait_for_function("document.querySelectorAll('img.leaflet-tile-loaded').length >= 4")
     assert visit.elsewhere == []
     assert len(visit.tiles) >= 4 and all(urlsplit(u).hostname == TILE_HOST for u in visit.tiles)
     assert (
@@ -242,20 +246,39 @@ def test_basemap_only_from_the_configured_tile_server(
 
 
 def test_exported_file_works_offline(
-    browser: Browser, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    browser: Browser, shared: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fill_store(settings.require_database_url())
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("QUARTIER_DATABASE__URL", settings.require_database_url())
+    monkeypatch.setenv("QUARTIER_DATABASE__URL", shared.require_database_url())
     out = tmp_path / "karte.html"
     r = CliRunner().invoke(cli_app, ["map", "coverage", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    page = browser.new_page(viewport={"width": 900, "height": 600})
+    page = browser.new_page(viewport={"width": 800, "height": 500})
     visit = watch(page, None)  # nothing but the file itself
-    page.goto(out.as_uri(), wait_until="networkidle")
+    page.goto(out.as_uri(), wait_until="load")
     check_map(page, visit, ["Gemessene Download-Geschwindigkeit", "unter 30 Mbit/s"],
               ["Stadtbezirke", "Gemessene Zellen", "Sensoren"])  # fmt: skip
     # the layer control's icon comes from the CSS inside the file
     page.locator(".leaflet-control-layers").hover()
     assert visit.elsewhere == [] and visit.errors == []
+    page.close()
+
+
+def test_gap_map(browser: Browser, serve: Any, settings: Settings) -> None:
+    """A stored gap analysis: the broadband map with classes and gap clusters."""
+    with psycopg.connect(settings.require_database_url()) as conn:  # committed at the end
+        load_scenario(conn)
+        service.analyse_and_store(conn, conninfo=settings.require_database_url())
+    own = serve(settings)
+    page = browser.new_page(viewport={"width": 800, "height": 500})
+    visit = watch(page, own)
+    page.goto(f"http://{own}/maps/coverage", wait_until="load")
+    check_map(
+        page, visit,
+        ["Breitbandversorgung je 100-m-Zelle", "weiß (unter 30 Mbit/s)", "Versorgungslücke",
+         "Funkloch: kein 4G/5G gemessen (0 Zellen)"],
+        # no dead zone: the scenario's signal measurements are below the privacy threshold
+        ["Stadtbezirke", "Versorgung je Zelle", "Versorgungslücken"],
+    )  # fmt: skip
+    assert visit.elsewhere == [] and visit.tiles == []
     page.close()
