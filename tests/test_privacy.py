@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -57,9 +58,9 @@ def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> None:
     raise AssertionError("condition not met within timeout")
 
 
-def rows(url: str, query: str, params: object = None) -> list[tuple[object, ...]]:
+def rows(url: str, query: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
-        return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(query, params).fetchall()
 
 
 def with_privacy(s: Settings, **privacy: object) -> Settings:
@@ -85,7 +86,7 @@ def test_pseudonym_is_keyed_stable_and_rotates() -> None:
 
 def test_secret_is_required_outside_development_and_generated_in_it(tmp_path: Path) -> None:
     # production (copied past the other production checks, which are not this test's concern)
-    prod = Settings(_env_file=None).model_copy(update={"environment": "production"})  # type: ignore[call-arg]
+    prod = Settings(_env_file=None).model_copy(update={"environment": "production"})
     with pytest.raises(ConfigError, match="QUARTIER_PRIVACY__PSEUDONYM_SECRET"):
         pseudonymizer(prod)
     secret_file = tmp_path / "secret"
@@ -93,7 +94,7 @@ def test_secret_is_required_outside_development_and_generated_in_it(tmp_path: Pa
     from_file = with_privacy(prod, pseudonym_secret_file=secret_file)
     assert pseudonymizer(from_file)("d") == Pseudonymizer(SECRET.encode())("d")
 
-    dev = Settings(_env_file=None, services={"state_dir": tmp_path / "state"})  # type: ignore[call-arg]
+    dev = Settings(_env_file=None, services={"state_dir": tmp_path / "state"})
     first = pseudonymizer(dev)("d")
     made = tmp_path / "state" / "pseudonym-secret"
     assert stat.S_IMODE(made.stat().st_mode) == 0o600
@@ -477,7 +478,34 @@ def test_erase_removes_a_citizen_devices_thing_and_observations(
 
 
 def test_generated_secret_file_is_not_world_readable(tmp_path: Path) -> None:
-    dev = Settings(_env_file=None, services={"state_dir": tmp_path})  # type: ignore[call-arg]
+    dev = Settings(_env_file=None, services={"state_dir": tmp_path})
     pseudonymizer(dev)
     mode = os.stat(tmp_path / "pseudonym-secret").st_mode
     assert not mode & (stat.S_IRGRP | stat.S_IROTH)
+
+
+@pytest.mark.services
+def test_a_device_stored_before_its_network_counted_as_personal_is_coarsened(
+    db_url: str,
+) -> None:
+    t0 = NOW - timedelta(hours=3)
+    here, there = Position(50.93712, 6.95873), Position(50.94321, 6.96532)
+    before = BatchWriter(db_url, auto_register=True, personal_networks=[])
+    try:
+        for i, where in enumerate((here, there)):
+            batch = Batch()
+            reading = Reading("pm25", t0 + timedelta(minutes=i), 5.0)
+            batch.uplinks.append((Uplink("citizen-old", "b-1", [reading], where), "t", b"", NOW))
+            before.write(batch)
+    finally:
+        before.close()
+    assert rows(db_url, "select count(*) from historical_location")[0][0] == 2
+    # the same position again, now with the default personal networks: coarsened, history gone
+    _write(db_url, Uplink("citizen-old", "b-1", [Reading("pm25", t0 + timedelta(hours=1), 6.0)],
+                          there))  # fmt: skip
+    assert rows(db_url, "select count(*) from historical_location")[0][0] == 0
+    locs = rows(db_url, "select ST_X(location), ST_Y(location) from location")
+    _, e, n = grid.cell_index([there.lon], [there.lat])
+    centre = grid.cell_centres(e, n)
+    assert len(locs) == 1
+    assert locs[0] == (pytest.approx(centre[0][0], abs=1e-6), pytest.approx(centre[1][0], abs=1e-6))

@@ -91,7 +91,11 @@ class Registry:
         device on first contact)."""
         for dev_id, network, key, thing_id, lat, lon in conn.execute(_DEVICES):
             self._devices[(str(network), str(key))] = _int(dev_id)
-            self._things[_int(dev_id)] = (_int(thing_id), _position(lat, lon))
+            # a personal device's stored place is not compared with: its next position is
+            # stored coarsened again (which also coarsens one stored before it counted as
+            # personal, and drops its history)
+            place = None if self._is_personal(str(network)) else _position(lat, lon)
+            self._things[_int(dev_id)] = (_int(thing_id), place)
         for dev_id, quantity, ds_id in conn.execute(
             "select device_id, quantity, datastream_id from device_datastream"
         ):
@@ -106,11 +110,7 @@ class Registry:
         *,
         from_gateway: bool = False,
     ) -> int:
-        personal = self._personal.get(network)
-        if personal is None:
-            personal = self._personal[network] = is_personal_network(
-                network, self.personal_networks
-            )
+        personal = self._is_personal(network)
         if personal and from_gateway:
             location = None  # a gateway's position is someone's home, not the device's
         key = (network, device)
@@ -127,7 +127,8 @@ class Registry:
                 self._things[found] = (thing_id, location)
             else:
                 found = _int(hit[0])
-                self._things[found] = (_int(hit[3]), _position(hit[4], hit[5]))
+                place = None if personal else _position(hit[4], hit[5])
+                self._things[found] = (_int(hit[3]), place)
             self._devices[key] = found
         if location is not None:
             thing_id, current = self._things[found]
@@ -153,6 +154,14 @@ class Registry:
                         location.lon,
                     )
         return found
+
+    def _is_personal(self, network: str) -> bool:
+        personal = self._personal.get(network)
+        if personal is None:
+            personal = self._personal[network] = is_personal_network(
+                network, self.personal_networks
+            )
+        return personal
 
     def datastream_id(self, conn: Conn, device_id: int, quantity: str) -> int:
         key = (device_id, quantity)
