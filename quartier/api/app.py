@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 
 import paho.mqtt.client as mqtt
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -76,6 +78,14 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.api.rate_per_second > 0:  # outermost: a refused client costs no body read
         buckets = TokenBuckets(settings.api.rate_per_second, settings.api.rate_burst)
         app.add_middleware(RateLimit, buckets=buckets)
+    # open data: gzip for large bodies, and any web page may read (not write) it
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "HEAD", "OPTIONS"],
+        expose_headers=["ETag", "Retry-After"],
+    )
     app.include_router(aggregates.router)  # before sensorthings: more specific paths
     app.include_router(sensorthings.router)
     app.include_router(indicators.router)
