@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
+import hashlib
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,8 +30,10 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from quartier.api import models as m
+from quartier.api.csv_cells import safe_row
 from quartier.api.deps import AppSettings, BaseUrl, Conn, bounded_skip
 from quartier.api.sta import (
     ENTITIES,
@@ -44,7 +49,7 @@ from quartier.api.sta import (
 )
 from quartier.api.sta.ast import Path
 from quartier.config import Settings
-from quartier.errors import BadRequestError, NotFoundError, NotImplementedQueryError
+from quartier.errors import BadRequestError, NotFoundError
 from quartier.store import sensorthings as q
 from quartier.store.db import DictConn
 
@@ -56,10 +61,7 @@ SET_OF = {v: k for k, v in ENTITY_SETS.items()}
 
 
 def _options(request: Request) -> QueryOptions:
-    options = parse_query_options(request.query_params)
-    if options.result_format == "GeoJSON":
-        raise NotImplementedQueryError("$resultFormat=GeoJSON is not supported yet")
-    return options
+    return parse_query_options(request.query_params)
 
 
 def _pick(body: dict[str, Any], select: tuple[Path, ...], entity_type: str) -> dict[str, Any]:
@@ -160,8 +162,14 @@ class Paging:
     def listing(self, entity_set: str) -> q.Listing:
         """The compiled ``$filter``, ``$orderby`` and page of this request over ``entity_set``
         (``$select`` and ``$expand`` are checked when the body is shaped)."""
-        if self.options.result_format == "dataArray" and entity_set != "Observations":
+        fmt = self.options.result_format
+        if fmt == "dataArray" and entity_set != "Observations":
             raise BadRequestError("$resultFormat=dataArray applies to Observations only")
+        if fmt == "GeoJSON" and entity_set not in GEOMETRY:
+            raise BadRequestError(
+                f"$resultFormat=GeoJSON applies to {', '.join(GEOMETRY)}; {entity_set} have no"
+                " geometry"
+            )
         check_options(
             QueryOptions(select=self.options.select, expand=self.options.expand), entity_set
         )
@@ -204,10 +212,33 @@ class Paging:
     ) -> Any:
         """The collection body: the response model itself when no option reshapes it, else the
         ``$select``ed, ``$expand``ed or dataArray JSON."""
+        body = self._body(conn, base, entity_set, rows, nxt, count, estimate)
+        if entity_set != "Observations":
+            return body
+        return _etagged(self.request, body)
+
+    def _body(
+        self,
+        conn: DictConn,
+        base: str,
+        entity_set: str,
+        rows: list[dict[str, Any]],
+        nxt: str | None,
+        count: int | None,
+        estimate: bool,
+    ) -> Any:
         spec = _SETS[entity_set]
         o = self.options
         if o.result_format == "dataArray":
             return JSONResponse(_data_array(rows, base, o.select, count, nxt))
+        if o.result_format == "GeoJSON":
+            shown = o
+            if entity_set == "Things" and not any(x.path[0] == "Locations" for x in o.expand):
+                shown = replace(o, expand=(*o.expand, Expand(("Locations",), QueryOptions())))
+            bodies = render(conn, base, self.settings, entity_set, rows, shown)
+            return _geojson(entity_set, bodies, count, nxt)
+        if o.result_format == "CSV":
+            return _csv(render(conn, base, self.settings, entity_set, rows, o), nxt)
         if not o.select and not o.expand:
             return spec.collection.model_validate(
                 {
@@ -229,6 +260,21 @@ class Paging:
 
 
 PagingDep = Annotated[Paging, Depends()]
+
+
+def _etagged(request: Request, body: BaseModel | Response) -> Response:
+    """A page of observations with an ETag over its bytes (weak: gzip may re-encode them), and
+    304 Not Modified when the client's ``If-None-Match`` names it, so a dashboard that polls the
+    same page downloads it again only when it changed. (No Last-Modified: Quartier stores no
+    modification time of observations, and their phenomenon or result time is not one.)"""
+    if isinstance(body, BaseModel):
+        body = Response(body.model_dump_json(by_alias=True), media_type="application/json")
+    tag = f'W/"{hashlib.sha256(bytes(body.body)).hexdigest()[:32]}"'
+    asked = {t.strip() for t in request.headers.get("if-none-match", "").split(",")}
+    if tag in asked or "*" in asked:
+        return Response(status_code=304, headers={"ETag": tag})
+    body.headers["ETag"] = tag
+    return body
 
 
 class Selection:
@@ -367,6 +413,69 @@ def _expand(
             params["$skip"] = str(listing.skip + listing.top)
             query = urlencode(params, quote_via=quote)
             body[f"{name}@iot.nextLink"] = f"{_link(base, entity_set, pid, name)}?{query}"
+
+
+#: The geometry of each entity set's GeoJSON features (Things: their first Location's).
+GEOMETRY = {
+    "Things": "Locations",
+    "Locations": "location",
+    "FeaturesOfInterest": "feature",
+    "Datastreams": "observedArea",
+}
+
+
+def _geojson(
+    entity_set: str, bodies: list[dict[str, Any]], count: int | None, nxt: str | None
+) -> Response:
+    """``$resultFormat=GeoJSON``: a FeatureCollection, one Feature per entity with its geometry
+    and its other properties (navigation links left out); ``@iot.count`` and ``@iot.nextLink``
+    as foreign members."""
+    key = GEOMETRY[entity_set]
+    features = []
+    for b in bodies:
+        geometry = b.get(key)
+        if key == "Locations":
+            geometry = next((x.get("location") for x in b.get("Locations") or []), None)
+        props = {k: v for k, v in b.items() if k != key and not k.endswith("@iot.navigationLink")}
+        features.append(
+            {"type": "Feature", "id": b.get("@iot.id"), "geometry": geometry, "properties": props}
+        )
+    data: dict[str, Any] = {"type": "FeatureCollection"}
+    if count is not None:
+        data["@iot.count"] = count
+    data["features"] = features
+    if nxt is not None:
+        data["@iot.nextLink"] = nxt
+    return Response(json.dumps(data), media_type="application/geo+json")
+
+
+def _flat(body: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in body.items():
+        if k.endswith("@iot.navigationLink"):
+            continue
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}/"))
+        elif isinstance(v, list):
+            out[f"{prefix}{k}"] = json.dumps(v)
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _csv(bodies: list[dict[str, Any]], nxt: str | None) -> Response:
+    """``$resultFormat=CSV``: one row per entity, one column per (nested: ``a/b``) property in
+    the order first seen; text that a spreadsheet would run as a formula is made inert. The
+    nextLink travels in a ``Link`` header (``rel="next"``)."""
+    rows = [_flat(b) for b in bodies]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow(safe_row("" if r.get(c) is None else r.get(c) for c in columns))
+    headers = {"Link": f'<{nxt}>; rel="next"'} if nxt else {}
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
 
 
 #: The components of a dataArray without ``$select`` (the standard's example).

@@ -14,7 +14,7 @@ from typing import Literal as Lit
 CompareOp = Lit["eq", "ne", "gt", "ge", "lt", "le"]
 ArithOp = Lit["add", "sub", "mul", "div", "mod"]
 BoolOp = Lit["and", "or"]
-ResultFormat = Lit["default", "dataArray", "GeoJSON"]
+ResultFormat = Lit["default", "dataArray", "GeoJSON", "CSV"]
 
 
 @dataclass(frozen=True)

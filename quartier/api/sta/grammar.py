@@ -466,6 +466,7 @@ _RESULT_FORMATS: Mapping[str, ast.ResultFormat] = {
     "default": "default",
     "dataarray": "dataArray",
     "geojson": "GeoJSON",
+    "csv": "CSV",
 }
 
 
