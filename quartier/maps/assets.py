@@ -5,8 +5,9 @@ inline, for a map file that works without any server.
 
 folium names its scripts and styles (``default_js`` / ``default_css`` of each element, pointing
 at public CDNs); :func:`use_shipped` points every one of them at the shipped file, leaves out the
-ones for folium features Quartier's maps do not use, and refuses any other, so a map never
-silently loads something from a third party.
+ones for folium features Quartier's maps do not use, and refuses any other (a ``ValueError``:
+a programming error, fixed by shipping the file), so a map never silently loads something from a
+third party.
 """
 
 from __future__ import annotations
@@ -51,11 +52,6 @@ UNUSED = frozenset(
 )
 
 
-class UnshippedAssetError(RuntimeError):
-    """A map element wants a script or style that Quartier does not ship (a programming error:
-    ship it with scripts/vendor-assets.py and name it in :data:`SHIPPED`)."""
-
-
 def static_dir() -> Path:
     return Path(str(resources.files("quartier.resources"))) / "static"
 
@@ -83,7 +79,7 @@ def _shipped(name: str, url: str) -> str | None:
         return SHIPPED[name]
     if name in UNUSED:
         return None
-    raise UnshippedAssetError(f"the map wants {name} ({url}), which Quartier does not ship")
+    raise ValueError(f"the map wants {name} ({url}), which Quartier does not ship")
 
 
 def use_shipped(fmap: folium.Map, assets: Assets) -> None:
@@ -135,7 +131,7 @@ def inline_style(path: str) -> str:
         if ref.startswith(("data:", "#")):
             return match.group(0)
         if "://" in ref or ref.startswith("//"):
-            raise UnshippedAssetError(f"{path} refers to {ref}, which Quartier does not ship")
+            raise ValueError(f"{path} refers to {ref}, which Quartier does not ship")
         target = (file.parent / ref).resolve()
         mime = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         return f'url("data:{mime};base64,{base64.b64encode(target.read_bytes()).decode()}")'
