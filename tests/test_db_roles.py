@@ -428,3 +428,29 @@ def test_docker_compose_uses_secrets_and_no_default_password() -> None:
     for service in ("API", "INGEST"):  # the services' password files, as the comment says
         assert f"QUARTIER_DATABASE__{service}_PASSWORD_FILE=.quartier/secrets/" in text
     assert ":quartier@" not in text and "PASSWORD: quartier" not in text
+
+
+def test_serve_and_ingest_refuse_a_wrong_own_login_in_one_line(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before anything starts: the service's own login is tried, and a wrong password or an
+    unreadable password file is one line, not a traceback."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUARTIER_DATABASE__URL", db_url)
+    monkeypatch.setenv("QUARTIER_MQTT__URL", "mqtt://127.0.0.1:1")
+    for command, service in ((["serve"], "API"), (["ingest"], "INGEST")):
+        role = roles.API if service == "API" else roles.INGEST
+        wrong = psycopg.conninfo.make_conninfo(db_url, user=role, password="wrong")
+        monkeypatch.setenv(f"QUARTIER_DATABASE__{service}_URL", wrong)
+        r = CliRunner().invoke(cli_app, command)
+        assert r.exit_code == 2, r.output
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and "password authentication failed" in lines[0], r.output
+        assert "wrong" not in r.output
+        monkeypatch.setenv(f"QUARTIER_DATABASE__{service}_PASSWORD_FILE", str(tmp_path / "nope"))
+        r = CliRunner().invoke(cli_app, command)
+        assert r.exit_code == 1 and r.output.strip() == (
+            f"error: cannot read the password file {tmp_path / 'nope'} (No such file or directory)"
+        )
+        monkeypatch.delenv(f"QUARTIER_DATABASE__{service}_URL")
+        monkeypatch.delenv(f"QUARTIER_DATABASE__{service}_PASSWORD_FILE")

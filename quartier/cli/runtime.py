@@ -35,9 +35,11 @@ def ingest(
 
     s = settings()
     with user_errors(s):
-        url = database_url(s)
+        url = database_url(s)  # the owner's login, for the maintenance thread
+        own = s.for_service("ingest")
+        database_url(own)  # the ingester's own login answers too
         broker_url(s)
-        ing = Ingester(s.for_service("ingest"))  # its own login; maintenance: the owner's
+        ing = Ingester(own)
     stop_on_signals(ing.stop_event)
     start_maintenance(
         url,
@@ -93,9 +95,10 @@ def serve(
 
     s = settings()
     with user_errors(s):
-        database_url(s)
+        api = s.for_service("api")  # the API's own database login
+        database_url(api)
     uvicorn.run(
-        create_app(s.for_service("api")),  # the API's own database login
+        create_app(api),
         host=host or s.api.host,
         port=port or s.api.port,
         log_level="info",
