@@ -19,6 +19,7 @@ not read.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -68,13 +69,16 @@ class _Writer:
         self.lock = threading.Lock()
         self.writer: BatchWriter | None = None
 
-    def write(self, url: str, cfg: IngestSettings, batch: Batch) -> int:
+    def write(
+        self, url: str, cfg: IngestSettings, batch: Batch, personal: Sequence[str] | None = None
+    ) -> int:
         with self.lock:
             if self.writer is None:
                 self.writer = BatchWriter(
                     url,
                     auto_register=cfg.auto_register,
                     reject_payload_max_bytes=cfg.reject_payload_max_bytes,
+                    personal_networks=personal,  # privacy.personal_networks
                 )
             return self.writer.write(batch).observations
 
@@ -165,12 +169,14 @@ async def sensor_community_push(
         )
     except DecodeError as exc:  # kept as a reject; the error table answers 400
         reject = Reject(TOPIC, body, exc.reason, exc.detail, now, source="http")
-        await run_in_threadpool(w.write, url, cfg, Batch(rejects=[reject]))
+        await run_in_threadpool(
+            w.write, url, cfg, Batch(rejects=[reject]), settings.privacy.personal_networks
+        )
         raise
     await run_in_threadpool(check_device, conn, cred, uplink.network, uplink.device, cfg)
     batch = Batch()
     batch.uplinks.append((uplink, f"{TOPIC}/{uplink.device}", body, now))
-    stored = await run_in_threadpool(w.write, url, cfg, batch)
+    stored = await run_in_threadpool(w.write, url, cfg, batch, settings.privacy.personal_networks)
     result = IngestResult(
         device=uplink.device,
         stored=stored,

@@ -47,6 +47,7 @@ def import_sensor_community_csv(
         url,
         auto_register=cfg.auto_register,
         reject_payload_max_bytes=cfg.reject_payload_max_bytes,
+        personal_networks=settings.privacy.personal_networks,
     )
     now = datetime.now(UTC)
     try:
