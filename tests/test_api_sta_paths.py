@@ -408,3 +408,33 @@ def test_property_value_and_ref_paths(client: TestClient) -> None:
     assert link in [x["@iot.selfLink"] for x in refs["value"]]
     r = client.get("/v1.1/Things(x)/name")
     assert r.status_code == 400 and "not an integer" in r.json()["message"]
+
+
+def test_deeper_navigation_paths(client: TestClient) -> None:
+    """Paths deeper than one navigation resolve step by step, each id checked against the
+    navigation it is reached by."""
+    a1 = _json(client, "/v1.1/Things", **{"$filter": "name eq 'net/a-1'"})["value"][0]
+    ds = _json(client, a1["Datastreams@iot.navigationLink"], **{"$orderby": "id"})["value"][0]
+    base = f"/v1.1/Things({a1['@iot.id']})/Datastreams({ds['@iot.id']})"
+    assert _json(client, base) == _json(client, ds["@iot.selfLink"])
+    deep = _json(client, base + "/Observations", **{"$top": "2", "$count": "true"})
+    direct = _json(client, ds["Observations@iot.navigationLink"], **{"$top": "2", "$count": "true"})
+    assert deep["value"] == direct["value"] and deep["@iot.count"] == direct["@iot.count"]
+    assert client.get(deep["@iot.nextLink"]).status_code == 200
+    assert _json(client, base + "/ObservedProperty/name")["name"]
+    r = client.get(base + "/Sensor/name/$value")
+    assert r.status_code == 200 and r.text
+    # to-one steps without an id, then a to-many navigation
+    locs = _json(client, ds["@iot.selfLink"] + "/Thing/Locations")["value"]
+    assert locs == _json(client, a1["Locations@iot.navigationLink"])["value"]
+    obs = direct["value"][0]["@iot.selfLink"].split("/v1.1/")[1]
+    assert _json(client, f"{base}/{obs}")["@iot.id"] == direct["value"][0]["@iot.id"]
+    assert _json(client, f"/v1.1/{obs}/Datastream/Thing")["@iot.id"] == a1["@iot.id"]
+    # an id that is not among the navigation's entities, an unknown segment
+    b1 = _json(client, "/v1.1/Things", **{"$filter": "name eq 'net/b-1'"})["value"][0]
+    r = client.get(f"/v1.1/Things({b1['@iot.id']})/Datastreams({ds['@iot.id']})/Observations")
+    assert r.status_code == 404 and "has no Datastreams" in r.json()["message"]
+    for bad in (base + "/Nosuch", "/v1.1/Nosuch(1)/Things", f"{base}/Observations('x')"):
+        r = client.get(bad)
+        assert r.status_code in (400, 404), (bad, r.text)
+        assert "Traceback" not in r.text

@@ -22,6 +22,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,10 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
+from psycopg import sql
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Message
 
 from quartier.api import models as m
 from quartier.api.csv_cells import safe_row
@@ -979,3 +983,92 @@ for _entity_set, _nav in _TO_ONE:
 for _entity_set, _entity_type in ENTITY_SETS.items():
     for _prop in ENTITIES[_entity_type].props:
         _add_property(_entity_set, _prop)
+
+
+# --------------------------------------------------------------------------- deeper paths
+_SEGMENT = re.compile(r"^(?P<name>[A-Za-z]+)(?:\((?P<id>\d+|'[^'/]*')\))?$")
+
+
+def _member(conn: DictConn, entity_set: str, entity_id: str, nav: str, target_id: str) -> None:
+    """404 unless entity ``target_id`` is among the ``nav`` of ``entity_set(entity_id)``."""
+    entity_type = ENTITY_SETS[entity_set]
+    target_set = SET_OF[ENTITIES[entity_type].navs[nav].target]
+    alias = q.ALIASES[target_set]
+    if target_set == "Observations":
+        ds_id, time = parse_observation_id(target_id.strip("'"))
+        where = sql.SQL("{}.datastream_id = %(_d)s and {}.phenomenon_time = %(_t)s").format(
+            sql.Identifier(alias), sql.Identifier(alias)
+        )
+        params: dict[str, Any] = {"_d": ds_id, "_t": time}
+    else:
+        where = sql.SQL("{}.id = %(_t)s").format(sql.Identifier(alias))
+        params = {"_t": int(target_id)}
+    source, on = compile_navigation(entity_type, nav, "_p", alias)
+    parent = int(entity_id)
+    within = q.Within(source, on, entity_type, ENTITIES[entity_type].table, parent)
+    if not q.entities(conn, target_set, q.Listing(1, where=where, params=params), within):
+        raise NotFoundError(f"{entity_type} {entity_id} has no {nav} with @iot.id {target_id}")
+
+
+def canonical_path(conn: DictConn, path: str) -> str:
+    """A path deeper than the routes' (``Things(1)/Datastreams(2)/Observations``,
+    ``Datastreams(1)/Thing/Locations``) as the route path it addresses
+    (``Datastreams(2)/Observations``, ``Things(<its id>)/Locations``), each step checked: an
+    entity named by id must belong to the navigation it is reached by (404 otherwise)."""
+    parts = [p for p in path.split("/") if p]
+    first = _SEGMENT.match(parts[0]) if parts else None
+    if first is None or first["name"] not in ENTITY_SETS or first["id"] is None:
+        raise NotFoundError(f"no resource at {PREFIX}/{path}")
+    current, current_id = first["name"], first["id"].strip("'")
+    i = 1
+    while i < len(parts) - 1 or (i < len(parts) and "(" in parts[i]):
+        seg = _SEGMENT.match(parts[i])
+        navs = ENTITIES[ENTITY_SETS[current]].navs
+        if seg is None or seg["name"] not in navs:
+            break
+        nav = navs[seg["name"]]
+        target = SET_OF[nav.target]
+        if nav.many and seg["id"] is not None:
+            _member(conn, current, current_id, seg["name"], seg["id"])
+            current, current_id = target, seg["id"].strip("'")
+        elif not nav.many and seg["id"] is None:
+            fk = _entity_row(conn, current, current_id).get(nav.fk)
+            if fk is None:
+                raise NotFoundError(f"{ENTITY_SETS[current]} {current_id} has no {seg['name']}")
+            current, current_id = target, str(fk)
+        else:
+            break
+        i += 1
+    if i == 1:
+        raise NotFoundError(f"no resource at {PREFIX}/{path}")
+    head = f"{current}('{current_id}')" if current == "Observations" else f"{current}({current_id})"
+    return "/".join([head, *parts[i:]])
+
+
+@router.get("/{path:path}", include_in_schema=False)
+async def deeper_path(path: str, request: Request) -> Response:
+    """Every other path under ``/v1.1``: resolved step by step to the route path it addresses
+    (``canonical_path``) and answered by that route, with the same query."""
+    pool = request.app.state.pool
+
+    def resolve() -> str:
+        with pool.connection() as conn:
+            return canonical_path(conn, path)
+
+    target = await run_in_threadpool(resolve)
+    scope = dict(request.scope)
+    scope["path"] = f"{PREFIX}/{target}"
+    scope["raw_path"] = scope["path"].encode()
+    status, headers, chunks = 500, [], []
+
+    async def send(message: Message) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status, headers = message["status"], message.get("headers", [])
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await request.app.router(scope, request.receive, send)
+    response = Response(b"".join(chunks), status_code=status)
+    response.raw_headers = list(headers)
+    return response
