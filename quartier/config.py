@@ -149,6 +149,9 @@ class MqttSettings(BaseModel):
     #: The broker account Quartier manages device accounts with (``quartier devices``), e.g.
     #: ``mqtts://quartier-admin:…@broker:8883``; default: the local broker's (``services up``).
     admin_url: str | None = None
+    #: The account the simulator publishes with (None: ``url``); the local broker's
+    #: ``quartier-sim`` account by default (``services up``), see docs/security.md.
+    publish_url: str | None = None
 
 
 class IngestSettings(BaseModel):
@@ -350,6 +353,7 @@ class Settings(BaseSettings):
                 update={
                     "url": state.get("mqtt_url"),
                     "admin_url": mqtt.admin_url or state.get("mqtt_admin_url"),
+                    "publish_url": mqtt.publish_url or state.get("mqtt_sim_url"),
                 }
             )
         return self.model_copy(update={"database": db, "mqtt": mqtt})

@@ -49,6 +49,9 @@ CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 ADMIN_USER = "quartier-admin"
 INGEST_USER = "quartier-ingest"
+#: The local broker's simulator account (``quartier services up`` only, never a deployment's):
+#: publishes any device's readings, like the fleet it simulates.
+SIM_USER = "quartier-sim"
 ADMIN_ROLE = "quartier-admin"
 INGEST_ROLE = "quartier-ingest"
 #: Accounts of The Things Stack bridges: network ``tts``, device ``{application}@{tenant}``.
@@ -123,17 +126,30 @@ def ingest_acls() -> list[dict[str, Any]]:
     return acls
 
 
-def initial_config(admin_password: str, ingest_password: str) -> dict[str, Any]:
+def initial_config(
+    admin_password: str, ingest_password: str, sim_password: str | None = None
+) -> dict[str, Any]:
     """The plugin's first ``dynamic-security.json``: the admin account (dynamic-security commands
-    only) and the ingest account; everything not allowed is denied (publish, subscribe)."""
+    only), the ingest account, and with ``sim_password`` the local simulator's (publishes to
+    ``quartier/v1/+/+/+``); everything not allowed is denied (publish, subscribe)."""
     control = f"{CONTROL_TOPIC}/#"
     admin_acls = [
         {"acltype": "publishClientSend", "topic": control, "allow": True},
         {"acltype": "publishClientReceive", "topic": control, "allow": True},
         {"acltype": "subscribePattern", "topic": control, "allow": True},
     ]
+    sim = [] if sim_password is None else [SIM_USER]
     return {
         "clients": [
+            *(
+                {
+                    "username": name,
+                    "textName": "Quartier: the local simulator",
+                    **_dynsec_hash(sim_password or ""),
+                    "roles": [{"rolename": name}],
+                }
+                for name in sim
+            ),
             {
                 "username": ADMIN_USER,
                 "textName": "Quartier: manages the device accounts",
@@ -150,6 +166,19 @@ def initial_config(admin_password: str, ingest_password: str) -> dict[str, Any]:
         "roles": [
             {"rolename": ADMIN_ROLE, "acls": admin_acls},
             {"rolename": INGEST_ROLE, "acls": ingest_acls()},
+            *(
+                {
+                    "rolename": name,
+                    "acls": [
+                        {
+                            "acltype": "publishClientSend",
+                            "topic": "quartier/v1/+/+/+",
+                            "allow": True,
+                        }
+                    ],
+                }
+                for name in sim
+            ),
         ],
         "defaultACLAccess": {
             "publishClientSend": False,
@@ -160,11 +189,14 @@ def initial_config(admin_password: str, ingest_password: str) -> dict[str, Any]:
     }
 
 
-def write_initial_config(path: Path, admin_password: str, ingest_password: str) -> None:
+def write_initial_config(
+    path: Path, admin_password: str, ingest_password: str, sim_password: str | None = None
+) -> None:
     """Write :func:`initial_config` to ``path`` (mode 0600: it holds password hashes)."""
     path.touch(mode=0o600)
     path.chmod(0o600)
-    path.write_text(json.dumps(initial_config(admin_password, ingest_password), indent=2))
+    config = initial_config(admin_password, ingest_password, sim_password)
+    path.write_text(json.dumps(config, indent=2))
 
 
 class BrokerAdmin:

@@ -317,6 +317,8 @@ class ServiceState:
     mqtt_auth: bool = False
     #: the admin account's URL, for ``quartier devices`` (None when ``mqtt_auth`` is off)
     mqtt_admin_url: str | None = None
+    #: the local simulator's account (``quartier simulate``: any device's topics)
+    mqtt_sim_url: str | None = None
     #: the TLS listener (``tls=True``): its URL with the ingest account, and the CA to trust
     mqtts_url: str | None = None
     mqtts_port: int | None = None
@@ -411,12 +413,14 @@ class LocalServices:
         mqtt_port, tls_port, mqtt_dir = self._start_mosquitto(old)
         password = (Path(datadir).parent / "password").read_text().strip()
         if self.allow_anonymous:
-            login = admin_url = None
+            login = admin_url = sim_url = None
         else:
-            accounts = self._accounts()
+            accounts, _ = self._accounts()
             login = f"{mqtt_accounts.INGEST_USER}:{quote(accounts['ingest'], safe='')}@"
             admin = f"{mqtt_accounts.ADMIN_USER}:{quote(accounts['admin'], safe='')}@"
+            sim = f"{mqtt_accounts.SIM_USER}:{quote(accounts['sim'], safe='')}@"
             admin_url = f"mqtt://{admin}127.0.0.1:{mqtt_port}"
+            sim_url = f"mqtt://{sim}127.0.0.1:{mqtt_port}"
         state = ServiceState(
             database_url=f"postgresql://{PG_USER}:{quote(password)}@127.0.0.1:{pg_port}/{PG_DATABASE}",
             mqtt_url=f"mqtt://{login or ''}127.0.0.1:{mqtt_port}",
@@ -427,6 +431,7 @@ class LocalServices:
             timescaledb_available=pg.has_timescaledb,
             mqtt_auth=not self.allow_anonymous,
             mqtt_admin_url=admin_url,
+            mqtt_sim_url=sim_url,
             mqtts_url=f"mqtts://{login or ''}127.0.0.1:{tls_port}" if tls_port else None,
             mqtts_port=tls_port,
             mqtt_ca_file=str(Path(mqtt_dir) / "tls" / "ca.crt") if tls_port else None,
@@ -592,10 +597,11 @@ class LocalServices:
         if auth:
             plugin = find_dynsec_plugin()
             dynsec = root / "dynamic-security.json"
-            fresh = not (self.state_dir / ACCOUNTS_FILE).exists()
-            accounts = self._accounts()
+            accounts, fresh = self._accounts()
             if fresh or not dynsec.exists():  # new passwords need a new broker config
-                mqtt_accounts.write_initial_config(dynsec, accounts["admin"], accounts["ingest"])
+                mqtt_accounts.write_initial_config(
+                    dynsec, accounts["admin"], accounts["ingest"], accounts["sim"]
+                )
                 if run_as:
                     shutil.chown(dynsec, run_as, run_as)
         if tls_port:
@@ -621,23 +627,22 @@ class LocalServices:
             self._wait_port(tls_port, "Mosquitto (TLS)", root / "mosquitto.log")
         return port, tls_port, root
 
-    def _accounts(self) -> dict[str, str]:
-        """The admin and ingest passwords, made once and kept in the state directory (0600)."""
+    def _accounts(self) -> tuple[dict[str, str], bool]:
+        """The admin, ingest and simulator passwords, made once and kept in the state directory
+        (0600); and whether they were made now."""
         path = self.state_dir / ACCOUNTS_FILE
+        names = ("admin", "ingest", "sim")
         try:
             accounts = json.loads(path.read_text())
-            if {"admin", "ingest"} <= accounts.keys():
-                return {"admin": str(accounts["admin"]), "ingest": str(accounts["ingest"])}
+            if set(names) <= accounts.keys():
+                return {k: str(accounts[k]) for k in names}, False
         except (OSError, ValueError):
             pass
-        accounts = {
-            "admin": mqtt_accounts.new_password(),
-            "ingest": mqtt_accounts.new_password(),
-        }
+        accounts = {k: mqtt_accounts.new_password() for k in names}
         path.touch(mode=0o600)
         os.chmod(path, 0o600)
         path.write_text(json.dumps(accounts))
-        return accounts
+        return accounts, True
 
     @staticmethod
     def _mosquitto_config(

@@ -653,3 +653,43 @@ def test_the_deploy_config_serves_tls_with_accounts(tmp_path: Path) -> None:
         proc.terminate()
         err = proc.communicate(timeout=10)[1].decode(errors="replace")
     assert "Error" not in err, err
+
+
+def test_quartier_simulate_publishes_with_the_local_simulator_account(
+    broker: tuple[LocalServices, ServiceState], ingester: Ingester, network: str, db_url: str
+) -> None:
+    """`services up` records the simulator's account; the settings fill it in and `simulate`
+    publishes with it (the ingest account may not publish), to any device of any network."""
+    from datetime import UTC, datetime
+
+    from quartier.sensors_sim.run import simulate
+
+    local, state = broker
+    assert state.mqtt_sim_url and parse_mqtt_url(state.mqtt_sim_url)[2] == "quartier-sim"
+    settings = Settings(
+        _env_file=None,
+        database={"url": db_url},
+        services={"state_dir": local.state_dir},
+    ).with_local_services()
+    assert settings.mqtt.publish_url == state.mqtt_sim_url
+    stats = simulate(
+        settings,
+        seed=1,
+        sensors=3,
+        interval_s=60,
+        start=datetime(2026, 11, 1, 10, tzinfo=UTC),
+        count=1,
+        duration_s=None,
+        speedtests_per_tick=2,
+        stop_event=None,
+        network=network,
+    )
+    assert stats.messages == 5
+    assert wait_for(lambda: count(db_url, "select count(*) from speedtest") == 2)
+    assert wait_for(lambda: count(db_url, "select count(*) from observation") >= 3)
+    _, _, user, password, _ = parse_mqtt_url(state.mqtt_sim_url)
+    reader = Probe(state.mqtt_port, user, password).start()
+    reader.client.subscribe("quartier/v1/#", qos=1)
+    assert wait_for(lambda: bool(reader.of("suback")))
+    reader.stop()
+    assert reader.of("suback") == [["Not authorized"]]

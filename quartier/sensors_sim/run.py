@@ -79,7 +79,7 @@ def simulate(
     )
 
     with Publisher(
-        settings.require_mqtt_url(),
+        settings.mqtt.publish_url or settings.require_mqtt_url(),
         client_id=client_id,
         keepalive=settings.mqtt.keepalive,
         ca_file=settings.mqtt.ca_file,
