@@ -278,3 +278,22 @@ def test_latest_observation_uses_the_primary_key(filled: Settings) -> None:
 
 def test_set_of_names_every_entity_type() -> None:
     assert sorted(SET_OF) == sorted(ENTITIES)
+
+
+def test_expansions_share_the_server_maximum(filled: Settings) -> None:
+    """With api.max_top 4, three Datastreams share 4 expanded Observations (one each, whatever
+    $top asks); the rest is reachable by the nextLinks."""
+    small = filled.model_copy(update={"api": filled.api.model_copy(update={"max_top": 4})})
+    with TestClient(create_app(small)) as client:
+        body = _json(client, "/v1.1/Datastreams", **{"$expand": "Observations($top=100)"})
+        assert len(body["value"]) == 3
+        for d in body["value"]:
+            assert len(d["Observations"]) <= 4 // 3
+        pm25 = next(d for d in body["value"] if d["name"].endswith("PM2.5"))
+        url: str | None = pm25["Observations@iot.nextLink"]
+        seen = len(pm25["Observations"])
+        while url:
+            page = _json(client, url)
+            seen += len(page["value"])
+            url = page.get("@iot.nextLink")
+        assert seen == 25

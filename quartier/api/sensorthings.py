@@ -384,6 +384,11 @@ def _expand(
     target_set = SET_OF[nav.target]
     o = x.options
     listing = _level(settings, o, target_set, f"$expand={name}: ")
+    # server-driven paging inside expansions: all parents together get at most api.max_top
+    # entities per level (each at least one), the rest is behind the nextLinks
+    budget = max(1, settings.api.max_top // max(1, len(rows)))
+    if nav.many and listing.top > budget:
+        listing = replace(listing, top=budget)
     inner = QueryOptions(select=o.select, expand=o.expand)
     if not nav.many:
         fks = [r.get(nav.fk) for r in rows]
