@@ -402,20 +402,30 @@ def test_mqtts_with_the_test_ca_works_and_plaintext_to_the_tls_port_fails(
         ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1").close()
 
 
-def test_health_check_speaks_mqtts_with_credentials(
-    broker: tuple[LocalServices, ServiceState],
+def test_health_check_speaks_mqtts_and_leaves_the_ingesters_session_alone(
+    broker: tuple[LocalServices, ServiceState], ingester: Ingester
 ) -> None:
+    """/health probes without logging in: with the ingester's account it would get the
+    ingester's client id (use_username_as_clientid), disconnect it and end its session."""
     from quartier.api.app import _check_mqtt
 
     _, state = broker
     assert state.mqtts_url
+    log = Path(state.mqtt_dir) / "mosquitto.log"
+    before = len(log.read_text())
     good = Settings(
         _env_file=None,
         mqtt={"url": state.mqtts_url, "ca_file": state.mqtt_ca_file},
     )
-    assert _check_mqtt(good).ok
+    plain = Settings(_env_file=None, mqtt={"url": state.mqtt_url})  # the ingester's URL
+    assert all(_check_mqtt(s).ok for s in (good, plain, good, plain))
     no_ca = good.model_copy(update={"mqtt": good.mqtt.model_copy(update={"ca_file": None})})
     assert not _check_mqtt(no_ca).ok
+    closed = Settings(_env_file=None, mqtt={"url": f"mqtt://127.0.0.1:{free_port()}"})
+    assert not _check_mqtt(closed).ok
+    time.sleep(0.3)
+    assert ingester.connected.is_set()
+    assert "already connected, closing old connection" not in log.read_text()[before:]
 
 
 def test_the_simulator_publishes_over_mqtts_with_a_network_account(

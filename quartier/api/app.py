@@ -35,7 +35,7 @@ from quartier.api.deps import AnyConn, AppSettings
 from quartier.api.models import ComponentHealth, Health
 from quartier.config import Settings
 from quartier.errors import NotMigratedError, PayloadTooLargeError, QuartierError, RateLimitedError
-from quartier.ingest.mqtt_client import mqtt_client
+from quartier.ingest.mqtt_client import PROBE_ANSWERS, mqtt_client, probe_url
 from quartier.store.db import DictConn, make_pool
 from quartier.store.migrate import storage_path
 
@@ -222,8 +222,9 @@ def _check_database(conn: DictConn) -> ComponentHealth:
 
 
 def _check_mqtt(settings: Settings, timeout: float = 3.0) -> ComponentHealth:
-    """Whether the broker accepts a connection; what failed goes to the log (the broker's
-    address and the error never reach the client)."""
+    """Whether the broker answers MQTT (over TLS with the CA file for ``mqtts://``), probed
+    without logging in (``mqtt_client.probe_url``: never with the ingester's account); what
+    failed goes to the log (the broker's address and the error never reach the client)."""
     if not settings.mqtt.url:
         return ComponentHealth(ok=False, detail="degraded: no broker configured")
     done = threading.Event()
@@ -237,7 +238,7 @@ def _check_mqtt(settings: Settings, timeout: float = 3.0) -> ComponentHealth:
 
     try:
         client, host, port = mqtt_client(
-            settings.mqtt.url,
+            probe_url(settings.mqtt.url),
             f"quartier-health-{uuid.uuid4().hex[:8]}",
             ca_file=settings.mqtt.ca_file,
         )
@@ -253,7 +254,7 @@ def _check_mqtt(settings: Settings, timeout: float = 3.0) -> ComponentHealth:
     if not ok:
         log.warning("health: broker did not answer CONNECT within %s s", timeout)
         return ComponentHealth(ok=False, detail="degraded: the broker does not answer")
-    if result[0] != "Success":
+    if result[0] not in PROBE_ANSWERS:
         log.warning("health: broker refused the connection: %s", result[0])
         return ComponentHealth(ok=False, detail="degraded: the broker refused the connection")
     return ComponentHealth(ok=True, detail="ok")

@@ -10,6 +10,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -147,6 +148,20 @@ def mqtt_client(
     if tls:
         client.tls_set_context(tls_context(ca_file))
     return client, host, port
+
+
+#: CONNACK reasons of a broker that answers a probe made without an account: success (a broker
+#: without accounts) or the refusal of the missing login (Quartier's brokers).
+PROBE_ANSWERS = ("Success", "Not authorized", "Bad user name or password")
+
+
+def probe_url(url: str) -> str:
+    """``url`` without its username and password, for a probe of whether the broker answers
+    (``/health``). A probe that logged in with the ingester's account would, on a broker with
+    ``use_username_as_clientid``, get the ingester's client id: the broker would disconnect the
+    ingester and the probe's clean start would end its persistent session."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def tls_context(ca_file: Path | str | None = None) -> ssl.SSLContext:
