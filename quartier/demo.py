@@ -169,8 +169,10 @@ class Demo:
 
     def _broken_device(self, s: Settings) -> None:
         """A few malformed messages, so that the rejects table has something to show."""
-        client, host, port = mqtt_client(
-            s.require_mqtt_url(), "quartier-demo-broken", ca_file=s.mqtt.ca_file
+        client, host, port = mqtt_client(  # a publisher's account, never the ingester's
+            s.mqtt.publish_url or s.require_mqtt_url(),
+            "quartier-demo-broken",
+            ca_file=s.mqtt.ca_file,
         )
         client.connect(host, port)
         client.loop_start()
