@@ -42,6 +42,12 @@ DATABASE_COMMANDS = [
     ["rejects", "replay"],
     ["privacy", "export", "--device", "phone-1"],
     ["privacy", "erase", "--device", "phone-1", "--yes"],
+    ["map", "coverage", "--out", "{dir}/m.html"],
+    ["keys", "list"],
+    ["keys", "add", "--name", "statistics", "--scope", "indicators:write"],
+    ["keys", "revoke", "1"],
+    ["keys", "audit"],
+    ["devices", "list"],
 ]
 #: every command that needs the broker but not the database
 BROKER_COMMANDS = [["simulate", "--count", "1"]]
