@@ -429,7 +429,7 @@ def test_query_options() -> None:
     for options, error, message in [
         ({"$top": "-1"}, BadRequestError, r"\$top='-1': expected a non-negative integer"),
         ({"$count": "yes"}, BadRequestError, r"\$count='yes': expected true or false"),
-        ({"$resultFormat": "csv"}, BadRequestError, r"\$resultFormat='csv'"),
+        ({"$resultFormat": "xml"}, BadRequestError, r"\$resultFormat='xml'"),
         ({"$bogus": "1"}, BadRequestError, r"unknown query option \$bogus"),
         ({"$search": "x"}, NotImplementedQueryError, r"\$search is not supported"),
         ({"$apply": "x"}, NotImplementedQueryError, r"\$apply"),
