@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from quartier.cli.common import console, settings, user_errors
+from quartier.cli.common import console, fail, settings, user_errors
 from quartier.cli.connect import connect, database_url
 
 app = typer.Typer(help="Import reference data.", no_args_is_help=True)
@@ -16,18 +16,82 @@ app = typer.Typer(help="Import reference data.", no_args_is_help=True)
 
 @app.command("districts")
 def import_districts_cmd(
-    stadtbezirke: Annotated[Path | None, typer.Option(help="GeoJSON/GPKG of Stadtbezirke")] = None,
-    stadtteile: Annotated[Path | None, typer.Option(help="GeoJSON/GPKG of Stadtteile")] = None,
-    city: Annotated[Path | None, typer.Option(help="city boundary")] = None,
-    population: Annotated[Path | None, typer.Option(help="population CSV")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="GeoJSON, GeoPackage or Shapefile of districts (any CRS)"),
+    ] = None,
+    code: Annotated[str | None, typer.Option(help="column of the district code")] = None,
+    name: Annotated[str | None, typer.Option(help="column of the district name")] = None,
+    parent: Annotated[
+        str | None, typer.Option(help="column of the parent's code (default: found by area)")
+    ] = None,
+    population: Annotated[str | None, typer.Option(help="column of the population")] = None,
+    level: Annotated[str, typer.Option(help="stadtbezirk or stadtteil")] = "stadtbezirk",
+    layer: Annotated[str | None, typer.Option(help="GeoPackage layer")] = None,
+    crs: Annotated[
+        str | None, typer.Option(help="CRS of a file that names none, e.g. EPSG:25832")
+    ] = None,
+    stadtbezirke: Annotated[Path | None, typer.Option(help="Köln-shaped Stadtbezirke")] = None,
+    stadtteile: Annotated[Path | None, typer.Option(help="Köln-shaped Stadtteile")] = None,
+    city: Annotated[Path | None, typer.Option(help="Köln-shaped city boundary")] = None,
+    population_csv: Annotated[
+        Path | None, typer.Option("--population-csv", help="Köln statistics CSV")
+    ] = None,
 ) -> None:
-    """Load city, Stadtbezirke and Stadtteile (default: the Köln files shipped with Quartier)."""
-    from quartier.geo.io import import_districts
+    """Load districts. With FILE: the districts of one level through a column mapping (they
+    replace that level's districts), e.g. `quartier import districts ortsteile.gpkg --code OT_NR
+    --name OT_NAME --population EW --level stadtteil`. Without: Köln's city, Stadtbezirke and
+    Stadtteile (the files shipped with Quartier)."""
+    from quartier.geo.io import (
+        DEFAULT_COLUMNS,
+        DISTRICT_LEVELS,
+        DistrictColumns,
+        import_district_file,
+        import_districts,
+    )
+
+    s = settings()
+    if file is None:
+        if code or name or parent or population or layer or crs:
+            raise fail("--code, --name, --parent, --population, --layer and --crs need a FILE")
+        with user_errors(s), connect(s) as conn:
+            counts = import_districts(conn, stadtbezirke, stadtteile, city, population_csv)
+        console.print(", ".join(f"{n} {lv}" for lv, n in counts.items()) + " imported")
+        return
+    if level not in DISTRICT_LEVELS:
+        raise fail(f"--level must be one of {', '.join(DISTRICT_LEVELS)}, not {level!r}")
+    default_code, default_name = DEFAULT_COLUMNS[level]
+    columns = DistrictColumns(code or default_code, name or default_name, parent, population)
+    with user_errors(s), connect(s) as conn:
+        n = import_district_file(conn, file, columns, level=level, layer=layer, crs=crs)
+    console.print(f"{n} {level} imported from {file}")
+
+
+@app.command("city-outline")
+def import_city_outline_cmd(
+    file: Annotated[
+        Path, typer.Argument(help="VG250 Gemeinden (VG250_GEM) or any one-area boundary file")
+    ],
+    ags: Annotated[
+        str | None, typer.Option(help="Amtlicher Gemeindeschlüssel, e.g. 05315000 (Köln)")
+    ] = None,
+    code: Annotated[str | None, typer.Option(help="the city's code, if not the AGS")] = None,
+    name: Annotated[str | None, typer.Option(help="the city's name, if not the file's GEN")] = None,
+    layer: Annotated[str | None, typer.Option(help="GeoPackage layer, e.g. vg250_gem")] = None,
+    crs: Annotated[
+        str | None, typer.Option(help="CRS of a file that names none, e.g. EPSG:25832")
+    ] = None,
+) -> None:
+    """Load the city outline (the maps open on it): a municipality of the official VG250
+    boundaries by its AGS, e.g. `quartier import city-outline VG250_GEM.shp --ags 05315000`."""
+    from quartier.geo.io import import_city_outline
 
     s = settings()
     with user_errors(s), connect(s) as conn:
-        counts = import_districts(conn, stadtbezirke, stadtteile, city, population)
-    console.print(", ".join(f"{n} {level}" for level, n in counts.items()) + " imported")
+        city_code, city_name = import_city_outline(
+            conn, file, ags=ags, code=code, name=name, layer=layer, crs=crs
+        )
+    console.print(f"city outline of {city_name} ({city_code}) imported from {file}")
 
 
 @app.command("sensor-community")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -172,6 +173,241 @@ def import_districts(
         )
     log.info("imported districts: %s", counts)
     return counts
+
+
+#: The levels a district file can be imported as (the city outline has its own import).
+DISTRICT_LEVELS = ("stadtbezirk", "stadtteil")
+#: The column names a district file is read with unless told otherwise (Köln's own).
+DEFAULT_COLUMNS: dict[str, tuple[str, str]] = {
+    "stadtbezirk": ("STB_NR", "STB_NAME"),
+    "stadtteil": ("STT_NR", "STT_NAME"),
+}
+#: VG250 (BKG, Verwaltungsgebiete 1:250 000): the Amtlicher Gemeindeschlüssel, the name, and the
+#: Geofaktor (4: land areas; 2: water areas such as lakes and the sea)
+VG250_CODE, VG250_NAME, VG250_GEOFAKTOR = "AGS", "GEN", "GF"
+
+
+@dataclass(frozen=True)
+class DistrictColumns:
+    """Which column of a district file holds what (None: not in the file)."""
+
+    code: str
+    name: str
+    parent: str | None = None
+    population: str | None = None
+
+
+def _label(value: object) -> str | None:
+    """A code or name cell as text: integral numbers without ".0", blanks and NaN as None."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return None
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
+def read_boundaries(
+    path: Path | str, *, layer: str | None = None, crs: str | None = None
+) -> gpd.GeoDataFrame:
+    """A GeoJSON, GeoPackage or Shapefile of polygons in any CRS, as EPSG:4326 with valid
+    MultiPolygons. ``crs`` names the CRS of a file that does not declare one (a Shapefile without
+    its .prj). BadRequestError, in one line, for a missing or unreadable file or layer, an unknown
+    CRS, an empty or non-polygon geometry, or coordinates that do not fit the CRS."""
+    import pyogrio
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    p = Path(path)
+    if not p.exists():
+        raise BadRequestError(f"no such file: {p}")
+    try:
+        frame = pyogrio.read_dataframe(p, layer=layer)
+    except Exception as exc:  # pyogrio's errors carry GDAL's message; one line is enough
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        what = f"layer {layer!r} of {p}" if layer else str(p)
+        raise BadRequestError(f"cannot read {what}: {first}") from None
+    if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry.name not in frame.columns:
+        raise BadRequestError(
+            f"{p} has no geometries (a GeoJSON, GeoPackage or Shapefile of areas)"
+        )
+    if crs is not None:
+        try:
+            given = CRS.from_user_input(crs)
+        except CRSError:
+            raise BadRequestError(f"unknown CRS {crs!r} (e.g. EPSG:25832)") from None
+        if frame.crs is not None and not frame.crs.equals(given):
+            raise BadRequestError(
+                f"{p} declares its CRS ({frame.crs.to_string()}); --crs only names a missing one"
+            )
+        frame = frame.set_crs(given)
+    if frame.crs is None:
+        raise BadRequestError(
+            f"{p} does not say which coordinate reference system it uses (a Shapefile needs its "
+            ".prj); name it with --crs, e.g. --crs EPSG:25832"
+        )
+    geoms = frame.geometry
+    empty = geoms.isna() | geoms.is_empty
+    if empty.any():
+        rows = ", ".join(str(i + 1) for i in np.flatnonzero(empty.to_numpy())[:5])
+        raise BadRequestError(f"{p}: empty geometry in row {rows} (every area needs a polygon)")
+    if len(frame) == 0:
+        raise BadRequestError(f"{p} holds no areas")
+    try:
+        frame = frame.to_crs(WGS84)
+    except Exception:
+        raise BadRequestError(f"{p}: cannot reproject from {frame.crs.to_string()}") from None
+    west, south, east, north = frame.total_bounds
+    if not (np.isfinite([west, south, east, north]).all() and -180 <= west <= east <= 180
+            and -90 <= south <= north <= 90):  # fmt: skip
+        raise BadRequestError(
+            f"{p}: coordinates do not fit its CRS {frame.crs.to_string()}; is the CRS right?"
+        )
+    try:
+        polygons = _multipolygons(frame.geometry)
+    except ValueError:
+        raise BadRequestError(f"{p}: district geometries must be polygons") from None
+    return frame.set_geometry(gpd.GeoSeries(polygons, index=frame.index, crs=WGS84))
+
+
+def _column(frame: gpd.GeoDataFrame, path: Path, what: str, name: str) -> pd.Series:
+    if name not in frame.columns or name == frame.geometry.name:
+        have = ", ".join(str(c) for c in frame.columns if c != frame.geometry.name)
+        raise BadRequestError(f"{path}: no {what} column {name!r}; the file has: {have}")
+    return frame[name]
+
+
+def _city_code(conn: Conn) -> str | None:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute("select code from district where level = 'city'").fetchall()
+    return str(rows[0][0]) if len(rows) == 1 else None
+
+
+def import_district_file(
+    conn: Conn,
+    path: Path | str,
+    columns: DistrictColumns | None = None,
+    *,
+    level: str = "stadtbezirk",
+    layer: str | None = None,
+    crs: str | None = None,
+) -> int:
+    """Replace the districts of ``level`` with those of a GeoJSON/GeoPackage/Shapefile (any CRS,
+    stored in EPSG:4326), read through a column mapping (default: Köln's column names).
+
+    The parent is the ``parent`` column's value; without one, a Stadtbezirk's parent is the
+    stored city and a Stadtteil's the stored Stadtbezirk that holds a point of it. Districts of
+    ``level`` not in the file are removed (one municipality per database). Returns the number
+    of districts. One transaction."""
+    if level not in DISTRICT_LEVELS:
+        raise BadRequestError(f"unknown level {level!r}; one of {', '.join(DISTRICT_LEVELS)}")
+    p = Path(path)
+    cols = columns or DistrictColumns(*DEFAULT_COLUMNS[level])
+    frame = read_boundaries(p, layer=layer, crs=crs)
+    codes = [_label(v) for v in _column(frame, p, "code", cols.code)]
+    names = [_label(v) for v in _column(frame, p, "name", cols.name)]
+    for what, values in (("code", codes), ("name", names)):
+        missing = [i + 1 for i, v in enumerate(values) if v is None]
+        if missing:
+            raise BadRequestError(f"{p}: no {what} in row {', '.join(map(str, missing[:5]))}")
+    seen = pd.Series(codes)
+    if seen.duplicated().any():
+        dup = ", ".join(sorted(set(seen[seen.duplicated()].astype(str)))[:5])
+        raise BadRequestError(f"{p}: the code {dup} is used by more than one area")
+    parents: list[str | None]
+    if cols.parent is not None:
+        parents = [_label(v) for v in _column(frame, p, "parent", cols.parent)]
+    else:
+        parents = [_city_code(conn) if level == "stadtbezirk" else None] * len(codes)
+    populations: list[int | None] = [None] * len(codes)
+    if cols.population is not None:
+        raw = _column(frame, p, "population", cols.population)
+        text = raw.astype(str).str.strip().str.replace(".", "", regex=False)  # 12.345 (German)
+        nums = pd.to_numeric(text.where(raw.notna()), errors="coerce")
+        bad = raw.notna() & (nums.isna() | (nums < 0))
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise BadRequestError(f"{p}: population {raw.iloc[i]!r} in row {i + 1} is not a number")
+        populations = [None if pd.isna(v) else round(v) for v in nums]
+    geoms = np.array(frame.geometry.values, dtype=object)
+    with conn.transaction():
+        with conn.cursor() as cur:
+            cur.execute(
+                "delete from district where level = %s and not (code = any(%s))", (level, codes)
+            )
+        n = _upsert(conn, level, codes, names, parents, populations, geoms)  # type: ignore[arg-type]
+        if level == "stadtteil" and cols.parent is None:
+            with conn.cursor() as cur:
+                cur.execute(
+                    """
+                    update district t set parent_code = (
+                        select b.code from district b
+                        where b.level = 'stadtbezirk'
+                          and ST_Intersects(b.geom, ST_PointOnSurface(t.geom))
+                        order by length(b.code), b.code limit 1)
+                    where t.level = 'stadtteil'
+                    """
+                )
+    log.info("imported %d %s from %s", n, level, p)
+    return n
+
+
+def import_city_outline(
+    conn: Conn,
+    path: Path | str,
+    *,
+    ags: str | None = None,
+    code_column: str = VG250_CODE,
+    name_column: str = VG250_NAME,
+    code: str | None = None,
+    name: str | None = None,
+    layer: str | None = None,
+    crs: str | None = None,
+) -> tuple[str, str]:
+    """Replace the city outline with a municipality from a boundary file: VG250 Gemeinden (BKG;
+    columns AGS and GEN, land areas only where a GF column says so) chosen by its Amtlicher
+    Gemeindeschlüssel ``ags``, or any one-area file (``code``/``name`` given where the file lacks
+    the columns). The Stadtbezirke without a parent get the city as their parent. Returns the
+    city's code and name."""
+    p = Path(path)
+    frame = read_boundaries(p, layer=layer, crs=crs)
+    if ags is not None:
+        key = ags.strip()
+        if not key.isdigit() or len(key) > 8:
+            raise BadRequestError(f"--ags {ags!r} is not an Amtlicher Gemeindeschlüssel (8 digits)")
+        key = key.zfill(8)
+        codes = _column(frame, p, "AGS", code_column).map(_label).astype(str).str.zfill(8)
+        frame = frame[(codes == key).to_numpy()]
+        if len(frame) == 0:
+            raise BadRequestError(f"{p}: no municipality with AGS {key}")
+        if VG250_GEOFAKTOR in frame.columns and (frame[VG250_GEOFAKTOR].astype(str) == "4").any():
+            frame = frame[(frame[VG250_GEOFAKTOR].astype(str) == "4").to_numpy()]
+        code = code or key
+    elif len(frame) > 1:
+        raise BadRequestError(
+            f"{p} holds {len(frame)} areas; choose the municipality with --ags (e.g. 05315000)"
+        )
+    if code is None:
+        code = _label(_column(frame, p, "code", code_column).iloc[0])
+    if name is None:
+        name = _label(_column(frame, p, "name", name_column).iloc[0])
+    if not code or not name:
+        raise BadRequestError(f"{p}: the municipality has no code or no name; give --code/--name")
+    outline = np.array([shapely.union_all(np.array(frame.geometry.values, dtype=object))])
+    geom = _multipolygons(gpd.GeoSeries(outline, crs=WGS84))
+    with conn.transaction():
+        with conn.cursor() as cur:
+            cur.execute("delete from district where level = 'city' and code <> %s", (code,))
+        _upsert(conn, "city", [code], [name], [None], [None], geom)
+        with conn.cursor() as cur:
+            cur.execute(
+                "update district set parent_code = %s "
+                "where level = 'stadtbezirk' and (parent_code is null or parent_code not in "
+                "(select code from district where level = 'city'))",
+                (code,),
+            )
+    log.info("imported the outline of %s (%s) from %s", name, code, p)
+    return code, name
 
 
 def load_districts(conn: Conn, level: str = "stadtbezirk") -> gpd.GeoDataFrame:
