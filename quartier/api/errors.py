@@ -7,6 +7,7 @@ the message saying what was wrong. No stack trace ever reaches a client.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -68,7 +69,51 @@ def _body(
     )
 
 
+#: the error body in the OpenAPI document
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "Error",
+    "type": "object",
+    "required": ["code", "type", "message"],
+    "properties": {
+        "code": {"type": "integer", "description": "the HTTP status"},
+        "type": {"type": "string", "description": "the kind of error"},
+        "message": {"type": "string", "description": "what was wrong"},
+    },
+    "additionalProperties": False,
+}
+
+
+def document_errors(doc: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document (in place) as the API answers errors: every operation's errors have
+    the one body above (a ``default`` response), and FastAPI's 422 ``HTTPValidationError``,
+    which is never sent, becomes the 400 that request validation answers."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = ERROR_SCHEMA
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", {"description": "invalid request"})
+            for code, response in responses.items():
+                if code[:1] in ("4", "5") and not response.get("content"):
+                    response["content"] = error
+            responses["default"] = {"description": "an error", "content": error}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return doc
+
+
 def install(app: FastAPI) -> None:
+    make_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document_errors(make_openapi())  # FastAPI keeps the document in app.openapi_schema
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(QuartierError)
     async def quartier_error(request: Request, exc: QuartierError) -> JSONResponse:
         status = status_of(exc)
