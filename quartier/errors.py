@@ -22,6 +22,8 @@ QuartierError                                                            HTTP  C
 ├── BadRequestError        a request parameter is invalid                   400  1
 │   └── StrategyError      a strategy file is invalid, every problem listed
 │                          (``quartier.evaluation.strategy``, with its ``Problem`` list)
+├── ConflictError          a write conflicts with what is stored (an        409  1
+│                          Observation of that Datastream at that time)
 ├── NotImplementedQueryError  a valid query construct Quartier does not     501  1
 │                             implement (yet)
 ├── PdfUnavailableError    PDF output lacks WeasyPrint or its libraries     501  1
@@ -102,6 +104,11 @@ class UnknownDevice(NotFoundError):
 
 class BadRequestError(QuartierError):
     """A request parameter is invalid; the message says which and why."""
+
+
+class ConflictError(QuartierError):
+    """A write conflicts with what is stored (SensorThings: an Observation of the Datastream at
+    that phenomenonTime exists; the store keeps the first). The message names what exists."""
 
 
 class NotImplementedQueryError(QuartierError):
