@@ -27,7 +27,10 @@ from typer.testing import CliRunner
 from quartier.api.app import create_app
 from quartier.cli import app as cli_app
 from quartier.config import Settings
-from quartier.geo.input_store import write_speedtests
+from quartier.geo.input_store import write_signals, write_speedtests
+from quartier.geo.service import analyse_and_store
+from quartier.maps.pages import mobile_page
+from quartier.maps.render import MapOptions
 from quartier.pseudonym import pseudonymizer
 
 DATA = Path(__file__).resolve().parent / "data" / "musterstadt"
@@ -88,7 +91,35 @@ def import_musterstadt(settings: Settings) -> None:
     })  # fmt: skip
     with psycopg.connect(settings.require_database_url()) as conn:
         assert write_speedtests(conn, tests, "musterstadt-app", pseudonymizer(settings)) == 5
+        assert write_signals(conn, signals(), "musterstadt-app", pseudonymizer(settings)) == 37
         conn.commit()
+
+
+def signals() -> pd.DataFrame:
+    """Signal measurements at four address points (RSRP, dBm; threshold -110):
+    Altstadt's first: 5 devices, Telekom 4G -90, Telekom 5G -95, Vodafone 4G -100 (all covered);
+    Nordviertel's first: 5 devices, Vodafone 4G -105 (covered), Telekom 4G -120 (not);
+    Weststadt's second: 5 devices, Telekom and Vodafone 4G -125 (a dead zone);
+    Südstadt-Ost's first: only 2 devices, Telekom 4G -80 (never published at k = 5)."""
+    where = pd.read_csv(DATA / "haushalte.csv").set_index("ADRESSE")
+    plan = [
+        ("MS-01-1", 5, [("Telekom", "4G", -90), ("Telekom", "5G", -95), ("Vodafone", "4G", -100)]),
+        ("MS-02-1", 5, [("Vodafone", "4G", -105), ("Telekom", "4G", -120)]),
+        ("MS-04-2", 5, [("Telekom", "4G", -125), ("Vodafone", "4G", -125)]),
+        ("MS-03-1", 2, [("Telekom", "4G", -80)]),
+    ]
+    start = datetime.now(UTC) - timedelta(hours=2)
+    out = []
+    for address, devices, measures in plan:
+        for d in range(devices):
+            for operator, tech, rsrp in measures:
+                out.append({
+                    "measured_at": start + timedelta(seconds=len(out)),
+                    "device_key": f"{address}-phone-{d}",
+                    "lon": where.loc[address, "LAENGE"], "lat": where.loc[address, "BREITE"],
+                    "technology": tech, "operator": operator, "rsrp_dbm": float(rsrp),
+                })  # fmt: skip
+    return pd.DataFrame(out)
 
 
 def fit_bounds(page: str) -> list[list[float]]:
@@ -259,3 +290,51 @@ def test_import_errors_are_one_line(env: Settings, tmp_path: Path) -> None:
     fails("import", "districts", empty, expect="empty geometry in row 2")
     # nothing was written by the failed imports
     assert rows(env, "select count(*) from district where level = 'stadtbezirk'") == [(0,)]
+
+
+def test_mobile_map_per_operator_and_technology(musterstadt: Settings) -> None:
+    with TestClient(create_app(musterstadt)) as client:
+        page = client.get("/maps/mobile").text
+        english = client.get("/maps/mobile", params={"lang": "en"}).text
+    assert_on_musterstadt(page)
+    for row in [
+        "Mobilfunkversorgung je 100-m-Zelle (gemessen)",
+        "3 Zellen mit Messungen",  # Südstadt-Ost's point: 2 devices, below k = 5
+        "Telekom 4G (1 Zelle)",
+        "Telekom 5G (1 Zelle)",
+        "Vodafone 4G (2 Zellen)",
+        "Vodafone 5G (0 Zellen)",
+        "Funkloch: kein 4G/5G gemessen (1 Zelle)",
+        "mindestens 5 Geräten",
+    ]:
+        assert row in page, row
+    for layer in ("Telekom: 4G versorgt", "Telekom: 5G versorgt", "Vodafone: 4G versorgt"):
+        assert f'"{layer}"' in page or layer in page, layer  # the layer control's names
+    assert "Vodafone: 5G versorgt" not in page  # no layer without cells
+    assert "L.control.layers" in page
+    assert "Mobile coverage per 100 m cell (measured)" in english
+    assert "Vodafone 4G (2 cells)" in english and "Funkloch" not in english
+
+
+def test_mobile_map_respects_the_privacy_threshold_of_now(musterstadt: Settings) -> None:
+    """A run analysed with k = 1 holds Südstadt-Ost's 2-device cell; the map at k = 5 does not
+    show it, at k = 1 it does."""
+    with psycopg.connect(musterstadt.require_database_url()) as conn:
+        analyse_and_store(conn, min_contributors=1)
+        conn.commit()
+        strict = mobile_page(conn, MapOptions(min_contributors=5))
+        loose = mobile_page(conn, MapOptions(min_contributors=1))
+    assert "Telekom 4G (1 Zelle)" in strict and "3 Zellen mit Messungen" in strict
+    assert "Telekom 4G (2 Zellen)" in loose and "4 Zellen mit Messungen" in loose
+
+
+def test_mobile_map_before_an_analysis(env: Settings) -> None:
+    code, out = run("import", "city-outline", VG250, "--ags", AGS)
+    assert code == 0, out
+    with TestClient(create_app(env)) as client:
+        r = client.get("/maps/mobile")
+    assert r.status_code == 200
+    assert "Noch keine Versorgungsanalyse gespeichert" in r.text
+    assert_on_musterstadt(r.text)
+    code, out = run("map", "mobile", "--out", "mobil.html")
+    assert code == 0 and "wrote mobil.html" in out, out

@@ -55,3 +55,14 @@ def sensor_map(
     """Every sensor (clustered), its latest value per datastream with unit and age; sensors
     without a reading for 6 hours are grey and marked stale."""
     return _page(conn, settings, request, "sensors", lang)
+
+
+@router.get("/maps/mobile", response_class=HTMLResponse, operation_id="mobile_map",
+            responses=_HTML)  # fmt: skip
+def mobile_map(
+    conn: Conn, settings: AppSettings, request: Request, lang: Lang = "de"
+) -> HTMLResponse:
+    """Measured mobile coverage of the stored coverage analysis: per operator and technology (4G,
+    5G) a layer of the cells it covers, dead zones (no 4G/5G from any operator), the measured
+    cells; only cells measured by at least ``privacy.min_contributors`` devices."""
+    return _page(conn, settings, request, "mobile", lang)

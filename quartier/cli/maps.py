@@ -17,7 +17,7 @@ app = typer.Typer()
 
 @app.command("map")
 def map_cmd(
-    name: Annotated[str, typer.Argument(help="coverage (broadband) or sensors")],
+    name: Annotated[str, typer.Argument(help="coverage (broadband), mobile or sensors")],
     out: Annotated[Path, typer.Option("--out", help="the HTML file to write")],
     lang: Annotated[str, typer.Option("--lang", help="de (default) or en")] = "de",
 ) -> None:

@@ -7,13 +7,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 from psycopg.rows import tuple_row
 
 from quartier.errors import NotFoundError
 from quartier.geo import io as geo_io
 from quartier.geo import run_store, speedtest_cells
-from quartier.maps.render import MapOptions, render_coverage_map, render_gap_map, render_sensor_map
+from quartier.maps.render import (
+    MapOptions,
+    render_coverage_map,
+    render_gap_map,
+    render_mobile_map,
+    render_sensor_map,
+)
 from quartier.store.db import Conn
 
 #: A sensor without a reading for this long is marked stale on the sensor map.
@@ -77,10 +84,53 @@ def sensor_page(conn: Conn, options: MapOptions, now: datetime | None = None) ->
     )
 
 
+def mobile_contributed_cells(conn: Conn, min_contributors: int) -> set[tuple[int, int]]:
+    """The cells (``cell_e``, ``cell_n``) of the stored signal measurements with at least
+    ``min_contributors`` distinct devices (k-anonymity, docs/privacy.md)."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(
+            "select cell_e, cell_n from mobile_measurement where cell_e is not null"
+            " group by cell_e, cell_n having count(distinct device_key) >= %s",
+            (min_contributors,),
+        ).fetchall()
+    return {(int(e), int(n)) for e, n in rows}
+
+
+def mobile_page(conn: Conn, options: MapOptions) -> str:
+    """Mobile: the stored coverage run's measured 4G/5G coverage per operator, its dead zones
+    and measured cells; only cells that also now have signal measurements of at least
+    ``privacy.min_contributors`` distinct devices (the run applied the threshold in force when
+    it was analysed; a lower one then does not publish more now)."""
+    districts = geo_io.load_districts(conn, "stadtbezirk")
+    city = geo_io.load_districts(conn, "city")
+    try:
+        run = run_store.get_run(conn)
+    except NotFoundError:
+        run = None
+    if run is None:
+        return render_mobile_map(
+            pd.DataFrame(), [], [], districts, city=city, options=options
+        )  # fmt: skip
+    cells = run_store.load_cells(conn, run)
+    cells = cells[cells["n_signal"].to_numpy() > 0]
+    if options.min_contributors > 1 and len(cells):
+        public = mobile_contributed_cells(conn, options.min_contributors)
+        keep = np.fromiter(
+            ((e, n) in public for e, n in zip(cells["e"], cells["n"], strict=True)),
+            dtype=bool, count=len(cells),
+        )  # fmt: skip
+        cells = cells[keep]
+    return render_mobile_map(
+        cells, run.operators, run.technologies, districts, city=city,
+        parameters=run.parameters, options=options,
+    )  # fmt: skip
+
+
 #: name -> the page (``/maps/{name}``, ``quartier map NAME``)
 MAPS: dict[str, Callable[[Conn, MapOptions], str]] = {
     "coverage": coverage_page,
     "sensors": sensor_page,
+    "mobile": mobile_page,
 }
 
 

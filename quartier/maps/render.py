@@ -19,6 +19,7 @@ from typing import Any, Literal
 import folium
 import geopandas as gpd
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import shapely
 from branca.element import Element, Figure, MacroElement
@@ -27,6 +28,7 @@ from folium.template import Template
 
 from quartier.config import MapSettings, Settings
 from quartier.geo import grid
+from quartier.geo.analysis import covers
 from quartier.geo.speedtest_cells import MIN_CONTRIBUTORS, SPEED_CLASS_BY_KEY, SPEED_CLASSES
 from quartier.maps.assets import Assets, use_shipped
 
@@ -115,6 +117,27 @@ TEXTS: dict[str, tuple[str, str]] = {
     "ago": ("vor {age}", "{age} ago"),
     "latest": ("Letzte Werte", "Latest readings"),
     "n_sensors": ("{n} Sensoren", "{n} sensors"),
+    "mobile_title": ("Mobilfunkversorgung", "Mobile coverage"),
+    "legend_mobile": (
+        "Mobilfunkversorgung je 100-m-Zelle (gemessen)",
+        "Mobile coverage per 100 m cell (measured)",
+    ),
+    "mobile_layer": ("{operator}: {technology} versorgt", "{operator}: {technology} covered"),
+    "mobile_row": ("{operator} {technology} ({cells})", "{operator} {technology} ({cells})"),
+    "mobile_measured": ("Zellen mit Messungen", "Cells with measurements"),
+    "mobile_measured_row": ("{cells} mit Messungen", "{cells} with measurements"),
+    "mobile_note": (
+        "Versorgt: mindestens {share} % der Messungen eines Netzbetreibers über der Signalschwelle"
+        " (4G/5G: RSRP ≥ {threshold} dBm). Nur Zellen mit Messungen von mindestens {k} Geräten."
+        " Netzbetreiber und Technik einzeln in der Ebenenauswahl (oben rechts).",
+        "Covered: at least {share} % of an operator's measurements above the signal threshold"
+        " (4G/5G: RSRP ≥ {threshold} dBm). Only cells measured by at least {k} devices."
+        " Each operator and technology in the layer control (top right).",
+    ),
+    "no_run": (
+        "Noch keine Versorgungsanalyse gespeichert (quartier coverage analyse).",
+        "No coverage analysis stored yet (quartier coverage analyse).",
+    ),
 }
 
 
@@ -630,3 +653,125 @@ def render_sensor_map(
         f"{n_stale} {html.escape(text(lang, 'stale'))}</div>"
     )
     return _page(fmap, _legend(text(lang, "legend_sensors"), rows, options), options)
+
+
+# --- the mobile map: measured 4G/5G coverage per operator ---------------------------------------
+
+#: ColorBrewer "Paired": per operator a light (4G) and a dark (5G) shade of one hue
+MOBILE_COLOURS: tuple[tuple[str, str], ...] = (
+    ("#a6cee3", "#1f78b4"), ("#b2df8a", "#33a02c"), ("#fdbf6f", "#ff7f00"),
+    ("#cab2d6", "#6a3d9a"), ("#fb9a99", "#e31a1c"), ("#ffff99", "#b15928"),
+)  # fmt: skip
+MEASURED_COLOUR = "#bdbdbd"
+#: the mobile map's layers: these technologies per operator
+MOBILE_MAP_TECHNOLOGIES: tuple[str, ...] = ("4G", "5G")
+
+
+def _merged_cells(e: npt.NDArray[Any], n: npt.NDArray[Any]) -> gpd.GeoDataFrame:
+    """The 100 m cells with lower-left corners ``e``, ``n`` merged into as few polygons as touch
+    (one feature instead of thousands), in EPSG:4326."""
+    size = float(grid.CELL_SIZE_M)
+    x, y = np.asarray(e, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    squares = shapely.box(x, y, x + size, y + size)
+    merged = shapely.coverage_union_all(squares) if len(squares) else shapely.Polygon()
+    parts = shapely.get_parts(merged)
+    frame = gpd.GeoDataFrame(geometry=gpd.GeoSeries(parts, crs=grid.GRID_CRS))
+    return frame.to_crs(4326)
+
+
+def render_mobile_map(
+    cells: pd.DataFrame,
+    operators: Sequence[str],
+    technologies: Sequence[str],
+    districts: gpd.GeoDataFrame | None = None,
+    *,
+    city: gpd.GeoDataFrame | None = None,
+    parameters: dict[str, Any] | None = None,
+    options: MapOptions | None = None,
+) -> str:
+    """A standalone HTML page with the measured mobile coverage of a coverage run: per operator
+    and technology (4G, 5G) a layer of the cells it covers (merged into polygons), the dead zones
+    (no 4G/5G from any operator), the cells with measurements, districts; a layer control and a
+    German (or English) legend with the number of cells per layer.
+
+    ``cells`` as from :func:`quartier.geo.run_store.load_cells` (``e``, ``n``, ``n_signal``,
+    ``mobile_mask``, ``dead_zone``), already limited to the cells that may be published;
+    ``operators`` and ``technologies`` the run's (the bit layout of ``mobile_mask``);
+    ``parameters`` the run's analysis parameters (for the legend's thresholds). ``cells`` None
+    or empty: a map with the districts and a note that no analysis is stored."""
+    options = options or MapOptions()
+    lang = options.lang
+    params = parameters or {}
+    measured = cells[cells["n_signal"] > 0] if len(cells) else cells
+    fmap = _base_map(options, _bounds([city, districts]), text(lang, "mobile_title"))
+    if districts is not None and len(districts):
+        _add_districts(fmap, districts, lang)
+    rows = ""
+    if len(measured):
+        layer = _merged_cells(measured["e"].to_numpy(), measured["n"].to_numpy())
+        folium.GeoJson(
+            _geojson(layer), name=text(lang, "mobile_measured"),
+            style_function=lambda _f: {"color": MEASURED_COLOUR, "weight": 0.5,
+                                       "fillColor": MEASURED_COLOUR, "fillOpacity": 0.3},
+        ).add_to(fmap)  # fmt: skip
+        rows += _swatch(
+            MEASURED_COLOUR, html.escape(text(lang, "mobile_measured_row",
+                                              cells=_cells(len(measured), lang)))
+        )  # fmt: skip
+    mask = measured["mobile_mask"].to_numpy(dtype=np.int64) if len(measured) else None
+    first = True
+    for i, operator in enumerate(operators):
+        for shade, tech in enumerate(MOBILE_MAP_TECHNOLOGIES):
+            if tech not in technologies:
+                continue
+            colour = MOBILE_COLOURS[i % len(MOBILE_COLOURS)][shade]
+            has = (
+                covers(mask, i, list(technologies).index(tech), len(technologies))
+                if mask is not None
+                else np.zeros(0, dtype=bool)
+            )
+            count = int(has.sum())
+            if count:
+                covered = measured[has]
+                layer = _merged_cells(covered["e"].to_numpy(), covered["n"].to_numpy())
+                layer["layer"] = _text(text(lang, "mobile_layer", operator=operator,
+                                            technology=tech))  # fmt: skip
+                folium.GeoJson(
+                    _geojson(layer),
+                    name=_text(text(lang, "mobile_layer", operator=operator, technology=tech)),
+                    style_function=lambda _f, c=colour: {"color": c, "weight": 0.5,
+                                                         "fillColor": c, "fillOpacity": 0.6},
+                    tooltip=folium.GeoJsonTooltip(fields=["layer"], labels=False),
+                    show=first,
+                ).add_to(fmap)  # fmt: skip
+                first = False
+            label = text(lang, "mobile_row", operator=operator, technology=tech,
+                         cells=_cells(count, lang))  # fmt: skip
+            rows += _swatch(colour, html.escape(label))
+    dead = measured[measured["dead_zone"]] if len(measured) else measured
+    if len(dead):
+        e, n = dead["e"].to_numpy(), dead["n"].to_numpy()
+        layer = gpd.GeoDataFrame(
+            {"cell_id": grid.cell_ids(e, n)}, geometry=grid.cell_polygons(e, n), crs=4326
+        )
+        folium.GeoJson(
+            _geojson(layer), name=text(lang, "dead_zones"),
+            style_function=lambda _f: {"color": DEAD_ZONE_COLOUR, "weight": 1,
+                                       "fillColor": DEAD_ZONE_COLOUR, "fillOpacity": 0.6},
+            tooltip=folium.GeoJsonTooltip(fields=["cell_id"], aliases=[text(lang, "dead_zone")]),
+        ).add_to(fmap)  # fmt: skip
+    rows += _swatch(
+        DEAD_ZONE_COLOUR, html.escape(text(lang, "dead_row", cells=_cells(len(dead), lang)))
+    )
+    thresholds = params.get("signal_threshold_dbm") or {}
+    note = (
+        text(lang, "mobile_note",
+             share=_number(100 * float(params.get("signal_min_share", 0.5)), lang),
+             threshold=_number(float(thresholds.get("4G", -110.0)), lang),
+             k=options.min_contributors)
+        if len(cells)
+        else text(lang, "no_run")
+    )  # fmt: skip
+    legend = _legend(text(lang, "legend_mobile"), rows, options, note)
+    log.debug("rendered mobile map: %d measured cells, %d dead zones", len(measured), len(dead))
+    return _page(fmap, legend, options)
