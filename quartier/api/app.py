@@ -29,6 +29,7 @@ from quartier.api import (
     maps,
     ogc,
     sensorthings,
+    sta_write,
     strategy,
 )
 from quartier.api.deps import AnyConn, AppSettings
@@ -58,6 +59,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if hasattr(app.state, "http_writer"):
                 app.state.http_writer.close()
+            if hasattr(app.state, "sta_writer"):
+                app.state.sta_writer.close()
             pool.close()
 
     app = FastAPI(
@@ -88,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(aggregates.router)  # before sensorthings: more specific paths
     app.include_router(sensorthings.router)
+    app.include_router(sta_write.router)
     app.include_router(indicators.router)
     app.include_router(ingest_http.router)
     app.include_router(strategy.router)

@@ -696,6 +696,11 @@ _SETS: dict[str, _Set] = {
 }
 
 
+def shape(entity_set: str, row: dict[str, Any], base: str) -> BaseModel:
+    """The response body of one entity of ``entity_set`` from its store row."""
+    return _SETS[entity_set].shape(row, base)
+
+
 def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 

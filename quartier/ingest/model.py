@@ -41,6 +41,21 @@ class Uplink:
     location_from_gateway: bool = False
 
 
+class Observation(NamedTuple):
+    """One observation addressed to its Datastream by id (SensorThings over REST: POST
+    Observations, CreateObservations): a numeric result in ``result``, any other JSON value
+    (text, boolean, object, array) in ``result_json``; the store's first-stored-wins rule on
+    (datastream, time) applies as to readings."""
+
+    datastream_id: int
+    time: datetime  # timezone-aware, UTC
+    result: float | None
+    result_json: Any = None
+    result_time: datetime | None = None
+    parameters: dict[str, Any] | None = None
+    foi_id: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class SpeedTest:
     """A crowdsourced broadband speed test."""
@@ -83,6 +98,8 @@ class Batch:
     #: plainly valid native messages, decoded into columns (see quartier.ingest.columnar)
     columns: Columns = field(default_factory=_columns)
     speedtests: list[SpeedTest] = field(default_factory=list)
+    #: observations addressed to datastreams by id (SensorThings REST), stored with the rest
+    observations: list[Observation] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     #: where the messages came from, recorded with rejects: mqtt, http, import
     source: str = "mqtt"
@@ -99,3 +116,6 @@ class WriteResult:
     speedtests: int = 0
     rejects: int = 0
     reasons: dict[str, int] = field(default_factory=dict)  # rejects by reason
+    #: indexes into ``Batch.observations`` of those not stored: their (datastream, time) was
+    #: stored before, or came earlier in the batch (first stored wins)
+    not_stored: list[int] = field(default_factory=list)

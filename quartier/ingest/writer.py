@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 
 from quartier.config import IngestSettings, PrivacySettings
 from quartier.errors import ConfigError, UnknownDevice
-from quartier.ingest.model import Batch, Reject, SpeedTest, Uplink, WriteResult
+from quartier.ingest.model import Batch, Observation, Reject, SpeedTest, Uplink, WriteResult
 from quartier.ingest.quantities import QUANTITIES
 from quartier.store.db import Conn
 from quartier.store.migrate import storage_path
@@ -216,7 +216,8 @@ class BatchWriter:
                 self._conn.prepare_threshold = None
             self._conn.execute(
                 "create temp table if not exists _obs_stage (datastream_id bigint, "
-                "phenomenon_time timestamptz, result double precision, parameters jsonb) "
+                "phenomenon_time timestamptz, result double precision, parameters jsonb, "
+                "result_json jsonb, result_time timestamptz, foi_id bigint) "
                 "on commit delete rows"
             )
             self._conn.execute(
@@ -234,12 +235,31 @@ class BatchWriter:
             self._conn.close()
             self._conn = None
 
-    def write(self, batch: Batch) -> WriteResult:
+    def write(
+        self,
+        batch: Batch,
+        prepare: Callable[[Conn], None] | None = None,
+        all_or_nothing: bool = False,
+    ) -> WriteResult:
         """Store everything in ``batch`` in one transaction; raises ``psycopg.Error`` (nothing
-        stored) when the database fails, so the caller can retry without acknowledging."""
+        stored) when the database fails, so the caller can retry without acknowledging.
+
+        ``prepare`` runs first in the same transaction (SensorThings: the entities a deep insert
+        creates, an automatic FeatureOfInterest) and may add to ``batch.observations``; what it
+        raises rolls everything back. ``all_or_nothing``: when an observation of
+        ``batch.observations`` is not stored (its key exists), nothing is (the result says
+        which, with ``observations`` 0)."""
         conn = self._connection()
         try:
+            if prepare is not None:
+                prepare(conn)
             result = self._write(conn, batch)
+            if all_or_nothing and result.not_stored:
+                conn.rollback()
+                self._months.clear()  # partitions made in this transaction are gone with it
+                self.registry.clear()
+                result.observations = 0
+                return result
             conn.commit()
         except BaseException:
             self.registry.clear()  # registrations of this transaction were rolled back
@@ -253,20 +273,38 @@ class BatchWriter:
         rejects = list(batch.rejects)
         rows, row_ds, row_us, row_v = self._rows(conn, batch, rejects)
         col_ds, col_us, col_v = self._columns(conn, batch, rejects)
-        if rows or len(col_ds):
-            ds = np.concatenate([np.asarray(row_ds, dtype=np.int64), col_ds])
-            t_us = np.concatenate([np.asarray(row_us, dtype=np.int64), col_us])
-            value = np.concatenate([np.asarray(row_v, dtype=np.float64), col_v])
+        direct = batch.observations
+        if rows or len(col_ds) or direct:
+            n = len(direct)
+            d_ds = np.fromiter((o.datastream_id for o in direct), np.int64, n)
+            d_us = np.fromiter(((o.time - _EPOCH) // _US for o in direct), np.int64, n)
+            d_v = np.fromiter(
+                (np.nan if o.result is None else o.result for o in direct), np.float64, n
+            )
+            ds = np.concatenate([np.asarray(row_ds, dtype=np.int64), col_ds, d_ds])
+            t_us = np.concatenate([np.asarray(row_us, dtype=np.int64), col_us, d_us])
+            value = np.concatenate([np.asarray(row_v, dtype=np.float64), col_v, d_v])
             n_readings = len(ds)
+            kept = list(range(n))  # indexes of the direct observations to write
             keep = _first_per_key(ds, t_us)
             if keep is not None:  # the same (datastream, time) twice in this batch
-                n_rows = len(rows)
+                n_rows, n_cols = len(rows), len(col_ds)
                 rows = [row for row, k in zip(rows, keep[:n_rows], strict=True) if k]
-                col_keep = keep[n_rows:]
+                col_keep = keep[n_rows : n_rows + n_cols]
                 col_ds, col_us, col_v = col_ds[col_keep], col_us[col_keep], col_v[col_keep]
+                kept = [i for i, k in enumerate(keep[n_rows + n_cols :].tolist()) if k]
                 ds, t_us, value = ds[keep], t_us[keep], value[keep]
             self._ensure_partitions(conn, t_us)
-            res.observations = self._store_observations(conn, rows, (col_ds, col_us, col_v))
+            res.observations, new = self._store_observations(
+                conn, rows, (col_ds, col_us, col_v), [direct[i] for i in kept]
+            )
+            if direct:
+                stored = {
+                    i
+                    for i in kept
+                    if new is None or (direct[i].datastream_id, direct[i].time) in new
+                }
+                res.not_stored = [i for i in range(n) if i not in stored]
             _observations_written(conn, ds, t_us, value)
             res.duplicates = n_readings - res.observations
         if batch.speedtests:
@@ -362,30 +400,82 @@ class BatchWriter:
         return ds, cols.time_us, cols.value
 
     def _store_observations(
-        self, conn: Conn, rows: list[ObsRow], columns: tuple[I64, I64, F64]
-    ) -> int:
-        """Store rows and columns, skipping any (datastream, time) already stored; returns rows
-        added.
+        self,
+        conn: Conn,
+        rows: list[ObsRow],
+        columns: tuple[I64, I64, F64],
+        direct: Sequence[Observation] = (),
+    ) -> tuple[int, set[tuple[int, datetime]] | None]:
+        """Store rows, columns and observations addressed by datastream id, skipping any
+        (datastream, time) already stored; returns the rows added and, when some were skipped
+        and ``direct`` is not empty, the keys of those added (None: all were added).
 
         Optimistic: COPY straight into ``observation`` inside a savepoint, which is as fast as
         PostgreSQL loads data. Only when that hits a duplicate (a redelivery) does the batch
         take the slower path through a staging table and ``ON CONFLICT DO NOTHING``.
         """
-        total = len(rows) + len(columns[0])
+        total = len(rows) + len(columns[0]) + len(direct)
         if self._optimistic:
             try:
                 with conn.transaction():
                     self._copy(conn, "observation", rows, columns)
-                return total
+                    self._copy_direct(conn, "observation", direct)
+                return total, None
             except psycopg.errors.UniqueViolation:
                 self.fallbacks += 1
         self._copy(conn, "_obs_stage", rows, columns)
+        self._copy_direct(conn, "_obs_stage", direct)
         cur = conn.execute(
-            "insert into observation (datastream_id, phenomenon_time, result, parameters) "
-            "select datastream_id, phenomenon_time, result, parameters from _obs_stage "
-            "on conflict do nothing"
+            "insert into observation (datastream_id, phenomenon_time, result, parameters, "
+            "result_json, result_time, foi_id) "
+            "select datastream_id, phenomenon_time, result, parameters, result_json, "
+            "result_time, foi_id from _obs_stage on conflict do nothing"
+            + (" returning datastream_id, phenomenon_time" if direct else "")
         )
-        return max(cur.rowcount, 0)
+        if not direct:
+            return max(cur.rowcount, 0), None
+        new = {(int(r[0]), r[1]) for r in cur.fetchall()}
+        return len(new), new
+
+    def _copy_direct(self, conn: Conn, table: str, direct: Sequence[Observation]) -> None:
+        """Append observations addressed by datastream id to ``table`` with all their columns
+        (binary COPY, or one INSERT of array parameters where COPY cannot run)."""
+        if not direct:
+            return
+        cols = (
+            "datastream_id, phenomenon_time, result, result_json, result_time, parameters, foi_id"
+        )
+        data = [
+            (
+                o.datastream_id,
+                o.time,
+                o.result,
+                None if o.result_json is None else Jsonb(o.result_json),
+                o.result_time,
+                None if o.parameters is None else Jsonb(o.parameters),
+                o.foi_id,
+            )
+            for o in direct
+        ]
+        target = sql.Identifier(table)
+        if not self._session(conn)[0]:
+            conn.execute(
+                sql.SQL(
+                    "insert into {} (" + cols + ") select * from unnest(%s::int8[], "
+                    "%s::timestamptz[], %s::float8[], %s::jsonb[], %s::timestamptz[], "
+                    "%s::jsonb[], %s::int8[])"
+                ).format(target),
+                [list(c) for c in zip(*data, strict=True)],
+            )
+            return
+        with conn.cursor().copy(
+            sql.SQL("copy {} (" + cols + ") from stdin (format binary)").format(target)
+        ) as copy:
+            copy.set_types(
+                ["int8", "timestamptz", "float8", "jsonb", "timestamptz", "jsonb", "int8"]
+            )
+            for row in data:
+                copy.write_row(row)
 
     def _session(self, conn: Conn) -> tuple[bool, bool]:
         """(use COPY, server has TimescaleDB) for ``conn``: asked once per connection."""

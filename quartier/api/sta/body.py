@@ -1,0 +1,419 @@
+"""The bodies of SensorThings writes (POST, PATCH, PUT) checked and turned into plain data, no
+I/O: an entity to create (with the entities nested in it, deep insert), links to existing
+entities by ``@iot.id``, an Observation, a ``CreateObservations`` dataArray. Every problem is a
+:class:`~quartier.errors.BadRequestError` naming the field by its JSON path
+(``Datastreams[0]/unitOfMeasurement``).
+
+What Quartier does not store is refused rather than dropped: an Observation's ``validTime``
+and ``resultQuality``, an interval ``phenomenonTime`` (observations are stored at an instant).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from quartier.errors import BadRequestError
+from quartier.ingest.fields import parse_time
+from quartier.ingest.validate import EARLIEST
+
+# ----------------------------------------------------------------------------- values
+
+
+def _where(path: str, name: str) -> str:
+    return f"{path}/{name}" if path else name
+
+
+def _object(raw: Any, path: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        what = path or "the body"
+        raise BadRequestError(f"{what} must be a JSON object, not {_kind(raw)}")
+    return raw
+
+
+def _kind(raw: Any) -> str:
+    if raw is None:
+        return "null"
+    if isinstance(raw, bool):
+        return "a boolean"
+    if isinstance(raw, int | float):
+        return "a number"
+    if isinstance(raw, str):
+        return "a string"
+    if isinstance(raw, list):
+        return "an array"
+    return "an object"
+
+
+def _text(raw: Any, path: str) -> str:
+    if not isinstance(raw, str):
+        raise BadRequestError(f"{path} must be a string, not {_kind(raw)}")
+    if "\x00" in raw:
+        raise BadRequestError(f"{path} must not contain NUL characters")
+    return raw
+
+
+def _json_object(raw: Any, path: str) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise BadRequestError(f"{path} must be a JSON object or null, not {_kind(raw)}")
+    return raw
+
+
+def instant(
+    raw: Any, path: str, latest: datetime | None = None, interval_ok: bool = False
+) -> datetime:
+    """An RFC 3339 instant with a zone (UTC), between 1990 and ``latest``. An interval
+    (``a/b``) is refused: Quartier stores observations at an instant."""
+    if isinstance(raw, str) and "/" in raw and not interval_ok:
+        raise BadRequestError(
+            f"{path} {raw!r} is an interval; Quartier stores an observation at an instant: send"
+            " one time (RFC 3339 with a zone)"
+        )
+    if not isinstance(raw, str):
+        raise BadRequestError(f"{path} must be an RFC 3339 time string, not {_kind(raw)}")
+    try:
+        t = parse_time(raw)
+    except ValueError as exc:
+        raise BadRequestError(f"{path}: {exc}") from None
+    if t < EARLIEST:
+        raise BadRequestError(f"{path} {raw!r} is before {EARLIEST.date()}")
+    if latest is not None and t > latest:
+        raise BadRequestError(f"{path} {raw!r} is in the future")
+    return t
+
+
+def entity_id(raw: Any, path: str) -> int:
+    """An integer ``@iot.id`` (as a number or as digits in a string)."""
+    if isinstance(raw, str) and raw.isdigit():
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw < 2**63:
+        raise BadRequestError(f"{path} must be a positive integer @iot.id, not {raw!r}")
+    return raw
+
+
+def geometry(raw: Any, path: str) -> dict[str, Any]:
+    """A GeoJSON geometry (or a Feature's geometry), checked for shape; PostGIS checks the
+    coordinates when it is stored."""
+    obj = _object(raw, path)
+    if obj.get("type") == "Feature":
+        return geometry(obj.get("geometry"), f"{path}/geometry")
+    kinds = (
+        "Point",
+        "MultiPoint",
+        "LineString",
+        "MultiLineString",
+        "Polygon",
+        "MultiPolygon",
+        "GeometryCollection",
+    )
+    if obj.get("type") not in kinds:
+        raise BadRequestError(f"{path}/type must be a GeoJSON geometry type ({', '.join(kinds)})")
+    key = "geometries" if obj["type"] == "GeometryCollection" else "coordinates"
+    if not isinstance(obj.get(key), list):
+        raise BadRequestError(f"{path}/{key} must be an array")
+    return obj
+
+
+# ----------------------------------------------------------------------------- Observations
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    """An Observation's FeatureOfInterest: an existing one (``id``) or one to create."""
+
+    id: int | None = None
+    new: NewEntity | None = None
+
+
+@dataclass(frozen=True)
+class NewObservation:
+    """An Observation to create; ``datastream_id`` None when the path names the Datastream."""
+
+    datastream_id: int | None
+    time: datetime
+    result: Any
+    result_time: datetime | None = None
+    parameters: dict[str, Any] | None = None
+    feature: FeatureRef | None = None
+
+    @property
+    def number(self) -> float | None:
+        """The result when it is a number (stored in ``result``; anything else as JSON)."""
+        r = self.result
+        return float(r) if isinstance(r, int | float) and not isinstance(r, bool) else None
+
+
+_OBSERVATION_FIELDS = {
+    "Datastream",
+    "phenomenonTime",
+    "result",
+    "resultTime",
+    "parameters",
+    "FeatureOfInterest",
+    "validTime",
+    "resultQuality",
+    "@iot.id",
+}
+
+
+def observation(raw: Any, now: datetime, max_future_seconds: int, path: str = "") -> NewObservation:
+    """An Observation body. ``phenomenonTime`` defaults to ``now`` (the standard: the server
+    assigns the time when the client sends none)."""
+    body = _object(raw, path)
+    unknown = sorted(set(body) - _OBSERVATION_FIELDS)
+    if unknown:
+        raise BadRequestError(
+            f"{_where(path, unknown[0])}: an Observation has no property {unknown[0]!r}; known: "
+            + ", ".join(sorted(_OBSERVATION_FIELDS - {"@iot.id"}))
+        )
+    for name in ("validTime", "resultQuality"):
+        if body.get(name) is not None:
+            raise BadRequestError(f"{_where(path, name)}: Quartier does not store {name}")
+    if body.get("@iot.id") is not None:
+        raise BadRequestError(
+            f"{_where(path, '@iot.id')}: an Observation's id is derived from its Datastream and"
+            " phenomenonTime; leave it out"
+        )
+    latest = now + timedelta(seconds=max_future_seconds)
+    ds: int | None = None
+    if "Datastream" in body:
+        ref = _object(body["Datastream"], _where(path, "Datastream"))
+        if set(ref) != {"@iot.id"}:
+            raise BadRequestError(
+                f"{_where(path, 'Datastream')} must link an existing Datastream:"
+                ' {"@iot.id": <id>}'
+            )
+        ds = entity_id(ref["@iot.id"], _where(path, "Datastream/@iot.id"))
+    raw_time = body.get("phenomenonTime")
+    time = (
+        now.astimezone(UTC)
+        if raw_time is None
+        else instant(raw_time, _where(path, "phenomenonTime"), latest)
+    )
+    if "result" not in body or body["result"] is None:
+        raise BadRequestError(f"{_where(path, 'result')} is required")
+    result = body["result"]
+    if isinstance(result, float) and not math.isfinite(result):
+        raise BadRequestError(f"{_where(path, 'result')} is not a finite number")
+    rt = body.get("resultTime")
+    result_time = None if rt is None else instant(rt, _where(path, "resultTime"))
+    params = _json_object(body.get("parameters"), _where(path, "parameters"))
+    feature = None
+    if body.get("FeatureOfInterest") is not None:
+        fpath = _where(path, "FeatureOfInterest")
+        fbody = _object(body["FeatureOfInterest"], fpath)
+        if set(fbody) == {"@iot.id"}:
+            feature = FeatureRef(id=entity_id(fbody["@iot.id"], f"{fpath}/@iot.id"))
+        else:
+            feature = FeatureRef(new=entity("FeaturesOfInterest", fbody, fpath))
+    return NewObservation(ds, time, result, result_time, params, feature)
+
+
+# ----------------------------------------------------------------------------- other entities
+
+
+@dataclass(frozen=True)
+class Field:
+    """A property of an entity body: its column and kind, whether a create needs it, and the
+    value a create stores when it is left out."""
+
+    column: str
+    kind: str  # "text", "object" (JSON object or null), "geometry", "unit"
+    required: bool = True
+    default: Any = None
+
+
+#: The properties of each entity set that a body may set (Observations: :func:`observation`).
+FIELDS: dict[str, dict[str, Field]] = {
+    "Things": {
+        "name": Field("name", "text"),
+        "description": Field("description", "text"),
+        "properties": Field("properties", "object", False),
+    },
+    "Locations": {
+        "name": Field("name", "text"),
+        "description": Field("description", "text"),
+        "encodingType": Field("encoding_type", "text"),
+        "location": Field("location", "geometry"),
+        "properties": Field("properties", "object", False),
+    },
+    "Sensors": {
+        "name": Field("name", "text"),
+        "description": Field("description", "text"),
+        "encodingType": Field("encoding_type", "text"),
+        "metadata": Field("metadata", "text"),
+        "properties": Field("properties", "object", False),
+    },
+    "ObservedProperties": {
+        "name": Field("name", "text"),
+        "definition": Field("definition", "text"),
+        "description": Field("description", "text"),
+        "properties": Field("properties", "object", False),
+    },
+    "Datastreams": {
+        "name": Field("name", "text"),
+        "description": Field("description", "text"),
+        "observationType": Field("observation_type", "text"),
+        "unitOfMeasurement": Field("unit_of_measurement", "unit"),
+        "observedArea": Field("observed_area", "geometry", False),
+        "properties": Field("properties", "object", False),
+    },
+    "FeaturesOfInterest": {
+        "name": Field("name", "text"),
+        "description": Field("description", "text"),
+        "encodingType": Field("encoding_type", "text"),
+        "feature": Field("feature", "geometry"),
+        "properties": Field("properties", "object", False),
+    },
+}
+#: Derived by the server: refused in a body that tries to set them.
+READ_ONLY = {"phenomenonTime", "resultTime"}
+#: The navigations a body may carry, per entity set: (entity set of the target, to-many).
+LINKS: dict[str, dict[str, tuple[str, bool]]] = {
+    "Things": {"Locations": ("Locations", True), "Datastreams": ("Datastreams", True)},
+    "Locations": {"Things": ("Things", True)},
+    "Sensors": {"Datastreams": ("Datastreams", True)},
+    "ObservedProperties": {"Datastreams": ("Datastreams", True)},
+    "Datastreams": {
+        "Thing": ("Things", False),
+        "Sensor": ("Sensors", False),
+        "ObservedProperty": ("ObservedProperties", False),
+        "Observations": ("Observations", True),
+    },
+    "FeaturesOfInterest": {"Observations": ("Observations", True)},
+}
+#: The links a created entity cannot do without (the schema's foreign keys).
+REQUIRED_LINKS = {"Datastreams": ("Thing", "Sensor", "ObservedProperty")}
+_UNITS = {"name", "symbol", "definition"}
+
+
+@dataclass(frozen=True)
+class NewEntity:
+    """An entity to create (``values``: column → value) with its nested entities and links:
+    ``links`` maps a navigation to existing ids, ``nested`` to entities to create with it,
+    ``observations`` the Observations of a new Datastream."""
+
+    entity_set: str
+    values: dict[str, Any]
+    links: dict[str, list[int]] = field(default_factory=dict)
+    nested: dict[str, list[NewEntity]] = field(default_factory=dict)
+    observations: list[Any] = field(default_factory=list)
+
+
+def _value(f: Field, raw: Any, path: str) -> Any:
+    if f.kind == "text":
+        return _text(raw, path)
+    if f.kind == "object":
+        return _json_object(raw, path)
+    if f.kind == "geometry":
+        if raw is None and not f.required:
+            return None
+        return geometry(raw, path)
+    obj = _object(raw, path)  # unit
+    bad = sorted(set(obj) - _UNITS)
+    if bad:
+        raise BadRequestError(f"{path}/{bad[0]}: a unitOfMeasurement has name, symbol, definition")
+    for k, v in obj.items():
+        if v is not None:
+            _text(v, f"{path}/{k}")
+    return obj
+
+
+def _check_names(entity_set: str, body: dict[str, Any], path: str) -> None:
+    known = set(FIELDS[entity_set]) | set(LINKS.get(entity_set, {}))
+    for name in body:
+        if name in known or name == "@iot.id":
+            continue
+        if name in READ_ONLY:
+            raise BadRequestError(f"{_where(path, name)} is computed by the server; leave it out")
+        raise BadRequestError(
+            f"{_where(path, name)}: {entity_set} have no property {name!r}; known: "
+            + ", ".join(sorted(known))
+        )
+
+
+def entity(
+    entity_set: str,
+    raw: Any,
+    path: str = "",
+    now: datetime | None = None,
+    max_future_seconds: int = 300,
+) -> NewEntity:
+    """A body that creates an entity of ``entity_set``, with the entities it nests (deep insert)
+    and the existing ones it links by ``@iot.id``."""
+    body = _object(raw, path)
+    _check_names(entity_set, body, path)
+    if body.get("@iot.id") is not None:
+        raise BadRequestError(
+            f"{_where(path, '@iot.id')}: ids are assigned by the server; to link an existing"
+            " entity, send only its @iot.id"
+        )
+    values: dict[str, Any] = {}
+    for name, f in FIELDS[entity_set].items():
+        if name not in body:
+            if f.required:
+                raise BadRequestError(f"{_where(path, name)} is required")
+            continue
+        values[f.column] = _value(f, body[name], _where(path, name))
+    new = NewEntity(entity_set, values)
+    for nav, (target, many) in LINKS.get(entity_set, {}).items():
+        if nav not in body:
+            continue
+        npath = _where(path, nav)
+        raw_nav = body[nav]
+        items: list[Any]
+        if many:
+            if not isinstance(raw_nav, list):
+                raise BadRequestError(f"{npath} must be an array, not {_kind(raw_nav)}")
+            items = [(f"{npath}[{i}]", x) for i, x in enumerate(raw_nav)]
+        else:
+            items = [(npath, raw_nav)]
+        for ipath, item in items:
+            obj = _object(item, ipath)
+            if target == "Observations":
+                if now is None:
+                    raise BadRequestError(f"{ipath}: Observations cannot be nested here")
+                if "@iot.id" in obj:
+                    raise BadRequestError(f"{ipath}: an existing Observation cannot be linked")
+                new.observations.append(observation(obj, now, max_future_seconds, ipath))
+            elif set(obj) == {"@iot.id"}:
+                new.links.setdefault(nav, []).append(entity_id(obj["@iot.id"], f"{ipath}/@iot.id"))
+            else:
+                child = entity(target, obj, ipath, now, max_future_seconds)
+                new.nested.setdefault(nav, []).append(child)
+    return new
+
+
+def patch(entity_set: str, raw: Any) -> tuple[dict[str, Any], dict[str, int]]:
+    """A PATCH body: the columns to set and the to-one links to change (navigation → id).
+    Properties left out keep their value; a required property cannot be set to null."""
+    body = _object(raw, "")
+    _check_names(entity_set, body, "")
+    if "@iot.id" in body:
+        raise BadRequestError("@iot.id cannot be changed")
+    values: dict[str, Any] = {}
+    for name, f in FIELDS[entity_set].items():
+        if name in body:
+            if body[name] is None and f.required:
+                raise BadRequestError(f"{name} cannot be null")
+            values[f.column] = _value(f, body[name], name)
+    links: dict[str, int] = {}
+    for nav, (_, many) in LINKS.get(entity_set, {}).items():
+        if nav not in body:
+            continue
+        if many:
+            raise BadRequestError(
+                f"{nav}: PATCH changes an entity's own properties and to-one links; change"
+                f" {nav} through their own entities"
+            )
+        ref = _object(body[nav], nav)
+        if set(ref) != {"@iot.id"}:
+            raise BadRequestError(f'{nav} must link an existing entity: {{"@iot.id": <id>}}')
+        links[nav] = entity_id(ref["@iot.id"], f"{nav}/@iot.id")
+    if not values and not links:
+        raise BadRequestError("the PATCH body changes nothing")
+    return values, links

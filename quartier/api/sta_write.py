@@ -1,0 +1,226 @@
+"""OGC SensorThings API v1.1 writes (create-update-delete, ``CreateObservations``).
+
+Every write needs an API key: Observations the scope ``observations:write``, other entities
+``entities:write`` (``admin`` either); ``api.auth.require_scope`` answers 401/403 before anything
+is read and records the audit row once the write succeeded. Bodies are checked by
+``quartier.api.sta.body`` (a 400 names the field) before the database is touched.
+
+One place decides what is stored: every write runs on the ingest writer's connection, in one
+transaction of ``BatchWriter.write`` (the ingest database login, ``database.ingest_url``).
+Observations are a ``Batch``'s ``observations``, stored as MQTT readings are (COPY, first
+stored wins on (datastream, phenomenonTime), the rollups and latest values kept current);
+entities a deep insert creates, links, the automatic HistoricalLocation and FeatureOfInterest
+are made by ``prepare`` in the same transaction (``quartier.store.sta_write``), so a refused
+request stores nothing.
+
+An Observation's ``@iot.id`` is derived from (Datastream, phenomenonTime). A second Observation
+of a Datastream at the same phenomenonTime is a 409 Conflict naming the stored one, and
+nothing changes (PATCH the stored one to change its result); in ``CreateObservations`` that
+row's answer is the error, the other rows are stored.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+from quartier.api import models as m
+from quartier.api.auth import require_scope
+from quartier.api.deps import AppSettings, BaseUrl, Conn
+from quartier.api.sensorthings import (
+    PREFIX,
+    iso,
+    observation_id,
+    shape,
+)
+from quartier.api.sta import body as b
+from quartier.config import Settings
+from quartier.errors import BadRequestError, ConflictError, NotFoundError
+from quartier.ingest.model import Batch, Observation, WriteResult
+from quartier.ingest.writer import BatchWriter
+from quartier.store import sensorthings as q
+from quartier.store import sta_write as w
+from quartier.store.db import Conn as RawConn
+from quartier.store.db import DictConn
+
+router = APIRouter(prefix=PREFIX, tags=["SensorThings API v1.1"])
+OBSERVATIONS = [require_scope("observations:write")]
+ENTITIES_ = [require_scope("entities:write")]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body is invalid; the message names the field; nothing stored"},
+    401: {"description": "no valid API key; nothing stored"},
+    403: {"description": "the key lacks the scope; nothing stored"},
+}
+Json = Annotated[Any, Body(description="the entity as JSON (OGC 18-088)")]
+
+
+# --------------------------------------------------------------------------- the writer
+class _Writer:
+    """The app's one SensorThings writer (a BatchWriter owns one connection), used under a
+    lock; it logs in as the ingester does."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.lock = threading.Lock()
+        self.url = settings.database.ingest_url or settings.require_database_url()
+        self.cfg = settings.ingest
+        self.personal = settings.privacy.personal_networks
+        self.writer: BatchWriter | None = None
+
+    def write(
+        self,
+        batch: Batch,
+        prepare: Callable[[RawConn], None] | None = None,
+        all_or_nothing: bool = False,
+    ) -> WriteResult:
+        with self.lock:
+            if self.writer is None:
+                self.writer = BatchWriter(
+                    self.url,
+                    auto_register=False,
+                    reject_payload_max_bytes=self.cfg.reject_payload_max_bytes,
+                    personal_networks=self.personal,
+                )
+            try:
+                return self.writer.write(batch, prepare, all_or_nothing)
+            except pg_errors.UniqueViolation as exc:
+                raise ConflictError(_unique_message(exc)) from None
+            except (pg_errors.DataError, pg_errors.InternalError) as exc:
+                # PostGIS refuses a geometry it cannot read (ST_GeomFromGeoJSON)
+                detail = (exc.diag.message_primary or "invalid value").strip()
+                raise BadRequestError(f"a value is not valid: {detail}") from None
+
+    def close(self) -> None:
+        with self.lock:
+            if self.writer is not None:
+                self.writer.close()
+
+
+def _unique_message(exc: pg_errors.UniqueViolation) -> str:
+    if exc.diag.table_name == "observed_property":
+        return (
+            "an ObservedProperty with this definition exists: link it by its @iot.id instead"
+            " of creating it again"
+        )
+    return f"the entity exists already ({exc.diag.constraint_name})"
+
+
+def writer(request: Request) -> _Writer:
+    state = request.app.state
+    if not hasattr(state, "sta_writer"):
+        state.sta_writer = _Writer(state.settings)
+    wr: _Writer = state.sta_writer
+    return wr
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextmanager
+def _cursor(conn: RawConn) -> Iterator[w.Executor]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        yield cur
+
+
+def _created(body: dict[str, Any], link: str) -> JSONResponse:
+    return JSONResponse(body, status_code=201, headers={"Location": link})
+
+
+# --------------------------------------------------------------------------- Observations
+def _observation_row(cur: w.Executor, new: b.NewObservation, ds_id: int, path: str) -> Observation:
+    """The writer's Observation of ``new`` for Datastream ``ds_id``, its FeatureOfInterest
+    resolved: linked (checked), created from the body, or the automatic one."""
+    foi: int | None
+    if new.feature is None:
+        foi = w.feature_of_datastream(cur, ds_id)
+    elif new.feature.id is not None:
+        foi = new.feature.id
+        w.require(cur, "FeaturesOfInterest", foi, f"{path}FeatureOfInterest")
+    else:
+        assert new.feature.new is not None
+        foi = w.insert(cur, "FeaturesOfInterest", new.feature.new.values)
+    number = new.number
+    return Observation(
+        ds_id,
+        new.time,
+        number,
+        None if number is not None else new.result,
+        new.result_time,
+        new.parameters,
+        foi,
+    )
+
+
+def _create_observation(
+    request: Request, conn: DictConn, base: str, settings: Settings, raw: Any, ds: int | None
+) -> JSONResponse:
+    new = b.observation(raw, _now(), settings.ingest.max_future_seconds)
+    if ds is not None:
+        if new.datastream_id not in (None, ds):
+            raise BadRequestError(
+                f"Datastream/@iot.id: the body names Datastream {new.datastream_id}, the path"
+                f" Datastream {ds}"
+            )
+        if not w.exists(conn, "Datastreams", ds):
+            raise NotFoundError(f"no Datastream with @iot.id {ds}")
+    elif new.datastream_id is None:
+        raise BadRequestError('Datastream is required: {"Datastream": {"@iot.id": <id>}}')
+    else:
+        ds = new.datastream_id
+        w.require(conn, "Datastreams", ds, "Datastream/@iot.id")
+    ds_id: int = ds
+    batch = Batch(source="http")
+
+    def prepare(raw_conn: RawConn) -> None:
+        with _cursor(raw_conn) as cur:
+            batch.observations.append(_observation_row(cur, new, ds_id, ""))
+
+    result = writer(request).write(batch, prepare, all_or_nothing=True)
+    if result.not_stored:
+        oid = observation_id(ds_id, new.time)
+        raise ConflictError(
+            f"Datastream {ds_id} has an Observation at {iso(new.time)} already"
+            f" (@iot.id '{oid}'); Quartier keeps the first: PATCH"
+            f" {base}{PREFIX}/Observations('{oid}') to change it"
+        )
+    row = q.observation(conn, ds_id, new.time)
+    body = shape("Observations", row, base).model_dump(mode="json", by_alias=True)
+    return _created(body, body["@iot.selfLink"])
+
+
+@router.post(
+    "/Observations",
+    response_model=m.Observation,
+    status_code=201,
+    operation_id="sta_create_observation",
+    dependencies=OBSERVATIONS,
+    responses={**_ERRORS, 409: {"description": "the Datastream has an Observation at that time"}},
+)
+def create_observation(
+    request: Request, conn: Conn, base: BaseUrl, settings: AppSettings, body: Json
+) -> JSONResponse:
+    """Creates an Observation of the Datastream its body links (``Datastream: {"@iot.id"}``)."""
+    return _create_observation(request, conn, base, settings, body, None)
+
+
+@router.post(
+    "/Datastreams({ds_id})/Observations",
+    response_model=m.Observation,
+    status_code=201,
+    operation_id="sta_create_datastream_observation",
+    dependencies=OBSERVATIONS,
+    responses={**_ERRORS, 409: {"description": "the Datastream has an Observation at that time"}},
+)
+def create_datastream_observation(
+    ds_id: int, request: Request, conn: Conn, base: BaseUrl, settings: AppSettings, body: Json
+) -> JSONResponse:
+    """Creates an Observation of Datastream ``ds_id``."""
+    return _create_observation(request, conn, base, settings, body, ds_id)

@@ -1,0 +1,219 @@
+"""SensorThings create-update-delete (OGC 18-088 A.3) and CreateObservations, against a real
+database: each write with and without a key, the created entity read back by id and by
+navigation, nothing stored on a 4xx, and the audit row of each write."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from quartier.api.app import create_app
+from quartier.config import Settings
+from quartier.ingest.model import Batch, Position, Reading, Uplink
+from quartier.ingest.writer import BatchWriter
+from quartier.store import api_keys
+
+pytestmark = pytest.mark.services
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+V = "/v1.1"
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """A Thing ``net/a-1`` at (6.9, 50.9) with one Datastream (pm25, id 1) and one reading."""
+    wr = BatchWriter(settings.require_database_url(), auto_register=True)
+    batch = Batch()
+    batch.uplinks.append(
+        (Uplink("net", "a-1", [Reading("pm25", T0, 5.0)], Position(50.9, 6.9)), "t", b"", T0)
+    )
+    wr.write(batch)
+    wr.close()
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def key(settings: Settings, *scopes: str) -> dict[str, str]:
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        _, token = api_keys.create(conn, "sta", scopes, created_by="test")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def scalar(settings: Settings, query: str, *params: Any) -> Any:
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def state(settings: Settings) -> tuple[int, ...]:
+    """Rows of every table a SensorThings write may touch, and of the audit trail."""
+    tables = [
+        "thing",
+        "location",
+        "thing_location",
+        "historical_location",
+        "sensor",
+        "observed_property",
+        "datastream",
+        "feature_of_interest",
+        "observation",
+        "audit_event",
+    ]
+    return tuple(scalar(settings, f"select count(*) from {t}") for t in tables)
+
+
+def audits(settings: Settings) -> list[tuple[str, str, int | None]]:
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        rows = conn.execute("select action, target, api_key_id from audit_event order by id")
+        return [(r[0], r[1], r[2]) for r in rows.fetchall()]
+
+
+def path_of(link: str) -> str:
+    return link[link.index(V) :]
+
+
+# --------------------------------------------------------------------------- Observations
+def test_post_observation_is_created_read_back_and_audited(
+    client: TestClient, settings: Settings
+) -> None:
+    h = key(settings, "observations:write")
+    t = T0 + timedelta(minutes=5)
+    body = {"Datastream": {"@iot.id": 1}, "phenomenonTime": t.isoformat(), "result": 12.5}
+    r = client.post(f"{V}/Observations", json=body, headers=h)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert r.headers["Location"] == created["@iot.selfLink"]
+    assert created["result"] == 12.5
+    assert created["phenomenonTime"] == "2026-11-01T00:05:00.000Z"
+    # by id and by navigation
+    back = client.get(path_of(created["@iot.selfLink"])).json()
+    assert back == created
+    listed = client.get(f"{V}/Datastreams(1)/Observations").json()["value"]
+    assert created["@iot.id"] in [o["@iot.id"] for o in listed]
+    # the automatic FeatureOfInterest: the Thing's Location, made once
+    foi = client.get(f"{path_of(created['@iot.selfLink'])}/FeatureOfInterest").json()
+    assert foi["feature"] == {"type": "Point", "coordinates": [6.9, 50.9]}
+    r2 = client.post(
+        f"{V}/Observations",
+        json={**body, "phenomenonTime": (t + timedelta(minutes=1)).isoformat()},
+        headers=h,
+    )
+    assert r2.status_code == 201
+    foi2 = client.get(f"{path_of(r2.json()['@iot.selfLink'])}/FeatureOfInterest").json()
+    assert foi2["@iot.id"] == foi["@iot.id"]
+    assert scalar(settings, "select count(*) from feature_of_interest") == 1
+    # the same writer path as MQTT: the latest value is kept current
+    assert scalar(settings, "select result from observation_latest where datastream_id = 1") == 12.5
+    assert (
+        audits(settings)[-2:]
+        == [("POST /v1.1/Observations", "/v1.1/Observations", audits(settings)[-1][2])] * 2
+    )
+    assert audits(settings)[-1][2] is not None
+
+
+def test_post_to_a_datastreams_observations_with_text_result_and_parameters(
+    client: TestClient, settings: Settings
+) -> None:
+    h = key(settings, "observations:write")
+    body = {
+        "phenomenonTime": "2026-11-01T02:00:00+01:00",
+        "resultTime": "2026-11-01T00:00:05Z",
+        "result": "cloudy",
+        "parameters": {"rssi": -71},
+        "FeatureOfInterest": {
+            "name": "Domplatte",
+            "description": "in front of the cathedral",
+            "encodingType": "application/geo+json",
+            "feature": {"type": "Point", "coordinates": [6.958, 50.941]},
+        },
+    }
+    r = client.post(f"{V}/Datastreams(1)/Observations", json=body, headers=h)
+    assert r.status_code == 201, r.text
+    o = r.json()
+    assert o["result"] == "cloudy" and o["parameters"] == {"rssi": -71}
+    assert o["phenomenonTime"] == "2026-11-01T01:00:00.000Z"
+    assert o["resultTime"] == "2026-11-01T00:00:05.000Z"
+    assert o["Datastream@iot.navigationLink"].endswith("/v1.1/Datastreams(1)")
+    foi = client.get(f"{path_of(o['@iot.selfLink'])}/FeatureOfInterest").json()
+    assert foi["name"] == "Domplatte"
+    fois = client.get(f"{V}/FeaturesOfInterest({foi['@iot.id']})/Observations").json()["value"]
+    assert [x["@iot.id"] for x in fois] == [o["@iot.id"]]
+    assert audits(settings)[-1][0] == "POST /v1.1/Datastreams({ds_id})/Observations"
+
+
+def test_observation_writes_without_a_key_or_scope_store_nothing(
+    client: TestClient, settings: Settings
+) -> None:
+    body = {"Datastream": {"@iot.id": 1}, "phenomenonTime": "2026-11-01T02:00:00Z", "result": 1}
+    before = state(settings)
+    assert client.post(f"{V}/Observations", json=body).status_code == 401
+    assert client.post(f"{V}/Datastreams(1)/Observations", json=body).status_code == 401
+    wrong = key(settings, "indicators:write")
+    r = client.post(f"{V}/Observations", json=body, headers=wrong)
+    assert r.status_code == 403 and "observations:write" in r.json()["message"]
+    assert state(settings) == before
+
+
+DS = {"Datastream": {"@iot.id": 1}}
+T2 = "2026-11-01T02:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"phenomenonTime": T2, "result": 1}, "Datastream"),
+        ({**DS, "phenomenonTime": T2}, "result"),
+        ({**DS, "phenomenonTime": "yesterday", "result": 1}, "phenomenonTime"),
+        ({**DS, "phenomenonTime": "2026-11-01T02:00:00", "result": 1}, "phenomenonTime"),
+        ({**DS, "phenomenonTime": f"{T2}/2026-11-01T03:00:00Z", "result": 1}, "phenomenonTime"),
+        ({**DS, "phenomenonTime": "2999-01-01T00:00:00Z", "result": 1}, "phenomenonTime"),
+        ({**DS, "result": 1, "colour": "red"}, "colour"),
+        ({**DS, "result": 1, "validTime": T2}, "validTime"),
+        ({"Datastream": {"@iot.id": 99}, "result": 1}, "Datastream/@iot.id"),
+        ({"Datastream": {"@iot.id": "x"}, "result": 1}, "Datastream/@iot.id"),
+        ({**DS, "result": 1, "parameters": [1]}, "parameters"),
+        ({**DS, "result": 1, "FeatureOfInterest": {"@iot.id": 7}}, "FeatureOfInterest"),
+        ({**DS, "result": 1, "FeatureOfInterest": {"name": "x"}}, "FeatureOfInterest/description"),
+        ([1, 2], "body"),
+    ],
+)
+def test_an_invalid_observation_is_a_400_naming_the_field_and_stores_nothing(
+    client: TestClient, settings: Settings, body: Any, named: str
+) -> None:
+    h = key(settings, "observations:write")
+    before = state(settings)
+    r = client.post(f"{V}/Observations", json=body, headers=h)
+    assert r.status_code == 400, r.text
+    assert r.json()["message"].startswith(named) or named in r.json()["message"], r.text
+    assert state(settings) == before
+
+
+def test_an_unknown_datastream_in_the_path_is_404(client: TestClient, settings: Settings) -> None:
+    h = key(settings, "observations:write")
+    before = state(settings)
+    r = client.post(f"{V}/Datastreams(42)/Observations", json={"result": 1}, headers=h)
+    assert r.status_code == 404 and "Datastream" in r.json()["message"]
+    assert state(settings) == before
+
+
+def test_a_second_observation_at_the_same_time_is_409_and_the_first_stays(
+    client: TestClient, settings: Settings
+) -> None:
+    """The store keeps the first value of a (Datastream, phenomenonTime): the REST answer says
+    so (409 naming the stored Observation) and changes nothing, not even the FeatureOfInterest
+    it would have made."""
+    h = key(settings, "observations:write")
+    # the fixture's reading came over the ingest path at T0, without a FeatureOfInterest
+    before = state(settings)
+    body = {"Datastream": {"@iot.id": 1}, "phenomenonTime": T0.isoformat(), "result": 99}
+    r = client.post(f"{V}/Observations", json=body, headers=h)
+    assert r.status_code == 409, r.text
+    assert r.json()["type"] == "ConflictError"
+    assert "Observations('1:" in r.json()["message"]
+    assert state(settings) == before
+    assert scalar(settings, "select result from observation") == 5.0
