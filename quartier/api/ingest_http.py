@@ -158,7 +158,9 @@ async def sensor_community_push(
     body = await request.body()
     now = datetime.now(UTC)
     headers = {"X-Sensor": x_sensor} if x_sensor is not None else {}
-    url = settings.require_database_url()
+    # the ingester's login (quartier_ingest): under `quartier serve` database.url is the API's,
+    # which may not insert observations
+    url = settings.database.ingest_url or settings.require_database_url()
     cfg = settings.ingest
     w = _writer(request)
     try:

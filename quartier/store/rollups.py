@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 
 from quartier.config import DatabaseSettings, PrivacySettings
-from quartier.store import timescale
+from quartier.store import audit, timescale
 from quartier.store.db import Conn
 from quartier.store.migrate import StoragePath, storage_path
 from quartier.store.policy import StorePolicy
@@ -425,6 +425,7 @@ def run_maintenance(
     reject_retention: timedelta | None = None,
     after_round: Callable[[Conn], None] | None = None,
     raw_retention: timedelta | None = None,
+    audit_retention: timedelta | None = None,
 ) -> None:
     """:func:`maintain` every ``every_s`` seconds until ``stop`` is set (for a thread in
     ``quartier ingest``), with the rejects past ``reject_retention`` expired, then
@@ -439,6 +440,8 @@ def run_maintenance(
                         expire_rejects(c, reject_retention)
                     if raw_retention is not None:  # personal raw data (store/privacy.py)
                         expire_personal(c, raw_retention)
+                    if audit_retention is not None:  # the audit trail (store/audit.py)
+                        audit.expire(c, audit_retention)
                     if after_round is not None:
                         try:
                             after_round(c)
@@ -467,6 +470,7 @@ def start_maintenance(
             "reject_retention": database.reject_retention,
             "after_round": after_round,
             "raw_retention": raw_retention,  # privacy.raw_retention
+            "audit_retention": database.audit_retention,
         },
         name="store-maintenance",
         daemon=True,
