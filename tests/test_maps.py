@@ -38,6 +38,7 @@ from quartier.maps.render import (
     TEXTS,
     MapOptions,
     render_coverage_map,
+    render_mobile_map,
     render_sensor_map,
 )
 
@@ -284,6 +285,34 @@ def test_sensor_map_latest_values_units_age_and_stale() -> None:
     assert "3 sensors, 2 stale" in english
 
 
+def test_mobile_map_layers_per_operator_and_technology_escaped() -> None:
+    # bit operator * 4 + technology (2G 3G 4G 5G): A 4G = 1 << 2, B 5G = 1 << 7
+    e0, n0 = 4_100_000, 3_090_000  # lower-left corners in EPSG:3035 (Köln)
+    cells = pd.DataFrame({
+        "e": [e0, e0 + 100, e0 + 300, e0 + 500], "n": [n0] * 4,
+        "n_signal": [6, 4, 5, 0], "mobile_mask": [4 | 128, 4, 0, 4],
+        "dead_zone": [False, False, True, False],
+    })  # fmt: skip
+    hostile = "<img src=x onerror=alert(1)>"
+    page = render_mobile_map(cells, ["A-Netz", hostile], ["2G", "3G", "4G", "5G"], _districts(),
+                             parameters={"signal_min_share": 0.5})  # fmt: skip
+    rows = ["Mobilfunkversorgung je 100-m-Zelle (gemessen)", "3 Zellen mit Messungen",
+            "A-Netz 4G (2 Zellen)", "A-Netz 5G (0 Zellen)", "5G (1 Zelle)",
+            "Funkloch: kein 4G/5G gemessen (1 Zelle)", "mindestens 50 % der Messungen"]  # fmt: skip
+    for row in rows:
+        assert row in page, row
+    assert hostile not in page and "&lt;img src=x" in page
+    assert '"A-Netz: 4G versorgt"' in page and "A-Netz: 5G versorgt" not in page
+    assert external_hosts(without_shipped(page)) == set()
+    # the two neighbouring cells covered by A-Netz 4G are one polygon, not two
+    assert page.count('"layer": "A-Netz: 4G versorgt"') == 1
+    english = render_mobile_map(cells, ["A-Netz"], ["2G", "3G", "4G", "5G"],
+                                options=MapOptions(lang="en"))  # fmt: skip
+    assert "A-Netz 4G (2 cells)" in english and "Dead zone" in english
+    empty = render_mobile_map(pd.DataFrame(), [], [], _districts())
+    assert "Noch keine Versorgungsanalyse gespeichert" in empty
+
+
 def test_inline_page_loads_nothing_from_anywhere() -> None:
     page = render_coverage_map(_cells(), _sensors(), _districts(),
                                options=MapOptions(assets=Assets(base=None)))  # fmt: skip
@@ -374,12 +403,12 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield c
 
 
-PAGES = ["/maps/coverage", "/maps/sensors", "/docs"]
+PAGES = ["/maps/coverage", "/maps/sensors", "/maps/mobile", "/docs"]
 
 
 @pytest.mark.services
 def test_served_pages_reference_no_other_host(client: TestClient) -> None:
-    for path in PAGES + [p + "?lang=en" for p in PAGES[:2]]:
+    for path in PAGES + [p + "?lang=en" for p in PAGES[:3]]:
         r = client.get(path)
         assert r.status_code == 200, (path, r.text[:300])
         assert r.headers["content-type"].startswith("text/html")
@@ -417,6 +446,7 @@ def test_maps_have_stable_operation_ids(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert spec["paths"]["/maps/coverage"]["get"]["operationId"] == "coverage_map"
     assert spec["paths"]["/maps/sensors"]["get"]["operationId"] == "sensor_map"
+    assert spec["paths"]["/maps/mobile"]["get"]["operationId"] == "mobile_map"
 
 
 @pytest.mark.services
@@ -438,7 +468,7 @@ def test_cli_writes_a_self_contained_map(
         assert external_hosts(without_shipped(page)) == set()
         assert all(u.startswith("data:") for u in loaded_urls(without_shipped(page)))
     r = CliRunner().invoke(cli_app, ["map", "nowhere", "--out", str(tmp_path / "x.html")])
-    assert r.exit_code == 1 and "no map 'nowhere'; known: coverage, sensors" in r.output
+    assert r.exit_code == 1 and "no map 'nowhere'; known: coverage, sensors, mobile" in r.output
     r = CliRunner().invoke(cli_app, ["map", "coverage", "--out", str(tmp_path / "no/x.html")])
     assert r.exit_code == 1 and "cannot write" in r.output and "Traceback" not in r.output
 
