@@ -25,6 +25,7 @@ from playwright.sync_api import Browser, Page, Route, sync_playwright
 from psycopg import sql
 from test_coverage_runs import load_scenario
 from test_maps import fill_store
+from test_second_city import import_musterstadt
 from typer.testing import CliRunner
 
 from quartier.api.app import create_app
@@ -280,5 +281,34 @@ def test_gap_map(browser: Browser, serve: Any, settings: Settings) -> None:
         # no dead zone: the scenario's signal measurements are below the privacy threshold
         ["Stadtbezirke", "Versorgung je Zelle", "Versorgungslücken"],
     )  # fmt: skip
+    assert visit.elsewhere == [] and visit.tiles == []
+    page.close()
+
+
+def test_mobile_map(
+    browser: Browser, serve: Any, settings: Settings, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Musterstadt's measured mobile coverage: a layer per operator and technology, dead zones."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUARTIER_DATABASE__URL", settings.require_database_url())
+    import_musterstadt(settings)
+    with psycopg.connect(settings.require_database_url()) as conn:
+        service.analyse_and_store(conn)
+        conn.commit()
+    own = serve(settings)
+    page = browser.new_page(viewport={"width": 800, "height": 500})
+    visit = watch(page, own)
+    page.goto(f"http://{own}/maps/mobile", wait_until="load")
+    check_map(
+        page, visit,
+        ["Mobilfunkversorgung je 100-m-Zelle (gemessen)", "Telekom 4G (1 Zelle)",
+         "Vodafone 4G (2 Zellen)", "Funkloch: kein 4G/5G gemessen (1 Zelle)"],
+        ["Stadtbezirke", "Zellen mit Messungen", "Telekom: 4G versorgt", "Telekom: 5G versorgt",
+         "Vodafone: 4G versorgt", "Funklöcher"],
+    )  # fmt: skip
+    # only the first operator layer is on at first; the others wait in the layer control
+    checked = page.locator(".leaflet-control-layers-overlays input:checked").count()
+    assert checked == 4, checked  # districts, measured cells, Telekom 4G, dead zones
     assert visit.elsewhere == [] and visit.tiles == []
     page.close()
