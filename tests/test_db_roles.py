@@ -454,3 +454,41 @@ def test_serve_and_ingest_refuse_a_wrong_own_login_in_one_line(
         )
         monkeypatch.delenv(f"QUARTIER_DATABASE__{service}_URL")
         monkeypatch.delenv(f"QUARTIER_DATABASE__{service}_PASSWORD_FILE")
+
+
+def test_the_http_push_under_serve_writes_with_the_ingest_login(
+    db_url: str, service_urls: Any, passwords: dict[str, str]
+) -> None:
+    """A Sensor.Community push through ``quartier serve`` (the API's login, which may not insert
+    observations) is stored with the ingester's login (database.ingest_url)."""
+    from quartier.store import credentials
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        credentials.add(
+            conn, "sensor.community/esp8266-42", "sensor.community", "esp8266-42", "device", "pw"
+        )
+    settings = Settings(
+        _env_file=None,
+        database={
+            "url": db_url,
+            "api_url": as_role(db_url, roles.API, passwords),
+            "ingest_url": as_role(db_url, roles.INGEST, passwords),
+        },
+        mqtt={"url": service_urls.mqtt_url},
+        ingest={"http_allow_unknown_devices": False},
+    ).for_service("api")
+    push = {
+        "esp8266id": "42",
+        "sensordatavalues": [{"value_type": "SDS_P1", "value": "11.37"}],
+    }
+    with TestClient(create_app(settings)) as client:
+        r = client.post(
+            "/ingest/sensor-community",
+            content=orjson.dumps(push),
+            headers={"X-Sensor": "esp8266-42"},
+            auth=("esp8266-42", "pw"),
+        )
+        assert r.status_code == 201, r.text
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("select count(*) from observation").fetchone() == (1,)
+        assert conn.execute("select count(*) from ingest_reject").fetchone() == (0,)
