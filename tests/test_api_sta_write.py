@@ -217,3 +217,178 @@ def test_a_second_observation_at_the_same_time_is_409_and_the_first_stays(
     assert "Observations('1:" in r.json()["message"]
     assert state(settings) == before
     assert scalar(settings, "select result from observation") == 5.0
+
+
+# --------------------------------------------------------------------------- deep insert
+def thing_body(definition: str = "https://example.org/pm25") -> dict[str, Any]:
+    return {
+        "name": "Station Neumarkt",
+        "description": "Luftmessstation",
+        "properties": {"operator": "Stadt Köln"},
+        "Locations": [
+            {
+                "name": "Neumarkt",
+                "description": "Neumarkt 1",
+                "encodingType": "application/geo+json",
+                "location": {"type": "Point", "coordinates": [6.946, 50.936]},
+            }
+        ],
+        "Datastreams": [
+            {
+                "name": "PM2.5 Neumarkt",
+                "description": "Feinstaub",
+                "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
+                "OM_Measurement",
+                "unitOfMeasurement": {"name": "µg/m³", "symbol": "µg/m³", "definition": "u"},
+                "Sensor": {
+                    "name": "SDS011",
+                    "description": "laser",
+                    "encodingType": "application/pdf",
+                    "metadata": "https://example.org/sds011.pdf",
+                },
+                "ObservedProperty": {
+                    "name": "PM2.5",
+                    "definition": definition,
+                    "description": "particles below 2.5 µm",
+                },
+                "Observations": [
+                    {"phenomenonTime": "2026-11-01T10:00:00Z", "result": 7},
+                    {"phenomenonTime": "2026-11-01T10:01:00Z", "result": 8},
+                ],
+            }
+        ],
+    }
+
+
+def test_deep_insert_of_a_thing_in_one_transaction(client: TestClient, settings: Settings) -> None:
+    h = key(settings, "entities:write", "observations:write")
+    r = client.post(f"{V}/Things", json=thing_body(), headers=h)
+    assert r.status_code == 201, r.text
+    thing = r.json()
+    assert r.headers["Location"] == thing["@iot.selfLink"]
+    assert thing["name"] == "Station Neumarkt" and thing["properties"]["operator"] == "Stadt Köln"
+    tid = thing["@iot.id"]
+    assert client.get(f"{V}/Things({tid})").json() == thing
+    locs = client.get(f"{V}/Things({tid})/Locations").json()["value"]
+    assert [x["name"] for x in locs] == ["Neumarkt"]
+    # the automatic HistoricalLocation
+    hls = client.get(f"{V}/Things({tid})/HistoricalLocations").json()["value"]
+    assert len(hls) == 1
+    hl_locs = client.get(f"{V}/HistoricalLocations({hls[0]['@iot.id']})/Locations").json()
+    assert [x["@iot.id"] for x in hl_locs["value"]] == [locs[0]["@iot.id"]]
+    (ds,) = client.get(f"{V}/Things({tid})/Datastreams").json()["value"]
+    assert ds["unitOfMeasurement"]["symbol"] == "µg/m³"
+    assert client.get(path_of(ds["Sensor@iot.navigationLink"])).json()["name"] == "SDS011"
+    op = client.get(path_of(ds["ObservedProperty@iot.navigationLink"])).json()
+    assert op["definition"] == "https://example.org/pm25"
+    obs = client.get(f"{V}/Datastreams({ds['@iot.id']})/Observations?$orderby=phenomenonTime")
+    assert [o["result"] for o in obs.json()["value"]] == [7, 8]
+    # their FeatureOfInterest: the new Location's
+    o1 = obs.json()["value"][0]
+    foi = client.get(f"{path_of(o1['@iot.selfLink'])}/FeatureOfInterest").json()
+    assert foi["feature"]["coordinates"] == [6.946, 50.936]
+    assert audits(settings)[-1][:2] == ("POST /v1.1/Things", "/v1.1/Things")
+
+
+def test_links_to_existing_entities_by_id(client: TestClient, settings: Settings) -> None:
+    h = key(settings, "entities:write")
+    sensor = client.post(
+        f"{V}/Sensors",
+        json={"name": "S", "description": "d", "encodingType": "text/html", "metadata": "m"},
+        headers=h,
+    )
+    assert sensor.status_code == 201, sensor.text
+    op = client.post(
+        f"{V}/ObservedProperties",
+        json={"name": "NO2", "definition": "https://example.org/no2", "description": "d"},
+        headers=h,
+    )
+    assert op.status_code == 201
+    ds = {
+        "name": "NO2 a-1",
+        "description": "d",
+        "observationType": "OM_Measurement",
+        "unitOfMeasurement": {"name": "µg/m³", "symbol": "µg/m³"},
+        "Thing": {"@iot.id": 1},
+        "Sensor": {"@iot.id": sensor.json()["@iot.id"]},
+        "ObservedProperty": {"@iot.id": op.json()["@iot.id"]},
+    }
+    r = client.post(f"{V}/Datastreams", json=ds, headers=h)
+    assert r.status_code == 201, r.text
+    new_id = r.json()["@iot.id"]
+    ids = [x["@iot.id"] for x in client.get(f"{V}/Things(1)/Datastreams").json()["value"]]
+    assert new_id in ids
+    by_sensor = client.get(f"{V}/Sensors({sensor.json()['@iot.id']})/Datastreams").json()
+    assert [x["@iot.id"] for x in by_sensor["value"]] == [new_id]
+    # a Location linked to the existing Thing 1 becomes its Location, with a HistoricalLocation
+    hl_before = scalar(settings, "select count(*) from historical_location where thing_id = 1")
+    loc = {
+        "name": "moved",
+        "description": "d",
+        "encodingType": "application/geo+json",
+        "location": {"type": "Point", "coordinates": [7.0, 51.0]},
+        "Things": [{"@iot.id": 1}],
+    }
+    r = client.post(f"{V}/Locations", json=loc, headers=h)
+    assert r.status_code == 201, r.text
+    now = client.get(f"{V}/Things(1)/Locations").json()["value"]
+    assert [x["name"] for x in now] == ["moved"]
+    assert scalar(settings, "select count(*) from historical_location where thing_id = 1") == (
+        hl_before + 1
+    )
+
+
+ND = {"name": "x", "description": "d"}
+LOC = {**ND, "encodingType": "e"}
+LINKS = {"Sensor": {"@iot.id": 1}, "ObservedProperty": {"@iot.id": 1}}
+
+
+@pytest.mark.parametrize(
+    ("entity_set", "body", "named"),
+    [
+        ("Things", {"description": "d"}, "name"),
+        ("Things", {**ND, "Datastreams": [{"name": "d"}]}, "Datastreams[0]/description"),
+        ("Things", {**ND, "Locations": [{"@iot.id": 999}]}, "Locations[0]/@iot.id"),
+        ("Things", {**ND, "colour": 1}, "colour"),
+        ("Locations", {**LOC, "location": {"type": "Pt"}}, "location/type"),
+        ("Locations", {**LOC, "location": {"type": "Point", "coordinates": ["a"]}}, "not valid"),
+        ("Datastreams", {**ND, "observationType": "o", "unitOfMeasurement": {}, **LINKS}, "Thing"),
+        ("Sensors", {**LOC, "metadata": 5}, "metadata"),
+    ],
+)
+def test_an_invalid_entity_is_a_400_naming_the_field_and_stores_nothing(
+    client: TestClient, settings: Settings, entity_set: str, body: Any, named: str
+) -> None:
+    h = key(settings, "entities:write", "observations:write")
+    before = state(settings)
+    r = client.post(f"{V}/{entity_set}", json=body, headers=h)
+    assert r.status_code == 400, r.text
+    assert named in r.json()["message"], r.text
+    assert state(settings) == before
+
+
+def test_a_failing_part_of_a_deep_insert_stores_nothing(
+    client: TestClient, settings: Settings
+) -> None:
+    """The ObservedProperty's definition exists already (unique): the Thing, its Location and
+    Sensor made before it in the same request are rolled back."""
+    h = key(settings, "entities:write", "observations:write")
+    assert client.post(f"{V}/Things", json=thing_body("https://x/a"), headers=h).status_code == 201
+    before = state(settings)
+    r = client.post(f"{V}/Things", json=thing_body("https://x/a"), headers=h)
+    assert r.status_code == 409 and "ObservedProperty" in r.json()["message"], r.text
+    assert state(settings) == before
+
+
+def test_entity_writes_without_a_key_or_scope_store_nothing(
+    client: TestClient, settings: Settings
+) -> None:
+    before = state(settings)
+    assert client.post(f"{V}/Things", json=thing_body()).status_code == 401
+    obs_only = key(settings, "observations:write")
+    assert client.post(f"{V}/Things", json=thing_body(), headers=obs_only).status_code == 403
+    # entities:write alone does not cover the Observations nested in the body
+    ent_only = key(settings, "entities:write")
+    r = client.post(f"{V}/Things", json=thing_body(), headers=ent_only)
+    assert r.status_code == 403 and "observations:write" in r.json()["message"]
+    assert state(settings) == before

@@ -33,7 +33,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
 from quartier.api import models as m
-from quartier.api.auth import require_scope
+from quartier.api.auth import Caller, require_scope
 from quartier.api.deps import AppSettings, BaseUrl, Conn
 from quartier.api.sensorthings import (
     PREFIX,
@@ -41,9 +41,10 @@ from quartier.api.sensorthings import (
     observation_id,
     shape,
 )
+from quartier.api.sta import ENTITY_SETS
 from quartier.api.sta import body as b
 from quartier.config import Settings
-from quartier.errors import BadRequestError, ConflictError, NotFoundError
+from quartier.errors import BadRequestError, ConflictError, NotFoundError, PermissionDeniedError
 from quartier.ingest.model import Batch, Observation, WriteResult
 from quartier.ingest.writer import BatchWriter
 from quartier.store import sensorthings as q
@@ -224,3 +225,161 @@ def create_datastream_observation(
 ) -> JSONResponse:
     """Creates an Observation of Datastream ``ds_id``."""
     return _create_observation(request, conn, base, settings, body, ds_id)
+
+
+# --------------------------------------------------------------------------- other entities
+#: A Datastream's to-one links: navigation → (entity set, column).
+_DATASTREAM_LINKS = {
+    "Thing": ("Things", "thing_id"),
+    "Sensor": ("Sensors", "sensor_id"),
+    "ObservedProperty": ("ObservedProperties", "observed_property_id"),
+}
+#: The column of a Datastream that links it to a parent of this entity set.
+_DATASTREAM_PARENT = {v[0]: v[1] for v in _DATASTREAM_LINKS.values()}
+
+
+def _at(path: str, nav: str, i: int | None = None) -> str:
+    p = f"{path}/{nav}" if path else nav
+    return p if i is None else f"{p}[{i}]"
+
+
+class _Tree:
+    """One deep insert, run by ``prepare`` in the writer's transaction."""
+
+    def __init__(self, cur: w.Executor, at: datetime) -> None:
+        self.cur = cur
+        self.at = at
+        #: the Observations nested in it (Datastream id, body, JSON path), stored after it
+        self.observations: list[tuple[int, b.NewObservation, str, int | None]] = []
+
+    def _linked(self, new: b.NewEntity, nav: str, target: str, path: str) -> list[int]:
+        ids = list(new.links.get(nav, []))
+        for i, entity_id in enumerate(ids):
+            w.require(self.cur, target, entity_id, f"{_at(path, nav, i)}/@iot.id")
+        return ids
+
+    def insert(self, new: b.NewEntity, path: str, parent: tuple[str, int] | None = None) -> int:
+        """Insert ``new`` and everything it nests; its id."""
+        cur, es = self.cur, new.entity_set
+        values = dict(new.values)
+        if es == "Datastreams":
+            for nav, (target, column) in _DATASTREAM_LINKS.items():
+                if nav in new.links:
+                    values[column] = self._linked(new, nav, target, path)[0]
+                elif nav in new.nested:
+                    values[column] = self.insert(new.nested[nav][0], _at(path, nav))
+                elif parent is not None and parent[0] == target:
+                    values[column] = parent[1]
+                else:
+                    raise BadRequestError(
+                        f"{_at(path, nav)} is required: link an existing one"
+                        ' ({"@iot.id": <id>}) or describe a new one'
+                    )
+        new_id = w.insert(cur, es, values)
+        if es == "Things":
+            locations = self._linked(new, "Locations", "Locations", path)
+            for i, loc in enumerate(new.nested.get("Locations", [])):
+                locations.append(self.insert(loc, _at(path, "Locations", i)))
+            if parent is not None and parent[0] == "Locations":
+                locations.append(parent[1])
+            if locations:
+                w.link_location(cur, new_id, locations, self.at)
+        elif es == "Locations":
+            for thing in self._linked(new, "Things", "Things", path):
+                w.set_locations(cur, thing, [new_id], self.at)
+            for i, thing_body in enumerate(new.nested.get("Things", [])):
+                self.insert(thing_body, _at(path, "Things", i), (es, new_id))
+        if es in _DATASTREAM_PARENT:
+            column = _DATASTREAM_PARENT[es]
+            for ds in self._linked(new, "Datastreams", "Datastreams", path):
+                w.update(cur, "Datastreams", ds, {column: new_id})
+            for i, ds_body in enumerate(new.nested.get("Datastreams", [])):
+                self.insert(ds_body, _at(path, "Datastreams", i), (es, new_id))
+        for i, o in enumerate(new.observations):
+            opath = _at(path, "Observations", i)
+            if es == "Datastreams":
+                self.observations.append((new_id, o, opath + "/", None))
+            else:  # a FeatureOfInterest's Observations name their Datastream
+                if o.datastream_id is None:
+                    raise BadRequestError(f"{opath}/Datastream is required")
+                w.require(cur, "Datastreams", o.datastream_id, f"{opath}/Datastream/@iot.id")
+                self.observations.append((o.datastream_id, o, opath + "/", new_id))
+        return new_id
+
+    def stored_observations(self) -> list[Observation]:
+        seen: dict[tuple[int, datetime], str] = {}
+        out = []
+        for ds, o, path, foi in self.observations:
+            if (ds, o.time) in seen:
+                raise BadRequestError(
+                    f"{path}phenomenonTime: {seen[(ds, o.time)]}phenomenonTime has the same time"
+                    " in the same Datastream"
+                )
+            seen[(ds, o.time)] = path
+            row = _observation_row(self.cur, o, ds, path)
+            out.append(row._replace(foi_id=foi) if foi is not None else row)
+        return out
+
+
+def _create_entity(
+    request: Request, conn: DictConn, base: str, who: Caller, entity_set: str, raw: Any
+) -> JSONResponse:
+    settings: Settings = request.app.state.settings
+    now = _now()
+    new = b.entity(entity_set, raw, "", now, settings.ingest.max_future_seconds)
+    batch = Batch(source="http")
+    created: list[int] = []
+
+    def prepare(raw_conn: RawConn) -> None:
+        with _cursor(raw_conn) as cur:
+            tree = _Tree(cur, now)
+            created.append(tree.insert(new, ""))
+            batch.observations.extend(tree.stored_observations())
+            if batch.observations and not who.key.allows("observations:write"):
+                raise PermissionDeniedError(
+                    f"the API key {who.key.prefix}… ({who.key.name}) lacks the scope"
+                    " 'observations:write' for the Observations in this body"
+                )
+
+    result = writer(request).write(batch, prepare, all_or_nothing=True)
+    if result.not_stored:
+        raise ConflictError("an Observation in the body exists already; nothing was stored")
+    row = q.entity(conn, entity_set, ENTITY_SETS[entity_set], created[0])
+    body = shape(entity_set, row, base).model_dump(mode="json", by_alias=True)
+    return _created(body, body["@iot.selfLink"])
+
+
+def _add_create(entity_set: str) -> None:
+    entity_type = ENTITY_SETS[entity_set]
+
+    def route(
+        request: Request,
+        conn: Conn,
+        base: BaseUrl,
+        who: Annotated[Caller, require_scope("entities:write")],
+        body: Json,
+    ) -> JSONResponse:
+        return _create_entity(request, conn, base, who, entity_set, body)
+
+    route.__doc__ = (
+        f"Creates a {entity_type}, with the entities it nests (deep insert) and links to"
+        " existing ones by @iot.id, in one transaction."
+    )
+    router.add_api_route(
+        f"/{entity_set}",
+        route,
+        methods=["POST"],
+        status_code=201,
+        response_model=m.__dict__[entity_type],
+        operation_id=f"sta_create_{_snake(entity_type)}",
+        summary=f"Create a {entity_type}",
+        responses=_ERRORS,
+    )
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+for _entity_set in b.FIELDS:
+    _add_create(_entity_set)
