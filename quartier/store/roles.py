@@ -48,8 +48,12 @@ INGEST_WRITES = (
     "device_datastream", "observation", "observation_latest", "observation_dirty", "speedtest",
     "ingest_reject",
 )  # fmt: skip
-#: ... and deletes from (a Thing's current location is replaced)
-INGEST_DELETES = ("thing_location",)
+#: ... and deletes from (a Thing's current location is replaced; the SensorThings API's DELETE
+#: and PATCH run as the ingest login, quartier.api.sta_write, with the cascades of the standard)
+INGEST_DELETES = (
+    "thing_location", "thing", "location", "historical_location", "sensor", "observed_property",
+    "datastream", "feature_of_interest", "observation", "observation_latest", "observation_dirty",
+)  # fmt: skip
 #: tables the ingest only reads (device_credential: the HTTP ingest's per-device passwords)
 INGEST_READS = ("quartier_meta", "schema_migrations", "device_credential")
 #: functions the ingest calls that PUBLIC may not
