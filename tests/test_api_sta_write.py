@@ -392,3 +392,217 @@ def test_entity_writes_without_a_key_or_scope_store_nothing(
     r = client.post(f"{V}/Things", json=thing_body(), headers=ent_only)
     assert r.status_code == 403 and "observations:write" in r.json()["message"]
     assert state(settings) == before
+
+
+# --------------------------------------------------------------------------- update, delete
+def make_thing(client: TestClient, settings: Settings) -> tuple[int, dict[str, Any]]:
+    h = key(settings, "entities:write", "observations:write")
+    r = client.post(f"{V}/Things", json=thing_body(), headers=h)
+    assert r.status_code == 201, r.text
+    tid = r.json()["@iot.id"]
+    (ds,) = client.get(f"{V}/Things({tid})/Datastreams").json()["value"]
+    return tid, ds
+
+
+def test_patch_and_put_change_an_entity_and_are_audited(
+    client: TestClient, settings: Settings
+) -> None:
+    tid, ds = make_thing(client, settings)
+    h = key(settings, "entities:write")
+    r = client.patch(f"{V}/Things({tid})", json={"description": "neu"}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["description"] == "neu" and r.json()["name"] == "Station Neumarkt"
+    assert client.get(f"{V}/Things({tid})").json()["description"] == "neu"
+    assert audits(settings)[-1][:2] == ("PATCH /v1.1/Things({entity_id})", f"/v1.1/Things({tid})")
+    # a Datastream moves to Thing 1 (a to-one link)
+    r = client.patch(f"{V}/Datastreams({ds['@iot.id']})", json={"Thing": {"@iot.id": 1}}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["Thing@iot.navigationLink"].endswith("/v1.1/Things(1)")
+    # PATCH Locations of a Thing: it moves, with a HistoricalLocation
+    loc1 = client.get(f"{V}/Things(1)/Locations").json()["value"][0]["@iot.id"]
+    r = client.patch(f"{V}/Things({tid})", json={"Locations": [{"@iot.id": loc1}]}, headers=h)
+    assert r.status_code == 200
+    assert [x["@iot.id"] for x in client.get(f"{V}/Things({tid})/Locations").json()["value"]] == [
+        loc1
+    ]
+    assert len(client.get(f"{V}/Things({tid})/HistoricalLocations").json()["value"]) == 2
+    # PUT replaces every property: those left out go back to null
+    r = client.put(f"{V}/Things({tid})", json={"name": "n", "description": "d"}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["properties"] is None and r.json()["name"] == "n"
+
+
+def test_invalid_updates_are_400_or_404_and_change_nothing(
+    client: TestClient, settings: Settings
+) -> None:
+    tid, ds = make_thing(client, settings)
+    h = key(settings, "entities:write")
+    before = state(settings)
+    thing = client.get(f"{V}/Things({tid})").json()
+    for body, named in (
+        ({"name": None}, "name"),
+        ({"colour": "red"}, "colour"),
+        ({}, "changes nothing"),
+        ({"Datastreams": [{"@iot.id": 1}]}, "Datastreams"),
+        ({"Locations": [{"@iot.id": 999}]}, "Locations[0]/@iot.id"),
+    ):
+        r = client.patch(f"{V}/Things({tid})", json=body, headers=h)
+        assert r.status_code == 400 and named in r.json()["message"], r.text
+    r = client.patch(
+        f"{V}/Datastreams({ds['@iot.id']})", json={"Sensor": {"@iot.id": 99}}, headers=h
+    )
+    assert r.status_code == 400 and "Sensor/@iot.id" in r.json()["message"]
+    assert client.patch(f"{V}/Things(999)", json={"name": "x"}, headers=h).status_code == 404
+    assert client.patch(f"{V}/Things({tid})", json={"name": "x"}).status_code == 401
+    obs_only = key(settings, "observations:write")
+    assert client.delete(f"{V}/Things({tid})", headers=obs_only).status_code == 403
+    assert client.delete(f"{V}/Things(999)", headers=h).status_code == 404
+    assert client.get(f"{V}/Things({tid})").json() == thing
+    assert state(settings) == before
+
+
+def test_patch_and_delete_of_an_observation(client: TestClient, settings: Settings) -> None:
+    _, ds = make_thing(client, settings)
+    h = key(settings, "observations:write")
+    obs = client.get(f"{V}/Datastreams({ds['@iot.id']})/Observations?$orderby=phenomenonTime")
+    first, last = obs.json()["value"]
+    link = path_of(last["@iot.selfLink"])
+    r = client.patch(link, json={"result": 9.5, "parameters": {"checked": True}}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["@iot.id"] == last["@iot.id"]  # the id stays
+    assert client.get(link).json()["result"] == 9.5
+    latest = "select result from observation_latest where datastream_id = %s"
+    assert scalar(settings, latest, ds["@iot.id"]) == 9.5
+    moved = {"phenomenonTime": "2026-11-01T11:00:00Z"}
+    r = client.patch(link, json=moved, headers=h)
+    assert r.status_code == 400 and "phenomenonTime" in r.json()["message"]
+    assert client.patch(link, json={"result": 1}).status_code == 401
+    assert client.delete(link, headers=key(settings, "entities:write")).status_code == 403
+    r = client.delete(link, headers=h)
+    assert r.status_code == 200
+    assert client.get(link).status_code == 404
+    assert client.delete(link, headers=h).status_code == 404
+    # the latest value falls back to the one before
+    assert scalar(settings, latest, ds["@iot.id"]) == first["result"]
+    assert audits(settings)[-1][0] == "DELETE /v1.1/Observations('{obs_id}')"
+
+
+def test_delete_cascades_as_the_standard_says(client: TestClient, settings: Settings) -> None:
+    """Deleting a Thing deletes its Datastreams and their Observations and its
+    HistoricalLocations, not its Locations; deleting a Location deletes the HistoricalLocations
+    left without one; deleting a Sensor deletes its Datastreams."""
+    tid, ds = make_thing(client, settings)
+    h = key(settings, "entities:write")
+    loc = client.get(f"{V}/Things({tid})/Locations").json()["value"][0]["@iot.id"]
+    sensor = path_of(ds["Sensor@iot.navigationLink"])
+    n_obs = scalar(
+        settings, "select count(*) from observation where datastream_id = %s", ds["@iot.id"]
+    )
+    assert n_obs == 2
+    r = client.delete(f"{V}/Things({tid})", headers=h)
+    assert r.status_code == 200, r.text
+    assert client.get(f"{V}/Things({tid})").status_code == 404
+    assert client.get(f"{V}/Datastreams({ds['@iot.id']})").status_code == 404
+    assert (
+        scalar(settings, "select count(*) from observation where datastream_id = %s", ds["@iot.id"])
+        == 0
+    )
+    assert (
+        scalar(settings, "select count(*) from historical_location where thing_id = %s", tid) == 0
+    )
+    assert client.get(f"{V}/Locations({loc})").status_code == 200
+    assert client.get(sensor).status_code == 200
+    assert audits(settings)[-1][:2] == ("DELETE /v1.1/Things({entity_id})", f"/v1.1/Things({tid})")
+    # Location: Thing 1's, with its HistoricalLocations
+    loc1 = client.get(f"{V}/Things(1)/Locations").json()["value"][0]["@iot.id"]
+    hl_of_1 = "select count(*) from historical_location where thing_id = 1"
+    assert (
+        client.post(
+            f"{V}/Locations",
+            json={
+                **LOC,
+                "location": {"type": "Point", "coordinates": [7, 51]},
+                "Things": [{"@iot.id": 1}],
+            },
+            headers=h,
+        ).status_code
+        == 201
+    )
+    kept = scalar(
+        settings,
+        "select count(*) from historical_location h where thing_id = 1 and exists (select 1"
+        " from historical_location_location x where x.historical_location_id = h.id"
+        " and x.location_id <> %s)",
+        loc1,
+    )
+    assert kept == 1 and scalar(settings, hl_of_1) >= kept
+    r = client.delete(f"{V}/Locations({loc1})", headers=h)
+    assert r.status_code == 200
+    assert client.get(f"{V}/Locations({loc1})").status_code == 404
+    assert client.get(f"{V}/Things(1)").status_code == 200
+    assert scalar(settings, hl_of_1) == kept
+    # Sensor: its Datastreams (and their Observations) go with it
+    tid2, ds2 = make_thing_with(client, settings, "https://x/2")
+    r = client.delete(path_of(ds2["Sensor@iot.navigationLink"]), headers=h)
+    assert r.status_code == 200
+    assert client.get(f"{V}/Datastreams({ds2['@iot.id']})").status_code == 404
+    assert client.get(f"{V}/Things({tid2})").status_code == 200
+
+
+def make_thing_with(
+    client: TestClient, settings: Settings, definition: str
+) -> tuple[int, dict[str, Any]]:
+    h = key(settings, "entities:write", "observations:write")
+    r = client.post(f"{V}/Things", json=thing_body(definition), headers=h)
+    assert r.status_code == 201, r.text
+    tid = r.json()["@iot.id"]
+    (ds,) = client.get(f"{V}/Things({tid})/Datastreams").json()["value"]
+    return tid, ds
+
+
+def test_writes_run_with_the_services_own_roles(
+    settings: Settings, service_urls: Any, client: TestClient
+) -> None:
+    """``quartier serve``'s logins: the API reads and audits as quartier_api, the SensorThings
+    writes run as quartier_ingest (the grants of store.roles), deep insert to cascade delete."""
+    import secrets
+
+    from quartier.store import roles
+
+    chosen = {r: secrets.token_urlsafe(16) for r in (roles.API, roles.INGEST)}
+    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
+        for r, password in chosen.items():
+            roles.set_login(conn, r, r, password)
+    url = settings.require_database_url()
+
+    def login(r: str) -> str:
+        return psycopg.conninfo.make_conninfo(url, user=r, password=chosen[r])
+
+    own = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database={"url": url, "api_url": login(roles.API), "ingest_url": login(roles.INGEST)},
+        mqtt={"url": service_urls.mqtt_url},
+    ).for_service("api")
+    h = key(settings, "entities:write", "observations:write")
+    with TestClient(create_app(own)) as c:
+        r = c.post(f"{V}/Things", json=thing_body("https://x/roles"), headers=h)
+        assert r.status_code == 201, r.text
+        tid = r.json()["@iot.id"]
+        (ds,) = c.get(f"{V}/Things({tid})/Datastreams").json()["value"]
+        body = {"phenomenonTime": "2026-11-01T12:00:00Z", "result": 3}
+        r = c.post(f"{V}/Datastreams({ds['@iot.id']})/Observations", json=body, headers=h)
+        assert r.status_code == 201, r.text
+        link = path_of(r.json()["@iot.selfLink"])
+        assert c.patch(link, json={"result": 4}, headers=h).status_code == 200
+        assert c.patch(f"{V}/Things({tid})", json={"name": "r"}, headers=h).status_code == 200
+        assert c.delete(link, headers=h).status_code == 200
+        assert c.delete(f"{V}/Things({tid})", headers=h).status_code == 200, r.text
+        assert c.get(f"{V}/Things({tid})").status_code == 404
+    assert [a[0] for a in audits(settings)[-6:]] == [
+        "POST /v1.1/Things",
+        "POST /v1.1/Datastreams({ds_id})/Observations",
+        "PATCH /v1.1/Observations('{obs_id}')",
+        "PATCH /v1.1/Things({entity_id})",
+        "DELETE /v1.1/Observations('{obs_id}')",
+        "DELETE /v1.1/Things({entity_id})",
+    ]

@@ -28,8 +28,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from psycopg import errors as pg_errors
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from quartier.api import models as m
@@ -39,6 +40,7 @@ from quartier.api.sensorthings import (
     PREFIX,
     iso,
     observation_id,
+    parse_observation_id,
     shape,
 )
 from quartier.api.sta import ENTITY_SETS
@@ -377,9 +379,170 @@ def _add_create(entity_set: str) -> None:
     )
 
 
+# --------------------------------------------------------------------------- update, delete
+def _entity_id(entity_set: str, text: str) -> int:
+    if not text.isdigit():
+        raise BadRequestError(f"@iot.id {text!r} of {entity_set} is not an integer")
+    return int(text)
+
+
+def _update(
+    request: Request,
+    conn: DictConn,
+    base: str,
+    entity_set: str,
+    entity_id: int,
+    values: dict[str, Any],
+    links: dict[str, int],
+) -> JSONResponse:
+    moved = values.pop("_locations", None)
+
+    def prepare(raw_conn: RawConn) -> None:
+        with _cursor(raw_conn) as cur:
+            if not w.exists(cur, entity_set, entity_id):
+                raise NotFoundError(f"no {ENTITY_SETS[entity_set]} with @iot.id {entity_id}")
+            changes = dict(values)
+            for nav, target_id in links.items():
+                target, column = _DATASTREAM_LINKS[nav]
+                w.require(cur, target, target_id, f"{nav}/@iot.id")
+                changes[column] = target_id
+            if changes:
+                w.update(cur, entity_set, entity_id, changes)
+            if moved:
+                for i, loc in enumerate(moved):
+                    w.require(cur, "Locations", loc, f"Locations[{i}]/@iot.id")
+                w.set_locations(cur, entity_id, moved, _now())
+
+    writer(request).write(Batch(source="http"), prepare)
+    row = q.entity(conn, entity_set, ENTITY_SETS[entity_set], entity_id)
+    return JSONResponse(shape(entity_set, row, base).model_dump(mode="json", by_alias=True))
+
+
+def _delete(request: Request, entity_set: str, entity_id: int) -> Response:
+    def prepare(raw_conn: RawConn) -> None:
+        with _cursor(raw_conn) as cur:
+            w.delete(cur, entity_set, entity_id)
+
+    writer(request).write(Batch(source="http"), prepare)
+    return Response(status_code=200)
+
+
+def _add_update_delete(entity_set: str) -> None:
+    entity_type = ENTITY_SETS[entity_set]
+    path = f"/{entity_set}({{entity_id}})"
+    op = _snake(entity_type)
+
+    def patch_route(
+        entity_id: str, request: Request, conn: Conn, base: BaseUrl, body: Json
+    ) -> JSONResponse:
+        values, links = b.patch(entity_set, body)
+        return _update(
+            request, conn, base, entity_set, _entity_id(entity_set, entity_id), values, links
+        )
+
+    def put_route(
+        entity_id: str, request: Request, conn: Conn, base: BaseUrl, body: Json
+    ) -> JSONResponse:
+        new = b.entity(entity_set, body)
+        if new.nested or new.observations:
+            raise BadRequestError("PUT replaces one entity's properties; it nests no entities")
+        values = {
+            f.column: new.values.get(f.column, f.default) for f in b.FIELDS[entity_set].values()
+        }
+        links = {nav: ids[0] for nav, ids in new.links.items() if nav in _DATASTREAM_LINKS}
+        if entity_set == "Things" and "Locations" in new.links:
+            values["_locations"] = new.links["Locations"]
+        return _update(
+            request, conn, base, entity_set, _entity_id(entity_set, entity_id), values, links
+        )
+
+    def delete_route(entity_id: str, request: Request) -> Response:
+        return _delete(request, entity_set, _entity_id(entity_set, entity_id))
+
+    common: dict[str, Any] = {"dependencies": ENTITIES_, "responses": _ERRORS}
+    router.add_api_route(
+        path,
+        patch_route,
+        methods=["PATCH"],
+        response_model=m.__dict__[entity_type],
+        operation_id=f"sta_patch_{op}",
+        summary=f"Change some properties of a {entity_type}",
+        **common,
+    )
+    router.add_api_route(
+        path,
+        put_route,
+        methods=["PUT"],
+        response_model=m.__dict__[entity_type],
+        operation_id=f"sta_put_{op}",
+        summary=f"Replace the properties of a {entity_type}",
+        **common,
+    )
+    router.add_api_route(
+        path,
+        delete_route,
+        methods=["DELETE"],
+        operation_id=f"sta_delete_{op}",
+        summary=f"Delete a {entity_type} with what the standard deletes with it",
+        **common,
+    )
+
+
+@router.patch(
+    "/Observations('{obs_id}')",
+    response_model=m.Observation,
+    operation_id="sta_patch_observation",
+    dependencies=OBSERVATIONS,
+    responses=_ERRORS,
+)
+def patch_observation(
+    obs_id: str, request: Request, conn: Conn, base: BaseUrl, body: Json
+) -> JSONResponse:
+    """Changes an Observation's result, resultTime, parameters or FeatureOfInterest (its
+    Datastream and phenomenonTime make its id and stay)."""
+    ds, time = parse_observation_id(obs_id)
+    q.observation(conn, ds, time)  # 404 when there is none
+    values, foi = b.observation_patch(body, time)
+
+    def prepare(raw_conn: RawConn) -> None:
+        with _cursor(raw_conn) as cur:
+            if foi is not None:
+                w.require(cur, "FeaturesOfInterest", foi, "FeatureOfInterest/@iot.id")
+            w.update_observation(cur, ds, time, values)
+
+    writer(request).write(Batch(source="http"), prepare)
+    row = q.observation(conn, ds, time)
+    return JSONResponse(shape("Observations", row, base).model_dump(mode="json", by_alias=True))
+
+
+@router.delete(
+    "/Observations('{obs_id}')",
+    operation_id="sta_delete_observation",
+    dependencies=OBSERVATIONS,
+    responses=_ERRORS,
+)
+def delete_observation(obs_id: str, request: Request, conn: Conn) -> Response:
+    """Deletes an Observation."""
+    ds, time = parse_observation_id(obs_id)
+    q.observation(conn, ds, time)  # 404 when there is none
+
+    def prepare(raw_conn: RawConn) -> None:
+        with _cursor(raw_conn) as cur:
+            w.delete_observations(
+                cur,
+                sql.SQL("o.datastream_id = %(_d)s and o.phenomenon_time = %(_t)s"),
+                {"_d": ds, "_t": time},
+            )
+
+    writer(request).write(Batch(source="http"), prepare)
+    return Response(status_code=200)
+
+
 def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
 for _entity_set in b.FIELDS:
-    _add_create(_entity_set)
+    if _entity_set != "HistoricalLocations":  # made by the server when a Thing moves
+        _add_create(_entity_set)
+    _add_update_delete(_entity_set)

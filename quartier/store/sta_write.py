@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 
 from quartier.errors import BadRequestError, NotFoundError
 from quartier.store.db import DictConn
+from quartier.store.timeseries import ORIGIN
 
 #: What the functions here run their statements on: a connection or a cursor with dict rows.
 Executor = DictConn | psycopg.Cursor[dict[str, Any]]
@@ -147,3 +148,123 @@ def feature_of_datastream(conn: Executor, datastream_id: int) -> int | None:
         ).fetchone()
     assert row is not None
     return int(row["id"])
+
+
+# ----------------------------------------------------------------------------- deletes
+def _observations_changed(conn: Executor, where: sql.Composable, params: dict[str, Any]) -> None:
+    """Before observations matching ``where`` (over ``o``) are deleted or changed: their
+    15-minute buckets are marked for the rollups' refresh (plain PostgreSQL path; TimescaleDB's
+    continuous aggregates refresh themselves)."""
+    row = conn.execute("select to_regclass('observation_dirty') is not null as has").fetchone()
+    if row is None or not row["has"]:
+        return
+    conn.execute(
+        sql.SQL(
+            "insert into observation_dirty (datastream_id, bucket)"
+            " select distinct o.datastream_id,"
+            " date_bin('15 minutes', o.phenomenon_time, %(_origin)s) from observation o"
+            " where {} on conflict do nothing"
+        ).format(where),
+        {**params, "_origin": ORIGIN},
+    )
+
+
+def refresh_latest(conn: Executor, datastream_ids: list[int]) -> None:
+    """``observation_latest`` of these Datastreams again from their observations (after a
+    delete or a change of the newest one)."""
+    conn.execute("delete from observation_latest where datastream_id = any(%s)", (datastream_ids,))
+    conn.execute(
+        "insert into observation_latest (datastream_id, phenomenon_time, result)"
+        " select d, x.phenomenon_time, x.result from unnest(%s::int8[]) as d"
+        " cross join lateral (select o.phenomenon_time, o.result from observation o"
+        "  where o.datastream_id = d order by o.phenomenon_time desc limit 1) x",
+        (datastream_ids,),
+    )
+
+
+def delete_observations(conn: Executor, where: sql.Composable, params: dict[str, Any]) -> int:
+    """Delete the observations matching ``where`` (over ``o``), keeping the rollups and the
+    latest values right; how many."""
+    _observations_changed(conn, where, params)
+    rows = conn.execute(
+        sql.SQL("delete from observation o where {} returning o.datastream_id").format(where),
+        params,
+    ).fetchall()
+    touched = sorted({int(r["datastream_id"]) for r in rows})
+    if touched:
+        refresh_latest(conn, touched)
+    return len(rows)
+
+
+def update_observation(
+    conn: Executor, datastream_id: int, time: datetime, values: dict[str, Any]
+) -> None:
+    """Set ``values`` (columns of ``observation``) on one observation (404 when there is none)."""
+    key = {"_d": datastream_id, "_t": time}
+    where = sql.SQL("o.datastream_id = %(_d)s and o.phenomenon_time = %(_t)s")
+    if "result" in values or "result_json" in values:
+        _observations_changed(conn, where, key)
+    params = dict(key)
+    sets = []
+    for i, (column, value) in enumerate(values.items()):
+        name = f"_v{i}"
+        params[name] = (
+            Jsonb(value) if column in ("result_json", "parameters") and value is not None else value
+        )
+        sets.append(sql.SQL("{} = %({})s").format(sql.Identifier(column), sql.SQL(name)))
+    cur = conn.execute(
+        sql.SQL("update observation o set {} where {}").format(sql.SQL(", ").join(sets), where),
+        params,
+    )
+    if cur.rowcount == 0:
+        raise NotFoundError(f"no Observation of Datastream {datastream_id} at {time.isoformat()}")
+    if "result" in values:
+        refresh_latest(conn, [datastream_id])
+
+
+def _delete_datastreams(conn: Executor, ids: list[int]) -> None:
+    if not ids:
+        return
+    delete_observations(conn, sql.SQL("o.datastream_id = any(%(_ds)s)"), {"_ds": ids})
+    conn.execute("delete from observation_latest where datastream_id = any(%s)", (ids,))
+    conn.execute("delete from datastream where id = any(%s)", (ids,))
+
+
+def delete(conn: Executor, entity_set: str, entity_id: int) -> None:
+    """Delete one entity with the cascades of the standard (see the module's docstring); 404
+    when there is none."""
+    if not exists(conn, entity_set, entity_id):
+        raise NotFoundError(f"no {entity_set[:-1]} with @iot.id {entity_id}")
+    table = TABLES[entity_set]
+    column = {
+        "Things": "thing_id",
+        "Sensors": "sensor_id",
+        "ObservedProperties": "observed_property_id",
+        "Datastreams": "id",
+    }.get(entity_set)
+    if column is not None:
+        rows = conn.execute(
+            sql.SQL("select id from datastream where {} = %s").format(sql.Identifier(column)),
+            (entity_id,),
+        ).fetchall()
+        _delete_datastreams(conn, [int(r["id"]) for r in rows])
+    if entity_set == "FeaturesOfInterest":
+        delete_observations(conn, sql.SQL("o.foi_id = %(_f)s"), {"_f": entity_id})
+    orphans: list[int] = []
+    if entity_set == "Locations":
+        rows = conn.execute(
+            "select historical_location_id as id from historical_location_location"
+            " where location_id = %s",
+            (entity_id,),
+        ).fetchall()
+        orphans = [int(r["id"]) for r in rows]
+    if entity_set != "Datastreams":
+        conn.execute(
+            sql.SQL("delete from {} where id = %s").format(sql.Identifier(table)), (entity_id,)
+        )
+    if orphans:  # HistoricalLocations left without any Location
+        conn.execute(
+            "delete from historical_location h where h.id = any(%s) and not exists"
+            " (select 1 from historical_location_location x where x.historical_location_id = h.id)",
+            (orphans,),
+        )

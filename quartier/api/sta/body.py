@@ -222,7 +222,7 @@ class Field:
     value a create stores when it is left out."""
 
     column: str
-    kind: str  # "text", "object" (JSON object or null), "geometry", "unit"
+    kind: str  # "text", "object" (JSON object or null), "geometry", "unit", "time"
     required: bool = True
     default: Any = None
 
@@ -262,6 +262,7 @@ FIELDS: dict[str, dict[str, Field]] = {
         "observedArea": Field("observed_area", "geometry", False),
         "properties": Field("properties", "object", False),
     },
+    "HistoricalLocations": {"time": Field("time", "time")},
     "FeaturesOfInterest": {
         "name": Field("name", "text"),
         "description": Field("description", "text"),
@@ -309,6 +310,8 @@ def _value(f: Field, raw: Any, path: str) -> Any:
         return _text(raw, path)
     if f.kind == "object":
         return _json_object(raw, path)
+    if f.kind == "time":
+        return instant(raw, path)
     if f.kind == "geometry":
         if raw is None and not f.required:
             return None
@@ -405,6 +408,16 @@ def patch(entity_set: str, raw: Any) -> tuple[dict[str, Any], dict[str, int]]:
     for nav, (_, many) in LINKS.get(entity_set, {}).items():
         if nav not in body:
             continue
+        if (entity_set, nav) == ("Things", "Locations"):  # the Thing moves
+            refs = body[nav]
+            if not isinstance(refs, list) or not refs:
+                raise BadRequestError(f"{nav} must be a non-empty array of links")
+            moved = [
+                entity_id(_object(x, f"{nav}[{i}]").get("@iot.id"), f"{nav}[{i}]/@iot.id")
+                for i, x in enumerate(refs)
+            ]
+            values["_locations"] = moved
+            continue
         if many:
             raise BadRequestError(
                 f"{nav}: PATCH changes an entity's own properties and to-one links; change"
@@ -417,3 +430,49 @@ def patch(entity_set: str, raw: Any) -> tuple[dict[str, Any], dict[str, int]]:
     if not values and not links:
         raise BadRequestError("the PATCH body changes nothing")
     return values, links
+
+
+def observation_patch(raw: Any, current: datetime) -> tuple[dict[str, Any], int | None]:
+    """A PATCH body of an Observation: the columns to set, and the FeatureOfInterest to link.
+    Its Datastream and phenomenonTime make its id and cannot change."""
+    body = _object(raw, "")
+    unknown = sorted(set(body) - _OBSERVATION_FIELDS)
+    if unknown:
+        raise BadRequestError(f"{unknown[0]}: an Observation has no property {unknown[0]!r}")
+    for name in ("validTime", "resultQuality"):
+        if body.get(name) is not None:
+            raise BadRequestError(f"{name}: Quartier does not store {name}")
+    if "phenomenonTime" in body and instant(body["phenomenonTime"], "phenomenonTime") != current:
+        raise BadRequestError(
+            "phenomenonTime: an Observation's id is made of its Datastream and phenomenonTime,"
+            " so it cannot change; delete the Observation and create it at the new time"
+        )
+    if "Datastream" in body or "@iot.id" in body:
+        raise BadRequestError(
+            "Datastream: an Observation cannot move to another Datastream (its id would change)"
+        )
+    values: dict[str, Any] = {}
+    if "result" in body:
+        r = body["result"]
+        if r is None:
+            raise BadRequestError("result cannot be null")
+        if isinstance(r, float) and not math.isfinite(r):
+            raise BadRequestError("result is not a finite number")
+        number = isinstance(r, int | float) and not isinstance(r, bool)
+        values["result"] = float(r) if number else None
+        values["result_json"] = None if number else r
+    if "resultTime" in body:
+        rt = body["resultTime"]
+        values["result_time"] = None if rt is None else instant(rt, "resultTime")
+    if "parameters" in body:
+        values["parameters"] = _json_object(body["parameters"], "parameters")
+    foi: int | None = None
+    if body.get("FeatureOfInterest") is not None:
+        ref = _object(body["FeatureOfInterest"], "FeatureOfInterest")
+        if set(ref) != {"@iot.id"}:
+            raise BadRequestError('FeatureOfInterest must link an existing one: {"@iot.id": <id>}')
+        foi = entity_id(ref["@iot.id"], "FeatureOfInterest/@iot.id")
+        values["foi_id"] = foi
+    if not values:
+        raise BadRequestError("the PATCH body changes nothing")
+    return values, foi
