@@ -538,6 +538,90 @@ def delete_observation(obs_id: str, request: Request, conn: Conn) -> Response:
     return Response(status_code=200)
 
 
+# --------------------------------------------------------------------------- CreateObservations
+@router.post(
+    "/CreateObservations",
+    status_code=201,
+    response_model=list[str],
+    operation_id="sta_create_observations",
+    dependencies=OBSERVATIONS,
+    responses=_ERRORS,
+)
+def create_observations(
+    request: Request, settings: AppSettings, base: BaseUrl, body: Json
+) -> JSONResponse:
+    """Creates many Observations at once from dataArrays (OGC 18-088, 14.2), through the
+    ingest writer's COPY. The answer lists, in the order of the body's rows, each created
+    Observation's selfLink or ``"error"`` for a row that was not stored (invalid, or its
+    Datastream has an Observation at that time already); ``X-Quartier-Errors`` counts them
+    and says why the first was refused."""
+    groups = b.create_observations(body, _now(), settings.ingest.max_future_seconds)
+    answers: list[str | None] = []
+    reasons: list[str] = []
+    placed: list[int] = []  # answer index of each Observation handed to the writer
+    batch = Batch(source="http")
+
+    def prepare(raw_conn: RawConn) -> None:
+        with _cursor(raw_conn) as cur:
+            for i, g in enumerate(groups):
+                w.require(cur, "Datastreams", g.datastream_id, f"[{i}]/Datastream/@iot.id")
+            wanted = sorted(
+                {
+                    r.feature.id
+                    for g in groups
+                    for r in g.rows
+                    if isinstance(r, b.NewObservation) and r.feature and r.feature.id
+                }
+            )
+            known = w.existing(cur, "FeaturesOfInterest", wanted)
+            auto: dict[int, int | None] = {}
+            for g in groups:
+                for r in g.rows:
+                    if isinstance(r, BadRequestError):
+                        answers.append(None)
+                        reasons.append(str(r))
+                        continue
+                    foi: int | None
+                    if r.feature is not None and r.feature.id is not None:
+                        foi = r.feature.id
+                        if foi not in known:
+                            answers.append(None)
+                            reasons.append(f"no FeatureOfInterest with @iot.id {foi}")
+                            continue
+                    else:
+                        if g.datastream_id not in auto:
+                            auto[g.datastream_id] = w.feature_of_datastream(cur, g.datastream_id)
+                        foi = auto[g.datastream_id]
+                    number = r.number
+                    batch.observations.append(
+                        Observation(
+                            g.datastream_id,
+                            r.time,
+                            number,
+                            None if number is not None else r.result,
+                            r.result_time,
+                            r.parameters,
+                            foi,
+                        )
+                    )
+                    placed.append(len(answers))
+                    answers.append(
+                        f"{base}{PREFIX}/Observations('{observation_id(g.datastream_id, r.time)}')"
+                    )
+
+    result = writer(request).write(batch, prepare)
+    for k in result.not_stored:
+        o = batch.observations[k]
+        answers[placed[k]] = None
+        reasons.append(f"Datastream {o.datastream_id} has an Observation at {iso(o.time)} already")
+    headers = {}
+    if reasons:
+        headers["X-Quartier-Errors"] = f"{len(reasons)}; first: {reasons[0]}"[:500]
+    return JSONResponse(
+        [a if a is not None else "error" for a in answers], status_code=201, headers=headers
+    )
+
+
 def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 

@@ -58,6 +58,16 @@ def exists(conn: Executor, entity_set: str, entity_id: int) -> bool:
     return conn.execute(query, (entity_id,)).fetchone() is not None
 
 
+def existing(conn: Executor, entity_set: str, ids: list[int]) -> set[int]:
+    """Which of ``ids`` are entities of ``entity_set``."""
+    if not ids:
+        return set()
+    query = sql.SQL("select id from {} where id = any(%s)").format(
+        sql.Identifier(TABLES[entity_set])
+    )
+    return {int(r["id"]) for r in conn.execute(query, (ids,)).fetchall()}
+
+
 def require(conn: Executor, entity_set: str, entity_id: int, where: str) -> None:
     """400 (naming ``where`` in the body) unless entity ``entity_id`` of ``entity_set`` exists."""
     if not exists(conn, entity_set, entity_id):

@@ -476,3 +476,72 @@ def observation_patch(raw: Any, current: datetime) -> tuple[dict[str, Any], int 
     if not values:
         raise BadRequestError("the PATCH body changes nothing")
     return values, foi
+
+
+# ----------------------------------------------------------------------------- CreateObservations
+#: The components a CreateObservations dataArray may carry (OGC 18-088, 14.2).
+COMPONENTS = {
+    "phenomenonTime",
+    "result",
+    "resultTime",
+    "parameters",
+    "FeatureOfInterest/id",
+    "validTime",
+    "resultQuality",
+}
+
+
+@dataclass(frozen=True)
+class DataArray:
+    """One Datastream's rows of a CreateObservations body: each an Observation, or the
+    :class:`BadRequestError` that refused it (its answer is ``"error"``)."""
+
+    datastream_id: int
+    rows: list[NewObservation | BadRequestError]
+
+
+def create_observations(raw: Any, now: datetime, max_future_seconds: int) -> list[DataArray]:
+    """A ``CreateObservations`` body: an array of ``{Datastream, components, dataArray}``. A
+    problem with the structure is a 400; a row that is not a valid Observation is refused alone
+    (the other rows are stored)."""
+    if not isinstance(raw, list) or not raw:
+        raise BadRequestError(
+            "the body must be a non-empty JSON array of {Datastream, components, dataArray}"
+        )
+    out = []
+    for i, item in enumerate(raw):
+        path = f"[{i}]"
+        obj = _object(item, path)
+        extra = sorted(set(obj) - {"Datastream", "components", "dataArray", "dataArray@iot.count"})
+        if extra:
+            raise BadRequestError(f"{path}/{extra[0]}: not a part of CreateObservations")
+        ref = _object(obj.get("Datastream"), f"{path}/Datastream")
+        ds = entity_id(ref.get("@iot.id"), f"{path}/Datastream/@iot.id")
+        components = obj.get("components")
+        if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
+            raise BadRequestError(f"{path}/components must be an array of property names")
+        for c in components:
+            if c not in COMPONENTS:
+                raise BadRequestError(
+                    f"{path}/components: {c!r} is not one of " + ", ".join(sorted(COMPONENTS))
+                )
+        if "result" not in components or len(set(components)) != len(components):
+            raise BadRequestError(f"{path}/components must name result, each component once")
+        data = obj.get("dataArray")
+        if not isinstance(data, list):
+            raise BadRequestError(f"{path}/dataArray must be an array of arrays")
+        rows: list[NewObservation | BadRequestError] = []
+        for j, values in enumerate(data):
+            rpath = f"{path}/dataArray[{j}]"
+            try:
+                if not isinstance(values, list) or len(values) != len(components):
+                    raise BadRequestError(f"{rpath} must have {len(components)} values")
+                body = dict(zip(components, values, strict=True))
+                foi = body.pop("FeatureOfInterest/id", None)
+                if foi is not None:
+                    body["FeatureOfInterest"] = {"@iot.id": foi}
+                rows.append(observation(body, now, max_future_seconds, rpath))
+            except BadRequestError as exc:
+                rows.append(exc)
+        out.append(DataArray(ds, rows))
+    return out
