@@ -365,13 +365,15 @@ def test_service_root_conformance_and_licence(client: TestClient) -> None:
     spec = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
     classes = [c for c in root["serverSettings"]["conformance"] if c.startswith(spec)]
     # exactly the classes this suite tests (paths here, request-data in test_api_sta_options,
-    # _expand and _paging, dataArray in _paging); no write, batch, multi-datastream or MQTT
+    # _expand and _paging, dataArray in _paging, create-update-delete in test_api_sta_write);
+    # no batch, multi-datastream or MQTT
     assert sorted(classes) == sorted(
         spec + c
         for c in (
             "datamodel",
             "resource-path/resource-path-to-entities",
             "request-data",
+            "create-update-delete",
             "data-array/data-array",
         )
     )

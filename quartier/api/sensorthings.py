@@ -708,12 +708,15 @@ def _snake(name: str) -> str:
 _SPEC = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
 #: The conformance classes of OGC 18-088 the read API passes (tests/test_api_sta_*.py, one group
 #: per class): the data model, resource paths (entities, properties, $value, $ref, navigation),
-#: every request-data option, and dataArray. Not (yet): create-update-delete, batch-request,
-#: multi-datastream and the two MQTT classes.
+#: every request-data option, dataArray, and create-update-delete (POST with deep insert and
+#: links by @iot.id, PATCH, PUT, DELETE with cascades, automatic HistoricalLocations:
+#: tests/test_api_sta_write.py). Not (yet): batch-request, multi-datastream and the two MQTT
+#: classes.
 CONFORMANCE = (
     f"{_SPEC}datamodel",
     f"{_SPEC}resource-path/resource-path-to-entities",
     f"{_SPEC}request-data",
+    f"{_SPEC}create-update-delete",
     f"{_SPEC}data-array/data-array",
 )
 #: Quartier's own extensions, each documented by its part of the OpenAPI description.
