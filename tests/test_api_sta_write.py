@@ -692,3 +692,62 @@ def test_create_observations_throughput(client: TestClient, settings: Settings) 
         scalar(settings, "select count(*) from observation where phenomenon_time >= %s", start) == n
     )
     print(f"CreateObservations: {n} rows in {took:.2f} s = {n / took:,.0f} observations/s")  # noqa: T201
+
+
+def test_delete_of_a_feature_of_interest_an_observed_property_and_a_historical_location(
+    client: TestClient, settings: Settings
+) -> None:
+    tid, ds = make_thing(client, settings)
+    h = key(settings, "entities:write")
+    o = client.get(f"{V}/Datastreams({ds['@iot.id']})/Observations").json()["value"][0]
+    foi = client.get(f"{path_of(o['@iot.selfLink'])}/FeatureOfInterest").json()["@iot.id"]
+    # a FeatureOfInterest takes its Observations with it
+    assert client.delete(f"{V}/FeaturesOfInterest({foi})", headers=h).status_code == 200
+    assert client.get(path_of(o["@iot.selfLink"])).status_code == 404
+    assert client.get(f"{V}/Datastreams({ds['@iot.id']})").status_code == 200
+    # a HistoricalLocation's time can change; deleting it leaves the Thing and its Location
+    (hl,) = client.get(f"{V}/Things({tid})/HistoricalLocations").json()["value"]
+    when = {"time": "2026-10-01T00:00:00Z"}
+    r = client.patch(f"{V}/HistoricalLocations({hl['@iot.id']})", json=when, headers=h)
+    assert r.status_code == 200 and r.json()["time"] == "2026-10-01T00:00:00.000Z", r.text
+    assert client.delete(f"{V}/HistoricalLocations({hl['@iot.id']})", headers=h).status_code == 200
+    assert client.get(f"{V}/Things({tid})/HistoricalLocations").json()["value"] == []
+    assert len(client.get(f"{V}/Things({tid})/Locations").json()["value"]) == 1
+    # an ObservedProperty takes its Datastreams
+    op = path_of(ds["ObservedProperty@iot.navigationLink"])
+    assert client.delete(op, headers=h).status_code == 200
+    assert client.get(op).status_code == 404
+    assert client.get(f"{V}/Datastreams({ds['@iot.id']})").status_code == 404
+    assert client.get(f"{V}/Things({tid})").status_code == 200
+
+
+def test_post_through_a_navigation_links_the_new_entity_to_its_parent(
+    client: TestClient, settings: Settings
+) -> None:
+    h = key(settings, "entities:write")
+    loc = {**LOC, "location": {"type": "Point", "coordinates": [6.95, 50.93]}}
+    r = client.post(f"{V}/Things(1)/Locations", json=loc, headers=h)
+    assert r.status_code == 201, r.text
+    assert [x["@iot.id"] for x in client.get(f"{V}/Things(1)/Locations").json()["value"]] == [
+        r.json()["@iot.id"]
+    ]
+    sensor = {**LOC, "metadata": "m"}
+    op = {**ND, "definition": "https://x/nav"}
+    ds = {**ND, "observationType": "o", "unitOfMeasurement": {"name": "n"}}
+    r = client.post(
+        f"{V}/Things(1)/Datastreams",
+        json={**ds, "Sensor": sensor, "ObservedProperty": op},
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["Thing@iot.navigationLink"].endswith("/v1.1/Things(1)")
+    r = client.post(f"{V}/Locations(1)/Things", json=ND, headers=h)
+    assert r.status_code == 201, r.text
+    assert (
+        client.get(f"{V}/Things({r.json()['@iot.id']})/Locations").json()["value"][0]["@iot.id"]
+        == 1
+    )
+    before = state(settings)
+    assert client.post(f"{V}/Things(999)/Locations", json=loc, headers=h).status_code == 404
+    assert client.post(f"{V}/Things(1)/Locations", json=loc).status_code == 401
+    assert state(settings) == before

@@ -287,7 +287,10 @@ class _Tree:
             if locations:
                 w.link_location(cur, new_id, locations, self.at)
         elif es == "Locations":
-            for thing in self._linked(new, "Things", "Things", path):
+            things = self._linked(new, "Things", "Things", path)
+            if parent is not None and parent[0] == "Things":  # POST Things(id)/Locations
+                things.append(parent[1])
+            for thing in things:
                 w.set_locations(cur, thing, [new_id], self.at)
             for i, thing_body in enumerate(new.nested.get("Things", [])):
                 self.insert(thing_body, _at(path, "Things", i), (es, new_id))
@@ -324,7 +327,13 @@ class _Tree:
 
 
 def _create_entity(
-    request: Request, conn: DictConn, base: str, who: Caller, entity_set: str, raw: Any
+    request: Request,
+    conn: DictConn,
+    base: str,
+    who: Caller,
+    entity_set: str,
+    raw: Any,
+    parent: tuple[str, int] | None = None,
 ) -> JSONResponse:
     settings: Settings = request.app.state.settings
     now = _now()
@@ -334,8 +343,10 @@ def _create_entity(
 
     def prepare(raw_conn: RawConn) -> None:
         with _cursor(raw_conn) as cur:
+            if parent is not None and not w.exists(cur, *parent):
+                raise NotFoundError(f"no {ENTITY_SETS[parent[0]]} with @iot.id {parent[1]}")
             tree = _Tree(cur, now)
-            created.append(tree.insert(new, ""))
+            created.append(tree.insert(new, "", parent))
             batch.observations.extend(tree.stored_observations())
             if batch.observations and not who.key.allows("observations:write"):
                 raise PermissionDeniedError(
@@ -622,6 +633,34 @@ def create_observations(
     )
 
 
+def _add_create_under(parent_set: str, nav: str) -> None:
+    """``POST /<parent set>(<id>)/<nav>``: the new entity linked to the parent."""
+    parent_type = ENTITY_SETS[parent_set]
+    entity_type = ENTITY_SETS[nav]
+
+    def route(
+        entity_id: int,
+        request: Request,
+        conn: Conn,
+        base: BaseUrl,
+        who: Annotated[Caller, require_scope("entities:write")],
+        body: Json,
+    ) -> JSONResponse:
+        return _create_entity(request, conn, base, who, nav, body, (parent_set, entity_id))
+
+    route.__doc__ = f"Creates a {entity_type} of one {parent_type}."
+    router.add_api_route(
+        f"/{parent_set}({{entity_id}})/{nav}",
+        route,
+        methods=["POST"],
+        status_code=201,
+        response_model=m.__dict__[entity_type],
+        operation_id=f"sta_create_{_snake(parent_type)}_{_snake(entity_type)}",
+        summary=f"Create a {entity_type} of a {parent_type}",
+        responses=_ERRORS,
+    )
+
+
 def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
@@ -630,3 +669,11 @@ for _entity_set in b.FIELDS:
     if _entity_set != "HistoricalLocations":  # made by the server when a Thing moves
         _add_create(_entity_set)
     _add_update_delete(_entity_set)
+for _parent, _nav in (
+    ("Things", "Locations"),
+    ("Things", "Datastreams"),
+    ("Locations", "Things"),
+    ("Sensors", "Datastreams"),
+    ("ObservedProperties", "Datastreams"),
+):
+    _add_create_under(_parent, _nav)
