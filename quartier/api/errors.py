@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -63,9 +64,15 @@ def status_of(exc: QuartierError) -> int:
     return next(STATUS[t] for t in type(exc).__mro__ if t in STATUS)
 
 
+#: an error message is cut here: messages quote what was wrong, and a request may carry 60 kB
+MESSAGE_MAX = 1000
+
+
 def _body(
     status: int, kind: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    if len(message) > MESSAGE_MAX:
+        message = message[: MESSAGE_MAX - 12] + " … (cut)"
     return JSONResponse(
         {"code": status, "type": kind, "message": message}, status_code=status, headers=headers
     )
@@ -140,6 +147,19 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = f"no resource at {request.url.path}"
         return _body(exc.status_code, "HTTPError", message)
+
+    @app.exception_handler(psycopg.errors.DataError)
+    @app.exception_handler(psycopg.errors.ProgramLimitExceeded)  # class 54: each one by name
+    @app.exception_handler(psycopg.errors.StatementTooComplex)
+    @app.exception_handler(psycopg.errors.TooManyColumns)
+    @app.exception_handler(psycopg.errors.TooManyArguments)
+    async def data_error(request: Request, exc: psycopg.Error) -> JSONResponse:
+        # PostgreSQL refused a value of the request (a NUL in text, a number out of range …) or
+        # its size (5,000 properties in $select): the client's mistake, whichever parameter
+        # carried it (tests/test_hostile_api.py)
+        log.info("%s %s: a value was refused: %s", request.method, request.url.path, exc)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return _body(400, "BadRequestError", f"a value of the request cannot be used: {reason}")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
