@@ -692,6 +692,16 @@ def test_create_observations_throughput(client: TestClient, settings: Settings) 
         scalar(settings, "select count(*) from observation where phenomenon_time >= %s", start) == n
     )
     print(f"CreateObservations: {n} rows in {took:.2f} s = {n / took:,.0f} observations/s")  # noqa: T201
+    # one Observation per request, as a simple client sends them
+    m = 200
+    t = time.perf_counter()
+    for i in range(m):
+        one = {"phenomenonTime": (start - timedelta(seconds=i + 1)).isoformat(), "result": i}
+        assert (
+            client.post(f"{V}/Datastreams(1)/Observations", json=one, headers=h).status_code == 201
+        )
+    took = time.perf_counter() - t
+    print(f"POST Observations: {m} in {took:.2f} s = {1000 * took / m:.1f} ms each")  # noqa: T201
 
 
 def test_delete_of_a_feature_of_interest_an_observed_property_and_a_historical_location(
@@ -751,3 +761,45 @@ def test_post_through_a_navigation_links_the_new_entity_to_its_parent(
     assert client.post(f"{V}/Things(999)/Locations", json=loc, headers=h).status_code == 404
     assert client.post(f"{V}/Things(1)/Locations", json=loc).status_code == 401
     assert state(settings) == before
+
+
+def test_the_fast_data_array_rows_equal_the_clear_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CreateObservations' fast row parser (times and numbers) gives what the full Observation
+    parser gives, for valid, invalid and odd rows."""
+    import random
+
+    from quartier.api.sta import body as b
+
+    rnd = random.Random(13)
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    times = [
+        "2026-11-01T00:00:00Z", "2026-11-01T01:00:00+01:00", "2026-11-01T00:00:00",
+        "2026-11-01T00:00:00.123456-05:30", "1989-12-31T23:59:59Z", "2026-11-28T00:04:59Z",
+        "2026-11-28T00:05:01Z", "2026-11-01T00:00:00Z/2026-11-02T00:00:00Z", "x", "", None, 5,
+        "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+    ]  # fmt: skip
+    results = [0, 1.5, -3, float("nan"), float("inf"), True, "t", None, {"a": 1}, [1], 2**70]
+    for components in (
+        ["phenomenonTime", "result"],
+        ["result", "phenomenonTime", "resultTime"],
+        ["result"],
+        ["resultTime", "result"],
+    ):
+        rows = []
+        for _ in range(400):
+            row: Any = [
+                rnd.choice(results) if c == "result" else rnd.choice(times) for c in components
+            ]
+            if rnd.random() < 0.05:
+                row = row[:-1] if rnd.random() < 0.5 else "row"
+            rows.append(row)
+        raw = [{"Datastream": {"@iot.id": 3}, "components": components, "dataArray": rows}]
+        fast = b.create_observations(raw, now, 300)
+        with monkeypatch.context() as mp:
+            mp.setattr(b, "_fast_rows", lambda *_: None)
+            clear = b.create_observations(raw, now, 300)
+        for f, c in zip(fast[0].rows, clear[0].rows, strict=True):
+            if isinstance(c, Exception):
+                assert isinstance(f, Exception) and str(f) == str(c)
+            else:
+                assert f == c

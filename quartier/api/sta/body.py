@@ -11,6 +11,7 @@ and ``resultQuality``, an interval ``phenomenonTime`` (observations are stored a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -531,7 +532,13 @@ def create_observations(raw: Any, now: datetime, max_future_seconds: int) -> lis
         if not isinstance(data, list):
             raise BadRequestError(f"{path}/dataArray must be an array of arrays")
         rows: list[NewObservation | BadRequestError] = []
+        fast = _fast_rows(ds, components, now, max_future_seconds)
         for j, values in enumerate(data):
+            if fast is not None:
+                quick = fast(values)
+                if quick is not None:
+                    rows.append(quick)
+                    continue
             rpath = f"{path}/dataArray[{j}]"
             try:
                 if not isinstance(values, list) or len(values) != len(components):
@@ -545,3 +552,61 @@ def create_observations(raw: Any, now: datetime, max_future_seconds: int) -> lis
                 rows.append(exc)
         out.append(DataArray(ds, rows))
     return out
+
+
+_FAST_COMPONENTS = frozenset({"phenomenonTime", "result", "resultTime"})
+
+
+def _fast_rows(
+    ds: int, components: list[str], now: datetime, max_future_seconds: int
+) -> Callable[[Any], NewObservation | None] | None:
+    """For dataArrays of times and numbers only: a row parser that takes plainly valid rows
+    (RFC 3339 times with a zone, in range; a finite number) and returns None for any other, which
+    :func:`observation` then parses (and names what is wrong). The same Observation either way
+    (tests/test_api_sta_write.py feeds both the same rows)."""
+    if not set(components) <= _FAST_COMPONENTS:
+        return None
+    n = len(components)
+    it = components.index("phenomenonTime") if "phenomenonTime" in components else -1
+    ir = components.index("result")
+    irt = components.index("resultTime") if "resultTime" in components else -1
+    latest = now + timedelta(seconds=max_future_seconds)
+    default_time = now.astimezone(UTC)
+
+    def when(raw: Any, upper: datetime | None) -> datetime | None:
+        if type(raw) is not str or "/" in raw:
+            return None
+        try:
+            t = datetime.fromisoformat(raw)
+        except ValueError:
+            return None
+        if t.tzinfo is None:
+            return None
+        try:
+            t = t.astimezone(UTC)
+        except OverflowError:
+            return None
+        if t < EARLIEST or (upper is not None and t > upper):
+            return None
+        return t
+
+    def parse(values: Any) -> NewObservation | None:
+        if type(values) is not list or len(values) != n:
+            return None
+        r = values[ir]
+        if type(r) is float:
+            if not math.isfinite(r):
+                return None
+        elif type(r) is not int:
+            return None
+        t = default_time if it < 0 or values[it] is None else when(values[it], latest)
+        if t is None:
+            return None
+        rt = None
+        if irt >= 0 and values[irt] is not None:
+            rt = when(values[irt], None)
+            if rt is None:
+                return None
+        return NewObservation(None, t, r, rt)
+
+    return parse
