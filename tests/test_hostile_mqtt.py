@@ -300,7 +300,7 @@ def test_ingester_survives_a_fuzz_run_while_valid_traffic_lands(
         devices = [r[0] for r in conn.execute("select name from thing").fetchall()]
 
     # every valid reading exactly once, nothing else
-    want_rows = Counter()
+    want_rows: Counter[tuple[str, datetime, float]] = Counter()
     for i in range(VALID):
         for q, v in (("pm25", i % 50), ("pm10", i % 70)):
             want_rows[(q, T0 + timedelta(seconds=i), float(v))] += 1

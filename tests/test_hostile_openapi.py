@@ -83,7 +83,7 @@ def api_app(service_urls: ServiceUrls, template_db: str) -> Iterator[FastAPI]:
     try:
         seed(url)
         settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             database={"url": url},
             mqtt={"url": service_urls.mqtt_url},
             api={"rate_per_second": 0},  # schemathesis sends hundreds of requests a second
@@ -129,7 +129,7 @@ def api_schema(api_app: FastAPI) -> Any:
 def _operations() -> list[Any]:
     """Every operation of the document (which needs no database to be made): without a key, and
     those that declare a key with one too (a key changes nothing for reads of open data)."""
-    app = create_app(Settings(_env_file=None, database={"url": "host=127.0.0.1 port=1"}))  # type: ignore[call-arg]
+    app = create_app(Settings(_env_file=None, database={"url": "host=127.0.0.1 port=1"}))
     out = []
     for path, ops in app.openapi()["paths"].items():
         for method, op in ops.items():
@@ -217,7 +217,7 @@ def test_every_operation(
 def test_value_paths_declare_their_content_type(api_app: FastAPI) -> None:
     doc = api_app.openapi()
     declared = doc["paths"]["/v1.1/Things({entity_id})/name/$value"]["get"]["responses"]["200"]
-    with TestClient(_Requests(api_app)) as client:  # type: ignore[arg-type]
+    with TestClient(_Requests(api_app)) as client:
         r = client.get("/v1.1/Things(1)/name/$value")
     assert r.status_code == 200
     assert r.headers["content-type"].split(";")[0] in declared.get("content", {})
