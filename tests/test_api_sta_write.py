@@ -803,3 +803,18 @@ def test_the_fast_data_array_rows_equal_the_clear_parser(monkeypatch: pytest.Mon
                 assert isinstance(f, Exception) and str(f) == str(c)
             else:
                 assert f == c
+
+
+def test_a_body_that_is_not_json_is_a_400(client: TestClient, settings: Settings) -> None:
+    h = {
+        **key(settings, "observations:write", "entities:write"),
+        "content-type": "application/json",
+    }
+    before = state(settings)
+    for url in (f"{V}/Observations", f"{V}/Things", f"{V}/CreateObservations"):
+        for content in (b"{", b"", b"\xff"):
+            r = client.post(url, content=content, headers=h)
+            assert r.status_code == 400, (url, content, r.text)
+            assert r.json()["code"] == 400
+    assert client.patch(f"{V}/Things(1)", content=b"[", headers=h).status_code == 400
+    assert state(settings) == before
