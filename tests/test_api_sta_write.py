@@ -98,6 +98,7 @@ def test_post_observation_is_created_read_back_and_audited(
     # the automatic FeatureOfInterest: the Thing's Location, made once
     foi = client.get(f"{path_of(created['@iot.selfLink'])}/FeatureOfInterest").json()
     assert foi["feature"] == {"type": "Point", "coordinates": [6.9, 50.9]}
+    assert created["FeatureOfInterest@iot.navigationLink"] == foi["@iot.selfLink"]
     r2 = client.post(
         f"{V}/Observations",
         json={**body, "phenomenonTime": (t + timedelta(minutes=1)).isoformat()},

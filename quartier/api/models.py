@@ -91,6 +91,12 @@ class Observation(_Entity):
     result: Any
     parameters: dict[str, Any] | None = None
     datastream_link: str = Field(alias="Datastream@iot.navigationLink")
+    #: only when the Observation has a FeatureOfInterest (ingest stores none)
+    feature_of_interest_link: str | None = Field(
+        default=None,
+        alias="FeatureOfInterest@iot.navigationLink",
+        exclude_if=lambda v: v is None,
+    )
 
 
 class FeatureOfInterest(_Entity):

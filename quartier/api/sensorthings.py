@@ -79,7 +79,7 @@ def _pick(body: dict[str, Any], select: tuple[Path, ...], entity_type: str) -> d
             out["@iot.id"] = body["@iot.id"]
         elif name in navs:
             key = f"{name}@iot.navigationLink"
-            if key in body:  # an Observation's FeatureOfInterest is not linked yet
+            if key in body:  # an Observation without a FeatureOfInterest has no link
                 out[key] = body[key]
         else:
             out[name] = body.get(name)
@@ -665,6 +665,9 @@ def _observation(r: dict[str, Any], base: str) -> m.Observation:
         result=r["result"] if r["result_json"] is None else r["result_json"],
         parameters=r["parameters"],
         datastream_link=_link(base, "Datastreams", r["datastream_id"]),
+        feature_of_interest_link=(
+            None if r["foi_id"] is None else _link(base, "FeaturesOfInterest", r["foi_id"])
+        ),
     )
 
 
