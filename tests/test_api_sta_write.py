@@ -570,17 +570,17 @@ def test_writes_run_with_the_services_own_roles(
 
     from quartier.store import roles
 
-    chosen = {r: secrets.token_urlsafe(16) for r in (roles.API, roles.INGEST)}
+    chosen = {role: secrets.token_urlsafe(16) for role in (roles.API, roles.INGEST)}
     with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        for r, password in chosen.items():
-            roles.set_login(conn, r, r, password)
+        for role, password in chosen.items():
+            roles.set_login(conn, role, role, password)
     url = settings.require_database_url()
 
-    def login(r: str) -> str:
-        return psycopg.conninfo.make_conninfo(url, user=r, password=chosen[r])
+    def login(role: str) -> str:
+        return psycopg.conninfo.make_conninfo(url, user=role, password=chosen[role])
 
     own = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database={"url": url, "api_url": login(roles.API), "ingest_url": login(roles.INGEST)},
         mqtt={"url": service_urls.mqtt_url},
     ).for_service("api")
