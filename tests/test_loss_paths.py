@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -289,6 +290,32 @@ def test_a_message_whose_data_the_database_refuses_is_still_isolated(
     bad = Message("quartier/v1/n/b/speedtest", b"", T)
     batch = Batch()
     for msg, operator in ((good, "Telekom"), (bad, "Tele\x00kom")):
+        batch.speedtests.append(
+            SpeedTest("app", msg.topic, T, Position(50.94, 6.96), 100.0, 40.0, 12.0, "5G", operator)
+        )
+    per_message = {good.topic: batch.speedtests[0], bad.topic: batch.speedtests[1]}
+    ing._batch = lambda msgs: Batch(speedtests=[per_message[m.topic] for m in msgs])  # type: ignore[method-assign]
+    try:
+        assert ing._store(ing._writers[0], [good, bad], batch)
+    finally:
+        ing._writers[0].close()
+    assert count(db_url, "select count(*) from speedtest") == 1
+    assert _open_rejects(db_url) == [(bad.topic, "store_error", False)]
+    assert ing.stats.db_errors == 0
+
+
+def test_a_value_beyond_a_database_limit_costs_only_its_message(settings: Settings, db_url: str):
+    """A value that exceeds one of PostgreSQL's program limits (class 54, here an index entry
+    larger than a btree page allows) belongs to the data too: only that message becomes a
+    reject, and the ingester does not retry it forever (it did, acknowledging nothing)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("create index speedtest_operator_test_idx on speedtest (operator)")
+    ing = Ingester(settings)
+    good = Message("quartier/v1/n/a/speedtest", b"", T)
+    bad = Message("quartier/v1/n/b/speedtest", b"", T)
+    huge = secrets.token_urlsafe(9000)  # 12,000 random characters: they do not compress
+    batch = Batch()
+    for msg, operator in ((good, "Telekom"), (bad, huge)):
         batch.speedtests.append(
             SpeedTest("app", msg.topic, T, Position(50.94, 6.96), 100.0, 40.0, 12.0, "5G", operator)
         )

@@ -404,8 +404,14 @@ class Ingester:
         st.lag_s = (datetime.now(UTC) - msgs[0].received_at).total_seconds()
 
 
-#: errors that belong to the data written, not to the database: only these make messages rejects
-_DATA_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+#: errors that belong to the data written, not to the database: only these make messages rejects.
+#: A program limit (class 54: e.g. a value too large for an index entry) is one message's too;
+#: retried, it would fail forever and stall every message behind it.
+_DATA_ERRORS = (
+    psycopg.errors.DataError,
+    psycopg.errors.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+)
 
 _GAVE_UP = (
     psycopg.errors.DeadlockDetected,
