@@ -37,10 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 DENIED = psycopg.errors.InsufficientPrivilege
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def passwords(service_urls: Any) -> dict[str, str]:
     """Logins for quartier_api and quartier_ingest on the test cluster (roles are cluster-wide;
-    the conftest's template migration created them)."""
+    the conftest's template migration created them). Set for each test: other tests (here and
+    in other files) give these roles other passwords."""
     chosen = {role: secrets.token_urlsafe(16) for role in (roles.API, roles.INGEST)}
     with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
         for role, password in chosen.items():
