@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
 
 from quartier.api.sta import ast
@@ -410,11 +410,32 @@ def _describe(option: str, text: str, e: UnexpectedInput) -> BadRequestError:
 _LAMBDA = re.compile(r"/\s*(?P<op>any|all)\s*\(")
 
 
+#: The deepest expression tree a query option may make. The parser itself keeps its own stack,
+#: but turning the tree into the AST, compiling and evaluating it recurse: 5,000 ``not`` or
+#: 3,000 ``and`` would pass Python's recursion limit. Real queries are a few levels deep.
+MAX_DEPTH = 200
+
+
+def _depth(tree: Tree[Any]) -> int:
+    """The tree's depth, without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+    return deepest
+
+
 def _parse(option: str, text: str, start: str) -> Any:
     if not text.strip():
         raise BadRequestError(f"{option} is empty")
     try:
         tree = _parser().parse(text, start=start)
+        if _depth(tree) > MAX_DEPTH:
+            raise BadRequestError(
+                f"{option} is nested too deeply (more than {MAX_DEPTH} levels of operators, "
+                "functions or parentheses)"
+            )
         return _ToAst(text).transform(tree)
     except UnexpectedInput as e:
         lambda_ = _LAMBDA.search(text)
