@@ -209,11 +209,6 @@ def test_every_operation(
             assert mode is GenerationMode.NEGATIVE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SensorThings /$value answers text/plain but the document declares application/json "
-    "(quartier/api/sensorthings.py, for the integrator)",
-)
 def test_value_paths_declare_their_content_type(api_app: FastAPI) -> None:
     doc = api_app.openapi()
     declared = doc["paths"]["/v1.1/Things({entity_id})/name/$value"]["get"]["responses"]["200"]

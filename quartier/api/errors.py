@@ -126,7 +126,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(QuartierError)
     async def quartier_error(request: Request, exc: QuartierError) -> JSONResponse:
         status = status_of(exc)
-        if status >= 500:
+        if status == 501:  # a client asked for what is not implemented: not a server fault
+            log.info("%s %s: %s", request.method, request.url.path, exc)
+        elif status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
         headers = (
             {"WWW-Authenticate": exc.challenge} if isinstance(exc, AuthenticationError) else None

@@ -925,6 +925,14 @@ def _add_property(entity_set: str, prop: str) -> None:
         raw_route,
         operation_id=f"{op}_value",
         summary=f"One {entity_type}'s {prop}, the value alone",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+                "description": "the value as text (JSON for objects and arrays)",
+            },
+            204: {"description": "the value is null"},
+        },
     )
 
 
