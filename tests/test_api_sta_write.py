@@ -819,3 +819,26 @@ def test_a_body_that_is_not_json_is_a_400(client: TestClient, settings: Settings
             assert r.json()["code"] == 400
     assert client.patch(f"{V}/Things(1)", content=b"[", headers=h).status_code == 400
     assert state(settings) == before
+
+
+def test_a_device_fed_thing_or_datastream_is_not_deleted(
+    client: TestClient, settings: Settings
+) -> None:
+    """Thing 1 and Datastream 1 are fed by the registered device net/a-1: a running ingester
+    keeps their ids and would go on writing to them, so DELETE is a 409 that says what to do
+    instead, and nothing is deleted (its Sensor and ObservedProperty neither)."""
+    h = key(settings, "entities:write")
+    before = state(settings)
+    ds = client.get(f"{V}/Datastreams(1)").json()
+    for path in (
+        f"{V}/Things(1)",
+        f"{V}/Datastreams(1)",
+        path_of(ds["Sensor@iot.navigationLink"]),
+        path_of(ds["ObservedProperty@iot.navigationLink"]),
+    ):
+        r = client.delete(path, headers=h)
+        assert r.status_code == 409, (path, r.text)
+        message = r.json()["message"]
+        assert "net/a-1" in message and "quartier devices revoke" in message
+    assert state(settings) == before
+    assert client.get(f"{V}/Things(1)").status_code == 200

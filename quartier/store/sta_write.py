@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from quartier.errors import BadRequestError, NotFoundError
+from quartier.errors import BadRequestError, ConflictError, NotFoundError
 from quartier.store.db import DictConn
 from quartier.store.timeseries import ORIGIN
 
@@ -240,11 +240,44 @@ def _delete_datastreams(conn: Executor, ids: list[int]) -> None:
     conn.execute("delete from datastream where id = any(%s)", (ids,))
 
 
+#: the devices (network, key) whose readings feed an entity: a Thing, or the Datastreams of a
+#: Datastream, Sensor or ObservedProperty
+_FED_BY = {
+    "Things": "select d.network, d.device_key from device d where d.thing_id = %s",
+    "Datastreams": "select d.network, d.device_key from device d join device_datastream dd"
+    " on dd.device_id = d.id where dd.datastream_id = %s",
+    "Sensors": "select d.network, d.device_key from device d join device_datastream dd"
+    " on dd.device_id = d.id join datastream s on s.id = dd.datastream_id where s.sensor_id = %s",
+    "ObservedProperties": "select d.network, d.device_key from device d join device_datastream dd"
+    " on dd.device_id = d.id join datastream s on s.id = dd.datastream_id"
+    " where s.observed_property_id = %s",
+}
+
+
+def _refuse_device_fed(conn: Executor, entity_set: str, entity_id: int) -> None:
+    """A registered device's Thing or Datastreams are not deleted over the API: its readings go
+    on arriving, and a running ingester, which keeps the device's ids, would go on writing to
+    them. The device is stopped first (``quartier devices revoke``), then erased with its data
+    (``quartier privacy erase``)."""
+    query = _FED_BY.get(entity_set)
+    if query is None:
+        return
+    rows = conn.execute(query + " limit 3", (entity_id,)).fetchall()
+    if rows:
+        devices = ", ".join(f"{r['network']}/{r['device_key']}" for r in rows)
+        raise ConflictError(
+            f"{entity_set}({entity_id}) is fed by the registered device(s) {devices}, whose "
+            "readings go on arriving: revoke the device (quartier devices revoke) and erase it "
+            "with its data (quartier privacy erase --device …) instead"
+        )
+
+
 def delete(conn: Executor, entity_set: str, entity_id: int) -> None:
     """Delete one entity with the cascades of the standard (see the module's docstring); 404
     when there is none."""
     if not exists(conn, entity_set, entity_id):
         raise NotFoundError(f"no {entity_set[:-1]} with @iot.id {entity_id}")
+    _refuse_device_fed(conn, entity_set, entity_id)
     table = TABLES[entity_set]
     column = {
         "Things": "thing_id",
