@@ -674,7 +674,8 @@ def _merged_cells(e: npt.NDArray[Any], n: npt.NDArray[Any]) -> gpd.GeoDataFrame:
     x, y = np.asarray(e, dtype=np.float64), np.asarray(n, dtype=np.float64)
     squares = shapely.box(x, y, x + size, y + size)
     merged = shapely.coverage_union_all(squares) if len(squares) else shapely.Polygon()
-    parts = shapely.get_parts(merged)
+    # without the vertices in the middle of straight edges (one per cell side)
+    parts = shapely.simplify(shapely.get_parts(merged), 0.0)
     frame = gpd.GeoDataFrame(geometry=gpd.GeoSeries(parts, crs=grid.GRID_CRS))
     return frame.to_crs(4326)
 
