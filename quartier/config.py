@@ -219,6 +219,10 @@ class ApiSettings(BaseModel):
     #: reverse proxy, run uvicorn with ``--forwarded-allow-ips`` so the address is the client's.
     rate_per_second: float = 20.0
     rate_burst: int = 200
+    #: The same per API key (``Authorization: Bearer …`` / ``X-API-Key``), counted besides the
+    #: address's: a leaked key used from many addresses is limited too (0: no limit per key).
+    key_rate_per_second: float = 20.0
+    key_rate_burst: int = 200
     #: ``GET /indicators`` serves stored values; older than this (seconds), a read recomputes
     #: them first (the maintenance round refreshes them at this interval too).
     indicators_max_age_seconds: float = Field(default=300.0, gt=0)

@@ -218,6 +218,27 @@ def test_token_buckets_are_per_address() -> None:
     assert b.take("a", 0.5) > 0
 
 
+def test_each_api_key_has_its_own_limit_besides_the_address(settings: Settings) -> None:
+    """A key that has spent its tokens gets 429 naming the key, from any address; another key
+    and requests without a key go on (the address's own budget is large here)."""
+    limited = with_api(
+        settings, rate_per_second=100.0, rate_burst=1000, key_rate_per_second=0.01, key_rate_burst=2
+    )
+    a = {"Authorization": "Bearer qk_made-up-key-a"}
+    b = {"X-API-Key": "qk_made-up-key-b"}
+    with TestClient(create_app(limited)) as client:
+        assert [client.get("/v1.1/Things", headers=a).status_code for _ in range(2)] == [200, 200]
+        r = client.get("/v1.1/Things", headers=a)
+        assert r.status_code == 429
+        assert "API key" in r.json()["message"] and 90 <= int(r.headers["Retry-After"]) <= 100
+        # the same key in the other header is the same bucket
+        assert (
+            client.get("/v1.1/Things", headers={"X-API-Key": "qk_made-up-key-a"}).status_code == 429
+        )
+        assert client.get("/v1.1/Things", headers=b).status_code == 200
+        assert client.get("/v1.1/Things").status_code == 200
+
+
 def test_too_many_requests_are_a_429_with_retry_after(settings: Settings) -> None:
     # one token per 100 s: the bucket does not refill noticeably while a loaded machine answers
     limited = with_api(settings, rate_per_second=0.01, rate_burst=3)

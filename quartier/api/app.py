@@ -3,6 +3,7 @@ limits every request meets (a capped body, a statement timeout on the pooled con
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -78,9 +79,17 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.pool = pool
     errors.install(app)
     app.add_middleware(BodyCap, limit=settings.api.max_body_bytes)
-    if settings.api.rate_per_second > 0:  # outermost: a refused client costs no body read
-        buckets = TokenBuckets(settings.api.rate_per_second, settings.api.rate_burst)
-        app.add_middleware(RateLimit, buckets=buckets)
+    api = settings.api
+    if api.rate_per_second > 0 or api.key_rate_per_second > 0:  # outermost: no body read
+        app.add_middleware(
+            RateLimit,
+            buckets=TokenBuckets(api.rate_per_second, api.rate_burst)
+            if api.rate_per_second > 0
+            else None,
+            key_buckets=TokenBuckets(api.key_rate_per_second, api.key_rate_burst)
+            if api.key_rate_per_second > 0
+            else None,
+        )
     # open data: gzip for large bodies, and any web page may read (not write) it
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     app.add_middleware(
@@ -188,28 +197,49 @@ class TokenBuckets:
 
 
 class RateLimit:
-    """Answers 429 with ``Retry-After`` to a client address over its :class:`TokenBuckets` rate
-    (``/health`` is exempt: monitors poll it). Runs on the event loop, so no lock is needed."""
+    """Answers 429 with ``Retry-After`` to a client address over its :class:`TokenBuckets` rate,
+    and to an API key over its own (a request with a key counts against both; the key is not
+    checked here, only hashed, so a made-up key still spends its address's tokens). ``/health``
+    is exempt: monitors poll it. Runs on the event loop, so no lock is needed."""
 
-    def __init__(self, app: ASGIApp, buckets: TokenBuckets) -> None:
+    def __init__(
+        self, app: ASGIApp, buckets: TokenBuckets | None, key_buckets: TokenBuckets | None = None
+    ) -> None:
         self.app = app
         self.buckets = buckets
+        self.key_buckets = key_buckets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/health":
             await self.app(scope, receive, send)
             return
+        now = time.monotonic()
         client = scope.get("client")
-        wait = self.buckets.take(client[0] if client else "", time.monotonic())
+        wait, who = 0.0, "this address"
+        if self.buckets is not None:
+            wait = self.buckets.take(client[0] if client else "", now)
+        if wait <= 0 and self.key_buckets is not None:
+            key = _api_key(scope)
+            if key is not None:
+                wait, who = self.key_buckets.take(key, now), "this API key"
         if wait > 0:
             retry_after = math.ceil(wait)
             exc = RateLimitedError(
-                f"too many requests from this address; retry after {retry_after} s", retry_after
+                f"too many requests from {who}; retry after {retry_after} s", retry_after
             )
             headers = {"Retry-After": str(retry_after)}
             await _error_response(exc, headers)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _api_key(scope: Scope) -> str | None:
+    """A digest of the request's API key (``Authorization: Bearer`` or ``X-API-Key``), if any:
+    the bucket's name, so that keys are not kept in memory."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-api-key" or (name == b"authorization" and value[:7].lower() == b"bearer "):
+            return hashlib.sha256(value.rsplit(b" ", 1)[-1].strip()).hexdigest()[:32]
+    return None
 
 
 def _check_database(conn: DictConn) -> ComponentHealth:
