@@ -9,6 +9,7 @@ unchanged afterwards.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -110,8 +111,14 @@ def test_injection_through_every_query_option(
     assert everything.status_code == 200
     all_ids = ids(everything.json())
     statuses: dict[int, int] = {}
+    # every attack on Things; on the other sets (the same parser and compiler, other
+    # properties) a third of them, a different third per set, so that every attack still meets
+    # several sets (QUARTIER_HOSTILE_ALL=1: all on all, about 3x the time)
+    attacks = ATTACKS
+    if entity_set != "Things" and not os.environ.get("QUARTIER_HOSTILE_ALL"):
+        attacks = ATTACKS[SETS.index(entity_set) % 3 :: 3]
     for option in OPTIONS:
-        for attack in ATTACKS:
+        for attack in attacks:
             r = client.get(f"/v1.1/{entity_set}", params={option: attack})
             answered_well(r)
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
