@@ -477,6 +477,29 @@ def test_erase_removes_a_citizen_devices_thing_and_observations(
     assert rows(db_url, "select count(*) from device where device_key = 'balcony-9'")[0][0] == 0
 
 
+def test_erasing_a_registered_device_says_to_revoke_it_and_restart_ingesters(
+    settings: Settings, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running ingester keeps a registered device's ids: the command says what to do."""
+    _write(
+        db_url,
+        Uplink(
+            "citizen-air",
+            "balcony-7",
+            [Reading("pm25", NOW - timedelta(hours=1), 5.0)],
+            Position(50.9, 6.9),
+        ),
+    )
+    monkeypatch.setenv("QUARTIER_DATABASE__URL", db_url)
+    monkeypatch.setenv("QUARTIER_MQTT__URL", settings.require_mqtt_url())
+    monkeypatch.setenv("QUARTIER_PRIVACY__PSEUDONYM_SECRET", SECRET)
+    r = CliRunner().invoke(cli_app, ["privacy", "erase", "--device", "balcony-7", "--yes"])
+    assert r.exit_code == 0, r.output
+    assert "1 thing" in " ".join(r.output.split())
+    assert "quartier devices revoke" in " ".join(r.output.split())
+    assert "restart running ingesters" in " ".join(r.output.split())
+
+
 def test_generated_secret_file_is_not_world_readable(tmp_path: Path) -> None:
     dev = Settings(_env_file=None, services={"state_dir": tmp_path})
     pseudonymizer(dev)

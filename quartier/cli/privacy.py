@@ -88,6 +88,12 @@ def privacy_erase(
         deleted = privacy.erase_device(conn, pseudonym, raw, reference=reference)
         conn.commit()
     console.print("erased: " + ", ".join(f"{n} {table}" for table, n in sorted(deleted.items())))
+    if deleted.get("thing"):
+        console.print(
+            "note: a registered device was erased: revoke its account first (quartier devices "
+            "revoke) so that it sends nothing more, and restart running ingesters, which keep "
+            "the device's ids until then"
+        )
     if raw is None:
         console.print(
             "note: given as a pseudonym, refused messages and registered Things (kept under "
