@@ -339,6 +339,8 @@ class Demo:
                 f"                          {base}/v1.1/Datastreams\n"
                 f"                          {base}/v1.1/Datastreams(1)/Observations\n"
                 f"  Coverage map (Karte)    {base}/maps/coverage\n"
+                f"  Mobile map (Mobilfunk)  {base}/maps/mobile\n"
+                f"  Sensor map (Sensoren)   {base}/maps/sensors\n"
                 f"  Indicators              {base}/indicators\n"
                 f"  Health                  {base}/health\n"
                 f"  Strategy evaluation     {base}/strategy/evaluations/latest\n"
