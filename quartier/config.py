@@ -90,6 +90,18 @@ class DatabaseSettings(BaseModel):
     ingest_password_file: Path | None = None
     #: Audit rows (``audit_event``) older than this are deleted by ``quartier db maintain``.
     audit_retention: timedelta | None = timedelta(days=365)
+    #: Read-only standbys (PostgreSQL streaming replicas) the API reads open data from
+    #: (SensorThings reads, aggregates, coverage, OGC, maps; docs/scaling.md), e.g.
+    #: ``QUARTIER_DATABASE__REPLICA_URLS='["postgresql://quartier_api@standby1/quartier"]'``;
+    #: writes, and every request with an API key, use ``api_url``. ``replica_password_file``
+    #: holds the password of those without one in their URL (the API login's: a standby has the
+    #: primary's roles). A replica whose replay is more than ``replica_max_lag_seconds`` behind,
+    #: or that does not answer, is skipped until a check (every ``replica_check_seconds``)
+    #: finds it fit again.
+    replica_urls: list[str] = []
+    replica_password_file: Path | None = None
+    replica_max_lag_seconds: float = Field(default=5.0, gt=0)
+    replica_check_seconds: float = Field(default=1.0, gt=0)
 
     def service_url(self, service: Literal["owner", "api", "ingest"]) -> str | None:
         """The URL ``service`` logs in with (``url`` where its own is not set), with the password
