@@ -46,13 +46,14 @@ INGEST_WRITES = (
     "thing", "location", "thing_location", "historical_location", "historical_location_location",
     "sensor", "observed_property", "datastream", "feature_of_interest", "device",
     "device_datastream", "observation", "observation_latest", "observation_dirty", "speedtest",
-    "ingest_reject",
+    "ingest_reject", "multi_datastream", "multi_datastream_observed_property",
 )  # fmt: skip
 #: ... and deletes from (a Thing's current location is replaced; the SensorThings API's DELETE
 #: and PATCH run as the ingest login, quartier.api.sta_write, with the cascades of the standard)
 INGEST_DELETES = (
     "thing_location", "thing", "location", "historical_location", "sensor", "observed_property",
     "datastream", "feature_of_interest", "observation", "observation_latest", "observation_dirty",
+    "multi_datastream", "multi_datastream_observed_property",
 )  # fmt: skip
 #: tables the ingest only reads (device_credential: the HTTP ingest's per-device passwords)
 INGEST_READS = ("quartier_meta", "schema_migrations", "device_credential")
