@@ -205,8 +205,12 @@ class BatchWriter:
         #: once its conflict check has decompressed that many rows in one transaction, e.g. when
         #: an archive import backfills compressed weeks.
         self.decompress_limit = 0
+        #: between ``begin`` and ``end``: ``write`` neither commits nor rolls back
+        self._held = False
 
     def _connection(self) -> Conn:
+        if self._held and (self._conn is None or self._conn.closed):
+            raise psycopg.OperationalError("the connection of the held transaction was lost")
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.url, application_name="quartier-ingest")
             row = self._conn.execute("select version()").fetchone()
@@ -235,6 +239,34 @@ class BatchWriter:
             self._conn.close()
             self._conn = None
 
+    def begin(self) -> None:
+        """Hold one transaction over the ``write`` calls until ``end`` (SensorThings ``$batch``
+        change sets: several requests, all stored or none): ``write`` then neither commits nor
+        rolls back, and an error it raises leaves the rollback to ``end``."""
+        self._connection()
+        self._held = True
+
+    def end(self, commit: bool) -> None:
+        """Commit (``commit``) or roll back the held transaction of ``begin``; a failed commit
+        raises ``psycopg.Error`` with everything rolled back."""
+        self._held = False
+        conn = self._conn
+        if conn is None or conn.closed:
+            if commit:
+                raise psycopg.OperationalError("the connection of the held transaction was lost")
+            return
+        committed = False
+        try:
+            if commit:
+                conn.commit()
+                committed = True
+        finally:
+            if not committed:
+                if not conn.closed:
+                    conn.rollback()
+                self._months.clear()  # partitions made in the transaction are gone with it
+                self.registry.clear()
+
     def write(
         self,
         batch: Batch,
@@ -254,6 +286,10 @@ class BatchWriter:
             if prepare is not None:
                 prepare(conn)
             result = self._write(conn, batch)
+            if self._held:  # end() commits or rolls back
+                if all_or_nothing and result.not_stored:
+                    result.observations = 0
+                return result
             if all_or_nothing and result.not_stored:
                 conn.rollback()
                 self._months.clear()  # partitions made in this transaction are gone with it
@@ -262,6 +298,8 @@ class BatchWriter:
                 return result
             conn.commit()
         except BaseException:
+            if self._held:  # end() rolls back
+                raise
             self.registry.clear()  # registrations of this transaction were rolled back
             if not conn.closed:
                 conn.rollback()
