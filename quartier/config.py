@@ -226,6 +226,8 @@ class ApiSettings(BaseModel):
     statement_timeout_seconds: float = 10.0
     #: Largest ``$skip`` / offset accepted (400 above it): deep offsets cost a scan each.
     max_skip: int = 1_000_000
+    #: Most requests one SensorThings ``$batch`` may hold (413 above it).
+    max_batch_requests: int = Field(default=1000, ge=1)
     #: Requests per second each client address may make on average (0: no limit), and how many
     #: it may make at once above that; more are answered 429 with ``Retry-After``. Behind a
     #: reverse proxy, run uvicorn with ``--forwarded-allow-ips`` so the address is the client's.
