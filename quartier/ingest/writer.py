@@ -239,12 +239,14 @@ class BatchWriter:
             self._conn.close()
             self._conn = None
 
-    def begin(self) -> None:
+    def begin(self) -> Conn:
         """Hold one transaction over the ``write`` calls until ``end`` (SensorThings ``$batch``
         change sets: several requests, all stored or none): ``write`` then neither commits nor
-        rolls back, and an error it raises leaves the rollback to ``end``."""
-        self._connection()
+        rolls back, and an error it raises leaves the rollback to ``end``. The connection, for
+        reads that must see the transaction's writes."""
+        conn = self._connection()
         self._held = True
+        return conn
 
     def end(self, commit: bool) -> None:
         """Commit (``commit``) or roll back the held transaction of ``begin``; a failed commit
