@@ -46,7 +46,7 @@ import shapely
 from pydantic import BaseModel, ConfigDict, Field
 
 from quartier.geo import grid
-from quartier.geo.gaps import CELL, KEY_MULT, PriorityWeights, find_clusters
+from quartier.geo.gaps import CELL, KEY_MULT, Clusters, PriorityWeights, find_clusters
 from quartier.geo.memory import release_free_memory
 from quartier.geo.profiles import GERMAN_FUNDING, Profile
 
@@ -376,13 +376,23 @@ def _mobile(
     return mask, measured, np.bincount(idx, minlength=n_cells).astype(np.int64)
 
 
+def operator_counts(signals: pd.DataFrame) -> dict[str, int]:
+    """Measurements per operator name (those with at least one)."""
+    if "operator" not in signals.columns or len(signals) == 0:
+        return {}
+    counts = signals["operator"].value_counts(sort=False)
+    return {str(k): int(v) for k, v in counts.items() if v > 0}
+
+
 def _operators(signals: pd.DataFrame) -> list[str]:
     """The operators of the measurements: the most measured :data:`MAX_OPERATORS`, by name."""
-    if "operator" not in signals.columns or len(signals) == 0:
-        return []
-    counts = signals["operator"].value_counts(sort=False)
-    counts = counts[counts > 0]
-    counts.index = counts.index.astype(str)
+    return top_operators(operator_counts(signals))
+
+
+def top_operators(measurements: dict[str, int]) -> list[str]:
+    """The :data:`MAX_OPERATORS` operators with the most measurements (``measurements``: count
+    per name; ties by name), sorted by name."""
+    counts = pd.Series({k: v for k, v in sorted(measurements.items()) if v > 0}, dtype=np.int64)
     top = counts.sort_values(ascending=False, kind="stable").head(MAX_OPERATORS)
     if len(counts) > MAX_OPERATORS:
         log.warning("only the %d most measured of %d operators are analysed", MAX_OPERATORS,
@@ -396,6 +406,76 @@ def _operators(signals: pd.DataFrame) -> list[str]:
 def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> CoverageResult:
     """Run the whole analysis; see the module docstring."""
     p = params or AnalysisParams()
+    codes, names = district_names(inputs.districts)
+    operators = _operators(inputs.signals)
+    part = analyse_cells(inputs, p, operators, codes, names)
+    columns, counts = part.columns, part.counts
+    keys = part.keys
+    gap_rows = np.flatnonzero(columns["is_gap"])
+    clusters = find_clusters(
+        keys[gap_rows],
+        columns["households"][gap_rows].astype(np.int64),
+        columns["class_key"].codes[gap_rows].astype(np.int64),
+        columns["district_code"].codes[gap_rows].astype(np.int64),
+        codes,
+        class_severities(p.profile),
+        part.gigabit_keys,
+        connectivity=p.cluster_connectivity,
+        weights=p.weights,
+        proximity_scale_m=p.proximity_scale_m,
+    )
+    cluster_id = np.zeros(len(keys), dtype=np.int32)
+    cluster_id[gap_rows] = clusters.labels + 1
+    columns["cluster_id"] = pd.arrays.IntegerArray(cluster_id, cluster_id == 0)
+    del keys, cluster_id
+    cells = pd.DataFrame(columns, copy=False)
+    del columns, part
+    release_free_memory()
+    gaps = gaps_frame(clusters, p.profile)
+    stats = district_stats(cells, codes, names, operators, p.profile)
+    counts.update({"gap_cells": len(gap_rows), "clusters": len(clusters.cells)})
+    del gap_rows, clusters
+    release_free_memory()
+    return CoverageResult(p, cells, gaps, stats, operators, counts)
+
+
+def district_names(districts: gpd.GeoDataFrame | None) -> tuple[list[str], list[str]]:
+    """The codes and names of the districts (the codes where there is no name column)."""
+    if districts is None or len(districts) == 0:
+        return [], []
+    codes = [str(c) for c in districts["code"]]
+    names = [str(c) for c in (districts["name"] if "name" in districts.columns else codes)]
+    return codes, names
+
+
+def class_severities(profile: Profile) -> FloatArray:
+    return np.array([c.severity for c in profile.classes], dtype=np.float64)
+
+
+@dataclass
+class CellAnalysis:
+    """The per-cell part of an analysis: ``columns`` are those of :attr:`CoverageResult.cells`
+    but ``cluster_id``, for the cells ``keys`` (sorted); ``gigabit_keys`` the cells served with
+    gigabit; ``counts`` the input counts and ``cells``."""
+
+    keys: IntArray
+    columns: dict[str, Any]
+    gigabit_keys: IntArray
+    counts: dict[str, int]
+
+
+def analyse_cells(
+    inputs: CoverageInputs,
+    p: AnalysisParams,
+    operators: list[str],
+    codes: list[str],
+    names: list[str],
+    district_positions: IntArray | None = None,
+) -> CellAnalysis:
+    """Everything of :func:`analyse` that each cell gets from its own inputs: cells, classes,
+    measurements, mobile coverage and districts, with the given ``operators`` and district
+    ``codes``. ``inputs.districts`` may be a subset of the districts of ``codes``, with
+    ``district_positions`` their positions in ``codes`` (a tile's neighbourhood)."""
     profile = p.profile
     counts: dict[str, int] = {}
 
@@ -411,7 +491,6 @@ def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> Cov
     st_down = _float(inputs.speedtests, "download_mbps")
     st_ok &= np.isfinite(st_down) & (st_down >= 0)
     sg_r, sg_c, sg_ok = _cells(inputs.signals, "signals")
-    operators = _operators(inputs.signals)
     sg_op = _codes(inputs.signals, "operator", operators)
     sg_tech = _codes(inputs.signals, "technology", MOBILE_TECHNOLOGIES)
     if "signal_dbm" in inputs.signals.columns:
@@ -501,35 +580,14 @@ def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> Cov
     single = verdict & (broadband_mobile == 1)
     del verdict
 
-    districts = inputs.districts
-    dist_idx = district_of_cells(keys, districts).astype(np.int32)
-    codes = [str(c) for c in districts["code"]] if districts is not None and len(districts) else []
-    names = (
-        [str(c) for c in (districts["name"] if "name" in districts.columns else districts["code"])]
-        if districts is not None and len(districts)
-        else []
-    )
-
-    gap_rows = np.flatnonzero(is_gap)
-    clusters = find_clusters(
-        keys[gap_rows],
-        households[gap_rows].astype(np.int64),
-        cls[gap_rows].astype(np.int64),
-        dist_idx[gap_rows].astype(np.int64),
-        codes,
-        np.array([c.severity for c in profile.classes]),
-        keys[gigabit],
-        connectivity=p.cluster_connectivity,
-        weights=p.weights,
-        proximity_scale_m=p.proximity_scale_m,
-    )
+    dist_idx = district_of_cells(keys, inputs.districts)
+    if district_positions is not None and len(district_positions):
+        dist_idx = np.where(dist_idx >= 0, district_positions[np.maximum(dist_idx, 0)], -1)
+    dist_idx = dist_idx.astype(np.int32)
+    gigabit_keys = keys[gigabit]
     del gigabit
-    cluster_id = np.zeros(n_cells, dtype=np.int32)
-    cluster_id[gap_rows] = clusters.labels + 1
-
     e = ((keys % KEY_MULT) * CELL).astype(np.int32)
     n = ((keys // KEY_MULT) * CELL).astype(np.int32)
-    del keys
     class_keys = profile.keys
     columns: dict[str, Any] = {
         "e": e,
@@ -555,17 +613,20 @@ def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> Cov
         "operators_5g": ops_5g,
         "dead_zone": dead_zone,
         "single_operator": single,
-        "cluster_id": pd.arrays.IntegerArray(cluster_id, cluster_id == 0),
     }
     del e, n, dist_idx, households, addresses, best_tech, max_down, max_up, classified, cls
     del is_gap, n_tests, measured32, ratio32, disagreement, n_signal, mask, ops_measured
-    del broadband_mobile, ops_5g, dead_zone, single, cluster_id
-    cells = pd.DataFrame(columns, copy=False)
-    del columns
+    del broadband_mobile, ops_5g, dead_zone, single
     release_free_memory()
+    counts["cells"] = n_cells
+    return CellAnalysis(keys, columns, gigabit_keys, counts)
 
+
+def gaps_frame(clusters: Clusters, profile: Profile) -> gpd.GeoDataFrame:
+    """The ranked gap clusters as :attr:`CoverageResult.gaps`."""
+    class_keys = profile.keys
     k = len(clusters.cells)
-    gaps = gpd.GeoDataFrame(
+    return gpd.GeoDataFrame(
         {
             "cluster_id": np.arange(1, k + 1, dtype=np.int64),
             "rank": clusters.rank,
@@ -582,12 +643,6 @@ def analyse(inputs: CoverageInputs, params: AnalysisParams | None = None) -> Cov
         crs=grid.WGS84,
     ).sort_values("rank", kind="stable", ignore_index=True)
 
-    stats = district_stats(cells, codes, names, operators, profile)
-    counts.update({"cells": n_cells, "gap_cells": len(gap_rows), "clusters": k})
-    del gap_rows, clusters
-    release_free_memory()
-    return CoverageResult(p, cells, gaps, stats, operators, counts)
-
 
 def district_stats(
     cells: pd.DataFrame,
@@ -601,7 +656,17 @@ def district_stats(
     households; 0 where there are none, else they sum to 100) and ``cells_<k>``; ``signal_cells``
     (cells with measurements) and per operator ``area_4g_<op>``/``area_5g_<op>``: % of the cells
     with measurements of the operator where it covers with 4G (or 5G, which runs on 4G) / 5G."""
-    m = len(codes)
+    return district_frame(
+        district_sums(cells, len(codes), len(operators), profile), codes, names, operators, profile
+    )
+
+
+def district_sums(
+    cells: pd.DataFrame, m: int, n_operators: int, profile: Profile
+) -> dict[str, FloatArray]:
+    """The counts behind :func:`district_stats` for ``m`` districts (slot ``m``: everything), as
+    whole numbers in float64: exact, so the sums of parts of the cells (tiles) add up to the
+    same figures."""
     d = (
         cells["district_code"].cat.codes.to_numpy().astype(np.int64)
         if m
@@ -611,7 +676,7 @@ def district_stats(
     hh = cells["households"].to_numpy(dtype=np.int64)
     cls = cells["class_key"].cat.codes.to_numpy().astype(np.int64)
     populated = hh > 0
-    out: dict[str, Any] = {"code": [*codes, CITY_CODE], "name": [*names, "Gesamt"]}
+    out: dict[str, FloatArray] = {}
 
     def per_slot(weights: npt.ArrayLike, sel: BoolArray) -> FloatArray:
         w = np.asarray(weights, dtype=np.float64)[sel]
@@ -619,31 +684,52 @@ def district_stats(
         sums[m] = w.sum()
         return sums
 
-    total_hh = per_slot(hh, populated)
-    out["households"] = total_hh.round().astype(np.int64)
-    out["cells"] = per_slot(np.ones(len(hh)), populated).round().astype(np.int64)
+    ones = np.ones(len(hh))
+    out["households"] = per_slot(hh, populated)
+    out["cells"] = per_slot(ones, populated)
     for ci, c in enumerate(profile.classes):
         sel = populated & (cls == ci)
-        h = per_slot(hh, sel)
-        out[f"households_{c.key}"] = h.round().astype(np.int64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[f"share_{c.key}"] = np.where(total_hh > 0, 100.0 * h / np.maximum(total_hh, 1), 0.0)
-        out[f"cells_{c.key}"] = per_slot(np.ones(len(hh)), sel).round().astype(np.int64)
-    ones = np.ones(len(hh))
-    signal = cells["n_signal"].to_numpy() > 0
-    out["signal_cells"] = per_slot(ones, signal).round().astype(np.int64)
+        out[f"households_{c.key}"] = per_slot(hh, sel)
+        out[f"cells_{c.key}"] = per_slot(ones, sel)
+    out["signal_cells"] = per_slot(ones, cells["n_signal"].to_numpy() > 0)
     mask = cells["mobile_mask"].to_numpy(dtype=np.int64)
     seen = cells["operators_measured"].to_numpy(dtype=np.int64)
     t4, t5 = MOBILE_TECHNOLOGIES.index("4G"), MOBILE_TECHNOLOGIES.index("5G")
-    for i, op in enumerate(operators):
+    for i in range(n_operators):
         op_seen = ((seen >> i) & 1) == 1
-        measured = per_slot(ones, op_seen)
+        out[f"measured_{i}"] = per_slot(ones, op_seen)
         has5 = covers(mask, i, t5)
         has4 = covers(mask, i, t4) | has5  # 5G (NSA) runs on 4G
-        for tech, covered_cells in (("4G", has4), ("5G", has5)):
-            covered = per_slot(ones, op_seen & covered_cells)
+        out[f"covered_4g_{i}"] = per_slot(ones, op_seen & has4)
+        out[f"covered_5g_{i}"] = per_slot(ones, op_seen & has5)
+    return out
+
+
+def district_frame(
+    sums: dict[str, FloatArray],
+    codes: list[str],
+    names: list[str],
+    operators: list[str],
+    profile: Profile,
+) -> pd.DataFrame:
+    """:func:`district_stats` from :func:`district_sums` (of all cells, or added up)."""
+    out: dict[str, Any] = {"code": [*codes, CITY_CODE], "name": [*names, "Gesamt"]}
+    total_hh = sums["households"]
+    out["households"] = total_hh.round().astype(np.int64)
+    out["cells"] = sums["cells"].round().astype(np.int64)
+    for c in profile.classes:
+        h = sums[f"households_{c.key}"]
+        out[f"households_{c.key}"] = h.round().astype(np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"share_{c.key}"] = np.where(total_hh > 0, 100.0 * h / np.maximum(total_hh, 1), 0.0)
+        out[f"cells_{c.key}"] = sums[f"cells_{c.key}"].round().astype(np.int64)
+    out["signal_cells"] = sums["signal_cells"].round().astype(np.int64)
+    for i, op in enumerate(operators):
+        measured = sums[f"measured_{i}"]
+        for tech in ("4g", "5g"):
+            covered = sums[f"covered_{tech}_{i}"]
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[f"area_{tech.lower()}_{op}"] = np.where(
+                out[f"area_{tech}_{op}"] = np.where(
                     measured > 0, 100.0 * covered / np.maximum(measured, 1), np.nan
                 )
     return pd.DataFrame(out)

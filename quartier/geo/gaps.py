@@ -160,6 +160,55 @@ def _project(geoms: npt.NDArray[np.object_]) -> npt.NDArray[np.object_]:
     return out
 
 
+def nearest_distances(keys: IntArray, targets: IntArray) -> FloatArray:
+    """Distance (m) from each cell of ``keys`` to the nearest cell of ``targets`` (corner to
+    corner, which is centre to centre); ``targets`` not empty."""
+    ge, gn = corners_of(targets)
+    ce, cn = corners_of(keys)
+    d, _ = cKDTree(np.column_stack([ge, gn]).astype(np.float64)).query(
+        np.column_stack([ce, cn]).astype(np.float64), k=1
+    )
+    out: FloatArray = np.asarray(d, dtype=np.float64)
+    return out
+
+
+def cluster_severity(hh_by_class: IntArray, class_severity: FloatArray) -> FloatArray:
+    """Household-weighted mean severity per cluster from its households per class (clusters ×
+    classes), summed class by class: the same figure however the households were added up."""
+    hh = hh_by_class.sum(axis=1)
+    sev_w = np.zeros(len(hh_by_class))
+    for c in range(hh_by_class.shape[1]):
+        sev_w += hh_by_class[:, c] * class_severity[c]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        severity: FloatArray = np.where(hh > 0, sev_w / np.maximum(hh, 1), 0.0)
+    return severity
+
+
+def score_clusters(
+    hh: IntArray,
+    severity: FloatArray,
+    dist: FloatArray,
+    w: PriorityWeights,
+    proximity_scale_m: float,
+) -> tuple[FloatArray, IntArray]:
+    """Priority score and rank (1 first: by score, then households, then cluster number) of
+    clusters with households ``hh``, ``severity`` and distance to gigabit ``dist`` (inf or NaN:
+    none)."""
+    k = len(hh)
+    total = w.households + w.severity + w.proximity
+    h_term = np.log1p(hh) / np.log1p(max(int(hh.max()), 1)) if k else np.zeros(0)
+    p_term = np.where(np.isfinite(dist), np.exp(-np.nan_to_num(dist) / proximity_scale_m), 0.0)
+    priority: FloatArray = (
+        (w.households * h_term + w.severity * severity + w.proximity * p_term) / total
+        if total > 0
+        else np.zeros(k)
+    )
+    order = np.lexsort((np.arange(k), -hh, -np.round(priority, 12)))
+    rank = np.empty(k, dtype=np.int64)
+    rank[order] = np.arange(1, k + 1)
+    return priority, rank
+
+
 @dataclass(frozen=True)
 class Clusters:
     """Per gap cell: ``labels`` (0-based); per cluster (index = label): the rest."""
@@ -197,20 +246,21 @@ def find_clusters(
     labels = label_clusters(gap_keys, connectivity)
     k = int(labels.max()) + 1 if len(labels) else 0
     cells = np.bincount(labels, minlength=k).astype(np.int64)
-    hh = np.bincount(labels, weights=gap_households, minlength=k).round().astype(np.int64)
-    sev_w = np.bincount(labels, weights=gap_households * class_severity[gap_class], minlength=k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        severity = np.where(hh > 0, sev_w / np.maximum(hh, 1), 0.0)
+    n_cls = len(class_severity)
+    hh_by_class = (
+        np.bincount(labels * n_cls + gap_class, weights=gap_households, minlength=k * n_cls)
+        .round()
+        .astype(np.int64)
+        .reshape(k, n_cls)
+    )
+    hh = hh_by_class.sum(axis=1)
+    severity = cluster_severity(hh_by_class, class_severity)
     worst = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(worst, labels, gap_class.astype(np.int64))
     # distance from each gap cell centre to the nearest gigabit cell centre, minimum per cluster
     dist = np.full(k, np.nan)
     if k and len(gigabit_keys):
-        ge, gn = corners_of(gigabit_keys)
-        ce, cn = corners_of(gap_keys)
-        d, _ = cKDTree(np.column_stack([ge, gn]).astype(np.float64)).query(
-            np.column_stack([ce, cn]).astype(np.float64), k=1
-        )
+        d = nearest_distances(gap_keys, gigabit_keys)
         dist = np.full(k, np.inf)
         np.minimum.at(dist, labels, d)
     # districts: the distinct codes of each cluster, in district order, comma-joined
@@ -225,17 +275,7 @@ def find_clusters(
             ",".join(district_codes[i] for i in code_idx[bounds[j] : bounds[j + 1]])
             for j in range(k)
         ]
-    total = w.households + w.severity + w.proximity
-    h_term = np.log1p(hh) / np.log1p(max(int(hh.max()), 1)) if k else np.zeros(0)
-    p_term = np.where(np.isfinite(dist), np.exp(-np.nan_to_num(dist) / proximity_scale_m), 0.0)
-    priority = (
-        (w.households * h_term + w.severity * severity + w.proximity * p_term) / total
-        if total > 0
-        else np.zeros(k)
-    )
-    order = np.lexsort((np.arange(k), -hh, -np.round(priority, 12)))
-    rank = np.empty(k, dtype=np.int64)
-    rank[order] = np.arange(1, k + 1)
+    priority, rank = score_clusters(hh, severity, dist, w, proximity_scale_m)
     geometry = (
         cluster_polygons(gap_keys, labels, k) if with_polygons and k else np.empty(0, dtype=object)
     )
