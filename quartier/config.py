@@ -295,6 +295,18 @@ class MapSettings(BaseModel):
         return self
 
 
+class StaSettings(BaseModel):
+    """SensorThings over MQTT (OGC 18-088 A.7, A.8; ``quartier sta-mqtt``, docs/mqtt.md)."""
+
+    #: Every process that stores data announces its commits, and ``quartier sta-mqtt`` publishes
+    #: the new entities on the broker's ``v1.1/…`` topics and stores Observations published
+    #: there. Off: nothing is announced (the writers skip one check per batch).
+    mqtt_publish: bool = False
+    #: The broker account ``quartier sta-mqtt`` uses (None: ``mqtt.url``), e.g. a
+    #: ``quartier devices add-sta publisher NAME`` account (docs/security.md).
+    mqtt_url: str | None = None
+
+
 class ServicesSettings(BaseModel):
     state_dir: Path = Path(".quartier")
     pg_port: int | None = None
@@ -323,6 +335,7 @@ class Settings(BaseSettings):
     maps: MapSettings = MapSettings()
     services: ServicesSettings = ServicesSettings()
     privacy: PrivacySettings = PrivacySettings()
+    sta: StaSettings = StaSettings()
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

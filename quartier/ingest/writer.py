@@ -12,6 +12,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -163,6 +164,11 @@ def reject_topic(topic: str) -> str:
 class BatchWriter:
     """Writes batches on one connection it owns. Not thread-safe: one writer per thread."""
 
+    #: Called after each commit of any writer of this process with the writer, the batch and its
+    #: result; it must only hand them on (SensorThings over MQTT: quartier.sta_mqtt.notify
+    #: installs it when ``sta.mqtt_publish`` is on). None: nothing is called.
+    after_commit: ClassVar[Callable[[BatchWriter, Batch, WriteResult], None] | None] = None
+
     def __init__(
         self,
         url: str,
@@ -207,6 +213,8 @@ class BatchWriter:
         self.decompress_limit = 0
         #: between ``begin`` and ``end``: ``write`` neither commits nor rolls back
         self._held = False
+        #: the writes of the held transaction, for ``after_commit`` once ``end`` has committed
+        self._held_writes: list[tuple[Batch, WriteResult]] = []
 
     def _connection(self) -> Conn:
         if self._held and (self._conn is None or self._conn.closed):
@@ -262,7 +270,11 @@ class BatchWriter:
             if commit:
                 conn.commit()
                 committed = True
+                for batch, result in self._held_writes:  # after_commit, held since begin()
+                    if BatchWriter.after_commit is not None:
+                        BatchWriter.after_commit(self, batch, result)
         finally:
+            self._held_writes.clear()
             if not committed:
                 if not conn.closed:
                     conn.rollback()
@@ -291,6 +303,8 @@ class BatchWriter:
             if self._held:  # end() commits or rolls back
                 if all_or_nothing and result.not_stored:
                     result.observations = 0
+                if BatchWriter.after_commit is not None:
+                    self._held_writes.append((batch, result))
                 return result
             if all_or_nothing and result.not_stored:
                 conn.rollback()
@@ -306,6 +320,8 @@ class BatchWriter:
             if not conn.closed:
                 conn.rollback()
             raise
+        if BatchWriter.after_commit is not None:
+            BatchWriter.after_commit(self, batch, result)
         return result
 
     def _write(self, conn: Conn, batch: Batch) -> WriteResult:
