@@ -11,12 +11,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 
 import paho.mqtt.client as mqtt
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quartier import __version__
@@ -30,16 +33,18 @@ from quartier.api import (
     maps,
     ogc,
     sensorthings,
+    sta_batch,
     sta_write,
     strategy,
 )
-from quartier.api.deps import AnyConn, AppSettings
+from quartier.api.deps import REPLICA_SCOPE_KEY, AnyConn, AppSettings
 from quartier.api.models import ComponentHealth, Health
 from quartier.config import Settings
 from quartier.errors import NotMigratedError, PayloadTooLargeError, QuartierError, RateLimitedError
 from quartier.ingest.mqtt_client import PROBE_ANSWERS, mqtt_client, probe_url
 from quartier.store.db import DictConn, make_pool
 from quartier.store.migrate import storage_path
+from quartier.store.replicas import ReplicaSet, replica_urls
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +56,18 @@ def create_app(settings: Settings) -> FastAPI:
         pool.kwargs["options"] = (
             f"{pool.kwargs.get('options', '')} -c statement_timeout={timeout_ms}"
         )
+    replicas = _replica_set(settings, pool)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool.open(wait=False)
+        if replicas is not None:
+            replicas.open()
         try:
             yield
         finally:
+            if replicas is not None:
+                replicas.close()
             if hasattr(app.state, "http_writer"):
                 app.state.http_writer.close()
             if hasattr(app.state, "sta_writer"):
@@ -77,7 +87,10 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.pool = pool
+    app.state.replicas = replicas
     errors.install(app)
+    if replicas is not None:  # innermost: a retry on the primary passes no other check twice
+        app.add_middleware(ReplicaRetry)
     app.add_middleware(BodyCap, limit=settings.api.max_body_bytes)
     api = settings.api
     if api.rate_per_second > 0 or api.key_rate_per_second > 0:  # outermost: no body read
@@ -101,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(aggregates.router)  # before sensorthings: more specific paths
     app.include_router(sensorthings.router)
     app.include_router(sta_write.router)
+    app.include_router(sta_batch.router)
     app.include_router(indicators.router)
     app.include_router(ingest_http.router)
     app.include_router(strategy.router)
@@ -114,15 +128,101 @@ def create_app(settings: Settings) -> FastAPI:
         return RedirectResponse("/docs")
 
     @app.get(
-        "/health", response_model=Health, operation_id="health", responses={503: {"model": Health}}
+        "/health",
+        response_model=HealthWithReplicas,
+        response_model_exclude_none=True,
+        operation_id="health",
+        responses={503: {"model": HealthWithReplicas}},
     )
     def health(conn: AnyConn, settings: AppSettings) -> JSONResponse:
         db = _check_database(conn)
         broker = _check_mqtt(settings)
         body = Health(status="ok" if db.ok and broker.ok else "degraded", database=db, mqtt=broker)
+        if replicas is not None:  # reported, not degrading: reads fall back to the primary
+            body = HealthWithReplicas(
+                **body.model_dump(),
+                replicas=[ReplicaHealth(**asdict(s)) for s in replicas.statuses()],
+            )
         return JSONResponse(body.model_dump(), status_code=200 if body.status == "ok" else 503)
 
     return app
+
+
+class ReplicaHealth(BaseModel):
+    """A read replica in ``/health``: ``ok``, ``lagging`` (behind by more than
+    ``database.replica_max_lag_seconds``, or not streaming), ``down`` or ``unknown`` (not
+    checked yet); reads go only to those ``ok``."""
+
+    name: str
+    state: str
+    lag_seconds: float | None
+    reads: int
+    detail: str
+
+
+class HealthWithReplicas(Health):
+    """``/health`` with the read replicas, when ``database.replica_urls`` names any."""
+
+    replicas: list[ReplicaHealth] | None = None
+
+
+def _replica_set(settings: Settings, primary: ConnectionPool) -> ReplicaSet | None:
+    """The read replicas of ``database.replica_urls``, with pools like the primary's (same
+    size, row factory and statement timeout; a connection checked before it is handed out)."""
+    db = settings.database
+    urls = replica_urls(db)
+    if not urls:
+        return None
+    kwargs = dict(primary.kwargs) if isinstance(primary.kwargs, dict) else {}
+
+    def make(url: str, name: str) -> ConnectionPool:
+        return ConnectionPool(
+            url,
+            min_size=db.pool_min,
+            max_size=db.pool_max,
+            kwargs=kwargs | {"application_name": name, "connect_timeout": 3},
+            check=ConnectionPool.check_connection,
+            open=False,
+        )
+
+    return ReplicaSet(
+        urls,
+        make,
+        max_lag_seconds=db.replica_max_lag_seconds,
+        check_seconds=db.replica_check_seconds,
+    )
+
+
+class ReplicaRetry:
+    """Runs a GET/HEAD again on the primary when the read replica it was sent to failed during
+    the route (``deps.get_conn`` marks the request's scope and answers 503): the failed answer
+    is never sent, so a standby that stops mid-request costs the client only time. A response
+    that had started streaming when the replica failed cannot be taken back and goes out as
+    it is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        flags = {"primary": False, "failed": False}
+        scope[REPLICA_SCOPE_KEY] = flags
+        started = False
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if flags["failed"] and not started:
+                return  # the replica's failure: dropped, the request runs again
+            started = True
+            await send(message)
+
+        await self.app(scope, receive, guarded)
+        if flags["failed"] and not started:
+            log.info("read replica failed during %s; answered from the primary", scope["path"])
+            flags.update(primary=True, failed=False)
+            await self.app(scope, receive, send)
 
 
 class BodyCap:
