@@ -25,11 +25,17 @@ _HTML: dict[int | str, dict[str, Any]] = {
 
 
 def _page(
-    conn: Conn, settings: AppSettings, request: Request, name: str, lang: str
+    conn: Conn,
+    settings: AppSettings,
+    request: Request,
+    name: str,
+    lang: str,
+    indicator: str | None = None,
 ) -> HTMLResponse:
     options = MapOptions.from_settings(
-        settings, lang="en" if lang == "en" else "de", assets=Assets(static_base(request))
-    )
+        settings, lang="en" if lang == "en" else "de", assets=Assets(static_base(request)),
+        indicator=indicator,
+    )  # fmt: skip
     return HTMLResponse(
         pages.render_page(conn, name, options),
         headers={"Content-Security-Policy": content_security_policy(settings.maps.tile_url)},
@@ -66,3 +72,40 @@ def mobile_map(
     5G) a layer of the cells it covers, dead zones (no 4G/5G from any operator), the measured
     cells; only cells measured by at least ``privacy.min_contributors`` devices."""
     return _page(conn, settings, request, "mobile", lang)
+
+
+@router.get("/maps/measured", response_class=HTMLResponse, operation_id="measured_map",
+            responses=_HTML)  # fmt: skip
+def measured_map(
+    conn: Conn, settings: AppSettings, request: Request, lang: Lang = "de"
+) -> HTMLResponse:
+    """Measured vs advertised: the 100 m cells of the stored coverage analysis where the median of
+    the crowdsourced speed tests falls well below the best advertised offer (shaded by how far,
+    with the number of tests), and the other compared cells; only cells measured by at least
+    ``privacy.min_contributors`` devices."""
+    return _page(conn, settings, request, "measured", lang)
+
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    **_HTML,
+    400: {"description": "no indicator given, or one without values per Stadtbezirk"},
+    404: {"description": "unknown indicator"},
+}
+
+
+@router.get("/maps/districts", response_class=HTMLResponse, operation_id="district_map",
+            responses=_NOT_FOUND)  # fmt: skip
+def district_map(
+    conn: Conn,
+    settings: AppSettings,
+    request: Request,
+    indicator: Annotated[
+        str | None, Query(description="the indicator's id (GET /indicators lists them)",
+                          max_length=64)
+    ] = None,
+    lang: Lang = "de",
+) -> HTMLResponse:  # fmt: skip
+    """One indicator per Stadtbezirk: each district in the colour of its status in the newest
+    strategy evaluation (on track, at risk, off track, no data), value, target and status in the
+    tooltip; coloured by value where the indicator was not evaluated per district."""
+    return _page(conn, settings, request, "districts", lang, indicator)

@@ -138,6 +138,55 @@ TEXTS: dict[str, tuple[str, str]] = {
         "Noch keine Versorgungsanalyse gespeichert (quartier coverage analyse).",
         "No coverage analysis stored yet (quartier coverage analyse).",
     ),
+    "measured_title": ("Gemessen gegen beworben", "Measured vs advertised"),
+    "legend_measured_vs": (
+        "Gemessene Download-Geschwindigkeit gegen das beste Angebot je 100-m-Zelle",
+        "Measured download speed against the best offer per 100 m cell",
+    ),
+    "measured_below": ("Messung deutlich unter dem Angebot", "Measured well below the offer"),
+    "ratio_row": (
+        "Median unter {upper} % des Angebots ({cells})",
+        "Median below {upper} % of the offer ({cells})",
+    ),
+    "ratio_row_between": (
+        "Median {lower} bis unter {upper} % des Angebots ({cells})",
+        "Median {lower} to below {upper} % of the offer ({cells})",
+    ),
+    "compared_cells": ("Verglichene Zellen", "Compared cells"),
+    "compared_row": (
+        "{cells} mit Messungen und Angebot, Messung im Rahmen",
+        "{cells} with tests and an offer, measurement as expected",
+    ),
+    "advertised": ("Angebot (Mbit/s)", "Offer (Mbit/s)"),
+    "ratio": ("Messung / Angebot (%)", "Measured / offer (%)"),
+    "measured_note": (
+        "Deutlich darunter: Median der Messungen unter {below} % der höchsten beworbenen"
+        " Download-Geschwindigkeit, bei mindestens {min_tests} Messungen. Nur Zellen mit Messungen"
+        " von mindestens {k} Geräten.",
+        "Well below: the median of the tests under {below} % of the highest advertised download"
+        " speed, with at least {min_tests} tests. Only cells measured by at least {k} devices.",
+    ),
+    "districts_title": ("Indikatoren je Stadtbezirk", "Indicators per district"),
+    "value": ("Wert", "Value"),
+    "target": ("Ziel", "Target"),
+    "status": ("Status", "Status"),
+    "deadline": ("Frist", "Deadline"),
+    "kpi": ("Kennzahl", "KPI"),
+    "no_value": ("kein Wert", "no value"),
+    "status_row": ("{status} ({n} Bezirke)", "{status} ({n} districts)"),
+    "value_row": (
+        "{lower} bis {upper} {unit} ({n} Bezirke)",
+        "{lower} to {upper} {unit} ({n} districts)",
+    ),
+    "status_note": (
+        "Status nach der Strategie-Bewertung vom {date} ({strategy}); Wert: aktueller Stand.",
+        "Status from the strategy evaluation of {date} ({strategy}); value: current.",
+    ),
+    "no_evaluation": (
+        "Keine Bewertung dieses Indikators je Stadtbezirk gespeichert (quartier evaluate):"
+        " Farbe nach Wert.",
+        "No evaluation of this indicator per district stored (quartier evaluate): colour by value.",
+    ),
 }
 
 
@@ -161,10 +210,19 @@ class MapOptions:
 
     #: cells of measured speeds shown only with at least this many distinct devices (privacy)
     min_contributors: int = MIN_CONTRIBUTORS
+    #: the district map's indicator (``/maps/districts?indicator=ID``)
+    indicator: str | None = None
+    #: stored indicator values older than this are recomputed first (api setting)
+    indicators_max_age_seconds: float = 300.0
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, lang: Lang = "de", assets: Assets | None = None
+        cls,
+        settings: Settings,
+        *,
+        lang: Lang = "de",
+        assets: Assets | None = None,
+        indicator: str | None = None,
     ) -> MapOptions:
         maps = settings.maps
         return cls(
@@ -175,6 +233,8 @@ class MapOptions:
             tile_max_zoom=maps.tile_max_zoom,
             data_source=maps.data_source,
             min_contributors=settings.privacy.min_contributors,
+            indicator=indicator,
+            indicators_max_age_seconds=settings.api.indicators_max_age_seconds,
         )
 
 
