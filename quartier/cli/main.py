@@ -23,6 +23,7 @@ from quartier.cli import (
     rejects,
     runtime,
     services,
+    sta_mqtt,
 )
 from quartier.cli.common import console
 
@@ -41,6 +42,7 @@ app.add_typer(rejects.app, name="rejects")
 app.add_typer(devices.app, name="devices")
 app.add_typer(keys.app, name="keys")
 app.add_typer(privacy.app, name="privacy")
+app.add_typer(sta_mqtt.app)  # sta-mqtt
 
 
 class LogFormat(StrEnum):
@@ -83,6 +85,9 @@ def main(
     ] = LogFormat.text,
 ) -> None:
     setup_logging(verbose, log_format.value)
+    from quartier.sta_mqtt.notice import install_if_enabled
+
+    install_if_enabled()  # sta.mqtt_publish: every writer announces its commits (docs/mqtt.md)
 
 
 def run() -> None:  # pragma: no cover - console entry for python -m
