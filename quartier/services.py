@@ -672,6 +672,7 @@ class LocalServices:
             f"pid_file {root / 'mosquitto.pid'}",
             f"persistence_location {root / 'data'}/",
             f"log_dest file {root / 'mosquitto.log'}",
+            "log_dest topic",  # $SYS/broker/log/…: quartier sta-mqtt learns subscriptions there
             f"user {user}",
         ]
         if plugin:
