@@ -14,12 +14,13 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
 from quartier.api import models as m
 from quartier.api.app import create_app
 from quartier.config import Settings
-from quartier.ingest.model import Batch, Position, Reading, Uplink
+from quartier.ingest.model import Batch, Observation, Position, Reading, Uplink
 from quartier.ingest.writer import BatchWriter
 
 pytestmark = pytest.mark.services
@@ -34,6 +35,7 @@ ENTITY_SETS = [
     "ObservedProperties",
     "Observations",
     "FeaturesOfInterest",
+    "MultiDatastreams",
 ]
 
 
@@ -99,7 +101,7 @@ def _json(client: TestClient, path: str, **params: str) -> Any:
 
 
 # ------------------------------------------------------------------ resource paths
-def test_service_root_lists_the_eight_entity_sets(client: TestClient) -> None:
+def test_service_root_lists_the_entity_sets(client: TestClient) -> None:
     root = _get(client, m.ServiceRoot, "/v1.1")
     assert [e.name for e in root.value] == ENTITY_SETS
     for e in root.value:
@@ -290,6 +292,7 @@ _MODELS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "ObservedProperties": (m.ObservedProperty, m.ObservedPropertyCollection),
     "Observations": (m.Observation, m.ObservationCollection),
     "FeaturesOfInterest": (m.FeatureOfInterest, m.FeatureOfInterestCollection),
+    "MultiDatastreams": (m.MultiDatastream, m.MultiDatastreamCollection),
 }
 _LAST = re.compile(r"/(\w+)(\(.*\))?$")
 
@@ -321,10 +324,39 @@ def _expand_all(entity_set: str) -> str:
     return ",".join(items)
 
 
+def _add_multi_datastream(settings: Settings) -> None:
+    """A MultiDatastream of net/a-1 (pm25 and pm10's ObservedProperties, in that order) with 12
+    observations (stored under datastream_id -<its id>)."""
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        row = conn.execute(
+            "insert into multi_datastream (name, multi_observation_data_types,"
+            " unit_of_measurements, thing_id, sensor_id)"
+            " select 'a-1 pair', %s, %s, d.thing_id, d.sensor_id from datastream d"
+            " where d.id = 1 returning id",
+            (Jsonb(["OM_Measurement"] * 2), Jsonb([{"name": "µg/m³"}] * 2)),
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "insert into multi_datastream_observed_property"
+            " select %s, row_number() over (order by id) - 1, observed_property_id"
+            " from datastream where id in (1, 2)",
+            (row[0],),
+        )
+    w = BatchWriter(settings.require_database_url(), auto_register=False)
+    batch = Batch(source="http")
+    batch.observations.extend(
+        Observation(-row[0], T0 + timedelta(minutes=i), None, [i, 2 * i]) for i in range(12)
+    )
+    w.write(batch)
+    w.close()
+
+
 def test_every_emitted_link_resolves(filled: Settings) -> None:
     """Start at the service root (and at each entity set with every navigation expanded two
     deep) and follow every selfLink, navigationLink and nextLink, expanded ones included (pages
-    of 10, so nextLinks appear); each answers 200 with a body its model validates."""
+    of 10, so nextLinks appear); each answers 200 with a body its model validates. A
+    MultiDatastream and its observations are among them."""
+    _add_multi_datastream(filled)
     small = filled.model_copy(update={"api": filled.api.model_copy(update={"default_top": 10})})
     with TestClient(create_app(small)) as client:
         root = _get(client, m.ServiceRoot, "/v1.1")
@@ -350,11 +382,14 @@ def test_every_emitted_link_resolves(filled: Settings) -> None:
                 if link not in seen:
                     seen.add(link)
                     queue.append(link)
-    # the 29 observations, 3 datastreams, 2 things … each by its selfLink, and some next pages
-    assert kinds["entity"] >= 29 + 3 + 2 + 2 + 2 + 3 + 3 + 1
+    # the 29 + 12 observations, 3 datastreams, 2 things … each by its selfLink, and some next
+    # pages; the MultiDatastream and its observations (ids "-<its id>:<µs>") among them
+    assert kinds["entity"] >= 29 + 12 + 3 + 2 + 2 + 2 + 3 + 3 + 1 + 1
     assert kinds["next"] >= 3
-    assert kinds["collection"] >= 8
-    assert kinds["expanded"] == 8
+    assert kinds["collection"] >= 9
+    assert kinds["expanded"] == 9
+    assert sum(1 for u in seen if re.search(r"/Observations\('-\d+:\d+'\)$", u)) == 12
+    assert any(re.search(r"/MultiDatastreams\(\d+\)/ObservedProperties$", u) for u in seen)
     # expanded collections' nextLinks were among those followed
     assert any("$skip=" in unquote(u) and "$top=2" in unquote(u) for u in seen)
 
@@ -365,8 +400,8 @@ def test_service_root_conformance_and_licence(client: TestClient) -> None:
     spec = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
     classes = [c for c in root["serverSettings"]["conformance"] if c.startswith(spec)]
     # exactly the classes this suite tests (paths here, request-data in test_api_sta_options,
-    # _expand and _paging, dataArray in _paging, create-update-delete in test_api_sta_write);
-    # no batch, multi-datastream or MQTT
+    # _expand and _paging, dataArray in _paging, create-update-delete in test_api_sta_write,
+    # multi-datastream in test_api_sta_multidatastream); no batch or MQTT
     assert sorted(classes) == sorted(
         spec + c
         for c in (
@@ -375,6 +410,7 @@ def test_service_root_conformance_and_licence(client: TestClient) -> None:
             "request-data",
             "create-update-delete",
             "data-array/data-array",
+            "multi-datastream",
         )
     )
     extensions = [c for c in root["serverSettings"]["conformance"] if not c.startswith(spec)]

@@ -27,6 +27,7 @@ class Thing(_Entity):
     locations_link: str = Field(alias="Locations@iot.navigationLink")
     historical_locations_link: str = Field(alias="HistoricalLocations@iot.navigationLink")
     datastreams_link: str = Field(alias="Datastreams@iot.navigationLink")
+    multi_datastreams_link: str = Field(alias="MultiDatastreams@iot.navigationLink")
 
 
 class Location(_Entity):
@@ -72,6 +73,7 @@ class Sensor(_Entity):
     metadata: str
     properties: dict[str, Any] | None = None
     datastreams_link: str = Field(alias="Datastreams@iot.navigationLink")
+    multi_datastreams_link: str = Field(alias="MultiDatastreams@iot.navigationLink")
 
 
 class ObservedProperty(_Entity):
@@ -80,17 +82,25 @@ class ObservedProperty(_Entity):
     description: str
     properties: dict[str, Any] | None = None
     datastreams_link: str = Field(alias="Datastreams@iot.navigationLink")
+    multi_datastreams_link: str = Field(alias="MultiDatastreams@iot.navigationLink")
 
 
 class Observation(_Entity):
-    #: derived from the primary key: "<datastream id>:<µs since 1970>"
+    #: derived from the primary key: "<datastream id>:<µs since 1970>" (a MultiDatastream's:
+    #: "-<its id>:<µs since 1970>")
     id: str = Field(alias="@iot.id")  # type: ignore[assignment]
 
     phenomenon_time: str = Field(alias="phenomenonTime")
     result_time: str | None = Field(alias="resultTime")
     result: Any
     parameters: dict[str, Any] | None = None
-    datastream_link: str = Field(alias="Datastream@iot.navigationLink")
+    #: the Datastream, or (MultiDatastream extension) the MultiDatastream: exactly one of them
+    datastream_link: str | None = Field(
+        default=None, alias="Datastream@iot.navigationLink", exclude_if=lambda v: v is None
+    )
+    multi_datastream_link: str | None = Field(
+        default=None, alias="MultiDatastream@iot.navigationLink", exclude_if=lambda v: v is None
+    )
     #: only when the Observation has a FeatureOfInterest (ingest stores none)
     feature_of_interest_link: str | None = Field(
         default=None,
@@ -105,6 +115,24 @@ class FeatureOfInterest(_Entity):
     encoding_type: str = Field(alias="encodingType")
     feature: dict[str, Any]
     properties: dict[str, Any] | None = None
+    observations_link: str = Field(alias="Observations@iot.navigationLink")
+
+
+class MultiDatastream(_Entity):
+    """The MultiDatastream extension (OGC 18-088, A.5): one value per ObservedProperty in each
+    Observation's result array, in the order of ``ObservedProperties``."""
+
+    name: str
+    description: str
+    observation_type: str = Field(alias="observationType")
+    multi_observation_data_types: list[str] = Field(alias="multiObservationDataTypes")
+    unit_of_measurements: list[UnitOfMeasurement] = Field(alias="unitOfMeasurements")
+    observed_area: dict[str, Any] | None = Field(default=None, alias="observedArea")
+    phenomenon_time: str | None = Field(default=None, alias="phenomenonTime")
+    properties: dict[str, Any] | None = None
+    thing_link: str = Field(alias="Thing@iot.navigationLink")
+    sensor_link: str = Field(alias="Sensor@iot.navigationLink")
+    observed_properties_link: str = Field(alias="ObservedProperties@iot.navigationLink")
     observations_link: str = Field(alias="Observations@iot.navigationLink")
 
 
@@ -157,6 +185,10 @@ class ObservedPropertyCollection(_Collection):
 
 class ObservationCollection(_Collection):
     value: list[Observation]
+
+
+class MultiDatastreamCollection(_Collection):
+    value: list[MultiDatastream]
 
 
 class ServiceEndpoint(BaseModel):

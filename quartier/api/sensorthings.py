@@ -52,6 +52,7 @@ from quartier.api.sta import (
     parse_query_options,
 )
 from quartier.api.sta.ast import Path
+from quartier.api.sta.model import Nav
 from quartier.config import Settings
 from quartier.errors import BadRequestError, NotFoundError
 from quartier.store import sensorthings as q
@@ -108,6 +109,16 @@ def _level(
     top = min(wanted, settings.api.max_top)
     skip = bounded_skip(settings, options.skip or 0, f"{where}$skip")
     return q.Listing(top, skip, filter_sql, keys, params)
+
+
+def nav_order(listing: q.Listing, nav: Nav, alias: str) -> q.Listing:
+    """``listing`` sorted by the navigation's own order (``Nav.order``, e.g. a MultiDatastream's
+    ObservedProperties by position) when ``$orderby`` names no key; else unchanged."""
+    if not nav.order or listing.keys:
+        return listing
+    fmt = {"b": sql.Identifier(alias), "x": sql.Identifier(alias + "x")}
+    key = sql.SQL(nav.order).format(**{k: v for k, v in fmt.items() if "{" + k + "}" in nav.order})
+    return replace(listing, keys=(q.SortKey(key, cast="bigint"),))
 
 
 def _encode_cursor(values: list[str | None]) -> str:
@@ -390,6 +401,7 @@ def _expand(
     if nav.many and listing.top > budget:
         listing = replace(listing, top=budget)
     inner = QueryOptions(select=o.select, expand=o.expand)
+    listing = nav_order(listing, nav, q.ALIASES[target_set])
     if not nav.many:
         fks = [r.get(nav.fk) for r in rows]
         targets = q.by_ids(conn, target_set, sorted({i for i in fks if i is not None}), listing)
@@ -430,6 +442,7 @@ GEOMETRY = {
     "Locations": "location",
     "FeaturesOfInterest": "feature",
     "Datastreams": "observedArea",
+    "MultiDatastreams": "observedArea",
 }
 
 
@@ -515,7 +528,12 @@ def _data_array(
         data["@iot.count"] = count
     data["value"] = [
         {
-            "Datastream@iot.navigationLink": _link(base, "Datastreams", ds),
+            # a MultiDatastream's observations are stored under datastream_id -<its id>
+            **(
+                {"MultiDatastream@iot.navigationLink": _link(base, "MultiDatastreams", -ds)}
+                if ds < 0
+                else {"Datastream@iot.navigationLink": _link(base, "Datastreams", ds)}
+            ),
             "components": components,
             "dataArray@iot.count": len(values),
             "dataArray": values,
@@ -553,6 +571,7 @@ def _thing(r: dict[str, Any], base: str) -> m.Thing:
         locations_link=_link(base, "Things", r["id"], "Locations"),
         historical_locations_link=_link(base, "Things", r["id"], "HistoricalLocations"),
         datastreams_link=_link(base, "Things", r["id"], "Datastreams"),
+        multi_datastreams_link=_link(base, "Things", r["id"], "MultiDatastreams"),
     )
 
 
@@ -622,6 +641,7 @@ def _sensor(r: dict[str, Any], base: str) -> m.Sensor:
         metadata=r["metadata"],
         properties=r["properties"],
         datastreams_link=_link(base, "Sensors", r["id"], "Datastreams"),
+        multi_datastreams_link=_link(base, "Sensors", r["id"], "MultiDatastreams"),
     )
 
 
@@ -634,6 +654,7 @@ def _observed_property(r: dict[str, Any], base: str) -> m.ObservedProperty:
         description=r["description"],
         properties=r["properties"],
         datastreams_link=_link(base, "ObservedProperties", r["id"], "Datastreams"),
+        multi_datastreams_link=_link(base, "ObservedProperties", r["id"], "MultiDatastreams"),
     )
 
 
@@ -643,8 +664,10 @@ def observation_id(datastream_id: int, time: datetime) -> str:
 
 
 def parse_observation_id(text: str) -> tuple[int, datetime]:
+    """The (datastream_id, phenomenonTime) of an Observation's @iot.id; a MultiDatastream's
+    observations have the datastream_id -<its id>."""
     ds, sep, us = text.partition(":")
-    if not (sep and ds.isdigit() and us.lstrip("-").isdigit()):
+    if not (sep and ds.removeprefix("-").isdigit() and us.lstrip("-").isdigit()):
         raise BadRequestError(
             f"Observation id {text!r} is not '<datastream id>:<microseconds since 1970>'"
         )
@@ -657,6 +680,7 @@ _MICROSECOND = timedelta(microseconds=1)
 
 def _observation(r: dict[str, Any], base: str) -> m.Observation:
     oid = observation_id(r["datastream_id"], r["phenomenon_time"])
+    multi = r["datastream_id"] < 0
     return m.Observation(
         id=oid,
         self_link=f"{base}{PREFIX}/Observations('{oid}')",
@@ -664,10 +688,33 @@ def _observation(r: dict[str, Any], base: str) -> m.Observation:
         result_time=iso(r["result_time"]),
         result=r["result"] if r["result_json"] is None else r["result_json"],
         parameters=r["parameters"],
-        datastream_link=_link(base, "Datastreams", r["datastream_id"]),
+        datastream_link=None if multi else _link(base, "Datastreams", r["datastream_id"]),
+        multi_datastream_link=(
+            _link(base, "MultiDatastreams", -r["datastream_id"]) if multi else None
+        ),
         feature_of_interest_link=(
             None if r["foi_id"] is None else _link(base, "FeaturesOfInterest", r["foi_id"])
         ),
+    )
+
+
+def _multi_datastream(r: dict[str, Any], base: str) -> m.MultiDatastream:
+    span = f"{iso(r['t_min'])}/{iso(r['t_max'])}" if r["t_min"] else None
+    return m.MultiDatastream(
+        id=r["id"],
+        self_link=_link(base, "MultiDatastreams", r["id"]),
+        name=r["name"],
+        description=r["description"],
+        observation_type=r["observation_type"],
+        multi_observation_data_types=r["multi_observation_data_types"],
+        unit_of_measurements=[m.UnitOfMeasurement(**u) for u in r["unit_of_measurements"]],
+        observed_area=r["observed_area"],
+        phenomenon_time=span,
+        properties=r["properties"],
+        thing_link=_link(base, "Things", r["thing_id"]),
+        sensor_link=_link(base, "Sensors", r["sensor_id"]),
+        observed_properties_link=_link(base, "MultiDatastreams", r["id"], "ObservedProperties"),
+        observations_link=_link(base, "MultiDatastreams", r["id"], "Observations"),
     )
 
 
@@ -696,6 +743,7 @@ _SETS: dict[str, _Set] = {
     "FeaturesOfInterest": _Set(
         _feature_of_interest, m.FeatureOfInterest, m.FeatureOfInterestCollection
     ),
+    "MultiDatastreams": _Set(_multi_datastream, m.MultiDatastream, m.MultiDatastreamCollection),
 }
 
 
@@ -713,14 +761,15 @@ _SPEC = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
 #: per class): the data model, resource paths (entities, properties, $value, $ref, navigation),
 #: every request-data option, dataArray, and create-update-delete (POST with deep insert and
 #: links by @iot.id, PATCH, PUT, DELETE with cascades, automatic HistoricalLocations:
-#: tests/test_api_sta_write.py). Not (yet): batch-request, multi-datastream and the two MQTT
-#: classes.
+#: tests/test_api_sta_write.py) and the MultiDatastream extension
+#: (tests/test_api_sta_multidatastream.py). Not (yet): batch-request and the two MQTT classes.
 CONFORMANCE = (
     f"{_SPEC}datamodel",
     f"{_SPEC}resource-path/resource-path-to-entities",
     f"{_SPEC}request-data",
     f"{_SPEC}create-update-delete",
     f"{_SPEC}data-array/data-array",
+    f"{_SPEC}multi-datastream",
 )
 #: Quartier's own extensions, each documented by its part of the OpenAPI description.
 EXTENSIONS = {
@@ -757,10 +806,14 @@ def _list(
     entity_set: str,
     within: q.Within | None = None,
     refs: bool = False,
+    order: Nav | None = None,
 ) -> Any:
-    """One page of ``entity_set`` (all of it, or navigated to ``within`` one entity); ``refs``:
-    only their selfLinks (a ``/$ref`` path)."""
+    """One page of ``entity_set`` (all of it, or navigated to ``within`` one entity over the
+    navigation ``order``, whose own order applies without ``$orderby``); ``refs``: only their
+    selfLinks (a ``/$ref`` path)."""
     listing = p.listing(entity_set)
+    if order is not None:
+        listing = nav_order(listing, order, q.ALIASES[entity_set])
     rows, nxt = p.page(q.entities(conn, entity_set, listing, within), base, listing)
     count = q.count_entities(conn, entity_set, listing, within) if p.count else None
     if refs:
@@ -815,10 +868,13 @@ def _add_navigation(entity_set: str, nav: str) -> None:
     """``GET /<entity set>(<id>)/<nav>`` for a to-many navigation property (its entity set)."""
     entity_type = ENTITY_SETS[entity_set]
 
+    order = ENTITIES[entity_type].navs[nav]
+
     def route(entity_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> Any:
         source, on = compile_navigation(entity_type, nav, "_p", q.ALIASES[nav])
         table = ENTITIES[entity_type].table
-        return _list(conn, base, p, nav, q.Within(source, on, entity_type, table, entity_id))
+        within = q.Within(source, on, entity_type, table, entity_id)
+        return _list(conn, base, p, nav, within, order=order)
 
     router.add_api_route(
         f"/{entity_set}({{entity_id}})/{nav}",
@@ -832,7 +888,7 @@ def _add_navigation(entity_set: str, nav: str) -> None:
         source, on = compile_navigation(entity_type, nav, "_p", q.ALIASES[nav])
         table = ENTITIES[entity_type].table
         within = q.Within(source, on, entity_type, table, entity_id)
-        return _list(conn, base, p, nav, within, refs=True)
+        return _list(conn, base, p, nav, within, refs=True, order=order)
 
     router.add_api_route(
         f"/{entity_set}({{entity_id}})/{nav}/$ref",
@@ -859,6 +915,13 @@ def _entity_row(conn: DictConn, entity_set: str, entity_id: str) -> dict[str, An
     return q.entity(conn, entity_set, ENTITY_SETS[entity_set], int(entity_id))
 
 
+def _fk(row: dict[str, Any], column: str) -> int | None:
+    """The id a to-one navigation of ``row`` leads to; None when there is none (an Observation of
+    a MultiDatastream, stored under datastream_id -<its id>, has no Datastream)."""
+    fk = row.get(column)
+    return None if fk is None or int(fk) < 0 else int(fk)
+
+
 def _add_to_one(entity_set: str, nav: str) -> None:
     """``GET /<entity set>(<id>)/<nav>`` for a to-one navigation property: the one entity, read
     by the parent's foreign key (and ``…/<nav>/$ref``: its selfLink)."""
@@ -867,7 +930,7 @@ def _add_to_one(entity_set: str, nav: str) -> None:
     target_set = SET_OF[n.target]
 
     def target(conn: DictConn, entity_id: str) -> dict[str, Any]:
-        fk = _entity_row(conn, entity_set, entity_id).get(n.fk)
+        fk = _fk(_entity_row(conn, entity_set, entity_id), n.fk)
         if fk is None:
             raise NotFoundError(f"{entity_type} {entity_id} has no {nav}")
         return q.entity(conn, target_set, n.target, int(fk))
@@ -963,6 +1026,32 @@ def datastream_observation_refs(ds_id: int, conn: Conn, base: BaseUrl, p: Paging
 
 
 @router.get(
+    "/MultiDatastreams({mds_id})/Observations",
+    response_model=m.ObservationCollection,
+    operation_id="sta_multi_datastream_observations",
+)
+def multi_datastream_observations(mds_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> Any:
+    """One MultiDatastream's observations (each result an array, one value per ObservedProperty);
+    a ``phenomenonTime`` filter is a primary-key range scan as for a Datastream."""
+    listing = p.listing("Observations")
+    rows, nxt = p.page(q.multi_observations(conn, mds_id, listing), base, listing)
+    count = q.count_multi_observations(conn, mds_id, listing) if p.count else None
+    return p.respond(conn, base, "Observations", rows, nxt, count)
+
+
+@router.get(
+    "/MultiDatastreams({mds_id})/Observations/$ref",
+    operation_id="sta_multi_datastream_observations_ref",
+)
+def multi_datastream_observation_refs(mds_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> Any:
+    """The selfLinks of one MultiDatastream's observations."""
+    listing = p.listing("Observations")
+    rows, nxt = p.page(q.multi_observations(conn, mds_id, listing), base, listing)
+    count = q.count_multi_observations(conn, mds_id, listing) if p.count else None
+    return _ref_page(base, "Observations", rows, nxt, count)
+
+
+@router.get(
     "/Observations('{obs_id}')",
     response_model=m.Observation,
     operation_id="sta_get_observation",
@@ -985,6 +1074,10 @@ _NAVIGATIONS = [
     ("Sensors", "Datastreams"),
     ("ObservedProperties", "Datastreams"),
     ("FeaturesOfInterest", "Observations"),
+    ("Things", "MultiDatastreams"),
+    ("Sensors", "MultiDatastreams"),
+    ("ObservedProperties", "MultiDatastreams"),
+    ("MultiDatastreams", "ObservedProperties"),
 ]
 #: The to-one navigations of entities with integer ids (bodies link straight to the entity, e.g.
 #: ``Thing@iot.navigationLink`` is ``Things(1)``; these paths are the standard's other spelling).
@@ -995,6 +1088,9 @@ _TO_ONE = [
     ("HistoricalLocations", "Thing"),
     ("Observations", "Datastream"),
     ("Observations", "FeatureOfInterest"),
+    ("Observations", "MultiDatastream"),
+    ("MultiDatastreams", "Thing"),
+    ("MultiDatastreams", "Sensor"),
 ]
 for _entity_set in ENTITY_SETS:
     _add_collection(_entity_set)
@@ -1056,7 +1152,7 @@ def canonical_path(conn: DictConn, path: str) -> str:
             _member(conn, current, current_id, seg["name"], seg["id"])
             current, current_id = target, seg["id"].strip("'")
         elif not nav.many and seg["id"] is None:
-            fk = _entity_row(conn, current, current_id).get(nav.fk)
+            fk = _fk(_entity_row(conn, current, current_id), nav.fk)
             if fk is None:
                 raise NotFoundError(f"{ENTITY_SETS[current]} {current_id} has no {seg['name']}")
             current, current_id = target, str(fk)

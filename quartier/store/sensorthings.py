@@ -33,6 +33,7 @@ ALIASES = {
     "Observations": "o",
     "HistoricalLocations": "h",
     "FeaturesOfInterest": "f",
+    "MultiDatastreams": "m",
 }
 
 
@@ -125,7 +126,7 @@ _OBSERVED_PROPERTY = _Collection(
 )
 _OBSERVATION = _Collection(
     "o.datastream_id, o.phenomenon_time, o.result, o.result_json, o.result_time, o.parameters,"
-    " o.foi_id",
+    " o.foi_id, case when o.datastream_id < 0 then -o.datastream_id end as multi_datastream_id",
     "observation o",
     "o.phenomenon_time",  # with the datastream fixed by the scope: the primary key's rest
 )
@@ -135,6 +136,17 @@ _FEATURE_OF_INTEREST = _Collection(
     " ST_AsGeoJSON(f.feature)::json as feature, f.properties",
     "feature_of_interest f",
     "f.id",
+)
+
+# The MultiDatastream extension: its observations are stored under datastream_id -<its id>.
+_MULTI_DATASTREAM = _Collection(
+    """m.id, m.name, m.description, m.observation_type, m.multi_observation_data_types,
+       m.unit_of_measurements, m.thing_id, m.sensor_id, m.properties,
+       ST_AsGeoJSON(m.observed_area)::json as observed_area,
+       (select min(o.phenomenon_time) from observation o where o.datastream_id = -m.id) as t_min,
+       (select max(o.phenomenon_time) from observation o where o.datastream_id = -m.id) as t_max""",
+    "multi_datastream m",
+    "m.id",
 )
 
 #: Each entity set's collection; Observations over all datastreams sort by the whole primary key.
@@ -149,6 +161,7 @@ _COLLECTIONS = {
         _OBSERVATION.columns, _OBSERVATION.source, "o.datastream_id, o.phenomenon_time"
     ),
     "FeaturesOfInterest": _FEATURE_OF_INTEREST,
+    "MultiDatastreams": _MULTI_DATASTREAM,
 }
 
 
@@ -296,6 +309,30 @@ def observations(conn: DictConn, ds_id: int, listing: Listing) -> list[dict[str,
         raise NotFoundError(f"no Datastream with @iot.id {ds_id}")
     source = sql.SQL(_OBSERVATION.source)
     return _select_page(conn, _OBSERVATION, source, _OF_DATASTREAM, ds_id, listing)
+
+
+def multi_observations(conn: DictConn, mds_id: int, listing: Listing) -> list[dict[str, Any]]:
+    """A page of one MultiDatastream's observations (stored under datastream_id -``mds_id``, so
+    a ``phenomenonTime`` filter is a range scan of the primary key as for a Datastream)."""
+    if conn.execute("select 1 from multi_datastream where id = %s", (mds_id,)).fetchone() is None:
+        raise NotFoundError(f"no MultiDatastream with @iot.id {mds_id}")
+    source = sql.SQL(_OBSERVATION.source)
+    return _select_page(conn, _OBSERVATION, source, _OF_DATASTREAM, -mds_id, listing)
+
+
+def count_multi_observations(conn: DictConn, mds_id: int, listing: Listing) -> int:
+    """How many observations of one MultiDatastream match ``listing``'s condition."""
+    return _count(conn, _OBSERVATION, listing, _OF_DATASTREAM, -mds_id)
+
+
+def multi_datastream_size(conn: DictConn, mds_id: int) -> int | None:
+    """How many values an observation of the MultiDatastream has (None: there is none)."""
+    row = conn.execute(
+        "select jsonb_array_length(multi_observation_data_types) as n from multi_datastream"
+        " where id = %s",
+        (mds_id,),
+    ).fetchone()
+    return None if row is None else int(row["n"])
 
 
 def observation(conn: DictConn, ds_id: int, time: datetime) -> dict[str, Any]:

@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 MIN_DATETIME = datetime(1, 1, 1, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The canonical spelling of an Observation's derived @iot.id (no leading zeros, no "+").
-_OBSERVATION_KEY = re.compile(r"^(?P<ds>0|[1-9][0-9]{0,17}):(?P<us>0|-?[1-9][0-9]{0,17})$")
+# (A MultiDatastream's observations are stored under datastream_id -<its id>: "-3:<µs>".)
+_OBSERVATION_KEY = re.compile(r"^(?P<ds>0|-?[1-9][0-9]{0,17}):(?P<us>0|-?[1-9][0-9]{0,17})$")
 MAX_DATETIME = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
@@ -340,6 +341,8 @@ class _Compiler:
         a = sql.Identifier(alias)
         if r.fk_shortcut:
             nav = r.entity.navs[r.prop_name]
+            if nav.fk_sql:
+                return _Val("int", _S(nav.fk_sql).format(a=a), nav.fk_nullable)
             return _Val("int", sql.Identifier(alias, nav.fk), nav.fk_nullable)
         p = r.prop
         s = _S(p.sql).format(a=a) if "{a}" in p.sql else _S(p.sql)

@@ -15,7 +15,8 @@ booleans.
 SQL fragments here are constants of this module (the whitelist); ``{a}`` is the entity's table
 alias, ``{b}`` a navigation target's alias, ``{x}`` the alias of a link table.
 
-Length: one job; most of it is the table of the eight entity types and their properties.
+Length: one job; most of it is the table of the entity types (the standard's eight and the
+MultiDatastream extension's) and their properties.
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ class Nav:
     on: str
     fk: str = ""
     fk_nullable: bool = False
+    #: the foreign key as SQL over ``{a}`` when it is not a column of the source (``fk`` is then
+    #: the name of the row's key that carries it)
+    fk_sql: str = ""
+    #: SQL over ``{b}`` / ``{x}``: the navigation's own order when ``$orderby`` names none (a
+    #: MultiDatastream's ObservedProperties in the order of its results)
+    order: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,11 @@ _PT_START = "(select min(_o.phenomenon_time) from observation _o where _o.datast
 _PT_END = "(select max(_o.phenomenon_time) from observation _o where _o.datastream_id = {a}.id)"
 _RT_START = "(select min(_o.result_time) from observation _o where _o.datastream_id = {a}.id)"
 _RT_END = "(select max(_o.result_time) from observation _o where _o.datastream_id = {a}.id)"
+_MULTI = "from observation _o where _o.datastream_id = (-{a}.id))"
+_MPT_START = f"(select min(_o.phenomenon_time) {_MULTI}"
+_MPT_END = f"(select max(_o.phenomenon_time) {_MULTI}"
+_MRT_START = f"(select min(_o.result_time) {_MULTI}"
+_MRT_END = f"(select max(_o.result_time) {_MULTI}"
 # The derived @iot.id of an Observation (see quartier/api/sensorthings.py observation_id).
 _OBSERVATION_ID = (
     "({a}.datastream_id::text || ':' ||"
@@ -120,6 +132,9 @@ ENTITIES: dict[str, Entity] = {
                 "HistoricalLocation", True, "historical_location {b}", "{b}.thing_id = {a}.id"
             ),
             "Datastreams": Nav("Datastream", True, "datastream {b}", "{b}.thing_id = {a}.id"),
+            "MultiDatastreams": Nav(
+                "MultiDatastream", True, "multi_datastream {b}", "{b}.thing_id = {a}.id"
+            ),
         },
     ),
     "Location": Entity(
@@ -192,7 +207,12 @@ ENTITIES: dict[str, Entity] = {
             **_common(encoding=True),
             "metadata": Prop("{a}.metadata", "str", nullable=False),
         },
-        {"Datastreams": Nav("Datastream", True, "datastream {b}", "{b}.sensor_id = {a}.id")},
+        {
+            "Datastreams": Nav("Datastream", True, "datastream {b}", "{b}.sensor_id = {a}.id"),
+            "MultiDatastreams": Nav(
+                "MultiDatastream", True, "multi_datastream {b}", "{b}.sensor_id = {a}.id"
+            ),
+        },
     ),
     "ObservedProperty": Entity(
         "ObservedProperty",
@@ -204,7 +224,14 @@ ENTITIES: dict[str, Entity] = {
         {
             "Datastreams": Nav(
                 "Datastream", True, "datastream {b}", "{b}.observed_property_id = {a}.id"
-            )
+            ),
+            "MultiDatastreams": Nav(
+                "MultiDatastream",
+                True,
+                "multi_datastream {b}",
+                "exists (select 1 from multi_datastream_observed_property {x}"
+                " where {x}.multi_datastream_id = {b}.id and {x}.observed_property_id = {a}.id)",
+            ),
         },
     ),
     "Observation": Entity(
@@ -236,6 +263,16 @@ ENTITIES: dict[str, Entity] = {
                 fk="foi_id",
                 fk_nullable=True,
             ),
+            # a MultiDatastream's observations are stored under datastream_id -<its id>
+            "MultiDatastream": Nav(
+                "MultiDatastream",
+                False,
+                "multi_datastream {b}",
+                "{b}.id = (-{a}.datastream_id)",
+                fk="multi_datastream_id",
+                fk_nullable=True,
+                fk_sql="(case when {a}.datastream_id < 0 then -{a}.datastream_id end)",
+            ),
         },
     ),
     "FeatureOfInterest": Entity(
@@ -243,6 +280,37 @@ ENTITIES: dict[str, Entity] = {
         "feature_of_interest",
         _common("feature", encoding=True),
         {"Observations": Nav("Observation", True, "observation {b}", "{b}.foi_id = {a}.id")},
+    ),
+    # The MultiDatastream extension (A.5): its Observations are stored under datastream_id -id.
+    "MultiDatastream": Entity(
+        "MultiDatastream",
+        "multi_datastream",
+        {
+            **_common(),
+            "observationType": Prop("{a}.observation_type", "str", nullable=False),
+            "multiObservationDataTypes": Prop(
+                "{a}.multi_observation_data_types", "dyn", nullable=False
+            ),
+            "unitOfMeasurements": Prop("{a}.unit_of_measurements", "dyn", nullable=False),
+            "observedArea": Prop("{a}.observed_area", "geom"),
+            "phenomenonTime": Prop(_MPT_START, "interval", end=_MPT_END),
+            "resultTime": Prop(_MRT_START, "interval", end=_MRT_END),
+        },
+        {
+            "Thing": Nav("Thing", False, "thing {b}", "{b}.id = {a}.thing_id", fk="thing_id"),
+            "Sensor": Nav("Sensor", False, "sensor {b}", "{b}.id = {a}.sensor_id", fk="sensor_id"),
+            "ObservedProperties": Nav(
+                "ObservedProperty",
+                True,
+                "observed_property {b} join multi_datastream_observed_property {x}"
+                " on {x}.observed_property_id = {b}.id",
+                "{x}.multi_datastream_id = {a}.id",
+                order="{x}.position",
+            ),
+            "Observations": Nav(
+                "Observation", True, "observation {b}", "{b}.datastream_id = (-{a}.id)"
+            ),
+        },
     ),
 }
 
@@ -256,6 +324,7 @@ ENTITY_SETS: dict[str, str] = {
     "ObservedProperties": "ObservedProperty",
     "Observations": "Observation",
     "FeaturesOfInterest": "FeatureOfInterest",
+    "MultiDatastreams": "MultiDatastream",
 }
 
 
