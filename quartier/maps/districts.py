@@ -89,6 +89,8 @@ class Choropleth:
     #: legend rows: (colour, label)
     rows: list[tuple[str, str]]
     note: str
+    #: filled by status (else by value)
+    by_status: bool = False
 
 
 def choropleth(
@@ -116,7 +118,7 @@ def choropleth(
             if evaluated
             else ""
         )
-        return Choropleth(codes, raw, fills, rows, note)
+        return Choropleth(codes, raw, fills, rows, note, by_status=True)
     bounds = value_classes(raw)
     fills = []
     for value in raw:

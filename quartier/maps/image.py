@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ from quartier.maps.render import BACKGROUND, DISTRICT_COLOUR, Lang, _number, tex
 #: inches at 150 dpi: 1500 × 1200 pixels, readable on a slide and in an A4 report
 FIGSIZE = (10.0, 8.0)
 DPI = 150
+#: characters per line of the legend (beside the map)
+LEGEND_WIDTH = 48
 _RC = {"font.family": "DejaVu Sans", "font.size": 9}
 
 
@@ -90,7 +93,7 @@ def _frame(frame: gpd.GeoDataFrame | None) -> gpd.GeoDataFrame | None:
 
 def _figure(title: str) -> tuple[Figure, Axes]:
     fig = Figure(figsize=FIGSIZE, dpi=DPI, facecolor="white")
-    ax = fig.add_axes((0.02, 0.08, 0.96, 0.84))
+    ax = fig.add_axes((0.02, 0.08, 0.6, 0.84))
     ax.set_facecolor(BACKGROUND)
     ax.set_aspect("equal")
     ax.set_xticks([])
@@ -108,10 +111,15 @@ def _finish(
         pad = max(east - west, north - south) * 0.03
         ax.set_xlim(west - pad, east + pad)
         ax.set_ylim(south - pad, north + pad)
+    ax.set_xlabel("")
+    ax.set_ylabel("")
     _scale_bar(ax, lang)
     if handles:
-        legend = ax.legend(handles=handles, title=legend_title, loc="upper left", fontsize=8,
-                           title_fontsize=9, framealpha=0.92)  # fmt: skip
+        for handle in handles:
+            handle.set_label(textwrap.fill(str(handle.get_label()), LEGEND_WIDTH))
+        legend = ax.legend(handles=handles, title=textwrap.fill(legend_title, LEGEND_WIDTH),
+                           loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8,
+                           title_fontsize=9, frameon=False, alignment="left")  # fmt: skip
         legend.set_zorder(20)
     footer = f"{text(lang, 'source')}: {data_source}"
     if note:
@@ -187,7 +195,7 @@ def district_png(
     """A PNG of the district map: each district filled as on the page (status colour or value
     class), its value written in it, legend, scale bar, source line."""
     with mpl.rc_context(_RC):
-        fig, ax = _figure(title)
+        fig, ax = _figure(f"{title} ({unit})" if unit else title)
         frame = _frame(districts)
         handles = [Patch(facecolor=c, edgecolor="#333333", label=label) for c, label in chart.rows]
         if frame is not None:
@@ -195,8 +203,7 @@ def district_png(
                                strict=True))  # fmt: skip
             codes = [str(c) for c in frame["code"]]
             fills = [by_code.get(c, ("#e0e0e0", np.nan))[0] for c in codes]
-            frame.plot(ax=ax, color=fills, edgecolor="#333333", linewidth=0.9, alpha=0.85,
-                       zorder=2)  # fmt: skip
+            frame.plot(ax=ax, color=fills, edgecolor="#333333", linewidth=0.9, zorder=2)
             points = frame.geometry.representative_point()
             names = frame["name"] if "name" in frame.columns else frame["code"]
             for point, name, code in zip(points, names, codes, strict=True):
@@ -214,4 +221,5 @@ def district_png(
         if city3035 is not None:
             city3035.boundary.plot(ax=ax, color="#000000", linewidth=1.4, zorder=5)
         extent_frame = city3035 if city3035 is not None else frame
-        return _finish(fig, ax, extent_frame, handles, title, chart.note, data_source, lang)
+        legend_title = text(lang, "status") if chart.by_status else unit
+        return _finish(fig, ax, extent_frame, handles, legend_title, chart.note, data_source, lang)
