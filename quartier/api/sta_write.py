@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
@@ -66,6 +66,25 @@ Json = Annotated[Any, Body(description="the entity as JSON (OGC 18-088)")]
 
 
 # --------------------------------------------------------------------------- the writer
+#: The ASGI scope key of a request dispatched inside a ``$batch`` change set
+#: (``quartier.api.sta_batch``): its :class:`Held` transaction, which the request writes in and
+#: reads its checks and answer from.
+CHANGESET = "quartier.changeset"
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """The database's refusals of a write as the API's errors."""
+    try:
+        yield
+    except pg_errors.UniqueViolation as exc:
+        raise ConflictError(_unique_message(exc)) from None
+    except (pg_errors.DataError, pg_errors.InternalError) as exc:
+        # PostGIS refuses a geometry it cannot read (ST_GeomFromGeoJSON)
+        detail = (exc.diag.message_primary or "invalid value").strip()
+        raise BadRequestError(f"a value is not valid: {detail}") from None
+
+
 class _Writer:
     """The app's one SensorThings writer (a BatchWriter owns one connection), used under a
     lock; it logs in as the ingester does."""
@@ -77,33 +96,77 @@ class _Writer:
         self.personal = settings.privacy.personal_networks
         self.writer: BatchWriter | None = None
 
+    def _batch_writer(self) -> BatchWriter:
+        if self.writer is None:
+            self.writer = BatchWriter(
+                self.url,
+                auto_register=False,
+                reject_payload_max_bytes=self.cfg.reject_payload_max_bytes,
+                personal_networks=self.personal,
+            )
+        return self.writer
+
     def write(
         self,
         batch: Batch,
         prepare: Callable[[RawConn], None] | None = None,
         all_or_nothing: bool = False,
     ) -> WriteResult:
-        with self.lock:
-            if self.writer is None:
-                self.writer = BatchWriter(
-                    self.url,
-                    auto_register=False,
-                    reject_payload_max_bytes=self.cfg.reject_payload_max_bytes,
-                    personal_networks=self.personal,
-                )
-            try:
-                return self.writer.write(batch, prepare, all_or_nothing)
-            except pg_errors.UniqueViolation as exc:
-                raise ConflictError(_unique_message(exc)) from None
-            except (pg_errors.DataError, pg_errors.InternalError) as exc:
-                # PostGIS refuses a geometry it cannot read (ST_GeomFromGeoJSON)
-                detail = (exc.diag.message_primary or "invalid value").strip()
-                raise BadRequestError(f"a value is not valid: {detail}") from None
+        with self.lock, _store_errors():
+            return self._batch_writer().write(batch, prepare, all_or_nothing)
+
+    def hold(self) -> Held:
+        """The lock and one transaction for several requests (a ``$batch`` change set) until
+        :meth:`Held.end`; blocks while another write runs."""
+        self.lock.acquire()
+        try:
+            wr = self._batch_writer()
+            conn = wr.begin()
+        except BaseException:
+            self.lock.release()
+            raise
+        return Held(self, wr, conn)
 
     def close(self) -> None:
         with self.lock:
             if self.writer is not None:
                 self.writer.close()
+
+
+class Held:
+    """A change set's transaction: the writes of its requests, and the reads of their checks
+    and answers (which must see what the change set wrote), all on the writer's connection."""
+
+    def __init__(self, owner: _Writer, wr: BatchWriter, conn: RawConn) -> None:
+        self.owner = owner
+        self.wr = wr
+        self.conn = conn
+        self.open = True
+
+    def write(
+        self,
+        batch: Batch,
+        prepare: Callable[[RawConn], None] | None = None,
+        all_or_nothing: bool = False,
+    ) -> WriteResult:
+        with _store_errors():
+            return self.wr.write(batch, prepare, all_or_nothing)
+
+    def reads(self) -> DictConn:
+        """A cursor in the transaction with dict rows: the store's reads only ``execute`` and
+        fetch, which a cursor does as a connection does."""
+        return cast(DictConn, self.conn.cursor(row_factory=dict_row))
+
+    def end(self, commit: bool) -> None:
+        """Commit or roll back, and let other writes go on."""
+        if not self.open:
+            return
+        self.open = False
+        try:
+            with _store_errors():
+                self.wr.end(commit)
+        finally:
+            self.owner.lock.release()
 
 
 def _unique_message(exc: pg_errors.UniqueViolation) -> str:
@@ -115,12 +178,26 @@ def _unique_message(exc: pg_errors.UniqueViolation) -> str:
     return f"the entity exists already ({exc.diag.constraint_name})"
 
 
-def writer(request: Request) -> _Writer:
+def writer(request: Request) -> _Writer | Held:
+    """The app's writer, or inside a ``$batch`` change set its held transaction."""
+    held: Held | None = request.scope.get(CHANGESET)
+    return held if held is not None else app_writer(request)
+
+
+def app_writer(request: Request) -> _Writer:
+    """The app's one writer (made on first use)."""
     state = request.app.state
     if not hasattr(state, "sta_writer"):
         state.sta_writer = _Writer(state.settings)
     wr: _Writer = state.sta_writer
     return wr
+
+
+def _reads(request: Request, conn: DictConn) -> DictConn:
+    """Where a write's checks and answer read: the pooled connection, or inside a ``$batch``
+    change set its transaction (which sees what the change set wrote before)."""
+    held: Held | None = request.scope.get(CHANGESET)
+    return conn if held is None else held.reads()
 
 
 def _now() -> datetime:
@@ -163,9 +240,18 @@ def _observation_row(cur: w.Executor, new: b.NewObservation, ds_id: int, path: s
 
 
 def _create_observation(
-    request: Request, conn: DictConn, base: str, settings: Settings, raw: Any, ds: int | None
+    request: Request,
+    conn: DictConn,
+    base: str,
+    settings: Settings,
+    raw: Any,
+    ds: int | None,
+    mds: int | None = None,
 ) -> JSONResponse:
+    conn = _reads(request, conn)
     new = b.observation(raw, _now(), settings.ingest.max_future_seconds)
+    if mds is not None or new.multi_datastream_id is not None:
+        return _create_multi_observation(request, conn, base, new, ds, mds)
     if ds is not None:
         if new.datastream_id not in (None, ds):
             raise BadRequestError(
@@ -199,6 +285,80 @@ def _create_observation(
     return _created(body, body["@iot.selfLink"])
 
 
+def _create_multi_observation(
+    request: Request,
+    conn: DictConn,
+    base: str,
+    new: b.NewObservation,
+    ds: int | None,
+    mds: int | None,
+) -> JSONResponse:
+    """An Observation of a MultiDatastream (MultiDatastream extension, A.5): its result an
+    array with one value per multiObservationDataType, stored by the same writer under
+    datastream_id -<MultiDatastream id>."""
+    if ds is not None:
+        raise BadRequestError(
+            f"MultiDatastream: the path names Datastream {ds}; post an Observation of a"
+            " MultiDatastream to /MultiDatastreams(<id>)/Observations or /Observations"
+        )
+    if mds is not None and new.datastream_id is not None:
+        raise BadRequestError(
+            f"Datastream: the path names MultiDatastream {mds}; an Observation belongs to one"
+        )
+    if mds is not None and new.multi_datastream_id not in (None, mds):
+        raise BadRequestError(
+            f"MultiDatastream/@iot.id: the body names MultiDatastream {new.multi_datastream_id},"
+            f" the path MultiDatastream {mds}"
+        )
+    target = mds if mds is not None else new.multi_datastream_id
+    assert target is not None
+    types = w.multi_datastream_types(conn, target)
+    if types is None:
+        if mds is not None:
+            raise NotFoundError(f"no MultiDatastream with @iot.id {mds}")
+        raise BadRequestError(
+            f"MultiDatastream/@iot.id: there is no MultiDatastream with @iot.id {target}"
+        )
+    b.multi_result(new.result, types, f"MultiDatastream {target}")
+    stored_as = -target  # a MultiDatastream's observations: datastream_id -<its id>
+    batch = Batch(source="http")
+
+    def prepare(raw_conn: RawConn) -> None:
+        with _cursor(raw_conn) as cur:
+            batch.observations.append(_observation_row(cur, new, stored_as, ""))
+
+    result = writer(request).write(batch, prepare, all_or_nothing=True)
+    if result.not_stored:
+        oid = observation_id(stored_as, new.time)
+        raise ConflictError(
+            f"MultiDatastream {target} has an Observation at {iso(new.time)} already"
+            f" (@iot.id '{oid}'); Quartier keeps the first: PATCH"
+            f" {base}{PREFIX}/Observations('{oid}') to change it"
+        )
+    row = q.observation(conn, stored_as, new.time)
+    body = shape("Observations", row, base).model_dump(mode="json", by_alias=True)
+    return _created(body, body["@iot.selfLink"])
+
+
+@router.post(
+    "/MultiDatastreams({mds_id})/Observations",
+    response_model=m.Observation,
+    status_code=201,
+    operation_id="sta_create_multi_datastream_observation",
+    dependencies=OBSERVATIONS,
+    responses={
+        **_ERRORS,
+        409: {"description": "the MultiDatastream has an Observation at that time"},
+    },
+)
+def create_multi_datastream_observation(
+    mds_id: int, request: Request, conn: Conn, base: BaseUrl, settings: AppSettings, body: Json
+) -> JSONResponse:
+    """Creates an Observation of MultiDatastream ``mds_id``: its result an array of one value
+    per ObservedProperty, in their order (400 naming the mismatch otherwise)."""
+    return _create_observation(request, conn, base, settings, body, None, mds_id)
+
+
 @router.post(
     "/Observations",
     response_model=m.Observation,
@@ -210,7 +370,8 @@ def _create_observation(
 def create_observation(
     request: Request, conn: Conn, base: BaseUrl, settings: AppSettings, body: Json
 ) -> JSONResponse:
-    """Creates an Observation of the Datastream its body links (``Datastream: {"@iot.id"}``)."""
+    """Creates an Observation of the Datastream its body links (``Datastream: {"@iot.id"}``),
+    or of the MultiDatastream (``MultiDatastream: {"@iot.id"}``, an array result)."""
     return _create_observation(request, conn, base, settings, body, None)
 
 
@@ -264,8 +425,10 @@ class _Tree:
         """Insert ``new`` and everything it nests; its id."""
         cur, es = self.cur, new.entity_set
         values = dict(new.values)
-        if es == "Datastreams":
+        if es in ("Datastreams", "MultiDatastreams"):
             for nav, (target, column) in _DATASTREAM_LINKS.items():
+                if nav not in b.LINKS[es]:
+                    continue  # a MultiDatastream's ObservedProperties: after it is inserted
                 if nav in new.links:
                     values[column] = self._linked(new, nav, target, path)[0]
                 elif nav in new.nested:
@@ -278,6 +441,8 @@ class _Tree:
                         ' ({"@iot.id": <id>}) or describe a new one'
                     )
         new_id = w.insert(cur, es, values)
+        if es == "MultiDatastreams":
+            self._observed_properties(new, new_id, path)
         if es == "Things":
             locations = self._linked(new, "Locations", "Locations", path)
             for i, loc in enumerate(new.nested.get("Locations", [])):
@@ -300,16 +465,53 @@ class _Tree:
                 w.update(cur, "Datastreams", ds, {column: new_id})
             for i, ds_body in enumerate(new.nested.get("Datastreams", [])):
                 self.insert(ds_body, _at(path, "Datastreams", i), (es, new_id))
+        if es in ("Things", "Sensors"):
+            column = _DATASTREAM_PARENT[es]
+            for mds in self._linked(new, "MultiDatastreams", "MultiDatastreams", path):
+                w.update(cur, "MultiDatastreams", mds, {column: new_id})
+            for i, mds_body in enumerate(new.nested.get("MultiDatastreams", [])):
+                self.insert(mds_body, _at(path, "MultiDatastreams", i), (es, new_id))
         for i, o in enumerate(new.observations):
             opath = _at(path, "Observations", i)
             if es == "Datastreams":
                 self.observations.append((new_id, o, opath + "/", None))
+            elif es == "MultiDatastreams":  # stored under datastream_id -<its id>
+                self.observations.append((-new_id, o, opath + "/", None))
+            elif o.multi_datastream_id is not None:  # a FeatureOfInterest's, of a MultiDatastream
+                mds = o.multi_datastream_id
+                types = w.multi_datastream_types(cur, mds)
+                if types is None:
+                    raise BadRequestError(
+                        f"{opath}/MultiDatastream/@iot.id: there is no MultiDatastream with"
+                        f" @iot.id {mds}"
+                    )
+                b.multi_result(o.result, types, f"MultiDatastream {mds}", opath)
+                self.observations.append((-mds, o, opath + "/", new_id))
             else:  # a FeatureOfInterest's Observations name their Datastream
                 if o.datastream_id is None:
                     raise BadRequestError(f"{opath}/Datastream is required")
                 w.require(cur, "Datastreams", o.datastream_id, f"{opath}/Datastream/@iot.id")
                 self.observations.append((o.datastream_id, o, opath + "/", new_id))
         return new_id
+
+    def _observed_properties(self, new: b.NewEntity, mds_id: int, path: str) -> None:
+        """A new MultiDatastream's ObservedProperties, linked or created, in the body's order
+        (the order of its results)."""
+        ids = []
+        for i, item in enumerate(new.ordered.get("ObservedProperties", [])):
+            ipath = _at(path, "ObservedProperties", i)
+            if isinstance(item, int):
+                w.require(self.cur, "ObservedProperties", item, f"{ipath}/@iot.id")
+                ids.append(item)
+            else:
+                ids.append(self.insert(item, ipath))
+        if not ids:
+            raise BadRequestError(
+                f"{_at(path, 'ObservedProperties')} is required: one per value of the results,"
+                ' each linked ({"@iot.id": <id>}) or described'
+            )
+        w.link_observed_properties(self.cur, mds_id, ids)
+        w.check_multi_datastream(self.cur, mds_id)
 
     def stored_observations(self) -> list[Observation]:
         seen: dict[tuple[int, datetime], str] = {}
@@ -336,6 +538,7 @@ def _create_entity(
     parent: tuple[str, int] | None = None,
 ) -> JSONResponse:
     settings: Settings = request.app.state.settings
+    conn = _reads(request, conn)
     now = _now()
     new = b.entity(entity_set, raw, "", now, settings.ingest.max_future_seconds)
     batch = Batch(source="http")
@@ -406,6 +609,7 @@ def _update(
     values: dict[str, Any],
     links: dict[str, int],
 ) -> JSONResponse:
+    conn = _reads(request, conn)
     moved = values.pop("_locations", None)
 
     def prepare(raw_conn: RawConn) -> None:
@@ -419,6 +623,8 @@ def _update(
                 changes[column] = target_id
             if changes:
                 w.update(cur, entity_set, entity_id, changes)
+            if entity_set == "MultiDatastreams":
+                w.check_multi_datastream(cur, entity_id)
             if moved:
                 for i, loc in enumerate(moved):
                     w.require(cur, "Locations", loc, f"Locations[{i}]/@iot.id")
@@ -512,8 +718,12 @@ def patch_observation(
     """Changes an Observation's result, resultTime, parameters or FeatureOfInterest (its
     Datastream and phenomenonTime make its id and stay)."""
     ds, time = parse_observation_id(obs_id)
+    conn = _reads(request, conn)
     q.observation(conn, ds, time)  # 404 when there is none
     values, foi = b.observation_patch(body, time)
+    if ds < 0 and "result" in values:  # of MultiDatastream -ds
+        types = w.multi_datastream_types(conn, -ds) or []
+        b.multi_result(body["result"], types, f"MultiDatastream {-ds}")
 
     def prepare(raw_conn: RawConn) -> None:
         with _cursor(raw_conn) as cur:
@@ -535,7 +745,7 @@ def patch_observation(
 def delete_observation(obs_id: str, request: Request, conn: Conn) -> Response:
     """Deletes an Observation."""
     ds, time = parse_observation_id(obs_id)
-    q.observation(conn, ds, time)  # 404 when there is none
+    q.observation(_reads(request, conn), ds, time)  # 404 when there is none
 
     def prepare(raw_conn: RawConn) -> None:
         with _cursor(raw_conn) as cur:
@@ -675,5 +885,7 @@ for _parent, _nav in (
     ("Locations", "Things"),
     ("Sensors", "Datastreams"),
     ("ObservedProperties", "Datastreams"),
+    ("Things", "MultiDatastreams"),
+    ("Sensors", "MultiDatastreams"),
 ):
     _add_create_under(_parent, _nav)
