@@ -614,3 +614,9 @@ def test_a_malformed_multipart_batch_is_a_400(
     r = client.post(BATCH, content=data, headers={"Content-Type": ctype})
     assert r.status_code == 400, r.text
     assert named in r.json()["message"]
+
+
+def test_the_service_root_lists_the_batch_class(client: TestClient) -> None:
+    root = client.get(V).json()
+    spec = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
+    assert spec + "batch-request/batch-request" in root["serverSettings"]["conformance"]

@@ -401,7 +401,8 @@ def test_service_root_conformance_and_licence(client: TestClient) -> None:
     classes = [c for c in root["serverSettings"]["conformance"] if c.startswith(spec)]
     # exactly the classes this suite tests (paths here, request-data in test_api_sta_options,
     # _expand and _paging, dataArray in _paging, create-update-delete in test_api_sta_write,
-    # multi-datastream in test_api_sta_multidatastream); no batch or MQTT
+    # multi-datastream in test_api_sta_multidatastream, batch-request in test_api_sta_batch);
+    # no MQTT
     assert sorted(classes) == sorted(
         spec + c
         for c in (
@@ -411,6 +412,7 @@ def test_service_root_conformance_and_licence(client: TestClient) -> None:
             "create-update-delete",
             "data-array/data-array",
             "multi-datastream",
+            "batch-request/batch-request",
         )
     )
     extensions = [c for c in root["serverSettings"]["conformance"] if not c.startswith(spec)]

@@ -762,7 +762,8 @@ _SPEC = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
 #: every request-data option, dataArray, and create-update-delete (POST with deep insert and
 #: links by @iot.id, PATCH, PUT, DELETE with cascades, automatic HistoricalLocations:
 #: tests/test_api_sta_write.py) and the MultiDatastream extension
-#: (tests/test_api_sta_multidatastream.py). Not (yet): batch-request and the two MQTT classes.
+#: (tests/test_api_sta_multidatastream.py), batch requests (JSON and multipart, with change sets:
+#: tests/test_api_sta_batch.py). Not (yet): the two MQTT classes.
 CONFORMANCE = (
     f"{_SPEC}datamodel",
     f"{_SPEC}resource-path/resource-path-to-entities",
@@ -770,6 +771,7 @@ CONFORMANCE = (
     f"{_SPEC}create-update-delete",
     f"{_SPEC}data-array/data-array",
     f"{_SPEC}multi-datastream",
+    f"{_SPEC}batch-request/batch-request",
 )
 #: Quartier's own extensions, each documented by its part of the OpenAPI description.
 EXTENSIONS = {
