@@ -3,7 +3,8 @@ path before issue #14) in the same run, on the same data, through the same app.
 
     .venv/bin/python bench/indicators.py [--datastreams 40] [--days 1] [--step-min 5]
                                          [--requests 50] [--old-requests 5] [--repeat 5]
-    .venv/bin/python bench/indicators.py --large     # the issue's 2,000 datastreams x a year
+    .venv/bin/python bench/indicators.py --large [--data-dir DIR]
+                                         # the issue's 2,000 datastreams x a year + Köln world
 
 Starts its own PostgreSQL and Mosquitto (unless QUARTIER_TEST_DATABASE_URL and
 QUARTIER_TEST_MQTT_URL are set), loads the Köln districts, ``--datastreams`` sensors (air quality,
@@ -18,11 +19,24 @@ a small coverage run. Then, ``--repeat`` times, it times ``--requests`` requests
 and prints p50/p95 per round, min/median/max over the rounds, the ratio, the time of one
 refresh (what the maintenance round and the triggers pay) and whether the targets of issue #14
 (p95 ≤ 50 ms for the list, ≤ 20 ms for one indicator) are met.
+
+``--large``: the store benchmark's data set (``bench/store.py``'s COPY generator: 2,000
+datastreams × 365 days every 20 minutes up to now, 52.6 M observations, loaded month by month on
+two connections, rollups rebuilt in bulk) plus the simulated Köln coverage world analysed as in
+``bench/coverage.py`` (150,000 addresses, 200,000 speed tests, 1,000,000 signal measurements).
+It measures, ``--repeat`` rounds each with min/median/max: ``/indicators`` and
+``/indicators/{id}`` (p50/p95 of ``--requests``), one refresh of the whole catalogue
+(``quartier indicators refresh``), and a full evaluation run of the Köln strategy
+(``evaluate``: stored values, assessment, run stored) with and without the HTML report. The
+recompute baseline runs once (it takes minutes on this data). PostgreSQL runs with its durable
+defaults (fsync, synchronous_commit, full_page_writes on). ``--data-dir`` keeps the server and
+the loaded database there and reuses them in a later run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -45,7 +59,10 @@ from quartier.api.deps import Conn
 from quartier.api.indicators import IndicatorDetail, IndicatorList
 from quartier.config import Settings
 from quartier.evaluation import current
+from quartier.evaluation.evaluate import evaluate
 from quartier.evaluation.indicators import CATALOGUE
+from quartier.evaluation.report import build_report
+from quartier.evaluation.strategy import load_strategy
 from quartier.geo.io import import_districts
 from quartier.services import LocalServices
 from quartier.store import rollups
@@ -55,6 +72,19 @@ from quartier.store.pgcopy import write_copy_fixed
 QUANTITIES = ("pm10", "pm25", "no2", "noise_laeq", "temperature", "humidity")
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 DETAIL = "pm10_annual_mean"
+BENCH = Path(__file__).resolve().parent
+STRATEGY = BENCH.parent / "quartier" / "resources" / "strategy-koeln.yaml"
+#: bump when the --large data changes: a kept database of another version is loaded again
+LARGE_VERSION = 1
+
+
+def _bench_module(name: str) -> Any:
+    """``bench/<name>.py`` (the store and coverage benchmarks' generators, reused here)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def log(msg: str) -> None:
@@ -238,25 +268,193 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--old-requests", type=int, default=5, help="the recompute takes seconds")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--large", action="store_true", help="2,000 datastreams x 365 days, 15 min")
+    ap.add_argument(
+        "--large", action="store_true", help="2,000 datastreams x 365 days + the Köln world"
+    )
+    ap.add_argument("--data-dir", type=Path, help="--large: keep server and data here, reuse")
     args = ap.parse_args()
     if args.large:
-        args.datastreams, args.days, args.step_min = 2000, 365.0, 15.0
+        args.datastreams, args.days, args.step_min = 2000, 365.0, 20.0
+        args.old_requests = min(args.old_requests, 1)
 
     admin = os.environ.get("QUARTIER_TEST_DATABASE_URL")
     mqtt_url = os.environ.get("QUARTIER_TEST_MQTT_URL")
     local = None
-    if not (admin and mqtt_url):
-        state = Path(tempfile.mkdtemp(prefix="quartier-bench-ind-"))
+    if args.data_dir is not None or not (admin and mqtt_url):
+        if args.data_dir is not None:
+            state = args.data_dir
+            state.mkdir(parents=True, exist_ok=True)
+        else:
+            state = Path(tempfile.mkdtemp(prefix="quartier-bench-ind-"))
         os.chmod(state, 0o755)
-        local = LocalServices(state, fast_unsafe=True)
+        # --large measures with PostgreSQL's durable defaults (fsync on)
+        local = LocalServices(state, fast_unsafe=not args.large)
         up = local.up()
         admin, mqtt_url = up.database_url, up.mqtt_url
     try:
-        run(args, admin, mqtt_url)
+        if args.large:
+            run_large(args, admin, mqtt_url)
+        else:
+            run(args, admin, mqtt_url)
     finally:
         if local is not None:
             local.down()
+
+
+def _settings(url: str, mqtt_url: str) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database={"url": url},  # type: ignore[arg-type]
+        mqtt={"url": mqtt_url},  # type: ignore[arg-type]
+        api={"indicators_max_age_seconds": 24 * 3600},  # type: ignore[arg-type]
+    )
+
+
+def _durability(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        got = [
+            f"{k} {conn.execute(f'show {k}').fetchone()[0]}"  # type: ignore[index]
+            for k in ("fsync", "synchronous_commit", "full_page_writes", "shared_buffers")
+        ]
+    return ", ".join(got)
+
+
+def load_large(url: str, end: datetime, days: int, n_ds: int, step: timedelta) -> int:
+    """The Köln coverage world (analysed: one coverage run) and the store benchmark's
+    observations for ``n_ds`` sensors over ``days`` days up to ``end``, rollups built."""
+    cov = _bench_module("coverage")
+    store = _bench_module("store")
+    start = end - timedelta(days=days)
+    t = time.perf_counter()
+    cov.load_koeln(url)  # districts, households, offers, speed tests, signals
+    run = cov.end_to_end(url)
+    log(f"Köln coverage world loaded and analysed in {time.perf_counter() - t:.0f} s: {run}")
+    with psycopg.connect(url) as conn:
+        conn.execute("select quartier_ensure_observation_partitions(%s, %s)", (start, end))
+        ds_ids = np.array(make_sensors(conn, n_ds), dtype=np.int64)
+        conn.commit()
+    t = time.perf_counter()
+    chunks = store.months(start, end)
+    loaded = store.parallel(
+        [lambda a=a, b=b: store.load_month(url, ds_ids, a, b, step) for a, b in chunks], 2
+    )
+    log(f"loaded {sum(loaded):,} observations in {time.perf_counter() - t:.0f} s")
+
+    def rebuild(a: datetime, b: datetime) -> None:
+        with psycopg.connect(url, autocommit=True) as c:
+            rollups.rebuild(c, a, b)
+
+    t = time.perf_counter()
+    store.parallel([lambda a=a, b=b: rebuild(a, b) for a, b in chunks], 2)
+    with psycopg.connect(url, autocommit=True) as conn:
+        from quartier.store.timeseries import rebuild_latest
+
+        rebuild_latest(conn)
+        conn.execute("vacuum (analyze)")
+    log(f"rollups, latest values and vacuum analyze in {time.perf_counter() - t:.0f} s")
+    return int(sum(loaded))
+
+
+def large_db(admin: str, end: datetime, args: argparse.Namespace) -> tuple[str, int, datetime]:
+    """The --large database: kept from an earlier run with --data-dir, or loaded now."""
+    name = f"bench_ind_large_v{LARGE_VERSION}"
+    url = psycopg.conninfo.make_conninfo(admin, dbname=name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
+    if exists:
+        with psycopg.connect(url, autocommit=True) as conn:
+            found = conn.execute("select to_regclass('bench_loaded')").fetchone()
+            if found and found[0] is not None:
+                row = conn.execute("select n_obs, data_end from bench_loaded").fetchone()
+                assert row is not None
+                migrate(url)
+                log(f"reusing the loaded database {name} ({row[0]:,} observations)")
+                return url, int(row[0]), row[1]
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database "{name}"')
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    migrate(url)
+    n_obs = load_large(url, end, int(args.days), args.datastreams, timedelta(minutes=args.step_min))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table bench_loaded (n_obs bigint, data_end timestamptz)")
+        conn.execute("insert into bench_loaded values (%s, %s)", (n_obs, end))
+    return url, n_obs, end
+
+
+def _spread(xs: list[float]) -> str:
+    return f"min {min(xs):.2f}, median {statistics.median(xs):.2f}, max {max(xs):.2f}"
+
+
+def run_large(args: argparse.Namespace, admin: str, mqtt_url: str) -> None:
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    url, n_obs, data_end = large_db(admin, end, args)
+    durability = _durability(url)
+    strategy = load_strategy(STRATEGY)
+    refresh_s: list[float] = []
+    eval_s: list[float] = []
+    report_s: list[float] = []
+    app = create_app(_settings(url, mqtt_url))
+    add_old_routes(app)
+    stored_cases = {
+        "GET /indicators": "/indicators",
+        f"GET /indicators/{DETAIL}": f"/indicators/{DETAIL}",
+    }
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in stored_cases}
+    old: dict[str, float] = {}
+    with TestClient(app) as client:
+        for i in range(args.repeat):
+            with psycopg.connect(url, autocommit=True) as conn:
+                t = time.perf_counter()
+                stored = current.refresh_indicators(conn, trigger="bench")
+                refresh_s.append(time.perf_counter() - t)
+                log(f"refresh: {len(stored.values)} values in {refresh_s[-1]:.2f} s")
+                t = time.perf_counter()
+                evaluation = evaluate(conn, strategy, datetime.now(UTC))
+                eval_s.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                build_report(conn, strategy, evaluation, lang=strategy.lang)
+                report_s.append(time.perf_counter() - t + eval_s[-1])
+                log(
+                    f"evaluation run {evaluation.run_id}: {eval_s[-1]:.2f} s"
+                    f" ({report_s[-1]:.2f} s with the HTML report); {evaluation.summary}"
+                )
+            if i == 0:
+                for u in stored_cases.values():  # warm up: imports, pool, plans
+                    client.get(u)
+            for name, u in stored_cases.items():
+                results[name].append(timed(client, u, args.requests))
+            if i == 0 and args.old_requests > 0:
+                for name, u in (
+                    ("GET /indicators", "/bench/old/indicators"),
+                    (f"GET /indicators/{DETAIL}", f"/bench/old/indicators/{DETAIL}"),
+                ):
+                    t = time.perf_counter()
+                    timed(client, u, 1)
+                    old[name] = (time.perf_counter() - t) * 1000
+                    log(f"recompute {name}: {old[name] / 1000:.1f} s")
+            log(f"round {i + 1}/{args.repeat} done")
+
+    out: Callable[[str], None] = lambda s: print(s)  # noqa: E731
+    load = os.getloadavg()
+    out(
+        f"\ndata: {args.datastreams} datastreams x {args.days:g} days every {args.step_min:g} min"
+        f" up to {data_end:%Y-%m-%d %H:%M} UTC ({n_obs:,} observations) + the Köln coverage"
+        f" world; {args.repeat} rounds of {args.requests} requests"
+    )
+    out(f"PostgreSQL: {durability}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    for name in stored_cases:
+        out(f"{name + ' (stored)':48} {summary(results[name])}")
+    for name, ms in old.items():
+        out(f"{name + ' (recompute, 1 request)':48} {ms:,.0f} ms")
+    out(f"refresh of the whole catalogue (s): {_spread(refresh_s)}")
+    out(f"evaluation run (s): {_spread(eval_s)}; with the HTML report: {_spread(report_s)}")
+    p95_l = statistics.median(r[1] for r in results["GET /indicators"])
+    p95_d = statistics.median(r[1] for r in results[f"GET /indicators/{DETAIL}"])
+    ev = statistics.median(eval_s)
+    out(f"target list p95 <= 50 ms: {'met' if p95_l <= 50 else 'MISSED'} ({p95_l:.1f} ms)")
+    out(f"target one p95 <= 20 ms: {'met' if p95_d <= 20 else 'MISSED'} ({p95_d:.1f} ms)")
+    out(f"target evaluation run <= 5 s: {'met' if ev <= 5 else 'MISSED'} ({ev:.2f} s)")
 
 
 def run(args: argparse.Namespace, admin: str, mqtt_url: str) -> None:

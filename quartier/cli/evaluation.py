@@ -77,11 +77,36 @@ def indicators_refresh_cmd(
     as_of: Annotated[
         datetime | None, typer.Option("--as-of", help="compute as of, UTC (default: now)")
     ] = None,
+    every: Annotated[
+        float | None,
+        typer.Option(
+            "--every",
+            min=1.0,
+            help="keep running: refresh every SECONDS (e.g. 300) until stopped (Ctrl-C)",
+        ),
+    ] = None,
 ) -> None:
     """Recompute the current value of every indicator (city and every Stadtbezirk) and store it
-    for ``GET /indicators``."""
-    from quartier.evaluation.current import refresh_indicators
+    for ``GET /indicators``; with ``--every``, on a schedule (run it beside ``quartier ingest``
+    and ``quartier serve``)."""
+    from quartier.evaluation.current import refresh_every, refresh_indicators
 
+    if every is not None:
+        if as_of is not None:
+            raise typer.BadParameter("--as-of and --every exclude each other", param_hint="--as-of")
+        import threading
+
+        from quartier.cli.common import stop_on_signals
+
+        s = settings()
+        stop = threading.Event()
+        stop_on_signals(stop)
+        with user_errors(s):
+            with connect(s, autocommit=True):  # the database answers (else: a one-line error)
+                pass
+            console.print(f"refreshing the indicators every {every:g} s (Ctrl-C stops)")
+            refresh_every(lambda: connect(s, autocommit=True), every, stop)
+        return
     when = as_of or datetime.now(UTC)
     when = when if when.tzinfo else when.replace(tzinfo=UTC)
     s = settings()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -13,8 +12,6 @@ from rich.table import Table
 
 from quartier.cli.common import console, settings, stop_on_signals, user_errors
 from quartier.cli.connect import broker_url, database_url
-from quartier.config import Settings
-from quartier.store.db import Conn
 
 app = typer.Typer()
 
@@ -41,13 +38,9 @@ def ingest(
         broker_url(s)
         ing = Ingester(own)
     stop_on_signals(ing.stop_event)
-    start_maintenance(
-        url,
-        s.database,
-        ing.stop_event,
-        after_round=_indicator_refresh(s),
-        raw_retention=s.privacy.raw_retention,
-    )
+    # the indicators are refreshed by `quartier indicators refresh --every …` in a process of
+    # its own, not here: a refresh takes seconds of CPU that ingest needs (docs/evaluation.md)
+    start_maintenance(url, s.database, ing.stop_event, raw_retention=s.privacy.raw_retention)
     port = metrics_port or s.ingest.metrics_port
     if port:
         serve_metrics(ing, port)
@@ -184,15 +177,3 @@ def demo_cmd(
             port=port,
             keep_services=keep_services,
         ).run(duration)
-
-
-def _indicator_refresh(s: Settings) -> Callable[[Conn], None]:
-    """The maintenance round's indicator refresh, importing the evaluation (pandas, geopandas:
-    seconds) only when the first round runs, not before the ingester subscribes."""
-
-    def hook(conn: Conn) -> None:
-        from quartier.evaluation.current import indicator_refresh
-
-        indicator_refresh(s)(conn)
-
-    return hook

@@ -23,7 +23,7 @@ from quartier.evaluation.indicators import (
     gigabit_cell_share_by_district,
     to_values,
 )
-from quartier.evaluation.scopes import Scopes
+from quartier.evaluation.scopes import ScopeResult, Scopes
 from quartier.geo import grid, speedtest_cells
 from quartier.geo import io as geo_io
 from quartier.store.db import Conn
@@ -133,39 +133,114 @@ def _mobile(conn: Conn, scopes: Scopes, now: datetime, out: Computation) -> None
 def _environment(
     conn: Conn, scopes: Scopes, now: datetime, out: Computation, hourly_from: HourlySource
 ) -> None:
+    if hourly_from == "rollup":
+        _environment_in_sql(conn, scopes, now, out)
+        return
     y0 = year_start(now)
     r0 = now - ROLLING
-    load = sources.load_hourly_rollup if hourly_from == "rollup" else sources.load_hourly
     for q in ("pm25", "pm10", "no2"):
-        hourly, stations, prov = load(conn, q, min(y0, r0), now)
+        hourly, stations, prov = sources.load_hourly(conn, q, min(y0, r0), now)
         if hourly.empty:
-            for kind in ("annual", "rolling"):
-                out.notes[f"{q}_{kind}_mean"] = f"no data: no {q} readings before {now:%Y-%m-%d}"
+            _no_air_data(q, now, out)
+            continue
         for kind, start in (("annual", y0), ("rolling", r0)):
-            if hourly.empty:
-                continue
             res = environment.mean_concentration(hourly, stations, scopes, start, now)
-            out.values += to_values(
-                CATALOGUE[f"{q}_{kind}_mean"], res, scopes, period_start=start, period_end=now,
-                computed_at=now, provenance={**prov, "method": "mean of valid daily means"},
-            )  # fmt: skip
-        if q in ("pm10", "pm25") and not hourly.empty:
-            key, threshold = (
-                ("pm10_days_over_50", 50.0) if q == "pm10" else ("pm25_days_over_who", 15.0)
-            )
+            _mean_values(q, kind, res, scopes, start, now, prov, out)
+        if q in EXCEEDANCE:
+            threshold = EXCEEDANCE[q][1]
             res = environment.exceedance_days(hourly, stations, scopes, y0, now, threshold)
-            out.values += to_values(
-                CATALOGUE[key], res, scopes, period_start=y0, period_end=now, computed_at=now,
-                provenance={**prov, "threshold_ug_m3": threshold},
-            )  # fmt: skip
-        elif q in ("pm10", "pm25"):
-            key = "pm10_days_over_50" if q == "pm10" else "pm25_days_over_who"
-            out.notes[key] = f"no data: no {q} readings"
+            _exceedance_values(q, res, scopes, y0, now, prov, out)
     hourly, stations, prov = sources.load_hourly(conn, "noise_laeq", y0, now, energetic=True)
     if hourly.empty:
         out.notes["noise_lden_over_55_share"] = "no data: no noise readings this year"
         return
     res = environment.noise_share_over(hourly, stations, scopes, y0, now, 55.0)
+    _noise_values(res, scopes, y0, now, prov, out)
+
+
+#: the exceedance-day indicator and its daily-mean threshold (µg/m³) per quantity
+EXCEEDANCE = {"pm10": ("pm10_days_over_50", 50.0), "pm25": ("pm25_days_over_who", 15.0)}
+
+
+def _environment_in_sql(conn: Conn, scopes: Scopes, now: datetime, out: Computation) -> None:
+    """The environment family with the heavy part in PostgreSQL: daily means per station from
+    the 1 h rollup (:func:`sources.load_daily_rollup`, one query per period so each period's
+    edge days count only their hours inside it) and the noise period levels
+    (:func:`sources.load_noise_periods`); the same values as the raw path (tested)."""
+    y0 = year_start(now)
+    r0 = now - ROLLING
+    tz = environment.LOCAL_TZ
+    for q in ("pm25", "pm10", "no2"):
+        annual, stations, prov_a = sources.load_daily_rollup(conn, q, y0, now, tz=tz)
+        rolling, _, prov_r = sources.load_daily_rollup(conn, q, r0, now, tz=tz)
+        if annual.empty and rolling.empty:
+            _no_air_data(q, now, out)
+            continue
+        for kind, start, daily, prov in (
+            ("annual", y0, annual, prov_a),
+            ("rolling", r0, rolling, prov_r),
+        ):
+            res = environment.mean_concentration_of_days(daily, stations, scopes)
+            _mean_values(q, kind, res, scopes, start, now, prov, out)
+        if q in EXCEEDANCE:
+            res = environment.exceedance_days_of_days(annual, stations, scopes, EXCEEDANCE[q][1])
+            _exceedance_values(q, res, scopes, y0, now, prov_a, out)
+    periods, stations, prov = sources.load_noise_periods(conn, "noise_laeq", y0, now, tz=tz)
+    if periods.empty:
+        out.notes["noise_lden_over_55_share"] = "no data: no noise readings this year"
+        return
+    values = environment.lden_of_periods(periods)
+    res = environment.noise_share_of_lden(values, stations, scopes, 55.0)
+    _noise_values(res, scopes, y0, now, {**prov, "hourly": "energetic mean"}, out)
+
+
+def _no_air_data(q: str, now: datetime, out: Computation) -> None:
+    for kind in ("annual", "rolling"):
+        out.notes[f"{q}_{kind}_mean"] = f"no data: no {q} readings before {now:%Y-%m-%d}"
+    if q in EXCEEDANCE:
+        out.notes[EXCEEDANCE[q][0]] = f"no data: no {q} readings"
+
+
+def _mean_values(
+    q: str,
+    kind: str,
+    res: list[ScopeResult],
+    scopes: Scopes,
+    start: datetime,
+    now: datetime,
+    prov: dict[str, Any],
+    out: Computation,
+) -> None:
+    out.values += to_values(
+        CATALOGUE[f"{q}_{kind}_mean"], res, scopes, period_start=start, period_end=now,
+        computed_at=now, provenance={**prov, "method": "mean of valid daily means"},
+    )  # fmt: skip
+
+
+def _exceedance_values(
+    q: str,
+    res: list[ScopeResult],
+    scopes: Scopes,
+    y0: datetime,
+    now: datetime,
+    prov: dict[str, Any],
+    out: Computation,
+) -> None:
+    key, threshold = EXCEEDANCE[q]
+    out.values += to_values(
+        CATALOGUE[key], res, scopes, period_start=y0, period_end=now, computed_at=now,
+        provenance={**prov, "threshold_ug_m3": threshold},
+    )  # fmt: skip
+
+
+def _noise_values(
+    res: list[ScopeResult],
+    scopes: Scopes,
+    y0: datetime,
+    now: datetime,
+    prov: dict[str, Any],
+    out: Computation,
+) -> None:
     out.values += to_values(
         CATALOGUE["noise_lden_over_55_share"], res, scopes, period_start=y0, period_end=now,
         computed_at=now, provenance={**prov, "limit_db": 55.0, "hourly": "energetic mean"},
@@ -207,9 +282,11 @@ def compute(
 ) -> Computation:
     """Values of the computed indicators (all, or the families of ``ids``) as of ``now``.
 
-    ``hourly_from``: the hourly air-quality means from the raw rows (the clear path) or from the
-    1 h rollup (:func:`sources.load_hourly_rollup`, the same values; what the stored current
-    values use). Noise needs energetic means, which the rollups do not keep: always raw."""
+    ``hourly_from``: the environment family from the raw rows in Python (the clear path, the
+    reference) or with its heavy part in PostgreSQL (``"rollup"``: daily air-quality means from
+    the 1 h rollup, noise period levels from raw rows, which the rollups cannot give: they keep
+    arithmetic, not energetic sums); the same values (``tests/test_indicators_rollup.py``). The
+    stored current values and the evaluation use ``"rollup"``."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     now = now.astimezone(UTC)

@@ -6,9 +6,12 @@ When values are refreshed:
 
 * after a coverage run is stored (``quartier.geo.service.analyse_and_store``),
 * after a manual value is recorded (API ``POST /indicators/{id}/values``, CSV import),
-* by the store maintenance round (``quartier.store.rollups.run_maintenance``) when the stored
-  values are older than its interval, after the rollups are brought up to date,
-* by ``quartier indicators refresh``,
+* on a schedule by ``quartier indicators refresh --every SECONDS`` (:func:`refresh_every`), a
+  process of its own beside ``quartier ingest`` and ``quartier serve``: a refresh of the
+  catalogue takes seconds of CPU (a year of 2,000 datastreams: see docs/benchmarks.md), which
+  in the ingester's maintenance thread competed with ingest for the GIL and a core, so the
+  ingester no longer runs it (``quartier demo`` still does, in its one process),
+* once by ``quartier indicators refresh``,
 * lazily on a read when an indicator was never refreshed or its values are older than the
   configured age (``QUARTIER_API__INDICATORS_MAX_AGE_SECONDS``).
 
@@ -22,6 +25,7 @@ benchmark's baseline.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -214,10 +218,61 @@ def current(
     return current_json(conn, ids, max_age=max_age, now=now).parsed()
 
 
+def values_as_of(
+    conn: Conn, ids: Sequence[str], as_of: datetime, *, max_age: timedelta = MAX_AGE
+) -> tuple[list[IndicatorValue], dict[str, str], str]:
+    """The values of the computed indicators ``ids`` as of ``as_of`` for the evaluation and its
+    report, and how they were had (``"stored"``, ``"refreshed"``, ``"computed"``):
+
+    * the stored current values, when they were refreshed at most ``max_age`` before ``as_of``
+      (not after it: their period ends at the refresh);
+    * else, when ``as_of`` is within ``max_age`` of the clock (an evaluation "now"), a refresh as
+      of ``as_of``, which also serves ``GET /indicators``;
+    * else (an evaluation of a past date) computed as of ``as_of``, not stored as current.
+
+    Every path computes the same way (:func:`compute.compute` with ``hourly_from="rollup"``)."""
+    as_of = as_of.astimezone(UTC)
+    if not ids:
+        return [], {}, "stored"
+    stored = read_current(conn, ids)
+    if stored is not None and timedelta(0) <= as_of - stored.computed_at <= max_age:
+        return stored.values, stored.notes, "stored"
+    if abs(datetime.now(UTC) - as_of) <= max_age:
+        fresh = refresh_indicators(conn, as_of, ids, trigger="evaluation")
+        return fresh.values, fresh.notes, "refreshed"
+    result = compute.compute(conn, as_of, ids, hourly_from="rollup")
+    return [_served(v) for v in result.values], result.notes, "computed"
+
+
 def refresh_if_stale(conn: Conn, max_age_s: float) -> None:
     """Recompute the stored values when they are older than ``max_age_s`` (the store's
     maintenance round calls this after the rollups are up to date: ``after_round``)."""
     current_json(conn, max_age=timedelta(seconds=max_age_s))
+
+
+def refresh_every(
+    connect: Callable[[], Any],
+    every_s: float,
+    stop: threading.Event,
+    *,
+    rounds: int | None = None,
+) -> int:
+    """Refresh the whole catalogue every ``every_s`` seconds (on a connection from
+    ``connect()``, a context manager) until ``stop`` is set or ``rounds`` are done; a failed
+    round is logged and retried at the next. Returns the rounds that succeeded."""
+    done = attempted = 0
+    while not stop.is_set() and (rounds is None or attempted < rounds):
+        attempted += 1
+        try:
+            with connect() as conn:
+                stored = refresh_indicators(conn, trigger="schedule")
+            done += 1
+            log.info("scheduled refresh: %d values", len(stored.values))
+        except Exception:  # the schedule must survive a failing round (database restart, …)
+            log.exception("scheduled indicator refresh failed (retrying in %.0f s)", every_s)
+        if rounds is None or attempted < rounds:
+            stop.wait(every_s)
+    return done
 
 
 def indicator_refresh(settings: Settings) -> Callable[[Conn], None]:

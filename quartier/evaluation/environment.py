@@ -7,11 +7,19 @@ Hourly values, one row per datastream and hour:
     noise the energetic mean ``10·log10(mean(10^(L/10)))`` of the readings of the hour).
 Stations, one row per datastream:
     ``datastream_id``, ``district_code`` (NA outside every district).
+Or, computed from the hourly values elsewhere (in PostgreSQL, from the rollups: see
+``sources.load_daily_rollup`` / ``load_noise_periods``), the daily means (``datastream_id``,
+``day``, ``mean``, ``hours``) or the Lden period levels (``datastream_id``, ``period``,
+``level``), which the ``*_of_days`` / ``*_of_periods`` functions take.
 
 Rules (following Directive 2008/50/EC and its data-capture rule, days in local time):
 
-- a daily mean is the mean of the hourly values of a calendar day (Europe/Berlin); it is valid
-  when at least ``min_hours`` (default 18 = 75 %) hourly values exist;
+- a daily mean is the mean of the hourly values of a calendar day (Europe/Berlin) inside the
+  period; it is valid when at least ``min_hours`` (default 18 = 75 %) hourly values exist. At the
+  period's edges only the hours that start inside it count: a partial first or last day is
+  valid only if it still has ``min_hours`` such hours; an hour the period starts in after its
+  first minute is left out, the hour the period ends in counts with the readings before the
+  end (for the evaluation "now": the current hour so far);
 - a station's period mean is the mean of its valid daily means in the period;
 - the mean of a scope is the mean of the period means of its stations;
 - exceedance days of a scope: the most days with a valid daily mean above the threshold at any
@@ -64,6 +72,11 @@ def daily_means(
         .agg(mean=("value", "mean"), hours=("value", "size"))
         .reset_index()
     )
+    return valid_days(daily, min_hours)
+
+
+def valid_days(daily: pd.DataFrame, min_hours: int = MIN_HOURS) -> pd.DataFrame:
+    """The daily means with at least ``min_hours`` hourly values."""
     return daily[daily["hours"] >= min_hours].reset_index(drop=True)
 
 
@@ -86,6 +99,15 @@ def mean_concentration(
     """Mean concentration in ``[start, end)`` per scope (see the module rules). Denominator: the
     stations with at least one valid day; ``details``: station-days used."""
     daily = daily_means(hourly, start, end, tz=tz, min_hours=min_hours)
+    return mean_concentration_of_days(daily, stations, scopes, min_hours=min_hours)
+
+
+def mean_concentration_of_days(
+    daily: pd.DataFrame, stations: pd.DataFrame, scopes: Scopes, *, min_hours: int = MIN_HOURS
+) -> list[ScopeResult]:
+    """:func:`mean_concentration` from the daily means of the period (``daily_means``, or
+    computed elsewhere; the days with fewer than ``min_hours`` hours are left out)."""
+    daily = valid_days(daily, min_hours)
     per_station = (
         daily.groupby("datastream_id").agg(mean=("mean", "mean"), days=("mean", "size"))
     ).reset_index()
@@ -120,6 +142,19 @@ def exceedance_days(
     """Days in ``[start, end)`` with a valid daily mean above ``threshold``, at the station with
     the most such days. Denominator: stations with valid days; ``details``: days per station."""
     daily = daily_means(hourly, start, end, tz=tz, min_hours=min_hours)
+    return exceedance_days_of_days(daily, stations, scopes, threshold, min_hours=min_hours)
+
+
+def exceedance_days_of_days(
+    daily: pd.DataFrame,
+    stations: pd.DataFrame,
+    scopes: Scopes,
+    threshold: float,
+    *,
+    min_hours: int = MIN_HOURS,
+) -> list[ScopeResult]:
+    """:func:`exceedance_days` from the daily means of the period."""
+    daily = valid_days(daily, min_hours).copy()
     daily["over"] = daily["mean"] > threshold
     per_station = (
         daily.groupby("datastream_id").agg(over=("over", "sum"), days=("over", "size"))
@@ -152,7 +187,18 @@ def lden(hourly: pd.DataFrame, start: datetime, end: datetime, *, tz: str = LOCA
         ["d", "e"],
         default="n",
     )
-    levels = part.groupby(["datastream_id", "period"])["value"].apply(_energetic_mean).unstack()
+    levels = part.groupby(["datastream_id", "period"])["value"].apply(_energetic_mean)
+    return lden_of_periods(levels.rename("level").reset_index())
+
+
+def lden_of_periods(periods: pd.DataFrame) -> pd.Series:
+    """Lden (dB) per ``datastream_id`` from the energetic mean ``level`` of each of its periods
+    (``period`` d, e, n); stations lacking one are left out."""
+    if periods.empty:
+        return pd.Series([], dtype=np.float64, name="lden")
+    levels = periods.pivot_table(
+        index="datastream_id", columns="period", values="level", aggfunc="first"
+    )
     levels = levels.reindex(columns=["d", "e", "n"]).dropna()
     if levels.empty:
         return pd.Series([], dtype=np.float64, name="lden")
@@ -176,7 +222,13 @@ def noise_share_over(
 ) -> list[ScopeResult]:
     """Share (%) of noise stations whose Lden over ``[start, end)`` exceeds ``limit_db``.
     Numerator: stations over the limit, denominator: stations with an Lden."""
-    values = lden(hourly, start, end, tz=tz)
+    return noise_share_of_lden(lden(hourly, start, end, tz=tz), stations, scopes, limit_db)
+
+
+def noise_share_of_lden(
+    values: pd.Series, stations: pd.DataFrame, scopes: Scopes, limit_db: float = 55.0
+) -> list[ScopeResult]:
+    """:func:`noise_share_over` from the Lden per station (``lden`` or ``lden_of_periods``)."""
     per_station = pd.DataFrame({"datastream_id": values.index, "lden": values.to_numpy()})
     frame = _with_stations(per_station, stations)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from quartier.evaluation import compute, sources, storage
+from quartier.evaluation import compute, current, sources, storage
 from quartier.evaluation.indicators import CATALOGUE
 from quartier.evaluation.progress import STATUSES, Assessment, Point, Status, assess
 from quartier.evaluation.scopes import CITY, Scopes
@@ -158,22 +158,25 @@ def evaluate(
     history_months: int = 0,
     store: bool = True,
     lang: str | None = None,
+    max_age: timedelta = current.MAX_AGE,
 ) -> Evaluation:
-    """Compute and store the indicator values the KPIs need as of ``as_of`` (and, with
-    ``history_months``, as of the same day of each of that many months before, to build a
-    history from stored observations), assess every KPI, and store the run (``store``)."""
+    """Record the indicator values the KPIs need as of ``as_of`` in their history (the stored
+    current values when refreshed at most ``max_age`` before ``as_of``, else refreshed or
+    computed: :func:`current.values_as_of`; and, with ``history_months``, computed as of the same
+    day of each of that many months before, to build a history from stored observations),
+    assess every KPI, and store the run (``store``)."""
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
     lang = lang or strategy.lang
     ids = sorted({kpi.indicator for _, _, kpi in strategy.kpis()})
     computed = [i for i in ids if CATALOGUE[i].origin == "computed"]
     for m in range(history_months, 0, -1):
-        past = compute.compute(conn, months_before(as_of, m), computed)
+        past = compute.compute(conn, months_before(as_of, m), computed, hourly_from="rollup")
         storage.record_values(conn, past.values)
-    current = compute.compute(conn, as_of, computed) if computed else None
-    notes = dict(current.notes) if current else {}
-    if current:
-        storage.record_values(conn, current.values)
+    values, notes, how = current.values_as_of(conn, computed, as_of, max_age=max_age)
+    notes = dict(notes)
+    storage.record_values(conn, values)
+    log.info("indicator values as of %s: %s (%d values)", as_of.isoformat(), how, len(values))
     for i in ids:
         if CATALOGUE[i].origin == "manual" and not storage.latest_values(conn, [i], until=as_of):
             notes[i] = "no data: no value recorded (POST /indicators/{id}/values or CSV import)"

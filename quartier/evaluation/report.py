@@ -26,7 +26,7 @@ import geopandas as gpd
 import jinja2
 
 from quartier.errors import PdfUnavailableError
-from quartier.evaluation import charts, compute
+from quartier.evaluation import charts, current
 from quartier.evaluation.evaluate import Evaluation, KpiResult
 from quartier.evaluation.indicators import CATALOGUE, IndicatorValue
 from quartier.evaluation.progress import STATUSES
@@ -63,6 +63,10 @@ T: dict[str, dict[str, str]] = {
         "data": "Daten", "computed_at": "berechnet", "source": "Quelle", "readings": "Messwerte",
         "stations": "Datenströme", "cells": "Zellen", "points": "Werte im Trend",
         "coverage_run": "Versorgungsanalyse",
+        "broadband_map": "Breitbandversorgung",
+        "broadband_caption": "Abbildung: Breitbandversorgung je 100-m-Zelle (bestes Angebot, "
+        "Kategorien der Gigabit-Richtlinie 2.0), Versorgungslücken violett umrandet; "
+        "Versorgungsanalyse vom {date}.",
         "changed": "vorher", "unchanged": "unverändert", "new": "neu", "stale": "veraltet",
     },
     "en": {
@@ -87,6 +91,10 @@ T: dict[str, dict[str, str]] = {
         "computed_at": "computed", "source": "source", "readings": "readings",
         "stations": "datastreams", "cells": "cells", "points": "Values in the trend",
         "coverage_run": "coverage run",
+        "broadband_map": "Broadband coverage",
+        "broadband_caption": "Figure: broadband coverage per 100 m cell (best offer, categories "
+        "of the Gigabit-Richtlinie 2.0), coverage gaps outlined in purple; coverage analysis of "
+        "{date}.",
         "changed": "was", "unchanged": "unchanged", "new": "new", "stale": "outdated",
     },
 }  # fmt: skip
@@ -373,8 +381,10 @@ def render_html(
     lang: str = "de",
     districts: gpd.GeoDataFrame | None = None,
     quality: Quality | None = None,
+    broadband_map: Mapping[str, str] | None = None,
 ) -> str:
-    """The report as one self-contained HTML document (charts and maps embedded as SVG)."""
+    """The report as one self-contained HTML document (charts and maps embedded as SVG;
+    ``broadband_map``: the broadband map as a base64 PNG, ``png``, and its ``caption``)."""
     if lang not in T:
         raise ValueError(f"unknown language {lang!r}; de or en")
     quality = quality or Quality()
@@ -494,6 +504,7 @@ def render_html(
         sources=sources,
         missing=missing,
         method=METHOD[lang],
+        broadband_map=broadband_map,
     )
 
 
@@ -502,12 +513,29 @@ def build_report(
 ) -> str:
     """Gather the districts and the sensor-network facts from the store and render the HTML."""
     districts = geo_io.load_districts(conn, "stadtbezirk")
-    network = compute.compute(conn, evaluation.as_of, NETWORK_INDICATORS)
-    quality = Quality(network=network.values, notes=network.notes)
+    values, notes, _ = current.values_as_of(conn, NETWORK_INDICATORS, evaluation.as_of)
+    quality = Quality(network=values, notes=notes)
     return render_html(
         strategy, evaluation, lang=lang, districts=districts if len(districts) else None,
-        quality=quality,
+        quality=quality, broadband_map=broadband_map(conn, lang),
     )  # fmt: skip
+
+
+def broadband_map(conn: Conn, lang: str) -> dict[str, str] | None:
+    """The broadband map of the current coverage analysis as a base64 PNG with its caption
+    (``quartier.maps``), None before an analysis."""
+    from quartier.errors import NotFoundError
+    from quartier.geo import run_store
+    from quartier.maps.pages import render_image
+    from quartier.maps.render import MapOptions
+
+    try:
+        run = run_store.get_run(conn)
+    except NotFoundError:
+        return None
+    png = render_image(conn, "coverage", MapOptions(lang="en" if lang == "en" else "de"))
+    caption = T[lang]["broadband_caption"].format(date=fmt_date(run.created_at, lang))
+    return {"png": base64.b64encode(png).decode("ascii"), "caption": caption}
 
 
 def write_pdf(html: str, path: Path) -> None:

@@ -140,20 +140,13 @@ _DIRTY_HOURS = """
 _NO_DIRTY = "select null::bigint as datastream_id, null::timestamptz as hour where false"
 
 
-def load_hourly_rollup(
-    conn: Conn, quantity: str, start: datetime, end: datetime
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """The same frames as :func:`load_hourly` (arithmetic means), read from the 1 h rollup
-    (``observation_1h``: mean = sum / count of numeric results) for the whole hours inside
-    ``[start, end)`` whose 15-minute buckets are all rolled up; the partial hours at both ends and
-    the hours with a pending (dirty) bucket come from the raw rows, so the result equals
-    :func:`load_hourly`'s on the same data."""
-    a = min(max(_hour_ceil(start), start), end)
-    b = max(end.replace(minute=0, second=0, microsecond=0), a)
-    query = """
-        with ds as (
-            select id from datastream where properties->>'quantity' = %(q)s
-        ), dirty as ({dirty}), rolled as (
+def _hourly_rollup_sql(conn: Conn) -> str:
+    """The hourly means of ``ds`` (a CTE the caller's query must define: the datastreams) in
+    ``[start, end)`` as CTEs ending in ``hourly (datastream_id, hour, value, n)``: whole hours
+    ``[a, b)`` from the 1 h rollup, the partial hours at both ends and the hours with a pending
+    (dirty) 15-minute bucket from the raw rows."""
+    return """
+        dirty as ({dirty}), rolled as (
             select h.datastream_id, h.bucket, h.s / h.n, h.n
             from observation_1h h join ds on ds.id = h.datastream_id
             where h.bucket >= %(a)s and h.bucket < %(b)s and h.n > 0
@@ -179,11 +172,33 @@ def load_hourly_rollup(
             select datastream_id, date_trunc('hour', phenomenon_time, 'UTC'), avg(result),
                    count(*)
             from raw_rows group by 1, 2
+        ), hourly (datastream_id, hour, value, n) as (
+            select * from rolled union all select * from raw
         )
-        select * from rolled union all select * from raw order by 1, 2
     """.replace("{dirty}", _NO_DIRTY if storage_path(conn) == "timescaledb" else _DIRTY_HOURS)
     # one of two fixed texts; values are parameters
-    params = {"q": quantity, "start": start, "end": end, "a": a, "b": b}
+
+
+def _rollup_params(quantity: str, start: datetime, end: datetime) -> dict[str, Any]:
+    a = min(max(_hour_ceil(start), start), end)
+    b = max(end.replace(minute=0, second=0, microsecond=0), a)
+    return {"q": quantity, "start": start, "end": end, "a": a, "b": b}
+
+
+def load_hourly_rollup(
+    conn: Conn, quantity: str, start: datetime, end: datetime
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The same frames as :func:`load_hourly` (arithmetic means), read from the 1 h rollup
+    (``observation_1h``: mean = sum / count of numeric results) for the whole hours inside
+    ``[start, end)`` whose 15-minute buckets are all rolled up; the partial hours at both ends and
+    the hours with a pending (dirty) bucket come from the raw rows, so the result equals
+    :func:`load_hourly`'s on the same data."""
+    params = _rollup_params(quantity, start, end)
+    query = (
+        "with ds as (select id from datastream where properties->>'quantity' = %(q)s), "
+        + _hourly_rollup_sql(conn)
+        + " select * from hourly order by 1, 2"
+    )
     rows, hourly, station_frame = _hourly_frames(conn, query, params)
     provenance = {
         "source": "observation_1h",
@@ -192,10 +207,121 @@ def load_hourly_rollup(
         "datastreams": len(station_frame),
         "data_from": min(r[1] for r in rows).isoformat() if rows else None,
         "data_to": max(r[1] for r in rows).isoformat() if rows else None,
-        "rollup_range": [a.isoformat(), b.isoformat()],
+        "rollup_range": [params["a"].isoformat(), params["b"].isoformat()],
         "data_range": "hours with readings (the rollup keeps no reading times)",
     }
     return hourly, station_frame, provenance
+
+
+def load_daily_rollup(
+    conn: Conn, quantity: str, start: datetime, end: datetime, *, tz: str
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Daily means of every datastream of ``quantity`` over ``[start, end)``, computed in
+    PostgreSQL from the hourly means of :func:`load_hourly_rollup` (the 1 h rollup, raw rows at
+    the edges and for pending buckets): ``datastream_id``, ``day`` (date in ``tz``), ``mean``
+    (mean of the day's hourly means in the window), ``hours`` (how many; an hour counts when it
+    starts in the window, as in ``environment``'s rule); every day, valid or not
+    (``environment.valid_days`` applies the rule). The same numbers as
+    ``environment.daily_means`` of the hourly frame, without moving a year of hours into
+    Python. Also the stations and provenance."""
+    params = {**_rollup_params(quantity, start, end), "tz": tz}
+    query = (
+        "with ds as (select id from datastream where properties->>'quantity' = %(q)s), "
+        + _hourly_rollup_sql(conn)
+        + """ select datastream_id, (hour at time zone %(tz)s)::date, avg(value), count(*),
+                     sum(n), min(hour), max(hour)
+              from hourly where hour >= %(start)s group by 1, 2 order by 1, 2"""
+    )
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(query.encode(), params).fetchall()
+        stations = cur.execute(_stations_sql().encode(), params).fetchall()
+    daily = pd.DataFrame(
+        {
+            "datastream_id": pd.Series([r[0] for r in rows], dtype=np.int64),
+            "day": pd.Series([r[1] for r in rows], dtype=object),
+            "mean": pd.Series([r[2] for r in rows], dtype=np.float64),
+            "hours": pd.Series([r[3] for r in rows], dtype=np.int64),
+        }
+    )
+    station_frame = pd.DataFrame(
+        {
+            "datastream_id": pd.Series([r[0] for r in stations], dtype=np.int64),
+            "district_code": pd.Series([r[1] for r in stations], dtype=object),
+        }
+    )
+    provenance = {
+        "source": "observation_1h",
+        "quantity": quantity,
+        "readings_used": int(sum(r[4] for r in rows)),
+        "datastreams": len(station_frame),
+        "data_from": min(r[5] for r in rows).isoformat() if rows else None,
+        "data_to": max(r[6] for r in rows).isoformat() if rows else None,
+        "rollup_range": [params["a"].isoformat(), params["b"].isoformat()],
+        "data_range": "hours with readings (the rollup keeps no reading times)",
+        "daily_means": "in PostgreSQL from the hourly means",
+    }
+    return daily, station_frame, provenance
+
+
+def load_noise_periods(
+    conn: Conn, quantity: str, start: datetime, end: datetime, *, tz: str
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Per datastream of ``quantity`` (levels in dB) and Lden period (``d`` 07–19, ``e`` 19–23,
+    ``n`` 23–07 local time in ``tz``): ``level``, the energetic mean of the hourly energetic
+    means of ``[start, end)`` (``10·log10(avg over hours of avg over readings of
+    10^(L/10))``), and ``hours``. Computed in PostgreSQL from the raw rows: the rollups keep
+    arithmetic sums, not energetic ones. The same numbers as the period levels
+    :func:`quartier.evaluation.environment.lden` computes from :func:`load_hourly` with
+    ``energetic=True``. Also the stations and provenance."""
+    query = """
+        with hourly as (
+            select o.datastream_id, date_trunc('hour', o.phenomenon_time, 'UTC') as h,
+                   avg(power(10, o.result / 10)) as p, count(*) as n,
+                   min(o.phenomenon_time) as t0, max(o.phenomenon_time) as t1
+            from observation o join datastream d on d.id = o.datastream_id
+            where d.properties->>'quantity' = %(q)s and o.result is not null
+              and o.phenomenon_time >= %(start)s and o.phenomenon_time < %(end)s
+            group by 1, 2
+            having date_trunc('hour', o.phenomenon_time, 'UTC') >= %(start)s
+        ), per as (
+            select datastream_id,
+                   case when extract(hour from h at time zone %(tz)s) between 7 and 18
+                        then 'd'
+                        when extract(hour from h at time zone %(tz)s) between 19 and 22
+                        then 'e' else 'n' end as period,
+                   10 * log10(avg(p)) as level, count(*) as hours,
+                   sum(n) as n, min(t0) as t0, max(t1) as t1
+            from hourly group by 1, 2
+        )
+        select datastream_id, period, level, hours, n, t0, t1 from per order by 1, 2
+    """
+    params = {"q": quantity, "start": start, "end": end, "tz": tz}
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(query.encode(), params).fetchall()
+        stations = cur.execute(_stations_sql().encode(), params).fetchall()
+    periods = pd.DataFrame(
+        {
+            "datastream_id": pd.Series([r[0] for r in rows], dtype=np.int64),
+            "period": pd.Series([r[1] for r in rows], dtype=object),
+            "level": pd.Series([r[2] for r in rows], dtype=np.float64),
+            "hours": pd.Series([r[3] for r in rows], dtype=np.int64),
+        }
+    )
+    station_frame = pd.DataFrame(
+        {
+            "datastream_id": pd.Series([r[0] for r in stations], dtype=np.int64),
+            "district_code": pd.Series([r[1] for r in stations], dtype=object),
+        }
+    )
+    provenance = {
+        "source": "observation",
+        "quantity": quantity,
+        "readings_used": int(sum(r[4] for r in rows)),
+        "datastreams": len(station_frame),
+        "data_from": min(r[5] for r in rows).isoformat() if rows else None,
+        "data_to": max(r[6] for r in rows).isoformat() if rows else None,
+    }
+    return periods, station_frame, provenance
 
 
 def load_streams(conn: Conn, start: datetime, end: datetime) -> pd.DataFrame:
