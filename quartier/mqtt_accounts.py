@@ -100,6 +100,53 @@ def account_for(network: str, device: str) -> Account:
     return Account(network, device, f"{network}/{device}", "device", topics)
 
 
+#: SensorThings over MQTT (``quartier sta-mqtt``, OGC 18-088 A.7/A.8) account kinds, made by
+#: ``quartier devices add-sta KIND NAME``: the publisher (the ``sta-mqtt`` process: publishes on
+#: ``v1.1/…``, receives creates and the broker's log of subscriptions), readers (subscribe to
+#: ``v1.1/…``, publish nothing) and writers (readers that may also create Observations).
+STA_KINDS = ("publisher", "reader", "writer")
+
+
+@dataclass(frozen=True)
+class StaAccount:
+    """A SensorThings over MQTT account: its username and what it may publish and subscribe."""
+
+    kind: str
+    username: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+    def acls(self) -> list[dict[str, Any]]:
+        return [
+            *({"acltype": "publishClientSend", "topic": t, "allow": True} for t in self.publish),
+            *({"acltype": "subscribePattern", "topic": t, "allow": True} for t in self.subscribe),
+        ]
+
+
+def sta_account(kind: str, name: str) -> StaAccount:
+    """The ``sta-KIND/NAME`` account (see :data:`STA_KINDS`)."""
+    from quartier.sta_mqtt import topics
+
+    if kind not in STA_KINDS:
+        raise BadRequestError(f"kind {kind!r} is not one of {', '.join(STA_KINDS)}")
+    if not _NAME.match(name):
+        raise BadRequestError(f"name {name!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+    everything = f"{topics.VERSION}/#"
+    if kind == "publisher":
+        publish: tuple[str, ...] = (everything,)
+        subscribe = (
+            *topics.CREATE_FILTERS,
+            topics.LOG_SUBSCRIBE,
+            topics.LOG_UNSUBSCRIBE,
+            topics.LOG_NOTICE,
+        )
+    elif kind == "writer":
+        publish, subscribe = topics.CREATE_FILTERS, (everything,)
+    else:
+        publish, subscribe = (), (everything,)
+    return StaAccount(kind, f"sta-{kind}/{name}", publish, subscribe)
+
+
 def new_password() -> str:
     return secrets.token_urlsafe(24)
 
@@ -331,6 +378,21 @@ class BrokerAdmin:
                 username=account.username,
                 password=password,
                 textname=f"Quartier {account.kind}",
+                roles=[{"rolename": account.username}],
+            )
+        except BadRequestError:
+            self.command("deleteRole", rolename=account.username)
+            raise
+
+    def create_sta(self, account: StaAccount, password: str) -> None:
+        """A role with the SensorThings account's rights and a client with it."""
+        self.command("createRole", rolename=account.username, acls=account.acls())
+        try:
+            self.command(
+                "createClient",
+                username=account.username,
+                password=password,
+                textname=f"Quartier SensorThings {account.kind}",
                 roles=[{"rolename": account.username}],
             )
         except BadRequestError:

@@ -93,6 +93,32 @@ def devices_add_ingester(
     _show_secret(username, password, ("subscribe: the ingest topics (docs/mqtt.md)",))
 
 
+@app.command("add-sta")
+def devices_add_sta(
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="publisher (for quartier sta-mqtt), reader (subscribes to v1.1/…) or writer "
+            "(a reader that may also create Observations on v1.1/…)"
+        ),
+    ],
+    name: Annotated[str, typer.Argument(help="a name, e.g. the client's or 'public'")],
+) -> None:
+    """A SensorThings over MQTT account, sta-KIND/NAME (docs/security.md, "SensorThings over
+    MQTT"); ``quartier devices rotate|revoke`` do not apply to it (remove it at the broker)."""
+    from quartier.mqtt_accounts import BrokerAdmin, new_password, sta_account
+
+    s = settings()
+    with user_errors(s):
+        account = sta_account(kind, name)
+        password = new_password()
+        with BrokerAdmin(_admin_url(s), ca_file=s.mqtt.ca_file) as broker:
+            broker.create_sta(account, password)
+    rights = [f"publish: {t}" for t in account.publish]
+    rights += [f"subscribe: {t}" for t in account.subscribe]
+    _show_secret(account.username, password, tuple(rights))
+
+
 @app.command("rotate")
 def devices_rotate(network: Network, device: Device) -> None:
     """Issue a new password; the old one stops working at once (a connected device is
