@@ -134,7 +134,7 @@ def sta_account(kind: str, name: str) -> StaAccount:
     everything = f"{topics.VERSION}/#"
     if kind == "publisher":
         publish: tuple[str, ...] = (everything,)
-        subscribe = (
+        subscribe: tuple[str, ...] = (
             *topics.CREATE_FILTERS,
             topics.LOG_SUBSCRIBE,
             topics.LOG_UNSUBSCRIBE,
