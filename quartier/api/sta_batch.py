@@ -45,6 +45,7 @@ from quartier.api.errors import status_of
 from quartier.api.sensorthings import PREFIX
 from quartier.api.sta_write import CHANGESET, Held, app_writer
 from quartier.errors import BadRequestError, PayloadTooLargeError, QuartierError
+from quartier.ingest.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -303,20 +304,27 @@ class Runner:
         self.parts = parts
         self.answers: dict[str, Answer] = {}
         self.failed: set[str] = set()  # ids and groups that failed
+        #: the writer of this batch's change sets (a connection of its own), made when needed
+        self.spare: BatchWriter | None = None
 
     async def run(self) -> list[Answer]:
-        i = 0
-        while i < len(self.parts):
-            p = self.parts[i]
-            if p.group is None:
-                self._done(p, await self._one(p, None))
-                i += 1
-                continue
-            j = i
-            while j < len(self.parts) and self.parts[j].group == p.group:
-                j += 1
-            await self._changeset(self.parts[i:j])
-            i = j
+        try:
+            i = 0
+            while i < len(self.parts):
+                p = self.parts[i]
+                if p.group is None:
+                    self._done(p, await self._one(p, None))
+                    i += 1
+                    continue
+                j = i
+                while j < len(self.parts) and self.parts[j].group == p.group:
+                    j += 1
+                await self._changeset(self.parts[i:j])
+                i = j
+        finally:
+            if self.spare is not None:
+                with anyio.CancelScope(shield=True):
+                    await run_in_threadpool(self.spare.close)
         return [self.answers[p.id] for p in self.parts]
 
     def _done(self, p: Part, answer: Answer) -> None:
@@ -327,7 +335,9 @@ class Runner:
     async def _changeset(self, members: list[Part]) -> None:
         group = members[0].group
         assert group is not None
-        held = await run_in_threadpool(app_writer(self.request).hold)
+        if self.spare is None:
+            self.spare = app_writer(self.request).spare()
+        held = await run_in_threadpool(Held, self.spare)
         results: list[Answer] = []
         commit_error: Answer | None = None
         try:

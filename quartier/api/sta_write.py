@@ -98,13 +98,19 @@ class _Writer:
 
     def _batch_writer(self) -> BatchWriter:
         if self.writer is None:
-            self.writer = BatchWriter(
-                self.url,
-                auto_register=False,
-                reject_payload_max_bytes=self.cfg.reject_payload_max_bytes,
-                personal_networks=self.personal,
-            )
+            self.writer = self.spare()
         return self.writer
+
+    def spare(self) -> BatchWriter:
+        """A writer with a connection of its own, as this one logs in: a ``$batch`` holds a
+        change set's transaction across several requests in it (:class:`Held`), which must not
+        hold up the app's other writes, nor the threads they wait in, meanwhile."""
+        return BatchWriter(
+            self.url,
+            auto_register=False,
+            reject_payload_max_bytes=self.cfg.reject_payload_max_bytes,
+            personal_networks=self.personal,
+        )
 
     def write(
         self,
@@ -115,18 +121,6 @@ class _Writer:
         with self.lock, _store_errors():
             return self._batch_writer().write(batch, prepare, all_or_nothing)
 
-    def hold(self) -> Held:
-        """The lock and one transaction for several requests (a ``$batch`` change set) until
-        :meth:`Held.end`; blocks while another write runs."""
-        self.lock.acquire()
-        try:
-            wr = self._batch_writer()
-            conn = wr.begin()
-        except BaseException:
-            self.lock.release()
-            raise
-        return Held(self, wr, conn)
-
     def close(self) -> None:
         with self.lock:
             if self.writer is not None:
@@ -134,13 +128,13 @@ class _Writer:
 
 
 class Held:
-    """A change set's transaction: the writes of its requests, and the reads of their checks
-    and answers (which must see what the change set wrote), all on the writer's connection."""
+    """A change set's transaction on a spare writer (:meth:`_Writer.spare`), from here until
+    :meth:`end`: the writes of its requests, and the reads of their checks and answers (which
+    must see what the change set wrote), all on that writer's connection."""
 
-    def __init__(self, owner: _Writer, wr: BatchWriter, conn: RawConn) -> None:
-        self.owner = owner
+    def __init__(self, wr: BatchWriter) -> None:
         self.wr = wr
-        self.conn = conn
+        self.conn = wr.begin()
         self.open = True
 
     def write(
@@ -158,15 +152,11 @@ class Held:
         return cast(DictConn, self.conn.cursor(row_factory=dict_row))
 
     def end(self, commit: bool) -> None:
-        """Commit or roll back, and let other writes go on."""
-        if not self.open:
-            return
-        self.open = False
-        try:
+        """Commit or roll back (once)."""
+        if self.open:
+            self.open = False
             with _store_errors():
                 self.wr.end(commit)
-        finally:
-            self.owner.lock.release()
 
 
 def _unique_message(exc: pg_errors.UniqueViolation) -> str:
