@@ -341,3 +341,272 @@ def test_observation_table_keeps_its_row_layout(settings: Settings, world: dict[
         scalar(settings, "select count(*) from observation where datastream_id = %s", -world["mds"])
         == 30
     )
+
+
+# --------------------------------------------------------------------------- writes
+def _weather(thing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A MultiDatastream body: a new Thing (with a Location), a new Sensor, three
+    ObservedProperties (a new one between two linked by id), two Observations."""
+    return {
+        "name": "roof station",
+        "description": "temperature, humidity, wind",
+        "multiObservationDataTypes": [MEASUREMENT, MEASUREMENT, CATEGORY],
+        "unitOfMeasurements": UNITS,
+        "Thing": thing
+        or {
+            "name": "Rathaus",
+            "description": "town hall",
+            "Locations": [
+                {
+                    "name": "Rathaus",
+                    "description": "roof",
+                    "encodingType": "application/geo+json",
+                    "location": {"type": "Point", "coordinates": [6.95, 50.94]},
+                }
+            ],
+        },
+        "Sensor": {
+            "name": "WS-200",
+            "description": "weather station",
+            "encodingType": "text/html",
+            "metadata": "https://example.org/ws-200",
+        },
+        "ObservedProperties": [
+            {"@iot.id": 1},
+            {"name": "humidity", "definition": "https://example.org/rh", "description": "RH"},
+            {"@iot.id": 2},
+        ],
+        "Observations": [
+            {"phenomenonTime": "2026-11-01T08:00:00Z", "result": [4.5, 81, "SW"]},
+            {"phenomenonTime": "2026-11-01T08:10:00Z", "result": [4.7, 80, "W"]},
+        ],
+    }
+
+
+@pytest.fixture
+def props(settings: Settings) -> None:
+    """ObservedProperties 1 (temperature) and 2 (wind)."""
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        for name in ("temperature", "wind"):
+            conn.execute(
+                "insert into observed_property (name, definition) values (%s, %s)",
+                (name, f"https://example.org/{name}"),
+            )
+
+
+def _rows(settings: Settings) -> tuple[int, ...]:
+    tables = (
+        "thing",
+        "location",
+        "sensor",
+        "observed_property",
+        "multi_datastream",
+        "multi_datastream_observed_property",
+        "observation",
+    )
+    return tuple(scalar(settings, f"select count(*) from {t}") for t in tables)
+
+
+def test_deep_insert_and_observations(client: TestClient, settings: Settings, props: None) -> None:
+    h = key(settings, "entities:write", "observations:write")
+    assert client.post(f"{V}/MultiDatastreams", json=_weather()).status_code == 401
+    r = client.post(f"{V}/MultiDatastreams", json=_weather(), headers=h)
+    assert r.status_code == 201, r.text
+    mds = r.json()
+    m.MultiDatastream.model_validate(mds)
+    assert r.headers["Location"] == mds["@iot.selfLink"]
+    assert mds["phenomenonTime"] == "2026-11-01T08:00:00.000Z/2026-11-01T08:10:00.000Z"
+    assert mds["observationType"].endswith("OM_ComplexObservation")
+    mid = mds["@iot.id"]
+    # the ObservedProperties in the body's order (linked, new, linked), and the Observations
+    names = [
+        p["name"] for p in get(client, f"/MultiDatastreams({mid})/ObservedProperties")["value"]
+    ]
+    assert names == ["temperature", "humidity", "wind"]
+    obs = get(client, f"/MultiDatastreams({mid})/Observations")["value"]
+    assert [o["result"] for o in obs] == [[4.5, 81, "SW"], [4.7, 80, "W"]]
+    # the automatic FeatureOfInterest: its Thing's Location
+    foi = get(client, path_of(obs[0]["@iot.selfLink"]) + "/FeatureOfInterest")
+    assert foi["feature"] == {"type": "Point", "coordinates": [6.95, 50.94]}
+
+    # POST an Observation by the body's link and by the path
+    at = "2026-11-01T08:20:00Z"
+    r = client.post(
+        f"{V}/Observations",
+        json={"MultiDatastream": {"@iot.id": mid}, "phenomenonTime": at, "result": [5, 79, "W"]},
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["@iot.id"].startswith(f"-{mid}:")
+    assert created["MultiDatastream@iot.navigationLink"] == mds["@iot.selfLink"]
+    assert get(client, path_of(created["@iot.selfLink"])) == created
+    r = client.post(
+        f"{V}/MultiDatastreams({mid})/Observations",
+        json={"phenomenonTime": "2026-11-01T08:30:00Z", "result": [5.2, 78, None]},
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    # the same writer: the first stored wins, a second at that instant is a 409 naming it
+    r = client.post(
+        f"{V}/MultiDatastreams({mid})/Observations",
+        json={"phenomenonTime": at, "result": [9, 9, "N"]},
+        headers=h,
+    )
+    assert r.status_code == 409 and created["@iot.id"] in r.json()["message"]
+    # a result of the wrong length, or not an array: 400 naming the mismatch, nothing stored
+    before = _rows(settings)
+    bad_bodies = [
+        ([1, 2], "has 2 value(s), but MultiDatastream"),
+        ([1, 2, 3, 4], "has 4 value(s)"),
+        (7.5, "must be an array of 3 values"),
+    ]
+    for result, says in bad_bodies:
+        for url, body in (
+            (f"{V}/MultiDatastreams({mid})/Observations", {"result": result}),
+            (f"{V}/Observations", {"MultiDatastream": {"@iot.id": mid}, "result": result}),
+        ):
+            r = client.post(url, json=body, headers=h)
+            assert r.status_code == 400, (url, r.text)
+            assert says in r.json()["message"] and "multiObservationDataTypes" in r.text
+    both = {"Datastream": {"@iot.id": 1}, "MultiDatastream": {"@iot.id": mid}, "result": [1]}
+    r = client.post(f"{V}/Observations", json=both, headers=h)
+    assert r.status_code == 400 and "not to both" in r.json()["message"]
+    r = client.post(
+        f"{V}/Observations",
+        json={"MultiDatastream": {"@iot.id": 999999}, "result": [1, 2, 3]},
+        headers=h,
+    )
+    assert r.status_code == 400 and "no MultiDatastream with @iot.id 999999" in r.text
+    r = client.post(f"{V}/MultiDatastreams(999999)/Observations", json={"result": [1]}, headers=h)
+    assert r.status_code == 404
+    assert _rows(settings) == before
+    # the Thing and Sensor lead back to it
+    thing = get(client, f"/MultiDatastreams({mid})/Thing")
+    assert [
+        x["@iot.id"] for x in get(client, f"/Things({thing['@iot.id']})/MultiDatastreams")["value"]
+    ] == [mid]
+
+
+def test_deep_insert_refusals_store_nothing(
+    client: TestClient, settings: Settings, props: None
+) -> None:
+    h = key(settings, "entities:write", "observations:write")
+    before = _rows(settings)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"unitOfMeasurements": UNITS[:2]}, "unitOfMeasurements has 2 entries"),
+        ({"ObservedProperties": [{"@iot.id": 1}]}, "ObservedProperties has 1 entries"),
+        ({"ObservedProperties": None}, "ObservedProperties must be an array"),
+        ({"multiObservationDataTypes": []}, "multiObservationDataTypes must be a non-empty"),
+        ({"observationType": MEASUREMENT}, "OM_ComplexObservation"),
+        (
+            {"Observations": [{"phenomenonTime": "2026-11-01T08:00:00Z", "result": [1, 2]}]},
+            "Observations[0]/result has 2 value(s), but this MultiDatastream has 3",
+        ),
+        (
+            {"ObservedProperties": [{"@iot.id": 1}, {"@iot.id": 999}, {"@iot.id": 2}]},
+            "ObservedProperties[1]/@iot.id: there is no ObservedPropertie",
+        ),
+        ({"Thing": None}, "Thing must be a JSON object"),
+    ]
+    for change, says in cases:
+        body = {**_weather(), **change}
+        r = client.post(f"{V}/MultiDatastreams", json=body, headers=h)
+        assert r.status_code == 400, (change, r.text)
+        assert says in r.json()["message"], (change, r.json())
+    missing = {k: v for k, v in _weather().items() if k != "ObservedProperties"}
+    r = client.post(f"{V}/MultiDatastreams", json=missing, headers=h)
+    assert r.status_code == 400 and "ObservedProperties is required" in r.json()["message"]
+    # Observations in the body need the observations scope
+    only_entities = key(settings, "entities:write")
+    assert (
+        client.post(f"{V}/MultiDatastreams", json=_weather(), headers=only_entities).status_code
+        == 403
+    )
+    assert _rows(settings) == before
+
+
+def test_thing_with_multi_datastreams_patch_and_delete(
+    client: TestClient, settings: Settings, props: None
+) -> None:
+    h = key(settings, "entities:write", "observations:write")
+    inner = {k: v for k, v in _weather().items() if k != "Thing"}
+    r = client.post(
+        f"{V}/Things",
+        json={"name": "Mast", "description": "wind mast", "MultiDatastreams": [inner]},
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    thing = r.json()
+    (mds,) = get(client, path_of(thing["MultiDatastreams@iot.navigationLink"]))["value"]
+    mid = mds["@iot.id"]
+    # POST through the Thing's navigation
+    r = client.post(
+        f"{V}/Things({thing['@iot.id']})/MultiDatastreams",
+        json={
+            **inner,
+            "name": "second",
+            "ObservedProperties": [{"@iot.id": 1}, {"@iot.id": 3}, {"@iot.id": 2}],
+            "Observations": [],
+        },
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    second = r.json()["@iot.id"]
+
+    # PATCH: name and the arrays, which must keep one entry per ObservedProperty
+    r = client.patch(f"{V}/MultiDatastreams({mid})", json={"name": "renamed"}, headers=h)
+    assert r.status_code == 200 and r.json()["name"] == "renamed"
+    r = client.patch(
+        f"{V}/MultiDatastreams({mid})", json={"unitOfMeasurements": UNITS[:2]}, headers=h
+    )
+    assert r.status_code == 400
+    assert "3 ObservedProperties, 2 unitOfMeasurements" in r.json()["message"]
+    assert get(client, f"/MultiDatastreams({mid})")["unitOfMeasurements"] == UNITS
+    units = [UNITS[0], UNITS[1], {"name": "degree", "symbol": "°", "definition": None}]
+    r = client.patch(f"{V}/MultiDatastreams({mid})", json={"unitOfMeasurements": units}, headers=h)
+    assert r.status_code == 200 and r.json()["unitOfMeasurements"] == units
+    r = client.patch(
+        f"{V}/MultiDatastreams({mid})", json={"Sensor": {"@iot.id": 999999}}, headers=h
+    )
+    assert r.status_code == 400
+    # PATCH an Observation's result: still one value per ObservedProperty
+    oid = get(client, f"/MultiDatastreams({mid})/Observations")["value"][0]["@iot.id"]
+    r = client.patch(f"{V}/Observations('{oid}')", json={"result": [1, 2]}, headers=h)
+    assert r.status_code == 400 and "has 2 value(s)" in r.json()["message"]
+    r = client.patch(f"{V}/Observations('{oid}')", json={"result": [1, 2, "E"]}, headers=h)
+    assert r.status_code == 200 and r.json()["result"] == [1, 2, "E"]
+
+    # DELETE a MultiDatastream: its observations go with it (they have no foreign key)
+    assert client.delete(f"{V}/MultiDatastreams({mid})").status_code == 401
+    assert client.delete(f"{V}/MultiDatastreams({mid})", headers=h).status_code == 200
+    assert client.get(f"{V}/MultiDatastreams({mid})").status_code == 404
+    assert scalar(settings, "select count(*) from observation where datastream_id = %s", -mid) == 0
+    assert (
+        scalar(settings, "select count(*) from observation_latest where datastream_id = %s", -mid)
+        == 0
+    )
+    # a Thing's DELETE takes its MultiDatastreams; the ObservedProperties stay
+    assert client.delete(f"{V}/Things({thing['@iot.id']})", headers=h).status_code == 200
+    assert client.get(f"{V}/MultiDatastreams({second})").status_code == 404
+    assert scalar(settings, "select count(*) from multi_datastream") == 0
+    assert scalar(settings, "select count(*) from observation where datastream_id < 0") == 0
+    assert scalar(settings, "select count(*) from observed_property") == 3
+
+
+def test_deleting_an_observed_property_or_sensor_takes_its_multi_datastreams(
+    client: TestClient, settings: Settings, world: dict[str, int]
+) -> None:
+    h = key(settings, "entities:write")
+    r = client.delete(f"{V}/ObservedProperties({world['wind']})", headers=h)
+    assert r.status_code == 200, r.text
+    assert [x["name"] for x in get(client, "/MultiDatastreams")["value"]] == ["mast pair"]
+    assert (
+        scalar(settings, "select count(*) from observation where datastream_id = %s", -world["mds"])
+        == 0
+    )
+    assert client.delete(f"{V}/Sensors({world['sensor']})", headers=h).status_code == 200
+    assert get(client, "/MultiDatastreams")["value"] == []
+    assert scalar(settings, "select count(*) from observation where datastream_id < 0") == 0
+    # privacy erase or any other path that deletes a MultiDatastream's row: the trigger
+    assert scalar(settings, "select count(*) from observation") == 1

@@ -230,10 +230,18 @@ def _observation_row(cur: w.Executor, new: b.NewObservation, ds_id: int, path: s
 
 
 def _create_observation(
-    request: Request, conn: DictConn, base: str, settings: Settings, raw: Any, ds: int | None
+    request: Request,
+    conn: DictConn,
+    base: str,
+    settings: Settings,
+    raw: Any,
+    ds: int | None,
+    mds: int | None = None,
 ) -> JSONResponse:
     conn = _reads(request, conn)
     new = b.observation(raw, _now(), settings.ingest.max_future_seconds)
+    if mds is not None or new.multi_datastream_id is not None:
+        return _create_multi_observation(request, conn, base, new, ds, mds)
     if ds is not None:
         if new.datastream_id not in (None, ds):
             raise BadRequestError(
@@ -267,6 +275,80 @@ def _create_observation(
     return _created(body, body["@iot.selfLink"])
 
 
+def _create_multi_observation(
+    request: Request,
+    conn: DictConn,
+    base: str,
+    new: b.NewObservation,
+    ds: int | None,
+    mds: int | None,
+) -> JSONResponse:
+    """An Observation of a MultiDatastream (MultiDatastream extension, A.5): its result an
+    array with one value per multiObservationDataType, stored by the same writer under
+    datastream_id -<MultiDatastream id>."""
+    if ds is not None:
+        raise BadRequestError(
+            f"MultiDatastream: the path names Datastream {ds}; post an Observation of a"
+            " MultiDatastream to /MultiDatastreams(<id>)/Observations or /Observations"
+        )
+    if mds is not None and new.datastream_id is not None:
+        raise BadRequestError(
+            f"Datastream: the path names MultiDatastream {mds}; an Observation belongs to one"
+        )
+    if mds is not None and new.multi_datastream_id not in (None, mds):
+        raise BadRequestError(
+            f"MultiDatastream/@iot.id: the body names MultiDatastream {new.multi_datastream_id},"
+            f" the path MultiDatastream {mds}"
+        )
+    target = mds if mds is not None else new.multi_datastream_id
+    assert target is not None
+    types = w.multi_datastream_types(conn, target)
+    if types is None:
+        if mds is not None:
+            raise NotFoundError(f"no MultiDatastream with @iot.id {mds}")
+        raise BadRequestError(
+            f"MultiDatastream/@iot.id: there is no MultiDatastream with @iot.id {target}"
+        )
+    b.multi_result(new.result, types, f"MultiDatastream {target}")
+    stored_as = -target  # a MultiDatastream's observations: datastream_id -<its id>
+    batch = Batch(source="http")
+
+    def prepare(raw_conn: RawConn) -> None:
+        with _cursor(raw_conn) as cur:
+            batch.observations.append(_observation_row(cur, new, stored_as, ""))
+
+    result = writer(request).write(batch, prepare, all_or_nothing=True)
+    if result.not_stored:
+        oid = observation_id(stored_as, new.time)
+        raise ConflictError(
+            f"MultiDatastream {target} has an Observation at {iso(new.time)} already"
+            f" (@iot.id '{oid}'); Quartier keeps the first: PATCH"
+            f" {base}{PREFIX}/Observations('{oid}') to change it"
+        )
+    row = q.observation(conn, stored_as, new.time)
+    body = shape("Observations", row, base).model_dump(mode="json", by_alias=True)
+    return _created(body, body["@iot.selfLink"])
+
+
+@router.post(
+    "/MultiDatastreams({mds_id})/Observations",
+    response_model=m.Observation,
+    status_code=201,
+    operation_id="sta_create_multi_datastream_observation",
+    dependencies=OBSERVATIONS,
+    responses={
+        **_ERRORS,
+        409: {"description": "the MultiDatastream has an Observation at that time"},
+    },
+)
+def create_multi_datastream_observation(
+    mds_id: int, request: Request, conn: Conn, base: BaseUrl, settings: AppSettings, body: Json
+) -> JSONResponse:
+    """Creates an Observation of MultiDatastream ``mds_id``: its result an array of one value
+    per ObservedProperty, in their order (400 naming the mismatch otherwise)."""
+    return _create_observation(request, conn, base, settings, body, None, mds_id)
+
+
 @router.post(
     "/Observations",
     response_model=m.Observation,
@@ -278,7 +360,8 @@ def _create_observation(
 def create_observation(
     request: Request, conn: Conn, base: BaseUrl, settings: AppSettings, body: Json
 ) -> JSONResponse:
-    """Creates an Observation of the Datastream its body links (``Datastream: {"@iot.id"}``)."""
+    """Creates an Observation of the Datastream its body links (``Datastream: {"@iot.id"}``),
+    or of the MultiDatastream (``MultiDatastream: {"@iot.id"}``, an array result)."""
     return _create_observation(request, conn, base, settings, body, None)
 
 
@@ -332,8 +415,10 @@ class _Tree:
         """Insert ``new`` and everything it nests; its id."""
         cur, es = self.cur, new.entity_set
         values = dict(new.values)
-        if es == "Datastreams":
+        if es in ("Datastreams", "MultiDatastreams"):
             for nav, (target, column) in _DATASTREAM_LINKS.items():
+                if nav not in b.LINKS[es]:
+                    continue  # a MultiDatastream's ObservedProperties: after it is inserted
                 if nav in new.links:
                     values[column] = self._linked(new, nav, target, path)[0]
                 elif nav in new.nested:
@@ -346,6 +431,8 @@ class _Tree:
                         ' ({"@iot.id": <id>}) or describe a new one'
                     )
         new_id = w.insert(cur, es, values)
+        if es == "MultiDatastreams":
+            self._observed_properties(new, new_id, path)
         if es == "Things":
             locations = self._linked(new, "Locations", "Locations", path)
             for i, loc in enumerate(new.nested.get("Locations", [])):
@@ -368,16 +455,53 @@ class _Tree:
                 w.update(cur, "Datastreams", ds, {column: new_id})
             for i, ds_body in enumerate(new.nested.get("Datastreams", [])):
                 self.insert(ds_body, _at(path, "Datastreams", i), (es, new_id))
+        if es in ("Things", "Sensors"):
+            column = _DATASTREAM_PARENT[es]
+            for mds in self._linked(new, "MultiDatastreams", "MultiDatastreams", path):
+                w.update(cur, "MultiDatastreams", mds, {column: new_id})
+            for i, mds_body in enumerate(new.nested.get("MultiDatastreams", [])):
+                self.insert(mds_body, _at(path, "MultiDatastreams", i), (es, new_id))
         for i, o in enumerate(new.observations):
             opath = _at(path, "Observations", i)
             if es == "Datastreams":
                 self.observations.append((new_id, o, opath + "/", None))
+            elif es == "MultiDatastreams":  # stored under datastream_id -<its id>
+                self.observations.append((-new_id, o, opath + "/", None))
+            elif o.multi_datastream_id is not None:  # a FeatureOfInterest's, of a MultiDatastream
+                mds = o.multi_datastream_id
+                types = w.multi_datastream_types(cur, mds)
+                if types is None:
+                    raise BadRequestError(
+                        f"{opath}/MultiDatastream/@iot.id: there is no MultiDatastream with"
+                        f" @iot.id {mds}"
+                    )
+                b.multi_result(o.result, types, f"MultiDatastream {mds}", opath)
+                self.observations.append((-mds, o, opath + "/", new_id))
             else:  # a FeatureOfInterest's Observations name their Datastream
                 if o.datastream_id is None:
                     raise BadRequestError(f"{opath}/Datastream is required")
                 w.require(cur, "Datastreams", o.datastream_id, f"{opath}/Datastream/@iot.id")
                 self.observations.append((o.datastream_id, o, opath + "/", new_id))
         return new_id
+
+    def _observed_properties(self, new: b.NewEntity, mds_id: int, path: str) -> None:
+        """A new MultiDatastream's ObservedProperties, linked or created, in the body's order
+        (the order of its results)."""
+        ids = []
+        for i, item in enumerate(new.ordered.get("ObservedProperties", [])):
+            ipath = _at(path, "ObservedProperties", i)
+            if isinstance(item, int):
+                w.require(self.cur, "ObservedProperties", item, f"{ipath}/@iot.id")
+                ids.append(item)
+            else:
+                ids.append(self.insert(item, ipath))
+        if not ids:
+            raise BadRequestError(
+                f"{_at(path, 'ObservedProperties')} is required: one per value of the results,"
+                ' each linked ({"@iot.id": <id>}) or described'
+            )
+        w.link_observed_properties(self.cur, mds_id, ids)
+        w.check_multi_datastream(self.cur, mds_id)
 
     def stored_observations(self) -> list[Observation]:
         seen: dict[tuple[int, datetime], str] = {}
@@ -487,6 +611,8 @@ def _update(
                 target, column = _DATASTREAM_LINKS[nav]
                 w.require(cur, target, target_id, f"{nav}/@iot.id")
                 changes[column] = target_id
+            if entity_set == "MultiDatastreams":
+                w.check_multi_datastream(cur, entity_id, changes)
             if changes:
                 w.update(cur, entity_set, entity_id, changes)
             if moved:
@@ -516,7 +642,7 @@ def _add_update_delete(entity_set: str) -> None:
     def patch_route(
         entity_id: str, request: Request, conn: Conn, base: BaseUrl, body: Json
     ) -> JSONResponse:
-        values, links = b.patch(entity_set, body)
+        values, links = b.patch(entity_set, b.merge_patch(body))
         return _update(
             request, conn, base, entity_set, _entity_id(entity_set, entity_id), values, links
         )
@@ -524,7 +650,7 @@ def _add_update_delete(entity_set: str) -> None:
     def put_route(
         entity_id: str, request: Request, conn: Conn, base: BaseUrl, body: Json
     ) -> JSONResponse:
-        new = b.entity(entity_set, body)
+        new = b.entity(entity_set, b.without_own_id(body, _entity_id(entity_set, entity_id)))
         if new.nested or new.observations:
             raise BadRequestError("PUT replaces one entity's properties; it nests no entities")
         values = {
@@ -585,6 +711,9 @@ def patch_observation(
     conn = _reads(request, conn)
     q.observation(conn, ds, time)  # 404 when there is none
     values, foi = b.observation_patch(body, time)
+    if ds < 0 and "result" in values:  # of MultiDatastream -ds
+        types = w.multi_datastream_types(conn, -ds) or []
+        b.multi_result(body["result"], types, f"MultiDatastream {-ds}")
 
     def prepare(raw_conn: RawConn) -> None:
         with _cursor(raw_conn) as cur:
@@ -746,5 +875,7 @@ for _parent, _nav in (
     ("Locations", "Things"),
     ("Sensors", "Datastreams"),
     ("ObservedProperties", "Datastreams"),
+    ("Things", "MultiDatastreams"),
+    ("Sensors", "MultiDatastreams"),
 ):
     _add_create_under(_parent, _nav)

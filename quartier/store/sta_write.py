@@ -3,12 +3,12 @@
 automatic HistoricalLocation and FeatureOfInterest. Plain data in (column → value, already
 checked by ``quartier.api.sta.body``), ids out; the caller owns the transaction.
 
-Cascades of a DELETE (OGC 18-088, 10.4): a Thing takes its Datastreams (and their Observations)
-and HistoricalLocations; a Location its links to Things and HistoricalLocations (a
-HistoricalLocation left without Locations goes too); a Sensor or ObservedProperty its
-Datastreams; a Datastream its Observations; a FeatureOfInterest its Observations. Observations
-have no foreign key to their Datastream (the hypertable/partitions carry none), so their
-deletion is done here.
+Cascades of a DELETE (OGC 18-088, 10.4): a Thing takes its Datastreams and MultiDatastreams (and
+their Observations) and HistoricalLocations; a Location its links to Things and
+HistoricalLocations (a HistoricalLocation left without Locations goes too); a Sensor or
+ObservedProperty its Datastreams and MultiDatastreams; a (Multi)Datastream its Observations; a
+FeatureOfInterest its Observations. Observations have no foreign key to their Datastream (the
+hypertable/partitions carry none), so their deletion is done here.
 """
 
 from __future__ import annotations
@@ -36,11 +36,17 @@ TABLES = {
     "Sensors": "sensor",
     "ObservedProperties": "observed_property",
     "FeaturesOfInterest": "feature_of_interest",
+    "MultiDatastreams": "multi_datastream",
 }
 #: Columns that hold a geometry (sent as GeoJSON, stored in EPSG:4326).
 GEOMETRY_COLUMNS = {"location", "feature", "observed_area"}
 #: Columns that hold JSON.
-JSON_COLUMNS = {"properties", "unit_of_measurement"}
+JSON_COLUMNS = {
+    "properties",
+    "unit_of_measurement",
+    "multi_observation_data_types",
+    "unit_of_measurements",
+}
 
 
 def _value(column: str, value: Any) -> tuple[sql.Composable, Any]:
@@ -130,12 +136,15 @@ def set_locations(conn: Executor, thing_id: int, location_ids: list[int], at: da
 def feature_of_datastream(conn: Executor, datastream_id: int) -> int | None:
     """The FeatureOfInterest an Observation of the Datastream gets when it names none: the one
     made from its Thing's (newest) Location, made now if there is none yet (the standard's
-    automatic FeatureOfInterest); None for a Thing without a Location."""
+    automatic FeatureOfInterest); None for a Thing without a Location. A MultiDatastream's
+    observations (``datastream_id`` -<its id>) get its Thing's."""
     loc = conn.execute(
-        "select tl.location_id as id from datastream d"
-        " join thing_location tl on tl.thing_id = d.thing_id where d.id = %s"
+        "select tl.location_id as id from"
+        " (select thing_id from datastream where id = %(d)s"
+        "  union all select thing_id from multi_datastream where id = -(%(d)s::int8)) d"
+        " join thing_location tl on tl.thing_id = d.thing_id"
         " order by tl.location_id desc limit 1",
-        (datastream_id,),
+        {"d": datastream_id},
     ).fetchone()
     if loc is None:
         return None
@@ -158,6 +167,76 @@ def feature_of_datastream(conn: Executor, datastream_id: int) -> int | None:
         ).fetchone()
     assert row is not None
     return int(row["id"])
+
+
+# ----------------------------------------------------------------------------- MultiDatastreams
+def link_observed_properties(conn: Executor, mds_id: int, property_ids: list[int]) -> None:
+    """The MultiDatastream's ObservedProperties, in the order of its results."""
+    conn.execute(
+        "insert into multi_datastream_observed_property"
+        " (multi_datastream_id, position, observed_property_id)"
+        " select %s, p.i - 1, p.id from unnest(%s::int8[]) with ordinality as p(id, i)",
+        (mds_id, property_ids),
+    )
+
+
+def multi_datastream_types(conn: Executor, mds_id: int) -> list[str] | None:
+    """The multiObservationDataTypes of a MultiDatastream (one per value of a result); None when
+    there is no such MultiDatastream."""
+    row = conn.execute(
+        "select multi_observation_data_types as t from multi_datastream where id = %s", (mds_id,)
+    ).fetchone()
+    return None if row is None else list(row["t"])
+
+
+def check_multi_datastream(
+    conn: Executor, mds_id: int, changes: dict[str, Any] | None = None
+) -> None:
+    """400 unless the MultiDatastream has (once ``changes``, column → value, are made) as many
+    ObservedProperties as unitOfMeasurements and multiObservationDataTypes."""
+    row = conn.execute(
+        "select jsonb_array_length(m.multi_observation_data_types) as types,"
+        " jsonb_array_length(m.unit_of_measurements) as units,"
+        " (select count(*) from multi_datastream_observed_property x"
+        "  where x.multi_datastream_id = m.id) as props"
+        " from multi_datastream m where m.id = %s",
+        (mds_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no MultiDatastream with @iot.id {mds_id}")
+    row = dict(row)
+    for column, key in (
+        ("multi_observation_data_types", "types"),
+        ("unit_of_measurements", "units"),
+    ):
+        if changes and changes.get(column) is not None:
+            row[key] = len(changes[column])
+    if not row["types"] == row["units"] == row["props"]:
+        raise BadRequestError(
+            f"MultiDatastream {mds_id} would have {row['props']} ObservedProperties,"
+            f" {row['units']} unitOfMeasurements and {row['types']} multiObservationDataTypes:"
+            " one of each per value of its results, in the same order"
+        )
+
+
+def _delete_multi_datastreams(conn: Executor, ids: list[int]) -> None:
+    """Delete MultiDatastreams with their observations (stored under datastream_id -id)."""
+    if not ids:
+        return
+    negative = [-i for i in ids]
+    delete_observations(conn, sql.SQL("o.datastream_id = any(%(_ds)s)"), {"_ds": negative})
+    conn.execute("delete from observation_latest where datastream_id = any(%s)", (negative,))
+    conn.execute("delete from multi_datastream where id = any(%s)", (ids,))
+
+
+#: The MultiDatastreams a DELETE of an entity takes with it (OGC 18-088, A.5: as Datastreams).
+_MULTI_OF = {
+    "Things": "select id from multi_datastream where thing_id = %s",
+    "Sensors": "select id from multi_datastream where sensor_id = %s",
+    "ObservedProperties": "select distinct multi_datastream_id as id"
+    " from multi_datastream_observed_property where observed_property_id = %s",
+    "MultiDatastreams": "select id from multi_datastream where id = %s",
+}
 
 
 # ----------------------------------------------------------------------------- deletes
@@ -278,6 +357,11 @@ def delete(conn: Executor, entity_set: str, entity_id: int) -> None:
     if not exists(conn, entity_set, entity_id):
         raise NotFoundError(f"no {entity_set[:-1]} with @iot.id {entity_id}")
     _refuse_device_fed(conn, entity_set, entity_id)
+    if entity_set in _MULTI_OF:
+        rows = conn.execute(_MULTI_OF[entity_set], (entity_id,)).fetchall()
+        _delete_multi_datastreams(conn, [int(r["id"]) for r in rows])
+        if entity_set == "MultiDatastreams":
+            return
     table = TABLES[entity_set]
     column = {
         "Things": "thing_id",

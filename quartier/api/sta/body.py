@@ -31,6 +31,17 @@ def _object(raw: Any, path: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         what = path or "the body"
         raise BadRequestError(f"{what} must be a JSON object, not {_kind(raw)}")
+    # Navigation properties start with a capital (Datastream, Locations, ...), none of the others
+    # do: a nested entity there that carries an @iot.id links that entity, and its other
+    # properties are ignored, as FROST reads it (its clients send a linked entity whole)
+    return {k: _as_link(v) if k[:1].isupper() else v for k, v in raw.items()}
+
+
+def _as_link(raw: Any) -> Any:
+    if isinstance(raw, list):
+        return [_as_link(x) for x in raw]
+    if isinstance(raw, dict) and raw.get("@iot.id") is not None:
+        return {"@iot.id": raw["@iot.id"]}
     return raw
 
 
@@ -96,6 +107,44 @@ def entity_id(raw: Any, path: str) -> int:
     return raw
 
 
+def without_own_id(raw: Any, own: int) -> Any:
+    """A PUT body without its ``@iot.id`` when that is the id of the entity it replaces (FROST's
+    clients send the entity whole); another id is refused."""
+    if not isinstance(raw, dict) or raw.get("@iot.id") is None:
+        return raw
+    if entity_id(raw["@iot.id"], "@iot.id") != own:
+        raise BadRequestError(f"@iot.id {raw['@iot.id']!r} is not the id of the entity replaced")
+    return {k: v for k, v in raw.items() if k != "@iot.id"}
+
+
+def merge_patch(raw: Any) -> Any:
+    """A PATCH body as JSON (the standard's form) from a JSON Patch (RFC 6902, FROST's
+    ``application/json-patch+json``, which its Python client sends): ``add`` and ``replace``
+    set a property, ``remove`` sets it to null; a JSON body is returned as it is."""
+    if not isinstance(raw, list):
+        return raw
+    merged: dict[str, Any] = {}
+    for i, op in enumerate(raw):
+        where = f"[{i}]"
+        if not isinstance(op, dict) or not isinstance(op.get("path"), str):
+            raise BadRequestError(f"{where} must be a JSON Patch operation with a path")
+        name = op["path"].removeprefix("/")
+        if not name or "/" in name:
+            raise BadRequestError(
+                f"{where}/path {op['path']!r}: Quartier patches whole properties (/name,"
+                " /properties); send the new value of the property"
+            )
+        if op.get("op") in ("add", "replace") and "value" in op:
+            merged[name] = op["value"]
+        elif op.get("op") == "remove":
+            merged[name] = None
+        else:
+            raise BadRequestError(
+                f"{where}/op {op.get('op')!r}: Quartier takes add, replace and remove"
+            )
+    return merged
+
+
 def geometry(raw: Any, path: str) -> dict[str, Any]:
     """A GeoJSON geometry (or a Feature's geometry), checked for shape; PostGIS checks the
     coordinates when it is stored."""
@@ -132,7 +181,9 @@ class FeatureRef:
 
 @dataclass(frozen=True)
 class NewObservation:
-    """An Observation to create; ``datastream_id`` None when the path names the Datastream."""
+    """An Observation to create; ``datastream_id`` None when the path names the Datastream;
+    ``multi_datastream_id`` when the body links a MultiDatastream instead (its result an
+    array, see :func:`multi_result`)."""
 
     datastream_id: int | None
     time: datetime
@@ -140,6 +191,7 @@ class NewObservation:
     result_time: datetime | None = None
     parameters: dict[str, Any] | None = None
     feature: FeatureRef | None = None
+    multi_datastream_id: int | None = None
 
     @property
     def number(self) -> float | None:
@@ -150,6 +202,7 @@ class NewObservation:
 
 _OBSERVATION_FIELDS = {
     "Datastream",
+    "MultiDatastream",
     "phenomenonTime",
     "result",
     "resultTime",
@@ -181,14 +234,22 @@ def observation(raw: Any, now: datetime, max_future_seconds: int, path: str = ""
         )
     latest = now + timedelta(seconds=max_future_seconds)
     ds: int | None = None
-    if "Datastream" in body:
-        ref = _object(body["Datastream"], _where(path, "Datastream"))
+    mds: int | None = None
+    if "Datastream" in body and "MultiDatastream" in body:
+        raise BadRequestError(
+            f"{_where(path, 'MultiDatastream')}: an Observation belongs to a Datastream or to a"
+            " MultiDatastream, not to both"
+        )
+    for name in ("Datastream", "MultiDatastream"):
+        if name not in body:
+            continue
+        ref = _object(body[name], _where(path, name))
         if set(ref) != {"@iot.id"}:
             raise BadRequestError(
-                f"{_where(path, 'Datastream')} must link an existing Datastream:"
-                ' {"@iot.id": <id>}'
+                f'{_where(path, name)} must link an existing {name}: {{"@iot.id": <id>}}'
             )
-        ds = entity_id(ref["@iot.id"], _where(path, "Datastream/@iot.id"))
+        linked = entity_id(ref["@iot.id"], _where(path, f"{name}/@iot.id"))
+        ds, mds = (linked, None) if name == "Datastream" else (None, linked)
     raw_time = body.get("phenomenonTime")
     time = (
         now.astimezone(UTC)
@@ -211,7 +272,28 @@ def observation(raw: Any, now: datetime, max_future_seconds: int, path: str = ""
             feature = FeatureRef(id=entity_id(fbody["@iot.id"], f"{fpath}/@iot.id"))
         else:
             feature = FeatureRef(new=entity("FeaturesOfInterest", fbody, fpath))
-    return NewObservation(ds, time, result, result_time, params, feature)
+    return NewObservation(ds, time, result, result_time, params, feature, mds)
+
+
+def multi_result(result: Any, types: list[str], where: str, path: str = "") -> None:
+    """The result of an Observation of a MultiDatastream (``where``: which one, for the message)
+    with ``types``, its multiObservationDataTypes: an array of one value per type (and
+    ObservedProperty), in their order (OGC 18-088, A.5)."""
+    rpath = _where(path, "result")
+    if not isinstance(result, list):
+        raise BadRequestError(
+            f"{rpath} must be an array of {len(types)} values, one per ObservedProperty of"
+            f" {where} (its multiObservationDataTypes), not {_kind(result)}"
+        )
+    if len(result) != len(types):
+        raise BadRequestError(
+            f"{rpath} has {len(result)} value(s), but {where} has {len(types)}"
+            f" multiObservationDataTypes ({', '.join(t.rsplit('/', 1)[-1] for t in types)}):"
+            " one value per ObservedProperty, in their order"
+        )
+    for i, v in enumerate(result):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise BadRequestError(f"{rpath}[{i}] is not a finite number")
 
 
 # ----------------------------------------------------------------------------- other entities
@@ -223,11 +305,14 @@ class Field:
     value a create stores when it is left out."""
 
     column: str
-    kind: str  # "text", "object" (JSON object or null), "geometry", "unit", "time"
+    kind: str  # "text", "object" (JSON object or null), "geometry", "unit", "time", "units",
+    # "texts" (a non-empty array of strings), "complex" (a MultiDatastream's observationType)
     required: bool = True
     default: Any = None
 
 
+#: The one observationType of a MultiDatastream (OGC 18-088, A.5).
+COMPLEX_OBSERVATION = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation"
 #: The properties of each entity set that a body may set (Observations: :func:`observation`).
 FIELDS: dict[str, dict[str, Field]] = {
     "Things": {
@@ -263,6 +348,15 @@ FIELDS: dict[str, dict[str, Field]] = {
         "observedArea": Field("observed_area", "geometry", False),
         "properties": Field("properties", "object", False),
     },
+    "MultiDatastreams": {
+        "name": Field("name", "text"),
+        "description": Field("description", "text"),
+        "observationType": Field("observation_type", "complex", False, COMPLEX_OBSERVATION),
+        "multiObservationDataTypes": Field("multi_observation_data_types", "texts"),
+        "unitOfMeasurements": Field("unit_of_measurements", "units"),
+        "observedArea": Field("observed_area", "geometry", False),
+        "properties": Field("properties", "object", False),
+    },
     "HistoricalLocations": {"time": Field("time", "time")},
     "FeaturesOfInterest": {
         "name": Field("name", "text"),
@@ -276,9 +370,16 @@ FIELDS: dict[str, dict[str, Field]] = {
 READ_ONLY = {"phenomenonTime", "resultTime"}
 #: The navigations a body may carry, per entity set: (entity set of the target, to-many).
 LINKS: dict[str, dict[str, tuple[str, bool]]] = {
-    "Things": {"Locations": ("Locations", True), "Datastreams": ("Datastreams", True)},
+    "Things": {
+        "Locations": ("Locations", True),
+        "Datastreams": ("Datastreams", True),
+        "MultiDatastreams": ("MultiDatastreams", True),
+    },
     "Locations": {"Things": ("Things", True)},
-    "Sensors": {"Datastreams": ("Datastreams", True)},
+    "Sensors": {
+        "Datastreams": ("Datastreams", True),
+        "MultiDatastreams": ("MultiDatastreams", True),
+    },
     "ObservedProperties": {"Datastreams": ("Datastreams", True)},
     "Datastreams": {
         "Thing": ("Things", False),
@@ -287,9 +388,18 @@ LINKS: dict[str, dict[str, tuple[str, bool]]] = {
         "Observations": ("Observations", True),
     },
     "FeaturesOfInterest": {"Observations": ("Observations", True)},
+    "MultiDatastreams": {
+        "Thing": ("Things", False),
+        "Sensor": ("Sensors", False),
+        "ObservedProperties": ("ObservedProperties", True),
+        "Observations": ("Observations", True),
+    },
 }
 #: The links a created entity cannot do without (the schema's foreign keys).
-REQUIRED_LINKS = {"Datastreams": ("Thing", "Sensor", "ObservedProperty")}
+REQUIRED_LINKS = {
+    "Datastreams": ("Thing", "Sensor", "ObservedProperty"),
+    "MultiDatastreams": ("Thing", "Sensor", "ObservedProperties"),
+}
 _UNITS = {"name", "symbol", "definition"}
 
 
@@ -297,13 +407,16 @@ _UNITS = {"name", "symbol", "definition"}
 class NewEntity:
     """An entity to create (``values``: column → value) with its nested entities and links:
     ``links`` maps a navigation to existing ids, ``nested`` to entities to create with it,
-    ``observations`` the Observations of a new Datastream."""
+    ``observations`` the Observations of a new Datastream. ``ordered``: a to-many navigation's
+    links and nested entities together, in the body's order (a MultiDatastream's
+    ObservedProperties, whose order is that of its results)."""
 
     entity_set: str
     values: dict[str, Any]
     links: dict[str, list[int]] = field(default_factory=dict)
     nested: dict[str, list[NewEntity]] = field(default_factory=dict)
     observations: list[Any] = field(default_factory=list)
+    ordered: dict[str, list[int | NewEntity]] = field(default_factory=dict)
 
 
 def _value(f: Field, raw: Any, path: str) -> Any:
@@ -317,6 +430,20 @@ def _value(f: Field, raw: Any, path: str) -> Any:
         if raw is None and not f.required:
             return None
         return geometry(raw, path)
+    if f.kind == "complex":
+        if raw != COMPLEX_OBSERVATION:
+            raise BadRequestError(
+                f"{path} of a MultiDatastream is {COMPLEX_OBSERVATION!r} (its Observations'"
+                " results are arrays), not " + repr(raw)
+            )
+        return raw
+    if f.kind in ("texts", "units"):
+        if not isinstance(raw, list) or not raw:
+            raise BadRequestError(f"{path} must be a non-empty array, not {_kind(raw)}")
+        if f.kind == "texts":
+            return [_text(x, f"{path}[{i}]") for i, x in enumerate(raw)]
+        unit = Field(f.column, "unit")
+        return [_value(unit, x, f"{path}[{i}]") for i, x in enumerate(raw)]
     obj = _object(raw, path)  # unit
     bad = sorted(set(obj) - _UNITS)
     if bad:
@@ -385,11 +512,39 @@ def entity(
                     raise BadRequestError(f"{ipath}: an existing Observation cannot be linked")
                 new.observations.append(observation(obj, now, max_future_seconds, ipath))
             elif set(obj) == {"@iot.id"}:
-                new.links.setdefault(nav, []).append(entity_id(obj["@iot.id"], f"{ipath}/@iot.id"))
+                linked = entity_id(obj["@iot.id"], f"{ipath}/@iot.id")
+                new.links.setdefault(nav, []).append(linked)
+                new.ordered.setdefault(nav, []).append(linked)
             else:
                 child = entity(target, obj, ipath, now, max_future_seconds)
                 new.nested.setdefault(nav, []).append(child)
+                new.ordered.setdefault(nav, []).append(child)
+    if entity_set == "MultiDatastreams":
+        _check_multi(new, path)
     return new
+
+
+def _check_multi(new: NewEntity, path: str) -> None:
+    """A new MultiDatastream: as many unitOfMeasurements as multiObservationDataTypes and
+    ObservedProperties (when the body names them), and its Observations' results arrays of
+    that length."""
+    types: list[str] = new.values["multi_observation_data_types"]
+    units = new.values["unit_of_measurements"]
+    if len(units) != len(types):
+        raise BadRequestError(
+            f"{_where(path, 'unitOfMeasurements')} has {len(units)} entries and"
+            f" multiObservationDataTypes {len(types)}: one of each per ObservedProperty, in"
+            " the same order"
+        )
+    props = new.ordered.get("ObservedProperties")
+    if props is not None and len(props) != len(types):
+        raise BadRequestError(
+            f"{_where(path, 'ObservedProperties')} has {len(props)} entries and"
+            f" multiObservationDataTypes {len(types)}: one ObservedProperty per value of the"
+            " results, in the same order"
+        )
+    for i, o in enumerate(new.observations):
+        multi_result(o.result, types, "this MultiDatastream", _where(path, f"Observations[{i}]"))
 
 
 def patch(entity_set: str, raw: Any) -> tuple[dict[str, Any], dict[str, int]]:
@@ -448,10 +603,13 @@ def observation_patch(raw: Any, current: datetime) -> tuple[dict[str, Any], int 
             "phenomenonTime: an Observation's id is made of its Datastream and phenomenonTime,"
             " so it cannot change; delete the Observation and create it at the new time"
         )
-    if "Datastream" in body or "@iot.id" in body:
-        raise BadRequestError(
-            "Datastream: an Observation cannot move to another Datastream (its id would change)"
-        )
+    for name in ("Datastream", "MultiDatastream"):
+        if name in body:
+            raise BadRequestError(
+                f"{name}: an Observation cannot move to another {name} (its id would change)"
+            )
+    if "@iot.id" in body:
+        raise BadRequestError("@iot.id cannot be changed")
     values: dict[str, Any] = {}
     if "result" in body:
         r = body["result"]
