@@ -39,12 +39,16 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pydantic import TypeAdapter
+
+from quartier.api.aggregates import AggregateResult, _json, _to_model
 from quartier.services import LocalServices
 from quartier.store import rollups, timeseries
 from quartier.store.migrate import migrate, storage_path
 from quartier.store.pgcopy import write_copy_fixed
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
+_RESULT = TypeAdapter(AggregateResult)
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
@@ -414,6 +418,27 @@ def run_queries(
 
             return run
 
+        def api_json(k: int, width: timedelta, span_days: int, pg: bool) -> Callable[[int], Any]:
+            """The aggregate route's JSON body: written by PostgreSQL (``as_json``, the route
+            since issue #14 item 5) or made from a response model per bucket and serialised by
+            pydantic (the route before), Python included."""
+
+            def run(_: int) -> Any:
+                a = T0 + timedelta(days=rnd.randrange(max(1, days - span_days + 1)))
+                b = a + timedelta(days=span_days)
+                kw: dict[str, Any] = {"functions": ("avg",), "path": path}
+                if pg:
+                    body = _json(
+                        timeseries.aggregate(conn, pick(k), width, a, b, as_json=True, **kw)
+                    ).body
+                else:
+                    model = _to_model(timeseries.aggregate(conn, pick(k), width, a, b, **kw))
+                    body = _RESULT.dump_json(model, by_alias=True, exclude_unset=True)
+                assert len(body) > 100
+                return body
+
+            return run
+
         def naive(k: int, width: timedelta, span_days: int) -> Callable[[int], Any]:
             """The same aggregate as plain SQL over raw rows (what one writes without rollups)."""
 
@@ -448,6 +473,26 @@ def run_queries(
             ("daily means, 1 year, 100 datastreams", agg(100, day, days, "auto"), repeat),
             ("hourly means, 1 month, 1 datastream", agg(1, hour, month, "auto"), repeat),
             ("hourly means, 1 month, 100 datastreams", agg(100, hour, month, "auto"), repeat),
+            (
+                "API JSON: daily means, 1 year, 100 datastreams (PostgreSQL-written)",
+                api_json(100, day, days, True),
+                repeat,
+            ),
+            (
+                "API JSON: daily means, 1 year, 100 datastreams (models, before)",
+                api_json(100, day, days, False),
+                repeat,
+            ),
+            (
+                "API JSON: hourly means, 1 month, 100 datastreams (PostgreSQL-written)",
+                api_json(100, hour, month, True),
+                repeat,
+            ),
+            (
+                "API JSON: hourly means, 1 month, 100 datastreams (models, before)",
+                api_json(100, hour, month, False),
+                repeat,
+            ),
             (
                 "@iot.count, 1 datastream",
                 lambda _: timeseries.count_observations(conn, pick(1)[0], path=path),
@@ -572,8 +617,24 @@ def print_report(r: dict[str, Any]) -> None:
         ("daily means, 1 year, 1 datastream", "naive: daily means, 1 year, 1 datastream"),
         ("daily means, 1 year, 100 datastreams", "naive: daily means, 1 year, 100 datastreams"),
         ("hourly means, 1 month, 100 datastreams", "naive: hourly means, 1 month, 100 datastreams"),
+        (
+            "API JSON: daily means, 1 year, 100 datastreams (PostgreSQL-written)",
+            "naive: daily means, 1 year, 100 datastreams",
+        ),
+        (
+            "API JSON: hourly means, 1 month, 100 datastreams (PostgreSQL-written)",
+            "naive: hourly means, 1 month, 100 datastreams",
+        ),
     ):
         print(f"{k}: {q[n]['p50_ms'] / q[k]['p50_ms']:.0f}× faster than naive (p50)")
+    for what in ("daily means, 1 year", "hourly means, 1 month"):
+        new = q[f"API JSON: {what}, 100 datastreams (PostgreSQL-written)"]
+        old = q[f"API JSON: {what}, 100 datastreams (models, before)"]
+        verdict = "met" if new["p95_ms"] <= 25 else "MISSED"
+        print(
+            f"API JSON {what}, 100 datastreams: p95 {new['p95_ms']:.1f} ms (target 25: {verdict}),"
+            f" {old['p50_ms'] / new['p50_ms']:.1f}× the model path (p50)"
+        )
     print(f"incremental: {json.dumps(r['incremental'], default=str)}")
 
 
