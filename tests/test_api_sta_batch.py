@@ -434,6 +434,10 @@ POST = {"method": "post", "url": "Sensors", "body": SENSOR}
         ),
         ({"requests": [{**GET, "id": "1", "dependsOn": "x"}]}, "array of ids"),
         ({"requests": [{**GET, "id": "1", "headers": {"a": 1}}]}, "object of strings"),
+        ({"requests": [{**GET, "id": "1", "headers": {"a": "x\r\nb: y"}}]}, "header 'a'"),
+        ({"requests": [{**GET, "id": "1", "headers": {"Prüfung": "x"}}]}, "not a valid header"),
+        ({"requests": [{**GET, "id": "1", "headers": {"a": "€"}}]}, "not a valid header"),
+        ('{"requests": ' + "[" * 50_000 + "]" * 50_000 + "}", "nested too deeply"),
         ({"requests": [{**GET, "id": "1", "atomicityGroup": "g"}]}, "writes only"),
         (
             {

@@ -61,6 +61,8 @@ _REF = re.compile(r"^\$([^/?]+)")
 #: OData's system resources: a first segment ``$batch`` … is not a reference to a request
 _SYSTEM = {"batch", "crossjoin", "all", "entity", "root", "id", "metadata"}
 _NO_BODY = object()
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_FIELD_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
 
 
 @dataclass
@@ -220,6 +222,9 @@ def check(parts: list[Part]) -> None:
     groups: dict[str, int] = {}  # group -> index of its last request
     for i, p in enumerate(parts):
         where = f"request {p.id!r}"
+        for name, value in p.headers.items():
+            if not _TOKEN.match(name) or not _FIELD_VALUE.match(value):
+                raise BadRequestError(f"{where}: the header {name[:40]!r} is not a valid header")
         if p.id in ids or p.id in groups:
             raise BadRequestError(f"{where}: the id is used twice in the batch")
         if p.group is not None:
@@ -584,9 +589,11 @@ async def batch(request: Request) -> Response:
     if media == "application/json":
         try:
             decoded = json.loads(raw)
+            parts = parse_json(decoded, limit)
         except ValueError as exc:
             raise BadRequestError(f"the $batch body is not JSON: {exc}") from None
-        parts = parse_json(decoded, limit)
+        except RecursionError:
+            raise BadRequestError("the $batch body is nested too deeply") from None
         return json_response(parts, await Runner(request, parts).run())
     if media == "multipart/mixed":
         parts = parse_multipart(ctype, raw, limit)
