@@ -31,6 +31,7 @@ from fastapi.testclient import TestClient
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from quartier.api.app import create_app
+from quartier.api.deps import Conn
 from quartier.config import Settings
 from quartier.services import find_postgres, free_port, is_root, port_open
 from quartier.store import api_keys
@@ -348,3 +349,45 @@ def test_a_lagging_standby_is_skipped_and_writers_read_their_writes(
         for standby in standbys:
             if standby.sql("select pg_is_wal_replay_paused()"):
                 standby.sql("select pg_wal_replay_resume()")
+
+
+def test_a_standby_failing_during_a_query_is_answered_from_the_primary(
+    replica_settings: Settings, standbys: list[Standby], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The standby's backend is terminated while the route's query runs: the client still gets
+    the primary's answer (``ReplicaRetry`` runs the GET again), never the 503."""
+    app = create_app(replica_settings)
+    calls: list[bool] = []
+
+    def slow(conn: Conn) -> dict[str, bool]:
+        row = conn.execute("select pg_is_in_recovery() as standby").fetchone()
+        assert row is not None
+        calls.append(bool(row["standby"]))
+        conn.execute("select pg_sleep(%s)", (1.5 if row["standby"] else 0,))
+        return {"standby": bool(row["standby"])}
+
+    # first in the routing table: SensorThings' deep-path routes would take it otherwise
+    app.router.add_api_route("/v1.1/SlowProbe", slow, methods=["GET"])
+    app.router.routes.insert(0, app.router.routes.pop())
+
+    def terminate() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for standby in standbys:
+                killed = standby.sql(
+                    "select count(pg_terminate_backend(pid)) from pg_stat_activity"
+                    " where query like 'select pg_sleep%%' and pid <> pg_backend_pid()"
+                )
+                if killed:
+                    return
+            time.sleep(0.02)
+
+    with TestClient(app) as client, caplog.at_level("INFO", logger="quartier.api.app"):
+        killer = threading.Thread(target=terminate)
+        killer.start()
+        response = client.get("/v1.1/SlowProbe")
+        killer.join()
+    assert response.status_code == 200, response.text
+    assert response.json() == {"standby": False}  # answered by the primary
+    assert calls == [True, False]  # first on a standby, which failed, then on the primary
+    assert "answered from the primary" in caplog.text
