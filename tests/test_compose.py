@@ -155,7 +155,7 @@ def test_each_service_environment_is_real_settings_the_production_guard_accepts(
         for key, value in env.items():
             value = _interpolated(str(value)).replace("/run/secrets/", f"{tmp_path}/")
             monkeypatch.setenv(key, value)
-        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None)
         assert settings.environment == "production"
         seen[name] = settings
     owner = seen["migrate"].database

@@ -19,6 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,7 @@ def replicated(standby: Standby, db_url: str) -> bool:
 def replica_settings(settings: Settings, standbys: list[Standby]) -> Settings:
     db_url = settings.require_database_url()
     for standby in standbys:
-        wait_for("the standby to have the test's database", lambda s=standby: replicated(s, db_url))
+        wait_for("the standby to have the test's database", partial(replicated, standby, db_url))
     database = settings.database.model_copy(
         update={
             "replica_urls": [s.url(db_url) for s in standbys],
