@@ -13,6 +13,12 @@ from pydantic import (
 )
 
 
+def _null(value: Any) -> bool:
+    """Left out of a body when null, as FROST does (its Python client refuses ``null``
+    properties of a Sensor or Location)."""
+    return value is None
+
+
 class _Entity(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -23,7 +29,7 @@ class _Entity(BaseModel):
 class Thing(_Entity):
     name: str
     description: str
-    properties: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = Field(default=None, exclude_if=_null)
     locations_link: str = Field(alias="Locations@iot.navigationLink")
     historical_locations_link: str = Field(alias="HistoricalLocations@iot.navigationLink")
     datastreams_link: str = Field(alias="Datastreams@iot.navigationLink")
@@ -35,7 +41,7 @@ class Location(_Entity):
     description: str
     encoding_type: str = Field(alias="encodingType")
     location: dict[str, Any]
-    properties: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = Field(default=None, exclude_if=_null)
     things_link: str = Field(alias="Things@iot.navigationLink")
     historical_locations_link: str = Field(alias="HistoricalLocations@iot.navigationLink")
 
@@ -59,7 +65,7 @@ class Datastream(_Entity):
     unit_of_measurement: UnitOfMeasurement = Field(alias="unitOfMeasurement")
     observed_area: dict[str, Any] | None = Field(default=None, alias="observedArea")
     phenomenon_time: str | None = Field(default=None, alias="phenomenonTime")
-    properties: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = Field(default=None, exclude_if=_null)
     thing_link: str = Field(alias="Thing@iot.navigationLink")
     sensor_link: str = Field(alias="Sensor@iot.navigationLink")
     observed_property_link: str = Field(alias="ObservedProperty@iot.navigationLink")
@@ -71,7 +77,7 @@ class Sensor(_Entity):
     description: str
     encoding_type: str = Field(alias="encodingType")
     metadata: str
-    properties: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = Field(default=None, exclude_if=_null)
     datastreams_link: str = Field(alias="Datastreams@iot.navigationLink")
     multi_datastreams_link: str = Field(alias="MultiDatastreams@iot.navigationLink")
 
@@ -80,7 +86,7 @@ class ObservedProperty(_Entity):
     name: str
     definition: str
     description: str
-    properties: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = Field(default=None, exclude_if=_null)
     datastreams_link: str = Field(alias="Datastreams@iot.navigationLink")
     multi_datastreams_link: str = Field(alias="MultiDatastreams@iot.navigationLink")
 
@@ -114,7 +120,7 @@ class FeatureOfInterest(_Entity):
     description: str
     encoding_type: str = Field(alias="encodingType")
     feature: dict[str, Any]
-    properties: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = Field(default=None, exclude_if=_null)
     observations_link: str = Field(alias="Observations@iot.navigationLink")
 
 
@@ -129,7 +135,7 @@ class MultiDatastream(_Entity):
     unit_of_measurements: list[UnitOfMeasurement] = Field(alias="unitOfMeasurements")
     observed_area: dict[str, Any] | None = Field(default=None, alias="observedArea")
     phenomenon_time: str | None = Field(default=None, alias="phenomenonTime")
-    properties: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = Field(default=None, exclude_if=_null)
     thing_link: str = Field(alias="Thing@iot.navigationLink")
     sensor_link: str = Field(alias="Sensor@iot.navigationLink")
     observed_properties_link: str = Field(alias="ObservedProperties@iot.navigationLink")
