@@ -69,14 +69,38 @@ def _options(request: Request) -> QueryOptions:
     return parse_query_options(request.query_params)
 
 
+_ABSENT = object()
+
+
+def _json_member(value: Any, segments: tuple[str, ...]) -> Any:
+    """The member of a JSON object at ``segments`` (keys, one a level), or ``_ABSENT``."""
+    for seg in segments:
+        if not isinstance(value, dict) or seg not in value:
+            return _ABSENT
+        value = value[seg]
+    return value
+
+
 def _pick(body: dict[str, Any], select: tuple[Path, ...], entity_type: str) -> dict[str, Any]:
     """The ``$select``ed part of one entity's body: ``id`` is ``@iot.id``, a navigation property
-    its ``@iot.navigationLink``, any other property its value (null where Quartier stores none)."""
+    its ``@iot.navigationLink``, any other property its value (null where Quartier stores none),
+    a member of a JSON property (``properties/owner``) nested as in the body, left out where the
+    value has no such member (as FROST answers it)."""
     navs = ENTITIES[entity_type].navs
+    whole = {p.segments[0] for p in select if len(p.segments) == 1}
     out: dict[str, Any] = {}
     for p in select:
         name = p.segments[0]
-        if name == "id":
+        if len(p.segments) > 1:
+            value = _json_member(body.get(name), p.segments[1:])
+            if name in whole or value is _ABSENT:
+                continue
+            target = out.setdefault(name, {})
+            for seg in p.segments[1:-1]:
+                target = target.setdefault(seg, {})
+            if isinstance(target, dict):
+                target[p.segments[-1]] = value
+        elif name == "id":
             out["@iot.id"] = body["@iot.id"]
         elif name in navs:
             key = f"{name}@iot.navigationLink"
@@ -522,7 +546,7 @@ def _data_array(
     groups: dict[int, list[list[Any]]] = {}
     for r in rows:
         body = _observation(r, base).model_dump(mode="json", by_alias=True)
-        groups.setdefault(r["datastream_id"], []).append([body.get(k) for k in keys])
+        groups.setdefault(r["datastream_id"], []).append([_component(body, k) for k in keys])
     data: dict[str, Any] = {}
     if count is not None:
         data["@iot.count"] = count
@@ -543,6 +567,15 @@ def _data_array(
     if nxt is not None:
         data["@iot.nextLink"] = nxt
     return data
+
+
+def _component(body: dict[str, Any], key: str) -> Any:
+    """A dataArray component's value: a property, or a member of one (``result/temperature``)."""
+    if "/" not in key:
+        return body.get(key)
+    name, *rest = key.split("/")
+    value = _json_member(body.get(name), tuple(rest))
+    return None if value is _ABSENT else value
 
 
 @overload

@@ -58,7 +58,7 @@ from quartier.api.sta.model import (
     resolve,
     type_of,
 )
-from quartier.errors import BadRequestError, NotImplementedQueryError
+from quartier.errors import BadRequestError
 
 log = logging.getLogger(__name__)
 
@@ -679,10 +679,7 @@ def check_options(options: ast.QueryOptions, entity: str | Entity) -> None:
     for p in options.select:
         head = e.props.get(p.segments[0])
         if len(p.segments) > 1 and head is not None and head.type == "dyn":
-            raise NotImplementedQueryError(
-                f"$select: {p} at position {p.pos}: selecting inside a JSON property is not"
-                " supported; select the whole property"
-            )
+            continue  # a member of a JSON property: properties/owner, result/temperature
         if len(p.segments) != 1 or (p.segments[0] not in e.props and p.segments[0] not in e.navs):
             raise BadRequestError(
                 f"$select: {p} at position {p.pos} is not a property of {e.name}; known: "
