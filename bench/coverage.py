@@ -50,7 +50,7 @@ import shapely
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quartier.geo import grid, input_store, run_store
-from quartier.geo.analysis import AnalysisParams, CoverageInputs, analyse
+from quartier.geo.analysis import FIXED_TECHNOLOGIES, AnalysisParams, CoverageInputs, analyse
 from quartier.geo.io import import_districts
 from quartier.pseudonym import Pseudonymizer
 from quartier.services import LocalServices
@@ -344,6 +344,177 @@ def load_state(url: str) -> None:
     print(f"  loaded into PostgreSQL in {_t() - t:.1f} s")
 
 
+# --- the country case: generated tile by tile, analysed on a local Dask cluster ----------------
+
+
+#: the country: a box of 600 × 600 km (36 M cells of 100 m, Germany's grid has about 36 M),
+#: lower-left corner in EPSG:3035 metres; blocks of 10 km are both the generator's unit and the
+#: default tile
+COUNTRY_ORIGIN = (4_000_000, 2_700_000)
+COUNTRY_BLOCKS = 60
+BLOCK_M = 10_000
+
+
+class CountryWorld:
+    """A synthetic country like :func:`state_frames`' Bundesland (towns of Gaussian clusters,
+    gigabit near town centres, VDSL falling with the distance, 40 % of the signal measurements
+    near addresses), made one tile at a time: the towns of each 10 km block come from a seed of
+    their own, and a tile is generated from the towns of its block and the 8 around it, keeping
+    the points that fall inside. No step ever holds more than 3 × 3 blocks' towns, and a town
+    that straddles a tile border is the same town on both sides. Picklable (a Dask
+    :class:`~quartier.geo.distributed.TileSource`)."""
+
+    def __init__(self, seed: int = 5) -> None:
+        self.seed = seed
+
+    def towns(self, br: int, bc: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Towns of block (row, column): x, y, size, seed."""
+        if not (0 <= br < COUNTRY_BLOCKS and 0 <= bc < COUNTRY_BLOCKS):
+            z = np.zeros(0)
+            return z, z, z, z.astype(np.int64)
+        rng = np.random.default_rng([self.seed, br, bc])
+        n = rng.poisson(3.0)
+        x0, y0 = COUNTRY_ORIGIN[0] + bc * BLOCK_M, COUNTRY_ORIGIN[1] + br * BLOCK_M
+        x, y = rng.uniform(x0, x0 + BLOCK_M, n), rng.uniform(y0, y0 + BLOCK_M, n)
+        size = np.minimum(rng.pareto(1.2, n) + 1, 60.0)
+        seeds = rng.integers(0, 2**62, n)
+        return x, y, size, seeds
+
+    def load(self, tile: tuple[int, int], tile_cells: int) -> CoverageInputs:
+        side = tile_cells * 100
+        tx0, ty0 = tile[1] * side, tile[0] * side
+
+        def inside(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            return (x >= tx0) & (x < tx0 + side) & (y >= ty0) & (y < ty0 + side)
+
+        b0r, b1r = (
+            (ty0 - COUNTRY_ORIGIN[1]) // BLOCK_M,
+            (ty0 + side - 1 - COUNTRY_ORIGIN[1]) // BLOCK_M,
+        )
+        b0c, b1c = (
+            (tx0 - COUNTRY_ORIGIN[0]) // BLOCK_M,
+            (tx0 + side - 1 - COUNTRY_ORIGIN[0]) // BLOCK_M,
+        )
+        hh, of, st, sg = [], [], [], []
+        for br in range(b0r - 1, b1r + 2):
+            for bc in range(b0c - 1, b1c + 2):
+                for x, y, size, s in zip(*self.towns(br, bc), strict=True):
+                    reach = 5 * (400 + 60 * np.sqrt(size))  # 5 σ of the town's spread
+                    dx = max(tx0 - x, 0.0, x - tx0 - side)
+                    dy = max(ty0 - y, 0.0, y - ty0 - side)
+                    if np.hypot(dx, dy) <= reach:
+                        self._town(float(x), float(y), float(size), int(s), inside, hh, of, st, sg)
+        rng = np.random.default_rng([self.seed, 7, tile[0], tile[1]])
+        n_far = int(25_000 * (side / BLOCK_M) ** 2)  # roads, fields, forests
+        fx, fy = rng.uniform(tx0, tx0 + side, n_far), rng.uniform(ty0, ty0 + side, n_far)
+        sg.append(self._signals(rng, fx, fy, np.full(n_far, 3000.0)))
+
+        def cat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+            return pd.concat(parts, ignore_index=True)
+
+        return CoverageInputs(cat(hh) if hh else _EMPTY_HH, cat(of) if of else _EMPTY_OF,
+                              cat(st) if st else _EMPTY_ST, cat(sg))  # fmt: skip
+
+    @staticmethod
+    def _signals(
+        rng: np.random.Generator, x: np.ndarray, y: np.ndarray, d: np.ndarray
+    ) -> pd.DataFrame:
+        n = len(x)
+        level = -85 - d / 150 + rng.normal(0, 8, n)
+        techs = np.where(level > -100, 3, np.where(level > -125, 2, 0)).astype(np.int8)
+        return pd.DataFrame({
+            "cell_e": (np.floor(x / 100) * 100).astype(np.int32),
+            "cell_n": (np.floor(y / 100) * 100).astype(np.int32),
+            "operator": pd.Categorical.from_codes(rng.choice(4, n, p=[0.37, 0.3, 0.28, 0.05]),
+                                                  list(COUNTRY_OPERATORS)),
+            "technology": pd.Categorical.from_codes(techs, ["2G", "3G", "4G", "5G"]),
+            "signal_dbm": np.where(techs == 0, np.clip(level + 20, -120, -30),
+                                   np.clip(level, -150, -25)).astype(np.float32),
+        })  # fmt: skip
+
+    def _town(self, x: float, y: float, size: float, seed: int, inside: Any,
+              hh: list[pd.DataFrame], of: list[pd.DataFrame], st: list[pd.DataFrame],
+              sg: list[pd.DataFrame]) -> None:  # fmt: skip
+        rng = np.random.default_rng(seed)
+        n = int(size * 150)
+        sd = 400 + 60 * np.sqrt(size)
+        ax, ay = x + rng.normal(0, sd, n), y + rng.normal(0, sd, n)
+        h = rng.geometric(0.45, n)
+        d = np.hypot(ax - x, ay - y)
+        gig = rng.random(n) < np.clip(0.9 - d / 3000, 0.05, 0.95)
+        vdsl = np.select([d < 500, d < 1500, d < 3000], [250.0, 100.0, 50.0], 16.0)
+        n_sig = int(n * 1.0)
+        si = rng.integers(0, n, n_sig)
+        sx, sy = ax[si] + rng.normal(0, 80, n_sig), ay[si] + rng.normal(0, 80, n_sig)
+        sig = self._signals(rng, sx, sy, np.hypot(sx - x, sy - y))
+        n_t = n // 4
+        ti = rng.integers(0, n, n_t)
+        tx, ty = ax[ti] + rng.normal(0, 5, n_t), ay[ti] + rng.normal(0, 5, n_t)
+        down = rng.gamma(2, 60, n_t).round(1)
+        keep = inside(ax, ay)
+        if keep.any():
+            ce = (np.floor(ax / 100) * 100).astype(np.int32)
+            cn = (np.floor(ay / 100) * 100).astype(np.int32)
+            hh.append(pd.DataFrame({"cell_e": ce[keep], "cell_n": cn[keep], "households": h[keep]}))
+            g = keep & gig
+            tech = np.where(vdsl >= 30, 3, 4)  # vdsl, adsl (FIXED_TECHNOLOGIES)
+            extra = int(g.sum())
+            of.append(pd.DataFrame({
+                "cell_e": np.concatenate([ce[keep], ce[g]]),
+                "cell_n": np.concatenate([cn[keep], cn[g]]),
+                "technology": pd.Categorical.from_codes(
+                    np.concatenate([tech[keep], np.zeros(extra, np.int64)]), FIXED_TECHNOLOGIES),
+                "max_down_mbps": np.concatenate([vdsl[keep], np.full(extra, 1000.0)])
+                .astype(np.float32),
+                "max_up_mbps": np.concatenate([vdsl[keep] / 5, np.full(extra, 500.0)])
+                .astype(np.float32),
+            }))  # fmt: skip
+        k = inside(sx, sy)
+        if k.any():
+            sg.append(sig[k])
+        k = inside(tx, ty)
+        if k.any():
+            st.append(pd.DataFrame({"cell_e": (np.floor(tx[k] / 100) * 100).astype(np.int32),
+                                    "cell_n": (np.floor(ty[k] / 100) * 100).astype(np.int32),
+                                    "download_mbps": down[k].astype(np.float32)}))  # fmt: skip
+
+
+COUNTRY_OPERATORS = ("1&1", "Telefónica", "Telekom", "Vodafone")  # sorted, as analyse orders them
+_EMPTY_HH = pd.DataFrame({"cell_e": np.zeros(0, np.int32), "cell_n": np.zeros(0, np.int32),
+                          "households": np.zeros(0, np.int64)})  # fmt: skip
+_EMPTY_OF = pd.DataFrame({"cell_e": np.zeros(0, np.int32), "cell_n": np.zeros(0, np.int32),
+                          "technology": pd.Categorical.from_codes(np.zeros(0, np.int8),
+                                                                  FIXED_TECHNOLOGIES),
+                          "max_down_mbps": np.zeros(0, np.float32),
+                          "max_up_mbps": np.zeros(0, np.float32)})  # fmt: skip
+_EMPTY_ST = pd.DataFrame({"cell_e": np.zeros(0, np.int32), "cell_n": np.zeros(0, np.int32),
+                          "download_mbps": np.zeros(0, np.float32)})  # fmt: skip
+
+
+def country_districts(blocks: list[tuple[int, int]], seed: int = 5) -> gpd.GeoDataFrame:
+    """Gemeinden: 3 Voronoi cells per 10 km block (about 10,800 in the country, Germany has
+    10,750), for the ``blocks`` analysed."""
+    pts = []
+    for br, bc in blocks:
+        r = np.random.default_rng([seed, 99, br, bc])
+        x0, y0 = COUNTRY_ORIGIN[0] + bc * BLOCK_M, COUNTRY_ORIGIN[1] + br * BLOCK_M
+        pts.append(
+            np.column_stack([r.uniform(x0, x0 + BLOCK_M, 3), r.uniform(y0, y0 + BLOCK_M, 3)])
+        )
+    seeds = np.concatenate(pts)
+    rows = [b[0] for b in blocks]
+    cols = [b[1] for b in blocks]
+    box = shapely.box(COUNTRY_ORIGIN[0] + min(cols) * BLOCK_M,
+                      COUNTRY_ORIGIN[1] + min(rows) * BLOCK_M,
+                      COUNTRY_ORIGIN[0] + (max(cols) + 1) * BLOCK_M,
+                      COUNTRY_ORIGIN[1] + (max(rows) + 1) * BLOCK_M)  # fmt: skip
+    vor = shapely.voronoi_polygons(shapely.multipoints(seeds), extend_to=box)
+    polys = shapely.intersection(np.asarray(shapely.get_parts(vor)), box)
+    return gpd.GeoDataFrame({"code": [f"{i:08d}" for i in range(len(polys))],
+                             "name": [f"Gemeinde {i}" for i in range(len(polys))]},
+                            geometry=polys, crs=grid.GRID_CRS)  # fmt: skip
+
+
 # --- the measured runs --------------------------------------------------------------------------
 
 
@@ -519,9 +690,20 @@ def _as_lonlat(inputs: CoverageInputs) -> CoverageInputs:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", choices=["koeln", "state", "both"], default="both")
+    ap.add_argument("--case", choices=["koeln", "state", "both", "country"], default="both")
+    ap.add_argument("--workers", type=int, default=2, help="Dask workers (country, state-dask)")
+    ap.add_argument("--tile-km", type=int, default=10, help="tile side on Dask")
+    ap.add_argument(
+        "--fraction",
+        type=int,
+        default=8,
+        help="country: analyse 1/N of its tiles (a square block) and project",
+    )
+    ap.add_argument("--dask", action="store_true",
+                    help="state: also run it on a local Dask cluster and compare")  # fmt: skip
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--state-child", help=argparse.SUPPRESS)
+    ap.add_argument("--state-dask-child", help=argparse.SUPPRESS)
     ap.add_argument(
         "--data-dir", type=Path,
         help="keep PostgreSQL and the loaded databases here and reuse them in later runs "
@@ -531,6 +713,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the finally: stop PostgreSQL
     if args.state_child:
         print(json.dumps(run_state_child(args.state_child, args.repeat)))
+        return
+    if args.state_dask_child:
+        print(json.dumps(bench_state_dask(args.state_dask_child, args.workers, args.tile_km)))
         return
     admin = os.environ.get("QUARTIER_TEST_DATABASE_URL")
     local = None
@@ -604,11 +789,139 @@ def main() -> None:
             print(f"  load average (1, 5, 15 min): {os.getloadavg()}")
             _verdict("Bundesland end to end ≤ 60 s", b["total"], TARGETS["state_e2e"])
             _verdict("Bundesland memory ≤ 2 GB (10^9 bytes)", rss / 1e9, TARGETS["state_mem_gb"])
+            if args.dask:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--state-dask-child", url, "--workers",
+                     str(args.workers), "--tile-km", str(args.tile_km)],
+                    check=True, capture_output=True, text=True,
+                )  # fmt: skip
+                d = json.loads(out.stdout.strip().splitlines()[-1])
+                speedup = b["total"] / d["seconds"]
+                print(f"Bundesland on Dask ({args.workers} workers, {args.tile_km} km tiles): "
+                      f"{d['seconds']:.1f} s end to end, {speedup:.2f}x the single process "
+                      f"({b['total']:.1f} s); worker peaks "
+                      f"{', '.join(f'{p / 1e9:.2f}' for p in d['peaks'])} GB, client "
+                      f"{d['driver_peak'] / 1e9:.2f} GB; result {d['same']}")  # fmt: skip
+                print(f"  load average (1, 5, 15 min): {os.getloadavg()}")
+                print(f"  ≥ 1.6x on {args.workers} workers: "
+                      f"{'met' if speedup >= 1.6 else 'NOT met'} ({speedup:.2f}x)")  # fmt: skip
+        if args.case == "country":
+            print(f"Country: 1/{args.fraction} of the tiles, generated in the workers …")
+            url = fresh_db(admin)
+            c = bench_country(url, args.fraction, args.workers, args.tile_km)
+            per_tile = c["seconds"] * c["workers"] / c["tiles"]  # worker-seconds a tile
+            full = COUNTRY_BLOCKS**2 * (10 // args.tile_km) ** 2
+            eu = int(4_230_000 / args.tile_km**2)  # EU-27: 4.23 M km²
+            print(f"Country fraction: {c['tiles']:,} tiles ({c['fraction']:.3f}), "
+                  f"{c['cells']:,} cells, {c['gaps']:,} gap clusters in {c['seconds']:.1f} s on "
+                  f"{c['workers']} workers; {per_tile:.2f} worker-s per tile; worker peaks "
+                  f"{', '.join(f'{p / 1e9:.2f}' for p in c['peaks'])} GB")  # fmt: skip
+            print(f"  inputs: {c['inputs']}")
+            print(f"  load average (1, 5, 15 min): {os.getloadavg()}")
+            print(f"  projected: the whole country ({full:,} tiles, about "
+                  f"{c['cells'] / c['fraction'] / 1e6:.0f} M cells) on {c['workers']} workers "
+                  f"{full * per_tile / c['workers'] / 60:.0f} min")  # fmt: skip
+            for n in (2, 16, 64, 256):
+                print(f"  projected: EU-27 ({eu:,} tiles) on {n} workers "
+                      f"{eu * per_tile / n / 60:.1f} min")  # fmt: skip
+            _verdict("worker peak ≤ 4 GB (10^9 bytes)", max(c["peaks"]) / 1e9, 4.0)
     finally:
         if local is not None:
             local.down()
         if state_dir is not None:
             shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _worker_peaks(client: Any) -> list[int]:
+    """Peak RSS (VmHWM) of each Dask worker process."""
+    return sorted(client.run(peak_rss_bytes).values())
+
+
+def bench_country(url: str, fraction: int, workers: int, tile_km: int) -> dict[str, Any]:
+    """The country on a local cluster of ``workers`` processes: ``1 / fraction`` of its tiles
+    (a square block of them; 1 = all), generated in the workers, analysed, cells written by
+    each tile's COPY, the run stored."""
+    from distributed import Client
+
+    from quartier.geo import service
+    from quartier.geo.distributed import local_cluster
+
+    side = COUNTRY_BLOCKS if fraction <= 1 else max(1, round(COUNTRY_BLOCKS / fraction**0.5))
+    blocks = [(r, c) for r in range(side) for c in range(side)]
+    tile_cells = tile_km * 10
+    per = BLOCK_M // (tile_cells * 100)
+    if per < 1 or BLOCK_M % (tile_cells * 100):
+        raise SystemExit("--tile-km must divide 10")
+    r0, c0 = COUNTRY_ORIGIN[1] // (tile_cells * 100), COUNTRY_ORIGIN[0] // (tile_cells * 100)
+    tiles = [(r0 + br * per + i, c0 + bc * per + j) for br, bc in blocks
+             for i in range(per) for j in range(per)]  # fmt: skip
+    districts = country_districts(blocks)
+    print(f"  {len(tiles):,} tiles of {tile_km} km ({len(tiles) / (COUNTRY_BLOCKS**2 * per**2):.3f}"
+          f" of the country), {len(districts):,} Gemeinden, {workers} workers")  # fmt: skip
+    with local_cluster(workers, memory_limit="4GB") as cluster, Client(cluster) as client:
+        t = _t()
+        with psycopg.connect(url) as conn:
+            run_id, result = service.store_tiled(
+                conn, client, url, tiles, sorted(COUNTRY_OPERATORS), districts, AnalysisParams(),
+                tile_cells=tile_cells, source=CountryWorld(),
+            )  # fmt: skip
+            conn.commit()
+        total = _t() - t
+        peaks = _worker_peaks(client)
+    counts = result.inputs
+    return {"tiles": len(tiles), "fraction": len(tiles) / (COUNTRY_BLOCKS**2 * per**2),
+            "seconds": total, "peaks": peaks, "cells": counts["cells"],
+            "gaps": len(result.gaps), "inputs": counts, "workers": workers,
+            "run_id": run_id}  # fmt: skip
+
+
+def bench_state_dask(url: str, workers: int, tile_km: int) -> dict[str, Any]:
+    """The Bundesland end to end on a local cluster; the stored run compared with the newest
+    single-process run of the same database."""
+    from distributed import Client
+
+    from quartier.geo import service
+    from quartier.geo.distributed import local_cluster
+
+    with local_cluster(workers, memory_limit="4GB") as cluster, Client(cluster) as client:
+        client.run(lambda: None)  # workers up before the clock starts
+        with psycopg.connect(url) as conn:
+            t = _t()
+            run_id, result = service.analyse_and_store_on_dask(
+                conn, client, url, AnalysisParams(), tile_cells=tile_km * 10
+            )
+            conn.commit()
+            total = _t() - t
+        peaks = _worker_peaks(client)
+    with psycopg.connect(url) as conn:
+        runs = [int(r[0]) for r in conn.execute(
+            "select id from coverage_run where id < %s order by id desc limit 1",
+            (run_id,))]  # fmt: skip
+        same = _same_runs(conn, runs[0], run_id) if runs else "no single-process run to compare"
+    return {"seconds": total, "peaks": peaks, "cells": result.inputs["cells"], "same": same,
+            "driver_peak": peak_rss_bytes()}  # fmt: skip
+
+
+def _same_runs(conn: psycopg.Connection[Any], a: int, b: int) -> str:
+    """'identical' or what differs between two stored runs (cells, gaps, districts)."""
+    ra, rb = run_store.get_run(conn, a), run_store.get_run(conn, b)
+    if ra.inputs != rb.inputs:
+        return f"inputs differ: {ra.inputs} / {rb.inputs}"
+    ca, cb = run_store.load_cells(conn, ra), run_store.load_cells(conn, rb)
+    if not ca.equals(cb):
+        return "cells differ"
+    del ca, cb
+    ga, gb = run_store.load_gaps(conn, ra), run_store.load_gaps(conn, rb)
+    if not (
+        pd.DataFrame(ga.drop(columns="geometry")).equals(pd.DataFrame(gb.drop(columns="geometry")))
+        and list(shapely.to_wkb(ga.geometry.values)) == list(shapely.to_wkb(gb.geometry.values))
+    ):
+        return "gaps differ"
+    q = ("select code, name, households, cells, classes, mobile from coverage_district"
+         " where run_id = %s order by code")  # fmt: skip
+    if conn.execute(q, (a,)).fetchall() != conn.execute(q, (b,)).fetchall():
+        return "districts differ"
+    return f"identical ({len(ga):,} gaps)"
 
 
 def _verdict(name: str, value: float, limit: float) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -24,8 +24,21 @@ def coverage_analyse_cmd(
         Path | None, typer.Option(help="JSON file with analysis parameters (AnalysisParams)")
     ] = None,
     min_tests: Annotated[int | None, typer.Option(help="speed tests a cell needs")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="analyse on a local Dask cluster of N worker processes")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="analyse on this Dask cluster (tcp://host:8786)")
+    ] = None,
+    tile_km: Annotated[
+        int, typer.Option(help="tile side in km on Dask (multiple of 0.1 km cells)")
+    ] = 10,
 ) -> None:
-    """Analyse the stored inputs on the 100 m grid and store the results as a new run."""
+    """Analyse the stored inputs on the 100 m grid and store the results as a new run; in one
+    process, or tile by tile on Dask (--workers N or --scheduler URL; docs/coverage.md)."""
+    if workers is not None or scheduler is not None:
+        _analyse_on_dask(profile, level, params, min_tests, workers, scheduler, tile_km)
+        return
     from rich.progress import Progress
 
     from quartier.evaluation.current import refresh_after_coverage_run
@@ -51,10 +64,90 @@ def coverage_analyse_cmd(
             )
             conn.commit()
             bar.update(task, completed=len(service.ANALYSIS_STEPS))
+    _print_run(run_id, analysis, result.districts)
+    console.print(
+        f"{len(result.cells):,} cells, {len(result.gaps):,} gap clusters, "
+        f"{int(result.cells['dead_zone'].sum()):,} dead zones"
+    )
+
+
+def _analyse_on_dask(
+    profile: str,
+    level: str,
+    params: Path | None,
+    min_tests: int | None,
+    workers: int | None,
+    scheduler: str | None,
+    tile_km: int,
+) -> None:
+    from quartier.errors import BadRequestError, ConfigError
+    from quartier.evaluation.current import refresh_after_coverage_run
+    from quartier.geo import service
+
+    s = settings()
+    with user_errors(s):
+        if workers is not None and scheduler is not None:
+            raise BadRequestError("give either --workers or --scheduler, not both")
+        if workers is not None and workers < 1:
+            raise BadRequestError("--workers must be at least 1")
+        if tile_km < 1:
+            raise BadRequestError("--tile-km must be at least 1")
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ConfigError(
+                "Dask is not installed: pip install 'quartier[scale]' (dask[distributed])"
+            ) from None
+        from quartier.geo.distributed import local_cluster
+
+        analysis = service.analysis_params(profile, params, min_tests=min_tests)
+        url = database_url(s)
+        with connect(s) as conn:
+            cluster = local_cluster(workers) if workers is not None else None
+            try:
+                client = _dask_client(Client, cluster, scheduler)
+                with client, console.status("analysing on Dask …") as status:
+                    console.print(f"Dask: {client.dashboard_link or scheduler or 'local'}")
+                    run_id, result = service.analyse_and_store_on_dask(
+                        conn,
+                        client,
+                        url,
+                        analysis,
+                        tile_cells=tile_km * 10,
+                        district_level=level,
+                        progress=status.update,
+                        on_stored=refresh_after_coverage_run,
+                        min_contributors=s.privacy.min_contributors,
+                    )
+                    conn.commit()
+            finally:
+                if cluster is not None:
+                    cluster.close()
+    _print_run(run_id, analysis, result.districts)
+    console.print(
+        f"{result.inputs.get('cells', 0):,} cells in {result.tiles:,} tiles, "
+        f"{len(result.gaps):,} gap clusters, {result.dead_zones:,} dead zones"
+    )
+
+
+def _dask_client(client_class: Any, cluster: Any, scheduler: str | None) -> Any:
+    from quartier.errors import UnreachableError
+
+    try:
+        return client_class(cluster if cluster is not None else scheduler, timeout=10)
+    except OSError as exc:
+        raise UnreachableError(
+            f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__}): start it "
+            f"with `dask scheduler` and its workers with `dask worker {scheduler}`",
+            str(scheduler),
+        ) from None
+
+
+def _print_run(run_id: int, analysis: Any, districts: Any) -> None:
     table = Table(title=f"Coverage run {run_id} ({analysis.profile.name})")
     for col in ("district", "households", *[c.key for c in analysis.profile.classes]):
         table.add_column(col, justify="right")
-    for row in result.districts.itertuples(index=False):
+    for row in districts.itertuples(index=False):
         rec = row._asdict()
         table.add_row(
             str(rec["name"]),
@@ -62,10 +155,6 @@ def coverage_analyse_cmd(
             *[f"{rec[f'share_{c.key}']:.1f} %" for c in analysis.profile.classes],
         )
     console.print(table)
-    console.print(
-        f"{len(result.cells):,} cells, {len(result.gaps):,} gap clusters, "
-        f"{int(result.cells['dead_zone'].sum()):,} dead zones"
-    )
 
 
 @app.command("export")

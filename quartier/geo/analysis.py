@@ -538,6 +538,8 @@ def analyse_cells(
     has_offer = best >= 0
     best0 = np.maximum(best, 0)
     del best
+    if not len(of_down):  # no offers at all (a tile without any): pick from one "none"
+        of_down, of_up, of_tech = np.full(1, np.nan), np.full(1, np.nan), np.full(1, -1)
     max_down = np.where(has_offer, of_down[best0], np.nan).astype(np.float32)
     max_up = np.where(has_offer, of_up[best0], np.nan).astype(np.float32)
     best_tech = np.where(has_offer, of_tech[best0], -1).astype(np.int8)

@@ -24,7 +24,12 @@ from psycopg.rows import dict_row, tuple_row
 from quartier.errors import NotFoundError
 from quartier.geo import grid
 from quartier.geo import io as geo_io
-from quartier.geo.analysis import FIXED_TECHNOLOGIES, CoverageResult
+from quartier.geo.analysis import (
+    FIXED_TECHNOLOGIES,
+    MOBILE_TECHNOLOGIES,
+    AnalysisParams,
+    CoverageResult,
+)
 from quartier.geo.memory import release_free_memory
 from quartier.geo.profiles import Profile
 from quartier.store.db import Conn
@@ -107,29 +112,62 @@ def save_result(
     p = result.params
     c = result.cells
     district_codes = [str(x) for x in c["district_code"].cat.categories]
-    class_keys = list(p.profile.keys)
+    run_id = insert_run(conn, p, result.inputs, result.operators, district_codes)
+    create_cell_table(conn, run_id)
+    write_cells(conn, run_id, c, district_codes, list(p.profile.keys), freeze=True)
+    attach_cells(conn, run_id)
+    write_gaps(conn, run_id, result.gaps)
+    write_districts(conn, run_id, district_rows(result), districts)
+    log.info("stored coverage run %d: %d cells, %d gaps", run_id, len(c), len(result.gaps))
+    release_free_memory()
+    return run_id
+
+
+def reserve_run_id(conn: Conn) -> int:
+    """A new run id from ``coverage_run``'s sequence, for a run whose cells are written (by
+    :func:`write_cells` over several connections) before :func:`insert_run` stores it."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute("select nextval(pg_get_serial_sequence('coverage_run', 'id'))").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def insert_run(
+    conn: Conn,
+    p: AnalysisParams,
+    inputs: dict[str, int],
+    operators: list[str],
+    district_codes: list[str],
+    run_id: int | None = None,
+) -> int:
+    """The ``coverage_run`` row (with the id ``run_id`` when given); returns its id."""
     with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(
             """
-            insert into coverage_run (profile, parameters, inputs, classes, operators, technologies,
-                                      district_codes, class_keys, fixed_technologies)
-            values (%s, %s, %s, %s, %s, %s, %s, %s, %s) returning id
+            insert into coverage_run (id, profile, parameters, inputs, classes, operators,
+                                      technologies, district_codes, class_keys, fixed_technologies)
+            values (coalesce(%s, nextval(pg_get_serial_sequence('coverage_run', 'id'))),
+                    %s, %s, %s, %s, %s, %s, %s, %s, %s) returning id
             """,
             (
+                run_id,
                 p.profile.key,
                 p.model_dump_json(),
-                json.dumps(result.inputs),
+                json.dumps(inputs),
                 _classes_json(p.profile),
-                result.operators,
-                result.technologies,
+                operators,
+                list(MOBILE_TECHNOLOGIES),
                 district_codes,
-                class_keys,
+                list(p.profile.keys),
                 list(FIXED_TECHNOLOGIES),
             ),
         ).fetchone()
     assert row is not None
-    run_id = int(row[0])
-    n = len(c)
+    return int(row[0])
+
+
+def create_cell_table(conn: Conn, run_id: int) -> None:
+    """The run's own cell table, not yet attached (``coverage_cell`` does not show it)."""
     table = sql.Identifier(_cell_table(run_id))
     conn.execute(
         sql.SQL("create table {} (like coverage_cell_data, check (run_id = {}))").format(
@@ -141,63 +179,117 @@ def save_result(
             table, sql.Literal(run_id)
         )
     )
+
+
+def drop_cell_table(conn: Conn, run_id: int) -> None:
+    """Drop the cell table of a run that was never stored (a failed run)."""
+    conn.execute(sql.SQL("drop table if exists {}").format(sql.Identifier(_cell_table(run_id))))
+
+
+def write_cells(
+    conn: Conn,
+    run_id: int,
+    cells: pd.DataFrame,
+    district_codes: Sequence[str],
+    class_keys: Sequence[str],
+    *,
+    freeze: bool,
+) -> int:
+    """One fixed-width binary COPY of ``cells`` into the run's table (``freeze`` only in the
+    transaction that created it)."""
     write_copy_fixed(
-        conn, _cell_table(run_id), _cell_columns(c, district_codes, class_keys), freeze=True
+        conn, _cell_table(run_id), _cell_columns(cells, district_codes, class_keys), freeze=freeze
     )
+    return len(cells)
+
+
+@dataclass(frozen=True)
+class CellTableWriter:
+    """Writes cells into a run's table over a connection of its own, committed: what each tile
+    of a tiled run (:mod:`quartier.geo.distributed`) does in its worker. Picklable."""
+
+    conninfo: str
+    run_id: int
+    district_codes: tuple[str, ...]
+    class_keys: tuple[str, ...]
+
+    def write(self, cells: pd.DataFrame) -> int:
+        import psycopg
+
+        with psycopg.connect(self.conninfo) as conn:
+            n = write_cells(conn, self.run_id, cells, self.district_codes, self.class_keys,
+                            freeze=False)  # fmt: skip
+            conn.commit()
+        return n
+
+
+def attach_cells(conn: Conn, run_id: int) -> None:
+    """Attach the run's cell table to ``coverage_cell_data`` (builds its primary key)."""
     conn.execute(
         sql.SQL("alter table coverage_cell_data attach partition {} for values in ({})").format(
-            table, sql.Literal(run_id)
+            sql.Identifier(_cell_table(run_id)), sql.Literal(run_id)
         )
     )
-    g = result.gaps
-    if len(g):
-        wkb = shapely.to_wkb(
-            shapely.set_srid(np.asarray(g.geometry.values, dtype=object), 4326),
-            hex=True,
-            include_srid=True,
-        )
-        with (
-            conn.cursor() as cur,
-            cur.copy(
-                "copy coverage_gap (run_id, cluster_id, rank, cells, households, area_km2,"
-                " district_codes, worst_class, severity, distance_gigabit_m, priority, geom)"
-                " from stdin"
-            ) as copy,
-        ):
-            dist = g["distance_gigabit_m"].to_numpy(dtype=np.float64)
-            columns = [
-                g[c].tolist()
-                for c in ("cluster_id", "rank", "cells", "households", "area_km2",
-                          "district_codes", "worst_class", "severity")
-            ]  # fmt: skip
-            distances = [None if d != d else d for d in dist.tolist()]  # NaN: none
-            for row in zip(*columns, distances, g["priority"].tolist(), wkb.tolist(), strict=True):
-                copy.write_row((run_id, *row))
+
+
+def write_gaps(conn: Conn, run_id: int, g: gpd.GeoDataFrame) -> None:
+    """The run's gap clusters (one COPY)."""
+    if not len(g):
+        return
+    wkb = shapely.to_wkb(
+        shapely.set_srid(np.asarray(g.geometry.values, dtype=object), 4326),
+        hex=True,
+        include_srid=True,
+    )
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "copy coverage_gap (run_id, cluster_id, rank, cells, households, area_km2,"
+            " district_codes, worst_class, severity, distance_gigabit_m, priority, geom)"
+            " from stdin"
+        ) as copy,
+    ):
+        dist = g["distance_gigabit_m"].to_numpy(dtype=np.float64)
+        columns = [
+            g[c].tolist()
+            for c in ("cluster_id", "rank", "cells", "households", "area_km2",
+                      "district_codes", "worst_class", "severity")
+        ]  # fmt: skip
+        distances = [None if d != d else d for d in dist.tolist()]  # NaN: none
+        for row in zip(*columns, distances, g["priority"].tolist(), wkb.tolist(), strict=True):
+            copy.write_row((run_id, *row))
+
+
+DistrictRow = tuple[str, str, int, int, list[dict[str, Any]], list[dict[str, Any]]]
+
+
+def write_districts(
+    conn: Conn, run_id: int, rows: list[DistrictRow], districts: gpd.GeoDataFrame | None
+) -> None:
+    """The run's district statistics (:func:`district_rows`) with the outlines of
+    ``districts``."""
     geoms: dict[str, str] = {}
     if districts is not None and len(districts):
         multi = geo_io._multipolygons(districts.to_crs(grid.WGS84).geometry)
         hexes = shapely.to_wkb(shapely.set_srid(multi, 4326), hex=True, include_srid=True)
         geoms = dict(zip(districts["code"].astype(str), hexes, strict=True))
-    rows = [
+    values = [
         (run_id, code, name, hh, cells, json.dumps(classes), json.dumps(mobile), geoms.get(code))
-        for code, name, hh, cells, classes, mobile in district_rows(result)
+        for code, name, hh, cells, classes, mobile in rows
     ]
     with conn.cursor() as cur:
         cur.executemany(
             "insert into coverage_district"
             " (run_id, code, name, households, cells, classes, mobile, geom)"
             " values (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::geometry)",
-            rows,
+            values,
         )
-    log.info("stored coverage run %d: %d cells, %d gaps", run_id, n, len(g))
-    release_free_memory()
-    return run_id
 
 
-def district_rows(
-    result: CoverageResult,
-) -> list[tuple[str, str, int, int, list[dict[str, Any]], list[dict[str, Any]]]]:
-    """The district statistics as (code, name, households, cells, classes, mobile)."""
+def district_rows(result: CoverageResult | Any) -> list[DistrictRow]:
+    """The district statistics as (code, name, households, cells, classes, mobile); ``result``
+    anything with the ``params``, ``districts`` and ``operators`` of a :class:`CoverageResult`
+    (also a tiled run's)."""
     s = result.districts
     out = []
     for i in range(len(s)):

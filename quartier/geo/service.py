@@ -7,14 +7,29 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from quartier.errors import BadRequestError
-from quartier.geo.analysis import AnalysisParams, CoverageResult, analyse
+from quartier.geo.analysis import AnalysisParams, CoverageResult, _operators, analyse
 from quartier.geo.input_store import load_inputs
 from quartier.geo.profiles import PROFILES
-from quartier.geo.run_store import save_result
+from quartier.geo.run_store import (
+    CellTableWriter,
+    attach_cells,
+    create_cell_table,
+    district_rows,
+    drop_cell_table,
+    insert_run,
+    reserve_run_id,
+    save_result,
+    write_districts,
+    write_gaps,
+)
 from quartier.geo.speedtest_cells import MIN_CONTRIBUTORS
 from quartier.store.db import Conn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from quartier.geo.distributed import TiledResult
 
 
 def analysis_params(
@@ -71,4 +86,97 @@ def analyse_and_store(
     run_id = save_result(conn, result, inputs.districts)
     if on_stored is not None:
         on_stored(conn, run_id)
+    return run_id, result
+
+
+def analyse_and_store_on_dask(
+    conn: Conn,
+    client: Any,
+    conninfo: str,
+    params: AnalysisParams | None = None,
+    *,
+    tile_cells: int | None = None,
+    district_level: str = "stadtbezirk",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    progress: Callable[[str], None] | None = None,
+    on_stored: Callable[[Conn, int], object] | None = None,
+    min_contributors: int = MIN_CONTRIBUTORS,
+) -> tuple[int, TiledResult]:
+    """:func:`analyse_and_store` with the analysis on ``client``'s Dask cluster, tile by tile
+    (:mod:`quartier.geo.distributed`): the inputs are read here and handed to the workers per
+    tile; each tile writes its cells with its own COPY over its own connection (``conninfo``)
+    into the run's new table, which is attached, with the gaps and districts, in the caller's
+    transaction. The same result as the single process. A failed run leaves no table behind."""
+    from quartier.geo import distributed
+
+    p = params or AnalysisParams()
+    step = progress or (lambda _s: None)
+    step(ANALYSIS_STEPS[0])
+    inputs = load_inputs(
+        conn,
+        district_level=district_level,
+        since=since,
+        until=until,
+        conninfo=conninfo,
+        min_contributors=min_contributors,
+    )
+    step(ANALYSIS_STEPS[1])
+    size = tile_cells or distributed.TILE_CELLS
+    operators = _operators(inputs.signals)
+    districts = inputs.districts
+    tiles = distributed.scatter_tiles(client, distributed.split_inputs(inputs, size))
+    del inputs
+    return store_tiled(
+        conn, client, conninfo, tiles, operators, districts, p,
+        tile_cells=size, progress=step, on_stored=on_stored,
+    )  # fmt: skip
+
+
+def store_tiled(
+    conn: Conn,
+    client: Any,
+    conninfo: str,
+    tiles: Any,
+    operators: list[str],
+    districts: Any,
+    params: AnalysisParams,
+    *,
+    tile_cells: int,
+    source: Any = None,
+    progress: Callable[[str], None] | None = None,
+    on_stored: Callable[[Conn, int], object] | None = None,
+) -> tuple[int, TiledResult]:
+    """Analyse ``tiles`` (see :func:`quartier.geo.distributed.analyse_tiled`) and store the run:
+    a new cell table (committed at once over a connection of its own, not yet attached), filled
+    by each tile's COPY; then, in the caller's transaction, the run row, the table attached, the
+    gaps and districts. A failed run drops its table."""
+    import psycopg
+
+    from quartier.geo import distributed
+
+    step = progress or (lambda _s: None)
+    with psycopg.connect(conninfo, autocommit=True) as own:
+        run_id = reserve_run_id(own)
+        create_cell_table(own, run_id)
+    codes = tuple(str(c) for c in districts["code"]) if districts is not None else ()
+    try:
+        writer = CellTableWriter(conninfo, run_id, codes, tuple(params.profile.keys))
+        result = distributed.analyse_tiled(
+            client, tiles, operators, districts, params, tile_cells=tile_cells, source=source,
+            sink=writer,
+        )  # fmt: skip
+        step(ANALYSIS_STEPS[2])
+        insert_run(conn, params, result.inputs, result.operators, list(codes), run_id=run_id)
+        attach_cells(conn, run_id)
+        write_gaps(conn, run_id, result.gaps)
+        write_districts(conn, run_id, district_rows(result), districts)
+        if on_stored is not None:
+            on_stored(conn, run_id)
+    except BaseException:
+        conn.rollback()
+        with psycopg.connect(conninfo, autocommit=True) as own:
+            drop_cell_table(own, run_id)
+        raise
+    return run_id, result
     return run_id, result

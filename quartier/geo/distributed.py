@@ -1,0 +1,618 @@
+"""The coverage analysis on dask.distributed, tile by tile, with the result of :func:`analyse`.
+
+Tiles are squares of ``tile_cells`` × ``tile_cells`` cells of the EPSG:3035 100 m grid (default
+100 × 100: 10 km), aligned on multiples of their size. Each tile is a Dask task:
+
+1. **Cells** (:func:`quartier.geo.analysis.analyse_cells`): everything a cell gets from its own
+   inputs (classes, measurements, mobile coverage, district) needs no other tile. The operators
+   are fixed for the whole run beforehand (the most measured, as :func:`analyse` picks them);
+   the districts handed to a tile are those whose bounding box meets it, in their order.
+2. **Gap clusters within the tile** (:func:`quartier.geo.gaps.label_clusters`), with per local
+   cluster: first cell, cells, households per class, worst class, districts; and the tile's
+   gap cells on its outermost ring of cells. That one-cell ring is the overlap clustering needs:
+   two gap cells of different tiles are neighbours only if both lie on their tiles' rings.
+3. The client **merges** the local clusters joined across tile borders (connected components of
+   the ring cells' neighbours) and numbers the clusters by their first cell in key order, as
+   :func:`label_clusters` does for the whole grid; households, classes and districts are added up
+   per cluster (whole numbers, so the sums are exact in any order).
+4. **Distance to gigabit** per tile from the gigabit cells of the tile and its 8 neighbours; a gap
+   cell whose nearest gigabit cell so found is farther than the edge of that neighbourhood is
+   looked up again among all gigabit cells (rare where gigabit is common). Priority and rank then
+   come from :func:`quartier.geo.gaps.score_clusters` over all clusters.
+5. **Polygons**: a cluster within one tile is dissolved by that tile's task, a cluster across tiles
+   by a task that gets its cells (in key order: the same input, so the same polygon).
+6. **Cells written**: each tile puts the cluster ids into its cells and writes them with its own
+   binary COPY into the run's cell table (or hands them back).
+
+Every figure equals the single-process one (``tests/test_coverage_dask.py`` compares them).
+The client holds only per-cluster and per-district figures; the cells stay on the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import geopandas as gpd
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import shapely
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from quartier.geo import grid
+from quartier.geo.analysis import (
+    AnalysisParams,
+    CellAnalysis,
+    CoverageInputs,
+    CoverageResult,
+    _cells,
+    analyse_cells,
+    class_severities,
+    district_frame,
+    district_names,
+    district_sums,
+    gaps_frame,
+)
+from quartier.geo.gaps import (
+    CELL,
+    KEY_MULT,
+    Clusters,
+    cluster_polygons,
+    cluster_severity,
+    label_clusters,
+    nearest_distances,
+    score_clusters,
+)
+from quartier.geo.memory import release_free_memory
+
+log = logging.getLogger(__name__)
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+TILE_CELLS = 100  # 10 km × 10 km
+Tile = tuple[int, int]  # (row // tile_cells, column // tile_cells)
+
+
+class TileSource(Protocol):
+    """Makes a tile's inputs where the task runs (e.g. a generator), so that they never pass
+    through the client."""
+
+    def load(self, tile: Tile, tile_cells: int) -> CoverageInputs: ...
+
+
+# --- splitting inputs held by the client ---------------------------------------------------------
+
+
+def split_inputs(
+    inputs: CoverageInputs, tile_cells: int = TILE_CELLS
+) -> dict[Tile, CoverageInputs]:
+    """The inputs per tile (without districts). Rows without a valid position go to the first
+    tile, where the analysis counts and ignores them as it would."""
+    frames = {
+        "households": inputs.households,
+        "offers": inputs.offers,
+        "speedtests": inputs.speedtests,
+        "signals": inputs.signals,
+    }
+    located = {}
+    for name, frame in frames.items():
+        rows, cols, ok = _cells(frame, name)
+        tr = np.floor_divide(rows, tile_cells).astype(np.int64)
+        tc = np.floor_divide(cols, tile_cells).astype(np.int64)
+        located[name] = (tr, tc, ok)
+    valid = [(tr[ok], tc[ok]) for tr, tc, ok in located.values() if ok.any()]
+    first = (
+        min((int(tr.min()), int(tc[tr == tr.min()].min())) for tr, tc in valid) if valid else (0, 0)
+    )
+    parts: dict[Tile, dict[str, pd.DataFrame]] = {}
+    for name, frame in frames.items():
+        tr, tc, ok = located[name]
+        if not len(frame):
+            continue
+        tr = np.where(ok, tr, first[0])
+        tc = np.where(ok, tc, first[1])
+        order = np.lexsort((tc, tr))
+        change = (np.diff(tr[order]) != 0) | (np.diff(tc[order]) != 0)
+        for chunk in np.split(order, np.flatnonzero(change) + 1):
+            tile = (int(tr[chunk[0]]), int(tc[chunk[0]]))
+            parts.setdefault(tile, {})[name] = frame.iloc[chunk].reset_index(drop=True)
+    empty = {name: frame.iloc[:0] for name, frame in frames.items()}
+    return {
+        tile: CoverageInputs(**{name: got.get(name, empty[name]) for name in frames})
+        for tile, got in sorted(parts.items())
+    }
+
+
+# --- the tile tasks ------------------------------------------------------------------------------
+
+
+@dataclass
+class TileSummary:
+    """What the client needs of a tile: counts, district sums, its local clusters and its gap
+    cells on the tile's outer ring."""
+
+    tile: Tile
+    counts: dict[str, int]
+    district_sums: dict[str, FloatArray]
+    first_key: IntArray  # per local cluster
+    cells: IntArray
+    hh_by_class: IntArray  # local clusters × classes
+    worst: IntArray
+    district_pairs: IntArray  # (local cluster, district) rows, unique
+    ring_keys: IntArray
+    ring_labels: IntArray
+    dead_zones: int
+
+
+@dataclass
+class TilePart:
+    """A tile's analysis, kept on its worker until its cells are written."""
+
+    tile: Tile
+    tile_cells: int
+    keys: IntArray
+    columns: dict[str, Any]
+    gap_rows: IntArray
+    labels: IntArray
+    gigabit_keys: IntArray
+    summary: TileSummary
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every tile task gets (scattered once)."""
+
+    params: AnalysisParams
+    operators: list[str]
+    codes: list[str]
+    names: list[str]
+    districts: gpd.GeoDataFrame | None  # EPSG:3035
+    district_bounds: FloatArray  # minx, miny, maxx, maxy per district
+
+
+def _tile_bounds(tile: Tile, tile_cells: int) -> tuple[float, float, float, float]:
+    r, c = tile
+    side = tile_cells * CELL
+    return c * side, r * side, (c + 1) * side, (r + 1) * side
+
+
+def _analyse_tile(
+    data: CoverageInputs | TileSource, tile: Tile, tile_cells: int, ctx: _Context
+) -> TilePart:
+    inputs = data if isinstance(data, CoverageInputs) else data.load(tile, tile_cells)
+    positions = None
+    districts = None
+    if ctx.districts is not None and len(ctx.districts):
+        x0, y0, x1, y1 = _tile_bounds(tile, tile_cells)
+        b = ctx.district_bounds
+        positions = np.flatnonzero(
+            (b[:, 0] <= x1) & (b[:, 2] >= x0) & (b[:, 1] <= y1) & (b[:, 3] >= y0)
+        )
+        districts = ctx.districts.iloc[positions]
+    local = CoverageInputs(
+        inputs.households, inputs.offers, inputs.speedtests, inputs.signals, districts
+    )
+    del inputs
+    p = ctx.params
+    part: CellAnalysis = analyse_cells(local, p, ctx.operators, ctx.codes, ctx.names, positions)
+    del local
+    cols = part.columns
+    keys = part.keys
+    gap_rows = np.flatnonzero(cols["is_gap"])
+    gap_keys = keys[gap_rows]
+    labels = label_clusters(gap_keys, p.cluster_connectivity)
+    k = int(labels.max()) + 1 if len(labels) else 0
+    n_cls = len(p.profile.classes)
+    gap_class = cols["class_key"].codes[gap_rows].astype(np.int64)
+    hh = cols["households"][gap_rows].astype(np.int64)
+    hh_by_class = (
+        np.bincount(labels * n_cls + gap_class, weights=hh, minlength=k * n_cls)
+        .round()
+        .astype(np.int64)
+        .reshape(k, n_cls)
+    )
+    first_key = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_key, labels, gap_keys)
+    worst = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(worst, labels, gap_class)
+    dist = cols["district_code"].codes[gap_rows].astype(np.int64)
+    m = max(len(ctx.codes), 1)
+    pairs = np.unique(labels[dist >= 0] * m + dist[dist >= 0])
+    rows, colsn = gap_keys // KEY_MULT, gap_keys % KEY_MULT
+    r0, c0 = tile[0] * tile_cells, tile[1] * tile_cells
+    on_ring = (
+        (rows == r0)
+        | (rows == r0 + tile_cells - 1)
+        | (colsn == c0)
+        | (colsn == c0 + tile_cells - 1)
+    )
+    cells_frame = pd.DataFrame(
+        {"district_code": cols["district_code"], "households": cols["households"],
+         "class_key": cols["class_key"], "n_signal": cols["n_signal"],
+         "mobile_mask": cols["mobile_mask"], "operators_measured": cols["operators_measured"]},
+        copy=False,
+    )  # fmt: skip
+    summary = TileSummary(
+        tile=tile,
+        counts=part.counts,
+        district_sums=district_sums(cells_frame, len(ctx.codes), len(ctx.operators), p.profile),
+        first_key=first_key,
+        cells=np.bincount(labels, minlength=k).astype(np.int64),
+        hh_by_class=hh_by_class,
+        worst=worst,
+        district_pairs=np.column_stack([pairs // m, pairs % m]),
+        ring_keys=gap_keys[on_ring],
+        ring_labels=labels[on_ring],
+        dead_zones=int(cols["dead_zone"].sum()),
+    )
+    del cells_frame
+    release_free_memory()
+    return TilePart(tile, tile_cells, keys, cols, gap_rows, labels, part.gigabit_keys, summary)
+
+
+def _summary(part: TilePart) -> TileSummary:
+    return part.summary
+
+
+def _gigabit(part: TilePart) -> IntArray:
+    return part.gigabit_keys
+
+
+def _tile_distances(
+    part: TilePart, neighbourhood: list[IntArray]
+) -> tuple[FloatArray, IntArray, IntArray]:
+    """Per local cluster, the smallest distance to a gigabit cell of the tile and its 8
+    neighbours (inf: none), and the gap cells (keys, local labels) for which that may not be
+    the nearest gigabit cell of all."""
+    k = len(part.summary.cells)
+    gap_keys = part.keys[part.gap_rows]
+    dist = np.full(k, np.inf)
+    targets = np.concatenate(neighbourhood) if neighbourhood else np.zeros(0, dtype=np.int64)
+    if len(gap_keys) == 0:
+        return dist, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    d = nearest_distances(gap_keys, targets) if len(targets) else np.full(len(gap_keys), np.inf)
+    # a gigabit cell outside the 3 × 3 tiles is at least this far from the cell
+    t = part.tile_cells
+    r0, c0 = (part.tile[0] - 1) * t, (part.tile[1] - 1) * t
+    r1, c1 = (part.tile[0] + 2) * t, (part.tile[1] + 2) * t
+    x, y = (gap_keys % KEY_MULT) * CELL, (gap_keys // KEY_MULT) * CELL
+    margin = np.minimum.reduce(
+        [x - (c0 - 1) * CELL, c1 * CELL - x, y - (r0 - 1) * CELL, r1 * CELL - y]
+    )
+    exact = d <= margin
+    np.minimum.at(dist, part.labels[exact], d[exact])
+    return dist, gap_keys[~exact], part.labels[~exact]
+
+
+def _tile_polygons(part: TilePart, whole: IntArray) -> npt.NDArray[np.object_]:
+    """Polygons of the local clusters ``whole`` (sorted), which lie in this tile alone."""
+    if len(whole) == 0:
+        return np.empty(0, dtype=object)
+    sel = np.isin(part.labels, whole)
+    compact = np.searchsorted(whole, part.labels[sel])
+    return cluster_polygons(part.keys[part.gap_rows][sel], compact, len(whole))
+
+
+def _tile_crossing_cells(part: TilePart, crossing: IntArray) -> tuple[IntArray, IntArray]:
+    """Keys and local labels of the gap cells of the local clusters ``crossing``."""
+    sel = np.isin(part.labels, crossing)
+    return part.keys[part.gap_rows][sel], part.labels[sel]
+
+
+def _polygons_of(keys: IntArray, ids: IntArray) -> npt.NDArray[np.object_]:
+    """Polygons of the clusters of cells ``keys`` with cluster numbers ``ids``, each cluster's
+    cells in key order; one per distinct id, in id order."""
+    order = np.lexsort((keys, ids))
+    present, compact = np.unique(ids[order], return_inverse=True)
+    return cluster_polygons(keys[order], compact, len(present))
+
+
+def _finish_tile(
+    part: TilePart, global_labels: IntArray, sink: CellSink | None
+) -> pd.DataFrame | int:
+    """The tile's cells with their cluster ids, written by ``sink`` (then the number of cells)
+    or handed back."""
+    cluster_id = np.zeros(len(part.keys), dtype=np.int32)
+    cluster_id[part.gap_rows] = global_labels[part.labels] + 1
+    columns = dict(part.columns)
+    columns["cluster_id"] = pd.arrays.IntegerArray(cluster_id, cluster_id == 0)
+    cells = pd.DataFrame(columns, copy=False)
+    if sink is None:
+        return cells
+    n = sink.write(cells)
+    del cells, columns
+    release_free_memory()
+    return n
+
+
+class CellSink(Protocol):
+    """Writes a tile's cells (in the worker) and returns their number."""
+
+    def write(self, cells: pd.DataFrame) -> int: ...
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TiledResult:
+    """A tiled analysis: everything :class:`CoverageResult` has but the cells, which were written
+    by the tiles (``cells`` is None) or are handed back with ``keep_cells`` (sorted as
+    :func:`analyse` sorts them)."""
+
+    params: AnalysisParams
+    gaps: gpd.GeoDataFrame
+    districts: pd.DataFrame
+    operators: list[str]
+    inputs: dict[str, int] = field(default_factory=dict)
+    tiles: int = 0
+    dead_zones: int = 0
+    cells: pd.DataFrame | None = None
+
+    @property
+    def technologies(self) -> list[str]:
+        from quartier.geo.analysis import MOBILE_TECHNOLOGIES
+
+        return list(MOBILE_TECHNOLOGIES)
+
+    def as_result(self) -> CoverageResult:
+        """The :class:`CoverageResult` (needs ``keep_cells``)."""
+        if self.cells is None:
+            raise ValueError("the cells were written by the tiles, not kept")
+        return CoverageResult(self.params, self.cells, self.gaps, self.districts, self.operators,
+                              self.inputs)  # fmt: skip
+
+
+def analyse_tiled(
+    client: Any,
+    tiles: Mapping[Tile, CoverageInputs | Any] | Iterable[Tile],
+    operators: Sequence[str],
+    districts: gpd.GeoDataFrame | None,
+    params: AnalysisParams | None = None,
+    *,
+    tile_cells: int = TILE_CELLS,
+    source: TileSource | None = None,
+    sink: CellSink | None = None,
+    keep_cells: bool = False,
+) -> TiledResult:
+    """Analyse tile by tile on ``client``'s cluster. ``tiles``: each tile's inputs (in memory or
+    futures, see :func:`split_inputs`), or only the tiles when ``source`` makes their inputs in
+    the workers. ``operators``: those of the run (:func:`quartier.geo.analysis.top_operators`).
+    ``sink`` writes each tile's cells in its worker; ``keep_cells`` gathers them instead."""
+    p = params or AnalysisParams()
+    codes, names = district_names(districts)
+    projected = (
+        districts.to_crs(grid.GRID_CRS) if districts is not None and len(districts) else None
+    )
+    bounds = (
+        np.asarray(shapely.bounds(np.asarray(projected.geometry.values, dtype=object)))
+        if projected is not None
+        else np.zeros((0, 4))
+    )
+    ctx = _Context(p, list(operators), codes, names, projected, bounds)
+    [ctx_f] = client.scatter([ctx], broadcast=True, hash=False)
+    if isinstance(tiles, Mapping):
+        tile_list = sorted(tiles)
+        data: dict[Tile, Any] = dict(tiles)
+    else:
+        if source is None:
+            raise ValueError("tiles without inputs need a source")
+        tile_list = sorted(set(tiles))
+        [src_f] = client.scatter([source], broadcast=True, hash=False)
+        data = dict.fromkeys(tile_list, src_f)
+    parts = {
+        t: client.submit(_analyse_tile, data[t], t, tile_cells, ctx_f, priority=-i)
+        for i, t in enumerate(tile_list)
+    }
+    del data
+    summaries: list[TileSummary] = client.gather(
+        [client.submit(_summary, parts[t]) for t in tile_list]
+    )
+    log.info("analysed %d tiles", len(tile_list))
+
+    # merge the local clusters across tile borders
+    sizes = np.array([len(s.cells) for s in summaries], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    n_nodes = int(offsets[-1])
+    ring_keys = np.concatenate([s.ring_keys for s in summaries] + [np.zeros(0, np.int64)])
+    ring_nodes = np.concatenate(
+        [s.ring_labels + offsets[i] for i, s in enumerate(summaries)] + [np.zeros(0, np.int64)]
+    )
+    order = np.argsort(ring_keys, kind="stable")
+    ring_keys, ring_nodes = ring_keys[order], ring_nodes[order]
+    steps = [1, KEY_MULT] + ([KEY_MULT + 1, KEY_MULT - 1] if p.cluster_connectivity == 8 else [])
+    src: list[IntArray] = []
+    dst: list[IntArray] = []
+    if len(ring_keys):
+        for step in steps:
+            target = ring_keys + step
+            pos = np.minimum(np.searchsorted(ring_keys, target), len(ring_keys) - 1)
+            hit = ring_keys[pos] == target
+            src.append(ring_nodes[hit])
+            dst.append(ring_nodes[pos[hit]])
+    a = np.concatenate(src) if src else np.zeros(0, np.int64)
+    b = np.concatenate(dst) if dst else np.zeros(0, np.int64)
+    if n_nodes:
+        graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n_nodes, n_nodes))
+        _, comp = connected_components(graph.tocsr(), directed=False)
+    else:
+        comp = np.zeros(0, dtype=np.int64)
+    first_node = np.concatenate([s.first_key for s in summaries] + [np.zeros(0, np.int64)])
+    n_comp = int(comp.max()) + 1 if n_nodes else 0
+    first = np.full(n_comp, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, comp, first_node)
+    numbering = np.empty(n_comp, dtype=np.int64)
+    numbering[np.argsort(first, kind="stable")] = np.arange(n_comp)
+    node_label = numbering[comp] if n_nodes else np.zeros(0, np.int64)  # global cluster per node
+    k = n_comp
+    n_cls = len(p.profile.classes)
+    node_cells = np.concatenate([s.cells for s in summaries] + [np.zeros(0, np.int64)])
+    cells = np.bincount(node_label, weights=node_cells, minlength=k).round().astype(np.int64)
+    hh_by_class = np.zeros((k, n_cls), dtype=np.int64)
+    worst = np.full(k, np.iinfo(np.int64).max, dtype=np.int64)
+    pairs: list[IntArray] = []
+    for i, s in enumerate(summaries):
+        lab = node_label[offsets[i] : offsets[i + 1]]
+        np.add.at(hh_by_class, lab, s.hh_by_class)
+        np.minimum.at(worst, lab, s.worst)
+        if len(s.district_pairs):
+            pairs.append(lab[s.district_pairs[:, 0]] * max(len(codes), 1) + s.district_pairs[:, 1])
+    hh = hh_by_class.sum(axis=1)
+    severity = cluster_severity(hh_by_class, class_severities(p.profile))
+    cluster_districts = [""] * k
+    if pairs:
+        m = max(len(codes), 1)
+        joined = np.unique(np.concatenate(pairs))
+        lab, code_idx = joined // m, joined % m
+        bnd = np.searchsorted(lab, np.arange(k + 1))
+        cluster_districts = [
+            ",".join(codes[j] for j in code_idx[bnd[c] : bnd[c + 1]]) for c in range(k)
+        ]
+    label_fs = dict(
+        zip(
+            tile_list,
+            client.scatter(
+                [node_label[offsets[i] : offsets[i + 1]] for i in range(len(tile_list))],
+                hash=False,
+            ),
+            strict=True,
+        )
+    )
+
+    # distances to the nearest gigabit cell
+    gig = {t: client.submit(_gigabit, parts[t]) for t in tile_list}
+    dist_fs = []
+    for t in tile_list:
+        near = [gig[(t[0] + dr, t[1] + dc)] for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+                if (t[0] + dr, t[1] + dc) in gig]  # fmt: skip
+        dist_fs.append(client.submit(_tile_distances, parts[t], near))
+    dist = np.full(k, np.inf)
+    again_keys: list[IntArray] = []
+    again_labels: list[IntArray] = []
+    for i, (d, rk, rl) in enumerate(client.gather(dist_fs)):
+        lab = node_label[offsets[i] : offsets[i + 1]]
+        np.minimum.at(dist, lab, d)
+        if len(rk):
+            again_keys.append(rk)
+            again_labels.append(lab[rl])
+    if again_keys:
+        all_gigabit = np.concatenate(client.gather([gig[t] for t in tile_list]))
+        if len(all_gigabit):
+            keys_again = np.concatenate(again_keys)
+            d_again = nearest_distances(keys_again, all_gigabit)
+            np.minimum.at(dist, np.concatenate(again_labels), d_again)
+        log.info("%d gap cells looked up among all gigabit cells", sum(len(x) for x in again_keys))
+        del all_gigabit
+    del gig, dist_fs
+    priority, rank = score_clusters(hh, severity, dist, p.weights, p.proximity_scale_m)
+
+    # polygons: a cluster in one tile by its tile, the others from their cells
+    nodes_per_cluster = np.bincount(node_label, minlength=k)
+    geometry: npt.NDArray[np.object_] = np.empty(k, dtype=object)
+    poly_fs = []
+    cross_fs = []
+    for i, t in enumerate(tile_list):
+        lab = node_label[offsets[i] : offsets[i + 1]]
+        single = nodes_per_cluster[lab] == 1
+        whole = np.flatnonzero(single)
+        crossing = np.flatnonzero(~single)
+        poly_fs.append((lab[whole], client.submit(_tile_polygons, parts[t], whole)))
+        if len(crossing):
+            cross_fs.append((lab, client.submit(_tile_crossing_cells, parts[t], crossing)))
+    for (ids, _), polygons in zip(poly_fs, client.gather([f for _, f in poly_fs]), strict=True):
+        geometry[ids] = polygons
+    if cross_fs:
+        keys_c = []
+        ids_c = []
+        for (lab, _), (ck, cl) in zip(
+            cross_fs, client.gather([f for _, f in cross_fs]), strict=True
+        ):
+            keys_c.append(ck)
+            ids_c.append(lab[cl])
+        all_keys, all_ids = np.concatenate(keys_c), np.concatenate(ids_c)
+        geometry[np.unique(all_ids)] = client.submit(_polygons_of, all_keys, all_ids).result()
+    clusters = Clusters(
+        labels=np.zeros(0, dtype=np.int64),
+        cells=cells,
+        households=hh,
+        severity=severity,
+        worst_class=worst,
+        distance_gigabit_m=np.where(np.isfinite(dist), dist, np.nan),
+        priority=priority,
+        rank=rank,
+        districts=cluster_districts,
+        geometry=geometry,
+    )
+    gaps = gaps_frame(clusters, p.profile)
+
+    # district figures and counts
+    sums = {name: np.sum([s.district_sums[name] for s in summaries], axis=0)
+            for name in summaries[0].district_sums} if summaries else {}  # fmt: skip
+    if not summaries:
+        sums = district_sums(_empty_cells(codes), len(codes), len(operators), p.profile)
+    stats = district_frame(sums, codes, names, list(operators), p.profile)
+    counts: dict[str, int] = {}
+    for s in summaries:
+        for name, v in s.counts.items():
+            counts[name] = counts.get(name, 0) + int(v)
+    counts.update({"gap_cells": int(cells.sum()), "clusters": k})
+    dead_zones = sum(s.dead_zones for s in summaries)
+    del summaries
+
+    # the cells: cluster ids, then written by each tile (or gathered)
+    done = [client.submit(_finish_tile, parts[t], label_fs[t], sink) for t in tile_list]
+    del parts
+    kept = None
+    if keep_cells:
+        frames = client.gather(done)
+        kept = _sorted_cells(frames)
+    else:
+        written = int(sum(client.gather(done)))
+        log.info("wrote %d cells from %d tiles", written, len(tile_list))
+    return TiledResult(p, gaps, stats, list(operators), counts, len(tile_list), dead_zones, kept)
+
+
+def _empty_cells(codes: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "district_code": pd.Categorical.from_codes(np.zeros(0, dtype=np.int8), codes),
+        "households": np.zeros(0, np.int32), "class_key": pd.Categorical([]),
+        "n_signal": np.zeros(0, np.int32), "mobile_mask": np.zeros(0, np.int32),
+        "operators_measured": np.zeros(0, np.int16),
+    })  # fmt: skip
+
+
+def _sorted_cells(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The tiles' cells in one frame, ordered like :func:`analyse` orders them (by n, then e)."""
+    if not frames:
+        raise ValueError("no tiles")
+    cells = pd.concat(frames, ignore_index=True)
+    order = np.lexsort((cells["e"].to_numpy(), cells["n"].to_numpy()))
+    return cells.iloc[order].reset_index(drop=True)
+
+
+def local_cluster(workers: int, *, memory_limit: str | None = None, processes: bool = True) -> Any:
+    """A LocalCluster of ``workers`` single-threaded workers."""
+    import distributed
+
+    cluster: Any = distributed.LocalCluster
+    return cluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=processes,
+        memory_limit=memory_limit or 0,
+        dashboard_address=":0",
+    )
+
+
+def scatter_tiles(client: Any, parts: dict[Tile, CoverageInputs]) -> dict[Tile, Any]:
+    """Hand each tile's inputs to a worker."""
+    futures = client.scatter(list(parts.values()), hash=False)
+    return dict(zip(parts.keys(), futures, strict=True))
+
+
+__all__ = ["TILE_CELLS", "CellSink", "TileSource", "TiledResult", "analyse_tiled",
+           "local_cluster", "scatter_tiles", "split_inputs"]  # fmt: skip

@@ -1,0 +1,263 @@
+"""The coverage analysis on Dask (quartier.geo.distributed) gives the single-process result:
+random small worlds cut into small tiles, every cell, every cluster and every district figure
+compared; and the tiled run stored through the CLI with each tile's own COPY."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from quartier.geo import grid
+from quartier.geo.analysis import AnalysisParams, CoverageInputs, _operators, analyse
+from quartier.geo.distributed import analyse_tiled, local_cluster, scatter_tiles, split_inputs
+
+OPERATORS = np.array(["Telekom", "Vodafone", "Telefónica", "1&1"])
+TECHS = np.array(["ftth", "hfc", "vdsl", "adsl", "fwa"])
+
+
+def world(seed: int, side: int, with_districts: bool, lonlat: bool = False) -> CoverageInputs:
+    """A random world of about ``side`` × ``side`` cells: households in a few towns, offers
+    better near their centres, speed tests and signal measurements, districts as vertical
+    strips (with gaps between them)."""
+    rng = np.random.default_rng(seed)
+    e0 = 4_100_000 + 100 * int(rng.integers(0, 50))
+    n0 = 3_090_000 + 100 * int(rng.integers(0, 50))
+    towns = rng.integers(0, side, (int(rng.integers(1, 5)), 2))
+    n_hh = int(rng.integers(20, 40 * side))
+    t = rng.integers(0, len(towns), n_hh)
+    spread = rng.uniform(1, side / 3)
+    col = np.clip(towns[t, 0] + rng.normal(0, spread, n_hh), 0, side - 1).astype(int)
+    row = np.clip(towns[t, 1] + rng.normal(0, spread, n_hh), 0, side - 1).astype(int)
+    hh = pd.DataFrame({"cell_e": e0 + 100 * col, "cell_n": n0 + 100 * row,
+                       "households": rng.integers(0, 6, n_hh)})  # fmt: skip
+    n_of = int(rng.integers(0, 2 * n_hh))
+    oi = rng.integers(0, n_hh, n_of)
+    d_town = np.hypot(col[oi] - towns[t[oi], 0], row[oi] - towns[t[oi], 1])
+    down = np.where(rng.random(n_of) < 0.6 / (1 + d_town), 1000.0,
+                    rng.choice([16.0, 50.0, 100.0, 250.0, 500.0], n_of))  # fmt: skip
+    offers = pd.DataFrame({
+        "cell_e": hh["cell_e"].to_numpy()[oi], "cell_n": hh["cell_n"].to_numpy()[oi],
+        "technology": rng.choice(TECHS, n_of), "max_down_mbps": down,
+        "max_up_mbps": np.where(rng.random(n_of) < 0.1, np.nan,
+                                down / rng.choice([1, 5, 10], n_of)),
+    })  # fmt: skip
+    n_st = int(rng.integers(0, 10 * side))
+    si = rng.integers(0, max(n_hh, 1), n_st)
+    tests = pd.DataFrame({"cell_e": hh["cell_e"].to_numpy()[si],
+                          "cell_n": hh["cell_n"].to_numpy()[si],
+                          "download_mbps": rng.gamma(2, 50, n_st).round(1)})  # fmt: skip
+    n_sg = int(rng.integers(0, 30 * side))
+    ops = OPERATORS[: int(rng.integers(1, 5))]
+    signals = pd.DataFrame({
+        "cell_e": e0 + 100 * rng.integers(0, side, n_sg),
+        "cell_n": n0 + 100 * rng.integers(0, side, n_sg),
+        "operator": rng.choice(ops, n_sg), "technology": rng.choice(["2G", "4G", "5G"], n_sg),
+        "signal_dbm": rng.normal(-105, 12, n_sg).round(1),
+    })  # fmt: skip
+    districts = None
+    if with_districts:
+        cuts = np.sort(rng.integers(0, side, int(rng.integers(1, 6))))
+        edges = zip([0, *cuts.tolist()], [*cuts.tolist(), side], strict=True)
+        top = n0 + 100 * (side + 1)
+        strips = [shapely.box(e0 + 100 * lo, n0 - 100, e0 + 100 * hi - 50 * (i % 2), top)
+                  for i, (lo, hi) in enumerate(edges) if hi > lo]  # fmt: skip
+        districts = gpd.GeoDataFrame(
+            {"code": [f"d{i}" for i in range(len(strips))],
+             "name": [f"District {i}" for i in range(len(strips))]},
+            geometry=strips, crs=grid.GRID_CRS,
+        ).to_crs(grid.WGS84)  # fmt: skip
+    if lonlat:  # raw points inside the cells, some broken
+
+        def to_lonlat(frame: pd.DataFrame) -> pd.DataFrame:
+            x = frame["cell_e"].to_numpy(float) + rng.uniform(1, 99, len(frame))
+            y = frame["cell_n"].to_numpy(float) + rng.uniform(1, 99, len(frame))
+            lon, lat = grid.from_grid_crs(x, y)
+            lon[rng.random(len(frame)) < 0.02] = np.nan
+            return frame.drop(columns=["cell_e", "cell_n"]).assign(lon=lon, lat=lat)
+
+        hh, offers, tests, signals = (to_lonlat(f) for f in (hh, offers, tests, signals))
+    return CoverageInputs(hh, offers, tests, signals, districts)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    from distributed import Client
+
+    with local_cluster(2, processes=False) as cluster, Client(cluster) as c:
+        yield c
+
+
+def tiled(client: Any, inputs: CoverageInputs, params: AnalysisParams, tile_cells: int) -> Any:
+    parts = split_inputs(inputs, tile_cells)
+    return analyse_tiled(
+        client,
+        scatter_tiles(client, parts),
+        _operators(inputs.signals),
+        inputs.districts,
+        params,
+        tile_cells=tile_cells,
+        keep_cells=True,
+    )
+
+
+def assert_same(one: Any, other: Any) -> None:
+    """Every cell, cluster (cells, households, polygon, score, rank) and district figure."""
+    pd.testing.assert_frame_equal(one.cells, other.cells, check_exact=True)
+    g1, g2 = one.gaps, other.gaps
+    assert len(g1) == len(g2)
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(g1.drop(columns="geometry")), pd.DataFrame(g2.drop(columns="geometry")),
+        check_exact=True,
+    )  # fmt: skip
+    assert list(shapely.to_wkb(g1.geometry.values)) == list(shapely.to_wkb(g2.geometry.values))
+    # each cluster's cells and households, from the cells themselves
+    for res in (one, other):
+        c = res.cells[res.cells["cluster_id"].notna()]
+        per = c.groupby(c["cluster_id"].astype(int))["households"].agg(["size", "sum"])
+        got = res.gaps.set_index("cluster_id").loc[per.index]
+        assert (per["size"].to_numpy() == got["cells"].to_numpy()).all()
+        assert (per["sum"].to_numpy() == got["households"].to_numpy()).all()
+    pd.testing.assert_frame_equal(one.districts, other.districts, check_exact=True)
+    assert one.operators == other.operators
+    assert other.inputs == one.inputs
+
+
+@hsettings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    side=st.integers(4, 30),
+    tiles_per_side=st.integers(2, 3),
+    connectivity=st.sampled_from([4, 8]),
+    with_districts=st.booleans(),
+)
+def test_tiled_equals_single_process(
+    client: Any, seed: int, side: int, tiles_per_side: int, connectivity: int, with_districts: bool
+) -> None:
+    """Up to 16 tiles a world (the world is not aligned on the tiles); few examples, since each
+    costs a few seconds of Dask's per-task overhead on a busy machine."""
+    inputs = world(seed, side, with_districts)
+    params = AnalysisParams(cluster_connectivity=connectivity, min_tests=2)
+    single = analyse(inputs, params)
+    tile_cells = max(2, -(-side // tiles_per_side))
+    assert_same(single, tiled(client, inputs, params, tile_cells).as_result())
+
+
+def test_tiled_equals_single_process_on_a_larger_world_with_raw_points(client: Any) -> None:
+    """Clusters across many tile borders (and corners), districts, lon/lat inputs with broken
+    rows; the clusters really cross tiles."""
+    inputs = world(6, 60, True, lonlat=True)
+    params = AnalysisParams(cluster_connectivity=8)
+    single = analyse(inputs, params)
+    assert single.inputs["households_used"] < single.inputs["households_rows"]  # broken rows
+    result = tiled(client, inputs, params, 15)
+    assert result.tiles >= 9
+    c = single.cells[single.cells["cluster_id"].notna()]
+    tiles = (c["e"] // 1500) * 100_000 + c["n"] // 1500
+    per_cluster = tiles.groupby(c["cluster_id"].astype(int)).nunique()
+    assert (per_cluster > 1).sum() >= 10 and per_cluster.max() >= 3  # clusters cross tiles
+    assert_same(single, result.as_result())
+    assert result.dead_zones == int(single.cells["dead_zone"].sum())
+
+
+# --- stored through the CLI --------------------------------------------------------------------
+
+
+def _store_world(url: str, inputs: CoverageInputs) -> None:
+    import psycopg
+
+    from quartier.geo import input_store
+    from quartier.pseudonym import Pseudonymizer
+
+    def located(frame: pd.DataFrame) -> pd.DataFrame:
+        lon, lat = grid.from_grid_crs(frame["cell_e"].to_numpy() + 50.0,
+                                      frame["cell_n"].to_numpy() + 50.0)  # fmt: skip
+        return frame.drop(columns=["cell_e", "cell_n"]).assign(lon=lon, lat=lat)
+
+    def measured(frame: pd.DataFrame) -> pd.DataFrame:
+        n = len(frame)
+        at = pd.Timestamp("2026-11-01", tz="UTC") + pd.to_timedelta(np.arange(n), unit="s")
+        return located(frame).assign(measured_at=at, device_key=[f"dev{i % 7}" for i in range(n)])
+
+    signals = inputs.signals.rename(columns={"signal_dbm": "rsrp_dbm"})
+    assert inputs.districts is not None
+    d = inputs.districts.to_crs(grid.WGS84)
+    with psycopg.connect(url) as conn:
+        conn.cursor().executemany(
+            "insert into district (level, code, name, geom) values ('stadtbezirk', %s, %s,"
+            " ST_Multi(ST_GeomFromWKB(%s, 4326)))",
+            [(c, n, shapely.to_wkb(g)) for c, n, g in zip(d["code"], d["name"], d.geometry,
+                                                         strict=True)],
+        )  # fmt: skip
+        pseudonyms = Pseudonymizer(b"k" * 32)
+        input_store.write_households(conn, located(inputs.households), "t")
+        input_store.write_offers(conn, located(inputs.offers), "t")
+        input_store.write_speedtests(conn, measured(inputs.speedtests), "t", pseudonyms)
+        input_store.write_signals(conn, measured(signals), "t", pseudonyms)
+        conn.commit()
+
+
+@pytest.mark.services
+def test_cli_analyse_on_dask_stores_the_single_process_run(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`quartier coverage analyse --workers 2 --tile-km 1` (a local cluster of two processes,
+    9+ tiles, each writing its cells with its own COPY) stores the run `quartier coverage
+    analyse` stores: every cell, gap (with its polygon) and district row."""
+    import psycopg
+    from typer.testing import CliRunner
+
+    from quartier.cli import app as cli_app
+    from quartier.geo import run_store
+
+    url = settings.require_database_url()
+    monkeypatch.setenv("QUARTIER_DATABASE__URL", url)
+    monkeypatch.setenv("QUARTIER_PRIVACY__MIN_CONTRIBUTORS", "1")
+    _store_world(url, world(11, 30, True))
+
+    def run(*args: str) -> str:
+        r = CliRunner().invoke(cli_app, ["coverage", "analyse", "--level", "stadtbezirk", *args])
+        assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+        return " ".join(r.output.split())
+
+    run()
+    out = run("--workers", "2", "--tile-km", "1")
+    assert "tiles" in out
+    with psycopg.connect(url) as conn:
+        ids = [int(r[0]) for r in conn.execute("select id from coverage_run order by id")]
+        one, two = (run_store.get_run(conn, i) for i in ids)
+        assert one.inputs == two.inputs and one.operators == two.operators
+        assert one.inputs["cells"] > 300
+        c1, c2 = run_store.load_cells(conn, one), run_store.load_cells(conn, two)
+        pd.testing.assert_frame_equal(c1, c2, check_exact=True)
+        assert c2["cluster_id"].notna().sum() > 10
+        g1, g2 = run_store.load_gaps(conn, one), run_store.load_gaps(conn, two)
+        pd.testing.assert_frame_equal(
+            pd.DataFrame(g1.drop(columns="geometry")), pd.DataFrame(g2.drop(columns="geometry"))
+        )
+        assert list(shapely.to_wkb(g1.geometry.values)) == list(shapely.to_wkb(g2.geometry.values))
+        rows = [
+            conn.execute(
+                "select code, name, households, cells, classes, mobile, ST_AsBinary(geom)"
+                " from coverage_district where run_id = %s order by code",
+                (run.id,),
+            ).fetchall()
+            for run in (one, two)
+        ]
+        assert rows[0] == rows[1] and len(rows[0]) > 1
+        # the tiles' table is attached: no table is left outside coverage_cell_data
+        loose = conn.execute(
+            "select c.relname from pg_class c where c.relname like 'coverage_cell_run_%'"
+            " and not c.relispartition and c.relkind = 'r'"
+        ).fetchall()
+        assert loose == []
