@@ -19,7 +19,9 @@ Nordviertel and Weststadt 0 %; the strategy below wants 60 % by 2030 (baseline 0
 
 from __future__ import annotations
 
+import base64
 import io
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -378,3 +380,16 @@ def test_contributed_cells_equal_count_distinct(settings: Settings) -> None:
             assert contributed_cells(conn, table, 1, e, n).all()
         with pytest.raises(ValueError):
             contributed_cells(conn, "household", 5, e, n)
+
+
+def test_evaluation_report_has_the_broadband_map(cli_env: Settings) -> None:
+    Path("strategie.yaml").write_text(STRATEGY, encoding="utf-8")
+    code, out = run("evaluate", "--strategy", "strategie.yaml", "--out", "bericht.html")
+    assert code == 0, out
+    report = Path("bericht.html").read_text(encoding="utf-8")
+    assert "<h2>Breitbandversorgung</h2>" in report
+    assert "Abbildung: Breitbandversorgung je 100-m-Zelle" in report
+    found = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', report)
+    assert found is not None
+    image = Image.open(io.BytesIO(base64.b64decode(found.group(1))))
+    assert image.format == "PNG" and image.size == (1500, 1200)

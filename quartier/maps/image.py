@@ -52,7 +52,7 @@ def _raster(layer: CellLayer) -> tuple[npt.NDArray[np.float64], tuple[float, flo
     """An RGBA image with one pixel per cell of the layer's bounding box (transparent where no
     cell is drawn) and its extent (left, right, bottom, top) in metres."""
     size = grid.CELL_SIZE_M
-    drawn = layer.colour_index >= 0
+    drawn = (layer.colour_index >= 0) & (layer.colour_index < len(layer.colours))
     e, n, idx = layer.e[drawn], layer.n[drawn], layer.colour_index[drawn]
     e0, n0 = int(e.min()), int(n.min())
     cols = (e - e0) // size
@@ -153,11 +153,11 @@ def broadband_png(
         fig, ax = _figure(title)
         city3035, districts3035 = _frame(city), _frame(districts)
         handles: list[Patch] = []
-        if len(cells.e) and (cells.colour_index >= 0).any():
+        shown = (cells.colour_index >= 0) & (cells.colour_index < len(cells.colours))
+        if shown.any():
             image, extent = _raster(cells)
             ax.imshow(image, extent=extent, origin="lower", interpolation="nearest", zorder=2)
-        counts = np.bincount(cells.colour_index[cells.colour_index >= 0],
-                             minlength=len(cells.colours))  # fmt: skip
+        counts = np.bincount(cells.colour_index[shown], minlength=len(cells.colours))
         for colour, label, count in zip(cells.colours, cells.labels, counts, strict=True):
             cells_text = f"{int(count)} {text(lang, 'cell_1' if count == 1 else 'cell_n')}"
             handles.append(Patch(facecolor=colour, edgecolor="#555555",
