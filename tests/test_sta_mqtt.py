@@ -134,12 +134,15 @@ def test_the_writer_announces_only_committed_batches(db_url: str) -> None:
             b.uplinks.append((Uplink("city", "h-1", [Reading("pm25", t, 2.0)]), "t", b"", t))
             return b
 
-        w.write(batch_at(1), prepare=lambda conn: conn.execute("select 1"))
+        def prepare(conn: psycopg.Connection[Any]) -> None:
+            conn.execute("select 1")  # the transaction is open before the COPY's savepoint
+
+        w.write(batch_at(1), prepare=prepare)
         assert len(seen) == 1
         w.end(commit=False)
         assert len(seen) == 1  # rolled back: nothing to announce
         w.begin()
-        w.write(batch_at(2), prepare=lambda conn: conn.execute("select 1"))
+        w.write(batch_at(2), prepare=prepare)
         w.write(batch_at(3))
         assert len(seen) == 1
         w.end(commit=True)
@@ -158,7 +161,9 @@ class Subscriber:
     def __init__(self, url: str) -> None:
         host, port, user, password, _ = parse_mqtt_url(url)
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}", protocol=5
+            CallbackAPIVersion.VERSION2,
+            client_id=f"sub-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
         )
         if user:
             self.client.username_pw_set(user, password)
@@ -249,7 +254,7 @@ def rest(api: TestClient, link: str) -> dict[str, Any]:
 def publish(settings: Settings, msgs: list[tuple[str, bytes]]) -> None:
     host, port, *_ = parse_mqtt_url(settings.require_mqtt_url())
     c = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=5
+        CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
     )
     c.connect(host, port)
     c.loop_start()
@@ -515,3 +520,86 @@ def test_observations_published_by_clients_are_stored_and_bad_ones_rejected(
     for b in stored:
         assert b == rest(api, b["@iot.selfLink"])
     assert sta.created == 2 and sta.rejected == len(bad)
+
+
+# ------------------------------------------------------------------------------ accounts
+@pytestmark_services
+def test_accounts_publisher_readers_and_writers_on_a_broker_with_access_control(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With accounts on: the publisher learns a reader's subscription and publishes to it; a
+    writer creates an Observation; a reader can neither create nor read the broker's log."""
+    import os
+    import shutil
+    import tempfile
+    from urllib.parse import quote
+
+    from typer.testing import CliRunner
+
+    from quartier.cli.main import app
+    from quartier.services import LocalServices
+
+    state_dir = Path(tempfile.mkdtemp(prefix="quartier-sta-auth-"))
+    os.chmod(state_dir, 0o755)
+    local = LocalServices(state_dir, fast_unsafe=True, allow_anonymous=False)
+    try:
+        state = local.up()
+        assert state.mqtt_admin_url
+        monkeypatch.setenv("QUARTIER_MQTT__ADMIN_URL", state.mqtt_admin_url)
+        _, port, *_ = parse_mqtt_url(state.mqtt_url)
+        urls = {}
+        for kind in ("publisher", "reader", "writer"):
+            out = CliRunner().invoke(app, ["devices", "add-sta", kind, "t1"])
+            assert out.exit_code == 0, out.output
+            lines = dict(x.split(":", 1) for x in out.stdout.splitlines() if ":" in x)
+            user, password = lines["username"].strip(), lines["password"].strip()
+            assert user == f"sta-{kind}/t1"
+            urls[kind] = f"mqtt://{quote(user, safe='')}:{password}@127.0.0.1:{port}"
+        bad = CliRunner().invoke(app, ["devices", "add-sta", "admin", "x"])
+        assert bad.exit_code != 0 and "publisher, reader, writer" in bad.output
+
+        w = BatchWriter(db_url, auto_register=True)
+        batch = Batch()
+        batch.uplinks.append((Uplink("city", "a-1", [Reading("pm25", T0, 5.0)]), "t", b"", T0))
+        w.write(batch)
+        w.close()
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            database={"url": db_url},
+            mqtt={"url": state.mqtt_url},
+            sta={"mqtt_publish": True, "mqtt_url": urls["publisher"]},
+        )
+        nt.install()
+        service = StaMqtt(settings)  # its client id is its account's name: sta-publisher/t1
+
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        reader = Subscriber(urls["reader"])
+        try:
+            assert service.ready.wait(15)
+            own = f"{V}/Datastreams(1)/Observations"
+            reader.client.subscribe([(own, 1), (tp.LOG_SUBSCRIBE, 1)])
+            wait_for(lambda: own in service.subs.filters())
+            assert service.subs.filters() == [own]  # not the publisher's own (for creates)
+            # the reader's create is refused by the broker (not stored, not rejected)
+            info = reader.client.publish(own, orjson.dumps({"result": 1.0}), qos=1)
+            info.wait_for_publish(10)
+            # the writer's create is stored and comes back to the reader
+            t1 = (T0 + timedelta(minutes=1)).isoformat()
+            writer = Subscriber(urls["writer"])
+            writer.client.publish(own, orjson.dumps({"phenomenonTime": t1, "result": 6.0}), qos=1)
+            stored = reader.on(own)
+            assert [b["result"] for b in stored] == [6.0]
+            writer.close()
+            time.sleep(0.5)
+            assert _count(settings, "select count(*) from observation") == 2
+            assert _count(settings, "select count(*) from ingest_reject") == 0
+            assert tp.LOG_SUBSCRIBE not in reader.got  # the log is the publisher's only
+        finally:
+            reader.close()
+            service.stop_event.set()
+            thread.join(15)
+            nt.uninstall()
+    finally:
+        local.down()
+        shutil.rmtree(state_dir, ignore_errors=True)

@@ -79,9 +79,11 @@ class StaMqtt:
         self.db_url = settings.database.ingest_url or settings.require_database_url()
         base = settings.api.base_url or f"http://{settings.api.host}:{settings.api.port}"
         self.base = base.rstrip("/")
-        self.client_id = client_id
+        # a broker with use_username_as_clientid (Quartier's) names the client by its account:
+        # its own subscriptions in the broker's log carry that name
+        self.client_id = parse_mqtt_url(self.mqtt_url)[2] or client_id
         self.entity_interval = entity_interval
-        self.subs = tp.Subscriptions(ignore=client_id)
+        self.subs = tp.Subscriptions(ignore=self.client_id)
         self.stop_event = threading.Event()
         #: set once connected, subscribed and listening (tests wait for it)
         self.ready = threading.Event()
