@@ -22,12 +22,22 @@ INNENSTADT = (6.9583, 50.9413)  # Stadtbezirk 1
 MUELHEIM = (7.0064, 50.9626)  # Stadtbezirk 9
 
 
+# the 15-minute buckets the rows touch, marked as the ingest writer marks them (the rollups read
+# them from raw rows until they are refreshed)
+_MARK = (
+    "insert into observation_dirty (datastream_id, bucket)"
+    " select distinct datastream_id, date_bin('15 minutes', phenomenon_time,"
+    " timestamptz '2000-01-03') from observation on conflict do nothing"
+)
+
+
 def observe(conn, ds: int, start: datetime, values: list[float], step=timedelta(hours=1)) -> None:
     with conn.cursor() as cur:
         cur.executemany(
             "insert into observation (datastream_id, phenomenon_time, result) values (%s, %s, %s)",
             [(ds, start + i * step, v) for i, v in enumerate(values)],
         )
+    conn.execute(_MARK)
 
 
 def local_day(day: int) -> datetime:

@@ -46,6 +46,15 @@ business_parks_gigabit_share,2025-12-31,61,KölnBusiness
 """
 
 
+# the 15-minute buckets the rows touch, marked as the ingest writer marks them (the rollups read
+# them from raw rows until they are refreshed)
+_MARK = (
+    "insert into observation_dirty (datastream_id, bucket)"
+    " select distinct datastream_id, date_bin('15 minutes', phenomenon_time,"
+    " timestamptz '2000-01-03') from observation on conflict do nothing"
+)
+
+
 def _copy(conn: psycopg.Connection, rows: list[tuple[int, datetime, float]]) -> None:
     with (
         conn.cursor() as cur,
@@ -53,6 +62,7 @@ def _copy(conn: psycopg.Connection, rows: list[tuple[int, datetime, float]]) -> 
     ):
         for row in rows:
             copy.write_row(row)
+    conn.execute(_MARK)
 
 
 def fill_city(conn: psycopg.Connection, tmp: Path) -> None:
