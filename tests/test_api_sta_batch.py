@@ -624,3 +624,34 @@ def test_the_service_root_lists_the_batch_class(client: TestClient) -> None:
     root = client.get(V).json()
     spec = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
     assert spec + "batch-request/batch-request" in root["serverSettings"]["conformance"]
+
+
+def test_a_change_set_transaction_is_bounded_and_its_writer_reusable(settings: Settings) -> None:
+    """The spare writer of a batch: a held transaction times out when left idle (its locks
+    cannot hold up other writes for long), rolls back, and the writer serves the next one."""
+    from quartier.api.sta_write import Held, _Writer
+
+    wr = _Writer(settings).spare()
+    try:
+        held = Held(wr)
+        row = held.reads().execute("show idle_in_transaction_session_timeout").fetchone()
+        assert row is not None and row["idle_in_transaction_session_timeout"] == "30s"
+        held.reads().execute(
+            "insert into sensor (name, description, encoding_type, metadata)"
+            " values ('x', 'y', 'application/pdf', 'z')"
+        )
+        held.end(False)
+        assert scalar(settings, "select count(*) from sensor where name = 'x'") == 0
+        held = Held(wr)
+        held.reads().execute(
+            "insert into sensor (name, description, encoding_type, metadata)"
+            " values ('x', 'y', 'application/pdf', 'z')"
+        )
+        held.end(True)
+        held.end(False)  # once ended, a no-op
+        assert scalar(settings, "select count(*) from sensor where name = 'x'") == 1
+        # outside a held transaction the setting is gone again
+        row = held.reads().execute("show idle_in_transaction_session_timeout").fetchone()
+        assert row is not None and row["idle_in_transaction_session_timeout"] == "0"
+    finally:
+        wr.close()

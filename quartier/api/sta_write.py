@@ -132,9 +132,18 @@ class Held:
     :meth:`end`: the writes of its requests, and the reads of their checks and answers (which
     must see what the change set wrote), all on that writer's connection."""
 
+    #: PostgreSQL ends a change set's session that waits longer than this between its
+    #: requests: its locks then cannot hold up other writes for long (e.g. a write of the same
+    #: Observation waiting for them while it holds the app writer's lock and its thread)
+    IDLE_TIMEOUT = "30s"
+
     def __init__(self, wr: BatchWriter) -> None:
         self.wr = wr
         self.conn = wr.begin()
+        self.conn.execute(
+            "select set_config('idle_in_transaction_session_timeout', %s, true)",
+            (self.IDLE_TIMEOUT,),
+        )
         self.open = True
 
     def write(
