@@ -264,3 +264,24 @@ def test_scheduled_refresh_runs_its_rounds_and_survives_a_failing_one(db_url: st
     assert triggers == {"schedule"} and n == len(CATALOGUE)
     stop.set()
     assert current.refresh_every(connect, 0.01, stop) == 0  # stopped: no round
+
+
+def test_scheduled_refresh_command_says_in_one_line_when_the_database_is_down(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from typer.testing import CliRunner
+
+    from quartier.cli import app
+    from quartier.services import free_port
+
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout
+    port = free_port()
+    monkeypatch.setenv("QUARTIER_DATABASE__URL", f"postgresql://q:pw-x@127.0.0.1:{port}/q")
+    r = CliRunner().invoke(app, ["indicators", "refresh", "--every", "300"])
+    assert r.exit_code == 2, (r.output, r.exception)
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach the database"), r.output
+    assert f"127.0.0.1:{port}" in lines[0] and "pw-x" not in r.output
+    both = ["indicators", "refresh", "--every", "300", "--as-of", "2026-01-01"]
+    r = CliRunner().invoke(app, both)
+    assert r.exit_code == 2 and "exclude each other" in r.output

@@ -100,10 +100,10 @@ def indicators_refresh_cmd(
 
         s = settings()
         stop = threading.Event()
-        stop_on_signals(stop)
         with user_errors(s):
             with connect(s, autocommit=True):  # the database answers (else: a one-line error)
                 pass
+            stop_on_signals(stop)
             console.print(f"refreshing the indicators every {every:g} s (Ctrl-C stops)")
             refresh_every(lambda: connect(s, autocommit=True), every, stop)
         return
