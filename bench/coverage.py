@@ -809,17 +809,21 @@ def main() -> None:
             print(f"Country: 1/{args.fraction} of the tiles, generated in the workers …")
             url = fresh_db(admin)
             c = bench_country(url, args.fraction, args.workers, args.tile_km)
-            per_tile = c["seconds"] * c["workers"] / c["tiles"]  # worker-seconds a tile
+            per_tile = c["worker_cpu"] / c["tiles"]  # worker CPU seconds a tile
+            wall_tile = c["seconds"] * c["workers"] / c["tiles"]
             full = COUNTRY_BLOCKS**2 * (10 // args.tile_km) ** 2
             eu = int(4_230_000 / args.tile_km**2)  # EU-27: 4.23 M km²
-            print(f"Country fraction: {c['tiles']:,} tiles ({c['fraction']:.3f}), "
+            print(f"Country fraction: {c['tiles']:,} tiles ({c['fraction']:.4f}), "
                   f"{c['cells']:,} cells, {c['gaps']:,} gap clusters in {c['seconds']:.1f} s on "
-                  f"{c['workers']} workers; {per_tile:.2f} worker-s per tile; worker peaks "
+                  f"{c['workers']} workers ({wall_tile:.2f} worker-s of wall time a tile); "
+                  f"worker CPU {c['worker_cpu']:.1f} s = {per_tile:.2f} s a tile, client CPU "
+                  f"{c['client_cpu']:.1f} s; worker peaks "
                   f"{', '.join(f'{p / 1e9:.2f}' for p in c['peaks'])} GB")  # fmt: skip
             print(f"  inputs: {c['inputs']}")
             print(f"  load average (1, 5, 15 min): {os.getloadavg()}")
-            print(f"  projected: the whole country ({full:,} tiles, about "
-                  f"{c['cells'] / c['fraction'] / 1e6:.0f} M cells) on {c['workers']} workers "
+            print(f"  projected from CPU per tile (one core per worker): the whole country "
+                  f"({full:,} tiles, about {c['cells'] / c['fraction'] / 1e6:.0f} M cells) on "
+                  f"{c['workers']} workers "
                   f"{full * per_tile / c['workers'] / 60:.0f} min")  # fmt: skip
             for n in (2, 16, 64, 256):
                 print(f"  projected: EU-27 ({eu:,} tiles) on {n} workers "
@@ -835,6 +839,16 @@ def main() -> None:
 def _worker_peaks(client: Any) -> list[int]:
     """Peak RSS (VmHWM) of each Dask worker process."""
     return sorted(client.run(peak_rss_bytes).values())
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _worker_cpu(client: Any) -> float:
+    """CPU seconds (user + system) the Dask worker processes have used so far, together."""
+    return float(sum(client.run(_cpu_seconds).values()))
 
 
 def bench_country(url: str, fraction: int, workers: int, tile_km: int) -> dict[str, Any]:
@@ -859,6 +873,7 @@ def bench_country(url: str, fraction: int, workers: int, tile_km: int) -> dict[s
     print(f"  {len(tiles):,} tiles of {tile_km} km ({len(tiles) / (COUNTRY_BLOCKS**2 * per**2):.3f}"
           f" of the country), {len(districts):,} Gemeinden, {workers} workers")  # fmt: skip
     with local_cluster(workers, memory_limit="4GB") as cluster, Client(cluster) as client:
+        cpu0, own0 = _worker_cpu(client), _cpu_seconds()
         t = _t()
         with psycopg.connect(url) as conn:
             run_id, result = service.store_tiled(
@@ -867,12 +882,14 @@ def bench_country(url: str, fraction: int, workers: int, tile_km: int) -> dict[s
             )  # fmt: skip
             conn.commit()
         total = _t() - t
+        cpu = _worker_cpu(client) - cpu0
         peaks = _worker_peaks(client)
+    client_cpu = _cpu_seconds() - own0
     counts = result.inputs
     return {"tiles": len(tiles), "fraction": len(tiles) / (COUNTRY_BLOCKS**2 * per**2),
             "seconds": total, "peaks": peaks, "cells": counts["cells"],
             "gaps": len(result.gaps), "inputs": counts, "workers": workers,
-            "run_id": run_id}  # fmt: skip
+            "run_id": run_id, "worker_cpu": cpu, "client_cpu": client_cpu}  # fmt: skip
 
 
 def bench_state_dask(url: str, workers: int, tile_km: int) -> dict[str, Any]:
