@@ -565,12 +565,72 @@ def multipart_response(parts: list[Part], answers: list[Answer]) -> Response:
     return Response(text.encode(), media_type=f"multipart/mixed; boundary={boundary}")
 
 
+_REQUEST_SCHEMA = {
+    "type": "object",
+    "required": ["requests"],
+    "properties": {
+        "requests": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "method", "url"],
+                "properties": {
+                    "id": {"type": "string", "minLength": 1},
+                    "method": {"type": "string", "enum": [m.lower() for m in METHODS]},
+                    "url": {"type": "string", "minLength": 1},
+                    "atomicityGroup": {"type": "string", "minLength": 1},
+                    "dependsOn": {"type": "array", "items": {"type": "string"}},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "body": {},
+                },
+            },
+        }
+    },
+}
+_RESPONSE_SCHEMA = {
+    "type": "object",
+    "required": ["responses"],
+    "properties": {
+        "responses": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "status"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "atomicityGroup": {"type": "string"},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "body": {},
+                },
+            },
+        }
+    },
+}
+_MULTIPART = {"schema": {"type": "string", "format": "binary"}}
+
+
 @router.post(
     "/$batch",
     operation_id="sta_batch",
     summary="Several requests in one (OData JSON or multipart batch) with change sets",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _REQUEST_SCHEMA},
+                "multipart/mixed": _MULTIPART,
+            },
+        }
+    },
     responses={
-        200: {"description": "one answer per request, in the order sent"},
+        200: {
+            "description": "one answer per request, in the order sent",
+            "content": {
+                "application/json": {"schema": _RESPONSE_SCHEMA},
+                "multipart/mixed": _MULTIPART,
+            },
+        },
         400: {"description": "the batch is not well formed; the message says why; nothing ran"},
         413: {"description": "more requests than api.max_batch_requests, or a body too large"},
     },
