@@ -719,7 +719,7 @@ def patch_observation(
     ds, time = parse_observation_id(obs_id)
     conn = _reads(request, conn)
     q.observation(conn, ds, time)  # 404 when there is none
-    values, foi = b.observation_patch(body, time)
+    values, foi = b.observation_patch(b.merge_patch(body), time)
     if ds < 0 and "result" in values:  # of MultiDatastream -ds
         types = w.multi_datastream_types(conn, -ds) or []
         b.multi_result(body["result"], types, f"MultiDatastream {-ds}")
