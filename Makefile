@@ -12,6 +12,9 @@ LOCK   := requirements.lock
 UV_VERSION := 0.13.9
 LOCK_ARGS ?=
 DEMO_ARGS ?=
+# pytest-xdist workers for `make test` (auto: one per core; each worker starts its own PostgreSQL
+# and Mosquitto); TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= auto
 
 .PHONY: help deps deps-demo venv lock services-up services-down services-status migrate demo test check lint typecheck audit bench clean
 
@@ -73,7 +76,7 @@ demo: deps-demo venv
 	$(BIN)/quartier demo $(DEMO_ARGS)
 
 test: deps venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check quartier tests bench

@@ -111,3 +111,21 @@ def settings(db_url: str, service_urls: ServiceUrls) -> Settings:
 def network() -> str:
     """A device network name no other test uses, so topics never overlap."""
     return f"t{uuid.uuid4().hex[:8]}"
+
+
+# The slowest modules first: pytest-xdist (`make test` runs it with --dist loadscope) hands out
+# whole modules in collection order, so a slow module collected last would leave one worker
+# running it alone at the end.
+_SLOW_MODULES_FIRST = (
+    "test_wheel.py",
+    "test_faults.py",
+    "test_mqtt_auth.py",
+    "test_report.py",
+    "test_hostile_api.py",
+    "test_maps_browser.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(_SLOW_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps the rest
