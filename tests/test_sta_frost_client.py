@@ -329,6 +329,8 @@ def test_update_patch_and_delete(service: fsc.SensorThingsService) -> None:
     service.create(o)
     found = service.observations().find(o.id)
     assert found.result == 1.0
+    service.patch(found, [{"op": "replace", "path": "/result", "value": 2.5}])
+    assert service.observations().find(o.id).result == 2.5
     service.delete(found)
     with pytest.raises(requests.HTTPError) as gone:
         service.observations().find(o.id)
@@ -581,3 +583,40 @@ def test_select_filter_and_orderby_on_members_of_json_properties(
     ).json()
     assert arrays["value"][0]["components"] == ["result/rh"]
     assert arrays["value"][0]["dataArray"] == [[40], [41], [None]]
+
+
+def test_feature_of_interest_navigation_reads_the_partial_index(db: str) -> None:
+    """Migration 0041: ``FeaturesOfInterest(id)/Observations`` is an ordered range of the partial
+    index on ``foi_id``, not a scan of every observation filtered by it."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        foi = conn.execute(
+            "insert into feature_of_interest (name, feature) values"
+            " ('plan', st_setsrid(st_makepoint(6.9, 50.9), 4326)) returning id"
+        ).fetchone()
+        ds = conn.execute(
+            "with t as (insert into thing (name) values ('plan') returning id),"
+            " s as (insert into sensor (name) values ('plan') returning id),"
+            " p as (insert into observed_property (name, definition)"
+            " values ('plan', 'https://example.org/def/plan') returning id)"
+            " insert into datastream (name, unit_of_measurement, thing_id, sensor_id,"
+            " observed_property_id) select 'plan', '{}'::jsonb, t.id, s.id, p.id"
+            " from t, s, p returning id"
+        ).fetchone()
+        assert foi is not None and ds is not None
+        conn.execute(
+            "insert into observation (datastream_id, phenomenon_time, result, foi_id)"
+            " select %s, %s + g * interval '1 minute', g, case when g %% 10 = 0 then %s end"
+            " from generate_series(1, 20000) g",
+            (ds[0], T0, foi[0]),
+        )
+        conn.execute("analyze observation")
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "explain select o.* from observation o join feature_of_interest _p"
+                " on o.foi_id = _p.id where _p.id = %s"
+                " order by o.datastream_id, o.phenomenon_time limit 101",
+                (foi[0],),
+            )
+        )
+    assert "foi_id_datastream_id_phenomenon_time_idx" in plan, plan
