@@ -157,9 +157,11 @@ def test_measured_map_shades_cells_well_below_the_offer(planned: Settings) -> No
     ]:
         assert row in page, row
     # the tooltips carry the numbers of each shaded cell: tests, measured median, offer, ratio
-    assert '"tests": 6' in page and '"measured": 40.0' in page and '"ratio": 4.0' in page
-    assert '"offer": 1000.0' in page and '"tests": 5' in page and '"measured": 25.0' in page
-    assert '"measured": 5.0' not in page  # MS-02-2: 3 devices, below k
+    # (m measured median, o offer, r ratio in %, t tests, c the cell)
+    assert '"t": 6' in page and '"m": 40.0' in page and '"r": 4.0' in page
+    assert '"o": 1000.0' in page and '"t": 5' in page and '"m": 25.0' in page
+    assert '"m": 5.0' not in page  # MS-02-2: 3 devices, below k
+    assert re.search(r'"c": "N\d+E\d+"', page)
     assert "L.control.scale" in page
     assert "Measured download speed against the best offer per 100 m cell" in english
     assert "Median below 10 % of the offer (1 cell)" in english
@@ -172,7 +174,7 @@ def test_measured_map_applies_the_privacy_threshold_of_now(planned: Settings) ->
     assert "Median unter 10 % des Angebots (1 Zelle)" in strict
     assert "Median 10 bis unter 20 % des Angebots (0 Zellen)" in strict
     assert "0 Zellen mit Messungen und Angebot" in strict
-    assert '"tests": 5' not in strict and "mindestens 6 Geräten" in strict
+    assert '"t": 5' not in strict and "mindestens 6 Geräten" in strict
 
 
 def test_measured_map_before_an_analysis(settings: Settings) -> None:
@@ -326,8 +328,9 @@ def test_new_maps_in_chromium(browser: Browser, serve: Any, planned: Settings) -
 
 
 def test_contributed_cells_equal_count_distinct(settings: Settings) -> None:
-    """The maps' fast check (numpy over a binary COPY, device hashes) agrees with PostgreSQL's
-    count(distinct device_key) per cell on random data around the threshold, for both tables."""
+    """The maps' check (``contributed_cells``) agrees with PostgreSQL's count(distinct
+    device_key) per cell on random data around the threshold, for both tables, with asked
+    cells that have no rows."""
     rng = np.random.default_rng(7)
     cells = [(4_100_000 + 100 * i, 3_100_000 + 100 * (i % 7)) for i in range(60)]
     rows = []

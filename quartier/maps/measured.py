@@ -21,6 +21,7 @@ import pandas as pd
 
 from quartier.geo import grid
 from quartier.maps.render import (
+    CELL_DECIMALS,
     Lang,
     MapOptions,
     _add_districts,
@@ -97,7 +98,7 @@ def render_measured_map(
     if len(rest):
         layer = _merged_cells(rest["e"].to_numpy(), rest["n"].to_numpy())
         folium.GeoJson(
-            _geojson(layer), name=text(lang, "compared_cells"),
+            _geojson(layer, CELL_DECIMALS), name=text(lang, "compared_cells"),
             style_function=lambda _f: {"color": COMPARED_COLOUR, "weight": 0.5,
                                        "fillColor": COMPARED_COLOUR, "fillOpacity": 0.35},
         ).add_to(fmap)  # fmt: skip
@@ -109,26 +110,27 @@ def render_measured_map(
     if len(below):
         e, n = below["e"].to_numpy(), below["n"].to_numpy()
         layer = gpd.GeoDataFrame(
-            {
-                "shade": shade.astype(int),
-                "measured": below["measured_down_mbps"].astype(float).round(1).to_numpy(),
-                "offer": below["max_down_mbps"].astype(float).round(0).to_numpy(),
-                "ratio": np.round(100 * ratio, 1),
-                "tests": below["n_tests"].astype(int).to_numpy(),
-                "cell_id": grid.cell_ids(e, n),
+            {  # one-letter keys: a Köln-sized run has over 10,000 such cells
+                "s": shade.astype(int),
+                "m": below["measured_down_mbps"].astype(float).round(1).to_numpy(),
+                "o": below["max_down_mbps"].astype(float).round(0).to_numpy(),
+                "r": np.round(100 * ratio, 1),
+                "t": below["n_tests"].astype(int).to_numpy(),
+                "c": np.char.replace(grid.cell_ids(e, n).astype(str), grid.CELL_ID_PREFIX, ""),
             },
             geometry=grid.cell_polygons(e, n),
             crs=4326,
         )
 
         def style(feature: dict[str, Any]) -> dict[str, Any]:
-            colour = RATIO_COLOURS[min(int(feature["properties"]["shade"]), 2)]
+            colour = RATIO_COLOURS[min(int(feature["properties"]["s"]), 2)]
             return {"color": colour, "weight": 0.5, "fillColor": colour, "fillOpacity": 0.75}
 
         folium.GeoJson(
-            _geojson(layer), name=text(lang, "measured_below"), style_function=style,
+            _geojson(layer, CELL_DECIMALS), name=text(lang, "measured_below"),
+            style_function=style,
             tooltip=folium.GeoJsonTooltip(
-                fields=["measured", "offer", "ratio", "tests", "cell_id"],
+                fields=["m", "o", "r", "t", "c"],
                 aliases=[text(lang, k) for k in ("median_down", "advertised", "ratio", "tests",
                                                  "cell")]),
         ).add_to(fmap)  # fmt: skip

@@ -103,6 +103,10 @@ TEXTS: dict[str, tuple[str, str]] = {
         "Shown: cells with households except gigabit; funding categories of the Gigabit-Richtlinie"
         " 2.0",
     ),
+    "gap_note_all": (
+        "Gezeigt: Zellen mit Haushalten; Förderkategorien nach Gigabit-Richtlinie 2.0",
+        "Shown: cells with households; funding categories of the Gigabit-Richtlinie 2.0",
+    ),
     "basemap": ("Hintergrundkarte", "Basemap"),
     "source": ("Daten", "Data"),
     "sensors_title": ("Sensoren", "Sensors"),
@@ -297,10 +301,15 @@ def _legend(title: str, rows: str, options: MapOptions, note: str = "") -> str:
     )
 
 
-def _geojson(frame: gpd.GeoDataFrame) -> dict[str, Any]:
-    """A compact FeatureCollection: coordinates rounded to 1e-6 degrees (about 0.1 m), no bboxes."""
+#: decimals of the maps' 100 m cells (1e-5 degrees: about 1 m, a hundredth of a cell)
+CELL_DECIMALS = 5
+
+
+def _geojson(frame: gpd.GeoDataFrame, decimals: int = grid.COORD_DECIMALS) -> dict[str, Any]:
+    """A compact FeatureCollection: coordinates rounded to ``decimals`` (default 1e-6 degrees,
+    about 0.1 m), no bboxes."""
     rounded = shapely.transform(
-        np.asarray(frame.geometry.values, dtype=object), lambda c: np.round(c, grid.COORD_DECIMALS)
+        np.asarray(frame.geometry.values, dtype=object), lambda c: np.round(c, decimals)
     )
     compact = frame.set_geometry(gpd.GeoSeries(rounded, index=frame.index, crs=frame.crs))
     data: dict[str, Any] = compact.to_geo_dict(show_bbox=False)
