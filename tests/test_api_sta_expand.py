@@ -13,12 +13,13 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from quartier.api.app import create_app
 from quartier.api.sensorthings import SET_OF
 from quartier.api.sta import ENTITIES, ENTITY_SETS, compile_navigation, parse_expand
 from quartier.config import Settings
-from quartier.ingest.model import Batch, Position, Reading, Uplink
+from quartier.ingest.model import Batch, Observation, Position, Reading, Uplink
 from quartier.ingest.writer import BatchWriter
 from quartier.store import sensorthings as q
 
@@ -66,6 +67,32 @@ def filled(settings: Settings) -> Settings:
             (row[0],),
         )
     return settings
+
+
+def _add_multi_datastream(settings: Settings) -> None:
+    """A MultiDatastream of a-1 (pm25's and pm10's ObservedProperties) with 3 observations."""
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+        row = conn.execute(
+            "insert into multi_datastream (name, multi_observation_data_types,"
+            " unit_of_measurements, thing_id, sensor_id)"
+            " select 'a-1 pair', %s, %s, d.thing_id, d.sensor_id from datastream d"
+            " where d.id = 1 returning id",
+            (Jsonb(["OM_Measurement"] * 2), Jsonb([{"name": "µg/m³"}] * 2)),
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "insert into multi_datastream_observed_property"
+            " select %s, row_number() over (order by id) - 1, observed_property_id"
+            " from datastream where id in (1, 2)",
+            (row[0],),
+        )
+    w = BatchWriter(settings.require_database_url(), auto_register=False)
+    batch = Batch(source="http")
+    batch.observations.extend(
+        Observation(-row[0], T0 + timedelta(minutes=i), None, [i, 2 * i]) for i in range(3)
+    )
+    w.write(batch)
+    w.close()
 
 
 @pytest.fixture
@@ -203,8 +230,13 @@ def test_expand_on_entities_and_navigations(client: TestClient) -> None:
     ("entity_set", "nav"),
     [(s, n) for s, t in ENTITY_SETS.items() for n in ENTITIES[t].navs],
 )
-def test_every_navigation_expands(client: TestClient, entity_set: str, nav: str) -> None:
-    """Each navigation property of each entity set expands (and its selfLinks resolve)."""
+def test_every_navigation_expands(
+    client: TestClient, filled: Settings, entity_set: str, nav: str
+) -> None:
+    """Each navigation property of each entity set expands (and its selfLinks resolve); for
+    those of the MultiDatastream extension, a MultiDatastream of a-1 is added first."""
+    if "MultiDatastream" in entity_set + nav:
+        _add_multi_datastream(filled)
     body = _json(client, f"/v1.1/{entity_set}", **{"$expand": nav, "$top": "5"})
     many = ENTITIES[ENTITY_SETS[entity_set]].navs[nav].many
     expanded = [e[nav] for e in body["value"] if nav in e]
