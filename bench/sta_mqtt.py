@@ -4,15 +4,16 @@ alternating in the same run.
     .venv/bin/python bench/sta_mqtt.py [--messages 100000] [--runs 3]
 
 Starts its own PostgreSQL and Mosquitto (as the tests do: fsync off, the broker saving every
-30 s; with the durable settings publishing the backlog alone takes minutes) unless QUARTIER_TEST_DATABASE_URL /
-QUARTIER_TEST_MQTT_URL are set. Each run publishes a backlog of single-reading messages from
-1,000 devices into the ingester's persistent session (bench/ingest.py's machinery), then times
-the ingester draining it. "on": the commit notices installed in the ingester's process (the
-``after_commit`` hook and its thread, what ``sta.mqtt_publish`` turns on), ``quartier
-sta-mqtt``'s service in a child process and a paho subscriber to ``v1.1/Observations`` in
-another, so every observation is read back, shaped and published; it also reports how long
-after the drain the subscriber had them all. Each run is a fresh interpreter (a child process)
-on a fresh database. Prints the median and the spread per mode and the ratio on/off.
+30 s; with the durable settings publishing the backlog alone takes minutes) unless
+QUARTIER_TEST_DATABASE_URL / QUARTIER_TEST_MQTT_URL are set. Each run publishes a backlog of
+single-reading messages from 1,000 devices into the ingester's persistent session
+(bench/ingest.py's machinery), then times the ingester draining it. "on": the commit notices
+installed in the ingester's process (the ``after_commit`` hook and its thread, what
+``sta.mqtt_publish`` turns on), ``quartier sta-mqtt``'s service in a child process and a paho
+subscriber to ``v1.1/Observations`` in another, so every observation is read back, shaped and
+published; it also reports how long after the drain the subscriber had them all. Each run is a
+fresh interpreter (a child process) on a fresh database. Prints the median and the spread per
+mode and the ratio on/off.
 """
 
 from __future__ import annotations
