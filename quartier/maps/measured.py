@@ -21,6 +21,7 @@ import pandas as pd
 
 from quartier.geo import grid
 from quartier.maps.render import (
+    CANVAS,
     CELL_DECIMALS,
     Lang,
     MapOptions,
@@ -128,7 +129,7 @@ def render_measured_map(
 
         folium.GeoJson(
             _geojson(layer, CELL_DECIMALS), name=text(lang, "measured_below"),
-            style_function=style,
+            style_function=style, renderer=CANVAS,
             tooltip=folium.GeoJsonTooltip(
                 fields=["m", "o", "r", "t", "c"],
                 aliases=[text(lang, k) for k in ("median_down", "advertised", "ratio", "tests",

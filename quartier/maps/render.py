@@ -25,6 +25,7 @@ import shapely
 from branca.element import Element, Figure, MacroElement
 from folium.plugins import MarkerCluster
 from folium.template import Template
+from folium.utilities import JsCode
 
 from quartier.config import MapSettings, Settings
 from quartier.geo import grid
@@ -301,6 +302,10 @@ def _legend(title: str, rows: str, options: MapOptions, note: str = "") -> str:
     )
 
 
+#: Leaflet's canvas renderer for layers of one polygon per 100 m cell (thousands of them):
+#: drawn on one canvas instead of one SVG element each, so the page is interactive sooner
+CANVAS = JsCode("L.canvas()")
+
 #: decimals of the maps' 100 m cells (1e-5 degrees: about 1 m, a hundredth of a cell)
 CELL_DECIMALS = 5
 
@@ -572,7 +577,8 @@ def render_gap_map(
             return {"color": colour, "weight": 0.5, "fillColor": colour, "fillOpacity": 0.7}
 
         folium.GeoJson(
-            _geojson(layer), name=text(lang, "supply"), style_function=style,
+            _geojson(layer, CELL_DECIMALS), name=text(lang, "supply"), style_function=style,
+            renderer=CANVAS,
             tooltip=folium.GeoJsonTooltip(
                 fields=["klasse", "haushalte", "max_down", "cell_id"],
                 aliases=[text(lang, k) for k in ("class", "households", "best_offer", "cell")]),
@@ -604,7 +610,7 @@ def render_gap_map(
         layer = gpd.GeoDataFrame({"cell_id": grid.cell_ids(e, n)}, geometry=grid.cell_polygons(
             e, n), crs=4326)  # fmt: skip
         folium.GeoJson(
-            _geojson(layer), name=text(lang, "dead_zones"),
+            _geojson(layer, CELL_DECIMALS), name=text(lang, "dead_zones"), renderer=CANVAS,
             style_function=lambda _f: {"color": DEAD_ZONE_COLOUR, "weight": 1,
                                        "fillColor": DEAD_ZONE_COLOUR, "fillOpacity": 0.5},
             tooltip=folium.GeoJsonTooltip(fields=["cell_id"], aliases=[text(lang, "dead_zone")]),
@@ -825,7 +831,7 @@ def render_mobile_map(
             {"cell_id": grid.cell_ids(e, n)}, geometry=grid.cell_polygons(e, n), crs=4326
         )
         folium.GeoJson(
-            _geojson(layer), name=text(lang, "dead_zones"),
+            _geojson(layer, CELL_DECIMALS), name=text(lang, "dead_zones"), renderer=CANVAS,
             style_function=lambda _f: {"color": DEAD_ZONE_COLOUR, "weight": 1,
                                        "fillColor": DEAD_ZONE_COLOUR, "fillOpacity": 0.6},
             tooltip=folium.GeoJsonTooltip(fields=["cell_id"], aliases=[text(lang, "dead_zone")]),
