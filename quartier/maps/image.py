@@ -13,6 +13,7 @@ import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import geopandas as gpd
 import matplotlib as mpl
@@ -33,7 +34,7 @@ FIGSIZE = (10.0, 8.0)
 DPI = 150
 #: characters per line of the legend (beside the map)
 LEGEND_WIDTH = 48
-_RC = {"font.family": "DejaVu Sans", "font.size": 9}
+_RC: Any = {"font.family": "DejaVu Sans", "font.size": 9}
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _nice_length(span_m: float) -> float:
     """A round scale bar length (1, 2 or 5 × 10^k metres) of about a fifth of ``span_m``."""
     target = max(span_m / 5, 1.0)
     power = 10 ** math.floor(math.log10(target))
-    return max(f * power for f in (1, 2, 5) if f * power <= target)
+    return float(max(f * power for f in (1, 2, 5) if f * power <= target))
 
 
 def _scale_bar(ax: Axes, lang: Lang) -> None:
