@@ -132,7 +132,7 @@ def assert_same(one: Any, other: Any) -> None:
 
 
 @hsettings(
-    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -223,7 +223,7 @@ def test_cli_analyse_on_dask_stores_the_single_process_run(
     url = settings.require_database_url()
     monkeypatch.setenv("QUARTIER_DATABASE__URL", url)
     monkeypatch.setenv("QUARTIER_PRIVACY__MIN_CONTRIBUTORS", "1")
-    _store_world(url, world(11, 30, True))
+    _store_world(url, world(11, 24, True))
 
     def run(*args: str) -> str:
         r = CliRunner().invoke(cli_app, ["coverage", "analyse", "--level", "stadtbezirk", *args])

@@ -80,7 +80,9 @@ def _analyse_on_dask(
     scheduler: str | None,
     tile_km: int,
 ) -> None:
-    from quartier.errors import BadRequestError, ConfigError
+    import logging
+
+    from quartier.errors import BadRequestError, ConfigError, ServiceError
     from quartier.evaluation.current import refresh_after_coverage_run
     from quartier.geo import service
 
@@ -94,6 +96,8 @@ def _analyse_on_dask(
             raise BadRequestError("--tile-km must be at least 1")
         try:
             from distributed import Client
+            from distributed.comm.core import CommClosedError
+            from distributed.scheduler import KilledWorker
         except ImportError:
             raise ConfigError(
                 "Dask is not installed: pip install 'quartier[scale]' (dask[distributed])"
@@ -102,6 +106,9 @@ def _analyse_on_dask(
 
         analysis = service.analysis_params(profile, params, min_tests=min_tests)
         url = database_url(s)
+        # Dask logs its workers' connection errors with tracebacks (e.g. heartbeats cut off
+        # while a local cluster shuts down); what matters reaches the client as an exception
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
         with connect(s) as conn:
             cluster = local_cluster(workers) if workers is not None else None
             try:
@@ -120,6 +127,11 @@ def _analyse_on_dask(
                         min_contributors=s.privacy.min_contributors,
                     )
                     conn.commit()
+            except (KilledWorker, CommClosedError) as exc:
+                raise ServiceError(
+                    f"the Dask cluster failed during the analysis ({type(exc).__name__}: {exc});"
+                    " nothing was stored"
+                ) from None
             finally:
                 if cluster is not None:
                     cluster.close()
