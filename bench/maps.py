@@ -184,7 +184,7 @@ def measure(own: str, runs: int) -> dict[str, dict[str, Any]]:
                         r.abort()
 
                 page.route("**/*", route)
-                page.on("pageerror", lambda exc, e=errors: e.append(str(exc)))
+                page.on("pageerror", lambda exc: errors.append(str(exc)))  # noqa: B023
                 t = time.perf_counter()
                 page.goto(f"http://{own}{path}", wait_until="load", timeout=120_000)
                 page.wait_for_function(DRAWN, timeout=120_000)
@@ -224,7 +224,7 @@ def main() -> None:
             bench_coverage.load_koeln(url)
         _prepare(url)
         _privacy_baseline(url, args.runs)
-        settings = Settings(_env_file=None, database={"url": url}, mqtt={"url": urls.mqtt_url})  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, database={"url": url}, mqtt={"url": urls.mqtt_url})
         own, stop = _serve(settings)
         results = measure(own, args.runs)
         print(f"maps of the Köln world, {args.runs} runs each (seconds; bytes uncompressed/gzip):")

@@ -108,7 +108,7 @@ def planned(service_urls: Any, template_db: str, tmp_path_factory: Any) -> Itera
             )
         )
     url = psycopg.conninfo.make_conninfo(service_urls.database_url, dbname=name)
-    settings = Settings(_env_file=None, database={"url": url}, mqtt={"url": service_urls.mqtt_url})  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, database={"url": url}, mqtt={"url": service_urls.mqtt_url})
     work = tmp_path_factory.mktemp("planned")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
@@ -196,13 +196,13 @@ def test_district_map_status_value_and_target(planned: Settings) -> None:
     page = r.text
     assert_on_musterstadt(page)
     with psycopg.connect(planned.require_database_url()) as conn:
-        stored = dict(
+        stored: dict[str, str] = dict(
             conn.execute(
                 "select scope_code, status from evaluation_result"
                 " where scope_type = 'stadtbezirk' and indicator_id = 'bb_households_1000'"
             ).fetchall()
         )
-        names = dict(
+        names: dict[str, str] = dict(
             conn.execute("select code, name from district where level = 'stadtbezirk'").fetchall()
         )
     by_name = {names[c]: s for c, s in stored.items()}
@@ -362,8 +362,8 @@ def test_contributed_cells_equal_count_distinct(settings: Settings) -> None:
                     for k, (r, x, y) in enumerate(zip(rows, lon, lat, strict=True))
                 ],
             )
-        e = np.array([c[0] for c in cells])
-        n = np.array([c[1] for c in cells])
+        asked_e = np.array([c[0] for c in cells])
+        asked_n = np.array([c[1] for c in cells])
         for table in ("speedtest", "mobile_measurement"):
             stored = {
                 (int(a), int(b)): int(c)
@@ -377,12 +377,12 @@ def test_contributed_cells_equal_count_distinct(settings: Settings) -> None:
             assert set(stored) == set(cells[:50])  # the rows landed in the cells meant
             for k in (2, 3, 5, 8):
                 expected = np.array([stored.get(c, 0) >= k for c in cells])
-                got = contributed_cells(conn, table, k, e, n)
+                got = contributed_cells(conn, table, k, asked_e, asked_n)
                 assert 0 < expected.sum() < 50 or k == 8
                 assert (got == expected).all(), (table, k)
-            assert contributed_cells(conn, table, 1, e, n).all()
+            assert contributed_cells(conn, table, 1, asked_e, asked_n).all()
         with pytest.raises(ValueError):
-            contributed_cells(conn, "household", 5, e, n)
+            contributed_cells(conn, "household", 5, asked_e, asked_n)
 
 
 def test_evaluation_report_has_the_broadband_map(cli_env: Settings) -> None:
