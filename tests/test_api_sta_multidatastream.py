@@ -256,8 +256,11 @@ def test_observations_with_array_results(client: TestClient, world: dict[str, in
     assert [row[3] for row in arr["value"][0]["dataArray"]] == [[0.0, 50.0, "S"], [1.0, 51.0, "N"]]
 
 
+def names(body: Any) -> list[str]:
+    return [x["name"] for x in body["value"]]
+
+
 def test_query_options_on_multi_datastreams(client: TestClient, world: dict[str, int]) -> None:
-    names = lambda body: [x["name"] for x in body["value"]]  # noqa: E731
     assert names(get(client, "/MultiDatastreams", **{"$orderby": "name desc"})) == [
         "weather",
         "mast pair",
