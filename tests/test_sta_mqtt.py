@@ -603,3 +603,15 @@ def test_accounts_publisher_readers_and_writers_on_a_broker_with_access_control(
     finally:
         local.down()
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def test_sta_mqtt_command_says_when_publishing_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from quartier.cli.main import app
+
+    monkeypatch.setenv("QUARTIER_STA__MQTT_PUBLISH", "false")
+    out = CliRunner().invoke(app, ["sta-mqtt"])
+    assert out.exit_code == 1
+    assert "QUARTIER_STA__MQTT_PUBLISH=true" in out.output and "Traceback" not in out.output
+    assert BatchWriter.after_commit is None  # the CLI installs the notices only when on
