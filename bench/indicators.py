@@ -410,7 +410,9 @@ def run_large(args: argparse.Namespace, admin: str, mqtt_url: str) -> None:
                 refresh_s.append(time.perf_counter() - t)
                 log(f"refresh: {len(stored.values)} values in {refresh_s[-1]:.2f} s")
                 t = time.perf_counter()
-                evaluation = evaluate(conn, strategy, datetime.now(UTC))
+                # the values were just refreshed; a refresh that took longer than the default
+                # max_age (5 min) must not make the evaluation refresh again
+                evaluation = evaluate(conn, strategy, datetime.now(UTC), max_age=timedelta(hours=1))
                 eval_s.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 build_report(conn, strategy, evaluation, lang=strategy.lang)
