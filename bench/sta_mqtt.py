@@ -99,7 +99,9 @@ def wait_file(path: Path, timeout: float = 60) -> str:
     raise RuntimeError(f"{path} not written within {timeout} s")
 
 
-def one_run(admin: str, mqtt_url: str, msgs: list[tuple[str, bytes]], on: bool) -> dict[str, float]:
+def one_run(
+    admin: str, mqtt_url: str, msgs: list[tuple[str, bytes]], on: bool, subscribe: bool = True
+) -> dict[str, float]:
     db = bi.fresh_db(admin)
     cid = f"bench-{uuid.uuid4().hex[:6]}"
     s = bi.settings_for(db, mqtt_url, cid)
@@ -121,6 +123,7 @@ def one_run(admin: str, mqtt_url: str, msgs: list[tuple[str, bytes]], on: bool) 
                 )
             )
             wait_file(ready)
+        if on and subscribe:
             children.append(
                 subprocess.Popen(
                     [*me, "--subscriber-child", mqtt_url, str(counted)],
@@ -130,6 +133,7 @@ def one_run(admin: str, mqtt_url: str, msgs: list[tuple[str, bytes]], on: bool) 
             )
             wait_file(counted)
             time.sleep(1.0)  # the service learns the subscription from the broker's log
+        if on:
             notifier = nt.install()
         ing = Ingester(s)
         t0 = time.perf_counter()
@@ -139,7 +143,10 @@ def one_run(admin: str, mqtt_url: str, msgs: list[tuple[str, bytes]], on: bool) 
         out = {"msgs_per_s": len(msgs) / (t1 - t0)}
         ing.stop_event.set()
         thread.join(30)
-        if on:
+        if on and not subscribe:
+            assert notifier is not None
+            out["dropped_notices"] = float(notifier.dropped)
+        if on and subscribe:
             assert notifier is not None
             deadline = time.monotonic() + float(os.environ.get("BENCH_STA_WAIT", "300"))
             while int(wait_file(tmp / "count") or 0) < len(msgs) and time.monotonic() < deadline:
@@ -171,12 +178,17 @@ def main() -> None:
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--run-child":  # one run in a fresh interpreter
         mode, db, mq, n = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-        r = one_run(db, mq, bi.single_messages(n), mode == "on")
+        r = one_run(db, mq, bi.single_messages(n), mode != "off", mode == "on")
         print("RESULT " + json.dumps(r), flush=True)
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--modes",
+        default="off,on",
+        help="off, on (with a subscriber to v1.1/Observations), notices (no subscriber)",
+    )
     args = ap.parse_args()
     db = os.environ.get("QUARTIER_TEST_DATABASE_URL")
     mq = os.environ.get("QUARTIER_TEST_MQTT_URL")
@@ -189,9 +201,10 @@ def main() -> None:
         state = local.up()
         db, mq = state.database_url, state.mqtt_url
     try:
-        results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+        modes = args.modes.split(",")
+        results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         for i in range(args.runs):
-            for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
+            for mode in modes if i % 2 == 0 else modes[::-1]:
                 child = subprocess.run(
                     [sys.executable, __file__, "--run-child", mode, db, mq, str(args.messages)],
                     capture_output=True,
@@ -204,7 +217,7 @@ def main() -> None:
                 r = json.loads(lines[-1].removeprefix("RESULT "))
                 results[mode].append(r)
                 extra = ""
-                if mode == "on":
+                if "lag_s" in r:
                     extra = (
                         f", subscriber got {r['published']:.0f} {r['lag_s']:.1f} s after the"
                         f" drain, notices dropped {r['dropped_notices']:.0f}"
@@ -216,14 +229,15 @@ def main() -> None:
             rates = [r["msgs_per_s"] for r in rs]
             med[mode] = statistics.median(rates)
             print(
-                f"publishing {mode:3}: median {med[mode]:8.0f} msgs/s"
+                f"{mode:8}: median {med[mode]:8.0f} msgs/s"
                 f" (min {min(rates):.0f}, max {max(rates):.0f})"
             )
-        lags = [r["lag_s"] for r in results["on"]]
-        print(
-            f"publishing on: all published {statistics.median(lags):.1f} s after the drain (median)"
-        )
-        print(f"on/off: {med['on'] / med['off']:.2f}")
+        if results.get("on"):
+            lags = [r["lag_s"] for r in results["on"]]
+            print(f"on: all published {statistics.median(lags):.1f} s after the drain (median)")
+        for mode in modes:
+            if mode != "off" and "off" in med:
+                print(f"{mode}/off: {med[mode] / med['off']:.2f}")
     finally:
         if local is not None:
             local.down()
