@@ -453,6 +453,11 @@ def test_invalid_updates_are_400_or_404_and_change_nothing(
         f"{V}/Datastreams({ds['@iot.id']})", json={"Sensor": {"@iot.id": 99}}, headers=h
     )
     assert r.status_code == 400 and "Sensor/@iot.id" in r.json()["message"]
+    r = client.patch(
+        f"{V}/Datastreams({ds['@iot.id']})", json={"ObservedProperty": {"@iot.id": 99}}, headers=h
+    )
+    assert r.status_code == 400, r.text
+    assert "there is no ObservedProperty with @iot.id 99" in r.json()["message"], r.text
     assert client.patch(f"{V}/Things(999)", json={"name": "x"}, headers=h).status_code == 404
     assert client.patch(f"{V}/Things({tid})", json={"name": "x"}).status_code == 401
     obs_only = key(settings, "observations:write")

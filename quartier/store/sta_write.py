@@ -49,6 +49,16 @@ JSON_COLUMNS = {
 }
 
 
+def _singular(entity_set: str) -> str:
+    """``ObservedProperties`` -> ``ObservedProperty``, ``FeaturesOfInterest`` ->
+    ``FeatureOfInterest``, ``Things`` -> ``Thing`` (for messages)."""
+    if entity_set.endswith("ies"):
+        return entity_set[:-3] + "y"
+    if entity_set.startswith("FeaturesOf"):
+        return "Feature" + entity_set[len("Features") :]
+    return entity_set.removesuffix("s")
+
+
 def _value(column: str, value: Any) -> tuple[sql.Composable, Any]:
     if column in GEOMETRY_COLUMNS:
         if value is None:
@@ -77,7 +87,8 @@ def existing(conn: Executor, entity_set: str, ids: list[int]) -> set[int]:
 def require(conn: Executor, entity_set: str, entity_id: int, where: str) -> None:
     """400 (naming ``where`` in the body) unless entity ``entity_id`` of ``entity_set`` exists."""
     if not exists(conn, entity_set, entity_id):
-        raise BadRequestError(f"{where}: there is no {entity_set[:-1]} with @iot.id {entity_id}")
+        what = _singular(entity_set)
+        raise BadRequestError(f"{where}: there is no {what} with @iot.id {entity_id}")
 
 
 def insert(conn: Executor, entity_set: str, values: dict[str, Any]) -> int:
@@ -103,7 +114,7 @@ def update(conn: Executor, entity_set: str, entity_id: int, values: dict[str, An
     )
     cur = conn.execute(query, [*(v for _, _, v in parts), entity_id])
     if cur.rowcount == 0:
-        raise NotFoundError(f"no {entity_set[:-1]} with @iot.id {entity_id}")
+        raise NotFoundError(f"no {_singular(entity_set)} with @iot.id {entity_id}")
 
 
 def link_location(conn: Executor, thing_id: int, location_ids: list[int], at: datetime) -> int:
@@ -355,7 +366,7 @@ def delete(conn: Executor, entity_set: str, entity_id: int) -> None:
     """Delete one entity with the cascades of the standard (see the module's docstring); 404
     when there is none."""
     if not exists(conn, entity_set, entity_id):
-        raise NotFoundError(f"no {entity_set[:-1]} with @iot.id {entity_id}")
+        raise NotFoundError(f"no {_singular(entity_set)} with @iot.id {entity_id}")
     _refuse_device_fed(conn, entity_set, entity_id)
     if entity_set in _MULTI_OF:
         rows = conn.execute(_MULTI_OF[entity_set], (entity_id,)).fetchall()
