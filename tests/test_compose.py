@@ -44,7 +44,7 @@ from quartier.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = Path(__file__).parent / "data" / "compose_spec" / "compose-spec.json"
-SERVICES = {"db", "mqtt", "migrate", "api", "ingest"}
+SERVICES = {"db", "mqtt", "migrate", "api", "ingest", "indicators"}
 
 
 def compose() -> dict[str, Any]:
@@ -101,6 +101,15 @@ def test_the_compose_file_runs_the_whole_platform() -> None:
     assert ingest["environment"]["QUARTIER_INGEST__SHARE_GROUP"]
     assert "QUARTIER_INGEST__CLIENT_ID" not in ingest["environment"]  # one per container
     assert ingest["command"][0] == "ingest"
+    # the indicators are refreshed on a schedule by a process of their own, as the API's role
+    indicators = services["indicators"]
+    assert indicators["command"][:3] == ["indicators", "refresh", "--every"]
+    assert float(indicators["command"][3]) > 0
+    assert indicators["environment"]["QUARTIER_DATABASE__URL"].startswith(
+        "postgresql://quartier_api@"
+    )
+    deps = indicators["depends_on"]
+    assert deps["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_no_password_is_written_in_the_compose_file() -> None:

@@ -98,9 +98,13 @@ class FeatureCollection(BaseModel):
 
 
 def _extent(conn: Conn) -> Extent | None:
+    run_id = run_store.current_run_id(conn)  # the one rule for "current" (maps, API, indicators)
+    if run_id is None:
+        return None
     row = conn.execute(
         "select min(e) as e0, max(e) as e1, min(n) as n0, max(n) as n1 from coverage_cell"
-        " where run_id = (select max(id) from coverage_run)"
+        " where run_id = %s",
+        (run_id,),
     ).fetchone()
     if row is None or row["e0"] is None:
         return None
