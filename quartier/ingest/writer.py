@@ -253,6 +253,10 @@ class BatchWriter:
         rolls back, and an error it raises leaves the rollback to ``end``. The connection, for
         reads that must see the transaction's writes."""
         conn = self._connection()
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            # open the transaction now: a ``conn.transaction()`` block (the COPY's savepoint) on
+            # an idle connection would otherwise be the outer transaction and commit on its own
+            conn.execute("select 1")
         self._held = True
         return conn
 
