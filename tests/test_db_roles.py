@@ -427,8 +427,14 @@ def test_docker_compose_uses_secrets_and_no_default_password() -> None:
     assert db["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db_owner_password"
     assert db["secrets"] == ["db_owner_password"]
     assert compose["secrets"]["db_owner_password"]["file"].startswith("./.quartier/")
-    for service in ("API", "INGEST"):  # the services' password files, as the comment says
-        assert f"QUARTIER_DATABASE__{service}_PASSWORD_FILE=.quartier/secrets/" in text
+    # the API and the ingester log in with their own roles, passwords from their own secrets
+    for service, role in (("api", roles.API), ("ingest", roles.INGEST)):
+        spec = compose["services"][service]
+        env = spec["environment"]
+        assert env["QUARTIER_DATABASE__URL"].startswith(f"postgresql://{role}@")
+        secret = env["QUARTIER_DATABASE__PASSWORD_FILE"].removeprefix("/run/secrets/")
+        assert secret in spec["secrets"] and secret != "db_owner_password"
+        assert compose["secrets"][secret]["file"].startswith("./.quartier/secrets/")
     assert ":quartier@" not in text and "PASSWORD: quartier" not in text
 
 

@@ -264,22 +264,29 @@ def _create_observation(
     else:
         ds = new.datastream_id
         w.require(conn, "Datastreams", ds, "Datastream/@iot.id")
-    ds_id: int = ds
+    return _store_observation(request, conn, base, new, ds, f"Datastream {ds}")
+
+
+def _store_observation(
+    request: Request, conn: DictConn, base: str, new: b.NewObservation, stored_as: int, owner: str
+) -> JSONResponse:
+    """Store one Observation through the ingester's writer (under datastream id ``stored_as``),
+    409 when ``owner`` has one at that instant already; 201 with the stored body."""
     batch = Batch(source="http")
 
     def prepare(raw_conn: RawConn) -> None:
         with _cursor(raw_conn) as cur:
-            batch.observations.append(_observation_row(cur, new, ds_id, ""))
+            batch.observations.append(_observation_row(cur, new, stored_as, ""))
 
     result = writer(request).write(batch, prepare, all_or_nothing=True)
     if result.not_stored:
-        oid = observation_id(ds_id, new.time)
+        oid = observation_id(stored_as, new.time)
         raise ConflictError(
-            f"Datastream {ds_id} has an Observation at {iso(new.time)} already"
+            f"{owner} has an Observation at {iso(new.time)} already"
             f" (@iot.id '{oid}'); Quartier keeps the first: PATCH"
             f" {base}{PREFIX}/Observations('{oid}') to change it"
         )
-    row = q.observation(conn, ds_id, new.time)
+    row = q.observation(conn, stored_as, new.time)
     body = shape("Observations", row, base).model_dump(mode="json", by_alias=True)
     return _created(body, body["@iot.selfLink"])
 
@@ -319,24 +326,8 @@ def _create_multi_observation(
             f"MultiDatastream/@iot.id: there is no MultiDatastream with @iot.id {target}"
         )
     b.multi_result(new.result, types, f"MultiDatastream {target}")
-    stored_as = -target  # a MultiDatastream's observations: datastream_id -<its id>
-    batch = Batch(source="http")
-
-    def prepare(raw_conn: RawConn) -> None:
-        with _cursor(raw_conn) as cur:
-            batch.observations.append(_observation_row(cur, new, stored_as, ""))
-
-    result = writer(request).write(batch, prepare, all_or_nothing=True)
-    if result.not_stored:
-        oid = observation_id(stored_as, new.time)
-        raise ConflictError(
-            f"MultiDatastream {target} has an Observation at {iso(new.time)} already"
-            f" (@iot.id '{oid}'); Quartier keeps the first: PATCH"
-            f" {base}{PREFIX}/Observations('{oid}') to change it"
-        )
-    row = q.observation(conn, stored_as, new.time)
-    body = shape("Observations", row, base).model_dump(mode="json", by_alias=True)
-    return _created(body, body["@iot.selfLink"])
+    # a MultiDatastream's observations: datastream_id -<its id>
+    return _store_observation(request, conn, base, new, -target, f"MultiDatastream {target}")
 
 
 @router.post(

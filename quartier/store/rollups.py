@@ -285,6 +285,13 @@ def compact(conn: Conn, older_than: datetime, *, lock_timeout_s: float = 3.0) ->
     return done
 
 
+#: (parent index, index name) of the indexes of partition %s that belong to observation's indexes
+_PARTITION_INDEXES = (
+    "select h.inhparent, c.relname from pg_index i join pg_class c on c.oid = i.indexrelid"
+    " join pg_inherits h on h.inhrelid = i.indexrelid where i.indrelid = %s::regclass"
+)
+
+
 def _rewrite_sorted(
     conn: Conn, relname: str, lo: datetime, hi: datetime, lock_timeout_s: float
 ) -> int:
@@ -329,6 +336,9 @@ def _rewrite_sorted(
                 sql.Literal(f"{int(lock_timeout_s * 1000)}ms")
             )
         )
+        # the partition's indexes by the parent index each belongs to: ATTACH creates the ones
+        # the new table lacks (e.g. migration 0041's partial FoI index) under generated names
+        attached = conn.execute(_PARTITION_INDEXES, (relname,)).fetchall()
         conn.execute(sql.SQL("alter table observation detach partition {}").format(ident))
         conn.execute(
             sql.SQL(
@@ -353,6 +363,14 @@ def _rewrite_sorted(
                 ident, sql.Identifier(f"{new}_bound")
             )
         )
+        now = dict(conn.execute(_PARTITION_INDEXES, (relname,)).fetchall())
+        for parent, name in attached:  # every index under the name it had before
+            if parent in now and now[parent] != name:
+                conn.execute(
+                    sql.SQL("alter index {} rename to {}").format(
+                        sql.Identifier(now[parent]), sql.Identifier(name)
+                    )
+                )
         conn.execute(
             "insert into observation_partition_compacted (relname) values (%s) "
             "on conflict do nothing",
