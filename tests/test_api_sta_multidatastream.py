@@ -508,7 +508,7 @@ def test_deep_insert_refusals_store_nothing(
         ),
         (
             {"ObservedProperties": [{"@iot.id": 1}, {"@iot.id": 999}, {"@iot.id": 2}]},
-            "ObservedProperties[1]/@iot.id: there is no ObservedPropertie",
+            "ObservedProperties[1]/@iot.id: there is no ObservedProperty with @iot.id 999",
         ),
         ({"Thing": None}, "Thing must be a JSON object"),
     ]
