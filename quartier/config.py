@@ -237,8 +237,9 @@ class ApiSettings(BaseModel):
     #: address's: a leaked key used from many addresses is limited too (0: no limit per key).
     key_rate_per_second: float = 20.0
     key_rate_burst: int = 200
-    #: ``GET /indicators`` serves stored values; older than this (seconds), a read recomputes
-    #: them first (the maintenance round refreshes them at this interval too).
+    #: ``GET /indicators`` serves stored values; older than this (seconds), a read still serves
+    #: them and starts a refresh in the background (``quartier indicators refresh --every S``
+    #: keeps them fresh: run it with S below this).
     indicators_max_age_seconds: float = Field(default=300.0, gt=0)
     #: Licence of the open data and the attribution it asks for, stated in the SensorThings
     #: service root (``serverSettings``).

@@ -177,3 +177,40 @@ def test_api_serves_the_stored_values(settings) -> None:
         assert {v.provenance["coverage_run"] for v in bb.current} == {run}
         city = client.get("/indicators/bb_households_1000?scope_type=city").json()
         assert [v["scope_type"] for v in city["current"]] == ["city"]
+
+
+def test_stale_values_are_served_at_once_and_refreshed_in_the_background(settings) -> None:
+    """A read of values older than api.indicators_max_age_seconds does not wait for the
+    recompute (minutes at scale, beyond the statement timeout): it gets the stored values and
+    a background refresh replaces them."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from quartier.api.app import create_app
+
+    settings.api.indicators_max_age_seconds = 60.0
+    old = datetime.now(UTC) - timedelta(hours=2)
+    with psycopg.connect(settings.require_database_url(), autocommit=True) as c:
+        import_districts(c)
+        current.refresh_indicators(c, old, trigger="test")  # stored two hours ago
+    with TestClient(create_app(settings)) as client:
+        r = client.get("/indicators")
+        assert r.status_code == 200
+        served = datetime.fromisoformat(r.json()["computed_at"])
+        assert served == old  # the stale values, not a recompute inside the request
+        deadline = time.monotonic() + 60
+        with psycopg.connect(settings.require_database_url(), autocommit=True) as c:
+            while True:
+                stored = current.read_current(c)
+                assert stored is not None
+                if stored.computed_at > old or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert stored.computed_at > datetime.now(UTC) - timedelta(minutes=5)
+            trigger = c.execute(
+                "select inputs->>'trigger' from indicator_refresh limit 1"
+            ).fetchone()
+            assert trigger is not None and trigger[0] == "stale"
+        fresh = client.get("/indicators").json()
+        assert datetime.fromisoformat(fresh["computed_at"]) == stored.computed_at

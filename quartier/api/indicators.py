@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, TypeAdapter
 
 from quartier.api.auth import require_scope
@@ -97,15 +97,23 @@ def _max_age(settings: Settings) -> timedelta:
 
 
 def _stored(
+    request: Request,
     conn: Conn,
     settings: Settings,
     ids: Sequence[str] | None = None,
     scope_type: str | None = None,
     scope_code: str | None = None,
 ) -> current.CurrentJson:
-    return current.current_json(
-        conn, ids, max_age=_max_age(settings), scope_type=scope_type, scope_code=scope_code
+    """The stored current values: computed first only if there are none yet; older than
+    ``api.indicators_max_age_seconds``, served as they are (``computed_at`` says when) while a
+    background refresh recomputes them (at a year of 2,000 datastreams that takes minutes, far
+    beyond a request's statement timeout)."""
+    stored = current.current_json(
+        conn, ids, scope_type=scope_type, scope_code=scope_code, stale_ok=True
     )
+    if datetime.now(UTC) - stored.computed_at > _max_age(settings):
+        current.refresh_in_background(request.app.state.pool, ids)
+    return stored
 
 
 _DEFINITIONS = TypeAdapter(list[IndicatorDefinition])
@@ -131,6 +139,7 @@ def _array(items: Sequence[str]) -> str:
     "/indicators", response_model=IndicatorList, operation_id="list_indicators", responses=_CSV
 )
 def list_indicators(
+    request: Request,
     conn: Conn,
     settings: AppSettings,
     format: Format = "json",
@@ -140,7 +149,7 @@ def list_indicators(
     data, or (manual indicators) the newest recorded value; each value with its provenance.
     Served from the stored current values (``computed_at``: when they were computed; see
     docs/evaluation.md for when they are recomputed)."""
-    stored = _stored(conn, settings, scope_type=scope_type)
+    stored = _stored(request, conn, settings, scope_type=scope_type)
     if format == "csv":
         return _csv(stored.parsed().values, "indicators.csv")
     return _json_object(
@@ -158,12 +167,14 @@ def list_indicators(
     responses={200: {"content": {"text/csv": {}}, "description": "current values as CSV"}},
 )
 def list_indicators_csv(
+    request: Request,
     conn: Conn,
     settings: AppSettings,
     scope_type: Annotated[str | None, Query(description="city or stadtbezirk")] = None,
 ) -> Response:
     """The current values of every indicator as CSV (one row per indicator, area and variant)."""
-    return _csv(_stored(conn, settings, scope_type=scope_type).parsed().values, "indicators.csv")
+    stored = _stored(request, conn, settings, scope_type=scope_type)
+    return _csv(stored.parsed().values, "indicators.csv")
 
 
 def _definition(indicator_id: str) -> IndicatorDefinition:
@@ -181,6 +192,7 @@ def _definition(indicator_id: str) -> IndicatorDefinition:
 )
 def get_indicator(
     indicator_id: str,
+    request: Request,
     conn: Conn,
     settings: AppSettings,
     scope_type: Annotated[str | None, Query(description="city or stadtbezirk")] = None,
@@ -202,7 +214,7 @@ def get_indicator(
     )  # fmt: skip
     if format == "csv":
         return _csv(hist, f"{indicator_id}.csv")
-    stored = _stored(conn, settings, [indicator_id], scope_type, scope_code)
+    stored = _stored(request, conn, settings, [indicator_id], scope_type, scope_code)
     note = stored.notes.get(indicator_id)
     return _json_object(
         definition=definition.model_dump_json(),

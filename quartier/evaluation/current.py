@@ -33,6 +33,7 @@ from typing import Any
 
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
 
 from quartier.config import Settings
 from quartier.evaluation import compute, storage
@@ -193,17 +194,60 @@ def current_json(
     now: datetime | None = None,
     scope_type: str | None = None,
     scope_code: str | None = None,
+    stale_ok: bool = False,
 ) -> CurrentJson:
     """The stored current values of ``ids`` as JSON; refreshed first when one was never
-    refreshed or its values are older than ``max_age``."""
+    refreshed or (unless ``stale_ok``: the caller refreshes them elsewhere) its values are older
+    than ``max_age``."""
     now = now or datetime.now(UTC)
     stored = read_current_json(conn, ids, scope_type=scope_type, scope_code=scope_code)
-    if stored is not None and now - stored.computed_at <= max_age:
+    if stored is not None and (stale_ok or now - stored.computed_at <= max_age):
         return stored
     refresh_indicators(conn, now, ids, trigger="read" if stored is None else "stale")
     fresh = read_current_json(conn, ids, scope_type=scope_type, scope_code=scope_code)
     assert fresh is not None  # just written
     return fresh
+
+
+#: held (session advisory lock) while a background refresh of stale values runs, so that of all
+#: API processes only one recomputes
+_BACKGROUND_LOCK = _LOCK + 1
+
+
+def refresh_in_background(pool: ConnectionPool, ids: Collection[str] | None = None) -> bool:
+    """Start refreshing ``ids`` in a thread with a connection of ``pool`` (no statement timeout:
+    at a year of 2,000 datastreams one refresh takes minutes) unless one runs already in this
+    process or another; True if started. A read that finds stale values serves them and calls
+    this, instead of making the reader wait for the refresh."""
+    if not _refreshing.acquire(blocking=False):
+        return False
+    wanted = None if ids is None else list(ids)
+
+    def run() -> None:
+        try:
+            with pool.connection() as conn:
+                with conn.cursor(row_factory=tuple_row) as cur:
+                    row = cur.execute(
+                        "select pg_try_advisory_lock(%s)", (_BACKGROUND_LOCK,)
+                    ).fetchone()
+                if not (row and row[0]):
+                    return  # another process refreshes them
+                try:
+                    conn.execute("set statement_timeout = 0")
+                    refresh_indicators(conn, ids=wanted, trigger="stale")
+                finally:
+                    conn.execute("reset statement_timeout")
+                    conn.execute("select pg_advisory_unlock(%s)", (_BACKGROUND_LOCK,))
+        except Exception as exc:  # logged; the next stale read tries again
+            log.warning("background refresh of the indicators failed: %s", exc)
+        finally:
+            _refreshing.release()
+
+    threading.Thread(target=run, name="indicator-refresh", daemon=True).start()
+    return True
+
+
+_refreshing = threading.Lock()
 
 
 def current(
