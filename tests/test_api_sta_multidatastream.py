@@ -13,13 +13,13 @@ from urllib.parse import unquote
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from sta_helpers import key, scalar
 
 from quartier.api import models as m
 from quartier.api.app import create_app
 from quartier.config import Settings
 from quartier.ingest.model import Batch, Observation, Position, Reading, Uplink
 from quartier.ingest.writer import BatchWriter
-from quartier.store import api_keys
 
 pytestmark = pytest.mark.services
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -110,19 +110,6 @@ def client(settings: Settings) -> Iterator[TestClient]:
     small = settings.model_copy(update={"api": settings.api.model_copy(update={"default_top": 10})})
     with TestClient(create_app(small)) as c:
         yield c
-
-
-def key(settings: Settings, *scopes: str) -> dict[str, str]:
-    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        _, token = api_keys.create(conn, "sta", scopes, created_by="test")
-    return {"Authorization": f"Bearer {token}"}
-
-
-def scalar(settings: Settings, query: str, *params: Any) -> Any:
-    with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
-        row = conn.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def get(client: TestClient, path: str, **params: str) -> Any:

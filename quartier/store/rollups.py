@@ -348,23 +348,13 @@ def _rewrite_sorted(
         conn.execute(sql.SQL("drop table {}").format(ident))
         conn.execute(sql.SQL("alter table {} rename to {}").format(new_ident, ident))
         conn.execute(
-            sql.SQL("alter table {} rename constraint {} to {}").format(
-                ident, sql.Identifier(f"{relname}_pkey_s"), sql.Identifier(f"{relname}_pkey")
-            )
-        )
-        conn.execute(
-            sql.SQL("alter index {} rename to {}").format(
-                sql.Identifier(f"{relname}_brin_s"),
-                sql.Identifier(f"{relname}_phenomenon_time_idx"),
-            )
-        )
-        conn.execute(
             sql.SQL("alter table {} drop constraint {}").format(
                 ident, sql.Identifier(f"{new}_bound")
             )
         )
         now = dict(conn.execute(_PARTITION_INDEXES, (relname,)).fetchall())
-        for parent, name in attached:  # every index under the name it had before
+        # every index (the primary key's with its constraint) under the name it had before
+        for parent, name in attached:
             if parent in now and now[parent] != name:
                 conn.execute(
                     sql.SQL("alter index {} rename to {}").format(
