@@ -12,8 +12,10 @@ measures p50/p95 of the query layer (``quartier.store.timeseries``, including Py
 repeated runs with varying datastreams, and a naive baseline (the same aggregates from raw rows,
 ``source="raw"``) in the same run, plus bytes per observation on disk.
 
-Starts its own PostgreSQL 15 (stock configuration of ``quartier services``; fsync off, which
-only speeds up the load) in a temp dir unless QUARTIER_TEST_DATABASE_URL is set.
+Starts its own PostgreSQL 15 (the configuration of ``quartier services``: fsync, synchronous
+commit and full-page writes on, as in production) in a temp dir unless QUARTIER_TEST_DATABASE_URL
+is set; ``--fsync-off`` starts it with ``fsync = off`` (faster loads, not durable) instead. The
+durability settings in force are read back from the server and printed for each phase.
 """
 
 from __future__ import annotations
@@ -183,6 +185,16 @@ def sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
     }
 
 
+def durability(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """The server's durability settings as in force (read back, not assumed)."""
+    rows = conn.execute(
+        "select name, setting from pg_settings where name in"
+        " ('fsync', 'synchronous_commit', 'full_page_writes', 'wal_level', 'shared_buffers',"
+        " 'max_wal_size', 'jit') order by name"
+    ).fetchall()
+    return {name: setting for name, setting in rows}
+
+
 # ------------------------------------------------------------------------------------ measuring
 def measure(fn: Callable[[int], Any], repeat: int, warmup: int = 3) -> dict[str, float]:
     for i in range(warmup):
@@ -216,6 +228,16 @@ def main() -> None:
         help="load, compact and measure bytes per observation; no rollups, no queries",
     )
     ap.add_argument("--keep", action="store_true", help="leave the database and server running")
+    ap.add_argument(
+        "--fsync-off",
+        action="store_true",
+        help="PostgreSQL with fsync, synchronous_commit, full_page_writes off (not durable)",
+    )
+    ap.add_argument(
+        "--load-only",
+        action="store_true",
+        help="load, build rollups, compact, measure storage, keep the database; no queries",
+    )
     ap.add_argument(
         "--queries-only",
         metavar="URL",
@@ -258,7 +280,7 @@ def main() -> None:
     if not admin:
         state = Path(tempfile.mkdtemp(prefix="quartier-bench-store-"))
         os.chmod(state, 0o755)
-        local = LocalServices(state, fast_unsafe=True)
+        local = LocalServices(state, fast_unsafe=args.fsync_off)
         admin = local.up().database_url
     report: dict[str, Any] = {
         "datastreams": args.datastreams,
@@ -271,7 +293,9 @@ def main() -> None:
         report["schema"] = "migrations as shipped (derived Observation ids, no id column)"
         with psycopg.connect(url, autocommit=True) as conn:
             report["server"] = conn.execute("show server_version").fetchone()[0]
+            report["durability_load"] = durability(conn)
             conn.execute("select quartier_ensure_observation_partitions(%s, %s)", (T0, end))
+        log(f"durability (write phase): {report['durability_load']}")
         ds_ids = make_datastreams(url, args.datastreams)
         expected = len(ds_ids) * days * per_day
         log(
@@ -348,6 +372,12 @@ def main() -> None:
             f"(with rollups and latest {report['bytes_per_observation_with_rollups']:.1f})"
         )
 
+        if args.load_only:
+            args.keep = True
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=2, default=str))
+            log(f"load only: {json.dumps(report, default=str)}")
+            return
         report["queries"] = run_queries(url, ds_ids, days, args.repeat, args.naive_repeat)
         report["incremental"] = incremental(url, ds_ids, end, args.repeat)
         if args.json:
