@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
@@ -34,7 +34,7 @@ from quartier.store.pgcopy import (
     TimestamptzArray,
     write_copy,
 )
-from quartier.store.registry import Registry
+from quartier.store.registry import Registry, Wanted
 from quartier.store.timeseries import ORIGIN, ROLLUPS
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,22 @@ def _observations_written(conn: Conn, ds: I64, t_us: I64, value: F64) -> None:
             Float8Array(value[last]),
         ),
     )
+
+
+def _wanted(batch: Batch) -> Iterator[Wanted]:
+    """What each message of ``batch`` needs of the registry (``Registry.prepare``)."""
+    for uplink, *_ in batch.uplinks:
+        if uplink.readings:
+            yield (
+                uplink.network,
+                uplink.device,
+                uplink.location,
+                uplink.location_from_gateway,
+                {r.quantity for r in uplink.readings},
+            )
+    for m in batch.columns.messages:
+        q = m.quantity
+        yield m.network, m.device, m.location, False, (q,) if type(q) is str else q
 
 
 def _first_per_key(ds: I64, t_us: I64) -> npt.NDArray[np.bool_] | None:
@@ -331,6 +347,7 @@ class BatchWriter:
     def _write(self, conn: Conn, batch: Batch) -> WriteResult:
         res = WriteResult()
         rejects = list(batch.rejects)
+        self.registry.prepare(conn, _wanted(batch))
         rows, row_ds, row_us, row_v = self._rows(conn, batch, rejects)
         col_ds, col_us, col_v = self._columns(conn, batch, rejects)
         direct = batch.observations

@@ -6,7 +6,7 @@ their write transaction."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from psycopg.types.json import Jsonb
@@ -51,6 +51,10 @@ def _int(value: object) -> int:
     assert isinstance(value, int)
     return value
 
+
+#: what a message needs of the registry: (network, device key, position or None, whether the
+#: position is its gateway's, the quantities it carries)
+Wanted = tuple[str, str, Place | None, bool, Iterable[str]]
 
 #: a reported position closer than this (degrees, about a metre) to the current one is no move
 _SAME_PLACE_DEG = 1e-5
@@ -163,6 +167,39 @@ class Registry:
             )
         return personal
 
+    def prepare(self, conn: Conn, wanted: Iterable[Wanted]) -> None:
+        """Register the batch's unknown devices, then its missing datastreams, each in sorted
+        order, before its readings are resolved one by one. Registrations take locks held until
+        the batch commits (an advisory lock per device and per datastream, index entries); taken
+        in one global order, two writers registering the same new devices wait for each other
+        instead of deadlocking. An unknown device that may not be registered is left for the
+        caller, which rejects its message."""
+        devices = self._devices
+        streams = self._streams
+        new: dict[tuple[str, str], tuple[Place | None, bool, set[str]]] = {}
+        missing: set[tuple[int, str]] = set()
+        for network, device, location, from_gateway, quantities in wanted:
+            key = (network, device)
+            dev = devices.get(key)
+            if dev is None:
+                entry = new.get(key)
+                if entry is None:
+                    entry = new[key] = (location, from_gateway, set())
+                entry[2].update(quantities)
+            else:
+                missing.update((dev, q) for q in quantities if (dev, q) not in streams)
+        if not new and not missing:
+            return
+        for key in sorted(new):
+            location, from_gateway, quantities = new[key]
+            try:
+                dev = self.device_id(conn, *key, location, from_gateway=from_gateway)
+            except UnknownDevice:
+                continue
+            missing.update((dev, q) for q in quantities if (dev, q) not in streams)
+        for dev, q in sorted(missing):
+            self.datastream_id(conn, dev, q)
+
     def datastream_id(self, conn: Conn, device_id: int, quantity: str) -> int:
         key = (device_id, quantity)
         found = self._streams.get(key)
@@ -223,12 +260,19 @@ class Registry:
         ).fetchone()
         assert dev is not None
         thing_id, thing_name = dev
-        op = conn.execute(
-            "insert into observed_property (name, definition, description, properties) "
-            "values (%s, %s, %s, %s) on conflict (definition) do update set name = excluded.name "
-            "returning id",
-            (q.name, q.definition, q.name, Jsonb({"key": q.key, "name_de": q.name_de})),
-        ).fetchone()
+        # read first: an upsert would lock the shared row until this batch commits, so every
+        # writer creating a datastream of the same quantity would wait for the others
+        op = (
+            conn.execute(
+                "select id from observed_property where definition = %s", (q.definition,)
+            ).fetchone()
+            or conn.execute(
+                "insert into observed_property (name, definition, description, properties) "
+                "values (%s, %s, %s, %s) on conflict (definition) do update set name = excluded.name "
+                "returning id",
+                (q.name, q.definition, q.name, Jsonb({"key": q.key, "name_de": q.name_de})),
+            ).fetchone()
+        )
         sensor = conn.execute(
             "insert into sensor (name, description, properties) values (%s, %s, %s) returning id",
             (f"{thing_name} {q.key}", f"Sensor measuring {q.name}", Jsonb({"quantity": q.key})),
