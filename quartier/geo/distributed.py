@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import geopandas as gpd
@@ -56,6 +57,8 @@ from quartier.geo.analysis import (
     district_names,
     district_sums,
     gaps_frame,
+    operator_counts,
+    top_operators,
 )
 from quartier.geo.gaps import (
     CELL,
@@ -68,6 +71,7 @@ from quartier.geo.gaps import (
     score_clusters,
 )
 from quartier.geo.memory import release_free_memory
+from quartier.geo.speedtest_cells import MIN_CONTRIBUTORS
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +82,55 @@ Tile = tuple[int, int]  # (row // tile_cells, column // tile_cells)
 
 
 class TileSource(Protocol):
-    """Makes a tile's inputs where the task runs (e.g. a generator), so that they never pass
-    through the client."""
+    """Makes a tile's inputs where the task runs (PostgreSQL, a generator), so that they never
+    pass through the client."""
 
     def load(self, tile: Tile, tile_cells: int) -> CoverageInputs: ...
+
+
+@dataclass(frozen=True)
+class StoreTiles:
+    """A :class:`TileSource` that reads each tile's inputs from PostgreSQL in the worker
+    (:func:`quartier.geo.input_store.load_inputs` with ``cells``: through the tables' geometry
+    index, each input kind under k-anonymity as in one process, which is per cell and so per
+    tile). Picklable: the workers need ``conninfo`` to reach PostgreSQL."""
+
+    conninfo: str
+    since: datetime | None = None
+    until: datetime | None = None
+    min_contributors: int = MIN_CONTRIBUTORS
+
+    def load(self, tile: Tile, tile_cells: int) -> CoverageInputs:
+        import psycopg
+
+        from quartier.geo.input_store import load_inputs
+
+        x0, y0, x1, y1 = _tile_bounds(tile, tile_cells)
+        with psycopg.connect(self.conninfo) as conn:
+            return load_inputs(
+                conn, district_level=None, since=self.since, until=self.until,
+                min_contributors=self.min_contributors,
+                cells=(int(x0), int(y0), int(x1), int(y1)),
+            )  # fmt: skip
+
+
+def store_tiles(conn: Any, tile_cells: int = TILE_CELLS) -> list[Tile]:
+    """The tiles of the stored inputs' extent (every tile of the bounding box of their cells;
+    those without a row are dropped once read)."""
+    from psycopg import sql
+
+    side = tile_cells * CELL
+    extent = sql.SQL("select min(cell_e), max(cell_e), min(cell_n), max(cell_n) from {}")
+    found = [
+        conn.execute(extent.format(sql.Identifier(table))).fetchone()
+        for table in ("household", "broadband_offer", "speedtest", "mobile_measurement")
+    ]
+    boxes = [row for row in found if row is not None and row[0] is not None]
+    if not boxes:
+        return []
+    e0, e1 = min(int(b[0]) for b in boxes) // side, max(int(b[1]) for b in boxes) // side
+    n0, n1 = min(int(b[2]) for b in boxes) // side, max(int(b[3]) for b in boxes) // side
+    return [(r, c) for r in range(n0, n1 + 1) for c in range(e0, e1 + 1)]
 
 
 # --- splitting inputs held by the client ---------------------------------------------------------
@@ -178,6 +227,17 @@ def _tile_bounds(tile: Tile, tile_cells: int) -> tuple[float, float, float, floa
     r, c = tile
     side = tile_cells * CELL
     return c * side, r * side, (c + 1) * side, (r + 1) * side
+
+
+def _load_tile(source: TileSource, tile: Tile, tile_cells: int) -> CoverageInputs:
+    return source.load(tile, tile_cells)
+
+
+def _input_counts(inputs: CoverageInputs) -> tuple[int, dict[str, int]]:
+    """A tile's input rows and its measurements per operator."""
+    rows = sum(len(f) for f in (inputs.households, inputs.offers, inputs.speedtests,
+                                inputs.signals))  # fmt: skip
+    return rows, operator_counts(inputs.signals)
 
 
 def _analyse_tile(
@@ -370,7 +430,7 @@ class TiledResult:
 def analyse_tiled(
     client: Any,
     tiles: Mapping[Tile, CoverageInputs | Any] | Iterable[Tile],
-    operators: Sequence[str],
+    operators: Sequence[str] | None,
     districts: gpd.GeoDataFrame | None,
     params: AnalysisParams | None = None,
     *,
@@ -381,9 +441,37 @@ def analyse_tiled(
 ) -> TiledResult:
     """Analyse tile by tile on ``client``'s cluster. ``tiles``: each tile's inputs (in memory or
     futures, see :func:`split_inputs`), or only the tiles when ``source`` makes their inputs in
-    the workers. ``operators``: those of the run (:func:`quartier.geo.analysis.top_operators`).
-    ``sink`` writes each tile's cells in its worker; ``keep_cells`` gathers them instead."""
+    the workers. ``operators``: those of the run (:func:`quartier.geo.analysis.top_operators`),
+    or None: the tiles' inputs are made first (and kept in the workers), counted per operator,
+    and the run's operators picked from the sums, as :func:`analyse` picks them; tiles without
+    a row are then left out. ``sink`` writes each tile's cells in its worker; ``keep_cells``
+    gathers them instead."""
     p = params or AnalysisParams()
+    if isinstance(tiles, Mapping):
+        tile_list = sorted(tiles)
+        data: dict[Tile, Any] = dict(tiles)
+    else:
+        if source is None:
+            raise ValueError("tiles without inputs need a source")
+        tile_list = sorted(set(tiles))
+        [src_f] = client.scatter([source], broadcast=True, hash=False)
+        if operators is None:
+            data = {t: client.submit(_load_tile, src_f, t, tile_cells, priority=-i)
+                    for i, t in enumerate(tile_list)}  # fmt: skip
+        else:
+            data = dict.fromkeys(tile_list, src_f)
+    if operators is None:
+        counted = client.gather([client.submit(_input_counts, data[t]) for t in tile_list])
+        totals: dict[str, int] = {}
+        for _, per_operator in counted:
+            for name, n in per_operator.items():
+                totals[name] = totals.get(name, 0) + n
+        operators = top_operators(totals)
+        empty = [t for t, (rows, _) in zip(tile_list, counted, strict=True) if rows == 0]
+        for t in empty:
+            del data[t]
+        tile_list = [t for t in tile_list if t in data]
+        log.info("%d tiles read, %d of them empty", len(counted), len(empty))
     codes, names = district_names(districts)
     projected = (
         districts.to_crs(grid.GRID_CRS) if districts is not None and len(districts) else None
@@ -395,15 +483,6 @@ def analyse_tiled(
     )
     ctx = _Context(p, list(operators), codes, names, projected, bounds)
     [ctx_f] = client.scatter([ctx], broadcast=True, hash=False)
-    if isinstance(tiles, Mapping):
-        tile_list = sorted(tiles)
-        data: dict[Tile, Any] = dict(tiles)
-    else:
-        if source is None:
-            raise ValueError("tiles without inputs need a source")
-        tile_list = sorted(set(tiles))
-        [src_f] = client.scatter([source], broadcast=True, hash=False)
-        data = dict.fromkeys(tile_list, src_f)
     parts = {
         t: client.submit(_analyse_tile, data[t], t, tile_cells, ctx_f, priority=-i)
         for i, t in enumerate(tile_list)
@@ -614,5 +693,5 @@ def scatter_tiles(client: Any, parts: dict[Tile, CoverageInputs]) -> dict[Tile, 
     return dict(zip(parts.keys(), futures, strict=True))
 
 
-__all__ = ["TILE_CELLS", "CellSink", "TileSource", "TiledResult", "analyse_tiled",
-           "local_cluster", "scatter_tiles", "split_inputs"]  # fmt: skip
+__all__ = ["TILE_CELLS", "CellSink", "StoreTiles", "TileSource", "TiledResult", "analyse_tiled",
+           "local_cluster", "scatter_tiles", "split_inputs", "store_tiles"]  # fmt: skip

@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from quartier.errors import ConfigError
+from quartier.geo import grid as geo_grid
 from quartier.geo import io as geo_io
 from quartier.geo.analysis import FIXED_TECHNOLOGIES, MOBILE_TECHNOLOGIES, CoverageInputs
 from quartier.geo.memory import release_free_memory
@@ -47,7 +48,7 @@ def _operators(conn: Conn) -> list[str]:
 
 
 def _read_signals(
-    conn: Conn, window: str, period: dict[str, Any]
+    conn: Conn, window: str, period: dict[str, Any], ranges: bool = True
 ) -> tuple[list[str], dict[str, npt.NDArray[Any]]]:
     """The signal measurements with operator codes (index in the returned list) and technology
     codes (index in MOBILE_TECHNOLOGIES). PostgreSQL sends both in one int4: ``hashtext(operator)``
@@ -67,6 +68,7 @@ def _read_signals(
          ("dev", "int4", "hashtext(device_key)")],
         window,
         period,
+        ranges=ranges,
     )  # fmt: skip
     _only_contributed(signals, int(period.get("min_contributors") or 1))
     # technology: '2G' '3G' '4G' '5G' (the table's check) → 0…3, the order of MOBILE_TECHNOLOGIES
@@ -94,24 +96,53 @@ def _only_contributed(columns: dict[str, npt.NDArray[Any]], min_contributors: in
             columns[name] = columns[name][keep]
 
 
+def _cell_area(cells: tuple[int, int, int, int]) -> tuple[str, dict[str, Any]]:
+    """The condition for rows whose cell lies in ``[e0, e1) × [n0, n1)`` (EPSG:3035 metres),
+    found by the tables' geometry index: an envelope around the area in WGS84 (its boundary
+    projected point by point, plus about 100 m), then the cells themselves."""
+    e0, n0, e1, n1 = cells
+    t = np.linspace(0.0, 1.0, 33)
+    xs = np.concatenate([e0 + (e1 - e0) * t, np.full(33, e1), e1 - (e1 - e0) * t, np.full(33, e0)])
+    ys = np.concatenate([np.full(33, n0), n0 + (n1 - n0) * t, np.full(33, n1), n1 - (n1 - n0) * t])
+    lon, lat = geo_grid.from_grid_crs(xs, ys)
+    margin = 0.002  # degrees: ≥ 127 m of longitude up to 55° N, 222 m of latitude
+    condition = (
+        "geom && ST_MakeEnvelope(%(lon0)s, %(lat0)s, %(lon1)s, %(lat1)s, 4326)"
+        " and cell_n >= %(n0)s and cell_n < %(n1)s and cell_e >= %(e0)s and cell_e < %(e1)s"
+    )
+    return condition, {
+        "e0": int(e0), "n0": int(n0), "e1": int(e1), "n1": int(n1),
+        "lon0": float(lon.min()) - margin, "lat0": float(lat.min()) - margin,
+        "lon1": float(lon.max()) + margin, "lat1": float(lat.max()) + margin,
+    }  # fmt: skip
+
+
 def load_inputs(
     conn: Conn,
     *,
-    district_level: str = "stadtbezirk",
+    district_level: str | None = "stadtbezirk",
     since: datetime | None = None,
     until: datetime | None = None,
     conninfo: str | None = None,
     min_contributors: int = MIN_CONTRIBUTORS,
+    cells: tuple[int, int, int, int] | None = None,
 ) -> CoverageInputs:
     """Households, offers, speed tests and signal measurements (the latter two measured in
-    ``[since, until]``, either bound optional) by cell, and the districts of one level. With
-    ``conninfo`` the signal measurements are read over a second connection at the same time.
+    ``[since, until]``, either bound optional) by cell, and the districts of one level (none
+    with ``district_level`` None). With ``conninfo`` the signal measurements are read over a
+    second connection at the same time. With ``cells`` = (e0, n0, e1, n1), only the rows whose
+    cell lies in ``[e0, e1) × [n0, n1)`` (a Dask tile, read through the geometry index).
 
     k-anonymity: speed tests and signal measurements only of cells where at least
     ``min_contributors`` distinct devices measured (each kind counted on its own), so that
     nothing the analysis publishes stems from fewer (docs/privacy.md)."""
     period: dict[str, Any] = {"since": since, "until": until, "min_contributors": min_contributors}
+    area, ranges = "true", cells is None
+    if cells is not None:
+        area, bounds = _cell_area(cells)
+        period.update(bounds)
     window = (
+        f"({area}) and "
         "(%(since)s::timestamptz is null or measured_at >= %(since)s) and "
         "(%(until)s::timestamptz is null or measured_at <= %(until)s)"
     )
@@ -121,7 +152,7 @@ def load_inputs(
 
         def other() -> tuple[list[str], dict[str, npt.NDArray[Any]]]:
             with psycopg.connect(conninfo) as second:
-                return _read_signals(second, window, period)
+                return _read_signals(second, window, period, ranges)
 
         pending = pool.submit(other)
     hh = read_table_columns(
@@ -129,6 +160,9 @@ def load_inputs(
         "household",
         [("cell_e", "int4", "cell_e"), ("cell_n", "int4", "cell_n"),
          ("households", "int4", "households")],
+        area,
+        period,
+        ranges=ranges,
     )  # fmt: skip
     offers = read_table_columns(
         conn,
@@ -137,7 +171,9 @@ def load_inputs(
          ("tech", "int2", "(array_position(%(tech)s::text[], technology) - 1)::int2"),
          ("down", "float4", "max_down_mbps"),
          ("up", "float4", "coalesce(max_up_mbps, 'NaN'::real)")],
-        params={"tech": list(FIXED_TECHNOLOGIES)},
+        area,
+        {**period, "tech": list(FIXED_TECHNOLOGIES)},
+        ranges=ranges,
     )  # fmt: skip
     tests = read_table_columns(
         conn,
@@ -146,14 +182,15 @@ def load_inputs(
          ("down", "float4", "download_mbps"), ("dev", "int4", "hashtext(device_key)")],
         window,
         period,
+        ranges=ranges,
     )  # fmt: skip
     _only_contributed(tests, min_contributors)
     if pending is not None and pool is not None:
         ops, signals = pending.result()
         pool.shutdown()
     else:
-        ops, signals = _read_signals(conn, window, period)
-    districts = geo_io.load_districts(conn, district_level)
+        ops, signals = _read_signals(conn, window, period, ranges)
+    districts = geo_io.load_districts(conn, district_level) if district_level else None
 
     def frame(columns: dict[str, Any]) -> pd.DataFrame:
         return pd.DataFrame(columns, copy=False)
@@ -176,7 +213,7 @@ def load_inputs(
             "technology": pd.Categorical.from_codes(signals["tech"], MOBILE_TECHNOLOGIES),
             "signal_dbm": signals["level"],
         }),
-        districts=districts if len(districts) else None,
+        districts=districts if districts is not None and len(districts) else None,
     )  # fmt: skip
 
 

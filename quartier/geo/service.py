@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quartier.errors import BadRequestError
-from quartier.geo.analysis import AnalysisParams, CoverageResult, _operators, analyse
+from quartier.geo.analysis import AnalysisParams, CoverageResult, analyse
 from quartier.geo.input_store import load_inputs
 from quartier.geo.profiles import PROFILES
 from quartier.geo.run_store import (
@@ -84,6 +84,10 @@ def analyse_and_store(
     result = analyse(inputs, params)
     step(ANALYSIS_STEPS[2])
     run_id = save_result(conn, result, inputs.districts)
+    # the maps' layers of the run, made once here so that a map page reads them (issue #15)
+    from quartier.maps.layer_store import store_run_layers
+
+    store_run_layers(conn, run_id, min_contributors=min_contributors, since=since, until=until)
     if on_stored is not None:
         on_stored(conn, run_id)
     return run_id, result
@@ -104,32 +108,26 @@ def analyse_and_store_on_dask(
     min_contributors: int = MIN_CONTRIBUTORS,
 ) -> tuple[int, TiledResult]:
     """:func:`analyse_and_store` with the analysis on ``client``'s Dask cluster, tile by tile
-    (:mod:`quartier.geo.distributed`): the inputs are read here and handed to the workers per
-    tile; each tile writes its cells with its own COPY over its own connection (``conninfo``)
-    into the run's new table, which is attached, with the gaps and districts, in the caller's
-    transaction. The same result as the single process. A failed run leaves no table behind."""
+    (:mod:`quartier.geo.distributed`): each worker reads its tiles' inputs from PostgreSQL
+    itself (``conninfo``; the client reads only the districts and the inputs' extent); each
+    tile writes its cells with its own COPY over its own connection into the run's new table,
+    which is attached, with the gaps and districts, in the caller's transaction. The same
+    result as the single process. A failed run leaves no table behind."""
     from quartier.geo import distributed
+    from quartier.geo.io import load_districts
 
     p = params or AnalysisParams()
     step = progress or (lambda _s: None)
     step(ANALYSIS_STEPS[0])
-    inputs = load_inputs(
-        conn,
-        district_level=district_level,
-        since=since,
-        until=until,
-        conninfo=conninfo,
-        min_contributors=min_contributors,
-    )
-    step(ANALYSIS_STEPS[1])
     size = tile_cells or distributed.TILE_CELLS
-    operators = _operators(inputs.signals)
-    districts = inputs.districts
-    tiles = distributed.scatter_tiles(client, distributed.split_inputs(inputs, size))
-    del inputs
+    found = load_districts(conn, district_level)
+    districts = found if len(found) else None
+    tiles = distributed.store_tiles(conn, size)
+    source = distributed.StoreTiles(conninfo, since, until, min_contributors)
+    step(ANALYSIS_STEPS[1])
     return store_tiled(
-        conn, client, conninfo, tiles, operators, districts, p,
-        tile_cells=size, progress=step, on_stored=on_stored,
+        conn, client, conninfo, tiles, None, districts, p,
+        tile_cells=size, source=source, progress=step, on_stored=on_stored,
     )  # fmt: skip
 
 
@@ -138,7 +136,7 @@ def store_tiled(
     client: Any,
     conninfo: str,
     tiles: Any,
-    operators: list[str],
+    operators: list[str] | None,
     districts: Any,
     params: AnalysisParams,
     *,

@@ -307,6 +307,7 @@ def read_table_columns(
     params: Mapping[str, Any] | None = None,
     *,
     batch_rows: int = 262_144,
+    ranges: bool = True,
 ) -> dict[str, npt.NDArray[Any]]:
     """Every row of ``table`` matching ``where`` as one numpy array per column. ``columns``:
     (name, kind, SQL expression) with ``kind`` one of int2, int4, int8, float4, float8; no value
@@ -318,7 +319,10 @@ def read_table_columns(
     the data itself (0.7 µs a row). Here PostgreSQL aggregates each range of about
     ``batch_rows`` rows (a TID range scan over consecutive heap blocks) into one array per
     column, and one COPY row is a whole batch: Python handles a few dozen messages. Before
-    PostgreSQL 14 (no TID range scans) it falls back to :func:`read_copy`."""
+    PostgreSQL 14 (no TID range scans) it falls back to :func:`read_copy`.
+
+    ``ranges=False``: one aggregate over ``where`` instead, for a small part of the table that an
+    index finds (the TID ranges would visit every block)."""
     if conn.info.server_version < 140000:
         plain = sql.SQL("select {} from {} where {}").format(
             sql.SQL(", ").join(sql.SQL(expr) for _, _, expr in columns),
@@ -337,7 +341,7 @@ def read_table_columns(
     aggs = sql.SQL(", ").join(
         sql.SQL("array_agg({})").format(sql.SQL(expr)) for _, _, expr in columns
     )
-    query = sql.SQL(
+    query: sql.Composable = sql.SQL(
         "select _cols.* from generate_series(0, pg_relation_size({table_lit}::regclass)"
         " / current_setting('block_size')::int, {step}) _batch(_first_block),"
         " lateral (select {aggs} from {table}"
@@ -350,6 +354,10 @@ def read_table_columns(
         table=sql.Identifier(table),
         where=sql.SQL(where),
     )
+    if not ranges:
+        query = sql.SQL("select {aggs} from {table} where {where}").format(
+            aggs=aggs, table=sql.Identifier(table), where=sql.SQL(where)
+        )
     stmt = sql.SQL("copy ({}) to stdout (format binary)").format(query)
     elements = [np.dtype([("_l", ">i4"), ("v", _WIRE[kind])]) for _, kind, _ in columns]
     parts: list[list[npt.NDArray[Any]]] = [[] for _ in columns]
