@@ -70,7 +70,7 @@ def fresh_db(admin_url: str) -> str:
 
 
 #: bump when the generated data changes: a kept database of another version is loaded again
-DATA_VERSION = {"koeln": 1, "state": 2}
+DATA_VERSION = {"koeln": 1, "state": 3}
 
 
 def kept_db(admin_url: str, case: str, load: Callable[[str], None]) -> str:
@@ -274,6 +274,21 @@ def _bulk_mode(conn: psycopg.Connection[Any]) -> list[str]:
     return restore
 
 
+#: distinct devices of the Bundesland's speed tests and signal measurements: each row's device is
+#: drawn at random, so a cell with 5 or more rows almost always has 5 distinct devices and passes
+#: k-anonymity (``privacy.min_contributors``), as crowdsourced data from many phones would
+STATE_TEST_DEVICES = 300_000
+STATE_SIGNAL_DEVICES = 200_000
+
+
+def _device_keys(rng: np.random.Generator, n: int, devices: int) -> np.ndarray:
+    """``n`` device keys (16 hex digits, like stored pseudonyms) of ``devices`` distinct ones."""
+    ids = rng.integers(0, 2**63, devices, dtype=np.int64)
+    nibbles = (ids[:, None] >> np.arange(60, -4, -4, dtype=np.int64)) & 15
+    hex_keys = np.frombuffer(b"0123456789abcdef", np.uint8)[nibbles].view("S16").ravel()
+    return hex_keys[rng.integers(0, devices, n)]
+
+
 def load_state(url: str) -> None:
     """Load the Bundesland by binary COPY built with numpy straight into the input tables (cells
     computed once in numpy, indexes built afterwards)."""
@@ -314,8 +329,9 @@ def load_state(url: str) -> None:
             ("max_down_mbps", ">f4", o["max_down_mbps"].to_numpy()),
             ("max_up_mbps", ">f4", o["max_up_mbps"].to_numpy()), *located(o)])  # fmt: skip
         s = f["tests"]
+        rng = np.random.default_rng(4)  # device keys: many phones, each measuring a few times
         _copy_fixed(conn, "speedtest", [
-            src, ("device_key", "S5", b"bench"),
+            src, ("device_key", "S16", _device_keys(rng, len(s), STATE_TEST_DEVICES)),
             ("measured_at", ">i8", start_us + np.arange(len(s), dtype=np.int64) * 1_000_000),
             ("download_mbps", ">f4", s["download_mbps"].to_numpy()), *located(s)])  # fmt: skip
         conn.commit()
@@ -323,6 +339,7 @@ def load_state(url: str) -> None:
         ops = sig["operator"].to_numpy()
         techs = sig["technology"].to_numpy()
         at = start_us + np.arange(len(sig), dtype=np.int64) * 1_000
+        sig_keys = _device_keys(rng, len(sig), STATE_SIGNAL_DEVICES)
         for op in np.unique(ops):
             for two_g in (False, True):
                 sel = np.flatnonzero((ops == op) & ((techs == "2G") == two_g))
@@ -330,7 +347,7 @@ def load_state(url: str) -> None:
                 level = "rssi_dbm" if two_g else "rsrp_dbm"
                 op_bytes = str(op).encode()
                 _copy_fixed(conn, "mobile_measurement", [
-                    src, ("device_key", "S5", b"bench"), ("measured_at", ">i8", at[sel]),
+                    src, ("device_key", "S16", sig_keys[sel]), ("measured_at", ">i8", at[sel]),
                     ("technology", "S2", techs[sel].astype("S2")),
                     ("operator", f"S{len(op_bytes)}", op_bytes),
                     (level, ">f4", part[level].to_numpy()), *located(part)])  # fmt: skip
@@ -624,10 +641,13 @@ def naive(inputs: CoverageInputs, params: AnalysisParams) -> dict[str, Any]:
     return {"cells": len(per), "clusters": len(clusters), "stats": stats}
 
 
-def run_state_child(url: str, repeat: int) -> dict[str, Any]:
+def run_state_child(url: str, repeat: int, e2e_only: bool = False) -> dict[str, Any]:
     """The Bundesland end to end in this (child) process; peak RSS included."""
     runs = [end_to_end(url) for _ in range(repeat)]
     best = min(runs, key=lambda r: r["total"])
+    if e2e_only:
+        return {"best": best, "runs": [r["total"] for r in runs], "phases": runs,
+                "peak_rss_bytes": peak_rss_bytes()}  # fmt: skip
     with psycopg.connect(url) as conn:
         inputs = input_store.load_inputs(conn)
     t = _t()
@@ -692,7 +712,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", choices=["koeln", "state", "both", "country"], default="both")
     ap.add_argument("--workers", type=int, default=2, help="Dask workers (country, state-dask)")
-    ap.add_argument("--tile-km", type=int, default=10, help="tile side on Dask")
+    ap.add_argument("--tile-km", type=int, default=None,
+                    help="tile side on Dask (default: the analysis' default, "
+                         "quartier.geo.distributed.TILE_CELLS; the country case: 10)")  # fmt: skip
     ap.add_argument(
         "--fraction",
         type=int,
@@ -700,7 +722,13 @@ def main() -> None:
         help="country: analyse 1/N of its tiles (a square block) and project",
     )
     ap.add_argument("--dask", action="store_true",
-                    help="state: also run it on a local Dask cluster and compare")  # fmt: skip
+                    help="state: run it in one process and on a local Dask cluster in turns, "
+                         "--repeat times each, and compare")  # fmt: skip
+    ap.add_argument("--fsync-off", dest="fsync_on", action="store_false",
+                    help="keep the local PostgreSQL's fsync off for the measured runs (default: "
+                         "fsync, synchronous_commit and full_page_writes on; loading is "
+                         "always without)")  # fmt: skip
+    ap.add_argument("--e2e-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--state-child", help=argparse.SUPPRESS)
     ap.add_argument("--state-dask-child", help=argparse.SUPPRESS)
@@ -712,7 +740,7 @@ def main() -> None:
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the finally: stop PostgreSQL
     if args.state_child:
-        print(json.dumps(run_state_child(args.state_child, args.repeat)))
+        print(json.dumps(run_state_child(args.state_child, args.repeat, args.e2e_only)))
         return
     if args.state_dask_child:
         print(json.dumps(bench_state_dask(args.state_dask_child, args.workers, args.tile_km)))
@@ -733,14 +761,20 @@ def main() -> None:
         admin = local.up().database_url
     assert admin is not None
 
+    # the local PostgreSQL loads without fsync; the measured runs have it on (--fsync-off: not)
+    switch = local is not None and args.fsync_on
+
     def database(case: str, load: Callable[[str], None]) -> str:
         t = _t()
+        if switch:
+            durability(admin, on=False)
         if keep:
             url = kept_db(admin, case, load)
         else:
             url = fresh_db(admin)
             load(url)
         print(f"  ready in {_t() - t:.1f} s")
+        durability(admin, on=True if switch else None)
         return url
 
     try:
@@ -767,6 +801,9 @@ def main() -> None:
         if args.case in ("state", "both"):
             print("Bundesland: loading …")
             url = database("state", load_state)
+        if args.case == "state" and args.dask:
+            compare_state_dask(url, args.repeat, args.workers, args.tile_km)
+        elif args.case in ("state", "both"):
             out = subprocess.run(
                 [sys.executable, __file__, "--state-child", url, "--repeat",
                  str(max(1, args.repeat - 1))], check=True, capture_output=True, text=True,
@@ -789,30 +826,16 @@ def main() -> None:
             print(f"  load average (1, 5, 15 min): {os.getloadavg()}")
             _verdict("Bundesland end to end ≤ 60 s", b["total"], TARGETS["state_e2e"])
             _verdict("Bundesland memory ≤ 2 GB (10^9 bytes)", rss / 1e9, TARGETS["state_mem_gb"])
-            if args.dask:
-                out = subprocess.run(
-                    [sys.executable, __file__, "--state-dask-child", url, "--workers",
-                     str(args.workers), "--tile-km", str(args.tile_km)],
-                    check=True, capture_output=True, text=True,
-                )  # fmt: skip
-                d = json.loads(out.stdout.strip().splitlines()[-1])
-                speedup = b["total"] / d["seconds"]
-                print(f"Bundesland on Dask ({args.workers} workers, {args.tile_km} km tiles): "
-                      f"{d['seconds']:.1f} s end to end, {speedup:.2f}x the single process "
-                      f"({b['total']:.1f} s); worker peaks "
-                      f"{', '.join(f'{p / 1e9:.2f}' for p in d['peaks'])} GB, client "
-                      f"{d['driver_peak'] / 1e9:.2f} GB; result {d['same']}")  # fmt: skip
-                print(f"  load average (1, 5, 15 min): {os.getloadavg()}")
-                print(f"  ≥ 1.6x on {args.workers} workers: "
-                      f"{'met' if speedup >= 1.6 else 'NOT met'} ({speedup:.2f}x)")  # fmt: skip
         if args.case == "country":
             print(f"Country: 1/{args.fraction} of the tiles, generated in the workers …")
             url = fresh_db(admin)
-            c = bench_country(url, args.fraction, args.workers, args.tile_km)
+            durability(admin, on=True if switch else None)
+            c = bench_country(url, args.fraction, args.workers, args.tile_km or 10)
             per_tile = c["worker_cpu"] / c["tiles"]  # worker CPU seconds a tile
             wall_tile = c["seconds"] * c["workers"] / c["tiles"]
-            full = COUNTRY_BLOCKS**2 * (10 // args.tile_km) ** 2
-            eu = int(4_230_000 / args.tile_km**2)  # EU-27: 4.23 M km²
+            km = args.tile_km or 10
+            full = COUNTRY_BLOCKS**2 * (10 // km) ** 2
+            eu = int(4_230_000 / km**2)  # EU-27: 4.23 M km²
             print(f"Country fraction: {c['tiles']:,} tiles ({c['fraction']:.4f}), "
                   f"{c['cells']:,} cells, {c['gaps']:,} gap clusters in {c['seconds']:.1f} s on "
                   f"{c['workers']} workers ({wall_tile:.2f} worker-s of wall time a tile); "
@@ -892,9 +915,10 @@ def bench_country(url: str, fraction: int, workers: int, tile_km: int) -> dict[s
             "run_id": run_id, "worker_cpu": cpu, "client_cpu": client_cpu}  # fmt: skip
 
 
-def bench_state_dask(url: str, workers: int, tile_km: int) -> dict[str, Any]:
-    """The Bundesland end to end on a local cluster; the stored run compared with the newest
-    single-process run of the same database."""
+def bench_state_dask(url: str, workers: int, tile_km: int | None) -> dict[str, Any]:
+    """The Bundesland end to end on a local cluster (each worker reads its tiles from
+    PostgreSQL); the stored run compared with the newest single-process run of the same
+    database."""
     from distributed import Client
 
     from quartier.geo import service
@@ -902,13 +926,16 @@ def bench_state_dask(url: str, workers: int, tile_km: int) -> dict[str, Any]:
 
     with local_cluster(workers, memory_limit="4GB") as cluster, Client(cluster) as client:
         client.run(lambda: None)  # workers up before the clock starts
+        cpu0, own0 = _worker_cpu(client), _cpu_seconds()
         with psycopg.connect(url) as conn:
             t = _t()
             run_id, result = service.analyse_and_store_on_dask(
-                conn, client, url, AnalysisParams(), tile_cells=tile_km * 10
+                conn, client, url, AnalysisParams(), tile_cells=tile_km * 10 if tile_km else None
             )
             conn.commit()
             total = _t() - t
+        worker_cpu = _worker_cpu(client) - cpu0
+        client_cpu = _cpu_seconds() - own0
         peaks = _worker_peaks(client)
     with psycopg.connect(url) as conn:
         runs = [int(r[0]) for r in conn.execute(
@@ -916,7 +943,92 @@ def bench_state_dask(url: str, workers: int, tile_km: int) -> dict[str, Any]:
             (run_id,))]  # fmt: skip
         same = _same_runs(conn, runs[0], run_id) if runs else "no single-process run to compare"
     return {"seconds": total, "peaks": peaks, "cells": result.inputs["cells"], "same": same,
-            "driver_peak": peak_rss_bytes()}  # fmt: skip
+            "driver_peak": peak_rss_bytes(), "tiles": result.tiles, "worker_cpu": worker_cpu,
+            "client_cpu": client_cpu, "gaps": len(result.gaps)}  # fmt: skip
+
+
+def durability(url: str, *, on: bool | None) -> None:
+    """Turn fsync, synchronous_commit and full_page_writes on or off (None: leave them), then,
+    when on or left, print PostgreSQL's durability settings: the header of the measured runs."""
+    names = ("fsync", "synchronous_commit", "full_page_writes", "wal_level", "shared_buffers",
+             "max_wal_size", "checkpoint_timeout")  # fmt: skip
+    with psycopg.connect(url, autocommit=True) as conn:
+        if on is not None:
+            for name in names[:3]:
+                conn.execute(f"alter system set {name} = {'on' if on else 'off'}")
+            conn.execute("select pg_reload_conf()")
+            time.sleep(0.5)
+            if not on:
+                return
+            conn.execute("checkpoint")
+        got = {n: conn.execute(f"show {n}").fetchone()[0] for n in names}  # type: ignore[index]
+        version = conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
+    print(f"  PostgreSQL {version}: " + ", ".join(f"{k} = {v}" for k, v in got.items()))
+    print(f"  load average (1, 5, 15 min) at the start: {os.getloadavg()}")
+
+
+def _spread(values: list[float]) -> str:
+    return (f"min {min(values):.1f}, median {float(np.median(values)):.1f}, "
+            f"max {max(values):.1f} s ({', '.join(f'{v:.1f}' for v in values)})")  # fmt: skip
+
+
+def compare_state_dask(url: str, repeat: int, workers: int, tile_km: int | None) -> None:
+    """The Bundesland end to end in one process and on ``workers`` local Dask workers, in
+    turns (one, Dask, one, Dask, …: both see the same load), ``repeat`` times each, each run
+    in a child process of its own; every Dask run's stored result compared with the single
+    process run just before it."""
+    from quartier.geo.distributed import TILE_CELLS
+
+    km = tile_km or TILE_CELLS // 10
+    singles: list[dict[str, Any]] = []
+    dasks: list[dict[str, Any]] = []
+    loads: list[tuple[float, float, float]] = []
+    for i in range(repeat):
+        out = subprocess.run(
+            [sys.executable, __file__, "--state-child", url, "--repeat", "1", "--e2e-only"],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        singles.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        r = singles[-1]["best"]
+        print(f"  run {i + 1}, one process: {r['total']:.1f} s (read {r['read']:.1f}, compute "
+              f"{r['compute']:.1f}, write {r['write']:.1f}); {int(r['cells']):,} cells, "
+              f"{int(r['gaps']):,} gaps; peak RSS "
+              f"{singles[-1]['peak_rss_bytes'] / 1e9:.2f} GB", flush=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, __file__, "--state-dask-child", url, "--workers", str(workers),
+             "--tile-km", str(km)], check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        dasks.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        d = dasks[-1]
+        loads.append(os.getloadavg())
+        print(f"  run {i + 1}, Dask: {d['seconds']:.1f} s ({d['tiles']} tiles; worker CPU "
+              f"{d['worker_cpu']:.1f} s, client CPU {d['client_cpu']:.1f} s); worker peaks "
+              f"{', '.join(f'{p / 1e9:.2f}' for p in d['peaks'])} GB, client "
+              f"{d['driver_peak'] / 1e9:.2f} GB; result {d['same']}; load "
+              f"{loads[-1][0]:.1f}", flush=True)  # fmt: skip
+    one = [s["best"]["total"] for s in singles]
+    on_dask = [d["seconds"] for d in dasks]
+    print(f"Bundesland, one process ({repeat} runs): {_spread(one)}")
+    print(f"Bundesland on Dask, {workers} workers, {km} km tiles ({repeat} runs): "
+          f"{_spread(on_dask)}")  # fmt: skip
+    worker_peak = max(max(d["peaks"]) for d in dasks)
+    print(f"  peak memory: one process {max(s['peak_rss_bytes'] for s in singles) / 1e9:.2f} GB;"
+          f" per Dask worker {worker_peak / 1e9:.2f} GB (largest of all runs), client "
+          f"{max(d['driver_peak'] for d in dasks) / 1e9:.2f} GB")  # fmt: skip
+    same = all(d["same"].startswith("identical") for d in dasks)
+    print(f"  results identical in every run: {'yes' if same else 'NO'}")
+    speedup = float(np.median(one) / np.median(on_dask))
+    pairs = [a / b for a, b in zip(one, on_dask, strict=True)]
+    print(
+        f"  speed-up (median / median): {speedup:.2f}x; per pair "
+        f"{', '.join(f'{x:.2f}' for x in pairs)}; best / best {min(one) / min(on_dask):.2f}x"
+    )
+    print(
+        f"  load average (1 min) after each Dask run: "
+        f"{', '.join(f'{x[0]:.1f}' for x in loads)}; now {os.getloadavg()}"
+    )
+    print(f"  ≥ 1.6x on {workers} workers (median): "
+          f"{'met' if speedup >= 1.6 else 'NOT met'} ({speedup:.2f}x)")  # fmt: skip
 
 
 def _same_runs(conn: psycopg.Connection[Any], a: int, b: int) -> str:

@@ -170,10 +170,96 @@ def test_tiled_equals_single_process_on_a_larger_world_with_raw_points(client: A
     assert result.dead_zones == int(single.cells["dead_zone"].sum())
 
 
+def test_operators_counted_in_the_workers_and_empty_tiles_left_out(client: Any) -> None:
+    """Without ``operators`` the run's operators are picked from the tiles' counts (as
+    :func:`analyse` picks them from all measurements: the 7 most measured, here of 8 with one
+    rare), and a tile without a row is dropped: the single process's result."""
+    inputs = world(3, 40, True)
+    rng = np.random.default_rng(3)
+    rare = inputs.signals.iloc[:7].assign(operator="Rare Mobil")
+    signals = pd.concat([inputs.signals, rare], ignore_index=True)
+    signals["operator"] = np.where(
+        np.arange(len(signals)) < len(inputs.signals),
+        np.array([*OPERATORS, "Freenet", "Lyca", "Aldi Talk"])[rng.integers(0, 7, len(signals))],
+        signals["operator"].astype(str),
+    )  # fmt: skip
+    inputs = CoverageInputs(inputs.households, inputs.offers, inputs.speedtests, signals,
+                            inputs.districts)  # fmt: skip
+    params = AnalysisParams(cluster_connectivity=4)
+    single = analyse(inputs, params)
+    assert "Rare Mobil" not in single.operators and len(single.operators) == 7
+    parts = split_inputs(inputs, 10)
+    empty = CoverageInputs(*(f.iloc[:0] for f in (inputs.households, inputs.offers,
+                                                   inputs.speedtests, inputs.signals)))  # fmt: skip
+    far = (max(parts)[0] + 5, int(rng.integers(0, 5)))
+    parts[far] = empty
+    result = analyse_tiled(client, scatter_tiles(client, parts), None, inputs.districts, params,
+                           tile_cells=10, keep_cells=True)  # fmt: skip
+    assert result.tiles == len(parts) - 1
+    assert_same(single, result.as_result())
+
+
+# --- read per tile from PostgreSQL ---------------------------------------------------------------
+
+
+@pytest.mark.services
+def test_tiles_read_from_the_store_are_the_whole_read_cut_by_cell(settings: Any) -> None:
+    """``StoreTiles`` (each tile's rows read in the worker through the geometry index) over the
+    tiles of ``store_tiles`` gives every row of the whole read exactly once, in the tile of its
+    cell, also rows in the cells on both sides of every tile border, with the measurement
+    window and k-anonymity applied per tile as in one process."""
+    import psycopg
+
+    from quartier.geo import input_store
+    from quartier.geo.distributed import StoreTiles, store_tiles
+
+    url = settings.require_database_url()
+    inputs = world(21, 36, True)
+    side = 6  # cells a tile
+    e0 = int(inputs.households["cell_e"].min())
+    n0 = int(inputs.households["cell_n"].min())
+    # a row in each cell on both sides of the tile borders that cross the world
+    border = [b * side * 100 for b in range(e0 // (side * 100) + 1, (e0 + 3600) // (side * 100))]
+    edge_e = np.array([v for b in border for v in (b - 100, b)] * 2)
+    edge_n = np.array([n0 + 1700] * (len(edge_e) // 2) + [n0 + 100] * (len(edge_e) // 2))
+    extra = pd.DataFrame({"cell_e": edge_e, "cell_n": edge_n, "households": 1})
+    inputs = CoverageInputs(pd.concat([inputs.households, extra], ignore_index=True),
+                            inputs.offers, inputs.speedtests, inputs.signals,
+                            inputs.districts)  # fmt: skip
+    _store_world(url, inputs, devices=3)
+    since = pd.Timestamp("2026-11-01 00:00:30", tz="UTC").to_pydatetime()
+    with psycopg.connect(url) as conn:
+        whole = input_store.load_inputs(conn, since=since, min_contributors=2)
+        tiles = store_tiles(conn, side)
+    assert len(tiles) >= 25
+    source = StoreTiles(url, since=since, min_contributors=2)
+    read = {t: source.load(t, side) for t in tiles}
+    for t, got in read.items():  # each row in its own tile
+        for frame in (got.households, got.offers, got.speedtests, got.signals):
+            assert (frame["cell_e"] // (side * 100) == t[1]).all()
+            assert (frame["cell_n"] // (side * 100) == t[0]).all()
+        assert got.districts is None
+    assert sum(len(g.households) for g in read.values()) == len(inputs.households)
+    for name in ("households", "offers", "speedtests", "signals"):
+        one = getattr(whole, name)
+        tiled = pd.concat([getattr(g, name) for g in read.values()], ignore_index=True)
+        key = list(one.columns)
+        for frame in (one, tiled):
+            for col in key:
+                if isinstance(frame[col].dtype, pd.CategoricalDtype):
+                    frame[col] = frame[col].astype(str)
+        pd.testing.assert_frame_equal(
+            one.sort_values(key, ignore_index=True), tiled.sort_values(key, ignore_index=True),
+            check_exact=True,
+        )  # fmt: skip
+        if name in ("speedtests", "signals"):  # the window and k-anonymity left rows out
+            assert 0 < len(one) < len(getattr(inputs, name))
+
+
 # --- stored through the CLI --------------------------------------------------------------------
 
 
-def _store_world(url: str, inputs: CoverageInputs) -> None:
+def _store_world(url: str, inputs: CoverageInputs, devices: int = 7) -> None:
     import psycopg
 
     from quartier.geo import input_store
@@ -187,7 +273,8 @@ def _store_world(url: str, inputs: CoverageInputs) -> None:
     def measured(frame: pd.DataFrame) -> pd.DataFrame:
         n = len(frame)
         at = pd.Timestamp("2026-11-01", tz="UTC") + pd.to_timedelta(np.arange(n), unit="s")
-        return located(frame).assign(measured_at=at, device_key=[f"dev{i % 7}" for i in range(n)])
+        keys = [f"dev{i % devices}" for i in range(n)]
+        return located(frame).assign(measured_at=at, device_key=keys)
 
     signals = inputs.signals.rename(columns={"signal_dbm": "rsrp_dbm"})
     assert inputs.districts is not None
