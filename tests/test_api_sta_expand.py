@@ -6,7 +6,7 @@ observations), against a real database."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from sta_helpers import T0, fill_two_devices
 
 from quartier.api.app import create_app
 from quartier.api.sensorthings import SET_OF
@@ -24,7 +25,6 @@ from quartier.ingest.writer import BatchWriter
 from quartier.store import sensorthings as q
 
 pytestmark = pytest.mark.services
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def _uplink(device: str, readings: list[Reading], where: Position) -> Any:
@@ -33,40 +33,7 @@ def _uplink(device: str, readings: list[Reading], where: Position) -> Any:
 
 @pytest.fixture
 def filled(settings: Settings) -> Settings:
-    """a-1: pm25 (results 0…24, one a minute) and pm10 (7.0); b-1: no2 (30, 31, 32, hourly).
-    b-1's observations have a FeatureOfInterest."""
-    w = BatchWriter(settings.require_database_url(), auto_register=True)
-    batch = Batch()
-    batch.uplinks.append(
-        _uplink(
-            "a-1",
-            [Reading("pm25", T0 + timedelta(minutes=i), float(i)) for i in range(25)]
-            + [Reading("pm10", T0, 7.0)],
-            Position(50.9, 6.9),
-        )
-    )
-    batch.uplinks.append(
-        _uplink(
-            "b-1",
-            [Reading("no2", T0 + timedelta(hours=i), 30.0 + i) for i in range(3)],
-            Position(50.95, 7.0),
-        )
-    )
-    w.write(batch)
-    w.close()
-    with psycopg.connect(settings.require_database_url()) as conn:
-        row = conn.execute(
-            "insert into feature_of_interest (name, feature)"
-            " values ('b-1 site', ST_SetSRID(ST_MakePoint(7.0, 50.95), 4326)) returning id"
-        ).fetchone()
-        assert row is not None
-        conn.execute(
-            "update observation set foi_id = %s where datastream_id in"
-            " (select d.id from datastream d join thing t on t.id = d.thing_id"
-            "  where t.name = 'net/b-1')",
-            (row[0],),
-        )
-    return settings
+    return fill_two_devices(settings)
 
 
 def _add_multi_datastream(settings: Settings) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel
+from sta_helpers import T0, fill_two_devices
 
 from quartier.api import models as m
 from quartier.api.app import create_app
@@ -25,7 +26,6 @@ from quartier.ingest.writer import BatchWriter
 
 pytestmark = pytest.mark.services
 M = TypeVar("M", bound=BaseModel)
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
 ENTITY_SETS = [
     "Things",
     "Locations",
@@ -45,41 +45,7 @@ def _uplink(device: str, readings: list[Reading], where: Position) -> Any:
 
 @pytest.fixture
 def filled(settings: Settings) -> Settings:
-    """a-1 with pm25 (25, one a minute) and pm10 (1), b-1 with no2 (3, hourly): 29 observations
-    in datastreams 1, 2, 3. Ingest sets no FeatureOfInterest yet, so one is made here and b-1's
-    three observations point to it."""
-    w = BatchWriter(settings.require_database_url(), auto_register=True)
-    batch = Batch()
-    batch.uplinks.append(
-        _uplink(
-            "a-1",
-            [Reading("pm25", T0 + timedelta(minutes=i), float(i)) for i in range(25)]
-            + [Reading("pm10", T0, 7.0)],
-            Position(50.9, 6.9),
-        )
-    )
-    batch.uplinks.append(
-        _uplink(
-            "b-1",
-            [Reading("no2", T0 + timedelta(hours=i), 30.0 + i) for i in range(3)],
-            Position(50.95, 7.0),
-        )
-    )
-    w.write(batch)
-    w.close()
-    with psycopg.connect(settings.require_database_url()) as conn:
-        row = conn.execute(
-            "insert into feature_of_interest (name, feature)"
-            " values ('b-1 site', ST_SetSRID(ST_MakePoint(7.0, 50.95), 4326)) returning id"
-        ).fetchone()
-        assert row is not None
-        conn.execute(
-            "update observation set foi_id = %s where datastream_id in"
-            " (select d.id from datastream d join thing t on t.id = d.thing_id"
-            "  where t.name = 'net/b-1')",
-            (row[0],),
-        )
-    return settings
+    return fill_two_devices(settings)
 
 
 @pytest.fixture
