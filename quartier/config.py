@@ -178,6 +178,13 @@ class IngestSettings(BaseModel):
     batch_max_bytes: int = 4 * 1024 * 1024
     #: Under light load, wait at most this long after a message arrived for more to batch with it.
     batch_ms: int = 200
+    #: Adaptive batching: a batch is cut as soon as a writer is free to take it (after at least
+    #: ``batch_min_ms``), so a light trickle is committed at once; while every writer is busy,
+    #: messages gather into a larger batch (up to ``batch_max`` / ``batch_ms``). Off: every batch
+    #: waits for ``batch_ms`` or ``batch_max`` (the former fixed policy).
+    batch_adaptive: bool = True
+    #: Adaptive batching: the shortest a batch gathers before it is cut (ms).
+    batch_min_ms: float = Field(default=2.0, ge=0)
     #: Messages held in memory before the ingester stops reading from the broker.
     buffer_max: int = 50_000
     #: ... and at most this many payload bytes (memory stays bounded whatever the messages are).
