@@ -6,18 +6,23 @@ numbers and every choice of functions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import psycopg
 import pytest
+from fastapi.responses import Response, StreamingResponse
 from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 
-from quartier.api.aggregates import _json, _to_model
+from quartier.api import aggregate_columns
+from quartier.api.aggregates import ColumnarAggregateResult, _json, _to_model
 from quartier.api.app import create_app
+from quartier.api.sensorthings import iso
 from quartier.config import Settings
 from quartier.store import rollups, timeseries
 
@@ -176,3 +181,152 @@ def test_routes_answer_the_postgres_json(client: TestClient, ids: list[int]) -> 
         params={"interval": "1d", "from": "2026-02-02T00:00:00Z", "to": "2026-02-08T00:00:00Z"},
     ).json()
     assert one["series"][0]["gaps"]  # station 2's hole of two days
+
+
+# ------------------------------------------------------------------- layout=columns (numpy path)
+def _as_columns(rows_body: dict) -> dict:
+    """The columnar body that a rows body stands for (api/aggregate_columns.py)."""
+    order = [f for f in timeseries.FUNCTIONS if f in rows_body["functions"]]
+    series = []
+    for s in rows_body["series"]:
+        col = {"datastreamId": s["datastreamId"], "time": [b["time"] for b in s["buckets"]]}
+        for f in order:
+            col[f] = [b[f] for b in s["buckets"]]
+        col["gaps"] = s["gaps"]
+        series.append(col)
+    head = {k: v for k, v in rows_body.items() if k != "series"}
+    return {**head, "layout": "columns", "series": series}
+
+
+def _body(response: Response) -> bytes:
+    if isinstance(response, StreamingResponse):
+
+        async def collect() -> bytes:
+            return b"".join([c async for c in response.body_iterator])  # type: ignore[misc]
+
+        return asyncio.run(collect())
+    return bytes(response.body)
+
+
+@pytest.mark.parametrize("stream_after", [10**9, 0])
+def test_columns_equal_the_rows(
+    settings: Settings, ids: list[int], stream_after: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The columnar body (numpy arrays from PostgreSQL's binary arrays, numbers by orjson, times
+    by time_items) holds exactly the buckets, values (the same doubles) and gaps of the rows
+    body, on every source, for every choice of functions; whole or streamed."""
+    monkeypatch.setattr(aggregate_columns, "STREAM_AFTER", stream_after)
+    start, end = T0 - timedelta(hours=5), T0 + timedelta(days=DAYS, hours=2)
+    checked = 0
+    with psycopg.connect(
+        settings.require_database_url(), autocommit=True, row_factory=dict_row
+    ) as conn:
+        for width, source in CASES:
+            for fns in FUNCTION_SETS:
+                for subset in (ids, ids[1:3], [ids[4]]):
+                    kw = {"functions": fns, "source": source}
+                    rows_agg = timeseries.aggregate(
+                        conn, subset, width, start, end, as_json=True, **kw
+                    )
+                    rows = json.loads(_json(rows_agg).body)
+                    agg = timeseries.aggregate(conn, subset, width, start, end, columns=True, **kw)
+                    response = aggregate_columns.columns_response(agg)
+                    got = json.loads(_body(response))
+                    has_buckets = any(s["time"] for s in got["series"])
+                    streamed = isinstance(response, StreamingResponse)
+                    assert streamed == (stream_after == 0 and has_buckets)
+                    ColumnarAggregateResult.model_validate(got)
+                    want = _as_columns(rows)
+                    assert got == want, (width, source, fns)
+                    for sw, sg in zip(want["series"], got["series"], strict=True):
+                        assert list(sg) == list(sw)  # members in the same order
+                        for f in fns:
+                            for vw, vg in zip(sw[f], sg[f], strict=True):
+                                assert (vw is None and vg is None) or float(vg) == float(vw)
+                    checked += sum(len(s["time"]) for s in got["series"])
+    assert checked > 10_000
+
+
+def test_time_items_write_the_api_time_format() -> None:
+    """The vectorised time format is sensorthings.iso's, from year 1 to 9999 (leap days,
+    century years, the epoch, before 1970)."""
+    rnd = random.Random(5)
+    fixed = [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(2000, 2, 29, 12, 30, 5, tzinfo=UTC),
+        datetime(1900, 3, 1, tzinfo=UTC),
+        datetime(2100, 2, 28, 23, 0, tzinfo=UTC),
+    ]
+    lo, hi = int(fixed[0].timestamp()), int(fixed[1].timestamp())
+    times = fixed + [datetime.fromtimestamp(rnd.randrange(lo, hi), UTC) for _ in range(20_000)]
+    epochs = np.array([int(t.timestamp()) for t in times], dtype=np.int64)
+    text = aggregate_columns.time_items(epochs).tobytes().decode()
+    assert text == "".join(f'"{iso(t)}",' for t in times)
+
+
+@pytest.mark.parametrize("stream_after", [10**9, 0])
+def test_route_answers_columns(
+    client: TestClient, ids: list[int], stream_after: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aggregate_columns, "STREAM_AFTER", stream_after)
+    params = {
+        "ids": ",".join(map(str, ids)),
+        "interval": "1h",
+        "from": "2026-02-02T00:00:00Z",
+        "to": "2026-02-08T00:00:00Z",
+        "fn": "avg,count",
+    }
+    rows = client.get("/v1.1/Datastreams/Observations/aggregate", params=params)
+    cols = client.get(
+        "/v1.1/Datastreams/Observations/aggregate", params={**params, "layout": "columns"}
+    )
+    assert cols.status_code == 200 and cols.headers["content-type"] == "application/json"
+    body = ColumnarAggregateResult.model_validate(cols.json())
+    assert body.layout == "columns" and body.functions == ["avg", "count"]
+    assert cols.json() == _as_columns(rows.json())
+    assert list(cols.json()["series"][0]) == ["datastreamId", "time", "count", "avg", "gaps"]
+    assert len(cols.content) < len(rows.content) * 0.8  # no member names per bucket
+    empty = body.series[-1]
+    assert (
+        empty.time == []
+        and empty.avg == []
+        and empty.gaps[0].start == params["from"][:-1] + ".000Z"
+    )
+    one = client.get(
+        f"/v1.1/Datastreams({ids[2]})/Observations/aggregate",
+        params={
+            "interval": "1d",
+            "from": "2026-02-02T00:00:00Z",
+            "to": "2026-02-08T00:00:00Z",
+            "layout": "columns",
+        },
+    ).json()
+    assert one["series"][0]["gaps"] and set(one["series"][0]) >= {"sum", "min", "max"}
+
+
+def test_columns_with_csv_is_refused(client: TestClient, ids: list[int]) -> None:
+    r = client.get(
+        f"/v1.1/Datastreams({ids[0]})/Observations/aggregate",
+        params={
+            "interval": "1h",
+            "from": "2026-02-02T00:00:00Z",
+            "to": "2026-02-03T00:00:00Z",
+            "layout": "columns",
+            "format": "csv",
+        },
+    )
+    assert r.status_code == 400
+    assert "layout=columns is a JSON layout" in r.text and "Traceback" not in r.text
+    bad = client.get(
+        f"/v1.1/Datastreams({ids[0]})/Observations/aggregate",
+        params={
+            "interval": "1h",
+            "from": "2026-02-02T00:00:00Z",
+            "to": "2026-02-03T00:00:00Z",
+            "layout": "sideways",
+        },
+    )
+    assert bad.status_code == 400 and "layout" in bad.text

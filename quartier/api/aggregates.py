@@ -4,8 +4,10 @@
 * ``GET /v1.1/Datastreams/Observations/aggregate?ids=1,2,3&interval=…`` (several at once)
 * ``GET /v1.1/Datastreams/Observations/latest?ids=1,2,3`` (the newest observation of each)
 
-Aggregates come as JSON (one series per datastream: its buckets and its gaps) or, with
-``format=csv`` or ``Accept: text/csv``, as CSV (one row per datastream and bucket). The JSON
+Aggregates come as JSON (one series per datastream: its buckets and its gaps), as columnar JSON
+with ``layout=columns`` (per series one array of bucket times and one per function; made from
+numpy arrays, streamed when large: ``api/aggregate_columns.py``), or, with ``format=csv`` or
+``Accept: text/csv``, as CSV (one row per datastream and bucket). The JSON
 buckets are written by PostgreSQL (``timeseries.aggregate(as_json=True)``): no Python object per
 bucket, so a wide answer (100 datastreams × a month of hours) costs what the query costs; the
 body is the one ``AggregateResult`` describes (numbers as the shortest text of the same double,
@@ -26,6 +28,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from quartier.api.aggregate_columns import columns_response
 from quartier.api.csv_cells import safe_row
 from quartier.api.deps import Conn
 from quartier.api.sensorthings import iso
@@ -75,6 +78,36 @@ class AggregateResult(BaseModel):
     functions: list[str]
     source: str = Field(description="what answered: raw observations or a rollup")
     series: list[Series]
+
+
+class ColumnSeries(BaseModel):
+    """One datastream's buckets as columns (``layout=columns``): the bucket times and one array
+    per function asked for, of the same length; only the functions asked for are present."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    datastream_id: int = Field(alias="datastreamId")
+    time: list[str] = Field(description="start of each bucket with observations (UTC, ISO 8601)")
+    count: list[int] | None = None
+    sum: list[float | None] | None = None
+    avg: list[float | None] | None = None
+    min: list[float | None] | None = None
+    max: list[float | None] | None = None
+    gaps: list[Gap] = Field(description="runs of buckets without any observation")
+
+
+class ColumnarAggregateResult(BaseModel):
+    """The answer with ``layout=columns``: as :class:`AggregateResult`, with column series."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    interval: str = Field(description="bucket width, ISO 8601 duration")
+    start: str = Field(alias="from", description="start of the first bucket (UTC)")
+    end: str = Field(alias="to", description="end of the last bucket (UTC, exclusive)")
+    functions: list[str]
+    source: str = Field(description="what answered: raw observations or a rollup")
+    layout: Literal["columns"]
+    series: list[ColumnSeries]
 
 
 class LatestValue(BaseModel):
@@ -195,12 +228,25 @@ def _aggregate(
     fn: str | None,
     source: ts.SourceChoice,
     fmt: Literal["json", "csv"] | None,
+    layout: Literal["rows", "columns"],
 ) -> Response | AggregateResult:
     width = ts.parse_width(interval)
     functions = ts.parse_functions(fn)
+    csv_wanted = _wants_csv(request, fmt)
+    if csv_wanted and layout == "columns":
+        raise BadRequestError(
+            "layout=columns is a JSON layout; CSV has one row per datastream and bucket "
+            "(leave out layout, or ask for format=json)"
+        )
     _require_datastreams(conn, ids)
-    if _wants_csv(request, fmt):
+    if csv_wanted:
         return _csv(ts.aggregate(conn, ids, width, start, end, functions=functions, source=source))
+    if layout == "columns":
+        return columns_response(
+            ts.aggregate(
+                conn, ids, width, start, end, functions=functions, source=source, columns=True
+            )
+        )
     agg = ts.aggregate(
         conn, ids, width, start, end, functions=functions, source=source, as_json=True
     )
@@ -229,6 +275,13 @@ Format = Annotated[
     Literal["json", "csv"] | None,
     Query(alias="format", description="json or csv (default: from Accept, else json)"),
 ]
+Layout = Annotated[
+    Literal["rows", "columns"],
+    Query(
+        description="JSON layout: rows (one object per bucket) or columns (per series one array "
+        "of bucket times and one per function; compact, streamed when large)"
+    ),
+]
 CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
 }
@@ -236,7 +289,7 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 @router.get(
     "/Datastreams({ds_id})/Observations/aggregate",
-    response_model=AggregateResult,
+    response_model=AggregateResult | ColumnarAggregateResult,
     response_model_by_alias=True,
     response_model_exclude_unset=True,
     operation_id="aggregate_datastream_observations",
@@ -252,14 +305,15 @@ def aggregate_one(
     fn: Fn = None,
     source: Source = "auto",
     fmt: Format = None,
+    layout: Layout = "rows",
 ) -> Response | AggregateResult:
     """Aggregates of one datastream's observations per bucket, with the gaps."""
-    return _aggregate(conn, request, [ds_id], interval, start, end, fn, source, fmt)
+    return _aggregate(conn, request, [ds_id], interval, start, end, fn, source, fmt, layout)
 
 
 @router.get(
     "/Datastreams/Observations/aggregate",
-    response_model=AggregateResult,
+    response_model=AggregateResult | ColumnarAggregateResult,
     response_model_by_alias=True,
     response_model_exclude_unset=True,
     operation_id="aggregate_observations_of_datastreams",
@@ -275,9 +329,10 @@ def aggregate_many(
     fn: Fn = None,
     source: Source = "auto",
     fmt: Format = None,
+    layout: Layout = "rows",
 ) -> Response | AggregateResult:
     """Aggregates of several datastreams at once (one series each)."""
-    return _aggregate(conn, request, parse_ids(ids), interval, start, end, fn, source, fmt)
+    return _aggregate(conn, request, parse_ids(ids), interval, start, end, fn, source, fmt, layout)
 
 
 @router.get(
