@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from rich.logging import RichHandler
 from rich.table import Table
 
 from quartier.cli.common import console, settings, stop_on_signals, user_errors
@@ -80,6 +83,14 @@ def _stats_table(ing: Any) -> Table:
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="worker processes, each with its own connection pool and rate-limit buckets",
+        ),
+    ] = 1,
+    access_log: Annotated[bool, typer.Option(help="log every request")] = True,
 ) -> None:
     """Run the HTTP API (SensorThings v1.1, indicators, maps)."""
     import uvicorn
@@ -90,12 +101,46 @@ def serve(
     with user_errors(s):
         api = s.for_service("api")  # the API's own database login
         database_url(api)
-    uvicorn.run(
-        create_app(api),
-        host=host or s.api.host,
-        port=port or s.api.port,
-        log_level="info",
+    host, port = host or s.api.host, port or s.api.port
+    if workers == 1:
+        uvicorn.run(create_app(api), host=host, port=port, log_level="info", access_log=access_log)
+        return
+    # several processes: each imports the app factory below and reads the settings itself (from
+    # the same environment), so no pool, thread or bucket is shared across a fork; the logging
+    # options of this invocation go with them
+    root = logging.getLogger()
+    json_logs = any(not isinstance(h, RichHandler) for h in root.handlers)
+    os.environ[_WORKER_LOGGING] = (
+        f"{int(root.level <= logging.DEBUG)},{'json' if json_logs else 'text'}"
     )
+    uvicorn.run(
+        f"{__name__}:api_app",
+        factory=True,
+        workers=workers,
+        # a worker answers the supervisor's pings only once it has imported what it runs:
+        # uvicorn's 5 s would kill and restart it forever on a busy machine
+        timeout_worker_healthcheck=60,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=access_log,
+    )
+
+
+_WORKER_LOGGING = "QUARTIER_SERVE_WORKER_LOGGING"  # "verbose,format" from the parent
+
+
+def api_app() -> Any:
+    """The API of one ``quartier serve --workers N`` worker process: set up as the ``quartier``
+    command sets up every process (logging, the SensorThings MQTT notices) before the app."""
+    from quartier.api.app import create_app
+    from quartier.cli.main import setup_logging
+    from quartier.sta_mqtt.notice import install_if_enabled
+
+    verbose, log_format = os.environ.get(_WORKER_LOGGING, "0,text").split(",")
+    setup_logging(verbose == "1", log_format)
+    install_if_enabled()
+    return create_app(settings().for_service("api"))
 
 
 @app.command("simulate")
