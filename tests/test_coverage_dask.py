@@ -203,26 +203,30 @@ def test_operators_counted_in_the_workers_and_empty_tiles_left_out(client: Any) 
 
 
 @pytest.mark.services
-def test_tiles_read_from_the_store_are_the_whole_read_cut_by_cell(settings: Any) -> None:
-    """``StoreTiles`` (each tile's rows read in the worker through the geometry index) over the
-    tiles of ``store_tiles`` gives every row of the whole read exactly once, in the tile of its
-    cell, also rows in the cells on both sides of every tile border, with the measurement
-    window and k-anonymity applied per tile as in one process."""
+def test_tiles_read_from_the_store_are_the_whole_read_cut_by_cell(
+    settings: Any, client: Any
+) -> None:
+    """``read_store`` (each band of tiles read in a worker through the ``(cell_n, cell_e)``
+    index, cut into tiles there) gives every row of the whole read exactly once, in the tile of
+    its cell, also rows in the cells on both sides of tile borders, with the measurement window
+    and k-anonymity applied as in one process, and the operators the single process picks."""
     import psycopg
 
     from quartier.geo import input_store
-    from quartier.geo.distributed import StoreTiles, store_tiles
+    from quartier.geo.distributed import StoreBands, read_store, store_bands
 
     url = settings.require_database_url()
     inputs = world(21, 36, True)
     side = 6  # cells a tile
     e0 = int(inputs.households["cell_e"].min())
     n0 = int(inputs.households["cell_n"].min())
-    # a row in each cell on both sides of the tile borders that cross the world
-    border = [b * side * 100 for b in range(e0 // (side * 100) + 1, (e0 + 3600) // (side * 100))]
-    edge_e = np.array([v for b in border for v in (b - 100, b)] * 2)
-    edge_n = np.array([n0 + 1700] * (len(edge_e) // 2) + [n0 + 100] * (len(edge_e) // 2))
-    extra = pd.DataFrame({"cell_e": edge_e, "cell_n": edge_n, "households": 1})
+    # a household in each cell on both sides of the tile borders that cross the world
+    cuts_e = [b * side * 100 for b in range(e0 // (side * 100) + 1, (e0 + 3500) // (side * 100))]
+    cuts_n = [b * side * 100 for b in range(n0 // (side * 100) + 1, (n0 + 3500) // (side * 100))]
+    edge = [(e, n0 + 1700) for b in cuts_e for e in (b - 100, b)]
+    edge += [(e0 + 1700, n) for b in cuts_n for n in (b - 100, b)]
+    extra = pd.DataFrame({"cell_e": [e for e, _ in edge], "cell_n": [n for _, n in edge],
+                          "households": 1})  # fmt: skip
     inputs = CoverageInputs(pd.concat([inputs.households, extra], ignore_index=True),
                             inputs.offers, inputs.speedtests, inputs.signals,
                             inputs.districts)  # fmt: skip
@@ -230,15 +234,15 @@ def test_tiles_read_from_the_store_are_the_whole_read_cut_by_cell(settings: Any)
     since = pd.Timestamp("2026-11-01 00:00:30", tz="UTC").to_pydatetime()
     with psycopg.connect(url) as conn:
         whole = input_store.load_inputs(conn, since=since, min_contributors=2)
-        tiles = store_tiles(conn, side)
-    assert len(tiles) >= 25
-    source = StoreTiles(url, since=since, min_contributors=2)
-    read = {t: source.load(t, side) for t in tiles}
+        assert len(store_bands(conn, side)) >= 6
+        futures, operators = read_store(client, conn, StoreBands(url, since, None, 2), side)
+    assert operators == _operators(whole.signals)
+    read = dict(zip(futures, client.gather(list(futures.values())), strict=True))
+    assert len(read) >= 25
     for t, got in read.items():  # each row in its own tile
         for frame in (got.households, got.offers, got.speedtests, got.signals):
             assert (frame["cell_e"] // (side * 100) == t[1]).all()
             assert (frame["cell_n"] // (side * 100) == t[0]).all()
-        assert got.districts is None
     assert sum(len(g.households) for g in read.values()) == len(inputs.households)
     for name in ("households", "offers", "speedtests", "signals"):
         one = getattr(whole, name)

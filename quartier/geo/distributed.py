@@ -89,48 +89,94 @@ class TileSource(Protocol):
 
 
 @dataclass(frozen=True)
-class StoreTiles:
-    """A :class:`TileSource` that reads each tile's inputs from PostgreSQL in the worker
-    (:func:`quartier.geo.input_store.load_inputs` with ``cells``: through the tables' geometry
-    index, each input kind under k-anonymity as in one process, which is per cell and so per
-    tile). Picklable: the workers need ``conninfo`` to reach PostgreSQL."""
+class StoreBands:
+    """Reads the stored inputs in the workers, one band of tiles (a row of tiles across the
+    whole extent) at a time: :func:`quartier.geo.input_store.load_inputs` with ``rows``, one
+    range of the input tables' ``(cell_n, cell_e)`` index (migration 0044), each input kind
+    under k-anonymity as in one process (per cell, so per band), then cut into tiles with
+    :func:`split_inputs`. Picklable: the workers need ``conninfo`` to reach PostgreSQL."""
 
     conninfo: str
     since: datetime | None = None
     until: datetime | None = None
     min_contributors: int = MIN_CONTRIBUTORS
 
-    def load(self, tile: Tile, tile_cells: int) -> CoverageInputs:
+    def load_band(self, band: int, tile_cells: int) -> dict[Tile, CoverageInputs]:
         import psycopg
 
         from quartier.geo.input_store import load_inputs
 
-        x0, y0, x1, y1 = _tile_bounds(tile, tile_cells)
+        side = tile_cells * CELL
         with psycopg.connect(self.conninfo) as conn:
-            return load_inputs(
+            inputs = load_inputs(
                 conn, district_level=None, since=self.since, until=self.until,
-                min_contributors=self.min_contributors,
-                cells=(int(x0), int(y0), int(x1), int(y1)),
+                min_contributors=self.min_contributors, rows=(band * side, (band + 1) * side),
             )  # fmt: skip
+        return split_inputs(inputs, tile_cells) if _rows(inputs) else {}
 
 
-def store_tiles(conn: Any, tile_cells: int = TILE_CELLS) -> list[Tile]:
-    """The tiles of the stored inputs' extent (every tile of the bounding box of their cells;
-    those without a row are dropped once read)."""
+def store_bands(conn: Any, tile_cells: int = TILE_CELLS) -> list[int]:
+    """The bands of tiles (tile rows) from the lowest to the highest stored cell row (each end
+    one probe of the ``(cell_n, cell_e)`` index)."""
     from psycopg import sql
 
     side = tile_cells * CELL
-    extent = sql.SQL("select min(cell_e), max(cell_e), min(cell_n), max(cell_n) from {}")
+    extent = sql.SQL("select min(cell_n), max(cell_n) from {}")
     found = [
         conn.execute(extent.format(sql.Identifier(table))).fetchone()
         for table in ("household", "broadband_offer", "speedtest", "mobile_measurement")
     ]
-    boxes = [row for row in found if row is not None and row[0] is not None]
-    if not boxes:
+    ends = [row for row in found if row is not None and row[0] is not None]
+    if not ends:
         return []
-    e0, e1 = min(int(b[0]) for b in boxes) // side, max(int(b[1]) for b in boxes) // side
-    n0, n1 = min(int(b[2]) for b in boxes) // side, max(int(b[3]) for b in boxes) // side
-    return [(r, c) for r in range(n0, n1 + 1) for c in range(e0, e1 + 1)]
+    return list(
+        range(min(int(r[0]) for r in ends) // side, max(int(r[1]) for r in ends) // side + 1)
+    )
+
+
+def _load_band(source: StoreBands, band: int, tile_cells: int) -> dict[Tile, CoverageInputs]:
+    return source.load_band(band, tile_cells)
+
+
+def _band_counts(tiles: dict[Tile, CoverageInputs]) -> tuple[list[Tile], dict[str, int]]:
+    """A band's tiles and its measurements per operator."""
+    totals: dict[str, int] = {}
+    for inputs in tiles.values():
+        for name, n in operator_counts(inputs.signals).items():
+            totals[name] = totals.get(name, 0) + n
+    return sorted(tiles), totals
+
+
+def _pick(tiles: dict[Tile, CoverageInputs], tile: Tile) -> CoverageInputs:
+    return tiles[tile]
+
+
+def read_store(
+    client: Any, conn: Any, source: StoreBands, tile_cells: int = TILE_CELLS
+) -> tuple[dict[Tile, Any], list[str]]:
+    """Each tile's inputs read by the workers (a task per band of tiles, see
+    :class:`StoreBands`), as futures held there, and the run's operators picked from the
+    bands' counts as :func:`analyse` picks them. For :func:`analyse_tiled`."""
+    bands = store_bands(conn, tile_cells)
+    [src_f] = client.scatter([source], broadcast=True, hash=False)
+    band_fs = [client.submit(_load_band, src_f, b, tile_cells, priority=-i)
+               for i, b in enumerate(bands)]  # fmt: skip
+    totals: dict[str, int] = {}
+    tiles: dict[Tile, Any] = {}
+    for band_f, (found, per_operator) in zip(
+        band_fs, client.gather([client.submit(_band_counts, f) for f in band_fs]), strict=True
+    ):
+        for name, n in per_operator.items():
+            totals[name] = totals.get(name, 0) + n
+        for t in found:
+            tiles[t] = client.submit(_pick, band_f, t)
+    log.info("read %d bands of tiles: %d tiles", len(bands), len(tiles))
+    return tiles, top_operators(totals)
+
+
+def _rows(inputs: CoverageInputs) -> int:
+    return sum(len(f) for f in (inputs.households, inputs.offers, inputs.speedtests,
+                                inputs.signals))  # fmt: skip
 
 
 # --- splitting inputs held by the client ---------------------------------------------------------
@@ -235,9 +281,7 @@ def _load_tile(source: TileSource, tile: Tile, tile_cells: int) -> CoverageInput
 
 def _input_counts(inputs: CoverageInputs) -> tuple[int, dict[str, int]]:
     """A tile's input rows and its measurements per operator."""
-    rows = sum(len(f) for f in (inputs.households, inputs.offers, inputs.speedtests,
-                                inputs.signals))  # fmt: skip
-    return rows, operator_counts(inputs.signals)
+    return _rows(inputs), operator_counts(inputs.signals)
 
 
 def _analyse_tile(
@@ -693,5 +737,6 @@ def scatter_tiles(client: Any, parts: dict[Tile, CoverageInputs]) -> dict[Tile, 
     return dict(zip(parts.keys(), futures, strict=True))
 
 
-__all__ = ["TILE_CELLS", "CellSink", "StoreTiles", "TileSource", "TiledResult", "analyse_tiled",
-           "local_cluster", "scatter_tiles", "split_inputs", "store_tiles"]  # fmt: skip
+__all__ = ["TILE_CELLS", "CellSink", "StoreBands", "TileSource", "TiledResult",
+           "analyse_tiled", "local_cluster", "read_store", "scatter_tiles", "split_inputs",
+           "store_bands"]  # fmt: skip

@@ -18,7 +18,6 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from quartier.errors import ConfigError
-from quartier.geo import grid as geo_grid
 from quartier.geo import io as geo_io
 from quartier.geo.analysis import FIXED_TECHNOLOGIES, MOBILE_TECHNOLOGIES, CoverageInputs
 from quartier.geo.memory import release_free_memory
@@ -96,27 +95,6 @@ def _only_contributed(columns: dict[str, npt.NDArray[Any]], min_contributors: in
             columns[name] = columns[name][keep]
 
 
-def _cell_area(cells: tuple[int, int, int, int]) -> tuple[str, dict[str, Any]]:
-    """The condition for rows whose cell lies in ``[e0, e1) × [n0, n1)`` (EPSG:3035 metres),
-    found by the tables' geometry index: an envelope around the area in WGS84 (its boundary
-    projected point by point, plus about 100 m), then the cells themselves."""
-    e0, n0, e1, n1 = cells
-    t = np.linspace(0.0, 1.0, 33)
-    xs = np.concatenate([e0 + (e1 - e0) * t, np.full(33, e1), e1 - (e1 - e0) * t, np.full(33, e0)])
-    ys = np.concatenate([np.full(33, n0), n0 + (n1 - n0) * t, np.full(33, n1), n1 - (n1 - n0) * t])
-    lon, lat = geo_grid.from_grid_crs(xs, ys)
-    margin = 0.002  # degrees: ≥ 127 m of longitude up to 55° N, 222 m of latitude
-    condition = (
-        "geom && ST_MakeEnvelope(%(lon0)s, %(lat0)s, %(lon1)s, %(lat1)s, 4326)"
-        " and cell_n >= %(n0)s and cell_n < %(n1)s and cell_e >= %(e0)s and cell_e < %(e1)s"
-    )
-    return condition, {
-        "e0": int(e0), "n0": int(n0), "e1": int(e1), "n1": int(n1),
-        "lon0": float(lon.min()) - margin, "lat0": float(lat.min()) - margin,
-        "lon1": float(lon.max()) + margin, "lat1": float(lat.max()) + margin,
-    }  # fmt: skip
-
-
 def load_inputs(
     conn: Conn,
     *,
@@ -125,22 +103,23 @@ def load_inputs(
     until: datetime | None = None,
     conninfo: str | None = None,
     min_contributors: int = MIN_CONTRIBUTORS,
-    cells: tuple[int, int, int, int] | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> CoverageInputs:
     """Households, offers, speed tests and signal measurements (the latter two measured in
     ``[since, until]``, either bound optional) by cell, and the districts of one level (none
     with ``district_level`` None). With ``conninfo`` the signal measurements are read over a
-    second connection at the same time. With ``cells`` = (e0, n0, e1, n1), only the rows whose
-    cell lies in ``[e0, e1) × [n0, n1)`` (a Dask tile, read through the geometry index).
+    second connection at the same time. With ``rows`` = (n0, n1), only the rows whose cell's
+    northing lies in ``[n0, n1)`` (a band of Dask tiles: one range of the ``(cell_n, cell_e)``
+    index of migration 0044).
 
     k-anonymity: speed tests and signal measurements only of cells where at least
     ``min_contributors`` distinct devices measured (each kind counted on its own), so that
     nothing the analysis publishes stems from fewer (docs/privacy.md)."""
     period: dict[str, Any] = {"since": since, "until": until, "min_contributors": min_contributors}
-    area, ranges = "true", cells is None
-    if cells is not None:
-        area, bounds = _cell_area(cells)
-        period.update(bounds)
+    area, ranges = "true", rows is None
+    if rows is not None:
+        area = "cell_n >= %(n0)s and cell_n < %(n1)s"
+        period.update(n0=int(rows[0]), n1=int(rows[1]))
     window = (
         f"({area}) and "
         "(%(since)s::timestamptz is null or measured_at >= %(since)s) and "

@@ -108,8 +108,9 @@ def analyse_and_store_on_dask(
     min_contributors: int = MIN_CONTRIBUTORS,
 ) -> tuple[int, TiledResult]:
     """:func:`analyse_and_store` with the analysis on ``client``'s Dask cluster, tile by tile
-    (:mod:`quartier.geo.distributed`): each worker reads its tiles' inputs from PostgreSQL
-    itself (``conninfo``; the client reads only the districts and the inputs' extent); each
+    (:mod:`quartier.geo.distributed`): the workers read the tiles' inputs from PostgreSQL
+    themselves, a band of tiles a task (``conninfo``; the client reads only the districts and
+    the extent of the cell rows); each
     tile writes its cells with its own COPY over its own connection into the run's new table,
     which is attached, with the gaps and districts, in the caller's transaction. The same
     result as the single process. A failed run leaves no table behind."""
@@ -122,12 +123,12 @@ def analyse_and_store_on_dask(
     size = tile_cells or distributed.TILE_CELLS
     found = load_districts(conn, district_level)
     districts = found if len(found) else None
-    tiles = distributed.store_tiles(conn, size)
-    source = distributed.StoreTiles(conninfo, since, until, min_contributors)
+    source = distributed.StoreBands(conninfo, since, until, min_contributors)
+    tiles, operators = distributed.read_store(client, conn, source, size)
     step(ANALYSIS_STEPS[1])
     return store_tiled(
-        conn, client, conninfo, tiles, None, districts, p,
-        tile_cells=size, source=source, progress=step, on_stored=on_stored,
+        conn, client, conninfo, tiles, operators, districts, p,
+        tile_cells=size, progress=step, on_stored=on_stored,
     )  # fmt: skip
 
 
