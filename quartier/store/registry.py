@@ -80,6 +80,8 @@ class Registry:
         self.quantities = quantities
         self.personal_networks = tuple(personal_networks)
         self._personal: dict[str, bool] = {}
+        #: quantity key → its place in the catalogue (the order datastreams are created in)
+        self._rank = {q: i for i, q in enumerate(quantities)}
         self._devices: dict[tuple[str, str], int] = {}
         self._streams: dict[tuple[int, str], int] = {}
         #: device id → (thing id, current position or None)
@@ -168,10 +170,11 @@ class Registry:
         return personal
 
     def prepare(self, conn: Conn, wanted: Iterable[Wanted]) -> None:
-        """Register the batch's unknown devices, then its missing datastreams, each in sorted
-        order, before its readings are resolved one by one. Registrations take locks held until
-        the batch commits (an advisory lock per device and per datastream, index entries); taken
-        in one global order, two writers registering the same new devices wait for each other
+        """Register the batch's unknown devices, then its missing datastreams, each in one order
+        (devices by key, a device's datastreams in the catalogue's order of quantities), before
+        its readings are resolved one by one. Registrations take locks held until the batch
+        commits (an advisory lock per device and per datastream, index entries); taken in one
+        global order, two writers registering the same new devices wait for each other
         instead of deadlocking. An unknown device that may not be registered is left for the
         caller, which rejects its message."""
         devices = self._devices
@@ -197,7 +200,9 @@ class Registry:
             except UnknownDevice:
                 continue
             missing.update((dev, q) for q in quantities if (dev, q) not in streams)
-        for dev, q in sorted(missing):
+        rank = self._rank
+        last = len(rank)
+        for dev, q in sorted(missing, key=lambda dq: (dq[0], rank.get(dq[1], last), dq[1])):
             self.datastream_id(conn, dev, q)
 
     def datastream_id(self, conn: Conn, device_id: int, quantity: str) -> int:
@@ -268,8 +273,8 @@ class Registry:
             ).fetchone()
             or conn.execute(
                 "insert into observed_property (name, definition, description, properties) "
-                "values (%s, %s, %s, %s) on conflict (definition) do update set name = excluded.name "
-                "returning id",
+                "values (%s, %s, %s, %s) on conflict (definition) "
+                "do update set name = excluded.name returning id",
                 (q.name, q.definition, q.name, Jsonb({"key": q.key, "name_de": q.name_de})),
             ).fetchone()
         )
