@@ -41,6 +41,10 @@ _bearer = HTTPBearer(
     auto_error=False,
 )
 _HOW = "send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`"
+#: ASGI scope key: when a request's scope holds a list here (a request of a ``$batch`` change
+#: set, ``quartier.api.sta_batch``), its audit row is appended to it instead of written: the
+#: change set writes the rows once it has committed, and drops them when it is rolled back.
+AUDIT_PENDING = "quartier.audit_pending"
 
 
 @dataclass(frozen=True)
@@ -96,15 +100,19 @@ def require_scope(scope: str) -> Any:
         yield who
         # reached only when the route succeeded (an error in it is raised at the yield)
         route = request.scope.get("route")
-        audit.record(
-            conn,
-            actor=who.actor,
-            api_key_id=key.id,
-            action=f"{request.method} {getattr(route, 'path', request.url.path)}",
-            target=request.url.path,
-            origin=origin,
-            detail={"scope": scope},
-        )
+        row: dict[str, Any] = {
+            "actor": who.actor,
+            "api_key_id": key.id,
+            "action": f"{request.method} {getattr(route, 'path', request.url.path)}",
+            "target": request.url.path,
+            "origin": origin,
+            "detail": {"scope": scope},
+        }
+        pending: list[dict[str, Any]] | None = request.scope.get(AUDIT_PENDING)
+        if pending is not None:
+            pending.append(row)
+        else:
+            audit.record(conn, **row)
 
     # "function": the audit row is written before the response goes out
     return Depends(caller, scope="function")
