@@ -90,6 +90,11 @@ class Ingester:
             for _ in range(n_writers)
         ]
         self._seq = 0  # next batch number (decoding thread only)
+        #: batches cut and not yet committed (adaptive batching: all writers busy or not)
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        #: set by a writer when it has finished a batch (wakes the gathering decoder)
+        self._writer_done = threading.Event()
         self._ack_lock = threading.Lock()
         self._next_ack = 0
         self._committed: dict[int, list[tuple[Message, int, int]]] = {}
@@ -197,9 +202,14 @@ class Ingester:
     def _collect(self) -> list[tuple[Message, int, int]]:
         """Take the next batch: at most ``batch_max`` messages or ``batch_max_bytes`` of payload.
 
-        Waits only while the oldest buffered message is younger than ``batch_ms``: under light
-        load that gathers a batch; with a backlog (the oldest waited while the previous batch
-        was written) it takes what is there at once.
+        How long it gathers adapts to the load (``batch_adaptive``): once its oldest message has
+        waited ``batch_min_ms``, the batch is cut as soon as a writer is free to take it, so a
+        light trickle is committed at once, message by message. While every writer is busy, a
+        batch cut now would only wait in line: the messages arriving meanwhile gather into it,
+        and the batch grows with the traffic. Either way the oldest message waits at most
+        ``batch_ms`` (then the batch is cut even if it must queue), and a backlog that fills
+        ``batch_max`` is taken at once. Without ``batch_adaptive`` every batch waits for
+        ``batch_ms`` or ``batch_max``.
         """
         buf = self._buffer
         if not buf:
@@ -209,24 +219,41 @@ class Ingester:
             if not buf:
                 self._has_data.clear()
                 return []  # a message appended just now is seen by the next call
-        oldest = buf[0][0].received_at
-        deadline = time.monotonic() + max(
-            0.0, self.cfg.batch_ms / 1000 - (datetime.now(UTC) - oldest).total_seconds()
-        )
-        while len(buf) < self.cfg.batch_max and time.monotonic() < deadline:
-            if self.stop_event.is_set():
+        cfg = self.cfg
+        waited = (datetime.now(UTC) - buf[0][0].received_at).total_seconds()
+        now = time.monotonic()
+        deadline = now + max(0.0, cfg.batch_ms / 1000 - waited)
+        earliest = now + max(0.0, cfg.batch_min_ms / 1000 - waited)
+        n_writers = len(self._writers)
+        while len(buf) < cfg.batch_max and not self.stop_event.is_set():
+            now = time.monotonic()
+            if now >= deadline:
                 break
-            time.sleep(0.002)
+            if cfg.batch_adaptive and self._in_flight < n_writers:
+                if now >= earliest:
+                    break  # a writer is free: this batch goes to it at once
+                time.sleep(earliest - now)
+                continue
+            if cfg.batch_adaptive:
+                # every writer busy: gather until one is done (or the batch is full / too old)
+                self._writer_done.clear()
+                if self._in_flight >= n_writers:
+                    self._writer_done.wait(min(0.005, deadline - now))
+            else:
+                time.sleep(0.002)
         self._has_data.clear()
         items: list[tuple[Message, int, int]] = []
         size = 0
-        while buf and len(items) < self.cfg.batch_max and size < self.cfg.batch_max_bytes:
+        while buf and len(items) < cfg.batch_max and size < cfg.batch_max_bytes:
             item = buf.popleft()
             size += len(item[0].payload)
             items.append(item)
         self._bytes_out += size  # written only by the decoding thread
         if buf:
             self._has_data.set()
+        if items:
+            with self._in_flight_lock:
+                self._in_flight += 1
         return items
 
     def _decode_loop(self) -> None:
@@ -317,6 +344,9 @@ class Ingester:
                 self._db_done.set()
                 return  # stopped while the database was down: unacked, the broker keeps them
             self._acknowledge(seq, items)
+            with self._in_flight_lock:
+                self._in_flight -= 1
+            self._writer_done.set()
 
     def _acknowledge(self, seq: int, items: list[tuple[Message, int, int]]) -> None:
         """Acknowledge batch ``seq`` once every batch before it has committed too (MQTT wants
