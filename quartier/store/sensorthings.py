@@ -346,6 +346,18 @@ def observation(conn: DictConn, ds_id: int, time: datetime) -> dict[str, Any]:
     return row
 
 
+def observations_at(conn: DictConn, datastream_ids: Any, times: Any) -> list[dict[str, Any]]:
+    """The observations at these primary keys (pairs of ``datastream_ids[i]``, ``times[i]``:
+    arrays psycopg sends as ``int8[]`` and ``timestamptz[]``, e.g. ``pgcopy.Int8Array``), as
+    rows the API shapes; keys without an observation give none, in no particular order."""
+    return conn.execute(
+        f"select {_OBSERVATION.columns} from observation o"
+        " join unnest(%s::int8[], %s::timestamptz[]) as k(d, t)"
+        " on o.datastream_id = k.d and o.phenomenon_time = k.t",
+        (datastream_ids, times),
+    ).fetchall()
+
+
 def count_observations(conn: DictConn, ds_id: int, listing: Listing) -> tuple[int, bool]:
     """(count, exact). Without a filter: exact where cheap, an estimate on very large TimescaleDB
     datastreams (``timeseries.count_observations``); with one, the matching rows are counted."""
