@@ -32,6 +32,7 @@ from quartier.geo.io import import_districts
 from quartier.geo.speedtest_cells import classify_cells, empty_cells
 from quartier.maps import assets
 from quartier.maps.assets import SHIPPED, Assets, use_shipped
+from quartier.maps.layers import mobile_layers
 from quartier.maps.render import (
     CLASS_COLOURS,
     GERMANY_BOUNDS,
@@ -304,8 +305,14 @@ def test_mobile_map_layers_per_operator_and_technology_escaped() -> None:
     assert hostile not in page and "&lt;img src=x" in page
     assert '"A-Netz: 4G versorgt"' in page and "A-Netz: 5G versorgt" not in page
     assert external_hosts(without_shipped(page)) == set()
-    # the two neighbouring cells covered by A-Netz 4G are one polygon, not two
-    assert page.count('"layer": "A-Netz: 4G versorgt"') == 1
+    # the two neighbouring cells covered by A-Netz 4G are one polygon, not two; its tooltip
+    # names the layer
+    layers = mobile_layers(cells, ["A-Netz", hostile], ["2G", "3G", "4G", "5G"])
+    a4g = layers.get("op:0:4G")
+    assert a4g is not None and a4g.cells == 2
+    assert len(json.loads(a4g.geojson)["features"]) == 1
+    assert a4g.geojson in page
+    assert page.count('.bindTooltip("A-Netz: 4G versorgt"') == 1
     english = render_mobile_map(cells, ["A-Netz"], ["2G", "3G", "4G", "5G"],
                                 options=MapOptions(lang="en"))  # fmt: skip
     assert "A-Netz 4G (2 cells)" in english and "Dead zone" in english

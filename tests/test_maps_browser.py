@@ -7,6 +7,7 @@ entries; a metric scale bar; a screenshot that is not blank. The exported file w
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import threading
 import time
@@ -210,7 +211,10 @@ def test_maps_and_docs_ask_no_other_server(browser: Browser, serve: Any, shared:
     # a popup (built by folium with jQuery) shows the latest value, its unit and age
     page.evaluate(OPEN_POPUP, "Luftmessstation Dom")
     popup = page.locator(".leaflet-popup-content").inner_text()
-    assert "Luftmessstation Dom" in popup and "µg/m³" in popup and "vor 5 min" in popup
+    assert "Luftmessstation Dom" in popup and "µg/m³" in popup
+    # the reading was stored 5 minutes before the module's first test; under load the page may
+    # come minutes later
+    assert re.search(r"vor ([5-9]|1\d) min", popup), popup
     assert visit.errors == []
 
     page.goto(f"http://{own}/docs", wait_until="load")

@@ -14,24 +14,21 @@ import html
 import logging
 from typing import Any
 
-import folium
 import geopandas as gpd
-import numpy as np
 import pandas as pd
 
-from quartier.geo import grid
+from quartier.maps.layers import RATIO_STEPS as RATIO_STEPS
+from quartier.maps.layers import MapLayer, MapLayers, measured_layers, ratio_classes
 from quartier.maps.render import (
-    CANVAS,
-    CELL_DECIMALS,
+    CellLayer,
     Lang,
     MapOptions,
     _add_districts,
     _base_map,
     _bounds,
     _cells,
-    _geojson,
+    _fill,
     _legend,
-    _merged_cells,
     _number,
     _page,
     _swatch,
@@ -40,8 +37,6 @@ from quartier.maps.render import (
 
 log = logging.getLogger(__name__)
 
-#: upper bounds (share of the offer) of the shades below ``disagree_below``, darkest first
-RATIO_STEPS: tuple[float, ...] = (0.1, 0.2)
 #: ColorBrewer Reds, darkest (furthest below) first
 RATIO_COLOURS: tuple[str, ...] = ("#a50f15", "#de2d26", "#fc9272")
 COMPARED_COLOUR = "#9ecae1"
@@ -49,19 +44,6 @@ COMPARED_COLOUR = "#9ecae1"
 
 def _percent(share: float, lang: Lang) -> str:
     return _number(round(100 * share, 1), lang)
-
-
-def ratio_classes(disagree_below: float) -> list[tuple[float, float]]:
-    """The shades' [lower, upper) bounds (shares of the offer), from 0 to ``disagree_below``."""
-    uppers = [s for s in RATIO_STEPS if s < disagree_below] + [disagree_below]
-    return list(zip([0.0, *uppers[:-1]], uppers, strict=True))
-
-
-def below_cells(cells: pd.DataFrame) -> pd.DataFrame:
-    """The cells where the measurement is well below the offer (``disagreement`` "below")."""
-    if not len(cells):
-        return cells
-    return cells[(cells["disagreement"] == "below").to_numpy(dtype=bool, na_value=False)]
 
 
 def render_measured_map(
@@ -81,6 +63,23 @@ def render_measured_map(
     ``measured_down_mbps``, ``max_down_mbps``, ``measured_ratio``, ``disagreement``), limited
     to the cells that may be published; ``parameters`` the run's (``disagree_below``,
     ``min_tests``)."""
+    below_share = float((parameters or {}).get("disagree_below", 0.3))
+    layers = measured_layers(cells, disagree_below=below_share)
+    return render_measured_layers(layers, districts, city=city, parameters=parameters,
+                                  options=options, has_run=has_run)  # fmt: skip
+
+
+def render_measured_layers(
+    layers: MapLayers,
+    districts: gpd.GeoDataFrame | None = None,
+    *,
+    city: gpd.GeoDataFrame | None = None,
+    parameters: dict[str, Any] | None = None,
+    options: MapOptions | None = None,
+    has_run: bool = True,
+) -> str:
+    """The measured map (:func:`render_measured_map`) of a run's layers as made by
+    :func:`quartier.maps.layers.measured_layers` (stored with the run or made for this page)."""
     options = options or MapOptions()
     lang = options.lang
     params = parameters or {}
@@ -88,55 +87,26 @@ def render_measured_map(
     fmap = _base_map(options, _bounds([city, districts]), text(lang, "measured_title"))
     if districts is not None and len(districts):
         _add_districts(fmap, districts, lang)
-    rows = ""
-    compared = (
-        cells[np.isfinite(cells["measured_ratio"].to_numpy(dtype=np.float64))]
-        if len(cells)
-        else cells
-    )
-    below = below_cells(compared)
-    rest = compared[~compared.index.isin(below.index)] if len(compared) else compared
-    if len(rest):
-        layer = _merged_cells(rest["e"].to_numpy(), rest["n"].to_numpy())
-        folium.GeoJson(
-            _geojson(layer, CELL_DECIMALS), name=text(lang, "compared_cells"),
-            style_function=lambda _f: {"color": COMPARED_COLOUR, "weight": 0.5,
-                                       "fillColor": COMPARED_COLOUR, "fillOpacity": 0.35},
-        ).add_to(fmap)  # fmt: skip
-    rows += _swatch(COMPARED_COLOUR, html.escape(text(lang, "compared_row",
-                                                      cells=_cells(len(rest), lang))))  # fmt: skip
-    classes = ratio_classes(below_share)
-    ratio = below["measured_ratio"].to_numpy(dtype=np.float64) if len(below) else np.zeros(0)
-    shade = np.searchsorted(np.array([u for _l, u in classes[:-1]]), ratio, side="right")
-    if len(below):
-        e, n = below["e"].to_numpy(), below["n"].to_numpy()
-        layer = gpd.GeoDataFrame(
-            {  # one-letter keys: a Köln-sized run has over 10,000 such cells
-                "s": shade.astype(int),
-                "m": below["measured_down_mbps"].astype(float).round(1).to_numpy(),
-                "o": below["max_down_mbps"].astype(float).round(0).to_numpy(),
-                "r": np.round(100 * ratio, 1),
-                "t": below["n_tests"].astype(int).to_numpy(),
-                "c": np.char.replace(grid.cell_ids(e, n).astype(str), grid.CELL_ID_PREFIX, ""),
-            },
-            geometry=grid.cell_polygons(e, n),
-            crs=4326,
-        )
-
-        def style(feature: dict[str, Any]) -> dict[str, Any]:
-            colour = RATIO_COLOURS[min(int(feature["properties"]["s"]), 2)]
-            return {"color": colour, "weight": 0.5, "fillColor": colour, "fillOpacity": 0.75}
-
-        folium.GeoJson(
-            _geojson(layer, CELL_DECIMALS), name=text(lang, "measured_below"),
-            style_function=style, renderer=CANVAS,
-            tooltip=folium.GeoJsonTooltip(
-                fields=["m", "o", "r", "t", "c"],
-                aliases=[text(lang, k) for k in ("median_down", "advertised", "ratio", "tests",
-                                                 "cell")]),
+    rest = layers.get("compared") or MapLayer("compared", 0)
+    below = layers.get("below") or MapLayer("below", 0)
+    if rest.cells:
+        CellLayer(rest.geojson, text(lang, "compared_cells"),
+                  [_fill(COMPARED_COLOUR, 0.35)]).add_to(fmap)  # fmt: skip
+    rows = _swatch(COMPARED_COLOUR, html.escape(text(lang, "compared_row",
+                                                     cells=_cells(rest.cells, lang))))  # fmt: skip
+    classes = ratio_classes(float(below.meta.get("disagree_below", below_share)))
+    shades = [int(s) for s in below.meta.get("shades", [0] * len(classes))]
+    if below.cells:
+        CellLayer(
+            below.geojson, text(lang, "measured_below"),
+            [_fill(RATIO_COLOURS[min(i, 2)], 0.75) for i in range(len(classes))], style_key="s",
+            fields=[(k, html.escape(text(lang, label)), None)
+                    for k, label in (("m", "median_down"), ("o", "advertised"), ("r", "ratio"),
+                                     ("t", "tests"), ("c", "cell"))],
+            canvas=True,
         ).add_to(fmap)  # fmt: skip
     for i, (lower, upper) in enumerate(classes):
-        count = _cells(int((shade == i).sum()), lang)
+        count = _cells(shades[i] if i < len(shades) else 0, lang)
         label = (
             text(lang, "ratio_row", upper=_percent(upper, lang), cells=count)
             if lower == 0
@@ -151,5 +121,5 @@ def render_measured_map(
         else text(lang, "no_run")
     )  # fmt: skip
     legend = _legend(text(lang, "legend_measured_vs"), rows, options, note)
-    log.debug("rendered measured map: %d compared cells, %d below", len(compared), len(below))
+    log.debug("rendered measured map: %d compared cells, %d below", rest.cells, below.cells)
     return _page(fmap, legend, options)

@@ -21,15 +21,16 @@ from quartier.evaluation import storage as evaluation_storage
 from quartier.evaluation.indicators import CATALOGUE, IndicatorDefinition
 from quartier.geo import grid, run_store, speedtest_cells
 from quartier.geo import io as geo_io
-from quartier.maps import image
+from quartier.maps import image, layer_store
 from quartier.maps.districts import DistrictStatus, Evaluated, choropleth, render_district_map
-from quartier.maps.measured import render_measured_map
+from quartier.maps.layers import MapLayers, measured_layers, mobile_layers, supply_layers
+from quartier.maps.measured import render_measured_layers
 from quartier.maps.render import (
     CLASS_COLOURS,
     MapOptions,
     render_coverage_map,
-    render_gap_map,
-    render_mobile_map,
+    render_gap_layers,
+    render_mobile_layers,
     render_sensor_map,
     text,
 )
@@ -40,8 +41,9 @@ STALE_AFTER_SECONDS = 6 * 3600
 
 
 def coverage_page(conn: Conn, options: MapOptions) -> str:
-    """Broadband: the stored gap analysis (classes by availability, clusters, dead zones) if
-    there is one, else the measured speed per cell; districts and sensors."""
+    """Broadband: the stored gap analysis (classes by availability, clusters, dead zones; its
+    layers as stored with the run) if there is one, else the measured speed per cell; districts
+    and sensors."""
     districts = geo_io.load_districts(conn, "stadtbezirk")
     city = geo_io.load_districts(conn, "city")
     sensors = geo_io.load_sensor_locations(conn)
@@ -50,9 +52,11 @@ def coverage_page(conn: Conn, options: MapOptions) -> str:
     except NotFoundError:
         run = None
     if run is not None:
-        return render_gap_map(
-            run_store.load_cells(conn, run), run_store.load_gaps(conn, run), districts,
-            run.classes, sensors, city=city, options=options,
+        stored = layer_store.load_layers(conn, run.id, "coverage")
+        layers = stored or supply_layers(run_store.load_cells(conn, run), run.class_keys)
+        return render_gap_layers(
+            layers, run_store.load_gaps(conn, run), districts, run.classes, sensors, city=city,
+            options=options,
         )  # fmt: skip
     tests = geo_io.load_speedtests(conn)
     cells = speedtest_cells.classify_cells(
@@ -129,32 +133,50 @@ def contributed_cells(
     return np.asarray(pd.MultiIndex.from_arrays([cell_e, cell_n]).isin(index), dtype=np.bool_)
 
 
+def _published_cells(
+    conn: Conn, run: run_store.Run, table: str, min_contributors: int, cells: pd.DataFrame
+) -> pd.DataFrame:
+    """``cells`` (of ``run``, measured in ``table``) that may be published at
+    ``min_contributors``: by the distinct devices stored with the run's layers, or, for a run
+    stored without them, counted in ``table`` now."""
+    if min_contributors <= 1 or not len(cells):
+        return cells
+    counts = layer_store.load_device_counts(conn, run.id)
+    if counts is None:
+        return cells[contributed_cells(conn, table, min_contributors, cells["e"], cells["n"])]
+    column = "signal_devices" if table == "mobile_measurement" else "test_devices"
+    devices = layer_store.devices_of(counts, cells["e"], cells["n"], column)
+    return cells[devices >= min_contributors]
+
+
 def mobile_page(conn: Conn, options: MapOptions) -> str:
     """Mobile: the stored coverage run's measured 4G/5G coverage per operator, its dead zones
-    and measured cells; only cells that also now have signal measurements of at least
-    ``privacy.min_contributors`` distinct devices (the run applied the threshold in force when
-    it was analysed; a lower one then does not publish more now)."""
+    and measured cells, as stored with the run (layer_store); at a higher
+    ``privacy.min_contributors`` than the run was analysed at, only the cells measured by at
+    least that many distinct devices (the run applied the threshold in force when it was
+    analysed; a lower one then does not publish more now)."""
     districts = geo_io.load_districts(conn, "stadtbezirk")
     city = geo_io.load_districts(conn, "city")
-    try:
-        run = run_store.get_run(conn)
-    except NotFoundError:
-        run = None
+    run = _current_run(conn)
     if run is None:
-        return render_mobile_map(
-            pd.DataFrame(), [], [], districts, city=city, options=options
-        )  # fmt: skip
-    cells = run_store.load_cells(conn, run)
-    cells = cells[cells["n_signal"].to_numpy() > 0]
-    if options.min_contributors > 1 and len(cells):
-        cells = cells[
-            contributed_cells(conn, "mobile_measurement", options.min_contributors,
-                              cells["e"], cells["n"])
-        ]  # fmt: skip
-    return render_mobile_map(
-        cells, run.operators, run.technologies, districts, city=city,
-        parameters=run.parameters, options=options,
-    )  # fmt: skip
+        return render_mobile_layers(None, districts, city=city, options=options)
+    layers = layer_store.load_layers(conn, run.id, "mobile")
+    if layers is None or options.min_contributors > layers.min_contributors:
+        cells = run_store.load_cells(conn, run)
+        cells = cells[cells["n_signal"].to_numpy() > 0]
+        cells = _published_cells(conn, run, "mobile_measurement", options.min_contributors, cells)
+        layers = (
+            mobile_layers(
+                cells, run.operators, run.technologies, min_contributors=options.min_contributors
+            )
+            if len(cells)
+            else None
+        )
+    elif not layers.get("measured") or not layers.get("measured").cells:  # type: ignore[union-attr]
+        layers = None  # nothing measured: the note as before an analysis
+    return render_mobile_layers(
+        layers, districts, city=city, parameters=run.parameters, options=options
+    )
 
 
 def _current_run(conn: Conn) -> run_store.Run | None:
@@ -166,24 +188,27 @@ def _current_run(conn: Conn) -> run_store.Run | None:
 
 def measured_page(conn: Conn, options: MapOptions) -> str:
     """Measured vs advertised: the stored coverage run's cells where the speed tests fall well
-    below the best offer, and the other compared cells; only cells whose speed tests now come
-    from at least ``privacy.min_contributors`` distinct devices (the run applied the threshold
-    in force when it was analysed; a later, higher one is applied on top)."""
+    below the best offer, and the other compared cells, as stored with the run (layer_store); at
+    a higher ``privacy.min_contributors`` than the run was analysed at, only the cells whose
+    speed tests come from at least that many distinct devices."""
     districts = geo_io.load_districts(conn, "stadtbezirk")
     city = geo_io.load_districts(conn, "city")
     run = _current_run(conn)
     if run is None:
-        return render_measured_map(
-            pd.DataFrame(), districts, city=city, options=options, has_run=False
+        return render_measured_layers(
+            MapLayers("measured", ()), districts, city=city, options=options, has_run=False
         )
-    cells = run_store.load_cells(conn, run)
-    cells = cells[np.isfinite(cells["measured_ratio"].to_numpy(dtype=np.float64))]
-    if options.min_contributors > 1 and len(cells):
-        cells = cells[
-            contributed_cells(conn, "speedtest", options.min_contributors, cells["e"], cells["n"])
-        ]
-    return render_measured_map(
-        cells, districts, city=city, parameters=run.parameters, options=options
+    layers = layer_store.load_layers(conn, run.id, "measured")
+    if layers is None or options.min_contributors > layers.min_contributors:
+        cells = run_store.load_cells(conn, run)
+        cells = cells[np.isfinite(cells["measured_ratio"].to_numpy(dtype=np.float64))]
+        cells = _published_cells(conn, run, "speedtest", options.min_contributors, cells)
+        layers = measured_layers(
+            cells, disagree_below=float(run.parameters.get("disagree_below", 0.3)),
+            min_contributors=options.min_contributors,
+        )  # fmt: skip
+    return render_measured_layers(
+        layers, districts, city=city, parameters=run.parameters, options=options
     )
 
 

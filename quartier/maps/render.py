@@ -10,6 +10,7 @@ the browser asks no other server for anything. The server only writes HTML; no d
 from __future__ import annotations
 
 import html
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,19 +20,28 @@ from typing import Any, Literal
 import folium
 import geopandas as gpd
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 import shapely
 from branca.element import Element, Figure, MacroElement
+from folium.map import Layer
 from folium.plugins import MarkerCluster
 from folium.template import Template
 from folium.utilities import JsCode
 
 from quartier.config import MapSettings, Settings
 from quartier.geo import grid
-from quartier.geo.analysis import covers
 from quartier.geo.speedtest_cells import MIN_CONTRIBUTORS, SPEED_CLASS_BY_KEY, SPEED_CLASSES
 from quartier.maps.assets import Assets, use_shipped
+from quartier.maps.layers import (
+    MAX_MAP_CELLS as MAX_MAP_CELLS,
+)
+from quartier.maps.layers import (
+    MapLayer,
+    MapLayers,
+    features_geojson,
+    mobile_layers,
+    supply_layers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -387,19 +397,12 @@ def _page(fmap: folium.Map, legend: str, options: MapOptions) -> str:
 def _add_districts(fmap: folium.Map, districts: gpd.GeoDataFrame, lang: Lang) -> None:
     frame = districts.to_crs(4326)
     names = frame["name"] if "name" in frame.columns else frame["code"]
-    layer = gpd.GeoDataFrame(
-        {
-            "code": frame["code"].astype(str).map(_text),
-            "name": names.astype(str).map(_text),
-        },
-        geometry=frame.geometry.values,
-        crs=4326,
-    )
-    folium.GeoJson(
-        _geojson(layer),
-        name=text(lang, "districts"),
-        style_function=lambda _f: {"color": DISTRICT_COLOUR, "weight": 2, "fill": False},
-        tooltip=folium.GeoJsonTooltip(fields=["name"], aliases=[text(lang, "district")]),
+    props = [{"code": str(c), "name": str(nm)} for c, nm in zip(frame["code"], names, strict=True)]
+    CellLayer(
+        features_geojson(frame.geometry.values, props),
+        text(lang, "districts"),
+        [{"color": DISTRICT_COLOUR, "weight": 2, "fill": False}],
+        fields=[("name", html.escape(text(lang, "district")), None)],
     ).add_to(fmap)
 
 
@@ -516,8 +519,6 @@ def render_coverage_map(
 
 GAP_COLOUR = "#7b3294"
 DEAD_ZONE_COLOUR = "#000000"
-#: at most this many cells are drawn (the worst classes first); the rest is in the export
-MAX_MAP_CELLS = 20_000
 
 
 def render_gap_map(
@@ -538,6 +539,23 @@ def render_gap_map(
     ``class_key``, ``households``, ``dead_zone``…), ``gaps`` as from ``load_gaps``, ``classes``
     the profile's classes as dicts (``key``, ``label_de``, ``label_en``, ``colour``).
     """
+    layers = supply_layers(cells, [str(c["key"]) for c in classes])
+    return render_gap_layers(layers, gaps, districts, classes, sensors, city=city,
+                             options=options)  # fmt: skip
+
+
+def render_gap_layers(
+    layers: MapLayers,
+    gaps: gpd.GeoDataFrame,
+    districts: gpd.GeoDataFrame | None,
+    classes: Sequence[dict[str, Any]],
+    sensors: pd.DataFrame | None = None,
+    *,
+    city: gpd.GeoDataFrame | None = None,
+    options: MapOptions | None = None,
+) -> str:
+    """The gap map (:func:`render_gap_map`) of a run's layers as made by
+    :func:`quartier.maps.layers.supply_layers` (stored with the run or made for this page)."""
     options = options or MapOptions()
     lang = options.lang
     keys = [str(c["key"]) for c in classes]
@@ -546,75 +564,48 @@ def render_gap_map(
         str(c["key"]): str(c.get("label_en", c["label_de"]) if lang == "en" else c["label_de"])
         for c in classes
     }
-    populated = cells[(cells["households"] > 0) & cells["class_key"].notna()]
-    counts = populated["class_key"].astype(str).value_counts().to_dict()
-    rank = populated["class_key"].astype(str).map({k: i for i, k in enumerate(keys)})
-    shown = (
-        populated[rank < len(keys) - 1].assign(_rank=rank).sort_values("_rank").head(MAX_MAP_CELLS)
-    )
-    dead = cells[cells["dead_zone"]].head(MAX_MAP_CELLS)
+    supply = layers.get("supply") or MapLayer("supply", 0)
+    dead = layers.get("dead") or MapLayer("dead", 0)
+    # the layer's class index is into the keys it was made with
+    made_keys = [str(k) for k in supply.meta.get("class_keys", keys)]
+    counts = {str(k): int(v) for k, v in dict(supply.meta.get("counts", {})).items()}
     sensors = _finite_sensors(sensors) if sensors is not None else None
     bounds = _bounds([city, districts, gaps])
     fmap = _base_map(options, bounds, text(lang, "coverage_title"))
     if districts is not None and len(districts):
         _add_districts(fmap, districts, lang)
-    if len(shown):
-        e, n = shown["e"].to_numpy(), shown["n"].to_numpy()
-        layer = gpd.GeoDataFrame(
-            {
-                "cell_id": grid.cell_ids(e, n),
-                "class_key": shown["class_key"].astype(str).to_numpy(),
-                "klasse": shown["class_key"].astype(str).map(labels).to_numpy(),
-                "haushalte": shown["households"].astype(int).to_numpy(),
-                "max_down": shown["max_down_mbps"].astype(float).round(0).fillna(0).to_numpy(),
-            },
-            geometry=grid.cell_polygons(e, n),
-            crs=4326,
-        )
-
-        def style(feature: dict[str, Any]) -> dict[str, Any]:
-            colour = colours.get(feature["properties"]["class_key"], "#999999")
-            return {"color": colour, "weight": 0.5, "fillColor": colour, "fillOpacity": 0.7}
-
-        folium.GeoJson(
-            _geojson(layer, CELL_DECIMALS), name=text(lang, "supply"), style_function=style,
-            renderer=CANVAS,
-            tooltip=folium.GeoJsonTooltip(
-                fields=["klasse", "haushalte", "max_down", "cell_id"],
-                aliases=[text(lang, k) for k in ("class", "households", "best_offer", "cell")]),
+    if supply.cells:
+        CellLayer(
+            supply.geojson, text(lang, "supply"),
+            [_fill(colours.get(k, "#999999"), 0.7) for k in made_keys], style_key="k",
+            fields=[("k", html.escape(text(lang, "class")),
+                     [html.escape(labels.get(k, k)) for k in made_keys]),
+                    ("h", html.escape(text(lang, "households")), None),
+                    ("o", html.escape(text(lang, "best_offer")), None),
+                    ("c", html.escape(text(lang, "cell")), None)],
+            canvas=True,
         ).add_to(fmap)  # fmt: skip
     if len(gaps):
         g = gaps.to_crs(4326)
-        layer = gpd.GeoDataFrame(
-            {
-                "rang": g["rank"].astype(int),
-                "haushalte": g["households"].astype(int),
-                "flaeche": g["area_km2"].astype(float).round(2),
-                "prioritaet": g["priority"].astype(float).round(3),
-                "abstand": g["distance_gigabit_m"].astype(float).round(0).fillna(-1),
-                "bezirke": g["district_codes"].astype(str).map(_text),
-            },
-            geometry=g.geometry.values,
-            crs=4326,
-        )
-        folium.GeoJson(
-            _geojson(layer), name=text(lang, "gaps"),
-            style_function=lambda _f: {"color": GAP_COLOUR, "weight": 2, "fill": False},
-            tooltip=folium.GeoJsonTooltip(
-                fields=["rang", "haushalte", "flaeche", "prioritaet", "abstand", "bezirke"],
-                aliases=[text(lang, k) for k in ("rank", "households", "area", "priority",
-                                                 "distance", "district_list")]),
+        distance = g["distance_gigabit_m"].astype(float).round(0).fillna(-1)
+        props = [
+            {"rang": int(r), "haushalte": int(h), "flaeche": round(float(a), 2),
+             "prioritaet": round(float(p), 3), "abstand": float(d), "bezirke": str(b)}
+            for r, h, a, p, d, b in zip(g["rank"], g["households"], g["area_km2"], g["priority"],
+                                        distance, g["district_codes"], strict=True)
+        ]  # fmt: skip
+        CellLayer(
+            features_geojson(g.geometry.values, props), text(lang, "gaps"),
+            [{"color": GAP_COLOUR, "weight": 2, "fill": False}],
+            fields=[(k, html.escape(text(lang, label)), None)
+                    for k, label in (("rang", "rank"), ("haushalte", "households"),
+                                     ("flaeche", "area"), ("prioritaet", "priority"),
+                                     ("abstand", "distance"), ("bezirke", "district_list"))],
         ).add_to(fmap)  # fmt: skip
-    if len(dead):
-        e, n = dead["e"].to_numpy(), dead["n"].to_numpy()
-        layer = gpd.GeoDataFrame({"cell_id": grid.cell_ids(e, n)}, geometry=grid.cell_polygons(
-            e, n), crs=4326)  # fmt: skip
-        folium.GeoJson(
-            _geojson(layer, CELL_DECIMALS), name=text(lang, "dead_zones"), renderer=CANVAS,
-            style_function=lambda _f: {"color": DEAD_ZONE_COLOUR, "weight": 1,
-                                       "fillColor": DEAD_ZONE_COLOUR, "fillOpacity": 0.5},
-            tooltip=folium.GeoJsonTooltip(fields=["cell_id"], aliases=[text(lang, "dead_zone")]),
-        ).add_to(fmap)  # fmt: skip
+    if dead.cells:
+        CellLayer(dead.geojson, text(lang, "dead_zones"), [_fill(DEAD_ZONE_COLOUR, 0.5, 1)],
+                  fields=[("c", html.escape(text(lang, "dead_zone")), None)],
+                  canvas=True).add_to(fmap)  # fmt: skip
     has_sensors = sensors is not None and len(sensors) > 0
     if sensors is not None and has_sensors:
         _add_sensors(fmap, sensors, lang)
@@ -624,7 +615,7 @@ def render_gap_map(
         for k in keys
     )  # fmt: skip
     rows += _swatch(GAP_COLOUR, html.escape(text(lang, "gap_row", n=len(gaps))))
-    dead_row = text(lang, "dead_row", cells=_cells(len(dead), lang))
+    dead_row = text(lang, "dead_row", cells=_cells(dead.cells, lang))
     rows += _swatch(DEAD_ZONE_COLOUR, html.escape(dead_row))
     if has_sensors:
         rows += _swatch(SENSOR_COLOUR, text(lang, "sensor"), round_=True)
@@ -730,6 +721,115 @@ def render_sensor_map(
     return _page(fmap, _legend(text(lang, "legend_sensors"), rows, options), options)
 
 
+# --- stored layers: a run's cells drawn as they were made ---------------------------------------
+
+
+def _script_json(value: object) -> str:
+    """``value`` as JSON that is inert inside a ``<script>`` element."""
+    return _script_safe(json.dumps(value))
+
+
+def _script_safe(text_: str) -> str:
+    return (
+        text_.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        .replace("'", "\\u0027")
+    )  # fmt: skip
+
+
+class CellLayer(Layer):
+    """A layer of :mod:`quartier.maps.layers` (a FeatureCollection as text) on the map as it is:
+    no per-feature work on the server (folium's ``GeoJson`` calls a style function per feature
+    and writes a ``switch`` over every feature id); the style is picked in the browser from
+    ``styles`` by the feature's property ``style_key`` (None: the first style); the tooltip is
+    ``tooltip`` (HTML) or a table of ``fields`` (property, label, optional labels by value;
+    labels are HTML)."""
+
+    _template = Template(
+        """{% macro script(this, kwargs) %}
+        var {{ this.get_name() }} = L.geoJson({{ this.get_name() }}_data, {
+            {%- if this.canvas %}renderer: L.canvas(),{% endif %}
+            style: (function (styles, key) {
+                return function (f) {
+                    return (key === null ? styles[0] : styles[f.properties[key]]) || styles[0];
+                };
+            })({{ this.styles }}, {{ this.style_key }})
+        });
+        {%- if this.tooltip is not none %}
+        {{ this.get_name() }}.bindTooltip({{ this.tooltip }}, {sticky: true});
+        {%- elif this.fields is not none %}
+        {{ this.get_name() }}.bindTooltip(function (layer) {
+            var p = layer.feature.properties, rows = {{ this.fields }}, out = '<table>';
+            for (var i = 0; i < rows.length; i++) {
+                var v = p[rows[i][0]];
+                if (rows[i][2]) v = rows[i][2][v];
+                out += '<tr><th style="text-align:left;padding-right:6px">' + rows[i][1]
+                    + '</th><td>' + String(v).replace(/&/g, '&amp;').replace(/</g, '&lt;')
+                    + '</td></tr>';
+            }
+            return out + '</table>';
+        }, {sticky: true});
+        {%- endif %}
+        {% endmacro %}"""
+    )
+
+    def __init__(
+        self,
+        geojson: str,
+        name: str,
+        styles: Sequence[dict[str, Any]],
+        *,
+        style_key: str | None = None,
+        tooltip: str | None = None,
+        fields: Sequence[tuple[str, str, Sequence[str] | None]] | None = None,
+        canvas: bool = False,
+        show: bool = True,
+    ) -> None:
+        super().__init__(name=name, overlay=True, control=True, show=show)
+        self._name = "CellLayer"
+        self.data = _script_safe(geojson)
+        self.styles = _script_json(list(styles))
+        self.style_key = _script_json(style_key)
+        self.tooltip = None if tooltip is None else _script_json(tooltip)
+        self.fields = (
+            None
+            if fields is None
+            else _script_json([[k, label, list(labels) if labels else None]
+                               for k, label, labels in fields])
+        )  # fmt: skip
+        self.canvas = canvas
+
+    def render(self, **kwargs: Any) -> str:
+        # the data goes into the page as it is: through folium's templates, a script element
+        # is parsed again as a Jinja template, which for megabytes of GeoJSON took seconds
+        _root_of(self).script.add_child(
+            _Raw(f"var {self.get_name()}_data = {self.data};"), name=f"{self.get_name()}_data"
+        )
+        super().render(**kwargs)  # type: ignore[no-untyped-call]
+        return ""
+
+
+class _Raw(Element):
+    """Text put into the page as it is (no template)."""
+
+    def __init__(self, text_: str) -> None:
+        super().__init__()
+        self._text = text_
+
+    def render(self, **kwargs: Any) -> str:
+        return self._text
+
+
+def _root_of(element: Element) -> Figure:
+    root = element.get_root()
+    if not isinstance(root, Figure):  # pragma: no cover - folium always gives a Figure
+        raise TypeError("folium element without a Figure root")
+    return root
+
+
+def _fill(colour: str, opacity: float, weight: float = 0.5) -> dict[str, Any]:
+    return {"color": colour, "weight": weight, "fillColor": colour, "fillOpacity": opacity}
+
+
 # --- the mobile map: measured 4G/5G coverage per operator ---------------------------------------
 
 #: ColorBrewer "Paired": per operator a light (4G) and a dark (5G) shade of one hue
@@ -738,21 +838,6 @@ MOBILE_COLOURS: tuple[tuple[str, str], ...] = (
     ("#cab2d6", "#6a3d9a"), ("#fb9a99", "#e31a1c"), ("#ffff99", "#b15928"),
 )  # fmt: skip
 MEASURED_COLOUR = "#bdbdbd"
-#: the mobile map's layers: these technologies per operator
-MOBILE_MAP_TECHNOLOGIES: tuple[str, ...] = ("4G", "5G")
-
-
-def _merged_cells(e: npt.NDArray[Any], n: npt.NDArray[Any]) -> gpd.GeoDataFrame:
-    """The 100 m cells with lower-left corners ``e``, ``n`` merged into as few polygons as touch
-    (one feature instead of thousands), in EPSG:4326."""
-    size = float(grid.CELL_SIZE_M)
-    x, y = np.asarray(e, dtype=np.float64), np.asarray(n, dtype=np.float64)
-    squares = shapely.box(x, y, x + size, y + size)
-    merged = shapely.coverage_union_all(squares) if len(squares) else shapely.Polygon()
-    # without the vertices in the middle of straight edges (one per cell side)
-    parts = shapely.simplify(shapely.get_parts(merged), 0.0)
-    frame = gpd.GeoDataFrame(geometry=gpd.GeoSeries(parts, crs=grid.GRID_CRS))
-    return frame.to_crs(4326)
 
 
 def render_mobile_map(
@@ -775,69 +860,60 @@ def render_mobile_map(
     ``operators`` and ``technologies`` the run's (the bit layout of ``mobile_mask``);
     ``parameters`` the run's analysis parameters (for the legend's thresholds). ``cells`` None
     or empty: a map with the districts and a note that no analysis is stored."""
+    layers = mobile_layers(cells, operators, technologies) if len(cells) else None
+    return render_mobile_layers(
+        layers, districts, city=city, parameters=parameters, options=options
+    )
+
+
+def render_mobile_layers(
+    layers: MapLayers | None,
+    districts: gpd.GeoDataFrame | None = None,
+    *,
+    city: gpd.GeoDataFrame | None = None,
+    parameters: dict[str, Any] | None = None,
+    options: MapOptions | None = None,
+) -> str:
+    """The mobile map (:func:`render_mobile_map`) of a run's layers as made by
+    :func:`quartier.maps.layers.mobile_layers` (stored with the run or made for this page);
+    None: no analysis stored."""
     options = options or MapOptions()
     lang = options.lang
     params = parameters or {}
-    measured = cells[cells["n_signal"] > 0] if len(cells) else cells
     fmap = _base_map(options, _bounds([city, districts]), text(lang, "mobile_title"))
     if districts is not None and len(districts):
         _add_districts(fmap, districts, lang)
     rows = ""
-    if len(measured):
-        layer = _merged_cells(measured["e"].to_numpy(), measured["n"].to_numpy())
-        folium.GeoJson(
-            _geojson(layer), name=text(lang, "mobile_measured"),
-            style_function=lambda _f: {"color": MEASURED_COLOUR, "weight": 0.5,
-                                       "fillColor": MEASURED_COLOUR, "fillOpacity": 0.3},
-        ).add_to(fmap)  # fmt: skip
+    measured = layers.get("measured") if layers is not None else None
+    if measured is not None and measured.cells:
+        CellLayer(measured.geojson, text(lang, "mobile_measured"),
+                  [_fill(MEASURED_COLOUR, 0.3)]).add_to(fmap)  # fmt: skip
         rows += _swatch(
             MEASURED_COLOUR, html.escape(text(lang, "mobile_measured_row",
-                                              cells=_cells(len(measured), lang)))
+                                              cells=_cells(measured.cells, lang)))
         )  # fmt: skip
-    mask = measured["mobile_mask"].to_numpy(dtype=np.int64) if len(measured) else None
     first = True
-    for i, operator in enumerate(operators):
-        for shade, tech in enumerate(MOBILE_MAP_TECHNOLOGIES):
-            if tech not in technologies:
-                continue
-            colour = MOBILE_COLOURS[i % len(MOBILE_COLOURS)][shade]
-            has = (
-                covers(mask, i, list(technologies).index(tech), len(technologies))
-                if mask is not None
-                else np.zeros(0, dtype=bool)
-            )
-            count = int(has.sum())
-            if count:
-                covered = measured[has]
-                layer = _merged_cells(covered["e"].to_numpy(), covered["n"].to_numpy())
-                layer["layer"] = _text(text(lang, "mobile_layer", operator=operator,
-                                            technology=tech))  # fmt: skip
-                folium.GeoJson(
-                    _geojson(layer),
-                    name=_text(text(lang, "mobile_layer", operator=operator, technology=tech)),
-                    style_function=lambda _f, c=colour: {"color": c, "weight": 0.5,
-                                                         "fillColor": c, "fillOpacity": 0.6},
-                    tooltip=folium.GeoJsonTooltip(fields=["layer"], labels=False),
-                    show=first,
-                ).add_to(fmap)  # fmt: skip
-                first = False
-            label = text(lang, "mobile_row", operator=operator, technology=tech,
-                         cells=_cells(count, lang))  # fmt: skip
-            rows += _swatch(colour, html.escape(label))
-    dead = measured[measured["dead_zone"]] if len(measured) else measured
-    if len(dead):
-        e, n = dead["e"].to_numpy(), dead["n"].to_numpy()
-        layer = gpd.GeoDataFrame(
-            {"cell_id": grid.cell_ids(e, n)}, geometry=grid.cell_polygons(e, n), crs=4326
-        )
-        folium.GeoJson(
-            _geojson(layer, CELL_DECIMALS), name=text(lang, "dead_zones"), renderer=CANVAS,
-            style_function=lambda _f: {"color": DEAD_ZONE_COLOUR, "weight": 1,
-                                       "fillColor": DEAD_ZONE_COLOUR, "fillOpacity": 0.6},
-            tooltip=folium.GeoJsonTooltip(fields=["cell_id"], aliases=[text(lang, "dead_zone")]),
-        ).add_to(fmap)  # fmt: skip
+    for layer in layers.starting("op:") if layers is not None else []:
+        operator, tech = str(layer.meta["operator"]), str(layer.meta["technology"])
+        colour = MOBILE_COLOURS[int(layer.meta["index"]) % len(MOBILE_COLOURS)][
+            int(layer.meta["shade"])
+        ]
+        name = _text(text(lang, "mobile_layer", operator=operator, technology=tech))
+        if layer.cells:
+            CellLayer(layer.geojson, name, [_fill(colour, 0.6)], tooltip=name,
+                      show=first).add_to(fmap)  # fmt: skip
+            first = False
+        label = text(lang, "mobile_row", operator=operator, technology=tech,
+                     cells=_cells(layer.cells, lang))  # fmt: skip
+        rows += _swatch(colour, html.escape(label))
+    dead = layers.get("dead") if layers is not None else None
+    n_dead = dead.cells if dead is not None else 0
+    if dead is not None and dead.cells:
+        CellLayer(dead.geojson, text(lang, "dead_zones"), [_fill(DEAD_ZONE_COLOUR, 0.6, 1)],
+                  fields=[("c", html.escape(text(lang, "dead_zone")), None)],
+                  canvas=True).add_to(fmap)  # fmt: skip
     rows += _swatch(
-        DEAD_ZONE_COLOUR, html.escape(text(lang, "dead_row", cells=_cells(len(dead), lang)))
+        DEAD_ZONE_COLOUR, html.escape(text(lang, "dead_row", cells=_cells(n_dead, lang)))
     )
     thresholds = params.get("signal_threshold_dbm") or {}
     note = (
@@ -845,9 +921,10 @@ def render_mobile_map(
              share=_number(100 * float(params.get("signal_min_share", 0.5)), lang),
              threshold=_number(float(thresholds.get("4G", -110.0)), lang),
              k=options.min_contributors)
-        if len(cells)
+        if layers is not None
         else text(lang, "no_run")
     )  # fmt: skip
     legend = _legend(text(lang, "legend_mobile"), rows, options, note)
-    log.debug("rendered mobile map: %d measured cells, %d dead zones", len(measured), len(dead))
+    log.debug("rendered mobile map: %d measured cells, %d dead zones",
+              measured.cells if measured else 0, n_dead)  # fmt: skip
     return _page(fmap, legend, options)
