@@ -110,8 +110,20 @@ def store_run_layers(
     layers = make_layers(run, cells, min_contributors)
     tested = cells[(cells["n_tests"].to_numpy() > 0) | (cells["n_signal"].to_numpy() > 0)]
     e, n = tested["e"].to_numpy(), tested["n"].to_numpy()
-    tests = device_counts(conn, "speedtest", e, n, since=since, until=until)
-    signals = device_counts(conn, "mobile_measurement", e, n, since=since, until=until)
+    # only the kind of measurement the run has for a cell (it met k there); a count below k
+    # (the other kind's rows of a cell, or rows erased since) is never stored
+    tests = np.where(
+        tested["n_tests"].to_numpy() > 0,
+        device_counts(conn, "speedtest", e, n, since=since, until=until),
+        0,
+    )
+    signals = np.where(
+        tested["n_signal"].to_numpy() > 0,
+        device_counts(conn, "mobile_measurement", e, n, since=since, until=until),
+        0,
+    )
+    tests[tests < min_contributors] = 0
+    signals[signals < min_contributors] = 0
     with conn.cursor() as cur:
         current = run_store.current_run_id(conn)
         cur.execute(
