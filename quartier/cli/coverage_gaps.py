@@ -31,8 +31,8 @@ def coverage_analyse_cmd(
         str | None, typer.Option(help="analyse on this Dask cluster (tcp://host:8786)")
     ] = None,
     tile_km: Annotated[
-        int, typer.Option(help="tile side in km on Dask (multiple of 0.1 km cells)")
-    ] = 10,
+        int | None, typer.Option(help="tile side in km on Dask (default 50; docs/coverage.md)")
+    ] = None,
 ) -> None:
     """Analyse the stored inputs on the 100 m grid and store the results as a new run; in one
     process, or tile by tile on Dask (--workers N or --scheduler URL; docs/coverage.md)."""
@@ -78,7 +78,7 @@ def _analyse_on_dask(
     min_tests: int | None,
     workers: int | None,
     scheduler: str | None,
-    tile_km: int,
+    tile_km: int | None,
 ) -> None:
     import logging
 
@@ -92,7 +92,7 @@ def _analyse_on_dask(
             raise BadRequestError("give either --workers or --scheduler, not both")
         if workers is not None and workers < 1:
             raise BadRequestError("--workers must be at least 1")
-        if tile_km < 1:
+        if tile_km is not None and tile_km < 1:
             raise BadRequestError("--tile-km must be at least 1")
         try:
             from distributed import Client
@@ -120,7 +120,7 @@ def _analyse_on_dask(
                         client,
                         url,
                         analysis,
-                        tile_cells=tile_km * 10,
+                        tile_cells=tile_km * 10 if tile_km else None,
                         district_level=level,
                         progress=status.update,
                         on_stored=refresh_after_coverage_run,

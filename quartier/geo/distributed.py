@@ -1,8 +1,14 @@
 """The coverage analysis on dask.distributed, tile by tile, with the result of :func:`analyse`.
 
 Tiles are squares of ``tile_cells`` × ``tile_cells`` cells of the EPSG:3035 100 m grid (default
-100 × 100: 10 km), aligned on multiples of their size. Each tile is a Dask task:
+500 × 500: 50 km), aligned on multiples of their size. Each tile is a Dask task:
 
+0. **Inputs** come from where the tasks run: stored inputs are read by the workers, one task
+   per band of tiles (a row of tiles across the extent: one range of the ``(cell_n, cell_e)``
+   index, :class:`StoreBands`, :func:`read_store`), cut into tiles there and counted per
+   operator, so that the client reads nothing but the districts and the band extent; a
+   :class:`TileSource` makes a tile's inputs in its task (a generator); or the client hands
+   them over (:func:`split_inputs`, :func:`scatter_tiles`).
 1. **Cells** (:func:`quartier.geo.analysis.analyse_cells`): everything a cell gets from its own
    inputs (classes, measurements, mobile coverage, district) needs no other tile. The operators
    are fixed for the whole run beforehand (the most measured, as :func:`analyse` picks them);
@@ -77,7 +83,9 @@ log = logging.getLogger(__name__)
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
-TILE_CELLS = 100  # 10 km × 10 km
+#: 50 km × 50 km: few tasks (the client's work is per tile), tiles large enough that reading and
+#: analysing them outweighs Dask's per-task cost; measured in docs/benchmarks.md (Coverage)
+TILE_CELLS = 500
 Tile = tuple[int, int]  # (row // tile_cells, column // tile_cells)
 
 
