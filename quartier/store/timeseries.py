@@ -268,7 +268,7 @@ select i.ds, a.*{flag}
 from unnest(%(ids)s::bigint[]) with ordinality as i(ds, ord)
 {dirty_join}
 cross join lateral (
-    select array_agg(extract(epoch from q.b)::bigint) as t, {arrays}
+    select {times} as t, {arrays}
     from ({inner} order by b) q
 ) a
 order by i.ord"""
@@ -369,10 +369,27 @@ class _Int8ArrayLoader(_NumpyArrayLoader):
     wire = ">i8"
 
 
+class _TimestamptzArrayLoader(_NumpyArrayLoader):
+    """``timestamptz[]`` as seconds since 1970 (whole seconds: bucket starts). PostgreSQL sends
+    microseconds since 2000; the array of timestamps costs it half what ``extract(epoch …)``
+    per bucket costs (numeric arithmetic)."""
+
+    wire = ">i8"
+
+    def load(self, data: Any) -> npt.NDArray[Any]:
+        return super().load(data) // 1_000_000 + _PG_EPOCH_S
+
+
+#: 2000-01-01 in seconds since 1970
+_PG_EPOCH_S = 946_684_800
+
+
 def _numpy_arrays(cur: psycopg.Cursor[Any]) -> None:
-    """Make ``cur`` load bigint[] and double precision[] as numpy arrays."""
+    """Make ``cur`` load bigint[], double precision[] and timestamptz[] (as seconds since 1970)
+    as numpy arrays."""
     cur.adapters.register_loader(1016, _Int8ArrayLoader)  # int8[]
     cur.adapters.register_loader(1022, _NumpyArrayLoader)  # float8[]
+    cur.adapters.register_loader(1185, _TimestamptzArrayLoader)  # timestamptz[]
 
 
 def _bucket_json(functions: Sequence[Function]) -> str:
@@ -428,8 +445,9 @@ def aggregate_query(
             sql.SQL("array_agg({})").format(sql.SQL(_COLUMNS[f])) for f in functions
         )
     flag = sql.SQL(_DIRTY_FLAG if flag_dirty and not dirty else "")
+    times = sql.SQL("array_agg(q.b)" if columns else "array_agg(extract(epoch from q.b)::bigint)")
     return sql.SQL(_PER_DATASTREAM).format(
-        dirty_join=dirty_join, arrays=arrays, inner=inner, flag=flag
+        times=times, dirty_join=dirty_join, arrays=arrays, inner=inner, flag=flag
     )
 
 
