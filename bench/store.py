@@ -589,7 +589,9 @@ def run_queries(
 
             return run
 
-        def sql_only(k: int, width: timedelta, span_days: int) -> Callable[[int], Any]:
+        def sql_only(
+            k: int, width: timedelta, span_days: int, as_json: bool = False
+        ) -> Callable[[int], Any]:
             """PostgreSQL's own execution time of the columnar query (EXPLAIN ANALYZE, timing
             off): what the database costs, without transfer and Python."""
             rollup = timeseries.choose_source(width)
@@ -597,7 +599,7 @@ def run_queries(
             def run(_: int) -> Any:
                 a, b = period(span_days)
                 q = timeseries.aggregate_query(
-                    path, width, rollup, ("avg",), dirty=False, columns=True
+                    path, width, rollup, ("avg",), dirty=False, columns=not as_json, as_json=as_json
                 )
                 params = {"ids": sorted(pick(k)), "start": a, "end": b, "w": width,
                           "origin": timeseries.ORIGIN}  # fmt: skip
@@ -647,6 +649,11 @@ def run_queries(
             (f"{hourly} (query layer, lists)", agg(100, hour, month, "auto"), repeat),
             (f"{daily} (SQL only, EXPLAIN ANALYZE)", sql_only(100, day, days), repeat),
             (f"{hourly} (SQL only, EXPLAIN ANALYZE)", sql_only(100, hour, month), repeat),
+            (
+                f"{hourly} (SQL only, EXPLAIN ANALYZE, rows as JSON)",
+                sql_only(100, hour, month, as_json=True),
+                repeat,
+            ),
             (f"{daily} (query layer, numpy)", agg(100, day, days, "auto", True), repeat),
             (f"{hourly} (query layer, numpy)", agg(100, hour, month, "auto", True), repeat),
             (f"API JSON: {daily}, columns", api_json(100, day, days, "columns"), repeat),
@@ -697,7 +704,8 @@ def run_queries(
             loads.append(load_average())
             log(f"repetition {rep + 1}/{reps} (load average {loads[-1]})")
             for name, fn, n in cases:
-                r = measure(fn, n, warmup=3 if rep == 0 else 1)
+                naive_case = name.startswith("naive")
+                r = measure(fn, n, warmup=1 if naive_case or rep else 3)
                 if "EXPLAIN" in name:  # the server's own time, not the round trip's
                     r = measure_values(fn, n)
                 per_case[name].append(r)
