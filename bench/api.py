@@ -81,6 +81,7 @@ class World:
     per_datastream: int  # observations of each datastream
     things_in_polygon: int
     datastreams_per_thing: int
+    things: int = 0
     id_quote: str = ""  # the peer's ids go in quotes: Datastreams('…')
     max_top: int = 10_000
     page100: str = ""  # the 100th page's URL, found by following @iot.nextLink (prepare_page100)
@@ -300,6 +301,21 @@ def _polygon_check(w: World, i: int) -> Check:
     return check
 
 
+def _things_url(w: World, i: int) -> str:
+    opts = _q(
+        **{
+            "$expand": "Datastreams/Observations($top=1;$orderby=phenomenonTime desc)",
+            "$top": "100",
+        }
+    )
+    return f"{w.base}/Things?{opts}"
+
+
+def _things_check(w: World, i: int) -> Check:
+    inner = _polygon_check(World(**{**w.__dict__, "things_in_polygon": min(100, w.things)}), i)
+    return inner
+
+
 def _count_ds_url(w: World, i: int) -> str:
     return f"{w.base}/{w.ds(i)}/Observations?{_q(**{'$count': 'true', '$top': '1'})}"
 
@@ -363,6 +379,12 @@ SHAPES: list[Shape] = [
         "Things within a polygon (geo $filter) with their latest observation expanded",
         _polygon_url,
         _polygon_check,
+    ),
+    Shape(
+        "things_latest",
+        "the same expand without the geo $filter (the first 100 Things)",
+        _things_url,
+        _things_check,
     ),
     Shape(
         "count_datastream",
@@ -652,6 +674,7 @@ def main_run(args: argparse.Namespace, admin: str, report: dict[str, Any]) -> No
             per_datastream=steps,
             things_in_polygon=in_poly,
             datastreams_per_thing=args.datastreams_per_thing,
+            things=args.things,
         )
         report["quartier"] = measure_server(w, args.repeat, args.clients, args.duration, "quartier")
 
@@ -672,6 +695,7 @@ def peer_run(args: argparse.Namespace, admin: str, report: dict[str, Any]) -> No
         "per_datastream": steps,
         "things_in_polygon": in_poly,
         "datastreams_per_thing": per_thing,
+        "things": things,
     }
     report["peer_data"] = {
         "things": things,

@@ -67,6 +67,7 @@ SETTINGS = '''\
 """Written by bench/peer_setup.py: django-ogc-sensorthings 1.2.0 for bench/api.py --peer."""
 import json
 import os
+from uuid import UUID
 
 _DB = json.loads(os.environ["PEER_DB"])
 SECRET_KEY = "bench-only-not-secret"
@@ -100,10 +101,35 @@ SENSORTHINGS_V1_1_BACKEND_ADAPTER = (
     "sensorthings.versions.v1_1.backends.django.adapter.DjangoBackendAdapter"
 )
 SENSORTHINGS_V1_1_MAX_TOP = {max_top}
+SENSORTHINGS_V1_1_ID_TYPE = UUID  # its ORM backend's ids
+SENSORTHINGS_V1_1_ID_DELIMITER = "'"
 '''
 
 URLS = """\
+import os
+
 from django.urls import include, path
+
+if os.environ.get("PEER_PATCH_ORDERBY") == "1":
+    # 1.2.0 orders by the OData name turned snake_case ("phenomenon_time"), which its model
+    # does not have (phenomenon_time_begin): every $orderby=phenomenonTime is a 500. The same
+    # renaming its $filter already applies, applied to $orderby too (issue #13: "its ordering
+    # bug patched").
+    from django.db.models import F
+    from pydantic.alias_generators import to_snake
+    from sensorthings.types import OrderByDirection
+    from sensorthings.versions.v1_1.backends.django import adapter
+
+    def _orderby(orderby=None):
+        out = []
+        for fld in orderby or []:
+            names = [adapter.ODATA_FIELD_REMAP.get(to_snake(p), to_snake(p)) for p in fld.path]
+            expr = F("__".join(names))
+            asc = fld.direction == OrderByDirection.ASC
+            out.append(expr.asc() if asc else expr.desc())
+        return out
+
+    adapter.DjangoBaseBackendAdapter.build_orderby_arg = staticmethod(_orderby)
 
 urlpatterns = [path("sensorthings/", include("sensorthings.versions.v1_1.urls"))]
 """
@@ -136,9 +162,10 @@ def write_project() -> None:
     (PROJECT / "manage.py").write_text(MANAGE)
 
 
-def _env(db_url: str, service_url: str = "") -> dict[str, str]:
+def _env(db_url: str, service_url: str = "", patched: bool = True) -> dict[str, str]:
     info = psycopg.conninfo.conninfo_to_dict(db_url)
     env = dict(os.environ) | {"PEER_DB": json.dumps({k: str(v) for k, v in info.items()})}
+    env["PEER_PATCH_ORDERBY"] = "1" if patched else "0"
     if service_url:
         env["PEER_SERVICE_URL"] = service_url
     return env
@@ -171,7 +198,6 @@ def load(
             " values (%s, 'pm25', 'bench:pm25', '')",
             (op,),
         )
-        end = start + steps * step
         fois: list[str] = []
         for k, (x, y) in enumerate(points[:things]):
             thing, loc, foi = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
@@ -195,13 +221,14 @@ def load(
                 (foi, f"location {k}", point),
             )
             for j in range(per_thing):
+                # phenomenonTime and resultTime left null, as a Datastream created through its
+                # API has them: 1.2.0 renders a stored one as an instant, which its own response
+                # model refuses (every read of that Datastream is a 500)
                 ds = str(uuid.uuid4())
                 conn.execute(
                     f"insert into {_table('datastream')} (id, name, description,"
                     " unit_of_measurement, observation_type, thing_id, sensor_id,"
-                    " observed_property_id, phenomenon_time_begin, phenomenon_time_end,"
-                    " result_time_begin, result_time_end)"
-                    " values (%s, %s, '', %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    " observed_property_id) values (%s, %s, '', %s, %s, %s, %s, %s)",
                     (
                         ds,
                         f"thing {k} ds {j}",
@@ -212,10 +239,6 @@ def load(
                         thing,
                         sensor,
                         op,
-                        start,
-                        end - step,
-                        start,
-                        end - step,
                     ),
                 )
                 ds_ids.append(ds)
@@ -275,9 +298,9 @@ def setup(
 
 
 @contextmanager
-def server(peer: Peer, workers: int) -> Iterator[str]:
-    """The peer under uvicorn with ``workers`` processes on a free port; yields its service root
-    (…/sensorthings/v1.1)."""
+def server(peer: Peer, workers: int, patched: bool = True) -> Iterator[str]:
+    """The peer under uvicorn with ``workers`` processes on a free port (``patched``: its
+    ``$orderby`` bug fixed, see ``URLS``); yields its service root (…/sensorthings/v1.1)."""
     sys.path.insert(0, str(HERE))
     from api import free_port, wait_http  # bench/api.py
 
@@ -298,7 +321,7 @@ def server(peer: Peer, workers: int) -> Iterator[str]:
     ]
     with tempfile.TemporaryFile() as log_file:
         proc = subprocess.Popen(
-            cmd, cwd=PROJECT, env=_env(peer.db_url, root), stdout=log_file, stderr=log_file
+            cmd, cwd=PROJECT, env=_env(peer.db_url, root, patched), stdout=log_file, stderr=log_file
         )
         try:
             try:

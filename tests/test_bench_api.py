@@ -60,6 +60,7 @@ def test_every_shape_answers_with_the_expected_items(db_url: str) -> None:
             per_datastream=steps,
             things_in_polygon=in_polygon,
             datastreams_per_thing=per_thing,
+            things=things,
         )
         assert w.total >= 100 * 100  # page 100 exists
         with httpx.Client(timeout=120) as client:
