@@ -290,6 +290,50 @@ def test_an_observation_conflict_in_a_change_set_rolls_it_back(
     assert scalar(settings, "select result from observation_latest where datastream_id = 1") == 5.0
 
 
+def test_audit_rows_of_a_change_set_are_kept_only_when_it_commits(
+    client: TestClient, settings: Settings
+) -> None:
+    """A rolled-back change set leaves no audit row of the requests that succeeded in it
+    before the failure; a committed one leaves one per request; a request outside change
+    sets is audited on its own."""
+    h = bearer(key(settings, "entities:write"))
+
+    def audited() -> list[tuple[str, str]]:
+        with psycopg.connect(settings.require_database_url(), autocommit=True) as conn:
+            got = conn.execute("select action, target from audit_event order by id").fetchall()
+        return [(r[0], r[1]) for r in got]
+
+    before = audited()
+    bad = datastream(
+        Thing={"@iot.id": 1}, Sensor={"@iot.id": "$s"}, ObservedProperty={"@iot.id": 9}
+    )
+    body = {
+        "requests": [
+            {"id": "s", "atomicityGroup": "g", "method": "post", "url": "Sensors", "body": SENSOR},
+            {"id": "p", "atomicityGroup": "g", "method": "patch", "url": "Things(1)",
+             "body": {"description": "neu"}},
+            {"id": "d", "atomicityGroup": "g", "method": "post", "url": "Datastreams", "body": bad},
+            {"id": "alone", "method": "post", "url": "Sensors", "body": SENSOR},
+        ]
+    }  # fmt: skip
+    a = answers(client.post(BATCH, json=body, headers=h))
+    assert [a[i]["status"] for i in ("s", "p", "d", "alone")] == [424, 424, 400, 201]
+    # the failed change set's Sensor and PATCH are gone, and so are their audit rows
+    assert audited() == [*before, ("POST /v1.1/Sensors", "/v1.1/Sensors")]
+    assert scalar(settings, "select description from thing where id = 1") != "neu"
+    # the same change set without the fault: one row per request, in order
+    body["requests"] = body["requests"][:2]
+    a = answers(client.post(BATCH, json=body, headers=h))
+    assert [a[i]["status"] for i in ("s", "p")] == [201, 200]
+    assert audited()[-2:] == [
+        ("POST /v1.1/Sensors", "/v1.1/Sensors"),
+        ("PATCH /v1.1/Things({entity_id})", "/v1.1/Things(1)"),
+    ]
+    assert len(audited()) == len(before) + 3
+    n = scalar(settings, "select count(distinct api_key_id) from audit_event")
+    assert n == 1
+
+
 def test_get_and_writes_mixed_each_standing_alone(client: TestClient, settings: Settings) -> None:
     h = bearer(key(settings, "entities:write", "observations:write"))
     sensors = rows(settings)["sensor"]

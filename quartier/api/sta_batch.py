@@ -13,7 +13,9 @@ batch adds:
 - a change set (``atomicityGroup``; a nested multipart) is one database transaction on the
   SensorThings writer (``api.sta_write``: ``Held``, ``BatchWriter.begin``/``end``): all its
   requests are stored or none; the request that failed answers its error, the others
-  ``424 Failed Dependency``. Change sets hold writes only (no GET);
+  ``424 Failed Dependency``. Its requests' audit rows (``api.auth.AUDIT_PENDING``) are written
+  once it has committed, in one transaction, and dropped when it is rolled back. Change sets
+  hold writes only (no GET);
 - ``dependsOn`` and ``$<id>`` references: a request that depends on (or refers to) a failed
   one answers 424; ``$<id>`` as the first segment of a URL is the entity that request created
   or returned, and ``{"@iot.id": "$<id>"}`` in a body its ``@iot.id``;
@@ -41,11 +43,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.types import Message
 
+from quartier.api.auth import AUDIT_PENDING
 from quartier.api.errors import status_of
 from quartier.api.sensorthings import PREFIX
 from quartier.api.sta_write import CHANGESET, Held, app_writer
 from quartier.errors import BadRequestError, PayloadTooLargeError, QuartierError
 from quartier.ingest.writer import BatchWriter
+from quartier.store import audit
 
 log = logging.getLogger(__name__)
 
@@ -345,9 +349,11 @@ class Runner:
         held = await run_in_threadpool(Held, self.spare)
         results: list[Answer] = []
         commit_error: Answer | None = None
+        # the audit rows of its requests: written once it has committed, dropped otherwise
+        audits: list[dict[str, Any]] = []
         try:
             for p in members:
-                answer = await self._one(p, held)
+                answer = await self._one(p, held, audits)
                 results.append(answer)
                 self.answers[p.id] = answer  # later members may refer to it
                 if not answer.ok:
@@ -361,6 +367,8 @@ class Runner:
             with anyio.CancelScope(shield=True):
                 await run_in_threadpool(held.end, False)  # no-op once committed
         if commit_error is None and len(results) == len(members) and all(a.ok for a in results):
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(self._audit, audits)
             return
         self.failed.add(group)
         culprit = next((k for k, a in enumerate(results) if not a.ok), len(results) - 1)
@@ -377,7 +385,18 @@ class Runner:
             else:
                 self._done(p, _error(424, "FailedDependency", reason))
 
-    async def _one(self, p: Part, held: Held | None) -> Answer:
+    def _audit(self, rows: list[dict[str, Any]]) -> None:
+        """The audit rows of a change set that committed, in one transaction on the API's
+        connection (the login allowed to add them)."""
+        if not rows:
+            return
+        with self.request.app.state.pool.connection() as conn, conn.transaction():
+            for row in rows:
+                audit.record(conn, **row)
+
+    async def _one(
+        self, p: Part, held: Held | None, audits: list[dict[str, Any]] | None = None
+    ) -> Answer:
         for d in [*p.depends, *_references(p)]:
             if d in self.failed:
                 return _error(
@@ -389,7 +408,7 @@ class Runner:
             path, query = _service_path(url, f"request {p.id!r}")
         except BadRequestError as exc:
             return _error(400, "BadRequestError", str(exc))
-        return await self._dispatch(p, path, query, body, held)
+        return await self._dispatch(p, path, query, body, held, audits)
 
     def _entity(self, ref: str) -> tuple[str, Any]:
         """(URL, @iot.id) of the entity request ``ref`` created or returned."""
@@ -421,7 +440,13 @@ class Runner:
         return value
 
     async def _dispatch(
-        self, p: Part, path: str, query: str, body: Any, held: Held | None
+        self,
+        p: Part,
+        path: str,
+        query: str,
+        body: Any,
+        held: Held | None,
+        audits: list[dict[str, Any]] | None = None,
     ) -> Answer:
         outer = self.request
         headers = {k: v for k, v in p.headers.items() if k not in ("content-length", "host")}
@@ -445,8 +470,11 @@ class Runner:
             headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
         )
         scope.pop(CHANGESET, None)
+        scope.pop(AUDIT_PENDING, None)
         if held is not None:
             scope[CHANGESET] = held
+        if audits is not None:
+            scope[AUDIT_PENDING] = audits
         for key in ("route", "endpoint", "path_params"):
             scope.pop(key, None)
         sent = False

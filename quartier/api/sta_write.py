@@ -214,30 +214,6 @@ def _created(body: dict[str, Any], link: str) -> JSONResponse:
 
 
 # --------------------------------------------------------------------------- Observations
-def _observation_row(cur: w.Executor, new: b.NewObservation, ds_id: int, path: str) -> Observation:
-    """The writer's Observation of ``new`` for Datastream ``ds_id``, its FeatureOfInterest
-    resolved: linked (checked), created from the body, or the automatic one."""
-    foi: int | None
-    if new.feature is None:
-        foi = w.feature_of_datastream(cur, ds_id)
-    elif new.feature.id is not None:
-        foi = new.feature.id
-        w.require(cur, "FeaturesOfInterest", foi, f"{path}FeatureOfInterest")
-    else:
-        assert new.feature.new is not None
-        foi = w.insert(cur, "FeaturesOfInterest", new.feature.new.values)
-    number = new.number
-    return Observation(
-        ds_id,
-        new.time,
-        number,
-        None if number is not None else new.result,
-        new.result_time,
-        new.parameters,
-        foi,
-    )
-
-
 def _create_observation(
     request: Request,
     conn: DictConn,
@@ -276,7 +252,8 @@ def _store_observation(
 
     def prepare(raw_conn: RawConn) -> None:
         with _cursor(raw_conn) as cur:
-            batch.observations.append(_observation_row(cur, new, stored_as, ""))
+            foi = w.observation_feature(cur, stored_as, new.feature_id, new.feature_values)
+            batch.observations.append(new.stored(stored_as, foi))
 
     result = writer(request).write(batch, prepare, all_or_nothing=True)
     if result.not_stored:
@@ -414,6 +391,8 @@ class _Tree:
     def insert(self, new: b.NewEntity, path: str, parent: tuple[str, int] | None = None) -> int:
         """Insert ``new`` and everything it nests; its id."""
         cur, es = self.cur, new.entity_set
+        if es == "HistoricalLocations":
+            return self._historical_location(new, path, parent)
         values = dict(new.values)
         if es in ("Datastreams", "MultiDatastreams"):
             for nav, (target, column) in _DATASTREAM_LINKS.items():
@@ -484,6 +463,35 @@ class _Tree:
                 self.observations.append((o.datastream_id, o, opath + "/", new_id))
         return new_id
 
+    def _historical_location(
+        self, new: b.NewEntity, path: str, parent: tuple[str, int] | None
+    ) -> int:
+        """A HistoricalLocation a client creates: its Thing (linked, described, or the parent
+        of the path) was at its Locations (linked or described, at least one) from ``time``."""
+        if "Thing" in new.links:
+            thing = new.links["Thing"][0]
+            w.require(self.cur, "Things", thing, f"{_at(path, 'Thing')}/@iot.id")
+        elif "Thing" in new.nested:
+            thing = self.insert(new.nested["Thing"][0], _at(path, "Thing"))
+        elif parent is not None and parent[0] == "Things":
+            thing = parent[1]
+        else:
+            raise BadRequestError(
+                f"{_at(path, 'Thing')} is required: link the Thing that was there"
+                ' ({"@iot.id": <id>}) or describe a new one'
+            )
+        locations = self._linked(new, "Locations", "Locations", path)
+        for i, loc in enumerate(new.nested.get("Locations", [])):
+            locations.append(self.insert(loc, _at(path, "Locations", i)))
+        if parent is not None and parent[0] == "Locations":
+            locations.append(parent[1])
+        if not locations:
+            raise BadRequestError(
+                f"{_at(path, 'Locations')} is required: one or more Locations where the Thing"
+                ' was, each linked ({"@iot.id": <id>}) or described'
+            )
+        return w.add_historical_location(self.cur, thing, locations, new.values["time"])
+
     def _observed_properties(self, new: b.NewEntity, mds_id: int, path: str) -> None:
         """A new MultiDatastream's ObservedProperties, linked or created, in the body's order
         (the order of its results)."""
@@ -513,8 +521,9 @@ class _Tree:
                     " in the same Datastream"
                 )
             seen[(ds, o.time)] = path
-            row = _observation_row(self.cur, o, ds, path)
-            out.append(row._replace(foi_id=foi) if foi is not None else row)
+            if foi is None:
+                foi = w.observation_feature(self.cur, ds, o.feature_id, o.feature_values, path)
+            out.append(o.stored(ds, foi))
         return out
 
 
@@ -618,7 +627,10 @@ def _update(
             if moved:
                 for i, loc in enumerate(moved):
                     w.require(cur, "Locations", loc, f"Locations[{i}]/@iot.id")
-                w.set_locations(cur, entity_id, moved, _now())
+                if entity_set == "HistoricalLocations":
+                    w.set_historical_locations(cur, entity_id, moved)
+                else:
+                    w.set_locations(cur, entity_id, moved, _now())
 
     writer(request).write(Batch(source="http"), prepare)
     row = q.entity(conn, entity_set, ENTITY_SETS[entity_set], entity_id)
@@ -657,7 +669,7 @@ def _add_update_delete(entity_set: str) -> None:
             f.column: new.values.get(f.column, f.default) for f in b.FIELDS[entity_set].values()
         }
         links = {nav: ids[0] for nav, ids in new.links.items() if nav in _DATASTREAM_LINKS}
-        if entity_set == "Things" and "Locations" in new.links:
+        if entity_set in ("Things", "HistoricalLocations") and "Locations" in new.links:
             values["_locations"] = new.links["Locations"]
         return _update(
             request, conn, base, entity_set, _entity_id(entity_set, entity_id), values, links
@@ -707,10 +719,35 @@ def patch_observation(
 ) -> JSONResponse:
     """Changes an Observation's result, resultTime, parameters or FeatureOfInterest (its
     Datastream and phenomenonTime make its id and stay)."""
+    return _change_observation(request, conn, base, obs_id, b.merge_patch(body), replace=False)
+
+
+@router.put(
+    "/Observations('{obs_id}')",
+    response_model=m.Observation,
+    operation_id="sta_put_observation",
+    dependencies=OBSERVATIONS,
+    responses=_ERRORS,
+)
+def put_observation(
+    obs_id: str, request: Request, conn: Conn, base: BaseUrl, body: Json
+) -> JSONResponse:
+    """Replaces an Observation: ``result`` is required, ``resultTime`` and ``parameters`` left
+    out become null, the FeatureOfInterest left out stays; its Datastream and phenomenonTime
+    make its id and cannot change (sent, they must be its own)."""
+    return _change_observation(request, conn, base, obs_id, body, replace=True)
+
+
+def _change_observation(
+    request: Request, conn: DictConn, base: str, obs_id: str, body: Any, replace: bool
+) -> JSONResponse:
     ds, time = parse_observation_id(obs_id)
     conn = _reads(request, conn)
     q.observation(conn, ds, time)  # 404 when there is none
-    values, foi = b.observation_patch(b.merge_patch(body), time)
+    if replace:
+        values, foi = b.observation_put(body, obs_id, ds, time)
+    else:
+        values, foi = b.observation_patch(body, time)
     if ds < 0 and "result" in values:  # of MultiDatastream -ds
         types = w.multi_datastream_types(conn, -ds) or []
         b.multi_result(body["result"], types, f"MultiDatastream {-ds}")
@@ -761,8 +798,9 @@ def delete_observation(obs_id: str, request: Request, conn: Conn) -> Response:
 def create_observations(
     request: Request, settings: AppSettings, base: BaseUrl, body: Json
 ) -> JSONResponse:
-    """Creates many Observations at once from dataArrays (OGC 18-088, 14.2), through the
-    ingest writer's COPY. The answer lists, in the order of the body's rows, each created
+    """Creates many Observations at once from dataArrays (OGC 18-088, 14.2), of Datastreams
+    or of MultiDatastreams (``"MultiDatastream": {"@iot.id"}``, each result an array), through
+    the ingest writer's COPY. The answer lists, in the order of the body's rows, each created
     Observation's selfLink or ``"error"`` for a row that was not stored (invalid, or its
     Datastream has an Observation at that time already); ``X-Quartier-Errors`` counts them
     and says why the first was refused."""
@@ -774,8 +812,18 @@ def create_observations(
 
     def prepare(raw_conn: RawConn) -> None:
         with _cursor(raw_conn) as cur:
+            types: dict[int, list[str]] = {}  # a MultiDatastream's, by its index in the body
             for i, g in enumerate(groups):
-                w.require(cur, "Datastreams", g.datastream_id, f"[{i}]/Datastream/@iot.id")
+                if not g.multi:
+                    w.require(cur, "Datastreams", g.datastream_id, f"[{i}]/Datastream/@iot.id")
+                    continue
+                found = w.multi_datastream_types(cur, g.datastream_id)
+                if found is None:
+                    raise BadRequestError(
+                        f"[{i}]/MultiDatastream/@iot.id: there is no MultiDatastream with"
+                        f" @iot.id {g.datastream_id}"
+                    )
+                types[i] = found
             wanted = sorted(
                 {
                     r.feature.id
@@ -786,12 +834,19 @@ def create_observations(
             )
             known = w.existing(cur, "FeaturesOfInterest", wanted)
             auto: dict[int, int | None] = {}
-            for g in groups:
-                for r in g.rows:
+            for i, g in enumerate(groups):
+                for j, r in enumerate(g.rows):
                     if isinstance(r, BadRequestError):
                         answers.append(None)
                         reasons.append(str(r))
                         continue
+                    if g.multi:  # an array of one value per multiObservationDataType
+                        try:
+                            b.multi_result(r.result, types[i], g.owner, f"[{i}]/dataArray[{j}]")
+                        except BadRequestError as exc:
+                            answers.append(None)
+                            reasons.append(str(exc))
+                            continue
                     foi: int | None
                     if r.feature is not None and r.feature.id is not None:
                         foi = r.feature.id
@@ -800,31 +855,25 @@ def create_observations(
                             reasons.append(f"no FeatureOfInterest with @iot.id {foi}")
                             continue
                     else:
-                        if g.datastream_id not in auto:
-                            auto[g.datastream_id] = w.feature_of_datastream(cur, g.datastream_id)
-                        foi = auto[g.datastream_id]
-                    number = r.number
-                    batch.observations.append(
-                        Observation(
-                            g.datastream_id,
-                            r.time,
-                            number,
-                            None if number is not None else r.result,
-                            r.result_time,
-                            r.parameters,
-                            foi,
-                        )
-                    )
+                        if g.stored_id not in auto:
+                            auto[g.stored_id] = w.feature_of_datastream(cur, g.stored_id)
+                        foi = auto[g.stored_id]
+                    batch.observations.append(r.stored(g.stored_id, foi))
                     placed.append(len(answers))
                     answers.append(
-                        f"{base}{PREFIX}/Observations('{observation_id(g.datastream_id, r.time)}')"
+                        f"{base}{PREFIX}/Observations('{observation_id(g.stored_id, r.time)}')"
                     )
 
     result = writer(request).write(batch, prepare)
     for k in result.not_stored:
         o = batch.observations[k]
         answers[placed[k]] = None
-        reasons.append(f"Datastream {o.datastream_id} has an Observation at {iso(o.time)} already")
+        owner = (
+            f"MultiDatastream {-o.datastream_id}"
+            if o.datastream_id < 0
+            else f"Datastream {o.datastream_id}"
+        )
+        reasons.append(f"{owner} has an Observation at {iso(o.time)} already")
     headers = {}
     if reasons:
         headers["X-Quartier-Errors"] = f"{len(reasons)}; first: {reasons[0]}"[:500]
@@ -866,11 +915,12 @@ def _snake(name: str) -> str:
 
 
 for _entity_set in b.FIELDS:
-    if _entity_set != "HistoricalLocations":  # made by the server when a Thing moves
-        _add_create(_entity_set)
+    _add_create(_entity_set)
     _add_update_delete(_entity_set)
 for _parent, _nav in (
     ("Things", "Locations"),
+    ("Things", "HistoricalLocations"),
+    ("Locations", "HistoricalLocations"),
     ("Things", "Datastreams"),
     ("Locations", "Things"),
     ("Sensors", "Datastreams"),

@@ -35,6 +35,8 @@ import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -91,6 +93,8 @@ class StaMqtt:
         self.dropped = 0
         self.created = 0
         self.rejected = 0
+        #: creates the broker delivered again (DUP: not acknowledged before a restart)
+        self.redelivered = 0
         self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._creates: list[mqtt.MQTTMessage] = []
         self._streams: dict[tuple[str, str, str], int] = {}
@@ -124,8 +128,20 @@ class StaMqtt:
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *a: self._subscribed.set()
         client.on_message = lambda c, u, msg: self._inbox.put(msg)
+        # a persistent session, as the ingester's: creates published while this process is
+        # down, or received but not yet acknowledged when it stopped, are delivered again
+        # (with DUP) when it comes back; a create that names its phenomenonTime is then stored
+        # once (first stored wins on (Datastream, phenomenonTime), docs/sensorthings.md)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.settings.ingest.session_expiry_seconds
         try:
-            client.connect(host, port, keepalive=self.settings.mqtt.keepalive)
+            client.connect(
+                host,
+                port,
+                keepalive=self.settings.mqtt.keepalive,
+                clean_start=False,
+                properties=props,
+            )
         except OSError as exc:
             raise BrokerUnreachableError(
                 f"cannot reach the MQTT broker at {host}:{port} ({exc.strerror or exc}): start "
@@ -307,18 +323,13 @@ class StaMqtt:
         keep = {ds for ds in public if wanted(ds)}
         keys = [k for k in keys if k[0] in keep]
         from quartier.api.sensorthings import shape
-        from quartier.store.sensorthings import _OBSERVATION
+        from quartier.store.sensorthings import observations_at
 
         for start in range(0, len(keys), _CHUNK):
             part = keys[start : start + _CHUNK]
             ds_col = np.fromiter((k[0] for k in part), np.int64, len(part))
             t_col = np.fromiter((k[1] for k in part), np.int64, len(part))
-            rows = read.execute(
-                f"select {_OBSERVATION.columns} from observation o"
-                " join unnest(%s::int8[], %s::timestamptz[]) as k(d, t)"
-                " on o.datastream_id = k.d and o.phenomenon_time = k.t",
-                (Int8Array(ds_col), TimestamptzArray(t_col)),
-            ).fetchall()
+            rows = observations_at(read, Int8Array(ds_col), TimestamptzArray(t_col))
             for row in rows:
                 body = shape("Observations", row, self.base).model_dump(mode="json", by_alias=True)
                 self._publish_to(tp.observation_topics(row["datastream_id"], row["foi_id"]), body)
@@ -383,7 +394,6 @@ class StaMqtt:
         from psycopg.rows import dict_row as rows
 
         from quartier.api.sta import body as b
-        from quartier.api.sta_write import _observation_row
         from quartier.store import sta_write as w
 
         msgs = self._creates
@@ -441,7 +451,8 @@ class StaMqtt:
                                     msg, "unknown_datastream", f"no Datastream with @iot.id {ds}"
                                 )
                                 continue
-                            batch.observations.append(_observation_row(cur, new, ds, ""))
+                            foi = w.observation_feature(cur, ds, new.feature_id, new.feature_values)
+                            batch.observations.append(new.stored(ds, foi))
                     except (QuartierError, psycopg.DataError, psycopg.IntegrityError) as exc:
                         refuse(msg, "invalid_format", str(exc).strip())
 
@@ -456,5 +467,6 @@ class StaMqtt:
         self.rejected += result.rejects
         assert self._client is not None
         for msg in msgs:
+            self.redelivered += msg.dup
             if msg.qos > 0:
                 self._client.ack(msg.mid, msg.qos)

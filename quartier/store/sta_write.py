@@ -125,6 +125,12 @@ def link_location(conn: Executor, thing_id: int, location_ids: list[int], at: da
         " on conflict do nothing",
         (thing_id, location_ids),
     )
+    return _historical_location(conn, thing_id, location_ids, at)
+
+
+def _historical_location(
+    conn: Executor, thing_id: int, location_ids: list[int], at: datetime
+) -> int:
     row = conn.execute(
         "insert into historical_location (thing_id, time) values (%s, %s) returning id",
         (thing_id, at),
@@ -132,16 +138,73 @@ def link_location(conn: Executor, thing_id: int, location_ids: list[int], at: da
     assert row is not None
     conn.execute(
         "insert into historical_location_location (historical_location_id, location_id)"
-        " select %s, unnest(%s::int8[])",
+        " select distinct %s::int8, unnest(%s::int8[])",
         (row["id"], location_ids),
     )
     return int(row["id"])
+
+
+def add_historical_location(
+    conn: Executor, thing_id: int, location_ids: list[int], at: datetime
+) -> int:
+    """A HistoricalLocation a client creates (OGC 18-088, A.3): the Thing was at
+    ``location_ids`` from ``at``; its id. When no other HistoricalLocation of the Thing is later
+    than ``at``, those become the Thing's current Locations (as FROST-Server does), so that
+    ``Things(id)/Locations`` and the newest HistoricalLocation agree; an older one only adds to
+    the history."""
+    # one request at a time decides which HistoricalLocation of a Thing is the newest
+    conn.execute("select pg_advisory_xact_lock(%s, %s)", (0x51484C, thing_id & 0x7FFFFFFF))
+    later = conn.execute(
+        "select 1 from historical_location where thing_id = %s and time > %s limit 1",
+        (thing_id, at),
+    ).fetchone()
+    hl_id = _historical_location(conn, thing_id, location_ids, at)
+    if later is None:
+        conn.execute("delete from thing_location where thing_id = %s", (thing_id,))
+        conn.execute(
+            "insert into thing_location (thing_id, location_id)"
+            " select distinct %s::int8, unnest(%s::int8[])",
+            (thing_id, location_ids),
+        )
+    return hl_id
 
 
 def set_locations(conn: Executor, thing_id: int, location_ids: list[int], at: datetime) -> int:
     """The Thing's current Locations become ``location_ids`` (a Thing that moved)."""
     conn.execute("delete from thing_location where thing_id = %s", (thing_id,))
     return link_location(conn, thing_id, location_ids, at)
+
+
+def set_historical_locations(conn: Executor, hl_id: int, location_ids: list[int]) -> None:
+    """The Locations a HistoricalLocation records become ``location_ids`` (a correction of
+    the history; the Thing's current Locations stay)."""
+    conn.execute(
+        "delete from historical_location_location where historical_location_id = %s", (hl_id,)
+    )
+    conn.execute(
+        "insert into historical_location_location (historical_location_id, location_id)"
+        " select distinct %s::int8, unnest(%s::int8[])",
+        (hl_id, location_ids),
+    )
+
+
+def observation_feature(
+    conn: Executor,
+    datastream_id: int,
+    linked: int | None,
+    described: dict[str, Any] | None,
+    where: str = "",
+) -> int | None:
+    """The FeatureOfInterest of a new Observation of ``datastream_id``: the one it links
+    (``linked``, checked: a 400 naming ``where``), one made from the columns it describes
+    (``described``), or else the automatic one (:func:`feature_of_datastream`). Every way an
+    Observation is created (REST, ``$batch``, MQTT) resolves it here."""
+    if linked is not None:
+        require(conn, "FeaturesOfInterest", linked, f"{where}FeatureOfInterest")
+        return linked
+    if described is not None:
+        return insert(conn, "FeaturesOfInterest", described)
+    return feature_of_datastream(conn, datastream_id)
 
 
 def feature_of_datastream(conn: Executor, datastream_id: int) -> int | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from quartier.errors import BadRequestError
 from quartier.ingest.fields import parse_time
+from quartier.ingest.model import Observation
 from quartier.ingest.validate import EARLIEST
 
 # ----------------------------------------------------------------------------- values
@@ -198,6 +199,31 @@ class NewObservation:
         """The result when it is a number (stored in ``result``; anything else as JSON)."""
         r = self.result
         return float(r) if isinstance(r, int | float) and not isinstance(r, bool) else None
+
+    @property
+    def feature_id(self) -> int | None:
+        """The FeatureOfInterest it links by ``@iot.id``, if any."""
+        return None if self.feature is None else self.feature.id
+
+    @property
+    def feature_values(self) -> dict[str, Any] | None:
+        """The columns of the FeatureOfInterest it describes (to create), if any."""
+        return None if self.feature is None or self.feature.new is None else self.feature.new.values
+
+    def stored(self, datastream_id: int, foi_id: int | None) -> Observation:
+        """The ingest writer's Observation of this one, stored under ``datastream_id`` (a
+        MultiDatastream's: -<its id>) with FeatureOfInterest ``foi_id``
+        (``quartier.store.sta_write.observation_feature`` resolves it)."""
+        number = self.number
+        return Observation(
+            datastream_id,
+            self.time,
+            number,
+            None if number is not None else self.result,
+            self.result_time,
+            self.parameters,
+            foi_id,
+        )
 
 
 _OBSERVATION_FIELDS = {
@@ -394,6 +420,8 @@ LINKS: dict[str, dict[str, tuple[str, bool]]] = {
         "ObservedProperties": ("ObservedProperties", True),
         "Observations": ("Observations", True),
     },
+    # a HistoricalLocation created by a client records where its Thing was (A.3)
+    "HistoricalLocations": {"Thing": ("Things", False), "Locations": ("Locations", True)},
 }
 #: The links a created entity cannot do without (the schema's foreign keys).
 REQUIRED_LINKS = {
@@ -564,7 +592,8 @@ def patch(entity_set: str, raw: Any) -> tuple[dict[str, Any], dict[str, int]]:
     for nav, (_, many) in LINKS.get(entity_set, {}).items():
         if nav not in body:
             continue
-        if (entity_set, nav) == ("Things", "Locations"):  # the Thing moves
+        if (entity_set, nav) in (("Things", "Locations"), ("HistoricalLocations", "Locations")):
+            # the Thing moves; a HistoricalLocation's record of where it was is corrected
             refs = body[nav]
             if not isinstance(refs, list) or not refs:
                 raise BadRequestError(f"{nav} must be a non-empty array of links")
@@ -637,6 +666,41 @@ def observation_patch(raw: Any, current: datetime) -> tuple[dict[str, Any], int 
     return values, foi
 
 
+def observation_put(
+    raw: Any, own_id: str, datastream_id: int, current: datetime
+) -> tuple[dict[str, Any], int | None]:
+    """A PUT body of an Observation (OGC 18-088, A.3: the entity replaced): the columns to set
+    and the FeatureOfInterest to link. ``result`` is required; ``resultTime`` and
+    ``parameters`` left out are reset to null; the FeatureOfInterest left out stays (an
+    Observation always has one). Its own ``@iot.id``, ``phenomenonTime`` and (Multi)Datastream
+    may be sent (clients send the entity whole) but cannot change: they make its id."""
+    body = dict(_object(raw, ""))
+    if body.get("@iot.id") is not None:
+        if str(body["@iot.id"]) != own_id:
+            raise BadRequestError(
+                f"@iot.id {body['@iot.id']!r} is not the id of the Observation replaced"
+            )
+        del body["@iot.id"]
+    owner, owner_id = ("Datastream", datastream_id)
+    if datastream_id < 0:
+        owner, owner_id = ("MultiDatastream", -datastream_id)
+    ref = body.get(owner)
+    if (
+        isinstance(ref, dict)
+        and set(ref) == {"@iot.id"}
+        and entity_id(ref["@iot.id"], f"{owner}/@iot.id") == owner_id
+    ):
+        del body[owner]  # its own: no change
+    if body.get("result") is None:
+        raise BadRequestError(
+            "result is required: PUT replaces the whole Observation (PATCH changes a part)"
+        )
+    values, foi = observation_patch(body, current)
+    values.setdefault("result_time", None)
+    values.setdefault("parameters", None)
+    return values, foi
+
+
 # ----------------------------------------------------------------------------- CreateObservations
 #: The components a CreateObservations dataArray may carry (OGC 18-088, 14.2).
 COMPONENTS = {
@@ -652,11 +716,25 @@ COMPONENTS = {
 
 @dataclass(frozen=True)
 class DataArray:
-    """One Datastream's rows of a CreateObservations body: each an Observation, or the
-    :class:`BadRequestError` that refused it (its answer is ``"error"``)."""
+    """One Datastream's (or MultiDatastream's, ``multi``) rows of a CreateObservations body:
+    each an Observation, or the :class:`BadRequestError` that refused it (its answer is
+    ``"error"``). A MultiDatastream's results are arrays, checked against its
+    multiObservationDataTypes where those are known (:func:`multi_result`)."""
 
     datastream_id: int
     rows: list[NewObservation | BadRequestError]
+    multi: bool = False
+
+    @property
+    def stored_id(self) -> int:
+        """The ``datastream_id`` its observations are stored under (a MultiDatastream's:
+        -<its id>)."""
+        return -self.datastream_id if self.multi else self.datastream_id
+
+    @property
+    def owner(self) -> str:
+        """``Datastream 3`` or ``MultiDatastream 3`` (for messages)."""
+        return f"{'MultiDatastream' if self.multi else 'Datastream'} {self.datastream_id}"
 
 
 def create_observations(raw: Any, now: datetime, max_future_seconds: int) -> list[DataArray]:
@@ -671,11 +749,18 @@ def create_observations(raw: Any, now: datetime, max_future_seconds: int) -> lis
     for i, item in enumerate(raw):
         path = f"[{i}]"
         obj = _object(item, path)
-        extra = sorted(set(obj) - {"Datastream", "components", "dataArray", "dataArray@iot.count"})
+        known = {"Datastream", "MultiDatastream", "components", "dataArray", "dataArray@iot.count"}
+        extra = sorted(set(obj) - known)
         if extra:
             raise BadRequestError(f"{path}/{extra[0]}: not a part of CreateObservations")
-        ref = _object(obj.get("Datastream"), f"{path}/Datastream")
-        ds = entity_id(ref.get("@iot.id"), f"{path}/Datastream/@iot.id")
+        if "Datastream" in obj and "MultiDatastream" in obj:
+            raise BadRequestError(
+                f"{path}/MultiDatastream: a dataArray belongs to a Datastream or to a"
+                " MultiDatastream, not to both"
+            )
+        owner = "MultiDatastream" if "MultiDatastream" in obj else "Datastream"
+        ref = _object(obj.get(owner), f"{path}/{owner}")
+        ds = entity_id(ref.get("@iot.id"), f"{path}/{owner}/@iot.id")
         components = obj.get("components")
         if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
             raise BadRequestError(f"{path}/components must be an array of property names")
@@ -708,7 +793,7 @@ def create_observations(raw: Any, now: datetime, max_future_seconds: int) -> lis
                 rows.append(observation(body, now, max_future_seconds, rpath))
             except BadRequestError as exc:
                 rows.append(exc)
-        out.append(DataArray(ds, rows))
+        out.append(DataArray(ds, rows, owner == "MultiDatastream"))
     return out
 
 
