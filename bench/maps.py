@@ -15,11 +15,12 @@ each map, ``--runs`` times:
   map's features are drawn and the legend is shown (every path of the map's layers in the DOM,
   then one animation frame), with every request to another host aborted.
 
-Also, in the same run: the maps' k-anonymity check (``contributed_cells``: count(distinct
-device_key) per cell, mapped onto the shown cells vectorised) against the mobile map's check as
-it was (the same query, then a Python set and a loop over the cells); both must publish the
-same cells. (Reading the rows by binary COPY and counting in numpy, and a hash aggregate over
-only the shown cells, were tried in this benchmark and were slower: docs/benchmarks.md.)
+The coverage run stores the maps' layers (``quartier/maps/layer_store.py``, migration 0043):
+the time that adds to the analysis is printed. Also, in the same run, the server side of the
+broadband, mobile and measured maps in this process (``pages.render_page``, ``--runs`` times):
+from the stored layers against the same page made from the run's cells per request (the layers
+merged and, for the mobile and measured maps, the k-anonymity check counting the raw rows: what
+a run without stored layers gets); both must give the same page.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import argparse
 import gzip
 import importlib.util
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -41,7 +43,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
 import psycopg
 import uvicorn
 
@@ -52,7 +53,8 @@ from quartier.config import Settings
 from quartier.evaluation.evaluate import evaluate
 from quartier.evaluation.strategy import load_strategy
 from quartier.geo import run_store, service
-from quartier.maps.pages import contributed_cells
+from quartier.maps import layer_store, pages
+from quartier.maps.render import MapOptions
 from quartier.services import LocalServices, free_port
 
 # bench/coverage.py's Köln world and kept databases (a module named like coverage.py's package)
@@ -93,7 +95,11 @@ def _prepare(url: str) -> None:
         t = time.perf_counter()
         service.analyse_and_store(conn, conninfo=url)
         conn.commit()
-        print(f"  coverage analysed in {time.perf_counter() - t:.1f} s")
+        print(f"  coverage analysed in {time.perf_counter() - t:.1f} s (with the maps' layers)")
+        t = time.perf_counter()
+        layer_store.store_run_layers(conn, run_store.current_run_id(conn) or 0, min_contributors=5)
+        conn.commit()
+        print(f"  the maps' layers alone (made again): {time.perf_counter() - t:.1f} s")
         strategy = Path(__file__).resolve().parents[1] / "quartier/resources/strategy-koeln.yaml"
         if conn.execute("select 1 from evaluation_run limit 1").fetchone():
             return  # kept from an earlier run (--data-dir)
@@ -103,34 +109,31 @@ def _prepare(url: str) -> None:
         print(f"  strategy evaluated in {time.perf_counter() - t:.1f} s")
 
 
-def _privacy_baseline(url: str, runs: int) -> None:
-    """The mobile map's privacy check, old (every row, count distinct) against new."""
-    with psycopg.connect(url, autocommit=True) as conn:
+def _layers_baseline(url: str, runs: int) -> None:
+    """The server side of the run's maps: stored layers against the same page made per request
+    (no stored layers: the run's cells merged, the raw rows counted for k-anonymity)."""
+    ids = re.compile(r"[a-z_]+_[0-9a-f]{32}")
+    with psycopg.connect(url) as conn:
         run = run_store.get_run(conn)
-        cells = run_store.load_cells(conn, run)
-        cells = cells[cells["n_signal"].to_numpy() > 0]
-        e, n = cells["e"].to_numpy(), cells["n"].to_numpy()
-        old_t, new_t = [], []
-        for _ in range(runs):
-            t = time.perf_counter()
-            rows = conn.execute(
-                "select cell_e, cell_n from mobile_measurement where cell_e is not null"
-                " group by cell_e, cell_n having count(distinct device_key) >= 5"
-            ).fetchall()
-            public = {(int(a), int(b)) for a, b in rows}
-            old = np.fromiter(((a, b) in public for a, b in zip(e, n, strict=True)), bool, len(e))
-            old_t.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            new = contributed_cells(conn, "mobile_measurement", 5, e, n)
-            new_t.append(time.perf_counter() - t)
-        same = bool((old == new).all())
-        print(
-            f"privacy check of the mobile map ({len(e):,} cells, {int(new.sum()):,} public): "
-            f"as it was (set and loop) {_stats(old_t)} s; now (vectorised) {_stats(new_t)} s; "
-            f"same cells: {same}"
-        )
-        if not same:
-            raise SystemExit("the two privacy checks disagree")
+        for name in ("coverage", "mobile", "measured"):
+            stored_t, live_t = [], []
+            for _ in range(runs):
+                t = time.perf_counter()
+                stored = pages.render_page(conn, name, MapOptions())
+                stored_t.append(time.perf_counter() - t)
+                conn.execute("delete from coverage_map where run_id = %s", (run.id,))
+                t = time.perf_counter()
+                live = pages.render_page(conn, name, MapOptions())
+                live_t.append(time.perf_counter() - t)
+                conn.rollback()
+            same = ids.sub("X", stored) == ids.sub("X", live)
+            ratio = statistics.median(live_t) / statistics.median(stored_t)
+            print(
+                f"  {name:9s} server, in process: stored layers {_stats(stored_t)} s; made per "
+                f"request {_stats(live_t)} s; {ratio:.1f}x; same page: {same}"
+            )
+            if not same:
+                raise SystemExit(f"{name}: the stored and the per-request page differ")
 
 
 def _serve(settings: Settings) -> tuple[str, Callable[[], None]]:
@@ -223,7 +226,8 @@ def main() -> None:
             url = bench_coverage.fresh_db(urls.database_url)
             bench_coverage.load_koeln(url)
         _prepare(url)
-        _privacy_baseline(url, args.runs)
+        print("server side, stored layers against made per request:")
+        _layers_baseline(url, args.runs)
         settings = Settings(_env_file=None, database={"url": url}, mqtt={"url": urls.mqtt_url})
         own, stop = _serve(settings)
         results = measure(own, args.runs)
