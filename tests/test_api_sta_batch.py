@@ -334,6 +334,29 @@ def test_audit_rows_of_a_change_set_are_kept_only_when_it_commits(
     assert n == 1
 
 
+def test_a_committed_change_set_stands_when_its_audit_rows_cannot_be_written(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The rows are written after the commit: if that fails, the stored change set is still
+    answered as stored, and the lost rows are logged (never a 5xx for data that was stored)."""
+    from quartier.api import sta_batch
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise psycopg.OperationalError("the server closed the connection")
+
+    monkeypatch.setattr(sta_batch.audit, "record", refuse)
+    h = bearer(key(settings, "entities:write"))
+    before = rows(settings)["sensor"]
+    body = {"requests": [
+        {"id": "s", "atomicityGroup": "g", "method": "post", "url": "Sensors", "body": SENSOR},
+    ]}  # fmt: skip
+    a = answers(client.post(BATCH, json=body, headers=h))
+    assert a["s"]["status"] == 201
+    assert rows(settings)["sensor"] == before + 1
+    assert "1 audit row(s) could not be written" in caplog.text
+    assert "POST /v1.1/Sensors" in caplog.text
+
+
 def test_get_and_writes_mixed_each_standing_alone(client: TestClient, settings: Settings) -> None:
     h = bearer(key(settings, "entities:write", "observations:write"))
     sensors = rows(settings)["sensor"]

@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import psycopg
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -390,9 +391,17 @@ class Runner:
         connection (the login allowed to add them)."""
         if not rows:
             return
-        with self.request.app.state.pool.connection() as conn, conn.transaction():
-            for row in rows:
-                audit.record(conn, **row)
+        try:
+            with self.request.app.state.pool.connection() as conn, conn.transaction():
+                for row in rows:
+                    audit.record(conn, **row)
+        except psycopg.Error:
+            # the change set is stored: its answers stand; the lost rows are logged, once
+            log.exception(
+                "$batch: a change set was stored, but its %d audit row(s) could not be written: %s",
+                len(rows),
+                "; ".join(f"{r['actor']} {r['action']} {r['target']}" for r in rows)[:2000],
+            )
 
     async def _one(
         self, p: Part, held: Held | None, audits: list[dict[str, Any]] | None = None
