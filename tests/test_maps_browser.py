@@ -314,5 +314,15 @@ def test_mobile_map(
     # only the first operator layer is on at first; the others wait in the layer control
     checked = page.locator(".leaflet-control-layers-overlays input:checked").count()
     assert checked == 4, checked  # districts, measured cells, Telekom 4G, dead zones
+    # a layer off at first is built when switched on: its cell is drawn then
+    paths = page.locator("path.leaflet-interactive").count()
+    page.locator(".leaflet-control-layers").hover()
+    page.locator(".leaflet-control-layers-overlays label", has_text="Telekom: 5G versorgt").locator(
+        "input"
+    ).check()
+    page.wait_for_function(
+        f"document.querySelectorAll('path.leaflet-interactive').length > {paths}"
+    )
+    assert visit.errors == []
     assert visit.elsewhere == [] and visit.tiles == []
     page.close()

@@ -742,11 +742,11 @@ class CellLayer(Layer):
     and writes a ``switch`` over every feature id); the style is picked in the browser from
     ``styles`` by the feature's property ``style_key`` (None: the first style); the tooltip is
     ``tooltip`` (HTML) or a table of ``fields`` (property, label, optional labels by value;
-    labels are HTML)."""
+    labels are HTML). A layer not shown at first is built when it is switched on."""
 
     _template = Template(
         """{% macro script(this, kwargs) %}
-        var {{ this.get_name() }} = L.geoJson({{ this.get_name() }}_data, {
+        var {{ this.get_name() }} = L.geoJson(null, {
             {%- if this.canvas %}renderer: L.canvas(),{% endif %}
             style: (function (styles, key) {
                 return function (f) {
@@ -754,6 +754,14 @@ class CellLayer(Layer):
                 };
             })({{ this.styles }}, {{ this.style_key }})
         });
+        {%- if this.show %}
+        {{ this.get_name() }}.addData({{ this.get_name() }}_data);
+        {%- else %}
+        {# a layer off at first is built when it is switched on, not while the page loads #}
+        {{ this.get_name() }}.once('add', function () {
+            {{ this.get_name() }}.addData({{ this.get_name() }}_data);
+        });
+        {%- endif %}
         {%- if this.tooltip is not none %}
         {{ this.get_name() }}.bindTooltip({{ this.tooltip }}, {sticky: true});
         {%- elif this.fields is not none %}
