@@ -129,3 +129,39 @@ def test_create_observations_refuses_an_unknown_multi_datastream_and_stores_noth
     assert scalar(settings, "select count(*) from observation") == before
     assert client.post(f"{V}/CreateObservations", json=[good]).status_code == 401
     assert scalar(settings, "select count(*) from observation") == before
+
+
+def test_the_fast_rows_of_a_multi_datastream_equal_the_clear_parser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A MultiDatastream's dataArray rows (array results) through the fast row parser give what
+    the full Observation parser gives, for valid, invalid and odd rows."""
+    import random
+
+    from quartier.api.sta import body as b
+
+    rnd = random.Random(42)
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    times = ["2026-11-01T00:00:00Z", "2026-11-01T01:00:00+01:00", "2026-11-01T00:00:00", "x",
+             "2026-11-28T00:05:01Z", None, 5, "2026-11-01T00:00:00Z/2026-11-02"]  # fmt: skip
+    results = [[1, 2], [1.5, "N"], [], [float("nan"), 1], [[1], None], 3, 1.5, "t", None, {"a": 1}]
+    for components in (["phenomenonTime", "result"], ["result", "resultTime"], ["result"]):
+        rows = []
+        for _ in range(300):
+            row: Any = [
+                rnd.choice(results) if c == "result" else rnd.choice(times) for c in components
+            ]
+            if rnd.random() < 0.05:
+                row = row[:-1] if rnd.random() < 0.5 else "row"
+            rows.append(row)
+        raw = [{"MultiDatastream": {"@iot.id": 3}, "components": components, "dataArray": rows}]
+        fast = b.create_observations(raw, now, 300)
+        with monkeypatch.context() as mp:
+            mp.setattr(b, "_fast_rows", lambda *_: None)
+            clear = b.create_observations(raw, now, 300)
+        assert fast[0].multi and fast[0].stored_id == -3
+        for f, c in zip(fast[0].rows, clear[0].rows, strict=True):
+            if isinstance(c, Exception):
+                assert isinstance(f, Exception) and str(f) == str(c)
+            else:
+                assert f == c

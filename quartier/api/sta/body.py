@@ -775,7 +775,7 @@ def create_observations(raw: Any, now: datetime, max_future_seconds: int) -> lis
         if not isinstance(data, list):
             raise BadRequestError(f"{path}/dataArray must be an array of arrays")
         rows: list[NewObservation | BadRequestError] = []
-        fast = _fast_rows(ds, components, now, max_future_seconds)
+        fast = _fast_rows(ds, components, now, max_future_seconds, owner == "MultiDatastream")
         for j, values in enumerate(data):
             if fast is not None:
                 quick = fast(values)
@@ -801,12 +801,14 @@ _FAST_COMPONENTS = frozenset({"phenomenonTime", "result", "resultTime"})
 
 
 def _fast_rows(
-    ds: int, components: list[str], now: datetime, max_future_seconds: int
+    ds: int, components: list[str], now: datetime, max_future_seconds: int, multi: bool = False
 ) -> Callable[[Any], NewObservation | None] | None:
-    """For dataArrays of times and numbers only: a row parser that takes plainly valid rows
-    (RFC 3339 times with a zone, in range; a finite number) and returns None for any other, which
-    :func:`observation` then parses (and names what is wrong). The same Observation either way
-    (tests/test_api_sta_write.py feeds both the same rows)."""
+    """For dataArrays of times and numbers only (of a MultiDatastream, ``multi``: times and
+    arrays, whose values the route checks against its multiObservationDataTypes): a row parser
+    that takes plainly valid rows (RFC 3339 times with a zone, in range; a finite number, or an
+    array) and returns None for any other, which :func:`observation` then parses (and names what
+    is wrong). The same Observation either way (tests/test_api_sta_write.py and
+    tests/test_api_sta_write_bulk.py feed both the same rows)."""
     if not set(components) <= _FAST_COMPONENTS:
         return None
     n = len(components)
@@ -837,7 +839,10 @@ def _fast_rows(
         if type(values) is not list or len(values) != n:
             return None
         r = values[ir]
-        if type(r) is float:
+        if multi:
+            if type(r) is not list:
+                return None
+        elif type(r) is float:
             if not math.isfinite(r):
                 return None
         elif type(r) is not int:
