@@ -1,12 +1,33 @@
-"""Ingest benchmark: how fast the ingester drains a backlog, against baselines in the same run.
+"""Ingest benchmark: how fast the ingester drains a backlog and how long a reading takes from
+publish to commit under live load, against baselines and references measured in the same run.
 
-    .venv/bin/python bench/ingest.py [--messages 50000] [--batched 5000] [--live-rate 5000]
-                                     [--live-seconds 60]
+    .venv/bin/python bench/ingest.py [--messages 50000] [--batched 5000] [--naive 10000]
+        [--repeat 5] [--live-rate 5000,10000,15000] [--live-seconds 60]
+        [--live-policy adaptive,fixed] [--broker-save 30s|change] [--no-drain]
 
-Starts its own PostgreSQL and Mosquitto (fsync on, as in production) unless
-QUARTIER_TEST_DATABASE_URL / QUARTIER_TEST_MQTT_URL are set. Each case publishes its backlog into
-the ingester's persistent session first, then starts the ingester and times the drain, so the
-publisher does not compete for the CPU. Prints a table and ratios.
+Starts its own PostgreSQL (fsync and synchronous_commit on, as in production) and Mosquitto
+unless QUARTIER_TEST_DATABASE_URL / QUARTIER_TEST_MQTT_URL are set; the header prints the
+durability settings in force. Every MQTT case goes through the shared subscription production
+uses (``$share/bench/…``). Drain cases publish their backlog into the subscriber's persistent
+session first, then start the subscriber and time until the last message is committed (or, for
+the broker-only reference, acknowledged), so the publisher does not compete for the CPU. Each
+case runs ``--repeat`` times, on a fresh copy of one prepared database (devices registered); the
+table shows min / median / max and the verdicts use medians.
+
+Cases:
+  (a) single-reading messages through the ingester (QoS 1, ack after commit)
+  (b) batched messages (100 readings each) through the ingester
+  (r) broker only: a subscriber on the same shared subscription that acknowledges every message
+      without storing it (the broker's and the MQTT client's delivery limit)
+  (n1) competent naive baseline: one connection, executemany of plain INSERTs, one commit per
+      batch of up to 500 messages (or what one poll found), acknowledgements after the commit
+  (n0) per-message baseline: one INSERT and one commit per message (many simple bridges)
+  (c1) raw binary COPY of (b)'s number of rows, numpy buffer, one connection, no MQTT
+  (cN) the same over as many connections as the ingester has writers, in parallel
+
+Live: a child process publishes single readings at a fixed rate through one connection (a
+gateway on the same host: it shares the cores), each stamped with its publish time; the latency
+is publish to commit (measured when the batch is acknowledged).
 """
 
 from __future__ import annotations
@@ -14,6 +35,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -23,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -39,26 +64,32 @@ from quartier.services import LocalServices
 from quartier.store.migrate import migrate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+GROUP = "bench"
+TOPICS = ["quartier/v1/+/+/up", "quartier/v1/+/+/speedtest"]
+DEVICES = 200
 
 
 @dataclass
-class Result:
+class Case:
     name: str
     messages: int
     readings: int
-    seconds: float
+    seconds: list[float]
 
-    @property
-    def msgs_per_s(self) -> float:
-        return self.messages / self.seconds
+    def rate(self, per: str = "messages") -> list[float]:
+        n = self.messages if per == "messages" else self.readings
+        return [n / s for s in self.seconds]
 
-    @property
-    def readings_per_s(self) -> float:
-        return self.readings / self.seconds
+    def median(self, per: str = "messages") -> float:
+        return statistics.median(self.rate(per))
 
 
-def fresh_db(admin_url: str) -> str:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
+# ------------------------------------------------------------------ databases
+
+
+def prepared_db(admin_url: str) -> str:
+    """A migrated database with the benchmark's devices registered: the template of every case."""
+    name = f"bench_tpl_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f"create database {name}")
     url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
@@ -68,20 +99,80 @@ def fresh_db(admin_url: str) -> str:
             "select quartier_ensure_observation_partitions(%s, %s)",
             (T0 - timedelta(days=31), T0 + timedelta(days=62)),
         )
-    return url
+    register_devices(url, {f"dev-{i}" for i in range(DEVICES)})
+    return name
 
 
-def settings_for(db: str, mqtt: str, client_id: str) -> Settings:
+def fresh_db(admin_url: str, template: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"create database {name} template {template}")
+    return psycopg.conninfo.make_conninfo(admin_url, dbname=name)
+
+
+def drop_db(admin_url: str, url: str) -> None:
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {name} with (force)")
+
+
+def register_devices(db: str, devices: set[str]) -> None:
+    from quartier.ingest.model import Batch, Reading, Uplink
+    from quartier.ingest.writer import BatchWriter
+
+    w = BatchWriter(db, auto_register=True)
+    batch = Batch()
+    for d in sorted(devices):
+        batch.uplinks.append(
+            (Uplink("bench", d, [Reading("pm25", T0 - timedelta(days=1), 1.0)]), "", b"", T0)
+        )
+    w.write(batch)
+    w.close()
+
+
+def count_rows(url: str) -> int:
+    """Observations stored besides the one registration reading per device."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "select count(*) from observation where phenomenon_time >= %s", (T0,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def settings_for(db: str, mqtt: str, client_id: str, **ingest: Any) -> Settings:
     return Settings(
         _env_file=None,
         database={"url": db},
         mqtt={"url": mqtt},  # type: ignore[call-arg]
-        ingest={"client_id": client_id, "share_group": None},
+        ingest={"client_id": client_id, "share_group": GROUP, **ingest},
     )
 
 
+def durability(admin_url: str, local: LocalServices | None) -> list[str]:
+    with psycopg.connect(admin_url) as conn:
+        pg = {
+            k: conn.execute(f"show {k}").fetchone()[0]  # type: ignore[index]
+            for k in ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method")
+        }
+    lines = ["PostgreSQL: " + ", ".join(f"{k} = {v}" for k, v in pg.items())]
+    if local is None:
+        lines.append("Mosquitto: external broker (QUARTIER_TEST_MQTT_URL), settings unknown")
+    else:
+        conf = (local.state_dir / "mqtt" / "mosquitto.conf").read_text().splitlines()
+        keep = [
+            ln.strip()
+            for ln in conf
+            if ln.strip().startswith(("persistence ", "autosave", "max_inflight_messages"))
+        ]
+        lines.append("Mosquitto: " + "; ".join(keep))
+    return lines
+
+
+# ------------------------------------------------------------------ MQTT helpers
+
+
 def open_session(mqtt_url: str, client_id: str) -> None:
-    """Create the ingester's persistent session and subscription, then leave."""
+    """Create a subscriber's persistent session on the shared subscription, then leave."""
     client, host, port = mqtt_client(mqtt_url, client_id)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
@@ -89,8 +180,19 @@ def open_session(mqtt_url: str, client_id: str) -> None:
     client.on_subscribe = lambda *a: done.set()
     client.connect(host, port, clean_start=True, properties=props)
     client.loop_start()
-    client.subscribe([("quartier/v1/+/+/up", 1), ("quartier/v1/+/+/speedtest", 1)])
+    client.subscribe([(f"$share/{GROUP}/{t}", 1) for t in TOPICS])
     done.wait(5)
+    client.disconnect()
+    client.loop_stop()
+
+
+def forget_session(mqtt_url: str, client_id: str) -> None:
+    client, host, port = mqtt_client(mqtt_url, client_id)
+    client.connect(host, port, clean_start=True)  # session expiry 0: gone on disconnect
+    client.loop_start()
+    deadline = time.monotonic() + 5
+    while not client.is_connected() and time.monotonic() < deadline:
+        time.sleep(0.01)
     client.disconnect()
     client.loop_stop()
 
@@ -104,14 +206,250 @@ def publish_all(mqtt_url: str, msgs: list[tuple[str, bytes]], inflight: int = 10
     t = time.perf_counter()
     infos = [client.publish(topic, payload, qos=1) for topic, payload in msgs]
     for info in infos:
-        info.wait_for_publish(60)
+        info.wait_for_publish(600)
     dt = time.perf_counter() - t
     client.disconnect()
     client.loop_stop()
     return dt
 
 
-def single_messages(n: int, devices: int = 1000) -> list[tuple[str, bytes]]:
+def persistent_connect(client: Any, host: str, port: int) -> None:
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    props.ReceiveMaximum = 65535
+    client.connect(host, port, clean_start=False, properties=props)
+
+
+# ------------------------------------------------------------------ subscribers
+
+
+class BrokerOnly:
+    """Reference: the ingester's MQTT client on the same shared subscription, acknowledging every
+    message (in one write per millisecond or so, as the ingester does per batch) without
+    decoding or storing it: the broker's delivery limit as a Python subscriber sees it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.acked = 0
+
+    def committed(self) -> int:
+        return self.acked
+
+    def run(self) -> None:
+        client, host, port = mqtt_client(
+            self.settings.require_mqtt_url(), self.settings.ingest.client_id
+        )
+        client.manual_ack_set(True)
+        mids: list[int] = []
+        client.fast_on_message = lambda topic, payload, mid, qos: mids.append(mid)
+        persistent_connect(client, host, port)
+        client.loop_start()
+        while not self.stop_event.wait(0.001):
+            if mids:
+                taken = mids[:]
+                del mids[: len(taken)]
+                client.ack_many(taken)
+                self.acked += len(taken)
+        client.disconnect()
+        client.loop_stop()
+
+
+class _Naive:
+    """Shared by the naive baselines: paho's ordinary message path (``on_message``), the full
+    native decoder, one connection, a cached datastream id per device."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.rows = 0
+        self.streams: dict[str, int] = {}
+
+    def committed(self) -> int:
+        return self.rows
+
+    def rows_of(self, conn: psycopg.Connection[Any], topic: str, payload: bytes) -> list[tuple]:
+        from quartier.ingest.native import decode_native
+
+        _, _, net, dev, _ = topic.split("/")
+        up = decode_native(net, dev, payload, max_bytes=1 << 20)
+        ds = self.streams.get(dev)
+        if ds is None:
+            row = conn.execute(
+                "select dd.datastream_id from device d join device_datastream dd"
+                " on dd.device_id = d.id where d.device_key = %s",
+                (dev,),
+            ).fetchone()
+            ds = self.streams[dev] = row[0] if row else -1
+        return [(ds, r.time, r.value) for r in up.readings]
+
+
+INSERT = (
+    "insert into observation (datastream_id, phenomenon_time, result) values (%s, %s, %s)"
+    " on conflict do nothing"
+)
+
+
+class PerMessageNaive(_Naive):
+    """(n0) One INSERT and one commit per message; paho acknowledges after ``on_message``
+    returned, that is after the commit."""
+
+    def run(self) -> None:
+        conn = psycopg.connect(self.settings.require_database_url())
+        client, host, port = mqtt_client(
+            self.settings.require_mqtt_url(), self.settings.ingest.client_id
+        )
+
+        def on_message(c: Any, u: Any, msg: Any) -> None:
+            rows = self.rows_of(conn, msg.topic, msg.payload)
+            for r in rows:
+                conn.execute(INSERT, r)
+            conn.commit()
+            self.rows += len(rows)
+
+        client.on_message = on_message
+        persistent_connect(client, host, port)
+        client.loop_start()
+        self.stop_event.wait()
+        client.disconnect()
+        client.loop_stop()
+        conn.close()
+
+
+class BatchedNaive(_Naive):
+    """(n1) The competent simple bridge: paho's thread queues the messages; a worker takes up to
+    500 at a time (or whatever one poll found), decodes them, ``executemany`` of plain INSERTs
+    (psycopg pipelines them), one commit, then acknowledges each of them."""
+
+    BATCH = 500
+
+    def run(self) -> None:
+        conn = psycopg.connect(self.settings.require_database_url())
+        client, host, port = mqtt_client(
+            self.settings.require_mqtt_url(), self.settings.ingest.client_id
+        )
+        client.manual_ack_set(True)
+        pending: list[Any] = []
+        lock = threading.Lock()
+        full = threading.Event()
+
+        def on_message(c: Any, u: Any, msg: Any) -> None:
+            with lock:
+                pending.append((msg.topic, msg.payload, msg.mid))
+                if len(pending) >= self.BATCH:
+                    full.set()
+
+        client.on_message = on_message
+        persistent_connect(client, host, port)
+        client.loop_start()
+        while not self.stop_event.is_set():
+            full.wait(0.01)
+            with lock:
+                taken = pending[: self.BATCH]
+                del pending[: len(taken)]
+                if len(pending) < self.BATCH:
+                    full.clear()
+            if not taken:
+                continue
+            rows = [r for topic, payload, _ in taken for r in self.rows_of(conn, topic, payload)]
+            with conn.cursor() as cur:
+                cur.executemany(INSERT, rows)
+            conn.commit()
+            for _, _, mid in taken:
+                client.ack(mid, 1)
+            self.rows += len(rows)
+        client.disconnect()
+        client.loop_stop()
+        conn.close()
+
+
+# ------------------------------------------------------------------ cases
+
+
+def drain(
+    admin: str,
+    template: str,
+    mqtt_url: str,
+    msgs: list[tuple[str, bytes]],
+    expected: int,
+    make: Callable[[Settings], Any],
+    *,
+    stores: bool = True,
+) -> tuple[float, float]:
+    """Publish ``msgs`` into a new persistent session on the shared subscription, then start the
+    subscriber and time until it has committed ``expected`` readings (or acknowledged that many
+    messages). Returns (drain seconds, publish seconds)."""
+    db = fresh_db(admin, template)
+    cid = f"bench-{uuid.uuid4().hex[:6]}"
+    try:
+        open_session(mqtt_url, cid)
+        pub_s = publish_all(mqtt_url, msgs)
+        sub = make(settings_for(db, mqtt_url, cid))
+        t0 = time.perf_counter()
+        thread = threading.Thread(target=sub.run, daemon=True)
+        thread.start()
+        t1 = wait_stored(sub.committed, expected)
+        sub.stop_event.set()
+        thread.join(30)
+        if stores:
+            stored = count_rows(db)
+            if stored != expected:
+                raise RuntimeError(f"{stored} rows stored, {expected} expected")
+        return t1 - t0, pub_s
+    finally:
+        forget_session(mqtt_url, cid)
+        drop_db(admin, db)
+
+
+def copy_rows(admin: str, template: str, rows: int, connections: int) -> float:
+    """``rows`` observations COPYed straight into ``observation`` (numpy-built binary buffer, no
+    MQTT, no decoding) over ``connections`` connections in parallel, each one transaction."""
+    from quartier.store.pgcopy import PG_EPOCH_US, Column, write_copy
+
+    db = fresh_db(admin, template)
+    try:
+        with psycopg.connect(db) as conn:
+            ids = np.array(
+                [r[0] for r in conn.execute("select id from datastream order by id")],
+                dtype=np.int64,
+            )
+        i = np.arange(rows, dtype=np.int64)
+        t0_us = int(T0.timestamp()) * 1_000_000
+        cols = {
+            "datastream_id": ids[i % len(ids)],
+            "phenomenon_time": t0_us + (i // len(ids)) * 1_000_000 - PG_EPOCH_US,
+            "result": (i % 500) / 10,
+        }
+        kinds = {"datastream_id": "int8", "phenomenon_time": "int8", "result": "float8"}
+        parts = np.array_split(i, connections)
+        conns = [psycopg.connect(db) for _ in range(connections)]
+        start = threading.Barrier(connections + 1)
+
+        def load(conn: psycopg.Connection[Any], part: np.ndarray[Any, Any]) -> None:
+            start.wait()
+            write_copy(conn, "observation", [Column(k, kinds[k], v[part]) for k, v in cols.items()])
+            conn.commit()
+
+        threads = [
+            threading.Thread(target=load, args=(c, p)) for c, p in zip(conns, parts, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        start.wait()
+        t = time.perf_counter()
+        for th in threads:
+            th.join()
+        dt = time.perf_counter() - t
+        for c in conns:
+            c.close()
+        if count_rows(db) != rows:
+            raise RuntimeError("raw COPY stored the wrong number of rows")
+        return dt
+    finally:
+        drop_db(admin, db)
+
+
+def single_messages(n: int, devices: int = DEVICES) -> list[tuple[str, bytes]]:
     out = []
     for i in range(n):
         d = i % devices
@@ -160,152 +498,7 @@ def wait_stored(counter: Callable[[], int], expected: int, timeout: float = 600)
     raise RuntimeError(f"only {counter()} of {expected} rows after {timeout} s")
 
 
-def count_rows(url: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute("select count(*) from observation").fetchone()
-    return int(row[0]) if row else 0
-
-
-def drain(
-    name: str,
-    admin: str,
-    mqtt_url: str,
-    msgs: list[tuple[str, bytes]],
-    readings: int,
-    make_ingester: Callable[[Settings], object],
-) -> Result:
-    db = fresh_db(admin)
-    cid = f"bench-{uuid.uuid4().hex[:6]}"
-    s = settings_for(db, mqtt_url, cid)
-    # register the devices first so that the timed part measures steady state
-    seed = register_devices(db, {topic.split("/")[3] for topic, _ in msgs})
-    readings += seed
-    open_session(mqtt_url, cid)
-    pub_s = publish_all(mqtt_url, msgs)
-    print(f"  {name}: published {len(msgs)} messages in {pub_s:.1f} s", flush=True)
-    ing = make_ingester(s)
-    t0 = time.perf_counter()
-    thread = threading.Thread(target=ing.run, daemon=True)  # type: ignore[attr-defined]
-    thread.start()
-    t1 = wait_stored(ing.committed, readings - seed)  # type: ignore[attr-defined]
-    ing.stop_event.set()  # type: ignore[attr-defined]
-    thread.join(30)
-    stored = count_rows(db)
-    if stored != readings:
-        raise RuntimeError(f"{name}: {stored} rows stored, {readings} expected")
-    return Result(name, len(msgs), readings - seed, t1 - t0)
-
-
-def register_devices(db: str, devices: set[str]) -> int:
-    from quartier.ingest.model import Batch, Reading, Uplink
-    from quartier.ingest.writer import BatchWriter
-
-    w = BatchWriter(db, auto_register=True)
-    batch = Batch()
-    for d in sorted(devices):
-        batch.uplinks.append(
-            (Uplink("bench", d, [Reading("pm25", T0 - timedelta(days=1), 1.0)]), "", b"", T0)
-        )
-    w.write(batch)
-    w.close()
-    return len(devices)
-
-
-class NaiveIngester:
-    """Baseline: one INSERT and one commit per message, auto-ack (how many simple bridges work)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.stop_event = threading.Event()
-        self.rows = 0
-
-    def committed(self) -> int:
-        return self.rows
-
-    def run(self) -> None:
-        from quartier.ingest.native import decode_native
-
-        conn = psycopg.connect(self.settings.require_database_url())
-        streams: dict[str, int] = {}
-        client, host, port = mqtt_client(
-            self.settings.require_mqtt_url(), self.settings.ingest.client_id
-        )
-
-        def on_message(c, u, msg):  # type: ignore[no-untyped-def]
-            _, _, net, dev, _ = msg.topic.split("/")
-            up = decode_native(net, dev, msg.payload, max_bytes=1 << 20)
-            ds = streams.get(dev)
-            if ds is None:
-                row = conn.execute(
-                    "select dd.datastream_id from device d join device_datastream dd"
-                    " on dd.device_id = d.id where d.device_key = %s",
-                    (dev,),
-                ).fetchone()
-                ds = streams[dev] = row[0] if row else -1
-            for r in up.readings:
-                conn.execute(
-                    "insert into observation (datastream_id, phenomenon_time, result)"
-                    " values (%s, %s, %s) on conflict do nothing",
-                    (ds, r.time, r.value),
-                )
-            conn.commit()
-            self.rows += len(up.readings)
-
-        client.on_message = on_message
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        client.connect(host, port, clean_start=False, properties=props)
-        client.loop_start()
-        self.stop_event.wait()
-        client.disconnect()
-        client.loop_stop()
-        conn.close()
-
-
-def copy_limit(admin: str, rows: int) -> list[Result]:
-    """The same number of rows COPYed straight into observation, no MQTT, no decoding: with
-    psycopg's binary ``write_row`` (its C fast path), and as one buffer built by numpy."""
-    from quartier.store.pgcopy import PG_EPOCH_US, Column, write_copy
-
-    out = []
-    db = fresh_db(admin)
-    data = [(1 + i % 1000, T0 + timedelta(seconds=i // 1000), (i % 500) / 10) for i in range(rows)]
-    with psycopg.connect(db) as conn:
-        t = time.perf_counter()
-        with conn.cursor().copy(
-            "copy observation (datastream_id, phenomenon_time, result) from stdin (format binary)"
-        ) as cp:
-            cp.set_types(["int8", "timestamptz", "float8"])
-            for r in data:
-                cp.write_row(r)
-        conn.commit()
-        out.append(
-            Result("(d) raw binary COPY, write_row (no MQTT)", rows, rows, time.perf_counter() - t)
-        )
-    db = fresh_db(admin)
-    i = np.arange(rows, dtype=np.int64)
-    t0_us = int(T0.timestamp()) * 1_000_000
-    with psycopg.connect(db) as conn:
-        t = time.perf_counter()
-        write_copy(
-            conn,
-            "observation",
-            [
-                Column("datastream_id", "int8", 1 + i % 1000),
-                Column("phenomenon_time", "int8", t0_us + (i // 1000) * 1_000_000 - PG_EPOCH_US),
-                Column("result", "float8", (i % 500) / 10),
-            ],
-        )
-        conn.commit()
-        out.append(
-            Result(
-                "(d') raw binary COPY, numpy buffer (no MQTT)", rows, rows, time.perf_counter() - t
-            )
-        )
-    return out
-
-
-def live_publisher(mqtt_url: str, rate: float, seconds: float, devices: int = 1000) -> None:
+def live_publisher(mqtt_url: str, rate: float, seconds: float, devices: int = DEVICES) -> None:
     """Child process: publish single readings stamped with their publish time, at ``rate``."""
     from quartier.sensors_sim.fleet import Message
     from quartier.sensors_sim.publisher import publish
@@ -328,131 +521,188 @@ def live_publisher(mqtt_url: str, rate: float, seconds: float, devices: int = 10
     publish(mqtt_url, gen(), rate=rate, client_id=f"bench-live-{uuid.uuid4().hex[:6]}")
 
 
-def live(admin: str, mqtt_url: str, rate: float, seconds: float) -> dict[str, float]:
-    db = fresh_db(admin)
-    register_devices(db, {f"dev-{i}" for i in range(1000)})
-    s = settings_for(db, mqtt_url, f"bench-{uuid.uuid4().hex[:6]}")
-    ing = Ingester(s)
+def live(
+    admin: str, template: str, mqtt_url: str, rate: float, seconds: float, adaptive: bool
+) -> dict[str, float]:
+    db = fresh_db(admin, template)
+    cid = f"bench-{uuid.uuid4().hex[:6]}"
+    ing = Ingester(settings_for(db, mqtt_url, cid, batch_adaptive=adaptive))
     commits: list[tuple[float, list[bytes]]] = []
     ing.on_committed = lambda msgs: commits.append((time.time(), [m.payload for m in msgs]))
     thread = threading.Thread(target=ing.run, daemon=True)
     thread.start()
-    ing.connected.wait(10)
-    time.sleep(0.5)
-    expected = int(rate * seconds)
-    import subprocess
-
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--live-child", mqtt_url, str(rate), str(seconds)]
-    )
-    child.wait()
     try:
-        wait_stored(ing.committed, expected, timeout=120)
+        ing.connected.wait(10)
+        time.sleep(0.5)
+        expected = int(rate * seconds)
+        load_before = os.getloadavg()[0]
+        child = subprocess.run(
+            [sys.executable, __file__, "--live-child", mqtt_url, str(rate), str(seconds)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        pub_s = float(child.stdout.split()[-1])
+        try:
+            wait_stored(ing.committed, expected, timeout=300)
+        finally:
+            ing.stop_event.set()
+            thread.join(30)
+        load_after = os.getloadavg()[0]
+        lat = sorted(
+            t_commit - datetime.fromisoformat(orjson.loads(p)["time"]).timestamp()
+            for t_commit, payloads in commits
+            for p in payloads
+        )
+        sizes = [len(p) for _, p in commits]
+        stored = count_rows(db)
+        return {
+            "sent": expected,
+            "stored": stored,
+            "lost": expected - stored,
+            "rate": expected / pub_s,
+            "p50_ms": 1000 * lat[len(lat) // 2],
+            "p99_ms": 1000 * lat[int(len(lat) * 0.99)],
+            "max_ms": 1000 * lat[-1],
+            "batches": len(sizes),
+            "batch_mean": statistics.mean(sizes),
+            "batch_max": max(sizes),
+            "load": max(load_before, load_after),
+        }
     finally:
-        ing.stop_event.set()
-        thread.join(30)
-    lat = []
-    for t_commit, payloads in commits:
-        for p in payloads:
-            t_pub = datetime.fromisoformat(orjson.loads(p)["time"]).timestamp()
-            lat.append(t_commit - t_pub)
-    lat.sort()
-    stored = count_rows(db) - 1000
-    return {
-        "sent": expected,
-        "stored": stored,
-        "lost": expected - stored,
-        "p50_ms": 1000 * lat[len(lat) // 2],
-        "p99_ms": 1000 * lat[int(len(lat) * 0.99)],
-        "max_ms": 1000 * lat[-1],
-    }
+        forget_session(mqtt_url, cid)
+        drop_db(admin, db)
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):>9,.0f} {statistics.median(values):>9,.0f} {max(values):>9,.0f}"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--live-child":
+        t = time.perf_counter()
         live_publisher(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
+        print(f"published in {time.perf_counter() - t:.3f}")
         return
     ap = argparse.ArgumentParser()
-    ap.add_argument("--messages", type=int, default=50_000)
-    ap.add_argument("--batched", type=int, default=5_000)
-    ap.add_argument("--naive", type=int, default=10_000)
-    ap.add_argument("--live-rate", type=float, default=5000)
-    ap.add_argument("--live-seconds", type=float, default=60)
+    ap.add_argument("--messages", type=int, default=50_000, help="single-reading messages")
+    ap.add_argument("--batched", type=int, default=5_000, help="messages of 100 readings")
+    ap.add_argument("--naive", type=int, default=10_000, help="messages for the baselines")
+    ap.add_argument("--repeat", type=int, default=5, help="runs of each drain case")
+    ap.add_argument("--no-drain", action="store_true", help="live runs only")
+    ap.add_argument("--live-rate", default="5000,10000,15000", help="msgs/s, comma-separated")
+    ap.add_argument("--live-seconds", type=float, default=60, help="0: no live runs")
+    ap.add_argument(
+        "--live-policy",
+        default="adaptive",
+        help="adaptive, fixed (ingest.batch_adaptive off) or both: adaptive,fixed",
+    )
+    ap.add_argument(
+        "--broker-save",
+        choices=["30s", "change"],
+        default="30s",
+        help="the local broker saves every 30 s or after every change (production config)",
+    )
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))  # stop the local servers on the way out
 
-    db = os.environ.get("QUARTIER_TEST_DATABASE_URL")
+    admin = os.environ.get("QUARTIER_TEST_DATABASE_URL")
     mq = os.environ.get("QUARTIER_TEST_MQTT_URL")
     local = None
-    if not (db and mq):
+    if not (admin and mq):
         state = Path(tempfile.mkdtemp(prefix="quartier-bench-"))
         os.chmod(state, 0o755)
-        local = LocalServices(state)
+        # no accounts on the loopback broker: with them every client of one URL gets the same
+        # client id (use_username_as_clientid) and the publisher would take the subscriber's place
+        local = LocalServices(
+            state, durable_broker=args.broker_save == "change", allow_anonymous=True
+        )
         st = local.up()
-        db, mq = st.database_url, st.mqtt_url
+        admin, mq = st.database_url, st.mqtt_url
     try:
-        results = []
+        print(f"bench/ingest.py {' '.join(sys.argv[1:])}")
+        print(f"started {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()}")
+        for line in durability(admin, local):
+            print("  " + line)
+        print("  subscription: $share/bench/… (as production); QoS 1; acknowledged after commit")
         print("preparing …", flush=True)
-        results.append(
-            drain(
-                "(a) single-reading messages",
-                db,
-                mq,
-                single_messages(args.messages),
-                args.messages,
-                Ingester,
-            )
-        )
-        results.append(
-            drain(
-                "(b) batched messages (100 readings)",
-                db,
-                mq,
-                batched_messages(args.batched),
-                args.batched * 100,
-                Ingester,
-            )
-        )
-        results.append(
-            drain(
-                "(c) naive baseline (INSERT+commit per message)",
-                db,
-                mq,
-                single_messages(args.naive),
-                args.naive,
-                NaiveIngester,
-            )
-        )
-        results += copy_limit(db, args.batched * 100)
-        print()
-        print(f"{'case':50} {'msgs':>8} {'readings':>9} {'s':>7} {'msgs/s':>9} {'readings/s':>11}")
-        for r in results:
-            print(
-                f"{r.name:50} {r.messages:8d} {r.readings:9d} {r.seconds:7.2f} "
-                f"{r.msgs_per_s:9.0f} {r.readings_per_s:11.0f}"
-            )
-        a, b, c, d, d2 = results
-        print()
-        print(f"single-reading vs naive baseline: {a.msgs_per_s / c.msgs_per_s:.1f}x")
-        print(
-            f"batched readings/s vs raw COPY (write_row):    "
-            f"{100 * b.readings_per_s / d.readings_per_s:.0f} %"
-        )
-        print(
-            f"batched readings/s vs raw COPY (numpy buffer): "
-            f"{100 * b.readings_per_s / d2.readings_per_s:.0f} %"
-        )
-        if args.live_seconds > 0:
-            print(f"\nlive: {args.live_rate:.0f} msgs/s for {args.live_seconds:.0f} s", flush=True)
-            lv = live(db, mq, args.live_rate, args.live_seconds)
-            print(
-                f"live: sent {lv['sent']:.0f}, stored {lv['stored']:.0f}, lost {lv['lost']:.0f};"
-                f" publish-to-commit p50 {lv['p50_ms']:.0f} ms, p99 {lv['p99_ms']:.0f} ms,"
-                f" max {lv['max_ms']:.0f} ms"
-            )
+        template = prepared_db(admin)
+        writers = Settings(_env_file=None).ingest.writers  # type: ignore[call-arg]
+        if not args.no_drain:
+            run_drains(args, admin, template, mq, writers)
+        for rate in [float(r) for r in args.live_rate.split(",")] if args.live_seconds else []:
+            for policy in args.live_policy.split(","):
+                lv = live(admin, template, mq, rate, args.live_seconds, policy == "adaptive")
+                print(
+                    f"live {rate:,.0f} msgs/s ({policy}, {args.live_seconds:.0f} s; published at"
+                    f" {lv['rate']:,.0f}/s): sent {lv['sent']:,.0f}, stored {lv['stored']:,.0f},"
+                    f" lost {lv['lost']:.0f}; publish-to-commit p50 {lv['p50_ms']:,.0f} ms,"
+                    f" p99 {lv['p99_ms']:,.0f} ms, max {lv['max_ms']:,.0f} ms;"
+                    f" {lv['batches']:,.0f} batches, mean {lv['batch_mean']:,.0f},"
+                    f" largest {lv['batch_max']:,.0f}; load average {lv['load']:.1f}",
+                    flush=True,
+                )
     finally:
         if local is not None:
             local.down()
             shutil.rmtree(local.state_dir, ignore_errors=True)
+
+
+def run_drains(args: argparse.Namespace, admin: str, template: str, mq: str, writers: int) -> None:
+    single = single_messages(args.messages)
+    naive = single_messages(args.naive)
+    batched = batched_messages(args.batched)
+    rows = args.batched * 100
+    cases = {
+        "a": Case("(a) single-reading messages, ingester", args.messages, args.messages, []),
+        "r": Case("(r) broker only: ack without storing", args.messages, args.messages, []),
+        "n1": Case("(n1) competent naive: executemany, commit/500", args.naive, args.naive, []),
+        "n0": Case("(n0) naive: INSERT + commit per message", args.naive, args.naive, []),
+        "b": Case("(b) batched messages (100 readings), ingester", args.batched, rows, []),
+        "c1": Case("(c1) raw binary COPY, 1 connection", rows, rows, []),
+        "cN": Case(f"(c{writers}) raw binary COPY, {writers} connections", rows, rows, []),
+    }
+    runs: dict[str, Callable[[], float]] = {
+        "a": lambda: drain(admin, template, mq, single, args.messages, Ingester)[0],
+        "r": lambda: drain(admin, template, mq, single, args.messages, BrokerOnly, stores=False)[0],
+        "n1": lambda: drain(admin, template, mq, naive, args.naive, BatchedNaive)[0],
+        "n0": lambda: drain(admin, template, mq, naive, args.naive, PerMessageNaive)[0],
+        "b": lambda: drain(admin, template, mq, batched, rows, Ingester)[0],
+        "c1": lambda: copy_rows(admin, template, rows, 1),
+        "cN": lambda: copy_rows(admin, template, rows, writers),
+    }
+    for k in range(args.repeat):  # round-robin: a change of load hits every case alike
+        for key, run in runs.items():
+            cases[key].seconds.append(run())
+            print(
+                f"  run {k + 1}/{args.repeat} {cases[key].name}: {cases[key].seconds[-1]:.2f} s"
+                f" (load average {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+    print()
+    print(f"{'case':50} {'msgs':>7} {'readings':>8}   rate/s: {'min':>9} {'median':>9} {'max':>9}")
+    for key, c in cases.items():
+        per = "readings" if key in ("b", "c1", "cN") else "messages"
+        print(f"{c.name:50} {c.messages:7d} {c.readings:8d} {per[:4]:>8}: {spread(c.rate(per))}")
+    a, r, n1, n0 = (
+        cases["a"].median(),
+        cases["r"].median(),
+        cases["n1"].median(),
+        cases["n0"].median(),
+    )
+    b, c1, cn = (cases[k].median("readings") for k in ("b", "c1", "cN"))
+    print()
+    print(f"(a) / (r) broker only:        {a / r:.2f} (target >= 0.70: {verdict(a / r >= 0.70)})")
+    ok = verdict(b / cn >= 0.9)
+    print(f"(b) / (c{writers}) raw COPY, {writers} conn.: {b / cn:.2f} (target >= 0.90: {ok})")
+    print(f"(b) / (c1) raw COPY, 1 conn.:  {b / c1:.2f}")
+    print(f"(a) / (n1) competent naive:   {a / n1:.1f}x (target >= 5x: {verdict(a / n1 >= 5)})")
+    print(f"(a) / (n0) per-message naive: {a / n0:.1f}x")
+    print(f"load average after the drains: {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":
