@@ -94,8 +94,28 @@ def test_subscriptions_follow_the_brokers_log() -> None:
 def test_create_topics() -> None:
     assert tp.create_target(f"{V}/Observations") == (None, None)
     assert tp.create_target(f"{V}/Datastreams(12)/Observations") == (12, None)
-    for bad in (f"{V}/Things(1)/Observations", f"{V}/Datastreams/Observations"):
+    assert tp.create_target(f"{V}/MultiDatastreams(3)/Observations") == (-3, None)
+    for bad in (
+        f"{V}/Things(1)/Observations",
+        f"{V}/Datastreams/Observations",
+        f"{V}/Datastreams(-3)/Observations",
+        f"{V}/MultiDatastreams(-3)/Observations",
+    ):
         assert tp.create_target(bad)[1] is not None
+    # the body's link: none, or the topic's own; one on v1.1/Observations
+    assert tp.create_owner(12, None, None) == (12, None)
+    assert tp.create_owner(12, 12, None) == (12, None)
+    assert tp.create_owner(-3, None, 3) == (-3, None)
+    assert tp.create_owner(None, 12, None) == (12, None)
+    assert tp.create_owner(None, None, 3) == (-3, None)
+    for topic_id, ds, mds, named in (
+        (12, 13, None, "the body names Datastream 13, the topic Datastream 12"),
+        (12, None, 3, "the body names MultiDatastream 3, the topic Datastream 12"),
+        (-3, 3, None, "the body names Datastream 3, the topic MultiDatastream 3"),
+        (None, None, None, "Datastream is required"),
+    ):
+        owner, problem = tp.create_owner(topic_id, ds, mds)
+        assert owner is None and problem is not None and named in problem, problem
 
 
 def test_notices_round_trip_and_split_below_postgres_limit() -> None:
@@ -522,6 +542,74 @@ def test_observations_published_by_clients_are_stored_and_bad_ones_rejected(
     for b in stored:
         assert b == rest(api, b["@iot.selfLink"])
     assert sta.created == 2 and sta.rejected == len(bad)
+
+
+@pytestmark_services
+def test_multi_datastream_observations_published_by_clients_are_stored(
+    settings: Settings, sta: StaMqtt, sub: Subscriber, api: TestClient
+) -> None:
+    """A MultiDatastream's Observations created over MQTT (its topic, or v1.1/Observations with
+    the link): array results stored and published as the REST API has them; a result of the
+    wrong length and an unknown MultiDatastream are rejects with their reason."""
+    h = bearer(settings)
+    measurement = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
+    nd = {"name": "x", "description": "d"}
+    r = api.post(
+        f"/{V}/Things",
+        json={
+            **nd,
+            "MultiDatastreams": [
+                {
+                    **nd,
+                    "multiObservationDataTypes": [measurement, measurement],
+                    "unitOfMeasurements": [{"name": "degree Celsius"}, {"name": "percent"}],
+                    "Sensor": {**nd, "encodingType": "e", "metadata": "m"},
+                    "ObservedProperties": [
+                        {**nd, "definition": "https://example.org/t"},
+                        {**nd, "definition": "https://example.org/h"},
+                    ],
+                }
+            ],
+        },
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
+    thing = r.json()["@iot.id"]
+    mds = api.get(f"/{V}/Things({thing})/MultiDatastreams").json()["value"][0]["@iot.id"]
+    own = f"{V}/MultiDatastreams({mds})/Observations"
+    sub.subscribe(sta, own)
+    t1, t2 = T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)
+    good = [
+        (own, orjson.dumps({"phenomenonTime": t1.isoformat(), "result": [4.5, 81]})),
+        (
+            f"{V}/Observations",
+            orjson.dumps(
+                {
+                    "phenomenonTime": t2.isoformat(),
+                    "result": [5, 80],
+                    "MultiDatastream": {"@iot.id": mds},
+                }
+            ),
+        ),
+    ]
+    bad = [
+        (own, orjson.dumps({"phenomenonTime": t1.isoformat(), "result": [1]})),
+        (f"{V}/MultiDatastreams({mds + 99})/Observations", orjson.dumps({"result": [1, 2]})),
+        (own, orjson.dumps({"result": [1, 2], "Datastream": {"@iot.id": 1}})),
+    ]
+    publish(settings, good + bad)
+    wait_for(lambda: _count(settings, "select count(*) from ingest_reject") == len(bad))
+    wait_for(lambda: _count(settings, "select count(*) from observation") == 2)
+    with psycopg.connect(settings.require_database_url()) as conn:
+        got = conn.execute("select reason, detail from ingest_reject order by id").fetchall()
+    reasons = sorted(r[0] for r in got)
+    assert reasons == ["invalid_format", "invalid_format", "unknown_datastream"], got
+    assert any("has 1 value(s)" in r[1] for r in got), got
+    assert any("the topic MultiDatastream" in r[1] for r in got), got
+    published = sub.on(own, 2)
+    assert sorted(b["result"] for b in published) == [[4.5, 81], [5, 80]]
+    for b in published:
+        assert b == rest(api, b["@iot.selfLink"])
 
 
 # ------------------------------------------------------------------------------ accounts

@@ -12,9 +12,13 @@
 - **Privacy**: observations of a personal network's devices (``privacy.personal_networks``,
   docs/privacy.md) are never published.
 - **Create (A.7)**: Observations that clients publish to ``v1.1/Observations`` (with a
-  Datastream link) or ``v1.1/Datastreams(<id>)/Observations`` are stored through the ingest
-  writer like a REST POST (the automatic FeatureOfInterest included; first stored wins); invalid
-  ones are kept as ingest rejects with their reason. Acknowledged after the commit.
+  Datastream or MultiDatastream link), ``v1.1/Datastreams(<id>)/Observations`` or
+  ``v1.1/MultiDatastreams(<id>)/Observations`` (an array result, one value per
+  multiObservationDataType) are stored through the ingest writer like a REST POST (the
+  automatic FeatureOfInterest included; first stored wins); invalid ones are kept as ingest
+  rejects with their reason. Acknowledged after the commit, in a persistent session: what was
+  not acknowledged comes again after a restart (docs/sensorthings.md, "Creates over MQTT
+  delivered twice").
 
 The process runs in its own interpreter so that shaping and publishing do not take the
 ingester's CPU: the writers only send notices (docs/benchmarks.md, "SensorThings MQTT").
@@ -419,25 +423,9 @@ class StaMqtt:
             except BadRequestError as exc:
                 refuse(msg, "invalid_format", str(exc))
                 continue
-            if new.multi_datastream_id is not None:
-                refuse(msg, "invalid_format", "MultiDatastream observations: use the REST API")
-                continue
-            if ds is None:
-                if new.datastream_id is None:
-                    refuse(
-                        msg,
-                        "invalid_format",
-                        'Datastream is required: {"Datastream": {"@iot.id": <id>}}',
-                    )
-                    continue
-                ds = new.datastream_id
-            elif new.datastream_id not in (None, ds):
-                refuse(
-                    msg,
-                    "invalid_format",
-                    f"Datastream/@iot.id: the body names Datastream {new.datastream_id}, the"
-                    f" topic Datastream {ds}",
-                )
+            ds, problem = tp.create_owner(ds, new.datastream_id, new.multi_datastream_id)
+            if problem is not None or ds is None:
+                refuse(msg, "invalid_format", problem or "no Datastream")
                 continue
             valid.append((msg, new, ds))
 
@@ -446,7 +434,17 @@ class StaMqtt:
                 for msg, new, ds in valid:
                     try:
                         with conn.transaction():  # a savepoint: one bad message costs itself
-                            if not w.exists(cur, "Datastreams", ds):
+                            if ds < 0:  # of MultiDatastream -ds: an array, one value per type
+                                types = w.multi_datastream_types(cur, -ds)
+                                if types is None:
+                                    refuse(
+                                        msg,
+                                        "unknown_datastream",
+                                        f"no MultiDatastream with @iot.id {-ds}",
+                                    )
+                                    continue
+                                b.multi_result(new.result, types, f"MultiDatastream {-ds}")
+                            elif not w.exists(cur, "Datastreams", ds):
                                 refuse(
                                     msg, "unknown_datastream", f"no Datastream with @iot.id {ds}"
                                 )

@@ -115,18 +115,50 @@ _MISSING = object()
 
 
 def create_target(topic: str) -> tuple[int | None, str | None]:
-    """(the Datastream id the topic names, or None for ``v1.1/Observations``; a problem, or
-    None) for a topic a client published an Observation to."""
+    """(the id the topic's Observations are stored under: a Datastream's id, a
+    MultiDatastream's as -<its id>, or None for ``v1.1/Observations``; a problem, or None) for a
+    topic a client published an Observation to."""
     if topic == f"{VERSION}/Observations":
         return None, None
     parts = topic.split("/")
     m = _ENTITY.match(parts[1]) if len(parts) == 3 else None
-    if m is None or parts[2] != "Observations" or m.group(1) != "Datastreams":
+    owners = ("Datastreams", "MultiDatastreams")
+    if m is None or parts[2] != "Observations" or m.group(1) not in owners or "-" in m.group(2):
         return None, (
-            f"Observations are created on {VERSION}/Observations or "
-            f"{VERSION}/Datastreams(<id>)/Observations, not on {topic}"
+            f"Observations are created on {VERSION}/Observations, "
+            f"{VERSION}/Datastreams(<id>)/Observations or "
+            f"{VERSION}/MultiDatastreams(<id>)/Observations, not on {topic}"
         )
-    return int(m.group(2)), None
+    entity_id = int(m.group(2))
+    return (entity_id if m.group(1) == "Datastreams" else -entity_id), None
+
+
+def _owner(stored_id: int) -> str:
+    return f"Datastream {stored_id}" if stored_id > 0 else f"MultiDatastream {-stored_id}"
+
+
+def create_owner(
+    topic_id: int | None, datastream_id: int | None, multi_datastream_id: int | None
+) -> tuple[int | None, str | None]:
+    """(the id a created Observation is stored under, or None; a problem, or None) from the
+    topic's (:func:`create_target`) and the body's ``Datastream`` / ``MultiDatastream`` link:
+    the body may name the topic's own, and must name one on ``v1.1/Observations``."""
+    named = None
+    what = ""
+    if multi_datastream_id is not None:
+        named, what = -multi_datastream_id, "MultiDatastream"
+    elif datastream_id is not None:
+        named, what = datastream_id, "Datastream"
+    if topic_id is None:
+        if named is None:
+            return None, (
+                'Datastream is required: {"Datastream": {"@iot.id": <id>}} (or a'
+                ' MultiDatastream: {"MultiDatastream": {"@iot.id": <id>}})'
+            )
+        return named, None
+    if named is not None and named != topic_id:
+        return None, f"{what}/@iot.id: the body names {_owner(named)}, the topic {_owner(topic_id)}"
+    return topic_id, None
 
 
 # ------------------------------------------------------------------------- subscriptions
