@@ -116,6 +116,10 @@ class StoreBands:
 
         side = tile_cells * CELL
         with psycopg.connect(self.conninfo) as conn:
+            # a band is one range of the (cell_n, cell_e) index; with a quarter of the rows in
+            # it the planner prefers a scan of the whole table, also when the table is ordered
+            # by cell (CLUSTER) and the band is one contiguous part of it (docs/coverage.md)
+            conn.execute("set enable_seqscan = off")
             inputs = load_inputs(
                 conn, district_level=None, since=self.since, until=self.until,
                 min_contributors=self.min_contributors, rows=(band * side, (band + 1) * side),
