@@ -265,6 +265,11 @@ def main() -> None:
         "own p50/p95 over --repeat runs, reported as min/median/max)",
     )
     ap.add_argument(
+        "--only",
+        default=None,
+        help="with --queries-only: run only the cases whose name contains this text",
+    )
+    ap.add_argument(
         "--models",
         action="store_true",
         help="also time the aggregate route's body made from response models (the route before "
@@ -314,6 +319,7 @@ def main() -> None:
                 args.naive_repeat,
                 reps=args.reps,
                 models=args.models,
+                only=args.only,
             ),
         }
         if args.json:
@@ -485,6 +491,7 @@ def run_queries(
     *,
     reps: int = 5,
     models: bool = False,
+    only: str | None = None,
 ) -> dict[str, Any]:
     """Every case ``reps`` times, round robin (so a busy minute on the shared machine touches
     every case alike); each repetition is ``repeat`` runs (``naive_repeat`` for the naive
@@ -698,6 +705,8 @@ def run_queries(
                 (f"API JSON: {daily}, models (before)", api_json(100, day, days, "models"), 3),
                 (f"API JSON: {hourly}, models (before)", api_json(100, hour, month, "models"), 3),
             ]
+        if only:
+            cases = [c for c in cases if only in c[0]]
         per_case: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in cases}
         loads: list[str] = []
         for rep in range(reps):
@@ -714,6 +723,8 @@ def run_queries(
         for name, got in per_case.items():
             out[name] = summarise(got)
         out["load_average"] = loads
+        if only:
+            return out
         # the answers agree
         a = timeseries.aggregate(conn, ids[:100], day, T0, year_end, path=path)
         b = timeseries.aggregate(conn, ids[:100], day, T0, year_end, source="raw", path=path)

@@ -216,6 +216,7 @@ def test_columns_equal_the_rows(
     by time_items) holds exactly the buckets, values (the same doubles) and gaps of the rows
     body, on every source, for every choice of functions; whole or streamed."""
     monkeypatch.setattr(aggregate_columns, "STREAM_AFTER", stream_after)
+    monkeypatch.setattr(aggregate_columns, "STREAM_PIECE", 2000)  # several pieces
     start, end = T0 - timedelta(hours=5), T0 + timedelta(days=DAYS, hours=2)
     checked = 0
     with psycopg.connect(

@@ -3,7 +3,7 @@ bucket: the store hands each series' buckets over as numpy arrays
 (``timeseries.aggregate(columns=True)``), the numbers are written by orjson from the arrays,
 the bucket times by :func:`time_items` (the API's one time format, that of
 ``sensorthings.iso``, for many instants at once), and the body is streamed series by series
-when it is large.
+when it is large (in pieces of about 1 MiB).
 
 One series::
 
@@ -29,8 +29,11 @@ from fastapi.responses import Response, StreamingResponse
 from quartier.api.sensorthings import iso
 from quartier.store import timeseries as ts
 
-#: answers with more values (datastreams × buckets × functions) than this are streamed
-STREAM_AFTER = 50_000
+#: answers with more values (datastreams × buckets × functions) than this are streamed, in
+#: pieces of about STREAM_PIECE bytes (each piece is a hop to a worker thread and back: streaming
+#: a 72,000-value answer series by series cost more than it saved, docs/benchmarks.md)
+STREAM_AFTER = 500_000
+STREAM_PIECE = 1 << 20
 
 _ITEM = b'"0000-00-00T00:00:00.000Z",'
 _TEMPLATE = np.frombuffer(_ITEM, dtype=np.uint8)
@@ -132,11 +135,24 @@ def _parts(agg: ts.Aggregate) -> Iterator[bytes]:
     yield b"]}"
 
 
+def _pieces(parts: Iterator[bytes]) -> Iterator[bytes]:
+    buffer: list[bytes] = []
+    size = 0
+    for part in parts:
+        buffer.append(part)
+        size += len(part)
+        if size >= STREAM_PIECE:
+            yield b"".join(buffer)
+            buffer, size = [], 0
+    if buffer:
+        yield b"".join(buffer)
+
+
 def columns_response(agg: ts.Aggregate) -> Response:
     """The columnar body of ``agg`` (from ``timeseries.aggregate(columns=True)``): one
-    response, or streamed series by series when it holds more than :data:`STREAM_AFTER`
-    values."""
+    response, or streamed in pieces of whole series when it holds more than
+    :data:`STREAM_AFTER` values."""
     values = sum(len(s.columns.epoch) for s in agg.series if s.columns is not None)
     if values * max(1, len(agg.functions)) > STREAM_AFTER:
-        return StreamingResponse(_parts(agg), media_type="application/json")
+        return StreamingResponse(_pieces(_parts(agg)), media_type="application/json")
     return Response(b"".join(_parts(agg)), media_type="application/json")
