@@ -451,15 +451,69 @@ def percentiles(times: list[float]) -> dict[str, float]:
     }
 
 
-def run_shape(client: httpx.Client, w: World, shape: Shape, repeat: int, warmup: int = 3) -> dict:
-    """p50/p95 of ``shape`` over ``repeat`` requests (after ``warmup``); every answer checked.
-    A shape that fails its first request is reported, not measured."""
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used so far by a server (its process and its workers) and by the backends
+    of the PostgreSQL cluster it reads (children of the postmaster): with the machine shared,
+    CPU per request is the number that other work does not inflate much."""
+
+    server_pid: int
+    postmaster_pid: int
+
+    def __call__(self) -> float:
+        pids = [self.server_pid, *_children(self.server_pid), *_children(self.postmaster_pid)]
+        return sum(_cpu_s(p) for p in pids)
+
+
+def postmaster_of(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("select pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def run_shape(
+    client: httpx.Client,
+    w: World,
+    shape: Shape,
+    repeat: int,
+    warmup: int = 3,
+    cpu: Callable[[], float] | None = None,
+) -> dict:
+    """p50/p95 of ``shape`` over ``repeat`` requests (after ``warmup``); every answer checked;
+    with ``cpu`` (a :class:`CpuMeter`), the server's CPU ms per request too. A shape that fails
+    its first request is reported, not measured."""
     if shape.name == "page100" and not w.page100:
         why = prepare_page100(client, w)
         if why:
             return {"ok": False, "error": why}
     times: list[float] = []
+    cpu0 = 0.0
     for i in range(warmup + repeat):
+        if i == warmup and cpu is not None:
+            cpu0 = cpu()
         a = fetch(client, shape.url(w, i))
         if a.status != 200:
             detail = json.dumps(a.body)[:300]
@@ -469,7 +523,10 @@ def run_shape(client: httpx.Client, w: World, shape: Shape, repeat: int, warmup:
             return {"ok": False, "error": f"wrong answer: {wrong}", "request": i}
         if i >= warmup:
             times.append(a.ms)
-    return {"ok": True} | percentiles(times)
+    out: dict[str, Any] = {"ok": True} | percentiles(times)
+    if cpu is not None:
+        out["cpu_ms"] = (cpu() - cpu0) * 1000 / repeat  # server and database, not this client
+    return out
 
 
 async def _http_get(
@@ -537,9 +594,15 @@ async def _load(urls: list[str], clients: int, duration: float) -> dict[str, Any
     } | percentiles(times)
 
 
-def throughput(w: World, shape: Shape, clients: int, duration: float) -> dict[str, Any]:
+def throughput(
+    w: World, shape: Shape, clients: int, duration: float, cpu: CpuMeter | None = None
+) -> dict[str, Any]:
     urls = [shape.url(w, i) for i in range(max(64, clients * 4))]
-    return asyncio.run(_load(urls, clients, duration))
+    cpu0 = cpu() if cpu is not None else 0.0
+    out = asyncio.run(_load(urls, clients, duration))
+    if cpu is not None:
+        out["cpu_ms"] = (cpu() - cpu0) * 1000 / max(1, out["requests"])
+    return out
 
 
 # ------------------------------------------------------------------------------------ servers
@@ -622,22 +685,28 @@ def fresh_db(admin_url: str, prefix: str = "bench_api") -> str:
 
 # ------------------------------------------------------------------------------------ runs
 def measure_server(
-    w: World, repeat: int, clients: int, duration: float, label: str
+    w: World,
+    repeat: int,
+    clients: int,
+    duration: float,
+    label: str,
+    cpu: CpuMeter | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"shapes": {}}
     with httpx.Client(timeout=120) as client:
         for shape in SHAPES:
-            r = run_shape(client, w, shape, repeat)
+            r = run_shape(client, w, shape, repeat, cpu=cpu)
             out["shapes"][shape.name] = r
             if r["ok"]:
                 p50, p95 = r["p50_ms"], r["p95_ms"]
-                log(f"{label:9} {shape.name:17} p50 {p50:8.1f} ms  p95 {p95:8.1f} ms")
+                c = f"  CPU {r['cpu_ms']:6.1f} ms/request" if "cpu_ms" in r else ""
+                log(f"{label:9} {shape.name:17} p50 {p50:8.1f} ms  p95 {p95:8.1f} ms{c}")
             else:
                 log(f"{label:9} {shape.name:17} FAILED: {r['error'][:200]}")
     if clients > 0:
         weekly = next(s for s in SHAPES if s.counts_for_throughput)
         if out["shapes"][weekly.name]["ok"]:
-            r = throughput(w, weekly, clients, duration)
+            r = throughput(w, weekly, clients, duration, cpu)
             out["throughput"] = r
             log(
                 f"{label:9} {weekly.name} with {clients} clients: {r['req_per_s']:.0f} req/s "
@@ -650,6 +719,13 @@ def main_run(args: argparse.Namespace, admin: str, report: dict[str, Any]) -> No
     step = timedelta(minutes=args.step_min)
     n_ds = args.things * args.datastreams_per_thing
     steps = max(1, round(args.rows / n_ds))
+    if args.db:  # a database an earlier run loaded with the same options
+        with psycopg.connect(args.db) as conn:
+            rows = conn.execute("select id from datastream order by id").fetchall()
+        report["data"] = {"observations": steps * n_ds, "things": args.things}
+        report["data"] |= {"datastreams": n_ds, "per_datastream": steps, "reused": args.db}
+        measure_main(args, args.db, np.array([r[0] for r in rows]), steps, step, report)
+        return
     url = fresh_db(admin)
     log(
         f"loading {steps * n_ds:,} observations: {args.things} Things × "
@@ -663,7 +739,18 @@ def main_run(args: argparse.Namespace, admin: str, report: dict[str, Any]) -> No
         "per_datastream": steps,
         "step_min": args.step_min,
     } | timing
-    log(f"loaded in {timing['load_s']:.0f} s, rollups {timing['rollups_s']:.0f} s")
+    log(f"loaded in {timing['load_s']:.0f} s, rollups {timing['rollups_s']:.0f} s; {url}")
+    measure_main(args, url, ds_ids, steps, step, report)
+
+
+def measure_main(
+    args: argparse.Namespace,
+    url: str,
+    ds_ids: np.ndarray,
+    steps: int,
+    step: timedelta,
+    report: dict[str, Any],
+) -> None:
     in_poly = sum(in_polygon(p) for p in grid_points(args.things))
     with quartier_server(url, args.workers) as server:
         w = World(
@@ -676,7 +763,10 @@ def main_run(args: argparse.Namespace, admin: str, report: dict[str, Any]) -> No
             datastreams_per_thing=args.datastreams_per_thing,
             things=args.things,
         )
-        report["quartier"] = measure_server(w, args.repeat, args.clients, args.duration, "quartier")
+        cpu = CpuMeter(server.pid, postmaster_of(url))
+        report["quartier"] = measure_server(
+            w, args.repeat, args.clients, args.duration, "quartier", cpu
+        )
 
 
 def peer_run(args: argparse.Namespace, admin: str, report: dict[str, Any]) -> None:
@@ -704,14 +794,22 @@ def peer_run(args: argparse.Namespace, admin: str, report: dict[str, Any]) -> No
     }
     with quartier_server(url, args.workers) as server:
         w = World(base=server.base, datastreams=[int(x) for x in ds_ids], **common)
+        cpu = CpuMeter(server.pid, postmaster_of(url))
         report["peer_quartier"] = measure_server(
-            w, args.repeat, args.clients, args.duration, "quartier"
+            w, args.repeat, args.clients, args.duration, "quartier", cpu
         )
-    with peer_setup.server(peer, args.workers) as base:
+    with peer_setup.server(peer, args.workers) as server:
         w = World(
-            base=base, datastreams=peer.datastreams, id_quote="'", max_top=peer.max_top, **common
+            base=server.base,
+            datastreams=peer.datastreams,
+            id_quote="'",
+            max_top=peer.max_top,
+            **common,
         )
-        report["peer"] = measure_server(w, args.peer_repeat, args.clients, args.duration, "peer")
+        cpu = CpuMeter(server.pid, postmaster_of(peer.db_url))
+        report["peer"] = measure_server(
+            w, args.peer_repeat, args.clients, args.duration, "peer", cpu
+        )
     report["peer_info"] = peer.info
 
 
@@ -774,6 +872,9 @@ def main() -> None:
     ap.add_argument("--peer", action="store_true", help="also the side-by-side run")
     ap.add_argument("--peer-only", action="store_true", help="only the side-by-side run")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--db", default=None, help="measure on a database an earlier run loaded (its URL)"
+    )
     args = ap.parse_args()
 
     admin = os.environ.get("QUARTIER_TEST_DATABASE_URL")

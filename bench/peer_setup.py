@@ -28,10 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
+
+if TYPE_CHECKING:
+    from api import Server
 
 HERE = Path(__file__).resolve().parent
 PEER = HERE / ".peer"
@@ -298,11 +301,12 @@ def setup(
 
 
 @contextmanager
-def server(peer: Peer, workers: int, patched: bool = True) -> Iterator[str]:
+def server(peer: Peer, workers: int, patched: bool = True) -> Iterator[Server]:
     """The peer under uvicorn with ``workers`` processes on a free port (``patched``: its
-    ``$orderby`` bug fixed, see ``URLS``); yields its service root (…/sensorthings/v1.1)."""
+    ``$orderby`` bug fixed, see ``URLS``); yields its service root (…/sensorthings/v1.1) and
+    pid."""
     sys.path.insert(0, str(HERE))
-    from api import free_port, wait_http  # bench/api.py
+    from api import Server, free_port, wait_http  # bench/api.py
 
     port = free_port()
     root = f"http://127.0.0.1:{port}/sensorthings"
@@ -331,7 +335,7 @@ def server(peer: Peer, workers: int, patched: bool = True) -> Iterator[str]:
                 log_file.seek(0)
                 err = log_file.read().decode(errors="replace")[-2000:]
                 raise RuntimeError(f"peer: {exc}\n{err}") from None
-            yield f"{root}/v1.1"
+            yield Server(f"{root}/v1.1", proc.pid)
         finally:
             proc.terminate()
             try:

@@ -63,11 +63,15 @@ def test_every_shape_answers_with_the_expected_items(db_url: str) -> None:
             things=things,
         )
         assert w.total >= 100 * 100  # page 100 exists
+        cpu = api.CpuMeter(server.pid, api.postmaster_of(db_url))
+        cpu_ms = 0.0
         with httpx.Client(timeout=120) as client:
             for shape in api.SHAPES:
-                result = api.run_shape(client, w, shape, repeat=2, warmup=1)
+                result = api.run_shape(client, w, shape, repeat=2, warmup=1, cpu=cpu)
                 assert result["ok"], f"{shape.name}: {result['error']}"
                 assert result["runs"] == 2
+                cpu_ms += result["cpu_ms"]
+            assert cpu_ms > 0  # the server's and the database's CPU is seen
             # the checks can fail: a wrong expectation is reported, not measured
             wrong = api.World(**{**w.__dict__, "things_in_polygon": in_polygon + 1})
             polygon = next(s for s in api.SHAPES if s.name == "polygon_latest")
