@@ -2,6 +2,13 @@
 geopandas version in the same run.
 
     .venv/bin/python bench/coverage.py [--case koeln|state|both] [--repeat 3] [--data-dir DIR]
+    .venv/bin/python bench/coverage.py --case state --dask [--cluster] [--tile-km K] --repeat 3
+    .venv/bin/python bench/coverage.py --case country --fraction N --workers 2
+
+Measured runs have fsync, synchronous_commit and full_page_writes on (printed in the header;
+``--fsync-off`` keeps them off); loading is done without. ``--case state --dask`` runs the
+Bundesland in one process and on a local Dask cluster in turns, ``--repeat`` times each
+(min/median/max, peak memory per worker, every Dask result compared with the one before).
 
 Starts its own PostgreSQL (unless QUARTIER_TEST_DATABASE_URL is set), loads the simulated Köln
 coverage world (150,000 address points, 200,000 speed tests, 1,000,000 signal measurements) and a
