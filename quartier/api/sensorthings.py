@@ -850,10 +850,12 @@ def _list(
     if order is not None:
         listing = nav_order(listing, order, q.ALIASES[entity_set])
     rows, nxt = p.page(q.entities(conn, entity_set, listing, within), base, listing)
-    count = q.count_entities(conn, entity_set, listing, within) if p.count else None
+    count, exact = (
+        q.count_collection(conn, entity_set, listing, within) if p.count else (None, True)
+    )
     if refs:
         return _ref_page(base, entity_set, rows, nxt, count)
-    return p.respond(conn, base, entity_set, rows, nxt, count)
+    return p.respond(conn, base, entity_set, rows, nxt, count, estimate=not exact)
 
 
 def _ref_page(

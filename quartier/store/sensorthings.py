@@ -407,6 +407,27 @@ def count_entities(
     return int(row["n"])
 
 
+#: above this many observations (the planner's estimate), ``$count`` on the unfiltered
+#: ``/Observations`` is that estimate, declared as one (FROST's count mode "ESTIMATE_LIMIT"):
+#: counting 10^7 rows takes seconds, the estimate a millisecond
+OBSERVATIONS_EXACT_COUNT_LIMIT = timeseries.EXACT_COUNT_LIMIT
+
+
+def count_collection(
+    conn: DictConn, entity_set: str, listing: Listing, within: Within | None = None
+) -> tuple[int, bool]:
+    """``(count, exact)`` for ``@iot.count``: :func:`count_entities`, except that all
+    Observations unfiltered are counted only up to :data:`OBSERVATIONS_EXACT_COUNT_LIMIT` and
+    estimated by the planner (from the statistics ANALYZE keeps) above it."""
+    if entity_set == "Observations" and within is None and listing.where is None:
+        row = conn.execute("explain (format json) select 1 from observation").fetchone()
+        assert row is not None
+        estimate = int(next(iter(row.values()))[0]["Plan"]["Plan Rows"])
+        if estimate > OBSERVATIONS_EXACT_COUNT_LIMIT:
+            return estimate, False
+    return count_entities(conn, entity_set, listing, within), True
+
+
 def entity(conn: DictConn, entity_set: str, entity_type: str, entity_id: int) -> dict[str, Any]:
     """One entity of ``entity_set`` by its integer @iot.id."""
     return _one(conn, _COLLECTIONS[entity_set], entity_type, entity_id)
