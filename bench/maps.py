@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quartier.api.app import create_app
 from quartier.config import Settings
+from quartier.coverage_run import after_coverage_run
 from quartier.evaluation.evaluate import evaluate
 from quartier.evaluation.strategy import load_strategy
 from quartier.geo import run_store, service
@@ -93,7 +94,7 @@ def _prepare(url: str) -> None:
     """A current coverage run and a strategy evaluation (for the district map)."""
     with psycopg.connect(url) as conn:
         t = time.perf_counter()
-        service.analyse_and_store(conn, conninfo=url)
+        service.analyse_and_store(conn, conninfo=url, on_stored=after_coverage_run(5))
         conn.commit()
         print(f"  coverage analysed in {time.perf_counter() - t:.1f} s (with the maps' layers)")
         t = time.perf_counter()

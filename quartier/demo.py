@@ -26,8 +26,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from quartier.api.app import create_app
 from quartier.config import Settings, redact_url
+from quartier.coverage_run import after_coverage_run
 from quartier.errors import ServiceError
-from quartier.evaluation.current import indicator_refresh, refresh_after_coverage_run
+from quartier.evaluation.current import indicator_refresh
 from quartier.evaluation.report import evaluate_to_report
 from quartier.geo.io import import_districts
 from quartier.ingest.mqtt import Ingester
@@ -301,8 +302,9 @@ class Demo:
                     "sim",
                     pseudonymizer(s),
                 )
+                k = s.privacy.min_contributors
                 run_id, _ = analyse_and_store(
-                    conn, AnalysisParams(), on_stored=refresh_after_coverage_run
+                    conn, AnalysisParams(), on_stored=after_coverage_run(k), min_contributors=k
                 )
                 conn.commit()
         self.console.print(f"[green]✓[/green] coverage gap analysis stored (run {run_id})")

@@ -352,3 +352,13 @@ def test_cli_analyse_on_dask_stores_the_single_process_run(
             " and not c.relispartition and c.relkind = 'r'"
         ).fetchall()
         assert loose == []
+        # the Dask run stored its maps' layers too (the roots' on_stored hook), the same ones
+        layers = [
+            conn.execute(
+                "select map, layer, geojson from coverage_map_layer where run_id = %s"
+                " order by 1, 2",
+                (run.id,),
+            ).fetchall()
+            for run in (one, two)
+        ]
+        assert len(layers[1]) > 0 and layers[0] in ([], layers[1])  # older runs' may be gone

@@ -32,7 +32,9 @@ from typer.testing import CliRunner
 from quartier.api.app import create_app
 from quartier.cli import app as cli_app
 from quartier.config import MapSettings, Settings
+from quartier.coverage_run import after_coverage_run
 from quartier.geo import service
+from quartier.geo.speedtest_cells import MIN_CONTRIBUTORS as K
 from quartier.services import free_port
 
 pytestmark = pytest.mark.services
@@ -273,7 +275,9 @@ def test_gap_map(browser: Browser, serve: Any, settings: Settings) -> None:
     """A stored gap analysis: the broadband map with classes and gap clusters."""
     with psycopg.connect(settings.require_database_url()) as conn:  # committed at the end
         load_scenario(conn)
-        service.analyse_and_store(conn, conninfo=settings.require_database_url())
+        service.analyse_and_store(
+            conn, conninfo=settings.require_database_url(), on_stored=after_coverage_run(K)
+        )
     own = serve(settings)
     page = browser.new_page(viewport={"width": 800, "height": 500})
     visit = watch(page, own)
@@ -298,7 +302,7 @@ def test_mobile_map(
     monkeypatch.setenv("QUARTIER_DATABASE__URL", settings.require_database_url())
     import_musterstadt(settings)
     with psycopg.connect(settings.require_database_url()) as conn:
-        service.analyse_and_store(conn)
+        service.analyse_and_store(conn, on_stored=after_coverage_run(K))
         conn.commit()
     own = serve(settings)
     page = browser.new_page(viewport={"width": 800, "height": 500})

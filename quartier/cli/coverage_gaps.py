@@ -41,7 +41,7 @@ def coverage_analyse_cmd(
         return
     from rich.progress import Progress
 
-    from quartier.evaluation.current import refresh_after_coverage_run
+    from quartier.coverage_run import after_coverage_run
     from quartier.geo import service
 
     s = settings()
@@ -59,7 +59,7 @@ def coverage_analyse_cmd(
                 analysis,
                 district_level=level,
                 progress=step,
-                on_stored=refresh_after_coverage_run,
+                on_stored=after_coverage_run(s.privacy.min_contributors),
                 min_contributors=s.privacy.min_contributors,
             )
             conn.commit()
@@ -82,8 +82,8 @@ def _analyse_on_dask(
 ) -> None:
     import logging
 
+    from quartier.coverage_run import after_coverage_run
     from quartier.errors import BadRequestError, ConfigError, ServiceError
-    from quartier.evaluation.current import refresh_after_coverage_run
     from quartier.geo import service
 
     s = settings()
@@ -123,7 +123,7 @@ def _analyse_on_dask(
                         tile_cells=tile_km * 10 if tile_km else None,
                         district_level=level,
                         progress=status.update,
-                        on_stored=refresh_after_coverage_run,
+                        on_stored=after_coverage_run(s.privacy.min_contributors),
                         min_contributors=s.privacy.min_contributors,
                     )
                     conn.commit()

@@ -69,7 +69,8 @@ def analyse_and_store(
     ``progress`` is called with each of :data:`ANALYSIS_STEPS` before it starts; ``conninfo``
     (the database URL) lets the inputs be read over two connections at once; ``on_stored(conn,
     run_id)`` runs after the run is stored, in the same transaction (the composition roots pass
-    the evaluation's refresh of the indicators that read the current run)."""
+    the maps' stored layers and the evaluation's refresh of the indicators that read the current
+    run: ``quartier.cli.coverage_gaps.after_coverage_run``)."""
     step = progress or (lambda _s: None)
     step(ANALYSIS_STEPS[0])
     inputs = load_inputs(
@@ -84,10 +85,6 @@ def analyse_and_store(
     result = analyse(inputs, params)
     step(ANALYSIS_STEPS[2])
     run_id = save_result(conn, result, inputs.districts)
-    # the maps' layers of the run, made once here so that a map page reads them (issue #15)
-    from quartier.maps.layer_store import store_run_layers
-
-    store_run_layers(conn, run_id, min_contributors=min_contributors, since=since, until=until)
     if on_stored is not None:
         on_stored(conn, run_id)
     return run_id, result
