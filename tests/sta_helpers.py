@@ -59,3 +59,15 @@ def fill_two_devices(settings: Settings) -> Settings:
             (foi,),
         )
     return settings
+
+
+def one_reading(settings: Settings) -> None:
+    """Thing ``net/a-1`` (id 1) at (6.9, 50.9), Location 1, with Datastream 1 (pm25) and one
+    reading (5.0 at :data:`T0`), stored by the ingest writer."""
+    w = BatchWriter(settings.require_database_url(), auto_register=True)
+    batch = Batch()
+    batch.uplinks.append(
+        (Uplink("net", "a-1", [Reading("pm25", T0, 5.0)], Position(50.9, 6.9)), "t", b"", T0)
+    )
+    w.write(batch)
+    w.close()

@@ -16,11 +16,10 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from sta_helpers import one_reading
 
 from quartier.api.app import create_app
 from quartier.config import Settings
-from quartier.ingest.model import Batch, Position, Reading, Uplink
-from quartier.ingest.writer import BatchWriter
 from quartier.store import api_keys
 
 pytestmark = pytest.mark.services
@@ -45,13 +44,7 @@ TABLES = (
 def client(settings: Settings) -> Iterator[TestClient]:
     """A Thing ``net/a-1`` at (6.9, 50.9) with one Datastream (pm25, id 1) and one reading at
     T0."""
-    wr = BatchWriter(settings.require_database_url(), auto_register=True)
-    batch = Batch()
-    batch.uplinks.append(
-        (Uplink("net", "a-1", [Reading("pm25", T0, 5.0)], Position(50.9, 6.9)), "t", b"", T0)
-    )
-    wr.write(batch)
-    wr.close()
+    one_reading(settings)
     with TestClient(create_app(settings)) as c:
         yield c
 

@@ -11,12 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sta_helpers import key, scalar
+from sta_helpers import key, one_reading, scalar
 
 from quartier.api.app import create_app
 from quartier.config import Settings
-from quartier.ingest.model import Batch, Position, Reading, Uplink
-from quartier.ingest.writer import BatchWriter
 
 pytestmark = pytest.mark.services
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -26,13 +24,7 @@ V = "/v1.1"
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """A Thing ``net/a-1`` at (6.9, 50.9) with one Datastream (pm25, id 1) and one reading."""
-    wr = BatchWriter(settings.require_database_url(), auto_register=True)
-    batch = Batch()
-    batch.uplinks.append(
-        (Uplink("net", "a-1", [Reading("pm25", T0, 5.0)], Position(50.9, 6.9)), "t", b"", T0)
-    )
-    wr.write(batch)
-    wr.close()
+    one_reading(settings)
     with TestClient(create_app(settings)) as c:
         yield c
 

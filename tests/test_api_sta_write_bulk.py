@@ -12,12 +12,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sta_helpers import key, scalar
+from sta_helpers import key, one_reading, scalar
 
 from quartier.api.app import create_app
 from quartier.config import Settings
-from quartier.ingest.model import Batch, Position, Reading, Uplink
-from quartier.ingest.writer import BatchWriter
 
 pytestmark = pytest.mark.services
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -29,13 +27,7 @@ ND = {"name": "x", "description": "d"}
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """Thing ``net/a-1`` (id 1) with Datastream 1 (pm25, one reading at T0)."""
-    wr = BatchWriter(settings.require_database_url(), auto_register=True)
-    batch = Batch()
-    batch.uplinks.append(
-        (Uplink("net", "a-1", [Reading("pm25", T0, 5.0)], Position(50.9, 6.9)), "t", b"", T0)
-    )
-    wr.write(batch)
-    wr.close()
+    one_reading(settings)
     with TestClient(create_app(settings)) as c:
         yield c
 
