@@ -123,6 +123,7 @@ _SLOW_MODULES_FIRST = (
     "test_report.py",
     "test_hostile_api.py",
     "test_maps_browser.py",
+    "test_bench_api.py",
 )
 
 
