@@ -33,6 +33,7 @@ is publish to commit (measured when the batch is acknowledged).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -498,8 +499,12 @@ def wait_stored(counter: Callable[[], int], expected: int, timeout: float = 600)
     raise RuntimeError(f"only {counter()} of {expected} rows after {timeout} s")
 
 
-def live_publisher(mqtt_url: str, rate: float, seconds: float, devices: int = DEVICES) -> None:
-    """Child process: publish single readings stamped with their publish time, at ``rate``."""
+def live_publisher(
+    mqtt_url: str, rate: float, seconds: float, part: int = 0, parts: int = 1
+) -> None:
+    """Child process ``part`` of ``parts``: publish single readings stamped with their publish
+    time, at ``rate``, from its own devices (those whose number is ``part`` modulo ``parts``, so
+    that two children never stamp one device's reading with the same time)."""
     from quartier.sensors_sim.fleet import Message
     from quartier.sensors_sim.publisher import publish
 
@@ -508,7 +513,7 @@ def live_publisher(mqtt_url: str, rate: float, seconds: float, devices: int = DE
     def gen():  # type: ignore[no-untyped-def]
         for i in range(n):
             yield Message(
-                f"quartier/v1/bench/dev-{i % devices}/up",
+                f"quartier/v1/bench/dev-{part + parts * (i % (DEVICES // parts))}/up",
                 orjson.dumps(
                     {
                         "time": datetime.now(UTC).isoformat(),
@@ -522,7 +527,13 @@ def live_publisher(mqtt_url: str, rate: float, seconds: float, devices: int = DE
 
 
 def live(
-    admin: str, template: str, mqtt_url: str, rate: float, seconds: float, adaptive: bool
+    admin: str,
+    template: str,
+    mqtt_url: str,
+    rate: float,
+    seconds: float,
+    adaptive: bool,
+    publishers: int = 1,
 ) -> dict[str, float]:
     db = fresh_db(admin, template)
     cid = f"bench-{uuid.uuid4().hex[:6]}"
@@ -536,15 +547,20 @@ def live(
     try:
         ing.connected.wait(10)
         time.sleep(0.5)
-        expected = int(rate * seconds)
+        each = int(rate / publishers * seconds)
+        expected = each * publishers
         load_before = os.getloadavg()[0]
-        child = subprocess.run(
-            [sys.executable, __file__, "--live-child", mqtt_url, str(rate), str(seconds)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        pub_s = float(child.stdout.split()[-1])
+        child = [sys.executable, __file__, "--live-child", mqtt_url, str(rate / publishers)]
+        children = [
+            subprocess.Popen(
+                [*child, str(seconds), str(k), str(publishers)], stdout=subprocess.PIPE, text=True
+            )
+            for k in range(publishers)
+        ]
+        outs = [c.communicate()[0] for c in children]
+        if any(c.returncode for c in children):
+            raise RuntimeError(f"a publisher failed: {outs}")
+        pub_s = max(float(out.split()[-1]) for out in outs)
         try:
             wait_stored(ing.committed, expected, timeout=300)
         finally:
@@ -591,7 +607,9 @@ def verdict(ok: bool) -> str:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--live-child":
         t = time.perf_counter()
-        live_publisher(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
+        live_publisher(
+            sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+        )
         print(f"published in {time.perf_counter() - t:.3f}")
         return
     ap = argparse.ArgumentParser()
@@ -602,6 +620,12 @@ def main() -> None:
     ap.add_argument("--no-drain", action="store_true", help="live runs only")
     ap.add_argument("--live-rate", default="5000,10000,15000", help="msgs/s, comma-separated")
     ap.add_argument("--live-seconds", type=float, default=60, help="0: no live runs")
+    ap.add_argument(
+        "--live-publishers",
+        type=int,
+        default=0,
+        help="publishing processes (one MQTT connection each); 0: one per 2,000 msgs/s",
+    )
     ap.add_argument(
         "--live-policy",
         default="adaptive",
@@ -642,9 +666,11 @@ def main() -> None:
             run_drains(args, admin, template, mq, writers)
         for rate in [float(r) for r in args.live_rate.split(",")] if args.live_seconds else []:
             for policy in args.live_policy.split(","):
-                lv = live(admin, template, mq, rate, args.live_seconds, policy == "adaptive")
+                pubs = args.live_publishers or max(1, math.ceil(rate / 2000))
+                lv = live(admin, template, mq, rate, args.live_seconds, policy == "adaptive", pubs)
                 print(
-                    f"live {rate:,.0f} msgs/s ({policy}, {args.live_seconds:.0f} s; published at"
+                    f"live {rate:,.0f} msgs/s ({policy}, {args.live_seconds:.0f} s, {pubs}"
+                    f" publishers; published at"
                     f" {lv['rate']:,.0f}/s): sent {lv['sent']:,.0f}, stored {lv['stored']:,.0f},"
                     f" lost {lv['lost']:.0f}; publish-to-commit p50 {lv['p50_ms']:,.0f} ms,"
                     f" p99 {lv['p99_ms']:,.0f} ms, max {lv['max_ms']:,.0f} ms; arrival-to-commit"
