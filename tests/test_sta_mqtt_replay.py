@@ -19,9 +19,9 @@ import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from test_sta_mqtt import publish
 
-from quartier.config import Settings, parse_mqtt_url
+from quartier.config import Settings
 from quartier.ingest.model import Batch, Position, Reading, Uplink
 from quartier.ingest.writer import BatchWriter
 from quartier.sta_mqtt.service import StaMqtt
@@ -77,20 +77,6 @@ def running(service: StaMqtt) -> Iterator[StaMqtt]:
         service.stop_event.set()
         thread.join(15)
     assert not thread.is_alive()
-
-
-def publish(settings: Settings, msgs: list[tuple[str, bytes]]) -> None:
-    """Publish with QoS 1 from one client, in order."""
-    host, port, *_ = parse_mqtt_url(settings.require_mqtt_url())
-    c = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
-    )
-    c.connect(host, port)
-    c.loop_start()
-    for info in [c.publish(t, p, qos=1) for t, p in msgs]:
-        info.wait_for_publish(10)
-    c.disconnect()
-    c.loop_stop()
 
 
 def obs(minutes: int, result: float) -> bytes:
