@@ -11,6 +11,7 @@ import json
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -109,32 +110,36 @@ CASES = [
 ]
 
 
+def _cases(ids: list[int]) -> Iterator[tuple[timedelta, list[int], dict[str, Any]]]:
+    """(bucket width, datastreams, keyword arguments) of every compared aggregate: each case of
+    :data:`CASES`, each set of functions, all/two/one datastreams."""
+    for width, source in CASES:
+        for fns in FUNCTION_SETS:
+            for subset in (ids, ids[1:3], [ids[4]]):
+                yield width, subset, {"functions": fns, "source": source}
+
+
 def test_json_written_by_postgres_equals_the_models(settings: Settings, ids: list[int]) -> None:
     start, end = T0 - timedelta(hours=5), T0 + timedelta(days=DAYS, hours=2)
     checked = 0
     with psycopg.connect(
         settings.require_database_url(), autocommit=True, row_factory=dict_row
     ) as conn:
-        for width, source in CASES:
-            for fns in FUNCTION_SETS:
-                for subset in (ids, ids[1:3], [ids[4]]):
-                    kw = {"functions": fns, "source": source}
-                    model = _to_model(timeseries.aggregate(conn, subset, width, start, end, **kw))
-                    want = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
-                    got_agg = timeseries.aggregate(
-                        conn, subset, width, start, end, as_json=True, **kw
-                    )
-                    body = _json(got_agg).body
-                    got = json.loads(body)
-                    assert got == want, (width, source, fns)
-                    # the same numbers exactly: the same doubles, not only close ones
-                    for sw, sg in zip(want["series"], got["series"], strict=True):
-                        for bw, bg in zip(sw["buckets"], sg["buckets"], strict=True):
-                            assert list(bg) == list(bw)  # members in the same order
-                            for f in fns:
-                                assert type(bg[f]) in (type(bw[f]), int) or bw[f] is None
-                                assert bg[f] == bw[f]
-                    checked += sum(len(s["buckets"]) for s in got["series"])
+        for width, subset, kw in _cases(ids):
+            model = _to_model(timeseries.aggregate(conn, subset, width, start, end, **kw))
+            want = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+            got_agg = timeseries.aggregate(conn, subset, width, start, end, as_json=True, **kw)
+            body = _json(got_agg).body
+            got = json.loads(body)
+            assert got == want, (width, kw)
+            # the same numbers exactly: the same doubles, not only close ones
+            for sw, sg in zip(want["series"], got["series"], strict=True):
+                for bw, bg in zip(sw["buckets"], sg["buckets"], strict=True):
+                    assert list(bg) == list(bw)  # members in the same order
+                    for f in kw["functions"]:
+                        assert type(bg[f]) in (type(bw[f]), int) or bw[f] is None
+                        assert bg[f] == bw[f]
+            checked += sum(len(s["buckets"]) for s in got["series"])
         # the pending buckets were read through the overlay; after the refresh: still equal
         rollups.refresh_all(conn)
         model = _to_model(timeseries.aggregate(conn, ids, timedelta(hours=1), start, end))
@@ -222,29 +227,24 @@ def test_columns_equal_the_rows(
     with psycopg.connect(
         settings.require_database_url(), autocommit=True, row_factory=dict_row
     ) as conn:
-        for width, source in CASES:
-            for fns in FUNCTION_SETS:
-                for subset in (ids, ids[1:3], [ids[4]]):
-                    kw = {"functions": fns, "source": source}
-                    rows_agg = timeseries.aggregate(
-                        conn, subset, width, start, end, as_json=True, **kw
-                    )
-                    rows = json.loads(_json(rows_agg).body)
-                    agg = timeseries.aggregate(conn, subset, width, start, end, columns=True, **kw)
-                    response = aggregate_columns.columns_response(agg)
-                    got = json.loads(_body(response))
-                    has_buckets = any(s["time"] for s in got["series"])
-                    streamed = isinstance(response, StreamingResponse)
-                    assert streamed == (stream_after == 0 and has_buckets)
-                    ColumnarAggregateResult.model_validate(got)
-                    want = _as_columns(rows)
-                    assert got == want, (width, source, fns)
-                    for sw, sg in zip(want["series"], got["series"], strict=True):
-                        assert list(sg) == list(sw)  # members in the same order
-                        for f in fns:
-                            for vw, vg in zip(sw[f], sg[f], strict=True):
-                                assert (vw is None and vg is None) or float(vg) == float(vw)
-                    checked += sum(len(s["time"]) for s in got["series"])
+        for width, subset, kw in _cases(ids):
+            rows_agg = timeseries.aggregate(conn, subset, width, start, end, as_json=True, **kw)
+            rows = json.loads(_json(rows_agg).body)
+            agg = timeseries.aggregate(conn, subset, width, start, end, columns=True, **kw)
+            response = aggregate_columns.columns_response(agg)
+            got = json.loads(_body(response))
+            has_buckets = any(s["time"] for s in got["series"])
+            streamed = isinstance(response, StreamingResponse)
+            assert streamed == (stream_after == 0 and has_buckets)
+            ColumnarAggregateResult.model_validate(got)
+            want = _as_columns(rows)
+            assert got == want, (width, kw)
+            for sw, sg in zip(want["series"], got["series"], strict=True):
+                assert list(sg) == list(sw)  # members in the same order
+                for f in kw["functions"]:
+                    for vw, vg in zip(sw[f], sg[f], strict=True):
+                        assert (vw is None and vg is None) or float(vg) == float(vw)
+            checked += sum(len(s["time"]) for s in got["series"])
     assert checked > 10_000
 
 
