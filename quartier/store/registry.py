@@ -190,7 +190,9 @@ class Registry:
                     entry = new[key] = (location, from_gateway, set())
                 entry[2].update(quantities)
             else:
-                missing.update((dev, q) for q in quantities if (dev, q) not in streams)
+                for q in quantities:  # a loop, not a generator: this runs for every message
+                    if (dev, q) not in streams:
+                        missing.add((dev, q))
         if not new and not missing:
             return
         for key in sorted(new):
