@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,17 @@ def sta(settings: Settings) -> Iterator[StaMqtt]:
     settings.api.base_url = "http://testserver"  # the TestClient's: the same selfLinks
     notifier = nt.install()
     service = StaMqtt(settings, client_id=f"sta-{uuid.uuid4().hex[:8]}", entity_interval=0.3)
+    try:
+        with running(service):
+            yield service
+    finally:
+        nt.uninstall()
+        assert notifier.failed == 0
+
+
+@contextmanager
+def running(service: StaMqtt) -> Iterator[StaMqtt]:
+    """``service`` (``quartier sta-mqtt``) running in a thread until the block ends."""
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
@@ -238,8 +250,6 @@ def sta(settings: Settings) -> Iterator[StaMqtt]:
     finally:
         service.stop_event.set()
         thread.join(15)
-        nt.uninstall()
-        assert notifier.failed == 0
     assert not thread.is_alive()
 
 

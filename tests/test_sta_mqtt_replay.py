@@ -7,11 +7,9 @@ the replay); docs/sensorthings.md says why one without phenomenonTime cannot be 
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +17,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from test_sta_mqtt import publish
+from test_sta_mqtt import publish, running
 
 from quartier.config import Settings
 from quartier.ingest.model import Batch, Position, Reading, Uplink
@@ -64,19 +62,6 @@ class _Unacknowledging(StaMqtt):
         client = super()._connect()
         client.ack = lambda mid, qos: None  # type: ignore[method-assign]
         return client
-
-
-@contextmanager
-def running(service: StaMqtt) -> Iterator[StaMqtt]:
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    try:
-        assert service.ready.wait(15)
-        yield service
-    finally:
-        service.stop_event.set()
-        thread.join(15)
-    assert not thread.is_alive()
 
 
 def obs(minutes: int, result: float) -> bytes:
