@@ -688,6 +688,10 @@ def fresh_db(admin_url: str, prefix: str = "bench_api") -> str:
 
 
 # ------------------------------------------------------------------------------------ runs
+#: the shapes to measure (``--shapes``; all by default)
+CHOSEN: set[str] = set()
+
+
 def measure_server(
     w: World,
     repeat: int,
@@ -699,6 +703,8 @@ def measure_server(
     out: dict[str, Any] = {"shapes": {}}
     with httpx.Client(timeout=120) as client:
         for shape in SHAPES:
+            if CHOSEN and shape.name not in CHOSEN:
+                continue
             r = run_shape(client, w, shape, repeat, cpu=cpu)
             out["shapes"][shape.name] = r
             if r["ok"]:
@@ -709,7 +715,7 @@ def measure_server(
                 log(f"{label:9} {shape.name:17} FAILED: {r['error'][:200]}")
     if clients > 0:
         weekly = next(s for s in SHAPES if s.counts_for_throughput)
-        if out["shapes"][weekly.name]["ok"]:
+        if out["shapes"].get(weekly.name, {}).get("ok"):
             r = throughput(w, weekly, clients, duration, cpu)
             out["throughput"] = r
             log(
@@ -838,7 +844,7 @@ def print_report(r: dict[str, Any]) -> None:
         q, p = r["peer_quartier"], r["peer"]
         print("\nSide by side (40 Things, 80 Datastreams, a day every minute); target >= 10x")
         for name in q["shapes"]:
-            qs, ps = q["shapes"][name], p["shapes"][name]
+            qs, ps = q["shapes"][name], p["shapes"].get(name, {"ok": False, "error": "not run"})
             if not ps["ok"]:
                 qa = "answers" if qs["ok"] else "also fails"
                 print(f"  {name:17} peer: {ps['error'][:90]} (Quartier {qa})")
@@ -879,7 +885,15 @@ def main() -> None:
     ap.add_argument(
         "--db", default=None, help="measure on a database an earlier run loaded (its URL)"
     )
+    ap.add_argument(
+        "--shapes",
+        default="",
+        help=f"comma-separated shapes to measure (default all: {','.join(s.name for s in SHAPES)})",
+    )
     args = ap.parse_args()
+    CHOSEN.update(n for n in args.shapes.split(",") if n)
+    if unknown := CHOSEN - {s.name for s in SHAPES}:
+        ap.error(f"unknown shapes: {', '.join(sorted(unknown))}")
 
     admin = os.environ.get("QUARTIER_TEST_DATABASE_URL")
     local = None
