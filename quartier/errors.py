@@ -24,6 +24,8 @@ QuartierError                                                            HTTP  C
 │                          (``quartier.evaluation.strategy``, with its ``Problem`` list)
 ├── ConflictError          a write conflicts with what is stored (an        409  1
 │                          Observation of that Datastream at that time)
+├── PreconditionFailedError  an If-Match / If-None-Match does not hold     412  1
+│                            (the entity changed since its ETag was read)
 ├── NotImplementedQueryError  a valid query construct Quartier does not     501  1
 │                             implement (yet)
 ├── PdfUnavailableError    PDF output lacks WeasyPrint or its libraries     501  1
@@ -109,6 +111,12 @@ class BadRequestError(QuartierError):
 class ConflictError(QuartierError):
     """A write conflicts with what is stored (SensorThings: an Observation of the Datastream at
     that phenomenonTime exists; the store keeps the first). The message names what exists."""
+
+
+class PreconditionFailedError(QuartierError):
+    """A conditional request's ``If-Match`` or ``If-None-Match`` does not hold for the entity
+    as stored (it changed since the client read its ETag); nothing was changed. The message
+    names the entity and its current ETag."""
 
 
 class NotImplementedQueryError(QuartierError):
