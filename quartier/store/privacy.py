@@ -28,7 +28,10 @@ RAW_TABLES = (("speedtest", "measured_at"), ("mobile_measurement", "measured_at"
 #: topics of refused messages that hold crowdsourced raw data (LIKE patterns)
 RAW_REJECT_TOPICS = ("quartier/v1/%/speedtest",)
 #: the plain-PostgreSQL rollup tables (on TimescaleDB continuous aggregates, refreshed instead)
-_ROLLUP_TABLES = ("observation_15m", "observation_1h", "observation_1d", "observation_dirty")
+_ROLLUP_TABLES = (
+    "observation_15m", "observation_1h", "observation_1d", "observation_dirty",
+    "observation_1h_packed", "observation_1d_packed",  # migration 0045
+)  # fmt: skip
 
 
 def expire_personal(

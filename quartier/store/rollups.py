@@ -9,7 +9,10 @@ with its own policies, see :mod:`quartier.store.timescale`).
   marks from the staging table. Both are one cheap statement per batch, on both paths.
 * :func:`refresh` recomputes exactly the marked buckets: 15 min from raw rows, then the hours and
   days that contain them from the finer rollup. Rollups are never rebuilt in full; until a bucket
-  is refreshed, :mod:`quartier.store.timeseries` reads it from raw rows.
+  is refreshed, :mod:`quartier.store.timeseries` reads it from raw rows. In the same transaction
+  the packed rollups (migration 0045: the hours of a datastream's UTC day, the days of its UTC
+  month, in one row each) are packed again for every day and month that holds a recomputed
+  bucket (:func:`repack`).
 * :func:`rebuild` recomputes a time range in bulk, for data loaded past the writer (imports,
   benchmarks).
 * :func:`apply_retention` drops whole monthly partitions (and old rollup rows if configured);
@@ -35,7 +38,15 @@ from quartier.store.db import Conn
 from quartier.store.migrate import StoragePath, storage_path
 from quartier.store.policy import StorePolicy
 from quartier.store.privacy import expire_personal
-from quartier.store.timeseries import ORIGIN, ROLLUPS, ceil_to, floor_to
+from quartier.store.timeseries import (
+    ORIGIN,
+    PACK_UNIT,
+    PACKED,
+    ROLLUPS,
+    ceil_to,
+    floor_to,
+    month_floor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +153,8 @@ def refresh(conn: Conn, *, limit: int = 50_000) -> RefreshResult:
                 {"w": width},
             )
             finer = target
+        # the days (hourly packed) and months (daily packed) that hold a recomputed bucket
+        _repack_touched(conn, sql.Identifier("_rollup_dirty_1d"))
         conn.execute("drop table _rollup_dirty, _rollup_dirty_1h, _rollup_dirty_1d")
     log.debug("rollups refreshed: %s", res)
     return res
@@ -168,6 +181,109 @@ def _scalar(row: Any) -> Any:
 def _count(conn: Conn, table: sql.Identifier) -> int:
     row = conn.execute(sql.SQL("select count(*) from {}").format(table)).fetchone()
     return int(_scalar(row)) if row is not None else 0
+
+
+# ------------------------------------------------------------------------------------ packing
+
+_PACK_COLUMNS = """
+       string_agg(int8send(extract(epoch from r.bucket)::int8), ''::bytea order by r.bucket),
+       string_agg(int4send(r.n_all), ''::bytea order by r.bucket),
+       string_agg(int4send(r.n), ''::bytea order by r.bucket),
+       string_agg(float8send(coalesce(r.s, 'NaN')), ''::bytea order by r.bucket),
+       string_agg(float8send(coalesce(r.lo, 'NaN')), ''::bytea order by r.bucket),
+       string_agg(float8send(coalesce(r.hi, 'NaN')), ''::bytea order by r.bucket)"""
+# the rows of {touched} (datastream_id, start) packed again from the rollup
+_REPACK_DELETE = """
+delete from {packed} p using {touched} d
+where p.datastream_id = d.datastream_id and p.start = d.start"""
+_REPACK_TOUCHED = (
+    """
+insert into {packed} (datastream_id, start, t, n_all, n, s, lo, hi)
+select d.datastream_id, d.start, a.*
+from {touched} d cross join lateral (
+    select"""
+    + _PACK_COLUMNS
+    + """
+    from {rollup} r
+    where r.datastream_id = d.datastream_id and r.bucket >= d.start
+      and r.bucket < ((d.start at time zone 'UTC') + {span}) at time zone 'UTC'
+    having count(*) > 0
+) a"""
+)
+# every row of a range of starts packed again
+_REPACK_RANGE = (
+    """
+insert into {packed} (datastream_id, start, t, n_all, n, s, lo, hi)
+select r.datastream_id, date_trunc({unit}, r.bucket, 'UTC'),"""
+    + _PACK_COLUMNS
+    + """
+from {rollup} r
+where r.bucket >= %(start)s and r.bucket < %(end)s
+group by 1, 2"""
+)
+
+
+def _span(width: timedelta) -> sql.Composable:
+    return sql.SQL("interval {}").format(sql.Literal(f"1 {PACK_UNIT[width]}"))
+
+
+def _repack_touched(conn: Conn, days: sql.Identifier) -> None:
+    """Pack again the rows that hold a bucket of ``days`` (a temp table of (datastream_id,
+    bucket) with UTC days, the daily rollup's dirty set): the day's hours, the month's days."""
+    for width, unit in PACK_UNIT.items():
+        touched = sql.Identifier(f"_repack_{unit}")
+        conn.execute(
+            sql.SQL(
+                "create temp table {} on commit drop as select distinct datastream_id,"
+                " date_trunc({}, bucket, 'UTC') as start from {}"
+            ).format(touched, sql.Literal(unit), days)
+        )
+        packed = sql.Identifier(PACKED[width])
+        conn.execute(sql.SQL(_REPACK_DELETE).format(packed=packed, touched=touched))
+        conn.execute(
+            sql.SQL(_REPACK_TOUCHED).format(
+                packed=packed,
+                touched=touched,
+                rollup=sql.Identifier(ROLLUPS[width]),
+                span=_span(width),
+            )
+        )
+        conn.execute(sql.SQL("drop table {}").format(touched))
+
+
+def _month_ceil(t: datetime) -> datetime:
+    f = month_floor(t)
+    if f == t:
+        return f
+    return f.replace(year=f.year + 1, month=1) if f.month == 12 else f.replace(month=f.month + 1)
+
+
+def repack(conn: Conn, start: datetime, end: datetime) -> None:
+    """Pack again every packed row that holds a bucket in ``[start, end)``: the UTC days (hourly
+    packed) and UTC months (daily packed) that overlap it, from the rollups as they are (after a
+    bulk :func:`rebuild` or retention). Run it in the transaction that changed the rollups."""
+    day = timedelta(days=1)
+    for width, (lo, hi) in (
+        (
+            timedelta(hours=1),
+            (floor_to(start.astimezone(UTC), day), ceil_to(end.astimezone(UTC), day)),
+        ),
+        (day, (month_floor(start), _month_ceil(end))),
+    ):
+        packed = sql.Identifier(PACKED[width])
+        params = {"start": lo, "end": hi}
+        conn.execute(
+            sql.SQL("delete from {} where start >= %(start)s and start < %(end)s").format(packed),
+            params,
+        )
+        conn.execute(
+            sql.SQL(_REPACK_RANGE).format(
+                packed=packed,
+                unit=sql.Literal(PACK_UNIT[width]),
+                rollup=sql.Identifier(ROLLUPS[width]),
+            ),
+            params,
+        )
 
 
 # ------------------------------------------------------------------------------------ rebuild
@@ -215,6 +331,7 @@ def rebuild(conn: Conn, start: datetime, end: datetime, *, work_mem: str = "256M
                     ),
                     {**params, "w": width},
                 )
+        repack(conn, start, end)
 
 
 # ------------------------------------------------------------------------------------ retention
@@ -230,13 +347,24 @@ def apply_retention(conn: Conn, policy: StorePolicy, *, now: datetime | None = N
         dropped += [str(_scalar(r)) for r in rows]
     if policy.rollup_retention is not None:
         cutoff = floor_to(now - policy.rollup_retention, timedelta(days=1))
-        for rollup in ROLLUPS.values():
-            cur = conn.execute(
-                sql.SQL("delete from {} where bucket < %s").format(sql.Identifier(rollup)),
-                (cutoff,),
-            )
-            if cur.rowcount:
-                dropped.append(f"{rollup}: {cur.rowcount} rows before {cutoff.isoformat()}")
+        with conn.transaction():  # the packed rows go with the rollup rows they hold
+            deleted = 0
+            for rollup in ROLLUPS.values():
+                cur = conn.execute(
+                    sql.SQL("delete from {} where bucket < %s").format(sql.Identifier(rollup)),
+                    (cutoff,),
+                )
+                deleted += max(cur.rowcount, 0)
+                if cur.rowcount:
+                    dropped.append(f"{rollup}: {cur.rowcount} rows before {cutoff.isoformat()}")
+            if deleted:
+                # whole packed rows before the cutoff's day (month), then its month again
+                for width, packed in PACKED.items():
+                    conn.execute(
+                        sql.SQL("delete from {} where start < %s").format(sql.Identifier(packed)),
+                        (month_floor(cutoff) if width == timedelta(days=1) else cutoff,),
+                    )
+                repack(conn, cutoff, cutoff + timedelta(days=1))
     for item in dropped:
         log.info("retention dropped %s", item)
     return dropped

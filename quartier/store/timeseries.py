@@ -48,6 +48,14 @@ ROLLUPS: dict[timedelta, str] = {
     timedelta(hours=1): "observation_1h",
     timedelta(minutes=15): "observation_15m",
 }
+#: Packed rollups (migration 0045, plain PostgreSQL only) by the width of their buckets: one row
+#: per datastream and UTC day (hours) or UTC month (days), see :func:`aggregate`.
+PACKED: dict[timedelta, str] = {
+    timedelta(hours=1): "observation_1h_packed",
+    timedelta(days=1): "observation_1d_packed",
+}
+#: the span of one packed row (``date_trunc`` unit, in UTC)
+PACK_UNIT: dict[timedelta, str] = {timedelta(hours=1): "day", timedelta(days=1): "month"}
 #: The bucket widths the API accepts.
 WIDTHS: dict[str, timedelta] = {
     "1min": timedelta(minutes=1),
@@ -190,6 +198,11 @@ def parse_functions(text: str | None) -> tuple[Function, ...]:
 
 def floor_to(t: datetime, width: timedelta) -> datetime:
     return ORIGIN + ((t - ORIGIN) // width) * width
+
+
+def month_floor(t: datetime) -> datetime:
+    """The start of ``t``'s UTC month."""
+    return t.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 def ceil_to(t: datetime, width: timedelta) -> datetime:
@@ -497,6 +510,12 @@ def aggregate(
         raise ValueError("as_json and columns exclude each other")
     path = path or storage_path(conn)
     rollup = choose_source(width, source)
+    if path == "postgres" and rollup == width and width in PACKED and not as_json:
+        # one row per datastream and day (month) instead of one per bucket (migration 0045)
+        series = _read_packed(conn, ids, width, start, end, fns, columns=columns)
+        for s in series:
+            s.gaps = _gaps(s.epoch if s.columns is None else s.columns.epoch, start, end, width)
+        return Aggregate(width, start, end, ROLLUPS[width], fns, series)
     params = {"ids": ids, "start": start, "end": end, "w": width, "origin": ORIGIN}
     cur = conn.cursor(binary=True, row_factory=tuple_row)
     if columns:
@@ -548,6 +567,157 @@ def aggregate(
     for s in series:
         s.gaps = _gaps(s.epoch if s.columns is None else s.columns.epoch, start, end, width)
     return Aggregate(width, start, end, "raw" if rollup is None else ROLLUPS[rollup], fns, series)
+
+
+# ------------------------------------------------------------------------------------ packed
+# Plain PostgreSQL, widths 1 h and 1 d: the packed rollups (migration 0045) give each datastream's
+# buckets as a few bytea values (one row per UTC day or month, concatenated here in row order),
+# which numpy reads in one piece; the dirty buckets in range come along in the same statement
+# (one snapshot) as arrays computed from raw rows, and replace what the packed rows say of them.
+_PACKED_READ = """
+select i.ds, a.*, d.*
+from unnest(%(ids)s::bigint[]) with ordinality as i(ds, ord)
+cross join lateral (
+    select {packed_columns}
+    from {packed} p
+    where p.datastream_id = i.ds and p.start >= %(row_start)s and p.start < %(end)s
+) a
+cross join lateral (
+    select array_agg(x.b order by x.b) as dt, array_agg(r.n_all order by x.b) as dn_all,
+           array_agg(r.n order by x.b) as dn, array_agg(r.s order by x.b) as ds_,
+           array_agg(r.lo order by x.b) as dlo, array_agg(r.hi order by x.b) as dhi
+    from (
+        select distinct date_bin(%(w)s, bucket, %(origin)s) as b from observation_dirty
+        where datastream_id = i.ds and bucket >= %(start)s and bucket < %(end)s
+    ) x cross join lateral (
+        select count(*) as n_all, count(o.result) as n,
+               coalesce(sum(o.result), 'NaN') as s, coalesce(min(o.result), 'NaN') as lo,
+               coalesce(max(o.result), 'NaN') as hi
+        from observation o
+        where o.datastream_id = i.ds and o.phenomenon_time >= x.b
+          and o.phenomenon_time < x.b + %(w)s
+    ) r
+) d
+order by i.ord"""
+
+#: the packed columns each function needs, and their wire types (big-endian)
+_PACKED_NEEDS: dict[Function, tuple[str, ...]] = {
+    "count": ("n_all",),
+    "sum": ("s",),
+    "avg": ("s", "n"),
+    "min": ("lo",),
+    "max": ("hi",),
+}
+_PACKED_WIRE = {"t": ">i8", "n_all": ">i4", "n": ">i4", "s": ">f8", "lo": ">f8", "hi": ">f8"}
+_DIRTY_INDEX = {"n_all": 0, "n": 1, "s": 2, "lo": 3, "hi": 4}
+
+
+def packed_query(width: timedelta, functions: Sequence[Function]) -> sql.Composed:
+    """The SQL of the packed read (parameters ids, start, end, row_start, w, origin): one row per
+    datastream in the order of ``ids``: its id, the concatenated bytea of ``t`` and of each packed
+    column the functions need (NULL when no row), then the dirty buckets in range as arrays
+    (``dt`` bucket starts, ``dn_all``, ``dn``, ``ds_``, ``dlo``, ``dhi``; NULL when none)."""
+    columns = _packed_columns(functions)
+    return sql.SQL(_PACKED_READ).format(
+        packed=sql.Identifier(PACKED[width]),
+        packed_columns=sql.SQL(", ").join(
+            sql.SQL("string_agg(p.{c}, ''::bytea order by p.start) as {c}").format(
+                c=sql.Identifier(c)
+            )
+            for c in columns
+        ),
+    )
+
+
+def _packed_columns(functions: Sequence[Function]) -> list[str]:
+    return ["t", *dict.fromkeys(c for f in functions for c in _PACKED_NEEDS[f])]
+
+
+def _packed_series(
+    rows: list[tuple[Any, ...]],
+    functions: Sequence[Function],
+    start: datetime,
+    end: datetime,
+    *,
+    columns: bool,
+) -> list[Series]:
+    """The series of a packed read (:func:`packed_query`): the buckets inside ``[start, end)``,
+    the dirty ones replaced by their values from raw rows."""
+    names = _packed_columns(functions)
+    first, stop = _epoch(start), _epoch(end)
+    out: list[Series] = []
+    for row in rows:
+        ds, packed, dirty = row[0], row[1 : 1 + len(names)], row[1 + len(names) :]
+        raw = {
+            c: np.frombuffer(b, dtype=_PACKED_WIRE[c]) if b is not None else _EMPTY[c]
+            for c, b in zip(names, packed, strict=True)
+        }
+        epoch = raw.pop("t").astype(np.int64)
+        keep = (epoch >= first) & (epoch < stop)
+        dt = dirty[0]
+        if dt is not None and len(dt):  # these buckets from raw rows (gone if n_all is 0)
+            keep &= ~np.isin(epoch, dt)
+            add = dirty[1] > 0
+            epoch = np.concatenate([epoch[keep], dt[add]])
+            cols = {
+                c: np.concatenate([v[keep], dirty[1 + _DIRTY_INDEX[c]][add].astype(v.dtype)])
+                for c, v in raw.items()
+            }
+            order = np.argsort(epoch, kind="stable")
+            epoch = epoch[order]
+            cols = {c: v[order] for c, v in cols.items()}
+        else:
+            cols = {c: v[keep] for c, v in raw.items()}
+        if len(epoch) == 0:
+            out.append(Series(ds))
+            continue
+        values: dict[str, npt.NDArray[Any]] = {}
+        for f in functions:
+            if f == "count":
+                values[f] = cols["n_all"].astype(np.int64)
+            elif f == "sum":
+                values[f] = cols["s"].astype(np.float64)
+            elif f == "avg":  # s / n as PostgreSQL divides (float8 by a whole number)
+                n = cols["n"].astype(np.float64)
+                s = cols["s"].astype(np.float64)
+                values[f] = np.divide(s, n, out=np.full(len(s), np.nan), where=n > 0)
+            else:
+                values[f] = cols["lo" if f == "min" else "hi"].astype(np.float64)
+        if columns:
+            out.append(Series(ds, columns=Columns(epoch, values)))
+        else:
+            lists = {
+                f: v.tolist() if f == "count" else [None if x != x else x for x in v.tolist()]
+                for f, v in values.items()
+            }
+            out.append(Series(ds, epoch.tolist(), lists))
+    return out
+
+
+_EMPTY = {c: np.empty(0, dtype=w) for c, w in _PACKED_WIRE.items()}
+
+
+def _read_packed(
+    conn: Conn,
+    ids: list[int],
+    width: timedelta,
+    start: datetime,
+    end: datetime,
+    functions: Sequence[Function],
+    *,
+    columns: bool,
+) -> list[Series]:
+    row_start = (
+        floor_to(start, timedelta(days=1)) if PACK_UNIT[width] == "day" else month_floor(start)
+    )
+    params = {
+        "ids": ids, "start": start, "end": end, "row_start": row_start, "w": width,
+        "origin": ORIGIN,
+    }  # fmt: skip
+    cur = conn.cursor(binary=True, row_factory=tuple_row)
+    _numpy_arrays(cur)
+    rows = cur.execute(packed_query(width, functions), params).fetchall()
+    return _packed_series(rows, functions, start, end, columns=columns)
 
 
 #: datastreams × buckets up to which a rollup query runs without the JIT-off transaction
