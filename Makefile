@@ -56,6 +56,7 @@ lock:
 
 deps:
 	scripts/install-deps.sh
+	$(PYTHON) bench/mqtt_pub.py --install  # libmosquitto-dev: bench/ingest.py's C publisher
 
 deps-demo:
 	scripts/install-deps.sh --demo
