@@ -667,6 +667,7 @@ def _packed_series(
             epoch = epoch[order]
             cols = {c: v[order] for c, v in cols.items()}
         else:
+            epoch = epoch[keep]
             cols = {c: v[keep] for c, v in raw.items()}
         if len(epoch) == 0:
             out.append(Series(ds))
