@@ -68,6 +68,7 @@ from bench import mqtt_pub
 from quartier.config import Settings
 from quartier.ingest.mqtt import Ingester
 from quartier.ingest.mqtt_client import mqtt_client
+from quartier.ingest.pipeline import Message
 from quartier.services import LocalServices
 from quartier.store.migrate import migrate
 
@@ -513,16 +514,16 @@ def live_publisher(
     stamped with their publish time, at ``rate``, from its own devices (those whose number is
     ``part`` modulo ``parts``, so that two children never stamp one device's reading with the
     same time). Prints the line bench/mqtt_pub.c prints (``mqtt_pub.parse_result``)."""
-    from quartier.sensors_sim.fleet import Message
+    from quartier.sensors_sim.fleet import Message as SimMessage
     from quartier.sensors_sim.publisher import publish
 
     n = int(rate * seconds)
     sent_at: list[float] = []
     lag = [0.0]
 
-    def gen() -> Iterator[Message]:
+    def gen() -> Iterator[SimMessage]:
         for i in range(n):
-            yield Message(
+            yield SimMessage(
                 f"quartier/v1/bench/dev-{part + parts * (i % (DEVICES // parts))}/up",
                 orjson.dumps(
                     {
@@ -650,10 +651,10 @@ def live(
     db = fresh_db(admin, template)
     cid = f"bench-{uuid.uuid4().hex[:6]}"
     ing = Ingester(settings_for(db, mqtt_url, cid, batch_adaptive=adaptive, **ingest))
-    commits: list[tuple[float, list[tuple[bytes, float]]]] = []
-    ing.on_committed = lambda msgs: commits.append(
-        (time.time(), [(m.payload, m.received_at.timestamp()) for m in msgs])
-    )
+    # the callback runs in a writer thread under the ingester's acknowledgement lock: keep only
+    # references there (unpacking each message there cost the acks measurably in py-spy)
+    commits: list[tuple[float, list[Message]]] = []
+    ing.on_committed = lambda msgs: commits.append((time.time(), msgs))
     thread = threading.Thread(target=ing.run, daemon=True)
     thread.start()
     try:
@@ -695,12 +696,14 @@ def live(
             thread.join(30)
         load_after = os.getloadavg()[0]
         lat = sorted(
-            t_commit - datetime.fromisoformat(orjson.loads(p)["time"]).timestamp()
-            for t_commit, payloads in commits
-            for p, _ in payloads
+            t_commit - datetime.fromisoformat(orjson.loads(m.payload)["time"]).timestamp()
+            for t_commit, msgs in commits
+            for m in msgs
         )
         # the ingester's share: from the message's arrival in the ingester to its commit
-        own = sorted(t_commit - t_in for t_commit, payloads in commits for _, t_in in payloads)
+        own = sorted(
+            t_commit - m.received_at.timestamp() for t_commit, msgs in commits for m in msgs
+        )
         sizes = [len(p) for _, p in commits]
         stored = count_rows(db)
         return {
