@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -36,9 +37,11 @@ from fastapi.responses import JSONResponse, Response
 from psycopg import sql
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import QueryParams
 from starlette.types import Message
 
 from quartier.api import models as m
+from quartier.api import sta_fastpage
 from quartier.api.csv_cells import safe_row
 from quartier.api.deps import AppSettings, BaseUrl, Conn, bounded_skip
 from quartier.api.sta import (
@@ -69,6 +72,20 @@ SET_OF = {v: k for k, v in ENTITY_SETS.items()}
 
 def _options(request: Request) -> QueryOptions:
     return parse_query_options(request.query_params)
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed(query_string: bytes) -> QueryOptions:
+    return parse_query_options(QueryParams(query_string))
+
+
+def _paging_options(request: Request) -> QueryOptions:
+    """``_options``, parsed once per query string and process (a dashboard polls the same page
+    URL; a query string that does not parse raises each time): the trees are immutable."""
+    query_string: bytes = request.scope.get("query_string", b"")
+    if len(query_string) > 4096:  # keep the cache's memory small
+        return _options(request)
+    return _parsed(query_string)
 
 
 _ABSENT = object()
@@ -191,7 +208,7 @@ class Paging:
             Query(alias="$resultFormat", description="dataArray (Observations only)"),
         ] = None,
     ) -> None:
-        options = _options(request)
+        options = _paging_options(request)
         self.request = request
         self.settings = settings
         self.options: QueryOptions = options
@@ -228,18 +245,49 @@ class Paging:
         if self.top == 0 or len(rows) <= self.top:
             return rows[: self.top], None
         rows = rows[: self.top]
+        last = rows[-1]
+        n = sum(1 for k in last if k.startswith("_k"))
+        return rows, self.next_link(base, [last[f"_k{i}"] for i in range(n)] if n else None)
+
+    def next_link(self, base: str, last_keys: list[str | None] | None) -> str:
+        """The ``@iot.nextLink`` after a full page whose last row's sort keys (as text) are
+        ``last_keys``: the same request with them as ``$skiptoken``, or by ``$skip`` (None:
+        the order cannot be carried by a cursor)."""
         params = dict(self.request.query_params)
         params["$top"] = str(self.top)
-        last = rows[-1]
-        if "_k0" in last:
+        if last_keys is not None:
             params.pop("$skip", None)
-            n = sum(1 for k in last if k.startswith("_k"))
-            params["$skiptoken"] = _encode_cursor([last[f"_k{i}"] for i in range(n)])
+            params["$skiptoken"] = _encode_cursor(last_keys)
         else:
             params.pop("$skiptoken", None)
             params["$skip"] = str(self.skip + self.top)
         query = urlencode(params, quote_via=quote)
-        return rows, f"{base}{self.request.url.path}?{query}"
+        return f"{base}{self.request.url.path}?{query}"
+
+    def plain(self) -> bool:
+        """Whether the body is the entities as they are (no ``$select``, ``$expand`` or
+        ``$resultFormat``): what ``sta_fastpage`` writes for Observations."""
+        o = self.options
+        return not o.select and not o.expand and o.result_format is None
+
+    def fast_observations(self, conn: DictConn, base: str, scope_id: int) -> Response | None:
+        """The page of the observations stored under ``scope_id`` (a Datastream's id, minus a
+        MultiDatastream's) written by PostgreSQL (``sta_fastpage``), with its count when
+        asked; None where that path does not apply (the caller takes the general one)."""
+        if not self.plain():
+            return None
+        listing = self.listing("Observations")
+        page = sta_fastpage.observation_page(conn, scope_id, listing, f"{base}{PREFIX}")
+        if page is None:
+            return None
+        nxt = self.next_link(base, page.last_keys) if page.more else None
+        count, exact = None, True
+        if self.count and scope_id < 0:
+            count = q.count_multi_observations(conn, -scope_id, listing)
+        elif self.count:
+            count, exact = q.count_observations(conn, scope_id, listing)
+        body = sta_fastpage.collection(page.items, nxt, count, not exact)
+        return _etagged(self.request, Response(body, media_type="application/json"))
 
     def respond(
         self,
@@ -1097,7 +1145,11 @@ def _add_property(entity_set: str, prop: str) -> None:
 )
 def datastream_observations(ds_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> Any:
     """One datastream's observations: a ``phenomenonTime`` filter is a primary-key range scan
-    and an unfiltered ``$count`` may be an estimate on very large TimescaleDB datastreams."""
+    and an unfiltered ``$count`` may be an estimate on very large TimescaleDB datastreams.
+    Without ``$select``/``$expand``/``$resultFormat`` PostgreSQL writes the page's JSON."""
+    fast = p.fast_observations(conn, base, ds_id)
+    if fast is not None:
+        return fast
     listing = p.listing("Observations")
     rows, nxt = p.page(q.observations(conn, ds_id, listing), base, listing)
     count, exact = q.count_observations(conn, ds_id, listing) if p.count else (None, True)
@@ -1124,6 +1176,9 @@ def datastream_observation_refs(ds_id: int, conn: Conn, base: BaseUrl, p: Paging
 def multi_datastream_observations(mds_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> Any:
     """One MultiDatastream's observations (each result an array, one value per ObservedProperty);
     a ``phenomenonTime`` filter is a primary-key range scan as for a Datastream."""
+    fast = p.fast_observations(conn, base, -mds_id)
+    if fast is not None:
+        return fast
     listing = p.listing("Observations")
     rows, nxt = p.page(q.multi_observations(conn, mds_id, listing), base, listing)
     count = q.count_multi_observations(conn, mds_id, listing) if p.count else None

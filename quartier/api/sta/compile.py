@@ -40,6 +40,8 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -557,6 +559,59 @@ def entity_of(name: str | Entity) -> Entity:
     return entity
 
 
+#: Compiled ``$filter``/``$orderby`` trees kept per (tree, entity, alias, parameter prefix):
+#: a page polled with the same query string compiles once per process. A compilation whose
+#: parameters hold ``now()``'s value (the request's time) is never kept.
+COMPILE_CACHE_SIZE = 1024
+#: The ``now`` a kept compilation is made with; found among its parameters, it is not kept.
+_NOW_PROBE = datetime(2000, 1, 1, tzinfo=UTC)
+_NOT_KEPT = object()
+
+
+class _Kept:
+    """A small thread-safe LRU map. Keys hold the tree's ``repr``, not the tree: trees compare
+    literals by value, so ``result eq 1`` equals ``result eq true`` (1 == True), while their
+    reprs (and compilations) differ."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, ...]) -> Any:
+        with self._lock:
+            value = self._items.get(key, _NOT_KEPT)
+            if value is not _NOT_KEPT:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[str, ...], value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_FILTERS = _Kept(COMPILE_CACHE_SIZE)
+_ORDERS = _Kept(COMPILE_CACHE_SIZE)
+
+
+def _cache_key(tree: object, entity: str | Entity, alias: str, prefix: str) -> tuple[str, ...]:
+    """The key a compilation is kept under; () for an entity not in the model (not kept)."""
+    e = entity_of(entity)
+    if ENTITIES.get(e.name) is not e:
+        return ()
+    return (repr(tree), e.name, alias, prefix)
+
+
+def _uses_probe(params: dict[str, Any]) -> bool:
+    return any(v is _NOW_PROBE for v in params.values())
+
+
 def compile_filter(
     expr: ast.Expr,
     entity: str | Entity,
@@ -565,12 +620,29 @@ def compile_filter(
     now: datetime | None = None,
     param_prefix: str = "f",
 ) -> SqlFragment:
-    """``$filter`` → a condition over ``entity``'s table aliased ``alias`` (the caller's FROM)."""
+    """``$filter`` → a condition over ``entity``'s table aliased ``alias`` (the caller's FROM).
+    Without ``now``, a tree compiled before is not compiled again (``COMPILE_CACHE_SIZE``);
+    the caller gets its own copy of the parameters."""
+    key = _cache_key(expr, entity, alias, param_prefix) if now is None else ()
+    if key:
+        kept = _FILTERS.get(key)
+        if kept is _NOT_KEPT:
+            kept = _compile_filter(expr, entity, alias, _NOW_PROBE, param_prefix)
+            kept = None if _uses_probe(kept.params) else kept
+            _FILTERS.put(key, kept)
+        if kept is not None:
+            return SqlFragment(kept.sql, dict(kept.params))
+    return _compile_filter(expr, entity, alias, now or datetime.now(UTC), param_prefix)
+
+
+def _compile_filter(
+    expr: ast.Expr, entity: str | Entity, alias: str, now: datetime, param_prefix: str
+) -> SqlFragment:
     e = entity_of(entity)
     t = type_of(expr, e)
     if t not in ("bool", "dyn", "null"):
         raise BadRequestError(f"$filter must be a condition; this one is a {t} value")
-    c = _Compiler(e, alias, now or datetime.now(UTC), param_prefix)
+    c = _Compiler(e, alias, now, param_prefix)
     return SqlFragment(c.condition(expr), c.params)
 
 
@@ -610,9 +682,29 @@ def order_keys(
     param_prefix: str = "o",
 ) -> tuple[list[OrderKey], dict[str, Any]]:
     """``$orderby`` → its keys and their parameters. Properties of to-one navigations are allowed
-    (``Datastream/name``), to-many ones are not."""
+    (``Datastream/name``), to-many ones are not. Kept per tree as ``compile_filter`` keeps
+    conditions."""
+    key = _cache_key(items, entity, alias, param_prefix) if now is None else ()
+    if key:
+        kept = _ORDERS.get(key)
+        if kept is _NOT_KEPT:
+            keys, params = _order_keys(items, entity, alias, _NOW_PROBE, param_prefix)
+            kept = None if _uses_probe(params) else (tuple(keys), params)
+            _ORDERS.put(key, kept)
+        if kept is not None:
+            return list(kept[0]), dict(kept[1])
+    return _order_keys(items, entity, alias, now or datetime.now(UTC), param_prefix)
+
+
+def _order_keys(
+    items: tuple[ast.OrderItem, ...],
+    entity: str | Entity,
+    alias: str,
+    now: datetime,
+    param_prefix: str,
+) -> tuple[list[OrderKey], dict[str, Any]]:
     e = entity_of(entity)
-    c = _Compiler(e, alias, now or datetime.now(UTC), param_prefix)
+    c = _Compiler(e, alias, now, param_prefix)
     keys: list[OrderKey] = []
     for item in items:
         t = type_of(item.expr, e)
