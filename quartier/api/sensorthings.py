@@ -410,6 +410,11 @@ def render(
 ) -> list[dict[str, Any]]:
     """The JSON bodies of ``rows`` with ``options``' ``$select`` and ``$expand`` applied (the
     expansions of all rows fetched together, level by level)."""
+    from quartier.api import sta_expand_latest  # imports this module
+
+    fast = sta_expand_latest.render(conn, base, settings, entity_set, rows, options)
+    if fast is not None:  # Things → Datastreams → Observations: the fast path
+        return fast
     entity_type = ENTITY_SETS[entity_set]
     shape = _SETS[entity_set].shape
     bodies = [shape(r, base).model_dump(mode="json", by_alias=True) for r in rows]
