@@ -642,7 +642,10 @@ def test_a_failed_multipart_change_set_is_one_error_and_stores_nothing(
             _http("POST", "Sensors", SENSOR),
         ]
     )
-    parts = _parts(client.post(BATCH, content=data, headers={**h, "Content-Type": ctype}))
+    # a multipart batch stops at its first failure unless it prefers continue-on-error
+    # (tests/test_sta_batch_options.py)
+    prefer = {"Prefer": "odata.continue-on-error"}
+    parts = _parts(client.post(BATCH, content=data, headers={**h, **prefer, "Content-Type": ctype}))
     assert len(parts) == 2
     status, err = _status(parts[0])
     assert status == 400 and "description" in err["message"]

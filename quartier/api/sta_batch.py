@@ -8,8 +8,14 @@ the app's router as an ASGI request with the batch's API key (unless it brings i
 same checks, scopes (``api.auth.require_scope``), audit rows, errors and bodies apply. What a
 batch adds:
 
-- requests run in the order sent; outside change sets each stands alone (a failed one does not
-  stop the others);
+- requests run in the order sent. Whether a failed request (or change set) stops the batch is
+  the ``continue-on-error`` preference (``Prefer: continue-on-error[=true|false]``, OData 4.0's
+  ``odata.continue-on-error``), with each format's default from OData 4.01: a JSON batch goes
+  on unless it says ``continue-on-error=false`` (JSON Format 4.01, 19.4), a multipart batch
+  stops at the first failure unless it says ``continue-on-error`` (Protocol 4.01, 11.7.7.3).
+  Stopped, the requests after the failure do not run: a JSON batch answers each ``424`` "not
+  executed", a multipart batch ends with the failure's part. The preference sent is echoed in
+  ``Preference-Applied``;
 - a change set (``atomicityGroup``; a nested multipart) is one database transaction on the
   SensorThings writer (``api.sta_write``: ``Held``, ``BatchWriter.begin``/``end``): all its
   requests are stored or none; the request that failed answers its error, the others
@@ -18,7 +24,11 @@ batch adds:
   hold writes only (no GET);
 - ``dependsOn`` and ``$<id>`` references: a request that depends on (or refers to) a failed
   one answers 424; ``$<id>`` as the first segment of a URL is the entity that request created
-  or returned, and ``{"@iot.id": "$<id>"}`` in a body its ``@iot.id``;
+  or returned, ``{"@iot.id": "$<id>"}`` in a body its ``@iot.id``, and ``If-Match: $<id>`` /
+  ``If-None-Match: $<id>`` its ETag (OData 4.01 Protocol, 11.7.5: "Referencing an ETag");
+- conditional requests: ``If-Match`` / ``If-None-Match`` in a request's ``headers`` work as
+  they do alone (``api.sta_etag``: 412, or 304 for a GET); the JSON ``if`` member (a condition
+  over earlier responses) is refused with a 400 that says so;
 - at most ``api.max_batch_requests`` requests (413 above), the body within ``api.max_body_bytes``.
 
 A batch that is not well formed is a 400 naming what is wrong, and nothing of it runs.
@@ -90,6 +100,8 @@ class Answer:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = _NO_BODY  # a JSON value, text, or nothing
+    #: not run: the batch stopped at an earlier failure (no continue-on-error)
+    skipped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -100,7 +112,49 @@ def _error(status: int, kind: str, message: str) -> Answer:
     return Answer(status, {}, {"code": status, "type": kind, "message": message})
 
 
+def _not_executed(p: Part, stopped: str) -> Answer:
+    answer = _error(
+        424,
+        "FailedDependency",
+        f"request {p.id!r} was not executed: {stopped} failed and the batch stops at the first"
+        " failure (send Prefer: continue-on-error to run every request)",
+    )
+    answer.skipped = True
+    return answer
+
+
 # --------------------------------------------------------------------------- parsing (pure)
+#: the two spellings of the preference (OData 4.01, 4.0); the first wins when both are sent
+_CONTINUE = ("continue-on-error", "odata.continue-on-error")
+
+
+def continue_on_error(prefer: str, media: str) -> tuple[bool, str | None]:
+    """(whether a failed request lets the batch go on, the ``Preference-Applied`` value or None)
+    from a ``Prefer`` header: ``continue-on-error`` (or ``odata.continue-on-error``) alone or
+    ``=true`` goes on, ``=false`` stops; without it a JSON batch goes on (OData JSON 4.01,
+    19.4) and a multipart batch stops (OData 4.01 Protocol, 11.7.7.3)."""
+    found: dict[str, str | None] = {}
+    for item in prefer.split(","):
+        pref = item.split(";")[0].strip()
+        if not pref:
+            continue
+        name, eq, value = pref.partition("=")
+        name = name.strip().lower()
+        if name in _CONTINUE and name not in found:
+            found[name] = value.strip().strip('"').lower() if eq else None
+    for name in _CONTINUE:
+        if name not in found:
+            continue
+        given = found[name]
+        if given not in (None, "true", "false"):
+            raise BadRequestError(
+                f"Prefer: {name}={given}: the value is true or false (or none, meaning true)"
+            )
+        go_on = given != "false"
+        return go_on, f"{name}={'true' if go_on else 'false'}"
+    return media == "application/json", None
+
+
 def parse_json(raw: Any, max_requests: int) -> list[Part]:
     """The requests of a JSON batch body (already decoded), checked (:func:`check`)."""
     if not isinstance(raw, dict) or not isinstance(raw.get("requests"), list):
@@ -119,7 +173,12 @@ def parse_json(raw: Any, max_requests: int) -> list[Part]:
         if extra:
             raise BadRequestError(
                 f"{where}: unknown member {extra[0]!r}"
-                + (" (conditional requests are not supported)" if extra[0] == "if" else "")
+                + (
+                    " (conditions over earlier answers are not supported: use dependsOn, or"
+                    " If-Match / If-None-Match in its headers)"
+                    if extra[0] == "if"
+                    else ""
+                )
             )
         rid = item.get("id")
         if not isinstance(rid, str) or not rid:
@@ -259,15 +318,23 @@ def check(parts: list[Part]) -> None:
             groups[p.group] = i
 
 
+#: the headers whose value ``$<id>`` stands for the ETag of request ``<id>``'s answer
+_ETAG_HEADERS = ("if-match", "if-none-match")
+
+
 def _references(p: Part) -> list[str]:
     """The request ids ``p`` refers to: ``$<id>`` heading its URL, ``"@iot.id": "$<id>"`` in
-    its body."""
+    its body, ``$<id>`` as its ``If-Match`` or ``If-None-Match``."""
     refs = []
     ref = _url_ref(p.url)
     if ref is not None:
         refs.append(ref)
     if p.body is not _NO_BODY:
         refs.extend(_body_refs(p.body))
+    for name in _ETAG_HEADERS:
+        value = p.headers.get(name, "").strip()
+        if value.startswith("$"):
+            refs.append(value[1:])
     return refs
 
 
@@ -309,9 +376,11 @@ def _service_path(url: str, where: str) -> tuple[str, str]:
 class Runner:
     """Runs the checked requests of one batch through the app's router, in order."""
 
-    def __init__(self, request: Request, parts: list[Part]) -> None:
+    def __init__(self, request: Request, parts: list[Part], go_on: bool = True) -> None:
         self.request = request
         self.parts = parts
+        #: whether a failed request or change set lets the rest run (continue-on-error)
+        self.go_on = go_on
         self.answers: dict[str, Answer] = {}
         self.failed: set[str] = set()  # ids and groups that failed
         #: the writer of this batch's change sets (a connection of its own), made when needed
@@ -320,17 +389,26 @@ class Runner:
     async def run(self) -> list[Answer]:
         try:
             i = 0
+            stopped: str | None = None  # the request or change set the batch stopped at
             while i < len(self.parts):
                 p = self.parts[i]
+                if stopped is not None:
+                    self.answers[p.id] = _not_executed(p, stopped)
+                    i += 1
+                    continue
                 if p.group is None:
                     self._done(p, await self._one(p, None))
                     i += 1
+                    if not self.go_on and p.id in self.failed:
+                        stopped = f"request {p.id!r}"
                     continue
                 j = i
                 while j < len(self.parts) and self.parts[j].group == p.group:
                     j += 1
                 await self._changeset(self.parts[i:j])
                 i = j
+                if not self.go_on and p.group in self.failed:
+                    stopped = f"atomicityGroup {p.group!r}"
         finally:
             if self.spare is not None:
                 with anyio.CancelScope(shield=True):
@@ -415,9 +493,26 @@ class Runner:
             url = self._resolved_url(p)
             body = p.body if p.body is _NO_BODY else self._resolved_body(p.body)
             path, query = _service_path(url, f"request {p.id!r}")
+            headers = self._resolved_headers(p)
         except BadRequestError as exc:
             return _error(400, "BadRequestError", str(exc))
-        return await self._dispatch(p, path, query, body, held, audits)
+        return await self._dispatch(p, path, query, body, held, audits, headers)
+
+    def _resolved_headers(self, p: Part) -> dict[str, str]:
+        """``p``'s headers with ``If-Match: $<id>`` (``If-None-Match``) as that answer's ETag."""
+        headers = dict(p.headers)
+        for name in _ETAG_HEADERS:
+            value = headers.get(name, "").strip()
+            if not value.startswith("$"):
+                continue
+            tag = self.answers[value[1:]].headers.get("etag")
+            if tag is None:
+                raise BadRequestError(
+                    f"request {p.id!r}: {name} {value} names request {value[1:]!r}, whose answer"
+                    " has no ETag (only answers with one entity have one)"
+                )
+            headers[name] = tag
+        return headers
 
     def _entity(self, ref: str) -> tuple[str, Any]:
         """(URL, @iot.id) of the entity request ``ref`` created or returned."""
@@ -456,9 +551,11 @@ class Runner:
         body: Any,
         held: Held | None,
         audits: list[dict[str, Any]] | None = None,
+        sent_headers: dict[str, str] | None = None,
     ) -> Answer:
         outer = self.request
-        headers = {k: v for k, v in p.headers.items() if k not in ("content-length", "host")}
+        own = p.headers if sent_headers is None else sent_headers
+        headers = {k: v for k, v in own.items() if k not in ("content-length", "host")}
         own_key = "authorization" in headers or "x-api-key" in headers
         for name in _INHERITED:
             if own_key and name in ("authorization", "x-api-key"):
@@ -578,6 +675,8 @@ def multipart_response(parts: list[Part], answers: list[Answer]) -> Response:
     i = 0
     while i < len(parts):
         p = parts[i]
+        if answers[i].skipped:  # the batch stopped: the failure's part is the last (11.7.7.4)
+            break
         if p.group is None:
             chunks.append(f"--{boundary}\r\n" + _http_block(answers[i], None))
             i += 1
@@ -683,6 +782,12 @@ async def batch(request: Request) -> Response:
     ctype = request.headers.get("content-type", "")
     media = ctype.split(";")[0].strip().lower()
     raw = await request.body()
+    if media not in ("application/json", "multipart/mixed"):
+        raise BadRequestError(
+            f"a $batch body is application/json (OData JSON batch) or multipart/mixed, not"
+            f" {media or 'without a Content-Type'}"
+        )
+    go_on, applied = continue_on_error(request.headers.get("prefer", ""), media)
     if media == "application/json":
         try:
             decoded = json.loads(raw)
@@ -691,11 +796,10 @@ async def batch(request: Request) -> Response:
             raise BadRequestError(f"the $batch body is not JSON: {exc}") from None
         except RecursionError:
             raise BadRequestError("the $batch body is nested too deeply") from None
-        return json_response(parts, await Runner(request, parts).run())
-    if media == "multipart/mixed":
+        response: Response = json_response(parts, await Runner(request, parts, go_on).run())
+    else:
         parts = parse_multipart(ctype, raw, limit)
-        return multipart_response(parts, await Runner(request, parts).run())
-    raise BadRequestError(
-        f"a $batch body is application/json (OData JSON batch) or multipart/mixed, not"
-        f" {media or 'without a Content-Type'}"
-    )
+        response = multipart_response(parts, await Runner(request, parts, go_on).run())
+    if applied is not None:
+        response.headers["Preference-Applied"] = applied
+    return response

@@ -17,6 +17,10 @@ An Observation's ``@iot.id`` is derived from (Datastream, phenomenonTime). A sec
 of a Datastream at the same phenomenonTime is a 409 Conflict naming the stored one, and
 nothing changes (PATCH the stored one to change its result); in ``CreateObservations`` that
 row's answer is the error, the other rows are stored.
+
+Every answer with one entity carries its ETag (``quartier.api.sta_etag``); PATCH, PUT and
+DELETE honour ``If-Match`` / ``If-None-Match``, checked in the write's transaction on the
+entity's locked row (412 and nothing changed when they do not hold).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from quartier.api.sensorthings import (
 )
 from quartier.api.sta import ENTITY_SETS
 from quartier.api.sta import body as b
+from quartier.api.sta_etag import Conditions, conditions, tag_of
 from quartier.config import Settings
 from quartier.errors import BadRequestError, ConflictError, NotFoundError, PermissionDeniedError
 from quartier.ingest.model import Batch, Observation, WriteResult
@@ -209,8 +214,50 @@ def _cursor(conn: RawConn) -> Iterator[w.Executor]:
         yield cur
 
 
-def _created(body: dict[str, Any], link: str) -> JSONResponse:
-    return JSONResponse(body, status_code=201, headers={"Location": link})
+def _created(body: dict[str, Any], link: str, tag: str) -> JSONResponse:
+    return JSONResponse(body, status_code=201, headers={"Location": link, "ETag": tag})
+
+
+def _etag(entity_set: str, row: dict[str, Any]) -> str:
+    """The ETag of an entity's row (``quartier.api.sta_etag``)."""
+    return tag_of(shape(entity_set, row, ""))
+
+
+def _entity_answer(entity_set: str, row: dict[str, Any], base: str) -> JSONResponse:
+    body = shape(entity_set, row, base).model_dump(mode="json", by_alias=True)
+    return JSONResponse(body, headers={"ETag": _etag(entity_set, row)})
+
+
+def _preconditions(
+    cur: w.Executor, cond: Conditions | None, method: str, entity_set: str, entity_id: int
+) -> None:
+    """412 unless the request's ``If-Match`` / ``If-None-Match`` hold for the entity as stored:
+    its row is locked first (``FOR UPDATE``, until the write's transaction ends), so the ETag
+    compared is the one the write changes, and no other write comes in between."""
+    if cond is None:
+        return
+    cur.execute(
+        sql.SQL("select 1 from {} where id = %s for update").format(
+            sql.Identifier(w.TABLES[entity_set])
+        ),
+        (entity_id,),
+    )
+    row = q.entity(cast(DictConn, cur), entity_set, ENTITY_SETS[entity_set], entity_id)
+    cond.check(_etag(entity_set, row), f"{ENTITY_SETS[entity_set]} {entity_id}", method)
+
+
+def _observation_preconditions(
+    cur: w.Executor, cond: Conditions | None, method: str, ds: int, time: datetime, oid: str
+) -> None:
+    """:func:`_preconditions` of one Observation."""
+    if cond is None:
+        return
+    cur.execute(
+        "select 1 from observation where datastream_id = %s and phenomenon_time = %s for update",
+        (ds, time),
+    )
+    row = q.observation(cast(DictConn, cur), ds, time)
+    cond.check(_etag("Observations", row), f"Observation '{oid}'", method)
 
 
 # --------------------------------------------------------------------------- Observations
@@ -265,7 +312,7 @@ def _store_observation(
         )
     row = q.observation(conn, stored_as, new.time)
     body = shape("Observations", row, base).model_dump(mode="json", by_alias=True)
-    return _created(body, body["@iot.selfLink"])
+    return _created(body, body["@iot.selfLink"], _etag("Observations", row))
 
 
 def _create_multi_observation(
@@ -561,7 +608,7 @@ def _create_entity(
         raise ConflictError("an Observation in the body exists already; nothing was stored")
     row = q.entity(conn, entity_set, ENTITY_SETS[entity_set], created[0])
     body = shape(entity_set, row, base).model_dump(mode="json", by_alias=True)
-    return _created(body, body["@iot.selfLink"])
+    return _created(body, body["@iot.selfLink"], _etag(entity_set, row))
 
 
 def _add_create(entity_set: str) -> None:
@@ -610,11 +657,13 @@ def _update(
 ) -> JSONResponse:
     conn = _reads(request, conn)
     moved = values.pop("_locations", None)
+    cond = conditions(request.headers)
 
     def prepare(raw_conn: RawConn) -> None:
         with _cursor(raw_conn) as cur:
             if not w.exists(cur, entity_set, entity_id):
                 raise NotFoundError(f"no {ENTITY_SETS[entity_set]} with @iot.id {entity_id}")
+            _preconditions(cur, cond, request.method, entity_set, entity_id)
             changes = dict(values)
             for nav, target_id in links.items():
                 target, column = _DATASTREAM_LINKS[nav]
@@ -634,12 +683,17 @@ def _update(
 
     writer(request).write(Batch(source="http"), prepare)
     row = q.entity(conn, entity_set, ENTITY_SETS[entity_set], entity_id)
-    return JSONResponse(shape(entity_set, row, base).model_dump(mode="json", by_alias=True))
+    return _entity_answer(entity_set, row, base)
 
 
 def _delete(request: Request, entity_set: str, entity_id: int) -> Response:
+    cond = conditions(request.headers)
+
     def prepare(raw_conn: RawConn) -> None:
         with _cursor(raw_conn) as cur:
+            if cond is not None and not w.exists(cur, entity_set, entity_id):
+                raise NotFoundError(f"no {ENTITY_SETS[entity_set]} with @iot.id {entity_id}")
+            _preconditions(cur, cond, "DELETE", entity_set, entity_id)
             w.delete(cur, entity_set, entity_id)
 
     writer(request).write(Batch(source="http"), prepare)
@@ -743,6 +797,7 @@ def _change_observation(
 ) -> JSONResponse:
     ds, time = parse_observation_id(obs_id)
     conn = _reads(request, conn)
+    cond = conditions(request.headers)
     q.observation(conn, ds, time)  # 404 when there is none
     if replace:
         values, foi = b.observation_put(body, obs_id, ds, time)
@@ -754,13 +809,13 @@ def _change_observation(
 
     def prepare(raw_conn: RawConn) -> None:
         with _cursor(raw_conn) as cur:
+            _observation_preconditions(cur, cond, request.method, ds, time, obs_id)
             if foi is not None:
                 w.require(cur, "FeaturesOfInterest", foi, "FeatureOfInterest/@iot.id")
             w.update_observation(cur, ds, time, values)
 
     writer(request).write(Batch(source="http"), prepare)
-    row = q.observation(conn, ds, time)
-    return JSONResponse(shape("Observations", row, base).model_dump(mode="json", by_alias=True))
+    return _entity_answer("Observations", q.observation(conn, ds, time), base)
 
 
 @router.delete(
@@ -772,10 +827,12 @@ def _change_observation(
 def delete_observation(obs_id: str, request: Request, conn: Conn) -> Response:
     """Deletes an Observation."""
     ds, time = parse_observation_id(obs_id)
+    cond = conditions(request.headers)
     q.observation(_reads(request, conn), ds, time)  # 404 when there is none
 
     def prepare(raw_conn: RawConn) -> None:
         with _cursor(raw_conn) as cur:
+            _observation_preconditions(cur, cond, "DELETE", ds, time, obs_id)
             w.delete_observations(
                 cur,
                 sql.SQL("o.datastream_id = %(_d)s and o.phenomenon_time = %(_t)s"),

@@ -1,0 +1,245 @@
+"""SensorThings ``$batch`` options against the real app and database: ``continue-on-error``
+(each format's default from OData 4.01, the preference in both spellings, change sets atomic
+either way), conditional requests inside a batch (entity ETags, ``If-Match: $<id>``), and the
+errors that say what was wrong."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sta_helpers import key, one_reading, scalar
+
+from quartier.api.app import create_app
+from quartier.config import Settings
+
+pytestmark = pytest.mark.services
+V = "/v1.1"
+BATCH = f"{V}/$batch"
+SENSOR = {
+    "name": "SDS011",
+    "description": "laser",
+    "encodingType": "application/pdf",
+    "metadata": "https://example.org/sds011.pdf",
+}
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """A Thing ``net/a-1`` (id 1) with one Datastream (id 1) and one reading."""
+    one_reading(settings)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def sensors(settings: Settings) -> int:
+    return int(scalar(settings, "select count(*) from sensor"))
+
+
+def answers(r: Any) -> dict[str, dict[str, Any]]:
+    assert r.status_code == 200, r.text
+    return {a["id"]: a for a in r.json()["responses"]}
+
+
+def _sensor(rid: str, **extra: Any) -> dict[str, Any]:
+    return {"id": rid, "method": "post", "url": "Sensors", "body": SENSOR, **extra}
+
+
+#: a request that fails (a Thing without its description) between two that succeed
+FAILING = {"id": "bad", "method": "post", "url": "Things", "body": {"name": "T"}}
+
+
+# --------------------------------------------------------------------------- continue-on-error
+def test_a_json_batch_goes_on_after_a_failure_by_default(
+    client: TestClient, settings: Settings
+) -> None:
+    """OData JSON 4.01, 19.4: without the preference every request is processed."""
+    h = key(settings, "entities:write")
+    before = sensors(settings)
+    body = {"requests": [_sensor("1"), FAILING, _sensor("2")]}
+    r = client.post(BATCH, json=body, headers=h)
+    a = answers(r)
+    assert [a[i]["status"] for i in ("1", "bad", "2")] == [201, 400, 201]
+    assert "description" in a["bad"]["body"]["message"]
+    assert "preference-applied" not in r.headers
+    assert sensors(settings) == before + 2
+
+
+@pytest.mark.parametrize(
+    "prefer",
+    [
+        "continue-on-error=false",
+        "odata.continue-on-error=false",
+        "return=minimal, continue-on-error=FALSE",
+    ],
+)
+def test_a_json_batch_with_continue_on_error_false_stops_at_the_first_failure(
+    client: TestClient, settings: Settings, prefer: str
+) -> None:
+    h = key(settings, "entities:write")
+    before = sensors(settings)
+    body = {
+        "requests": [
+            _sensor("1"),
+            FAILING,
+            _sensor("2"),
+            {"id": "read", "method": "get", "url": "Things(1)"},
+        ]
+    }
+    r = client.post(BATCH, json=body, headers={**h, "Prefer": prefer})
+    a = answers(r)
+    assert [a[i]["status"] for i in ("1", "bad", "2", "read")] == [201, 400, 424, 424]
+    for rid in ("2", "read"):
+        message = a[rid]["body"]["message"]
+        assert f"request {rid!r} was not executed" in message
+        assert "request 'bad' failed" in message and "continue-on-error" in message
+    assert r.headers["preference-applied"].endswith("continue-on-error=false")
+    # the request before the failure is stored, the one after it did not run
+    assert sensors(settings) == before + 1
+
+
+@pytest.mark.parametrize(
+    "prefer", ["odata.continue-on-error", "continue-on-error", "continue-on-error=true"]
+)
+def test_a_multipart_batch_with_continue_on_error_runs_every_request(
+    client: TestClient, settings: Settings, prefer: str
+) -> None:
+    h = key(settings, "entities:write")
+    before = sensors(settings)
+    ctype, data = _multipart(
+        [
+            _http("POST", "Sensors", SENSOR),
+            _http("POST", "Things", {"name": "T"}),
+            _http("GET", "Things(999)"),
+            _http("POST", "Sensors", SENSOR),
+        ]
+    )
+    r = client.post(BATCH, content=data, headers={**h, "Prefer": prefer, "Content-Type": ctype})
+    assert [_status(p)[0] for p in _parts(r)] == [201, 400, 404, 201]
+    assert r.headers["preference-applied"].split("=")[0] == prefer.split("=")[0]
+    assert sensors(settings) == before + 2
+
+
+def test_a_multipart_batch_stops_at_the_first_failure_by_default(
+    client: TestClient, settings: Settings
+) -> None:
+    """OData 4.01 Protocol 11.7.7.3/4: processing stops on the first error, whose response is
+    the last part."""
+    h = key(settings, "entities:write")
+    before = sensors(settings)
+    ctype, data = _multipart(
+        [
+            _http("POST", "Sensors", SENSOR),
+            _http("POST", "Things", {"name": "T"}),
+            _http("POST", "Sensors", SENSOR),
+            _http("GET", "Things(1)"),
+        ]
+    )
+    r = client.post(BATCH, content=data, headers={**h, "Content-Type": ctype})
+    parts = _parts(r)
+    assert [_status(p)[0] for p in parts] == [201, 400]
+    assert "description" in _status(parts[1])[1]["message"]
+    assert sensors(settings) == before + 1
+    # with continue-on-error=false said explicitly: the same
+    r = client.post(
+        BATCH,
+        content=data,
+        headers={**h, "Content-Type": ctype, "Prefer": "continue-on-error=false"},
+    )
+    assert [_status(p)[0] for p in _parts(r)] == [201, 400]
+    assert sensors(settings) == before + 2
+
+
+def test_change_sets_stay_atomic_with_or_without_continue_on_error(
+    client: TestClient, settings: Settings
+) -> None:
+    h = key(settings, "entities:write")
+    before = sensors(settings)
+    body = {
+        "requests": [
+            _sensor("s1", atomicityGroup="g1"),
+            {**FAILING, "atomicityGroup": "g1"},
+            _sensor("s2", atomicityGroup="g1"),
+            _sensor("after"),
+            _sensor("g2-a", atomicityGroup="g2"),
+            _sensor("g2-b", atomicityGroup="g2"),
+        ]
+    }
+    # continue-on-error: g1 rolled back whole, the rest stored
+    a = answers(client.post(BATCH, json=body, headers={**h, "Prefer": "continue-on-error"}))
+    assert [a[i]["status"] for i in ("s1", "bad", "s2")] == [424, 400, 424]
+    assert "nothing of atomicityGroup 'g1' was stored" in a["s1"]["body"]["message"]
+    assert [a[i]["status"] for i in ("after", "g2-a", "g2-b")] == [201, 201, 201]
+    assert sensors(settings) == before + 3
+    # stop: g1 rolled back whole, nothing after it runs
+    a = answers(client.post(BATCH, json=body, headers={**h, "Prefer": "continue-on-error=false"}))
+    assert [a[i]["status"] for i in ("s1", "bad", "s2")] == [424, 400, 424]
+    for rid in ("after", "g2-a", "g2-b"):
+        assert a[rid]["status"] == 424
+        assert "atomicityGroup 'g1' failed" in a[rid]["body"]["message"]
+    assert sensors(settings) == before + 3
+    # a multipart batch stops after a failed change set's one error part
+    ctype, data = _multipart(
+        [
+            [_http("POST", "Sensors", SENSOR, "1"), _http("POST", "Things", {"name": "T"}, "2")],
+            _http("POST", "Sensors", SENSOR),
+        ]
+    )
+    parts = _parts(client.post(BATCH, content=data, headers={**h, "Content-Type": ctype}))
+    assert [_status(p)[0] for p in parts] == [400]
+    assert sensors(settings) == before + 3
+
+
+def test_an_invalid_continue_on_error_value_is_a_400_naming_it(
+    client: TestClient, settings: Settings
+) -> None:
+    h = key(settings, "entities:write")
+    before = sensors(settings)
+    body = {"requests": [_sensor("1")]}
+    r = client.post(BATCH, json=body, headers={**h, "Prefer": "continue-on-error=maybe"})
+    assert r.status_code == 400
+    assert "continue-on-error=maybe" in r.json()["message"]
+    assert "true or false" in r.json()["message"]
+    assert sensors(settings) == before
+
+
+# --------------------------------------------------------------------------- multipart helpers
+def _http(method: str, url: str, body: Any = None, content_id: str | None = None) -> str:
+    head = "Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
+    if content_id:
+        head += f"Content-ID: {content_id}\r\n"
+    inner = f"{method} {url} HTTP/1.1\r\n"
+    if body is not None:
+        return f"{head}\r\n{inner}Content-Type: application/json\r\n\r\n{json.dumps(body)}\r\n"
+    return f"{head}\r\n{inner}\r\n"
+
+
+def _multipart(items: list[str | list[str]]) -> tuple[str, bytes]:
+    out = []
+    for k, item in enumerate(items):
+        if isinstance(item, list):
+            cs = f"changeset_{k}"
+            inner = "".join(f"--{cs}\r\n{x}" for x in item) + f"--{cs}--\r\n"
+            out.append(f"--batch_1\r\nContent-Type: multipart/mixed; boundary={cs}\r\n\r\n{inner}")
+        else:
+            out.append(f"--batch_1\r\n{item}")
+    return "multipart/mixed; boundary=batch_1", ("".join(out) + "--batch_1--\r\n").encode()
+
+
+def _parts(r: Any) -> list[Any]:
+    assert r.status_code == 200, r.text
+    head = f"Content-Type: {r.headers['content-type']}\r\n\r\n".encode()
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + r.content)
+    return list(msg.iter_parts())
+
+
+def _status(part: Any) -> tuple[int, Any]:
+    payload = part.get_payload(decode=True)
+    line, _, rest = payload.partition(b"\r\n")
+    body = rest.split(b"\r\n\r\n", 1)[1].strip() if b"\r\n\r\n" in rest else b""
+    return int(line.split()[1]), json.loads(body) if body else None
