@@ -58,6 +58,7 @@ from quartier.api.sta import (
 )
 from quartier.api.sta.ast import Path
 from quartier.api.sta.model import Nav
+from quartier.api.sta_etag import conditional_get, tag_of, tagged
 from quartier.config import Settings
 from quartier.errors import BadRequestError, NotFoundError
 from quartier.store import sensorthings as q
@@ -995,9 +996,21 @@ def _add_entity(entity_set: str) -> None:
     """``GET /<entity set>(<id>)`` for the entity sets with integer ids."""
     entity_type = ENTITY_SETS[entity_set]
 
-    def route(entity_id: int, conn: Conn, base: BaseUrl, s: SelectionDep) -> Any:
+    def route(
+        entity_id: int,
+        request: Request,
+        response: Response,
+        conn: Conn,
+        base: BaseUrl,
+        s: SelectionDep,
+    ) -> Any:
         row = q.entity(conn, entity_set, entity_type, entity_id)
-        return s.respond(conn, base, entity_set, row)
+        tag = tag_of(shape(entity_set, row, ""))  # the entity's ETag (api/sta_etag.py)
+        what = f"{entity_type} {entity_id}"
+        not_modified = conditional_get(request.headers, tag, what, not s.options.expand)
+        if not_modified is not None:
+            return not_modified
+        return tagged(s.respond(conn, base, entity_set, row), response, tag)
 
     router.add_api_route(
         f"/{entity_set}({{entity_id}})",
@@ -1207,10 +1220,18 @@ def multi_datastream_observation_refs(mds_id: int, conn: Conn, base: BaseUrl, p:
     response_model=m.Observation,
     operation_id="sta_get_observation",
 )
-def get_observation(obs_id: str, conn: Conn, base: BaseUrl, s: SelectionDep) -> Any:
-    """One Observation by its @iot.id (``'<datastream id>:<µs since 1970>'``)."""
+def get_observation(
+    obs_id: str, request: Request, response: Response, conn: Conn, base: BaseUrl, s: SelectionDep
+) -> Any:
+    """One Observation by its @iot.id (``'<datastream id>:<µs since 1970>'``), with its ETag."""
     ds_id, time = parse_observation_id(obs_id)
-    return s.respond(conn, base, "Observations", q.observation(conn, ds_id, time))
+    row = q.observation(conn, ds_id, time)
+    tag = tag_of(shape("Observations", row, ""))
+    what = f"Observation '{obs_id}'"
+    not_modified = conditional_get(request.headers, tag, what, not s.options.expand)
+    if not_modified is not None:
+        return not_modified
+    return tagged(s.respond(conn, base, "Observations", row), response, tag)
 
 
 #: The resource paths: every entity set, every entity by integer id (an Observation's id is
