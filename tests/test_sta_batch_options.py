@@ -208,12 +208,145 @@ def test_an_invalid_continue_on_error_value_is_a_400_naming_it(
     assert sensors(settings) == before
 
 
+# --------------------------------------------------------------------------- conditional requests
+def test_if_match_inside_a_batch_refers_to_an_earlier_answer_and_guards_the_write(
+    client: TestClient, settings: Settings
+) -> None:
+    """OData 4.01 Protocol 11.7.5 "Referencing an ETag": ``If-Match: $<id>`` is the ETag of
+    that request's answer; a write between the GET and the PATCH makes the PATCH 412."""
+    h = key(settings, "entities:write")
+    body = {
+        "requests": [
+            {"id": "get", "method": "get", "url": "Things(1)"},
+            {
+                "id": "same",
+                "method": "get",
+                "url": "Things(1)",
+                "headers": {"if-none-match": "$get"},
+            },
+            {
+                "id": "patch",
+                "method": "patch",
+                "url": "Things(1)",
+                "headers": {"if-match": "$get"},
+                "body": {"description": "eins"},
+            },
+            # stale now: the tag read by "get" is not the Thing's any more
+            {
+                "id": "stale",
+                "method": "patch",
+                "url": "Things(1)",
+                "headers": {"if-match": "$get"},
+                "body": {"description": "zwei"},
+            },
+            {
+                "id": "fresh",
+                "method": "patch",
+                "url": "Things(1)",
+                "headers": {"If-Match": "$patch"},
+                "body": {"description": "drei"},
+            },
+        ]
+    }
+    a = answers(client.post(BATCH, json=body, headers=h))
+    tag = a["get"]["headers"]["etag"]
+    assert tag.startswith('W/"')
+    assert a["same"]["status"] == 304 and "body" not in a["same"]
+    assert a["patch"]["status"] == 200 and a["patch"]["headers"]["etag"] != tag
+    assert a["stale"]["status"] == 412
+    assert "Thing 1 has changed" in a["stale"]["body"]["message"]
+    assert tag in a["stale"]["body"]["message"]
+    assert a["fresh"]["status"] == 200
+    assert scalar(settings, "select description from thing where id = 1") == "drei"
+
+
+def test_a_stale_if_match_rolls_its_change_set_back(client: TestClient, settings: Settings) -> None:
+    h = key(settings, "entities:write")
+    before = sensors(settings)
+    stale = client.get(f"{V}/Things(1)").headers["etag"]
+    r = client.patch(f"{V}/Things(1)", json={"description": "theirs"}, headers=h)
+    assert r.status_code == 200
+    body = {
+        "requests": [
+            _sensor("s", atomicityGroup="g"),
+            {
+                "id": "p",
+                "atomicityGroup": "g",
+                "method": "patch",
+                "url": "Things(1)",
+                "headers": {"if-match": stale},
+                "body": {"description": "ours"},
+            },
+        ]
+    }
+    a = answers(client.post(BATCH, json=body, headers=h))
+    assert (a["s"]["status"], a["p"]["status"]) == (424, 412)
+    assert "request 'p' failed (412)" in a["s"]["body"]["message"]
+    assert scalar(settings, "select description from thing where id = 1") == "theirs"
+    assert sensors(settings) == before
+    # multipart, with the tag referred to by Content-ID
+    ctype, data = _multipart(
+        [
+            _http("GET", "Things(1)", content_id="g1"),
+            [
+                _http("PATCH", "Things(1)", {"description": "ours"}, "p1", {"If-Match": "$g1"}),
+                _http("POST", "Sensors", SENSOR, "s1"),
+            ],
+        ]
+    )
+    parts = _parts(client.post(BATCH, content=data, headers={**h, "Content-Type": ctype}))
+    assert [_status(p)[0] for p in parts[:1]] == [200]
+    assert [_status(p)[0] for p in parts[1].iter_parts()] == [200, 201]
+    assert scalar(settings, "select description from thing where id = 1") == "ours"
+
+
+@pytest.mark.parametrize(
+    ("request_", "named"),
+    [
+        (
+            {"id": "p", "method": "patch", "url": "Things(1)", "headers": {"if-match": "$x"}},
+            "$x names no preceding request",
+        ),
+        (
+            {"id": "p", "method": "patch", "url": "Things(1)", "headers": {"if-match": "$list"}},
+            "answer has no ETag",
+        ),
+        (
+            {"id": "p", "method": "patch", "url": "Things(1)", "headers": {"if-match": "v1"}},
+            "If-Match: 'v1' is not a list of entity tags",
+        ),
+    ],
+)
+def test_a_condition_that_cannot_be_used_says_why(
+    client: TestClient, settings: Settings, request_: dict[str, Any], named: str
+) -> None:
+    h = key(settings, "entities:write")
+    request_ = {**request_, "body": {"description": "nie"}}
+    body = {"requests": [{"id": "list", "method": "get", "url": "Things"}, request_]}
+    r = client.post(BATCH, json=body, headers=h)
+    if r.status_code == 400:  # a reference to no request: the batch is malformed
+        message = r.json()["message"]
+    else:
+        a = answers(r)
+        assert a["p"]["status"] == 400
+        message = a["p"]["body"]["message"]
+    assert named in message
+    assert scalar(settings, "select description from thing where id = 1") != "nie"
+
+
 # --------------------------------------------------------------------------- multipart helpers
-def _http(method: str, url: str, body: Any = None, content_id: str | None = None) -> str:
+def _http(
+    method: str,
+    url: str,
+    body: Any = None,
+    content_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> str:
     head = "Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
     if content_id:
         head += f"Content-ID: {content_id}\r\n"
     inner = f"{method} {url} HTTP/1.1\r\n"
+    inner += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     if body is not None:
         return f"{head}\r\n{inner}Content-Type: application/json\r\n\r\n{json.dumps(body)}\r\n"
     return f"{head}\r\n{inner}\r\n"
