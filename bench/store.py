@@ -10,7 +10,10 @@ builds the rollups with ``rollups.rebuild`` (the bulk path; the ingester's path 
 marks, measured once at the end), ``observation_latest``, and runs VACUUM ANALYZE. It then
 measures p50/p95 of the query layer (``quartier.store.timeseries``, including Python) over
 repeated runs with varying datastreams, and a naive baseline (the same aggregates from raw rows,
-``source="raw"``) in the same run, plus bytes per observation on disk.
+``source="raw"``) in the same run, plus bytes per observation on disk. The 100-datastream
+aggregates run three ways in the same run: from the packed rollups (migration 0045, the query
+layer's default on this path), from the rollup rows (``packed=False``), and naive; the packed
+layout is also compared with float8[] arrays written as text by PostgreSQL (array_to_string).
 
 Starts its own PostgreSQL 15 (the configuration of ``quartier services``: fsync, synchronous
 commit and full-page writes on, as in production) in a temp dir unless QUARTIER_TEST_DATABASE_URL
@@ -187,6 +190,14 @@ def sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
             "pg_total_relation_size('observation_1h') + pg_total_relation_size('observation_1d')"
         ),
         "rollup_15m_bytes": one("select pg_total_relation_size('observation_15m')"),
+        "rollup_1h_bytes": one("select pg_total_relation_size('observation_1h')"),
+        "rollup_1d_bytes": one("select pg_total_relation_size('observation_1d')"),
+        "packed_bytes": one(
+            "select pg_total_relation_size('observation_1h_packed') + "
+            "pg_total_relation_size('observation_1d_packed')"
+        ),
+        "packed_1h_rows": one("select count(*) from observation_1h_packed"),
+        "packed_1d_rows": one("select count(*) from observation_1d_packed"),
         "latest_bytes": one("select pg_total_relation_size('observation_latest')"),
         "rows": one("select count(*) from observation"),
     }
@@ -511,6 +522,25 @@ def run_queries(
     ):
         path = storage_path(conn)
         day, hour = timedelta(days=1), timedelta(hours=1)
+        for table, rollup, unit in (
+            ("bench_packed_arrays_1h", "observation_1h", "day"),
+            ("bench_packed_arrays_1d", "observation_1d", "month"),
+        ):  # the comparison layout for array_text(): float8[] per datastream and day / month
+            if conn.execute("select to_regclass(%s)", (table,)).fetchone()[0] is None:
+                conn.execute(
+                    sql.SQL(
+                        "create table {} as select datastream_id, date_trunc({}, bucket, 'UTC')"
+                        " as start, array_agg(extract(epoch from bucket)::int8 order by bucket)"
+                        " as t, array_agg(case when n > 0 then s / n end order by bucket) as avg"
+                        " from {} group by 1, 2"
+                    ).format(sql.Identifier(table), sql.Literal(unit), sql.Identifier(rollup))
+                )
+                conn.execute(
+                    sql.SQL("alter table {} add primary key (datastream_id, start)").format(
+                        sql.Identifier(table)
+                    )
+                )
+                conn.execute(sql.SQL("vacuum analyze {}").format(sql.Identifier(table)))
 
         def pick(k: int) -> list[int]:
             return rnd.sample(ids, k)
@@ -523,7 +553,12 @@ def run_queries(
             return a, a + timedelta(days=span_days)
 
         def agg(
-            k: int, width: timedelta, span_days: int, source: str, columns: bool = False
+            k: int,
+            width: timedelta,
+            span_days: int,
+            source: str,
+            columns: bool = False,
+            packed: bool = True,
         ) -> Callable[[int], Any]:
             def run(_: int) -> Any:
                 a, b = period(span_days)
@@ -537,6 +572,7 @@ def run_queries(
                     source=source,  # type: ignore[arg-type]
                     path=path,
                     columns=columns,
+                    packed=packed,
                 )
                 if columns:
                     assert sum(len(s.columns.epoch) for s in res.series if s.columns) > 0
@@ -558,7 +594,8 @@ def run_queries(
                     body = _json(
                         timeseries.aggregate(conn, pick(k), width, a, b, as_json=True, **kw)
                     ).body
-                elif how == "columns":
+                elif how in ("columns", "columns, rollup rows"):
+                    kw["packed"] = how == "columns"
                     response = columns_response(
                         timeseries.aggregate(conn, pick(k), width, a, b, columns=True, **kw)
                     )
@@ -619,6 +656,61 @@ def run_queries(
 
             return run
 
+        def sql_packed(k: int, width: timedelta, span_days: int) -> Callable[[int], Any]:
+            """PostgreSQL's execution time of the packed read (migration 0045)."""
+
+            def run(_: int) -> Any:
+                a, b = period(span_days)
+                q = timeseries.packed_query(width, ("avg",))
+                row_start = (
+                    timeseries.floor_to(a, timedelta(days=1))
+                    if timeseries.PACK_UNIT[width] == "day"
+                    else timeseries.month_floor(a)
+                )
+                params = {"ids": sorted(pick(k)), "start": a, "end": b, "w": width,
+                          "row_start": row_start, "origin": timeseries.ORIGIN}  # fmt: skip
+                plan = conn.execute(
+                    sql.SQL("explain (analyze, timing off, format json) {}").format(q), params
+                ).fetchone()[0]
+                return plan[0]["Execution Time"]
+
+            return run
+
+        def array_text(k: int, width: timedelta, span_days: int) -> Callable[[int], Any]:
+            """The alternative to bytea + numpy.frombuffer: packed float8[] arrays (bucket times
+            and the means already divided, which favours it) that PostgreSQL writes as text
+            (array_to_string), parsed by numpy (np.fromstring); table bench_packed_arrays."""
+            table = "bench_packed_arrays_1h" if width == hour else "bench_packed_arrays_1d"
+            query = sql.SQL(
+                "select i.ds, string_agg(array_to_string(p.t, ','), ',' order by p.start),"
+                " string_agg(array_to_string(p.avg, ',', 'nan'), ',' order by p.start)"
+                " from unnest(%(ids)s::bigint[]) with ordinality as i(ds, ord)"
+                " join {} p on p.datastream_id = i.ds and p.start >= %(row_start)s"
+                " and p.start < %(end)s group by i.ds, i.ord order by i.ord"
+            ).format(sql.Identifier(table))
+
+            def run(_: int) -> Any:
+                a, b = period(span_days)
+                row_start = (
+                    timeseries.floor_to(a, timedelta(days=1))
+                    if width == hour
+                    else timeseries.month_floor(a)
+                )
+                first, stop = int(a.timestamp()), int(b.timestamp())
+                out = []
+                rows = conn.execute(
+                    query, {"ids": sorted(pick(k)), "row_start": row_start, "end": b}
+                ).fetchall()
+                for ds, t_text, avg_text in rows:
+                    t = np.fromstring(t_text, dtype=np.int64, sep=",")
+                    v = np.fromstring(avg_text, dtype=np.float64, sep=",")
+                    keep = (t >= first) & (t < stop)
+                    out.append((ds, t[keep], v[keep]))
+                assert out and len(out[0][1]) == len(out[0][2]) > 0
+                return out
+
+            return run
+
         def naive(k: int, width: timedelta, span_days: int) -> Callable[[int], Any]:
             """The same aggregate as plain SQL over raw rows (what one writes without rollups)."""
 
@@ -663,8 +755,40 @@ def run_queries(
             ),
             (f"{daily} (query layer, numpy)", agg(100, day, days, "auto", True), repeat),
             (f"{hourly} (query layer, numpy)", agg(100, hour, month, "auto", True), repeat),
+            (
+                f"{daily} (query layer, numpy, rollup rows)",
+                agg(100, day, days, "auto", True, packed=False),
+                repeat,
+            ),
+            (
+                f"{hourly} (query layer, numpy, rollup rows)",
+                agg(100, hour, month, "auto", True, packed=False),
+                repeat,
+            ),
+            (f"{daily} (SQL only, EXPLAIN ANALYZE, packed)", sql_packed(100, day, days), repeat),
+            (f"{hourly} (SQL only, EXPLAIN ANALYZE, packed)", sql_packed(100, hour, month), repeat),
+            (
+                f"{daily} (packed float8[], array_to_string, numpy parse)",
+                array_text(100, day, days),
+                repeat,
+            ),
+            (
+                f"{hourly} (packed float8[], array_to_string, numpy parse)",
+                array_text(100, hour, month),
+                repeat,
+            ),
             (f"API JSON: {daily}, columns", api_json(100, day, days, "columns"), repeat),
             (f"API JSON: {hourly}, columns", api_json(100, hour, month, "columns"), repeat),
+            (
+                f"API JSON: {daily}, columns, rollup rows",
+                api_json(100, day, days, "columns, rollup rows"),
+                repeat,
+            ),
+            (
+                f"API JSON: {hourly}, columns, rollup rows",
+                api_json(100, hour, month, "columns, rollup rows"),
+                repeat,
+            ),
             (
                 f"API JSON: {daily}, rows (PostgreSQL-written)",
                 api_json(100, day, days, "rows"),
@@ -834,6 +958,10 @@ RATIOS = [
     (f"API JSON: {HOURLY}, columns", f"naive: {HOURLY}"),
     (f"HTTP: {DAILY}, columns", f"naive: {DAILY}"),
     (f"HTTP: {HOURLY}, columns", f"naive: {HOURLY}"),
+    (f"{DAILY} (query layer, numpy, rollup rows)", f"naive: {DAILY}"),
+    (f"{HOURLY} (query layer, numpy, rollup rows)", f"naive: {HOURLY}"),
+    (f"API JSON: {DAILY}, columns, rollup rows", f"naive: {DAILY}"),
+    (f"API JSON: {HOURLY}, columns, rollup rows", f"naive: {HOURLY}"),
 ]
 
 
@@ -867,6 +995,35 @@ def print_queries(q: dict[str, Any]) -> None:
             verdict = "met" if ratio >= 20 else "MISSED"
             print(f"{name}: {ratio:.1f}× naive (p50 medians, same run; target 20×: {verdict})")
     for what in (DAILY, HOURLY):
+        for kind in ("query layer, numpy", "API JSON"):
+            if kind == "API JSON":
+                new, old = (
+                    q.get(f"API JSON: {what}, columns"),
+                    q.get(f"API JSON: {what}, columns, rollup rows"),
+                )
+            else:
+                new, old = q.get(f"{what} ({kind})"), q.get(f"{what} ({kind}, rollup rows)")
+            if new and old:
+                print(
+                    f"{what}, {kind}: packed {old['p50_ms'] / new['p50_ms']:.1f}× faster than "
+                    f"rollup rows (p50; p95 {new['p95_ms']:.1f} against {old['p95_ms']:.1f} ms)"
+                )
+        sql_rows = q.get(f"{what} (SQL only, EXPLAIN ANALYZE)")
+        sql_packed = q.get(f"{what} (SQL only, EXPLAIN ANALYZE, packed)")
+        if sql_rows and sql_packed:
+            print(
+                f"{what}, SQL only: packed {sql_rows['p50_ms'] / sql_packed['p50_ms']:.1f}× "
+                "faster than rollup rows (p50)"
+            )
+        numpy_case, text_case = (
+            q.get(f"{what} (query layer, numpy)"),
+            q.get(f"{what} (packed float8[], array_to_string, numpy parse)"),
+        )
+        if numpy_case and text_case:
+            print(
+                f"{what}: bytea + numpy.frombuffer {numpy_case['p50_ms']:.1f} ms against "
+                f"float8[] + array_to_string {text_case['p50_ms']:.1f} ms (p50)"
+            )
         cols, rows = (
             q.get(f"API JSON: {what}, columns"),
             q.get(f"API JSON: {what}, rows (PostgreSQL-written)"),
@@ -901,6 +1058,13 @@ def print_report(r: dict[str, Any]) -> None:
         f"bytes per observation: {r['bytes_per_observation']:.1f} (table + indexes; "
         f"{r['bytes_per_observation_before_compaction']:.1f} before compaction); "
         f"{r['bytes_per_observation_with_rollups']:.1f} with rollups and latest"
+    )
+    sz = r["sizes"]
+    print(
+        f"packed rollups (migration 0045): {sz['packed_1h_rows']:,} hourly rows (a datastream's "
+        f"day), {sz['packed_1d_rows']:,} daily rows (a month), {sz['packed_bytes'] / 2**20:,.0f} "
+        f"MiB; rollup rows: 1 h {sz['rollup_1h_bytes'] / 2**20:,.0f} MiB, 1 d "
+        f"{sz['rollup_1d_bytes'] / 2**20:,.0f} MiB"
     )
     print_queries(r["queries"])
     print(f"incremental: {json.dumps(r['incremental'], default=str)}")

@@ -476,6 +476,7 @@ def aggregate(
     path: StoragePath | None = None,
     as_json: bool = False,
     columns: bool = False,
+    packed: bool = True,
 ) -> Aggregate:
     """Aggregates per bucket of ``width`` for each datastream over ``[start, end)``, widened to
     whole buckets, with the gaps (runs of buckets without observations) of each datastream.
@@ -483,6 +484,9 @@ def aggregate(
     instead of Python values, for the API's JSON answers (no Python work per bucket).
     ``columns``: each series' buckets as numpy arrays (``Series.columns``), decoded from the
     binary arrays without a Python object per bucket (the API's columnar answers).
+    ``packed``: on plain PostgreSQL, buckets of 1 h and 1 d come from the packed rollups
+    (migration 0045: one row per datastream and day or month; the same values); False reads the
+    rollup rows (the benchmark's comparison).
 
     The source is the coarsest rollup that serves the width (see :func:`choose_source`); raw rows
     otherwise. Datastreams without observations in the range come back with one gap over it."""
@@ -510,7 +514,7 @@ def aggregate(
         raise ValueError("as_json and columns exclude each other")
     path = path or storage_path(conn)
     rollup = choose_source(width, source)
-    if path == "postgres" and rollup == width and width in PACKED and not as_json:
+    if packed and path == "postgres" and rollup == width and width in PACKED and not as_json:
         # one row per datastream and day (month) instead of one per bucket (migration 0045)
         series = _read_packed(conn, ids, width, start, end, fns, columns=columns)
         for s in series:
@@ -579,8 +583,11 @@ select i.ds, a.*, d.*
 from unnest(%(ids)s::bigint[]) with ordinality as i(ds, ord)
 cross join lateral (
     select {packed_columns}
-    from {packed} p
-    where p.datastream_id = i.ds and p.start >= %(row_start)s and p.start < %(end)s
+    from (
+        select * from {packed} p
+        where p.datastream_id = i.ds and p.start >= %(row_start)s and p.start < %(end)s
+        order by p.start
+    ) p
 ) a
 cross join lateral (
     select array_agg(x.b order by x.b) as dt, array_agg(r.n_all order by x.b) as dn_all,
@@ -621,9 +628,9 @@ def packed_query(width: timedelta, functions: Sequence[Function]) -> sql.Compose
     return sql.SQL(_PACKED_READ).format(
         packed=sql.Identifier(PACKED[width]),
         packed_columns=sql.SQL(", ").join(
-            sql.SQL("string_agg(p.{c}, ''::bytea order by p.start) as {c}").format(
-                c=sql.Identifier(c)
-            )
+            # in the subquery's order (an ORDER BY per aggregate sorts once per column); every
+            # column is concatenated in the same order, and the decoder checks ``t``
+            sql.SQL("string_agg(p.{c}, ''::bytea) as {c}").format(c=sql.Identifier(c))
             for c in columns
         ),
     )
@@ -642,49 +649,56 @@ def _packed_series(
     columns: bool,
 ) -> list[Series]:
     """The series of a packed read (:func:`packed_query`): the buckets inside ``[start, end)``,
-    the dirty ones replaced by their values from raw rows."""
+    the dirty ones replaced by their values from raw rows. Every datastream's bytes are decoded
+    together (one ``frombuffer`` per column for the whole answer), then cut into series."""
     names = _packed_columns(functions)
+    sizes = np.array([len(r[1]) // 8 if r[1] is not None else 0 for r in rows], dtype=np.int64)
+    whole = {
+        c: np.frombuffer(
+            b"".join(r[1 + k] for r in rows if r[1 + k] is not None), dtype=_PACKED_WIRE[c]
+        )
+        for k, c in enumerate(names)
+    }
+    if any(len(v) != int(sizes.sum()) for v in whole.values()):
+        raise ValueError("packed rollup rows whose columns differ in length")
+    epoch_all = whole.pop("t").astype(np.int64)
+    computed = _packed_values(
+        {c: v.astype(np.float64 if c in ("s", "lo", "hi") else np.int64) for c, v in whole.items()},
+        functions,
+    )
     first, stop = _epoch(start), _epoch(end)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    # in order within each datastream (the subquery's order; checked, sorted if not)
+    steps = np.flatnonzero(np.diff(epoch_all) <= 0) + 1
+    if len(steps) and not bool(np.all(np.isin(steps, bounds))):
+        series = np.repeat(np.arange(len(rows)), sizes)
+        order = np.lexsort((epoch_all, series))
+        epoch_all, computed = epoch_all[order], {f: v[order] for f, v in computed.items()}
+    keep = (epoch_all >= first) & (epoch_all < stop)  # the first and last rows may be cut
+    if not bool(keep.all()):
+        bounds = np.concatenate([[0], np.cumsum(keep)])[bounds]
+        epoch_all, computed = epoch_all[keep], {f: v[keep] for f, v in computed.items()}
+    edges = bounds.tolist()
     out: list[Series] = []
-    for row in rows:
-        ds, packed, dirty = row[0], row[1 : 1 + len(names)], row[1 + len(names) :]
-        raw = {
-            c: np.frombuffer(b, dtype=_PACKED_WIRE[c]) if b is not None else _EMPTY[c]
-            for c, b in zip(names, packed, strict=True)
-        }
-        epoch = raw.pop("t").astype(np.int64)
-        keep = (epoch >= first) & (epoch < stop)
+    for k, row in enumerate(rows):
+        ds, dirty = row[0], row[1 + len(names) :]
+        a, b = edges[k], edges[k + 1]
+        epoch = epoch_all[a:b]
+        values = {f: v[a:b] for f, v in computed.items()}
         dt = dirty[0]
         if dt is not None and len(dt):  # these buckets from raw rows (gone if n_all is 0)
-            keep &= ~np.isin(epoch, dt)
+            keep = ~np.isin(epoch, dt)
             add = dirty[1] > 0
+            fresh = _packed_values(
+                {c: dirty[1 + i][add] for c, i in _DIRTY_INDEX.items()}, functions
+            )
             epoch = np.concatenate([epoch[keep], dt[add]])
-            cols = {
-                c: np.concatenate([v[keep], dirty[1 + _DIRTY_INDEX[c]][add].astype(v.dtype)])
-                for c, v in raw.items()
-            }
+            values = {f: np.concatenate([v[keep], fresh[f]]) for f, v in values.items()}
             order = np.argsort(epoch, kind="stable")
-            epoch = epoch[order]
-            cols = {c: v[order] for c, v in cols.items()}
-        else:
-            epoch = epoch[keep]
-            cols = {c: v[keep] for c, v in raw.items()}
+            epoch, values = epoch[order], {f: v[order] for f, v in values.items()}
         if len(epoch) == 0:
             out.append(Series(ds))
-            continue
-        values: dict[str, npt.NDArray[Any]] = {}
-        for f in functions:
-            if f == "count":
-                values[f] = cols["n_all"].astype(np.int64)
-            elif f == "sum":
-                values[f] = cols["s"].astype(np.float64)
-            elif f == "avg":  # s / n as PostgreSQL divides (float8 by a whole number)
-                n = cols["n"].astype(np.float64)
-                s = cols["s"].astype(np.float64)
-                values[f] = np.divide(s, n, out=np.full(len(s), np.nan), where=n > 0)
-            else:
-                values[f] = cols["lo" if f == "min" else "hi"].astype(np.float64)
-        if columns:
+        elif columns:
             out.append(Series(ds, columns=Columns(epoch, values)))
         else:
             lists = {
@@ -695,7 +709,24 @@ def _packed_series(
     return out
 
 
-_EMPTY = {c: np.empty(0, dtype=w) for c, w in _PACKED_WIRE.items()}
+def _packed_values(
+    cols: dict[str, npt.NDArray[Any]], functions: Sequence[Function]
+) -> dict[str, npt.NDArray[Any]]:
+    """The functions' values from the rollup columns (``n_all``, ``n`` whole numbers; ``s``,
+    ``lo``, ``hi`` float64 with NaN where there is no numeric result)."""
+    values: dict[str, npt.NDArray[Any]] = {}
+    for f in functions:
+        if f == "count":
+            values[f] = cols["n_all"].astype(np.int64)
+        elif f == "sum":
+            values[f] = cols["s"].astype(np.float64)
+        elif f == "avg":  # s / n as PostgreSQL divides (float8 by a whole number)
+            n = cols["n"].astype(np.float64)
+            s = cols["s"].astype(np.float64)
+            values[f] = np.divide(s, n, out=np.full(len(s), np.nan), where=n > 0)
+        else:
+            values[f] = cols["lo" if f == "min" else "hi"].astype(np.float64)
+    return values
 
 
 def _read_packed(
@@ -717,8 +748,16 @@ def _read_packed(
     }  # fmt: skip
     cur = conn.cursor(binary=True, row_factory=tuple_row)
     _numpy_arrays(cur)
-    rows = cur.execute(packed_query(width, functions), params).fetchall()
+    key = (width, tuple(functions))
+    query = _PACKED_TEXT.get(key)
+    if query is None:  # constant identifiers only: the text is the same for every connection
+        query = _PACKED_TEXT[key] = packed_query(width, functions).as_string(None)
+    rows = cur.execute(query, params).fetchall()
     return _packed_series(rows, functions, start, end, columns=columns)
+
+
+#: the text of :func:`packed_query` by (width, functions): composing it costs more than decoding
+_PACKED_TEXT: dict[tuple[timedelta, tuple[Function, ...]], str] = {}
 
 
 #: datastreams × buckets up to which a rollup query runs without the JIT-off transaction
