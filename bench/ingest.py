@@ -577,6 +577,15 @@ def _cpu_s(pids: list[int]) -> float:
     return total / _TICK
 
 
+def _cpu_s_task(tid: int) -> float:
+    """utime + stime of one thread of this process, in seconds."""
+    try:
+        f = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / _TICK
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -606,16 +615,21 @@ class CpuSplit:
     start and once the last reading is committed. Publishers: the finished child processes
     (``RUSAGE_CHILDREN``); ingester: this process (its MQTT, decode and writer threads, plus the
     benchmark's polling); PostgreSQL: the postmaster and every backend alive at the samples
-    (the writers' two connections are); rest: the machine's other work."""
+    (the writers' two connections are); rest: the machine's other work. The ingester's own
+    threads are split out too (``ingester:mqtt``, ``:decode``, ``:writers``), from
+    /proc/self/task."""
 
     broker_pid: int | None
     postmaster_pid: int | None
+
+    #: thread names (prefixes) of the ingester's stages
+    STAGES = (("paho-mqtt", "mqtt"), ("ingest-decode", "decode"), ("ingest-write", "writers"))
 
     def sample(self) -> dict[str, float]:
         pg = [self.postmaster_pid, *_children(self.postmaster_pid)] if self.postmaster_pid else []
         own = resource.getrusage(resource.RUSAGE_SELF)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return {
+        out = {
             "publishers": kids.ru_utime + kids.ru_stime,
             "broker": _cpu_s([self.broker_pid]) if self.broker_pid else 0.0,
             "ingester": own.ru_utime + own.ru_stime,
@@ -623,6 +637,15 @@ class CpuSplit:
             "machine": _machine_busy_s(),
             "wall": time.monotonic(),
         }
+        for _, stage in self.STAGES:
+            out[f"ingester:{stage}"] = 0.0
+        for t in threading.enumerate():
+            # writer 0 is the thread that runs Ingester.run
+            name = "ingest-write-0" if t.name.endswith("(run)") else t.name
+            stage = next((s for prefix, s in self.STAGES if name.startswith(prefix)), None)
+            if stage is not None and t.native_id is not None:
+                out[f"ingester:{stage}"] += _cpu_s_task(t.native_id)
+        return out
 
     @staticmethod
     def share(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -630,7 +653,8 @@ class CpuSplit:
         wall = after["wall"] - before["wall"]
         d = {k: after[k] - before[k] for k in before if k != "wall"}
         # backends that ended between the samples are missing: postgres is a lower bound
-        d["rest"] = max(0.0, d.pop("machine") - sum(d.values()))
+        parts = sum(v for k, v in d.items() if ":" not in k and k != "machine")
+        d["rest"] = max(0.0, d.pop("machine") - parts)
         return {k: 100 * v / wall for k, v in d.items()}
 
 

@@ -173,7 +173,10 @@ def test_a_live_run_of_the_benchmark_stores_everything(
     assert lv["in_p50_ms"] <= lv["p50_ms"] + 1  # the ingester's share is part of the whole
     assert lv["rate"] > 0 and lv["pub_lag_max_ms"] >= 0
     share = lv["cpu"]
-    assert set(share) == {"publishers", "broker", "ingester", "postgres", "rest"}
+    stages = {"ingester:mqtt", "ingester:decode", "ingester:writers"}
+    assert set(share) == {"publishers", "broker", "ingester", "postgres", "rest"} | stages
     assert share["ingester"] > 0 and share["postgres"] > 0  # the meter sees the work
+    assert share["ingester:mqtt"] > 0 and share["ingester:writers"] > 0
+    assert sum(share[k] for k in stages) <= share["ingester"] + 1  # threads of that process
     assert "loss met" in bench.verdict_line(5000.0, lv)
     assert "rate not reached" in bench.verdict_line(5000.0, lv)  # 1,000/s is not 5,000
