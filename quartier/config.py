@@ -235,6 +235,9 @@ class ApiSettings(BaseModel):
     max_skip: int = 1_000_000
     #: Most requests one SensorThings ``$batch`` may hold (413 above it).
     max_batch_requests: int = Field(default=1000, ge=1)
+    #: How long the answer of an asynchronous ``$batch`` (``Prefer: respond-async``) is kept for
+    #: its status monitor, in seconds from when it was sent (then it is deleted: 404).
+    batch_async_keep_seconds: int = Field(default=3600, ge=1)
     #: Requests per second each client address may make on average (0: no limit), and how many
     #: it may make at once above that; more are answered 429 with ``Retry-After``. Behind a
     #: reverse proxy, run uvicorn with ``--forwarded-allow-ips`` so the address is the client's.

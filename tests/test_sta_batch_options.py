@@ -1,16 +1,20 @@
 """SensorThings ``$batch`` options against the real app and database: ``continue-on-error``
 (each format's default from OData 4.01, the preference in both spellings, change sets atomic
-either way), conditional requests inside a batch (entity ETags, ``If-Match: $<id>``), and the
-errors that say what was wrong."""
+either way), conditional requests inside a batch (entity ETags, ``If-Match: $<id>``),
+asynchronous batches (``Prefer: respond-async``: 202, the status monitor, its key, its expiry),
+and the errors that say what was wrong."""
 
 from __future__ import annotations
 
 import email.parser
 import email.policy
 import json
+import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sta_helpers import key, one_reading, scalar
@@ -332,6 +336,111 @@ def test_a_condition_that_cannot_be_used_says_why(
         message = a["p"]["body"]["message"]
     assert named in message
     assert scalar(settings, "select description from thing where id = 1") != "nie"
+
+
+# --------------------------------------------------------------------------- asynchronous
+STATUS = re.compile(r"^http://testserver/v1\.1/\$batch/status/[0-9a-f-]{36}$")
+
+
+def _poll(client: TestClient, url: str, h: dict[str, str]) -> Any:
+    """The status monitor's answer once the batch has run (202 until then)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r = client.get(url, headers=h)
+        if r.status_code != 202:
+            return r
+        assert r.headers["retry-after"] == "1"
+        time.sleep(0.1)
+    raise AssertionError("the asynchronous batch did not finish within 60 s")
+
+
+def test_an_async_batch_answers_202_and_its_status_monitor_the_answer_when_done(
+    client: TestClient, settings: Settings
+) -> None:
+    h = key(settings, "entities:write")
+    before = sensors(settings)
+    body = {
+        "requests": [
+            {
+                "id": "p",
+                "method": "patch",
+                "url": "Things(1)",
+                "body": {"description": "async"},
+            },
+            _sensor("s"),
+        ]
+    }
+    # the Thing's row is held by another transaction: the batch cannot finish until it ends
+    with psycopg.connect(settings.require_database_url()) as other:
+        other.execute("update thing set description = 'first' where id = 1")
+        r = client.post(BATCH, json=body, headers={**h, "Prefer": "respond-async"})
+        assert r.status_code == 202, r.text
+        assert r.content == b""
+        assert r.headers["preference-applied"] == "respond-async"
+        monitor = r.headers["location"]
+        assert STATUS.match(monitor), monitor
+        running = client.get(monitor, headers=h)
+        assert running.status_code == 202 and running.headers["location"] == monitor
+        # only the key that sent it may read it; without a key: 401
+        r = client.get(monitor, headers=key(settings, "entities:write"))
+        assert r.status_code == 404
+        assert "readable only with the key that sent it" in r.json()["message"]
+        r = client.get(monitor)
+        assert r.status_code == 401 and "API key" in r.json()["message"]
+        other.commit()
+    done = _poll(client, monitor, h)
+    assert done.status_code == 200 and done.headers["asyncresult"] == "200"
+    a = answers(done)
+    assert (a["p"]["status"], a["s"]["status"]) == (200, 201)
+    assert scalar(settings, "select description from thing where id = 1") == "async"
+    assert sensors(settings) == before + 1
+    # kept: asked again, the same answer
+    assert client.get(monitor, headers=h).json() == done.json()
+    # an id that is not one
+    r = client.get(f"{V}/$batch/status/nope", headers=h)
+    assert r.status_code == 404 and "'nope'" in r.json()["message"]
+
+
+def test_an_async_multipart_batch_keeps_its_format_and_preferences(
+    client: TestClient, settings: Settings
+) -> None:
+    h = key(settings, "entities:write")
+    ctype, data = _multipart(
+        [_http("POST", "Things", {"name": "T"}), _http("POST", "Sensors", SENSOR)]
+    )
+    prefer = "respond-async, odata.continue-on-error"
+    r = client.post(BATCH, content=data, headers={**h, "Content-Type": ctype, "Prefer": prefer})
+    assert r.status_code == 202
+    done = _poll(client, r.headers["location"], h)
+    assert done.headers["content-type"].startswith("multipart/mixed; boundary=")
+    assert done.headers["preference-applied"] == "odata.continue-on-error=true"
+    assert [_status(p)[0] for p in _parts(done)] == [400, 201]
+
+
+def test_an_async_batch_needs_a_key_is_checked_first_and_expires(settings: Settings) -> None:
+    one_reading(settings)
+    settings.api.batch_async_keep_seconds = 1
+    with TestClient(create_app(settings)) as c:
+        before = sensors(settings)
+        body = {"requests": [_sensor("s")]}
+        r = c.post(BATCH, json=body, headers={"Prefer": "respond-async"})
+        assert r.status_code == 401
+        assert "asynchronous $batch" in r.json()["message"]
+        # a malformed batch is refused at once, not accepted
+        h = key(settings, "entities:write")
+        r = c.post(
+            BATCH, json={"requests": [{"id": "1"}]}, headers={**h, "Prefer": "respond-async"}
+        )
+        assert r.status_code == 400 and '"method"' in r.json()["message"]
+        r = c.post(BATCH, json=body, headers={**h, "Prefer": "respond-async"})
+        assert r.status_code == 202
+        monitor = r.headers["location"]
+        assert answers(_poll(c, monitor, h))["s"]["status"] == 201
+        assert sensors(settings) == before + 1
+        time.sleep(1.5)  # api.batch_async_keep_seconds
+        r = c.get(monitor, headers=h)
+        assert r.status_code == 404 and "kept 1 s" in r.json()["message"]
+        assert scalar(settings, "select count(*) from batch_async") == 0
 
 
 # --------------------------------------------------------------------------- multipart helpers

@@ -114,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
         expose_headers=["ETag", "Retry-After"],
     )
     app.include_router(aggregates.router)  # before sensorthings: more specific paths
+    app.include_router(sta_batch.status_router)  # before sensorthings: its catch-all GET
     app.include_router(sensorthings.router)
     app.include_router(sta_write.router)
     app.include_router(sta_batch.router)

@@ -32,10 +32,19 @@ batch adds:
 - at most ``api.max_batch_requests`` requests (413 above), the body within ``api.max_body_bytes``.
 
 A batch that is not well formed is a 400 naming what is wrong, and nothing of it runs.
+
+Asynchronous batches (``Prefer: respond-async``, OData 4.01 Protocol 11.7.8): checked as
+above, then answered ``202 Accepted`` at once with the ``Location`` of a status monitor
+(``/v1.1/$batch/status/<id>``) and run by the API process that took them; the monitor answers
+202 while the batch runs and the batch's whole answer (``AsyncResult: 200``) once it has run,
+from the database (``store.batch_async``, so any API process answers it), to the API key that
+sent it only (one is required; another key, or an expired result, is a 404), for
+``api.batch_async_keep_seconds`` after it was sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
 import json
@@ -43,6 +52,7 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,17 +64,29 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.types import Message
 
-from quartier.api.auth import AUDIT_PENDING
+from quartier.api.auth import AUDIT_PENDING, authenticate
+from quartier.api.deps import BaseUrl, Conn
 from quartier.api.errors import status_of
 from quartier.api.sensorthings import PREFIX
 from quartier.api.sta_write import CHANGESET, Held, app_writer
-from quartier.errors import BadRequestError, PayloadTooLargeError, QuartierError
+from quartier.errors import (
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    QuartierError,
+)
 from quartier.ingest.writer import BatchWriter
 from quartier.store import audit
+from quartier.store import batch_async as stored
+from quartier.store.api_keys import ApiKey
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix=PREFIX, tags=["SensorThings API v1.1"])
+#: the status monitor of asynchronous batches: a GET the app must route before the SensorThings
+#: router's catch-all for deeper paths (``api.app`` includes it first)
+status_router = APIRouter(prefix=PREFIX, tags=["SensorThings API v1.1"])
 
 METHODS = ("GET", "POST", "PATCH", "PUT", "DELETE")
 #: Members of a JSON batch request object Quartier reads (OData JSON 4.01, 19.1); ``if`` is
@@ -787,7 +809,8 @@ async def batch(request: Request) -> Response:
             f"a $batch body is application/json (OData JSON batch) or multipart/mixed, not"
             f" {media or 'without a Content-Type'}"
         )
-    go_on, applied = continue_on_error(request.headers.get("prefer", ""), media)
+    prefer = request.headers.get("prefer", "")
+    go_on, applied = continue_on_error(prefer, media)
     if media == "application/json":
         try:
             decoded = json.loads(raw)
@@ -796,10 +819,166 @@ async def batch(request: Request) -> Response:
             raise BadRequestError(f"the $batch body is not JSON: {exc}") from None
         except RecursionError:
             raise BadRequestError("the $batch body is nested too deeply") from None
-        response: Response = json_response(parts, await Runner(request, parts, go_on).run())
     else:
         parts = parse_multipart(ctype, raw, limit)
-        response = multipart_response(parts, await Runner(request, parts, go_on).run())
+    if respond_async(prefer):
+        return await _start_async(request, parts, media, go_on, applied)
+    return await _answer_batch(request, parts, media, go_on, applied)
+
+
+async def _answer_batch(
+    request: Request, parts: list[Part], media: str, go_on: bool, applied: str | None
+) -> Response:
+    answers = await Runner(request, parts, go_on).run()
+    response: Response
+    if media == "application/json":
+        response = json_response(parts, answers)
+    else:
+        response = multipart_response(parts, answers)
     if applied is not None:
         response.headers["Preference-Applied"] = applied
     return response
+
+
+# --------------------------------------------------------------------------- asynchronous
+def respond_async(prefer: str) -> bool:
+    """Whether a ``Prefer`` header asks for ``respond-async`` (RFC 7240)."""
+    return any(
+        item.split(";")[0].split("=")[0].strip().lower() == "respond-async"
+        for item in prefer.split(",")
+    )
+
+
+def _token(headers: Any) -> str | None:
+    """The API key of a request (``X-API-Key``, or ``Authorization: Bearer``)."""
+    token = headers.get("x-api-key")
+    if token:
+        return str(token)
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    return credentials.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _caller(conn: psycopg.Connection[Any], headers: Any, why: str) -> ApiKey:
+    token = _token(headers)
+    if not token:
+        raise AuthenticationError(
+            f"{why} needs an API key (any valid one): send it as `Authorization: Bearer <key>`"
+            " or `X-API-Key: <key>`"
+        )
+    return authenticate(conn, token, datetime.now(UTC))
+
+
+#: the asynchronous batches this process runs (a task is dropped once done)
+_RUNNING: set[asyncio.Task[None]] = set()
+
+
+async def _start_async(
+    request: Request, parts: list[Part], media: str, go_on: bool, applied: str | None
+) -> Response:
+    """202 with the status monitor's Location; the batch runs on in this process."""
+    settings = request.app.state.settings
+    keep = timedelta(seconds=settings.api.batch_async_keep_seconds)
+    batch_id = uuid.uuid4()
+
+    def accept() -> None:
+        with request.app.state.pool.connection() as conn:
+            key = _caller(
+                conn,
+                request.headers,
+                "an asynchronous $batch (Prefer: respond-async; its answer is readable only"
+                " by the key that sent it)",
+            )
+            stored.expire(conn)
+            stored.start(conn, batch_id, key.id, keep)
+
+    await run_in_threadpool(accept)
+    task = asyncio.create_task(_run_async(request, parts, media, go_on, applied, batch_id))
+    _RUNNING.add(task)
+    task.add_done_callback(_RUNNING.discard)
+    base = (settings.api.base_url or str(request.base_url)).rstrip("/")
+    return Response(
+        status_code=202,
+        headers={
+            "Location": f"{base}{PREFIX}/$batch/status/{batch_id}",
+            "Retry-After": "1",
+            "Preference-Applied": "respond-async",
+        },
+    )
+
+
+async def _run_async(
+    request: Request,
+    parts: list[Part],
+    media: str,
+    go_on: bool,
+    applied: str | None,
+    batch_id: uuid.UUID,
+) -> None:
+    """Run the batch and store its whole answer (an error answer when it could not run)."""
+    try:
+        response = await _answer_batch(request, parts, media, go_on, applied)
+        status, body = response.status_code, bytes(response.body)
+        content_type = response.headers.get("content-type", "application/json")
+    except Exception:
+        log.exception("asynchronous $batch %s failed", batch_id)
+        status, content_type = 500, "application/json"
+        message = "internal error; the server log has the details"
+        body = json.dumps({"code": 500, "type": "InternalError", "message": message}).encode()
+
+    def save() -> None:
+        with request.app.state.pool.connection() as conn:
+            stored.finish(conn, batch_id, status, content_type, body, applied)
+
+    with anyio.CancelScope(shield=True):
+        try:
+            await run_in_threadpool(save)
+        except (psycopg.Error, QuartierError):
+            log.exception(
+                "asynchronous $batch %s ran, but its answer could not be stored", batch_id
+            )
+
+
+@status_router.get(
+    "/$batch/status/{batch_id}",
+    operation_id="sta_batch_status",
+    summary="The status monitor of an asynchronous $batch",
+    response_class=Response,
+    responses={
+        200: {"description": "the batch has run: its whole answer (AsyncResult: its status)"},
+        202: {"description": "the batch is still running; ask again after Retry-After"},
+        401: {"description": "no valid API key"},
+        404: {"description": "no such batch for this key, or its result has expired"},
+    },
+)
+def batch_status(batch_id: str, request: Request, conn: Conn, base: BaseUrl) -> Response:
+    """202 while the asynchronous batch runs, then its answer as the batch would have given it;
+    only for the API key that sent it, for ``api.batch_async_keep_seconds``."""
+    key = _caller(conn, request.headers, "the status of an asynchronous $batch")
+    keep = request.app.state.settings.api.batch_async_keep_seconds
+    missing = NotFoundError(
+        f"no asynchronous $batch {batch_id[:40]!r} for this API key: an answer is kept"
+        f" {keep} s after the batch was sent (api.batch_async_keep_seconds) and is readable"
+        " only with the key that sent it"
+    )
+    try:
+        wanted = uuid.UUID(batch_id)
+    except ValueError:
+        raise missing from None
+    stored.expire(conn)
+    found = stored.read(conn, wanted, key.id)
+    if found is None:
+        raise missing
+    if found.finished_at is None or found.status is None:
+        return Response(
+            status_code=202,
+            headers={"Location": f"{base}{PREFIX}/$batch/status/{wanted}", "Retry-After": "1"},
+        )
+    headers = {"AsyncResult": str(found.status)}
+    if found.preference_applied:
+        headers["Preference-Applied"] = found.preference_applied
+    return Response(
+        found.body or b"",
+        status_code=200,
+        media_type=found.content_type or "application/json",
+        headers=headers,
+    )

@@ -62,8 +62,9 @@ INGEST_FUNCTIONS = ("quartier_ensure_observation_partitions(timestamptz, timesta
 
 #: tables the API may not read at all: the audit trail, the erasure log
 API_HIDDEN = ("audit_event", "privacy_erasure")
-#: tables the API writes (manual indicator values, the stored current indicators)
-API_WRITES = ("indicator_value", "indicator_current", "indicator_refresh")
+#: tables the API writes (manual indicator values, the stored current indicators, the answers
+#: of asynchronous $batch requests)
+API_WRITES = ("indicator_value", "indicator_current", "indicator_refresh", "batch_async")
 #: (table, columns) the API may update: a key's last use
 API_UPDATES = (("api_key", ("last_used_at",)),)
 #: tables the API may insert into but not read
