@@ -4,6 +4,7 @@ publish to commit under live load, against baselines and references measured in 
     .venv/bin/python bench/ingest.py [--messages 50000] [--batched 5000] [--naive 10000]
         [--repeat 5] [--live-rate 5000,10000,15000] [--live-seconds 60]
         [--live-policy adaptive,fixed] [--broker-save 30s|change] [--no-drain]
+        [--publisher auto|c|python|c,python] [--live-publishers N] [--live-batch-min-ms 2,20]
 
 Starts its own PostgreSQL (fsync and synchronous_commit on, as in production) and Mosquitto
 unless QUARTIER_TEST_DATABASE_URL / QUARTIER_TEST_MQTT_URL are set; the header prints the
@@ -708,6 +709,18 @@ def live(
             subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for cmd in cmds
         ]
+        # how many messages the ingester holds unacknowledged (received, not yet acked): the
+        # broker sends no more than its max_inflight_messages (10,000) before a PUBACK
+        held = [0]
+        sampling = threading.Event()
+
+        def sample_held() -> None:
+            while not sampling.wait(0.01):
+                acked = sum(len(m) for _, m in commits[:])
+                held[0] = max(held[0], ing.stats.received + ing.buffered() - acked)
+
+        sampler = threading.Thread(target=sample_held, daemon=True)
+        sampler.start()
         outs = [c.communicate() for c in children]
         if any(c.returncode for c in children):
             raise RuntimeError(f"a publisher failed: {[err[-500:] for _, err in outs]}")
@@ -716,6 +729,7 @@ def live(
             wait_stored(ing.committed, expected, timeout=300)
             cpu1 = cpu.sample() if cpu else None
         finally:
+            sampling.set()
             ing.stop_event.set()
             thread.join(30)
         load_after = os.getloadavg()[0]
@@ -748,6 +762,7 @@ def live(
             "batch_mean": statistics.mean(sizes),
             "batch_p99": sorted(sizes)[int(len(sizes) * 0.99)],
             "batch_max": max(sizes),
+            "held_max": held[0],
             "load": max(load_before, load_after),
             "cpu": CpuSplit.share(cpu0, cpu1) if cpu0 and cpu1 else None,
         }
@@ -787,16 +802,16 @@ def main() -> None:
     )
     ap.add_argument(
         "--publisher",
-        choices=["auto", "c", "python"],
         default="auto",
-        help="live publisher: bench/mqtt_pub.c (libmosquitto; built on first use), paho, or"
-        " auto: c when it builds here, else python",
+        help="live publisher: c (bench/mqtt_pub.c on libmosquitto, built on first use), python"
+        " (paho), both in turn (c,python: same-run comparison), or auto: c when it builds here,"
+        " else python",
     )
     ap.add_argument(
         "--live-batch-min-ms",
-        type=float,
-        default=None,
-        help="ingest.batch_min_ms for the live runs (default: the setting's default)",
+        default="",
+        help="ingest.batch_min_ms for the live runs, comma-separated for a same-run comparison"
+        " (default: the setting's default)",
     )
     ap.add_argument(
         "--live-policy",
@@ -810,14 +825,17 @@ def main() -> None:
         help="the local broker saves every 30 s or after every change (production config)",
     )
     args = ap.parse_args()
-    if args.publisher == "auto":
+    kinds = [k.strip() for k in args.publisher.split(",")]
+    if any(k not in ("auto", "c", "python") for k in kinds):
+        ap.error("--publisher: auto, c, python or c,python")
+    if "auto" in kinds:
         try:
             mqtt_pub.build()
-            args.publisher = "c"
+            kinds = ["c" if k == "auto" else k for k in kinds]
         except mqtt_pub.BuildError as exc:
             print(f"publisher: python ({exc})")
-            args.publisher = "python"
-    elif args.publisher == "c":
+            kinds = ["python" if k == "auto" else k for k in kinds]
+    if "c" in kinds:
         try:
             mqtt_pub.build()
         except mqtt_pub.BuildError as exc:
@@ -851,28 +869,36 @@ def main() -> None:
         if not args.no_drain:
             run_drains(args, admin, template, mq, writers)
         cpu = CpuSplit(broker_pid, postmaster_of(admin))
-        ingest = {} if args.live_batch_min_ms is None else {"batch_min_ms": args.live_batch_min_ms}
-        for rate in [float(r) for r in args.live_rate.split(",")] if args.live_seconds else []:
-            for policy in args.live_policy.split(","):
-                pubs = args.live_publishers or (
-                    1 if args.publisher == "c" else max(1, math.ceil(rate / 2000))
-                )
-                lv = live(
-                    admin,
-                    template,
-                    mq,
-                    rate,
-                    args.live_seconds,
-                    policy == "adaptive",
-                    pubs,
-                    args.publisher,
-                    cpu,
-                    **ingest,
-                )
-                print(live_line(rate, policy, args.live_seconds, pubs, args.publisher, lv))
-                print(
-                    "  " + verdict_line(rate, lv) + f"; load average {lv['load']:.1f}", flush=True
-                )
+        variants: list[dict[str, Any]] = [
+            {"batch_min_ms": float(v)} for v in args.live_batch_min_ms.split(",") if v
+        ] or [{}]
+        runs = [
+            (float(rate), policy, kind, ingest)
+            for rate in (args.live_rate.split(",") if args.live_seconds else [])
+            for policy in args.live_policy.split(",")
+            for kind in kinds
+            for ingest in variants
+        ]
+        for rate, policy, kind, ingest in runs:
+            pubs = args.live_publishers or (1 if kind == "c" else max(1, math.ceil(rate / 2000)))
+            lv = live(
+                admin,
+                template,
+                mq,
+                rate,
+                args.live_seconds,
+                policy == "adaptive",
+                pubs,
+                kind,
+                cpu,
+                **ingest,
+            )
+            label = policy + "".join(f", {k} {v:g}" for k, v in ingest.items())
+            print(live_line(rate, label, args.live_seconds, pubs, kind, lv))
+            print(
+                "  " + verdict_line(rate, lv) + f"; load average {lv['load']:.1f}",
+                flush=True,
+            )
     finally:
         if local is not None:
             local.down()
@@ -892,8 +918,8 @@ def live_line(
         f" publish-to-commit p50 {lv['p50_ms']:,.0f} ms, p99 {lv['p99_ms']:,.0f} ms,"
         f" max {lv['max_ms']:,.0f} ms; arrival-to-commit p50 {lv['in_p50_ms']:,.0f} ms,"
         f" p99 {lv['in_p99_ms']:,.0f} ms; {lv['batches']:,.0f} batches, mean"
-        f" {lv['batch_mean']:,.0f}, p99 {lv['batch_p99']:,.0f}, largest {lv['batch_max']:,.0f}"
-        + split
+        f" {lv['batch_mean']:,.0f}, p99 {lv['batch_p99']:,.0f}, largest {lv['batch_max']:,.0f};"
+        f" unacknowledged in the ingester at most {lv['held_max']:,.0f}" + split
     )
 
 
