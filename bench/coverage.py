@@ -884,6 +884,11 @@ def _cpu_seconds() -> float:
     return t.user + t.system
 
 
+def _worker_cpus(client: Any) -> dict[str, float]:
+    """CPU seconds (user + system) each Dask worker process has used so far."""
+    return {str(w): float(v) for w, v in client.run(_cpu_seconds).items()}
+
+
 def _worker_cpu(client: Any) -> float:
     """CPU seconds (user + system) the Dask worker processes have used so far, together."""
     return float(sum(client.run(_cpu_seconds).values()))
@@ -933,33 +938,90 @@ def bench_country(url: str, fraction: int, workers: int, tile_km: int) -> dict[s
 def bench_state_dask(url: str, workers: int, tile_km: int | None) -> dict[str, Any]:
     """The Bundesland end to end on a local cluster (each worker reads its tiles from
     PostgreSQL); the stored run compared with the newest single-process run of the same
-    database."""
-    from distributed import Client
+    database. Where the time goes: the client's wall time per phase (the service's steps and
+    :attr:`TiledResult.phases`), Dask's task stream (compute, transfer and deserialisation
+    seconds per kind of task and worker), the CPU seconds of each worker, of the client and of
+    PostgreSQL."""
+    from distributed import Client, get_task_stream
 
     from quartier.geo import service
     from quartier.geo.distributed import local_cluster
 
+    marks: list[tuple[str, float]] = []
     with local_cluster(workers, memory_limit="4GB") as cluster, Client(cluster) as client:
         client.run(lambda: None)  # workers up before the clock starts
-        cpu0, own0 = _worker_cpu(client), _cpu_seconds()
-        with psycopg.connect(url) as conn:
+        cpu0, own0, pg0 = _worker_cpus(client), _cpu_seconds(), pg_cpu_seconds(url)
+        with psycopg.connect(url) as conn, get_task_stream(client) as stream:
             t = _t()
             run_id, result = service.analyse_and_store_on_dask(
-                conn, client, url, AnalysisParams(), tile_cells=tile_km * 10 if tile_km else None
-            )
+                conn, client, url, AnalysisParams(), tile_cells=tile_km * 10 if tile_km else None,
+                progress=lambda step: marks.append((step, _t())),
+            )  # fmt: skip
             conn.commit()
             total = _t() - t
-        worker_cpu = _worker_cpu(client) - cpu0
+        cpu1 = _worker_cpus(client)
+        worker_cpu = {w: cpu1[w] - cpu0.get(w, 0.0) for w in cpu1}
         client_cpu = _cpu_seconds() - own0
+        pg_cpu = pg_cpu_seconds(url) - pg0
         peaks = _worker_peaks(client)
+    ends = [m[1] for m in marks[1:]] + [t + total]
+    steps = {name: end - start for (name, start), end in zip(marks, ends, strict=True)}
     with psycopg.connect(url) as conn:
         runs = [int(r[0]) for r in conn.execute(
             "select id from coverage_run where id < %s order by id desc limit 1",
             (run_id,))]  # fmt: skip
         same = _same_runs(conn, runs[0], run_id) if runs else "no single-process run to compare"
     return {"seconds": total, "peaks": peaks, "cells": result.inputs["cells"], "same": same,
-            "driver_peak": peak_rss_bytes(), "tiles": result.tiles, "worker_cpu": worker_cpu,
-            "client_cpu": client_cpu, "gaps": len(result.gaps)}  # fmt: skip
+            "driver_peak": peak_rss_bytes(), "tiles": result.tiles,
+            "worker_cpu": sum(worker_cpu.values()), "worker_cpus": sorted(worker_cpu.values()),
+            "client_cpu": client_cpu, "pg_cpu": pg_cpu, "gaps": len(result.gaps),
+            "steps": steps, "phases": result.phases,
+            "tasks": task_stream_summary(stream.data)}  # fmt: skip
+
+
+def task_stream_summary(data: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Dask's task stream summed per kind of task (the function's name): tasks, compute,
+    transfer and deserialisation seconds, and compute seconds per worker."""
+    out: dict[str, dict[str, float]] = {}
+    workers = sorted({str(d.get("worker")) for d in data})
+    for d in data:
+        key = d["key"][0] if isinstance(d["key"], tuple) else d["key"]
+        name = str(key).rsplit("-", 1)[0]
+        row = out.setdefault(name, {"tasks": 0.0, "compute": 0.0, "transfer": 0.0,
+                                    "deserialize": 0.0})  # fmt: skip
+        row["tasks"] += 1
+        for ss in d.get("startstops", ()):
+            row[ss["action"]] = row.get(ss["action"], 0.0) + ss["stop"] - ss["start"]
+            if ss["action"] == "compute":
+                w = f"w{workers.index(str(d.get('worker')))}"
+                row[w] = row.get(w, 0.0) + ss["stop"] - ss["start"]
+    return out
+
+
+def pg_cpu_seconds(url: str) -> float:
+    """CPU seconds (user + system) of the PostgreSQL server behind ``url`` so far: the
+    postmaster, its live processes and (through the postmaster's children's times) the
+    backends that ended. Needs to run on the server's host as root or its owner."""
+    with psycopg.connect(url) as conn:
+        datadir = conn.execute("show data_directory").fetchone()[0]  # type: ignore[index]
+    pid = int((Path(datadir) / "postmaster.pid").read_text().split()[0])
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(p: int) -> list[str]:
+        raw = Path(f"/proc/{p}/stat").read_text()
+        return raw[raw.rindex(")") + 2 :].split()
+
+    own = stat(pid)
+    total = sum(int(x) for x in own[11:15])  # utime, stime, cutime, cstime
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = stat(int(entry.name))
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def cluster_inputs(url: str) -> None:
@@ -1021,6 +1083,7 @@ def compare_state_dask(url: str, repeat: int, workers: int, tile_km: int | None)
     dasks: list[dict[str, Any]] = []
     loads: list[tuple[float, float, float]] = []
     for i in range(repeat):
+        pg0, child0 = pg_cpu_seconds(url), _children_cpu()
         out = subprocess.run(
             [sys.executable, __file__, "--state-child", url, "--repeat", "1", "--e2e-only"],
             check=True, capture_output=True, text=True,
@@ -1030,7 +1093,9 @@ def compare_state_dask(url: str, repeat: int, workers: int, tile_km: int | None)
         print(f"  run {i + 1}, one process: {r['total']:.1f} s (read {r['read']:.1f}, compute "
               f"{r['compute']:.1f}, write {r['write']:.1f}); {int(r['cells']):,} cells, "
               f"{int(r['gaps']):,} gaps; peak RSS "
-              f"{singles[-1]['peak_rss_bytes'] / 1e9:.2f} GB", flush=True)  # fmt: skip
+              f"{singles[-1]['peak_rss_bytes'] / 1e9:.2f} GB; CPU: process "
+              f"{_children_cpu() - child0:.1f} s, PostgreSQL {pg_cpu_seconds(url) - pg0:.1f} s; "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
         out = subprocess.run(
             [sys.executable, __file__, "--state-dask-child", url, "--workers", str(workers),
              "--tile-km", str(km)], check=True, capture_output=True, text=True,
@@ -1043,6 +1108,7 @@ def compare_state_dask(url: str, repeat: int, workers: int, tile_km: int | None)
               f"{', '.join(f'{p / 1e9:.2f}' for p in d['peaks'])} GB, client "
               f"{d['driver_peak'] / 1e9:.2f} GB; result {d['same']}; load "
               f"{loads[-1][0]:.1f}", flush=True)  # fmt: skip
+        print_dask_profile(d)
     one = [s["best"]["total"] for s in singles]
     on_dask = [d["seconds"] for d in dasks]
     print(f"Bundesland, one process ({repeat} runs): {_spread(one)}")
@@ -1066,6 +1132,27 @@ def compare_state_dask(url: str, repeat: int, workers: int, tile_km: int | None)
     )
     print(f"  ≥ 1.6x on {workers} workers (median): "
           f"{'met' if speedup >= 1.6 else 'NOT met'} ({speedup:.2f}x)")  # fmt: skip
+
+
+def _children_cpu() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def print_dask_profile(d: dict[str, Any]) -> None:
+    """Where a Dask run's time went: the client's wall time per step and phase, the CPU of the
+    workers, client and PostgreSQL, and the task stream per kind of task."""
+    steps = ", ".join(f"{k} {v:.1f}" for k, v in d["steps"].items())
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in d["phases"].items())
+    print(f"    client wall s: {steps}; of the analysis: {phases}")
+    print(f"    CPU s: workers {', '.join(f'{c:.1f}' for c in d['worker_cpus'])}, client "
+          f"{d['client_cpu']:.1f}, PostgreSQL {d['pg_cpu']:.1f}")  # fmt: skip
+    for name, row in sorted(d["tasks"].items(), key=lambda kv: -kv[1]["compute"]):
+        per = ", ".join(f"{k} {v:.1f}" for k, v in sorted(row.items()) if k.startswith("w"))
+        print(
+            f"    tasks {name}: {int(row['tasks'])}, compute {row['compute']:.2f} s ({per}), "
+            f"transfer {row['transfer']:.2f} s, deserialise {row['deserialize']:.2f} s"
+        )
 
 
 def _same_runs(conn: psycopg.Connection[Any], a: int, b: int) -> str:

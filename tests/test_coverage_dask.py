@@ -206,14 +206,16 @@ def test_operators_counted_in_the_workers_and_empty_tiles_left_out(client: Any) 
 def test_tiles_read_from_the_store_are_the_whole_read_cut_by_cell(
     settings: Any, client: Any
 ) -> None:
-    """``read_store`` (each band of tiles read in a worker through the ``(cell_n, cell_e)``
-    index, cut into tiles there) gives every row of the whole read exactly once, in the tile of
-    its cell, also rows in the cells on both sides of tile borders, with the measurement window
-    and k-anonymity applied as in one process, and the operators the single process picks."""
+    """``read_store`` (each of 3 ranges of every table's blocks read in a worker, cut into
+    tiles there, each tile's pieces joined) gives every row of the whole read exactly once, in
+    the tile of its cell and in the whole read's order, also rows in the cells on both sides of
+    tile borders, with the measurement window and k-anonymity applied as in one process (over
+    the pieces of a cell: a cell's devices are spread over the ranges), and the operators the
+    single process picks."""
     import psycopg
 
     from quartier.geo import input_store
-    from quartier.geo.distributed import StoreBands, read_store, store_bands
+    from quartier.geo.distributed import StoreInputs, read_store
 
     url = settings.require_database_url()
     inputs = world(21, 36, True)
@@ -234,8 +236,7 @@ def test_tiles_read_from_the_store_are_the_whole_read_cut_by_cell(
     since = pd.Timestamp("2026-11-01 00:00:30", tz="UTC").to_pydatetime()
     with psycopg.connect(url) as conn:
         whole = input_store.load_inputs(conn, since=since, min_contributors=2)
-        assert len(store_bands(conn, side)) >= 6
-        futures, operators = read_store(client, conn, StoreBands(url, since, None, 2), side)
+        futures, operators = read_store(client, conn, StoreInputs(url, since, None, 2), side, 3)
     assert operators == _operators(whole.signals)
     read = dict(zip(futures, client.gather(list(futures.values())), strict=True))
     assert len(read) >= 25
@@ -244,8 +245,18 @@ def test_tiles_read_from_the_store_are_the_whole_read_cut_by_cell(
             assert (frame["cell_e"] // (side * 100) == t[1]).all()
             assert (frame["cell_n"] // (side * 100) == t[0]).all()
     assert sum(len(g.households) for g in read.values()) == len(inputs.households)
+    with psycopg.connect(url) as conn:  # three ranges of blocks, each with rows
+        blocks = conn.execute("select pg_relation_size('mobile_measurement') / 8192").fetchone()
+        assert blocks is not None and blocks[0] >= 6
     for name in ("households", "offers", "speedtests", "signals"):
         one = getattr(whole, name)
+        for t, got in read.items():  # a tile's rows in the whole read's order
+            mine = getattr(got, name)
+            sel = ((one["cell_e"] // (side * 100) == t[1])
+                   & (one["cell_n"] // (side * 100) == t[0])).to_numpy()  # fmt: skip
+            pd.testing.assert_frame_equal(
+                one[sel].reset_index(drop=True), mine, check_exact=True, check_categorical=False
+            )
         tiled = pd.concat([getattr(g, name) for g in read.values()], ignore_index=True)
         key = list(one.columns)
         for frame in (one, tiled):

@@ -37,6 +37,7 @@ The client holds only per-cluster and per-district figures; the cells stay on th
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -77,7 +78,7 @@ from quartier.geo.gaps import (
     score_clusters,
 )
 from quartier.geo.memory import release_free_memory
-from quartier.geo.speedtest_cells import MIN_CONTRIBUTORS
+from quartier.geo.speedtest_cells import MIN_CONTRIBUTORS, contributed_cells
 
 log = logging.getLogger(__name__)
 
@@ -97,92 +98,102 @@ class TileSource(Protocol):
 
 
 @dataclass(frozen=True)
-class StoreBands:
-    """Reads the stored inputs in the workers, one band of tiles (a row of tiles across the
-    whole extent) at a time: :func:`quartier.geo.input_store.load_inputs` with ``rows``, one
-    range of the input tables' ``(cell_n, cell_e)`` index (migration 0044), each input kind
-    under k-anonymity as in one process (per cell, so per band), then cut into tiles with
-    :func:`split_inputs`. Picklable: the workers need ``conninfo`` to reach PostgreSQL."""
+class StoreInputs:
+    """Reads the stored inputs in the workers as the single process reads them: each of ``n``
+    tasks reads one of ``n`` equal ranges of every input table's blocks (TID range scans,
+    :func:`quartier.geo.input_store.load_inputs` with ``part``), with the device of each
+    measurement, and cuts it into tiles (:func:`split_inputs`); each tile then joins its pieces
+    and applies k-anonymity per cell over all of them (:func:`_join_tile`), the single
+    process's rule. Picklable: the workers need ``conninfo`` to reach PostgreSQL.
+
+    (Reading a band of tiles through the ``(cell_n, cell_e)`` index instead cost PostgreSQL 2.4
+    times the CPU of the whole read, and a band is spread over every block unless the table is
+    ordered by cell: docs/benchmarks.md, Coverage, session 7.)"""
 
     conninfo: str
     since: datetime | None = None
     until: datetime | None = None
     min_contributors: int = MIN_CONTRIBUTORS
 
-    def load_band(self, band: int, tile_cells: int) -> dict[Tile, CoverageInputs]:
+    def load_part(self, i: int, n: int, tile_cells: int) -> dict[Tile, CoverageInputs]:
         import psycopg
 
         from quartier.geo.input_store import load_inputs
 
-        side = tile_cells * CELL
         with psycopg.connect(self.conninfo) as conn:
-            # a band is one range of the (cell_n, cell_e) index; with a quarter of the rows in
-            # it the planner prefers a scan of the whole table, also when the table is ordered
-            # by cell (CLUSTER) and the band is one contiguous part of it (docs/coverage.md)
-            conn.execute("set enable_seqscan = off")
             inputs = load_inputs(
                 conn, district_level=None, since=self.since, until=self.until,
-                min_contributors=self.min_contributors, rows=(band * side, (band + 1) * side),
+                min_contributors=self.min_contributors, part=(i, n),
             )  # fmt: skip
         return split_inputs(inputs, tile_cells) if _rows(inputs) else {}
 
 
-def store_bands(conn: Any, tile_cells: int = TILE_CELLS) -> list[int]:
-    """The bands of tiles (tile rows) from the lowest to the highest stored cell row (each end
-    one probe of the ``(cell_n, cell_e)`` index)."""
-    from psycopg import sql
-
-    side = tile_cells * CELL
-    extent = sql.SQL("select min(cell_n), max(cell_n) from {}")
-    found = [
-        conn.execute(extent.format(sql.Identifier(table))).fetchone()
-        for table in ("household", "broadband_offer", "speedtest", "mobile_measurement")
-    ]
-    ends = [row for row in found if row is not None and row[0] is not None]
-    if not ends:
-        return []
-    return list(
-        range(min(int(r[0]) for r in ends) // side, max(int(r[1]) for r in ends) // side + 1)
-    )
+def _load_part(source: StoreInputs, i: int, n: int, tile_cells: int) -> dict[Tile, CoverageInputs]:
+    return source.load_part(i, n, tile_cells)
 
 
-def _load_band(source: StoreBands, band: int, tile_cells: int) -> dict[Tile, CoverageInputs]:
-    return source.load_band(band, tile_cells)
-
-
-def _band_counts(tiles: dict[Tile, CoverageInputs]) -> tuple[list[Tile], dict[str, int]]:
-    """A band's tiles and its measurements per operator."""
-    totals: dict[str, int] = {}
-    for inputs in tiles.values():
-        for name, n in operator_counts(inputs.signals).items():
-            totals[name] = totals.get(name, 0) + n
-    return sorted(tiles), totals
+def _part_tiles(tiles: dict[Tile, CoverageInputs]) -> list[Tile]:
+    return sorted(tiles)
 
 
 def _pick(tiles: dict[Tile, CoverageInputs], tile: Tile) -> CoverageInputs:
     return tiles[tile]
 
 
+def _join_tile(min_contributors: int, *pieces: CoverageInputs) -> CoverageInputs:
+    """A tile's inputs from its pieces (in the order of the table ranges they were read from:
+    the single process's row order), speed tests and signal measurements only of cells with
+    ``min_contributors`` distinct devices, each kind counted on its own."""
+
+    def joined(name: str) -> pd.DataFrame:
+        frames = [getattr(p, name) for p in pieces]
+        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        if "device" not in frame.columns:
+            return frame
+        keep = contributed_cells(
+            frame["cell_e"].to_numpy(), frame["cell_n"].to_numpy(), frame["device"].to_numpy(),
+            min_contributors,
+        )  # fmt: skip
+        kept = frame.drop(columns="device")
+        return kept if keep.all() else kept[keep].reset_index(drop=True)
+
+    return CoverageInputs(
+        joined("households"), joined("offers"), joined("speedtests"), joined("signals")
+    )
+
+
 def read_store(
-    client: Any, conn: Any, source: StoreBands, tile_cells: int = TILE_CELLS
+    client: Any,
+    conn: Any,
+    source: StoreInputs,
+    tile_cells: int = TILE_CELLS,
+    parts: int | None = None,
 ) -> tuple[dict[Tile, Any], list[str]]:
-    """Each tile's inputs read by the workers (a task per band of tiles, see
-    :class:`StoreBands`), as futures held there, and the run's operators picked from the
-    bands' counts as :func:`analyse` picks them. For :func:`analyse_tiled`."""
-    bands = store_bands(conn, tile_cells)
+    """Each tile's inputs read by the workers (see :class:`StoreInputs`; ``parts`` ranges of
+    each table, default one per worker), as futures held there, and the run's operators
+    picked from the tiles' counts as :func:`analyse` picks them (tiles without a row after
+    k-anonymity are left out). ``conn`` is unused (kept for the callers). For
+    :func:`analyse_tiled`."""
+    del conn
+    n = parts or max(1, len(client.scheduler_info().get("workers", {})))
     [src_f] = client.scatter([source], broadcast=True, hash=False)
-    band_fs = [client.submit(_load_band, src_f, b, tile_cells, priority=-i)
-               for i, b in enumerate(bands)]  # fmt: skip
-    totals: dict[str, int] = {}
+    part_fs = [client.submit(_load_part, src_f, i, n, tile_cells, priority=n - i)
+               for i in range(n)]  # fmt: skip
+    found = client.gather([client.submit(_part_tiles, f) for f in part_fs])
     tiles: dict[Tile, Any] = {}
-    for band_f, (found, per_operator) in zip(
-        band_fs, client.gather([client.submit(_band_counts, f) for f in band_fs]), strict=True
-    ):
-        for name, n in per_operator.items():
-            totals[name] = totals.get(name, 0) + n
-        for t in found:
-            tiles[t] = client.submit(_pick, band_f, t)
-    log.info("read %d bands of tiles: %d tiles", len(bands), len(tiles))
+    for i, t in enumerate(sorted(set().union(*found)) if found else []):
+        pieces = [client.submit(_pick, f, t) for f, has in zip(part_fs, found, strict=True)
+                  if t in has]  # fmt: skip
+        tiles[t] = client.submit(_join_tile, source.min_contributors, *pieces, priority=-i)
+    del part_fs
+    counted = client.gather([client.submit(_input_counts, tiles[t]) for t in sorted(tiles)])
+    totals: dict[str, int] = {}
+    for t, (rows, per_operator) in zip(sorted(tiles), counted, strict=True):
+        for name, k in per_operator.items():
+            totals[name] = totals.get(name, 0) + k
+        if rows == 0:
+            del tiles[t]
+    log.info("read %d parts of the inputs: %d tiles", n, len(tiles))
     return tiles, top_operators(totals)
 
 
@@ -468,6 +479,9 @@ class TiledResult:
     tiles: int = 0
     dead_zones: int = 0
     cells: pd.DataFrame | None = None
+    #: the client's wall seconds per phase (tiles analysed, clusters merged, distances,
+    #: polygons, cells written): where a run's time goes (docs/benchmarks.md, Coverage)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def technologies(self) -> list[str]:
@@ -503,6 +517,7 @@ def analyse_tiled(
     a row are then left out. ``sink`` writes each tile's cells in its worker; ``keep_cells``
     gathers them instead."""
     p = params or AnalysisParams()
+    clock = _Clock()
     if isinstance(tiles, Mapping):
         tile_list = sorted(tiles)
         data: dict[Tile, Any] = dict(tiles)
@@ -528,6 +543,7 @@ def analyse_tiled(
             del data[t]
         tile_list = [t for t in tile_list if t in data]
         log.info("%d tiles read, %d of them empty", len(counted), len(empty))
+        clock.lap("inputs")
     codes, names = district_names(districts)
     projected = (
         districts.to_crs(grid.GRID_CRS) if districts is not None and len(districts) else None
@@ -548,6 +564,7 @@ def analyse_tiled(
         [client.submit(_summary, parts[t]) for t in tile_list]
     )
     log.info("analysed %d tiles", len(tile_list))
+    clock.lap("tiles")
 
     # merge the local clusters across tile borders
     sizes = np.array([len(s.cells) for s in summaries], dtype=np.int64)
@@ -618,6 +635,8 @@ def analyse_tiled(
         )
     )
 
+    clock.lap("merge")
+
     # distances to the nearest gigabit cell
     gig = {t: client.submit(_gigabit, parts[t]) for t in tile_list}
     dist_fs = []
@@ -644,6 +663,7 @@ def analyse_tiled(
         del all_gigabit
     del gig, dist_fs
     priority, rank = score_clusters(hh, severity, dist, p.weights, p.proximity_scale_m)
+    clock.lap("distances")
 
     # polygons: a cluster in one tile by its tile, the others from their cells
     nodes_per_cluster = np.bincount(node_label, minlength=k)
@@ -683,6 +703,7 @@ def analyse_tiled(
         geometry=geometry,
     )
     gaps = gaps_frame(clusters, p.profile)
+    clock.lap("polygons")
 
     # district figures and counts
     sums = {name: np.sum([s.district_sums[name] for s in summaries], axis=0)
@@ -708,7 +729,22 @@ def analyse_tiled(
     else:
         written = int(sum(client.gather(done)))
         log.info("wrote %d cells from %d tiles", written, len(tile_list))
-    return TiledResult(p, gaps, stats, list(operators), counts, len(tile_list), dead_zones, kept)
+    clock.lap("cells")
+    return TiledResult(p, gaps, stats, list(operators), counts, len(tile_list), dead_zones, kept,
+                       clock.phases)  # fmt: skip
+
+
+class _Clock:
+    """Wall seconds per phase of the client."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 def _empty_cells(codes: list[str]) -> pd.DataFrame:
@@ -749,6 +785,6 @@ def scatter_tiles(client: Any, parts: dict[Tile, CoverageInputs]) -> dict[Tile, 
     return dict(zip(parts.keys(), futures, strict=True))
 
 
-__all__ = ["TILE_CELLS", "CellSink", "StoreBands", "TileSource", "TiledResult",
-           "analyse_tiled", "local_cluster", "read_store", "scatter_tiles", "split_inputs",
-           "store_bands"]  # fmt: skip
+__all__ = ["TILE_CELLS", "CellSink", "StoreInputs", "TileSource", "TiledResult",
+           "analyse_tiled", "local_cluster", "read_store", "scatter_tiles",
+           "split_inputs"]  # fmt: skip

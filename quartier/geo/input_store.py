@@ -47,7 +47,7 @@ def _operators(conn: Conn) -> list[str]:
 
 
 def _read_signals(
-    conn: Conn, window: str, period: dict[str, Any], ranges: bool = True
+    conn: Conn, window: str, period: dict[str, Any], ranges: bool = True, devices: bool = False
 ) -> tuple[list[str], dict[str, npt.NDArray[Any]]]:
     """The signal measurements with operator codes (index in the returned list) and technology
     codes (index in MOBILE_TECHNOLOGIES). PostgreSQL sends both in one int4: ``hashtext(operator)``
@@ -65,11 +65,11 @@ def _read_signals(
          ("optech", "int4", "(hashtext(operator) & -8) | (ascii(technology) - ascii('2'))"),
          ("level", "float4", "coalesce(rsrp_dbm, rssi_dbm, 'NaN'::real)"),
          ("dev", "int4", "hashtext(device_key)")],
-        window,
+        _in_slice(conn, "mobile_measurement", window, period),
         period,
         ranges=ranges,
     )  # fmt: skip
-    _only_contributed(signals, int(period.get("min_contributors") or 1))
+    _only_contributed(signals, int(period.get("min_contributors") or 1), devices)
     # technology: '2G' '3G' '4G' '5G' (the table's check) → 0…3, the order of MOBILE_TECHNOLOGIES
     assert [t[0] for t in MOBILE_TECHNOLOGIES] == ["2", "3", "4", "5"]
     optech = signals.pop("optech")
@@ -84,10 +84,16 @@ def _read_signals(
     return ops, signals
 
 
-def _only_contributed(columns: dict[str, npt.NDArray[Any]], min_contributors: int) -> None:
+def _only_contributed(
+    columns: dict[str, npt.NDArray[Any]], min_contributors: int, devices: bool = False
+) -> None:
     """Keep, in place, the rows of cells with at least ``min_contributors`` distinct devices
     (``dev``: a 32-bit hash of the pseudonym; a collision can only merge two devices, which
-    errs towards leaving a cell out); ``dev`` itself is dropped."""
+    errs towards leaving a cell out); ``dev`` itself is dropped. ``devices``: keep every row
+    and the hashes (as ``device``), for a caller that applies the rule per cell later."""
+    if devices:
+        columns["device"] = columns.pop("dev")
+        return
     dev = columns.pop("dev")
     keep = contributed_cells(columns["cell_e"], columns["cell_n"], dev, min_contributors)
     if not keep.all():
@@ -104,18 +110,25 @@ def load_inputs(
     conninfo: str | None = None,
     min_contributors: int = MIN_CONTRIBUTORS,
     rows: tuple[int, int] | None = None,
+    part: tuple[int, int] | None = None,
 ) -> CoverageInputs:
     """Households, offers, speed tests and signal measurements (the latter two measured in
     ``[since, until]``, either bound optional) by cell, and the districts of one level (none
     with ``district_level`` None). With ``conninfo`` the signal measurements are read over a
     second connection at the same time. With ``rows`` = (n0, n1), only the rows whose cell's
     northing lies in ``[n0, n1)`` (a band of Dask tiles: one range of the ``(cell_n, cell_e)``
-    index of migration 0044).
+    index of migration 0044). With ``part`` = (i, n), only the i-th of n equal ranges of each
+    table's blocks (TID range scans, as the whole read does), with every speed test and signal
+    measurement and its device's hash (``device``, int32): k-anonymity is then the caller's, per
+    cell over all parts (the Dask path, :mod:`quartier.geo.distributed`).
 
     k-anonymity: speed tests and signal measurements only of cells where at least
     ``min_contributors`` distinct devices measured (each kind counted on its own), so that
     nothing the analysis publishes stems from fewer (docs/privacy.md)."""
     period: dict[str, Any] = {"since": since, "until": until, "min_contributors": min_contributors}
+    if part is not None:
+        period["part"] = part
+    devices = part is not None
     area, ranges = "true", rows is None
     if rows is not None:
         area = "cell_n >= %(n0)s and cell_n < %(n1)s"
@@ -131,7 +144,7 @@ def load_inputs(
 
         def other() -> tuple[list[str], dict[str, npt.NDArray[Any]]]:
             with psycopg.connect(conninfo) as second:
-                return _read_signals(second, window, period, ranges)
+                return _read_signals(second, window, period, ranges, devices)
 
         pending = pool.submit(other)
     hh = read_table_columns(
@@ -139,7 +152,7 @@ def load_inputs(
         "household",
         [("cell_e", "int4", "cell_e"), ("cell_n", "int4", "cell_n"),
          ("households", "int4", "households")],
-        area,
+        _in_slice(conn, "household", area, period),
         period,
         ranges=ranges,
     )  # fmt: skip
@@ -150,7 +163,7 @@ def load_inputs(
          ("tech", "int2", "(array_position(%(tech)s::text[], technology) - 1)::int2"),
          ("down", "float4", "max_down_mbps"),
          ("up", "float4", "coalesce(max_up_mbps, 'NaN'::real)")],
-        area,
+        _in_slice(conn, "broadband_offer", area, period),
         {**period, "tech": list(FIXED_TECHNOLOGIES)},
         ranges=ranges,
     )  # fmt: skip
@@ -159,16 +172,16 @@ def load_inputs(
         "speedtest",
         [("cell_e", "int4", "cell_e"), ("cell_n", "int4", "cell_n"),
          ("down", "float4", "download_mbps"), ("dev", "int4", "hashtext(device_key)")],
-        window,
+        _in_slice(conn, "speedtest", window, period),
         period,
         ranges=ranges,
     )  # fmt: skip
-    _only_contributed(tests, min_contributors)
+    _only_contributed(tests, min_contributors, devices)
     if pending is not None and pool is not None:
         ops, signals = pending.result()
         pool.shutdown()
     else:
-        ops, signals = _read_signals(conn, window, period, ranges)
+        ops, signals = _read_signals(conn, window, period, ranges, devices)
     districts = geo_io.load_districts(conn, district_level) if district_level else None
 
     def frame(columns: dict[str, Any]) -> pd.DataFrame:
@@ -184,16 +197,37 @@ def load_inputs(
             "max_down_mbps": offers["down"], "max_up_mbps": offers["up"],
         }),
         speedtests=frame(
-            {"cell_e": tests["cell_e"], "cell_n": tests["cell_n"], "download_mbps": tests["down"]}
+            {"cell_e": tests["cell_e"], "cell_n": tests["cell_n"], "download_mbps": tests["down"],
+             **_device(tests)}
         ),
         signals=frame({
             "cell_e": signals["cell_e"], "cell_n": signals["cell_n"],
             "operator": pd.Categorical.from_codes(signals["op"], ops),
             "technology": pd.Categorical.from_codes(signals["tech"], MOBILE_TECHNOLOGIES),
-            "signal_dbm": signals["level"],
+            "signal_dbm": signals["level"], **_device(signals),
         }),
         districts=districts if districts is not None and len(districts) else None,
     )  # fmt: skip
+
+
+def _device(columns: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+    return {"device": columns["device"]} if "device" in columns else {}
+
+
+def _in_slice(conn: Conn, table: str, where: str, period: dict[str, Any]) -> str:
+    """``where``, and with ``period["part"]`` = (i, n) only the i-th of n equal ranges of the
+    table's blocks (the last one open-ended: rows added meanwhile are read too)."""
+    if "part" not in period:
+        return where
+    i, n = period["part"]
+    with conn.cursor(row_factory=tuple_row) as cur:
+        found = cur.execute(
+            "select pg_relation_size(%s::regclass) / current_setting('block_size')::int", (table,)
+        ).fetchone()
+    blocks = int(found[0]) if found is not None else 0
+    lo, hi = blocks * i // n, blocks * (i + 1) // n
+    bounds = f"ctid >= '({lo},0)'::tid" + (f" and ctid < '({hi},0)'::tid" if i < n - 1 else "")
+    return f"({where}) and {bounds}"
 
 
 # --- writing ------------------------------------------------------------------------------------

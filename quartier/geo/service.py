@@ -106,11 +106,11 @@ def analyse_and_store_on_dask(
 ) -> tuple[int, TiledResult]:
     """:func:`analyse_and_store` with the analysis on ``client``'s Dask cluster, tile by tile
     (:mod:`quartier.geo.distributed`): the workers read the tiles' inputs from PostgreSQL
-    themselves, a band of tiles a task (``conninfo``; the client reads only the districts and
-    the extent of the cell rows); each
-    tile writes its cells with its own COPY over its own connection into the run's new table,
-    which is attached, with the gaps and districts, in the caller's transaction. The same
-    result as the single process. A failed run leaves no table behind."""
+    themselves, each a range of every table's blocks, and join each tile's pieces
+    (``conninfo``; the client reads only the districts); each tile writes its cells with its
+    own COPY over its own connection into the run's new table, which is attached, with the
+    gaps and districts, in the caller's transaction. The same result as the single process. A
+    failed run leaves no table behind."""
     from quartier.geo import distributed
     from quartier.geo.io import load_districts
 
@@ -120,7 +120,7 @@ def analyse_and_store_on_dask(
     size = tile_cells or distributed.TILE_CELLS
     found = load_districts(conn, district_level)
     districts = found if len(found) else None
-    source = distributed.StoreBands(conninfo, since, until, min_contributors)
+    source = distributed.StoreInputs(conninfo, since, until, min_contributors)
     tiles, operators = distributed.read_store(client, conn, source, size)
     step(ANALYSIS_STEPS[1])
     return store_tiled(
