@@ -67,6 +67,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "no valid API key; nothing stored"},
     403: {"description": "the key lacks the scope; nothing stored"},
 }
+#: the answers of a PATCH, PUT or DELETE, which honour If-Match / If-None-Match
+_CONDITIONAL: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    412: {
+        "description": "If-Match / If-None-Match does not hold (the entity changed); nothing"
+        " changed"
+    },
+}
 Json = Annotated[Any, Body(description="the entity as JSON (OGC 18-088)")]
 
 
@@ -732,7 +740,7 @@ def _add_update_delete(entity_set: str) -> None:
     def delete_route(entity_id: str, request: Request) -> Response:
         return _delete(request, entity_set, _entity_id(entity_set, entity_id))
 
-    common: dict[str, Any] = {"dependencies": ENTITIES_, "responses": _ERRORS}
+    common: dict[str, Any] = {"dependencies": ENTITIES_, "responses": _CONDITIONAL}
     router.add_api_route(
         path,
         patch_route,
@@ -766,7 +774,7 @@ def _add_update_delete(entity_set: str) -> None:
     response_model=m.Observation,
     operation_id="sta_patch_observation",
     dependencies=OBSERVATIONS,
-    responses=_ERRORS,
+    responses=_CONDITIONAL,
 )
 def patch_observation(
     obs_id: str, request: Request, conn: Conn, base: BaseUrl, body: Json
@@ -781,7 +789,7 @@ def patch_observation(
     response_model=m.Observation,
     operation_id="sta_put_observation",
     dependencies=OBSERVATIONS,
-    responses=_ERRORS,
+    responses=_CONDITIONAL,
 )
 def put_observation(
     obs_id: str, request: Request, conn: Conn, base: BaseUrl, body: Json
@@ -822,7 +830,7 @@ def _change_observation(
     "/Observations('{obs_id}')",
     operation_id="sta_delete_observation",
     dependencies=OBSERVATIONS,
-    responses=_ERRORS,
+    responses=_CONDITIONAL,
 )
 def delete_observation(obs_id: str, request: Request, conn: Conn) -> Response:
     """Deletes an Observation."""
