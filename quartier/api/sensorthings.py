@@ -21,10 +21,12 @@ import binascii
 import csv
 import functools
 import hashlib
+import inspect
 import io
 import json
 import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, overload
@@ -43,7 +45,15 @@ from starlette.types import Message
 from quartier.api import models as m
 from quartier.api import sta_fastpage
 from quartier.api.csv_cells import safe_row
-from quartier.api.deps import AppSettings, BaseUrl, Conn, bounded_skip
+from quartier.api.deps import (
+    AppSettings,
+    BaseUrl,
+    Conn,
+    bounded_skip,
+    get_base_url,
+    get_conn,
+    get_settings,
+)
 from quartier.api.sta import (
     ENTITIES,
     ENTITY_SETS,
@@ -1156,15 +1166,49 @@ def _add_property(entity_set: str, prop: str) -> None:
     )
 
 
+async def _paging_query(**_: Any) -> None:
+    """The query options ``Paging`` reads, declared for the OpenAPI description and validation
+    of the routes that make their ``Paging`` themselves (``_in_one_thread``)."""
+
+
+_paging_query.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        p
+        for name, p in inspect.signature(Paging.__init__).parameters.items()
+        if name not in ("self", "request", "settings")
+    ]
+)
+
+
+def _in_one_thread(request: Request, work: Callable[[DictConn, str, Paging], Any]) -> Any:
+    """``work`` with what ``Conn``, ``BaseUrl`` and ``PagingDep`` give a route, made in the
+    thread that runs it: FastAPI runs each synchronous dependency in a thread of its own pool,
+    and these hand-offs were a fifth of a weekly page's CPU in py-spy (docs/benchmarks.md,
+    API). The observation pages, the throughput target's routes, take one hop instead."""
+    p = Paging(request, get_settings(request))
+    base = get_base_url(request)
+    with contextmanager(get_conn)(request) as conn:
+        return work(conn, base, p)
+
+
 @router.get(
     "/Datastreams({ds_id})/Observations",
     response_model=m.ObservationCollection,
     operation_id="sta_datastream_observations",
+    dependencies=[Depends(_paging_query)],
 )
-def datastream_observations(ds_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> Any:
+async def datastream_observations(ds_id: int, request: Request) -> Any:
     """One datastream's observations: a ``phenomenonTime`` filter is a primary-key range scan
     and an unfiltered ``$count`` may be an estimate on very large TimescaleDB datastreams.
     Without ``$select``/``$expand``/``$resultFormat`` PostgreSQL writes the page's JSON."""
+
+    def work(conn: DictConn, base: str, p: Paging) -> Any:
+        return _datastream_observations(ds_id, conn, base, p)
+
+    return await run_in_threadpool(_in_one_thread, request, work)
+
+
+def _datastream_observations(ds_id: int, conn: DictConn, base: str, p: Paging) -> Any:
     fast = p.fast_observations(conn, base, ds_id)
     if fast is not None:
         return fast
@@ -1190,10 +1234,19 @@ def datastream_observation_refs(ds_id: int, conn: Conn, base: BaseUrl, p: Paging
     "/MultiDatastreams({mds_id})/Observations",
     response_model=m.ObservationCollection,
     operation_id="sta_multi_datastream_observations",
+    dependencies=[Depends(_paging_query)],
 )
-def multi_datastream_observations(mds_id: int, conn: Conn, base: BaseUrl, p: PagingDep) -> Any:
+async def multi_datastream_observations(mds_id: int, request: Request) -> Any:
     """One MultiDatastream's observations (each result an array, one value per ObservedProperty);
     a ``phenomenonTime`` filter is a primary-key range scan as for a Datastream."""
+
+    def work(conn: DictConn, base: str, p: Paging) -> Any:
+        return _multi_datastream_observations(mds_id, conn, base, p)
+
+    return await run_in_threadpool(_in_one_thread, request, work)
+
+
+def _multi_datastream_observations(mds_id: int, conn: DictConn, base: str, p: Paging) -> Any:
     fast = p.fast_observations(conn, base, -mds_id)
     if fast is not None:
         return fast
