@@ -55,6 +55,8 @@ from quartier.evaluation.evaluate import evaluate
 from quartier.evaluation.strategy import load_strategy
 from quartier.geo import run_store, service
 from quartier.maps import layer_store, pages
+from quartier.maps.assets import Assets
+from quartier.maps.measured import FINE_MIN_ZOOM
 from quartier.maps.render import MapOptions
 from quartier.services import LocalServices, free_port
 
@@ -84,6 +86,20 @@ DRAWN = """() => {
     return paths + markers > 0;
 }"""
 FRAME = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(1))))"
+#: the measured map zoomed in to zoom ``z`` on its centre: milliseconds until the 100 m cells of
+#: the view are fetched and drawn (the layer's load event, then two animation frames), and how
+#: many cells that was
+ZOOM_IN = """z => new Promise(resolve => {
+    let map, fine;
+    for (const k in window) {
+        if (window[k] instanceof L.Map) map = window[k];
+        if (k.startsWith('zoomed_cells_') && window[k] instanceof L.LayerGroup) fine = window[k];
+    }
+    const t = performance.now();
+    fine.once('quartier:loaded', e => requestAnimationFrame(() => requestAnimationFrame(
+        () => resolve([performance.now() - t, e.features]))));
+    map.setZoom(z, {animate: false});
+})"""
 
 
 def _stats(values: list[float]) -> str:
@@ -157,12 +173,58 @@ def _serve(settings: Settings) -> tuple[str, Callable[[], None]]:
     return f"127.0.0.1:{port}", stop
 
 
-def measure(own: str, runs: int) -> dict[str, dict[str, Any]]:
+#: the measured map as it was before the overview per 1 km cell (session 6): every 100 m cell
+#: drawn while the page loads; served by the benchmark itself (the browser's request answered
+#: with the page made from the same stored layers), for same-run ratios and the profile
+ALL_CELLS = "measured_all_cells"
+ALL_CELLS_PATH = "/bench/measured-all-cells"
+
+
+def all_cells_page(url: str) -> str:
+    """The session-6 measured page from the run's stored layers: districts, the compared cells
+    merged and the cells below the offer one square each (canvas, tooltip per cell), all added
+    at load; the scripts linked from the API's ``/static`` as on the served pages."""
+    from quartier.geo import io as geo_io
+    from quartier.maps import render
+    from quartier.maps.measured import COMPARED_COLOUR, RATIO_COLOURS
+
+    with psycopg.connect(url) as conn:
+        run = run_store.get_run(conn)
+        layers = layer_store.load_layers(conn, run.id, "measured")
+        districts = geo_io.load_districts(conn, "stadtbezirk")
+        city = geo_io.load_districts(conn, "city")
+    if layers is None:
+        raise SystemExit("the run has no stored layers")
+    compared, below = layers.get("compared"), layers.get("below")
+    assert compared is not None and below is not None
+    options = MapOptions()
+    fmap = render._base_map(options, render._bounds([city, districts]), "measured (all cells)")
+    render._add_districts(fmap, districts, "de")
+    render.CellLayer(compared.geojson, "Verglichene Zellen",
+                     [render._fill(COMPARED_COLOUR, 0.35)]).add_to(fmap)  # fmt: skip
+    render.CellLayer(
+        below.geojson, "Messung deutlich unter dem Angebot",
+        [render._fill(c, 0.75) for c in RATIO_COLOURS], style_key="s",
+        fields=[(k, k, None) for k in ("m", "o", "r", "t", "c")], canvas=True,
+    ).add_to(fmap)  # fmt: skip
+    legend = render._legend("Alle 100-m-Zellen beim Laden (Sitzung 6)", "", options)
+    return render._page(fmap, legend, options)
+
+
+def measure(
+    own: str, runs: int, names: list[str], extra: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Bytes and server time of each map over HTTP, then time to interactive in chromium: the
+    runs interleaved (run 1 of every map, then run 2 …), so that a change in the machine's load
+    falls on every map alike. ``extra``: pages by name answered by the benchmark itself (at
+    ``ALL_CELLS_PATH``), timed in the browser like the others."""
     from playwright.sync_api import Route, sync_playwright
 
+    extra = extra or {}
     results: dict[str, dict[str, Any]] = {}
     with httpx.Client(timeout=120) as client:
-        for name, path in PAGES.items():
+        for name in names:
+            path = PAGES[name]
             server, size, zipped = [], 0, 0
             for _ in range(runs):
                 t = time.perf_counter()
@@ -172,16 +234,24 @@ def measure(own: str, runs: int) -> dict[str, dict[str, Any]]:
                 size = len(r.content)
                 zipped = len(gzip.compress(r.content, 6))
             results[name] = {"bytes": size, "gzip": zipped, "server": server, "tti": []}
+    for name, html_ in extra.items():
+        body = html_.encode()
+        results[name] = {"bytes": len(body), "gzip": len(gzip.compress(body, 6)), "server": [0.0],
+                         "tti": []}  # fmt: skip
+    order = [(n, PAGES[n]) for n in names] + [(n, ALL_CELLS_PATH) for n in extra]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu"])
-        for name, path in PAGES.items():
-            for _ in range(runs):
+        for _ in range(runs):
+            for name, path in order:
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
                 errors: list[str] = []
                 elsewhere: list[str] = []
 
-                def route(r: Route, errs: list[str] = elsewhere) -> None:
-                    if urlsplit(r.request.url).netloc == own:
+                def route(r: Route, errs: list[str] = elsewhere, own_page: str = name) -> None:
+                    parts = urlsplit(r.request.url)
+                    if parts.netloc == own and parts.path == ALL_CELLS_PATH:
+                        r.fulfill(status=200, content_type="text/html", body=extra[own_page])
+                    elif parts.netloc == own:
                         r.continue_()
                     else:
                         errs.append(r.request.url)
@@ -194,6 +264,10 @@ def measure(own: str, runs: int) -> dict[str, dict[str, Any]]:
                 page.wait_for_function(DRAWN, timeout=120_000)
                 page.evaluate(FRAME)
                 results[name]["tti"].append(time.perf_counter() - t)
+                if name == "measured":
+                    ms, cells = page.evaluate(ZOOM_IN, FINE_MIN_ZOOM)
+                    results[name].setdefault("zoom", []).append(ms / 1000)
+                    results[name]["zoom_cells"] = cells
                 page.close()
                 if errors or elsewhere:
                     raise SystemExit(f"{name}: errors {errors}, other hosts {elsewhere}")
@@ -201,10 +275,128 @@ def measure(own: str, runs: int) -> dict[str, dict[str, Any]]:
     return results
 
 
+#: trace categories of the page's main-thread work (what DevTools' Performance panel records)
+TRACE_CATEGORIES = ["devtools.timeline", "v8.execute", "blink.user_timing", "v8"]
+
+
+def _self_times(trace: dict[str, Any]) -> tuple[dict[str, float], float]:
+    """Self time (ms) per trace event name on the renderer's main thread, and the main thread's
+    busy time (top-level events)."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    main = {
+        (e["pid"], e["tid"])
+        for e in events
+        if e.get("ph") == "M"
+        and e.get("name") == "thread_name"
+        and e.get("args", {}).get("name") == "CrRendererMain"
+    }
+    spans = sorted(
+        (
+            (e["ts"], e["ts"] + e.get("dur", 0), e["name"])
+            for e in events
+            if e.get("ph") == "X" and (e["pid"], e["tid"]) in main and e.get("dur")
+        ),
+        key=lambda s: (s[0], -s[1]),
+    )
+    own: dict[str, float] = {}
+    stack: list[list[Any]] = []  # [end, name, child time]
+    busy = 0.0
+
+    def close(until: float) -> None:
+        while stack and stack[-1][0] <= until:
+            end, name, child, start = stack.pop()
+            own[name] = own.get(name, 0.0) + (end - start - child) / 1000
+
+    for start, end, name in spans:
+        close(start)
+        if stack:
+            stack[-1][2] += end - start
+        else:
+            busy += (end - start) / 1000
+        stack.append([end, name, 0.0, start])
+    close(float("inf"))
+    return own, busy
+
+
+def _cpu_self(profile: dict[str, Any]) -> dict[str, float]:
+    """Self time (ms) per JavaScript function (name and script) of a V8 CPU profile."""
+    nodes = {n["id"]: n for n in profile["nodes"]}
+    deltas = profile.get("timeDeltas", [])
+    own: dict[str, float] = {}
+    for node_id, delta in zip(profile.get("samples", []), deltas, strict=False):
+        frame = nodes[node_id]["callFrame"]
+        script = frame.get("url", "").rsplit("/", 1)[-1] or "(page)"
+        function = frame.get("functionName") or "(anonymous)"
+        key = f"{function} [{script}:{frame.get('lineNumber', 0)}]"
+        own[key] = own.get(key, 0.0) + delta / 1000
+    return own
+
+
+def profile(own: str, names: list[str], extra: dict[str, str] | None = None, top: int = 14) -> None:
+    """Where the time to interactive goes (``--profile``): per page, the main thread's trace
+    events by self time (as DevTools' Performance panel: parsing HTML, compiling and running
+    scripts, style, layout, paint, GC) and the JavaScript functions by self time (CPU profile,
+    sampled every 100 µs)."""
+    import json as json_
+
+    from playwright.sync_api import Route, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu"])
+        for name in [*names, *(extra or {})]:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            body = (extra or {}).get(name)
+
+            def route(r: Route, body: str | None = body) -> None:
+                parts = urlsplit(r.request.url)
+                if parts.netloc != own:
+                    r.abort()
+                elif body is not None and parts.path == ALL_CELLS_PATH:
+                    r.fulfill(status=200, content_type="text/html", body=body)
+                else:
+                    r.continue_()
+
+            page.route("**/*", route)
+            cdp = page.context.new_cdp_session(page)
+            cdp.send("Profiler.enable")
+            cdp.send("Profiler.setSamplingInterval", {"interval": 100})
+            browser.start_tracing(page=page, categories=TRACE_CATEGORIES)
+            cdp.send("Profiler.start")
+            t = time.perf_counter()
+            path = ALL_CELLS_PATH if body is not None else PAGES[name]
+            page.goto(f"http://{own}{path}", wait_until="load", timeout=120_000)
+            page.wait_for_function(DRAWN, timeout=120_000)
+            page.evaluate(FRAME)
+            tti = time.perf_counter() - t
+            cpu = cdp.send("Profiler.stop")["profile"]
+            trace = json_.loads(browser.stop_tracing())
+            events, busy = _self_times(trace)
+            print(f"  {name}: interactive {tti:.2f} s; renderer main thread busy {busy:.0f} ms")
+            print("    trace events by self time (ms):")
+            for ev, ms in sorted(events.items(), key=lambda kv: -kv[1])[:top]:
+                print(f"      {ms:8.1f}  {ev}")
+            print("    JavaScript functions by self time (ms):")
+            for fn, ms in sorted(_cpu_self(cpu).items(), key=lambda kv: -kv[1])[:top]:
+                print(f"      {ms:8.1f}  {fn}")
+            page.close()
+        browser.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--data-dir", type=Path, help="keep PostgreSQL and the Köln world here")
+    ap.add_argument("--maps", default=",".join(PAGES), help="the maps to measure (comma-separated)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print where each map's time to interactive goes (trace, CPU profile)",
+    )
+    ap.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the in-process comparison with pages made per request",
+    )
     args = ap.parse_args()
     if shutil.which(CHROMIUM) is None:
         raise SystemExit(f"{CHROMIUM} missing: apt-get install chromium")
@@ -227,11 +419,21 @@ def main() -> None:
             url = bench_coverage.fresh_db(urls.database_url)
             bench_coverage.load_koeln(url)
         _prepare(url)
-        print("server side, stored layers against made per request:")
-        _layers_baseline(url, args.runs)
+        names = [m for m in args.maps.split(",") if m]
+        if unknown := set(names) - set(PAGES):
+            raise SystemExit(f"unknown maps {sorted(unknown)}; known: {', '.join(PAGES)}")
+        if not args.no_baseline:
+            print("server side, stored layers against made per request:")
+            _layers_baseline(url, args.runs)
         settings = Settings(_env_file=None, database={"url": url}, mqtt={"url": urls.mqtt_url})
         own, stop = _serve(settings)
-        results = measure(own, args.runs)
+        extra = {}
+        if "measured" in names:
+            extra[ALL_CELLS] = all_cells_page(url)
+        results = measure(own, args.runs, names, extra)
+        if args.profile:
+            print("where the time goes (one load each, profiled):")
+            profile(own, names, extra)
         print(f"maps of the Köln world, {args.runs} runs each (seconds; bytes uncompressed/gzip):")
         worst_bytes, worst_tti = 0, 0.0
         for name, r in results.items():
@@ -239,8 +441,25 @@ def main() -> None:
                 f"  {name:9s} {r['bytes'] / 1e6:6.2f} MB ({r['gzip'] / 1e6:.2f} MB gzip); "
                 f"server {_stats(r['server'])}; interactive {_stats(r['tti'])}"
             )
+            if name in extra:
+                continue  # the baseline, not a page Quartier serves
             worst_bytes = max(worst_bytes, r["bytes"])
             worst_tti = max(worst_tti, statistics.median(r["tti"]))
+        if ALL_CELLS in results:
+            before = statistics.median(results[ALL_CELLS]["tti"])
+            after = statistics.median(results["measured"]["tti"])
+            print(f"  measured: overview + 100 m cells when zoomed in {after:.2f} s against every "
+                  f"100 m cell at load {before:.2f} s (medians, same run): "
+                  f"{before / after:.1f}x")  # fmt: skip
+            zoom = results["measured"]["zoom"]
+            print(f"  measured zoomed in to {FINE_MIN_ZOOM} on the centre: the 100 m cells of the "
+                  f"view ({results['measured']['zoom_cells']}) fetched and drawn in "
+                  f"{_stats(zoom)} s")  # fmt: skip
+            with psycopg.connect(url) as conn:
+                exported = pages.render_page(conn, "measured", MapOptions(assets=Assets(None)))
+            size = len(exported.encode())
+            print(f"  measured as a file (quartier map measured --out): {size / 1e6:.2f} MB")
+            worst_bytes = max(worst_bytes, size)
         print(f"  load average (1, 5, 15 min): {os.getloadavg()}")
         ok = worst_bytes <= MAX_BYTES
         print(f"  every page ≤ 5 MB: {'met' if ok else 'NOT met'} ({worst_bytes / 1e6:.2f} MB)")

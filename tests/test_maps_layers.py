@@ -68,6 +68,12 @@ def test_a_coverage_run_stores_the_maps_layers(planned: Settings) -> None:  # no
     assert layers[("measured", "below")][0] == 3
     assert layers[("measured", "below")][1]["shades"] == [1, 1, 1]
     assert layers[("measured", "compared")][0] == 2
+    # the overview: the five compared cells in their 1 km cells, three of them below the offer
+    coarse = json.loads(layers[("measured", "coarse")][2])["features"]
+    assert layers[("measured", "coarse")][0] == len(coarse) > 0
+    assert sum(f["properties"]["n"] for f in coarse) == 5
+    assert sum(f["properties"]["b"] for f in coarse) == 3
+    assert sum(f["properties"]["t"] for f in coarse) == 6 + 5 * 4
     below = json.loads(layers[("measured", "below")][2])
     assert sorted(f["properties"]["t"] for f in below["features"]) == [5, 5, 6]
     # mobile: 3 measured cells (MS-03-1's 2 devices are not), Telekom 4G 1, Vodafone 4G 2, a
@@ -94,12 +100,17 @@ def test_the_pages_show_the_stored_layers(planned: Settings) -> None:  # noqa: F
     with psycopg.connect(url) as conn:
         s = _stored(conn)
         below = s["layers"][("measured", "below")][2]
+        coarse = s["layers"][("measured", "coarse")][2]
         compared = s["layers"][("mobile", "measured")][2]
     with TestClient(create_app(planned)) as client:
         measured = client.get("/maps/measured").text
         mobile = client.get("/maps/mobile").text
         coverage = client.get("/maps/coverage").text
-    assert below in measured and compared in mobile
+    # the measured page holds its overview per 1 km cell; the 100 m cells come when zoomed in
+    # (tests/test_maps_measured.py), and a written file holds them too
+    assert coarse in measured and below not in measured and compared in mobile
+    with psycopg.connect(url) as conn:
+        assert below in measured_page(conn, MapOptions())
     assert s["layers"][("coverage", "supply")][2] in coverage
     with psycopg.connect(url) as conn:
         conn.execute(

@@ -156,12 +156,17 @@ def test_measured_map_shades_cells_well_below_the_offer(planned: Settings) -> No
         "Daten: Quartier",
     ]:
         assert row in page, row
-    # the tooltips carry the numbers of each shaded cell: tests, measured median, offer, ratio
-    # (m measured median, o offer, r ratio in %, t tests, c the cell)
-    assert '"t": 6' in page and '"m": 40.0' in page and '"r": 4.0' in page
-    assert '"o": 1000.0' in page and '"t": 5' in page and '"m": 25.0' in page
-    assert '"m": 5.0' not in page  # MS-02-2: 3 devices, below k
-    assert re.search(r'"c": "N\d+E\d+"', page)
+    # the page holds the overview per 1 km cell; the 100 m cells, with the numbers of each
+    # shaded cell in the tooltip (m measured median, o offer, r ratio in %, t tests, c the cell),
+    # come from /maps/measured/cells when zoomed in (tests/test_maps_measured.py)
+    assert re.search(r'"c": "CRS3035RES1000mN\d+E\d+"', page)
+    assert not re.search(r'"c": "N\d+E\d+"', page) and "/maps/measured/cells" in page
+    with TestClient(create_app(planned)) as client:
+        cells = client.get("/maps/measured/cells", params={"bbox": "10.3,49.6,10.5,49.7"}).text
+    assert '"t": 6' in cells and '"m": 40.0' in cells and '"r": 4.0' in cells
+    assert '"o": 1000.0' in cells and '"t": 5' in cells and '"m": 25.0' in cells
+    assert '"m": 5.0' not in page + cells  # MS-02-2: 3 devices, below k
+    assert re.search(r'"c": "N\d+E\d+"', cells)
     assert "L.control.scale" in page
     assert "Measured download speed against the best offer per 100 m cell" in english
     assert "Median below 10 % of the offer (1 cell)" in english
@@ -306,11 +311,11 @@ def test_new_maps_in_chromium(browser: Browser, serve: Any, planned: Settings) -
         page, visit,
         ["Gemessene Download-Geschwindigkeit gegen das beste Angebot",
          "Median unter 10 % des Angebots (1 Zelle)", "Daten: Quartier"],
-        ["Stadtbezirke", "Verglichene Zellen", "Messung deutlich unter dem Angebot"],
+        ["Stadtbezirke", "Übersicht je 1-km-Zelle", "100-m-Zellen (ab Zoomstufe 14)"],
     )  # fmt: skip
     page.goto(f"http://{own}/maps/measured?lang=en", wait_until="load")
     check_map(page, visit, ["Median below 10 % of the offer (1 cell)", "Data:"],
-              ["Districts", "Compared cells", "Measured well below the offer"])  # fmt: skip
+              ["Districts", "Overview per 1 km cell", "100 m cells (from zoom 14)"])  # fmt: skip
     page.goto(f"http://{own}/maps/districts?indicator=bb_households_1000", wait_until="load")
     check_map(
         page, visit, ["im Plan (", "nicht im Plan (", "Status nach der Strategie-Bewertung"],

@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
+from quartier.api.coverage_gaps import parse_bbox
 from quartier.api.deps import AppSettings, Conn
 from quartier.api.frontend import content_security_policy, static_base
+from quartier.errors import BadRequestError
 from quartier.maps import pages
 from quartier.maps.assets import Assets
 from quartier.maps.render import MapOptions
@@ -24,6 +26,10 @@ _HTML: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: the measured map's 100 m cells of an area (fetched by the page when zoomed in)
+CELLS_PATH = "/maps/measured/cells"
+
+
 def _page(
     conn: Conn,
     settings: AppSettings,
@@ -32,9 +38,10 @@ def _page(
     lang: str,
     indicator: str | None = None,
 ) -> HTMLResponse:
+    root = str(request.scope.get("root_path", "")).rstrip("/")
     options = MapOptions.from_settings(
         settings, lang="en" if lang == "en" else "de", assets=Assets(static_base(request)),
-        indicator=indicator,
+        indicator=indicator, cells_url=root + CELLS_PATH,
     )  # fmt: skip
     return HTMLResponse(
         pages.render_page(conn, name, options),
@@ -84,6 +91,36 @@ def measured_map(
     with the number of tests), and the other compared cells; only cells measured by at least
     ``privacy.min_contributors`` devices."""
     return _page(conn, settings, request, "measured", lang)
+
+
+_CELLS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/geo+json": {}},
+        "description": "a GeoJSON FeatureCollection: per compared 100 m cell a square (WGS84) with"
+        " s (shade: 0, 1, 2 well below the offer, furthest first; 3 as expected), m (measured"
+        " median, Mbit/s), o (best offer, Mbit/s), r (measured / offer, %), t (tests), c (cell)",
+    },
+    400: {"description": "bbox missing, malformed, or holding too many cells"},
+}
+
+
+@router.get(CELLS_PATH, response_class=Response, operation_id="measured_map_cells",
+            responses=_CELLS)  # fmt: skip
+def measured_map_cells(
+    conn: Conn,
+    settings: AppSettings,
+    bbox: Annotated[
+        str, Query(description="west,south,east,north (WGS84 degrees)", max_length=200)
+    ],
+) -> Response:
+    """The measured-vs-advertised map zoomed in: the compared 100 m cells of the stored coverage
+    analysis in ``bbox``, with measured median, offer, ratio and tests; only cells measured by at
+    least ``privacy.min_contributors`` devices. The map page asks for them from zoom 14 on."""
+    box = parse_bbox(bbox)
+    if box is None:  # pragma: no cover - bbox is a required parameter
+        raise BadRequestError("bbox is required: west,south,east,north")
+    options = MapOptions.from_settings(settings)
+    return Response(pages.measured_cells(conn, options, box), media_type="application/geo+json")
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {

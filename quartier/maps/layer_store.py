@@ -177,6 +177,16 @@ def load_layers(conn: Conn, run_id: int, name: str) -> MapLayers | None:
     return MapLayers(name, layers, int(found[0]))
 
 
+def stored_threshold(conn: Conn, run_id: int) -> int | None:
+    """The privacy threshold k the stored layers of run ``run_id`` were made at; None if they
+    were not stored."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        found = cur.execute(
+            "select min_contributors from coverage_map where run_id = %s", (run_id,)
+        ).fetchone()
+    return None if found is None else int(found[0])
+
+
 def load_device_counts(conn: Conn, run_id: int) -> pd.DataFrame | None:
     """The distinct devices per measured cell of run ``run_id`` as stored with its layers
     (``e``, ``n``, ``test_devices``, ``signal_devices``); None without stored layers."""

@@ -36,6 +36,12 @@ MOBILE_MAP_TECHNOLOGIES: tuple[str, ...] = ("4G", "5G")
 MAX_MAP_CELLS = 20_000
 #: upper bounds (share of the offer) of the measured map's shades below ``disagree_below``
 RATIO_STEPS: tuple[float, ...] = (0.1, 0.2)
+#: the measured map's overview (zoomed out): cells of the INSPIRE 1 km grid (``CRS3035RES1000m``)
+COARSE_CELL_M = 1000
+COARSE_ID_PREFIX = f"CRS3035RES{COARSE_CELL_M}m"
+#: upper bounds of the overview's classes (share of a 1 km cell's compared 100 m cells that are
+#: well below the offer): class 0 none below, 1 under 10 %, 2 10 to under 30 %, 3 30 % and more
+COARSE_STEPS: tuple[float, ...] = (0.1, 0.3)
 
 EMPTY = '{"type": "FeatureCollection", "features": []}'
 
@@ -106,14 +112,20 @@ def merged_geojson(e: npt.ArrayLike, n: npt.ArrayLike) -> str:
     return features_geojson(frame.geometry.values, [{}] * len(frame))
 
 
-def cell_geojson(e: npt.ArrayLike, n: npt.ArrayLike, properties: dict[str, Sequence[Any]]) -> str:
-    """One square per cell (lower-left corners ``e``, ``n``; its 4 corners projected) with the
-    per-cell ``properties`` (short keys: a Köln-sized layer has 10,000+ cells)."""
+def cell_geojson(
+    e: npt.ArrayLike,
+    n: npt.ArrayLike,
+    properties: dict[str, Sequence[Any]],
+    size_m: int = grid.CELL_SIZE_M,
+) -> str:
+    """One square per cell (lower-left corners ``e``, ``n``, sides ``size_m``; its 4 corners
+    projected) with the per-cell ``properties`` (short keys: a Köln-sized layer has 10,000+
+    cells)."""
     e_arr = np.asarray(e, dtype=np.float64).reshape(-1)
     n_arr = np.asarray(n, dtype=np.float64).reshape(-1)
     if not len(e_arr):
         return EMPTY
-    size = float(grid.CELL_SIZE_M)
+    size = float(size_m)
     xs = e_arr[:, None] + np.array([0.0, size, size, 0.0, 0.0])
     ys = n_arr[:, None] + np.array([0.0, 0.0, size, size, 0.0])
     lon, lat = grid.from_grid_crs(xs.reshape(-1), ys.reshape(-1))
@@ -205,45 +217,159 @@ def ratio_classes(disagree_below: float) -> list[tuple[float, float]]:
     return list(zip([0.0, *uppers[:-1]], uppers, strict=True))
 
 
+def _compared(cells: pd.DataFrame) -> tuple[pd.DataFrame, npt.NDArray[np.bool_]]:
+    """The compared cells (a finite measured ratio: tests and an offer) and which of them are
+    well below the offer (``disagreement`` "below")."""
+    if not len(cells):
+        return cells, np.zeros(0, dtype=bool)
+    compared = cells[np.isfinite(cells["measured_ratio"].to_numpy(dtype=np.float64))]
+    is_below = (compared["disagreement"] == "below").to_numpy(dtype=bool, na_value=False)
+    return compared, is_below
+
+
+def _shades(ratio: npt.ArrayLike, classes: Sequence[tuple[float, float]]) -> npt.NDArray[np.int64]:
+    """The shade (index into ``classes``) of each ratio below the offer."""
+    uppers = np.array([u for _l, u in classes[:-1]], dtype=np.float64)
+    return np.searchsorted(uppers, np.asarray(ratio, dtype=np.float64), side="right").astype(
+        np.int64
+    )
+
+
+def _cell_properties(cells: pd.DataFrame, shade: npt.ArrayLike) -> dict[str, Sequence[Any]]:
+    """The measured map's per-cell tooltip properties (``s`` shade, ``m`` measured median, ``o``
+    offer, ``r`` ratio in %, ``t`` tests, ``c`` the short cell id)."""
+    e, n = cells["e"].to_numpy(), cells["n"].to_numpy()
+    ratio = cells["measured_ratio"].to_numpy(dtype=np.float64)
+    return {
+        "s": np.asarray(shade, dtype=np.int64).tolist(),
+        "m": _floats(cells["measured_down_mbps"], 1),
+        "o": _floats(cells["max_down_mbps"], 0),
+        "r": _floats(100 * ratio, 1),
+        "t": _ints(cells["n_tests"]),
+        "c": short_cell_ids(e, n),
+    }
+
+
+def fine_geojson(cells: pd.DataFrame, *, disagree_below: float = 0.3) -> str:
+    """The measured map's zoomed-in view: one square per compared 100 m cell of ``cells`` with
+    its tooltip properties; ``s`` is the shade of :func:`ratio_classes` for a cell well below
+    the offer and ``len(ratio_classes(...))`` for one whose measurement is as expected. ``cells``
+    limited to the cells that may be published."""
+    compared, is_below = _compared(cells)
+    if not len(compared):
+        return EMPTY
+    classes = ratio_classes(disagree_below)
+    shade = np.where(
+        is_below, _shades(compared["measured_ratio"].to_numpy(dtype=np.float64), classes),
+        len(classes),
+    )  # fmt: skip
+    return cell_geojson(compared["e"], compared["n"], _cell_properties(compared, shade))
+
+
+def coarse_cells(cells: pd.DataFrame, *, disagree_below: float = 0.3) -> pd.DataFrame:
+    """The measured map's overview: per cell of the INSPIRE 1 km grid holding compared 100 m
+    cells of ``cells``, ``e``, ``n`` (its lower-left corner), ``cells`` (the compared 100 m
+    cells), ``below`` (those well below the offer), ``shade_0`` … (of them per shade of
+    :func:`ratio_classes`), ``tests`` (the sum of their tests), ``measured`` (the median of their
+    measured medians, Mbit/s), ``offer`` (the median of their best offers), ``ratio`` (the
+    median of their ratios, a share), ``share`` (``below`` / ``cells``) and ``klass`` (0 none
+    below, then by :data:`COARSE_STEPS`), ordered by ``n``, ``e``.
+
+    Privacy (docs/privacy.md): made only of the cells given, which are the published ones (at
+    least k distinct devices each), so every 1 km cell holds at least k distinct devices too and
+    shows nothing a published 100 m cell does not."""
+    classes = ratio_classes(disagree_below)
+    shade_cols = [f"shade_{i}" for i in range(len(classes))]
+    columns = ["e", "n", "cells", "below", *shade_cols, "tests", "measured", "offer", "ratio",
+               "share", "klass"]  # fmt: skip
+    compared, is_below = _compared(cells)
+    if not len(compared):
+        return pd.DataFrame({c: pd.Series(dtype=np.float64) for c in columns})
+    ratio = compared["measured_ratio"].to_numpy(dtype=np.float64)
+    shade = np.where(is_below, _shades(ratio, classes), -1)
+    size = COARSE_CELL_M
+    frame = pd.DataFrame({
+        "e": compared["e"].to_numpy(dtype=np.int64) // size * size,
+        "n": compared["n"].to_numpy(dtype=np.int64) // size * size,
+        "below": is_below.astype(np.int64),
+        **{col: (shade == i).astype(np.int64) for i, col in enumerate(shade_cols)},
+        "tests": compared["n_tests"].to_numpy(dtype=np.int64),
+        "measured": compared["measured_down_mbps"].to_numpy(dtype=np.float64),
+        "offer": compared["max_down_mbps"].to_numpy(dtype=np.float64),
+        "ratio": ratio,
+    })  # fmt: skip
+    grouped = frame.groupby(["n", "e"], sort=True)
+    sums = grouped[["below", *shade_cols, "tests"]].sum()
+    medians = grouped[["measured", "offer", "ratio"]].median()
+    out = pd.concat([grouped.size().rename("cells"), sums, medians], axis=1).reset_index()
+    out["share"] = out["below"] / out["cells"]
+    steps = np.array(COARSE_STEPS, dtype=np.float64)
+    out["klass"] = np.where(
+        out["below"].to_numpy() > 0,
+        1 + np.searchsorted(steps, out["share"].to_numpy(dtype=np.float64), side="right"),
+        0,
+    )
+    return out[columns]
+
+
+def coarse_ids(e: npt.ArrayLike, n: npt.ArrayLike) -> list[str]:
+    """INSPIRE ids of 1 km cells (``CRS3035RES1000mN…E…``, corners in metres)."""
+    e_str = np.asarray(e, dtype=np.int64).astype(np.str_)
+    n_str = np.asarray(n, dtype=np.int64).astype(np.str_)
+    ids = np.char.add(np.char.add(f"{COARSE_ID_PREFIX}N", n_str), np.char.add("E", e_str))
+    out: list[str] = ids.tolist()
+    return out
+
+
+def coarse_layer(cells: pd.DataFrame, *, disagree_below: float = 0.3) -> MapLayer:
+    """``coarse``: the overview of :func:`coarse_cells` as one 1 km square per cell with ``s``
+    its class, ``b`` the 100 m cells well below the offer, ``n`` the compared ones, ``t`` the
+    tests, ``m`` the median measured, ``o`` the median offer (Mbit/s), ``r`` the median ratio in
+    %, ``c`` the INSPIRE id; meta ``classes`` (1 km cells per class) and ``steps``."""
+    coarse = coarse_cells(cells, disagree_below=disagree_below)
+    counts = [int((coarse["klass"] == i).sum()) for i in range(len(COARSE_STEPS) + 2)]
+    meta = {"classes": counts, "steps": list(COARSE_STEPS), "cell_m": COARSE_CELL_M}
+    if not len(coarse):
+        return MapLayer("coarse", 0, EMPTY, meta)
+    e, n = coarse["e"].to_numpy(), coarse["n"].to_numpy()
+    geojson = cell_geojson(e, n, {
+        "s": _ints(coarse["klass"]), "b": _ints(coarse["below"]), "n": _ints(coarse["cells"]),
+        "t": _ints(coarse["tests"]), "m": _floats(coarse["measured"], 1),
+        "o": _floats(coarse["offer"], 0), "r": _floats(100 * coarse["ratio"], 1),
+        "c": coarse_ids(e, n),
+    }, COARSE_CELL_M)  # fmt: skip
+    return MapLayer("coarse", len(coarse), geojson, meta)
+
+
 def measured_layers(
     cells: pd.DataFrame, *, disagree_below: float = 0.3, min_contributors: int = 1
 ) -> MapLayers:
     """The measured-vs-advertised map: ``compared`` (cells with tests and an offer where the
-    measurement is as expected, merged) and ``below`` (the cells whose measured median is well
+    measurement is as expected, merged), ``below`` (the cells whose measured median is well
     below the offer, ``disagreement`` "below": one square per cell with ``s`` the shade of
     :func:`ratio_classes`, ``m`` the measured median, ``o`` the offer, ``r`` the ratio in %, ``t``
-    the tests, ``c`` the short cell id; meta ``shades``: the cells per shade)."""
-    ratio_all = cells["measured_ratio"].to_numpy(dtype=np.float64) if len(cells) else np.zeros(0)
-    compared = cells[np.isfinite(ratio_all)] if len(cells) else cells
-    is_below = (
-        (compared["disagreement"] == "below").to_numpy(dtype=bool, na_value=False)
-        if len(compared)
-        else np.zeros(0, dtype=bool)
-    )
+    the tests, ``c`` the short cell id; meta ``shades``: the cells per shade) and ``coarse`` (the
+    overview per 1 km cell, :func:`coarse_layer`). The page shows ``coarse`` zoomed out and the
+    100 m cells zoomed in (from ``/maps/measured/cells``, or, in a file, from ``below`` and
+    ``compared``)."""
+    compared, is_below = _compared(cells)
     below, rest = compared[is_below], compared[~is_below]
     classes = ratio_classes(disagree_below)
     ratio = below["measured_ratio"].to_numpy(dtype=np.float64) if len(below) else np.zeros(0)
-    shade = np.searchsorted(np.array([u for _l, u in classes[:-1]]), ratio, side="right")
+    shade = _shades(ratio, classes)
     shades = [int((shade == i).sum()) for i in range(len(classes))]
     compared_layer = MapLayer(
         "compared", len(rest), merged_geojson(rest["e"], rest["n"]) if len(rest) else EMPTY
     )
-    if len(below):
-        e, n = below["e"].to_numpy(), below["n"].to_numpy()
-        geojson = cell_geojson(e, n, {
-            "s": shade.astype(np.int64).tolist(),
-            "m": _floats(below["measured_down_mbps"], 1),
-            "o": _floats(below["max_down_mbps"], 0),
-            "r": _floats(100 * ratio, 1),
-            "t": _ints(below["n_tests"]),
-            "c": short_cell_ids(e, n),
-        })  # fmt: skip
-    else:
-        geojson = EMPTY
+    geojson = (
+        cell_geojson(below["e"], below["n"], _cell_properties(below, shade)) if len(below)
+        else EMPTY
+    )  # fmt: skip
     below_layer = MapLayer(
         "below", len(below), geojson, {"shades": shades, "disagree_below": disagree_below}
     )
-    return MapLayers("measured", (compared_layer, below_layer), min_contributors)
+    coarse = coarse_layer(cells, disagree_below=disagree_below)
+    return MapLayers("measured", (compared_layer, below_layer, coarse), min_contributors)
 
 
 def supply_layers(cells: pd.DataFrame, class_keys: Sequence[str]) -> MapLayers:

@@ -19,11 +19,18 @@ from quartier.errors import BadRequestError, NotFoundError
 from quartier.evaluation import current
 from quartier.evaluation import storage as evaluation_storage
 from quartier.evaluation.indicators import CATALOGUE, IndicatorDefinition
-from quartier.geo import grid, run_store, speedtest_cells
+from quartier.geo import features, grid, run_store, speedtest_cells
 from quartier.geo import io as geo_io
 from quartier.maps import image, layer_store
 from quartier.maps.districts import DistrictStatus, Evaluated, choropleth, render_district_map
-from quartier.maps.layers import MapLayers, measured_layers, mobile_layers, supply_layers
+from quartier.maps.layers import (
+    EMPTY,
+    MapLayers,
+    fine_geojson,
+    measured_layers,
+    mobile_layers,
+    supply_layers,
+)
 from quartier.maps.measured import render_measured_layers
 from quartier.maps.render import (
     CLASS_COLOURS,
@@ -210,6 +217,65 @@ def measured_page(conn: Conn, options: MapOptions) -> str:
     return render_measured_layers(
         layers, districts, city=city, parameters=run.parameters, options=options
     )
+
+
+#: the most 100 m cells ``/maps/measured/cells`` answers at once (the page asks from zoom 14
+#: on, where a screen and its margin hold about 10,000 cells of a dense city)
+MAX_FINE_CELLS = 25_000
+#: ... and an area at most this many degrees wide and high (a view at zoom 14 is about 0.1)
+MAX_FINE_DEGREES = 2.0
+
+
+def _measured_cells_in(
+    conn: Conn, run: run_store.Run, window: tuple[int, int, int, int]
+) -> pd.DataFrame:
+    """The run's compared cells (a finite measured ratio) with lower-left corners in
+    ``window``, in the columns of :func:`quartier.geo.run_store.load_cells` that the measured
+    map needs."""
+    e0, e1, n0, n1 = window
+    with conn.cursor(row_factory=tuple_row) as cur:
+        rows = cur.execute(
+            "select e, n, n_tests, measured_down_mbps, max_down_mbps, measured_ratio, disagreement"
+            " from coverage_cell_data where run_id = %s and n between %s and %s"
+            " and e between %s and %s and measured_ratio <> 'NaN'::real order by n, e",
+            (run.id, n0, n1, e0, e1),
+        ).fetchall()
+    data = np.array(rows, dtype=np.float64).reshape(-1, 7)
+    return pd.DataFrame({
+        "e": data[:, 0].astype(np.int64), "n": data[:, 1].astype(np.int64),
+        "n_tests": data[:, 2].astype(np.int64), "measured_down_mbps": data[:, 3],
+        "max_down_mbps": data[:, 4], "measured_ratio": data[:, 5],
+        "disagreement": pd.Categorical.from_codes(data[:, 6].astype(np.int64),
+                                                  ["below", "above"]),
+    })  # fmt: skip
+
+
+def measured_cells(conn: Conn, options: MapOptions, bbox: tuple[float, float, float, float]) -> str:
+    """The measured map zoomed in (``/maps/measured/cells?bbox=``): the stored run's compared
+    100 m cells overlapping ``bbox`` (WGS84 west, south, east, north) as a GeoJSON
+    FeatureCollection (:func:`quartier.maps.layers.fine_geojson`), only cells whose speed tests
+    come from at least ``privacy.min_contributors`` distinct devices (as on the page); empty
+    before an analysis. BadRequestError for an area of more than :data:`MAX_FINE_CELLS` cells."""
+    west, south, east, north = bbox
+    if east - west > MAX_FINE_DEGREES or north - south > MAX_FINE_DEGREES:
+        raise BadRequestError(
+            f"the bbox spans more than {MAX_FINE_DEGREES:g} degrees: ask for a smaller area (the"
+            " map asks from zoom 14 on)"
+        )
+    run = _current_run(conn)
+    if run is None:
+        return EMPTY
+    # the cells that can meet the box, as /coverage and /ogc find them
+    cells = _measured_cells_in(conn, run, features._grid_range(bbox))
+    if len(cells) > MAX_FINE_CELLS:
+        raise BadRequestError(
+            f"the bbox holds {len(cells)} compared cells, more than {MAX_FINE_CELLS}: ask for a"
+            " smaller area (the map asks from zoom 14 on)"
+        )
+    stored = layer_store.stored_threshold(conn, run.id)
+    if stored is None or options.min_contributors > stored:
+        cells = _published_cells(conn, run, "speedtest", options.min_contributors, cells)
+    return fine_geojson(cells, disagree_below=float(run.parameters.get("disagree_below", 0.3)))
 
 
 def district_results(

@@ -181,6 +181,36 @@ TEXTS: dict[str, tuple[str, str]] = {
         "Well below: the median of the tests under {below} % of the highest advertised download"
         " speed, with at least {min_tests} tests. Only cells measured by at least {k} devices.",
     ),
+    "coarse_layer": ("Übersicht je 1-km-Zelle", "Overview per 1 km cell"),
+    "fine_layer": ("100-m-Zellen (ab Zoomstufe {zoom})", "100 m cells (from zoom {zoom})"),
+    "coarse_heading": (
+        "Übersicht je 1-km-Zelle (bis Zoomstufe {zoom}): Anteil der verglichenen 100-m-Zellen"
+        " deutlich unter dem Angebot",
+        "Overview per 1 km cell (up to zoom {zoom}): share of the compared 100 m cells well below"
+        " the offer",
+    ),
+    "coarse_none": ("keine ({n} 1-km-Zellen)", "none ({n} 1 km cells)"),
+    "coarse_below": ("unter {upper} % ({n} 1-km-Zellen)", "under {upper} % ({n} 1 km cells)"),
+    "coarse_between": (
+        "{lower} bis unter {upper} % ({n} 1-km-Zellen)",
+        "{lower} to under {upper} % ({n} 1 km cells)",
+    ),
+    "coarse_above": ("{lower} % und mehr ({n} 1-km-Zellen)", "{lower} % and more ({n} 1 km cells)"),
+    "fine_heading": (
+        "Je 100-m-Zelle (ab Zoomstufe {zoom}: hineinzoomen)",
+        "Per 100 m cell (from zoom {zoom}: zoom in)",
+    ),
+    "zoom_note": (
+        "Herausgezoomt je 1-km-Zelle des INSPIRE-Gitters zusammengefasst (Summen und Mediane ihrer"
+        " 100-m-Zellen), ab Zoomstufe {zoom} je 100-m-Zelle.",
+        "Zoomed out: per 1 km cell of the INSPIRE grid (sums and medians of its 100 m cells);"
+        " from zoom {zoom}: per 100 m cell.",
+    ),
+    "cell_1km": ("1-km-Zelle", "1 km cell"),
+    "below_cells": ("100-m-Zellen deutlich unter dem Angebot", "100 m cells well below the offer"),
+    "compared_n": ("Verglichene 100-m-Zellen", "Compared 100 m cells"),
+    "median_offer": ("Median Angebot (Mbit/s)", "Median offer (Mbit/s)"),
+    "median_ratio": ("Median Messung / Angebot (%)", "Median measured / offer (%)"),
     "districts_title": ("Indikatoren je Stadtbezirk", "Indicators per district"),
     "value": ("Wert", "Value"),
     "target": ("Ziel", "Target"),
@@ -229,6 +259,9 @@ class MapOptions:
     indicator: str | None = None
     #: stored indicator values older than this are recomputed first (api setting)
     indicators_max_age_seconds: float = 300.0
+    #: where the measured map fetches its 100 m cells when zoomed in (``/maps/measured/cells``
+    #: as the browser sees it); None: they go into the page (a file that works offline)
+    cells_url: str | None = None
 
     @classmethod
     def from_settings(
@@ -238,6 +271,7 @@ class MapOptions:
         lang: Lang = "de",
         assets: Assets | None = None,
         indicator: str | None = None,
+        cells_url: str | None = None,
     ) -> MapOptions:
         maps = settings.maps
         return cls(
@@ -250,6 +284,7 @@ class MapOptions:
             min_contributors=settings.privacy.min_contributors,
             indicator=indicator,
             indicators_max_age_seconds=settings.api.indicators_max_age_seconds,
+            cells_url=cells_url,
         )
 
 
@@ -736,46 +771,152 @@ def _script_safe(text_: str) -> str:
     )  # fmt: skip
 
 
+#: the maps' own script for stored cell layers (:class:`CellLayer`, :class:`ZoomedCells`), put
+#: into each page once: styles by a feature property, one tooltip function per layer (a table of
+#: fields), layers shown only within a zoom band, and the zoomed-in cells of the visible area,
+#: fetched from Quartier or read from JSON inside the page (a file that works offline)
+CELLS_JS = """
+var quartierCells = (function () {
+    function esc(v) { return String(v).replace(/&/g, '&amp;').replace(/</g, '&lt;'); }
+    function style(styles, key, fallback) {
+        return function (f) {
+            var v = key === null ? undefined : f.properties[key];
+            return styles[v === undefined ? fallback : v] || styles[fallback];
+        };
+    }
+    function table(rows, fallback) {
+        return function (layer) {
+            var p = layer.feature.properties, out = '<table>';
+            if (fallback !== null && p[rows[0][0]] === undefined) return fallback;
+            for (var i = 0; i < rows.length; i++) {
+                var v = p[rows[i][0]];
+                if (rows[i][2]) v = rows[i][2][v];
+                out += '<tr><th style="text-align:left;padding-right:6px">' + rows[i][1]
+                    + '</th><td>' + esc(v) + '</td></tr>';
+            }
+            return out + '</table>';
+        };
+    }
+    function band(inner, minZoom, maxZoom) {
+        var group = L.layerGroup(), map = null;
+        function update() {
+            if (!map) return;
+            var z = map.getZoom(), on = z >= minZoom && z <= maxZoom;
+            if (on && !group.hasLayer(inner)) group.addLayer(inner);
+            else if (!on && group.hasLayer(inner)) group.removeLayer(inner);
+        }
+        group.on('add', function () { map = group._map; map.on('zoomend', update); update(); });
+        group.on('remove', function () { if (map) map.off('zoomend', update); map = null; });
+        return group;
+    }
+    function bounds(coords, b) {
+        if (typeof coords[0] === 'number') { b.extend([coords[1], coords[0]]); return b; }
+        for (var i = 0; i < coords.length; i++) bounds(coords[i], b);
+        return b;
+    }
+    function fine(o) {
+        var group = L.layerGroup(), map = null, cells = null, loaded = null, seq = 0, all = null;
+        function show(fc, want) {
+            if (cells) group.removeLayer(cells);
+            cells = L.geoJson(fc, {renderer: o.renderer, style: o.style});
+            cells.bindTooltip(o.tooltip, {sticky: true});
+            group.addLayer(cells);
+            loaded = want;
+            group.fire('quartier:loaded', {features: fc.features.length});
+        }
+        function embedded(want) {
+            if (all === null) {
+                all = [];
+                o.sources.forEach(function (id) {
+                    JSON.parse(document.getElementById(id).textContent).features.forEach(
+                        function (f) { f.bbox_ = bounds(f.geometry.coordinates, L.latLngBounds([]));
+                                       all.push(f); });
+                });
+            }
+            return {type: 'FeatureCollection',
+                    features: all.filter(function (f) { return want.intersects(f.bbox_); })};
+        }
+        function update() {
+            if (!map) return;
+            if (map.getZoom() < o.minZoom) {
+                if (cells) group.removeLayer(cells);
+                cells = null; loaded = null; seq++;
+                return;
+            }
+            if (loaded && loaded.contains(map.getBounds())) return;
+            var want = map.getBounds().pad(0.25), n = ++seq;
+            if (!o.url) { show(embedded(want), want); return; }
+            var bbox = [want.getWest(), want.getSouth(), want.getEast(), want.getNorth()]
+                .map(function (v) { return v.toFixed(5); }).join(',');
+            fetch(o.url + '?bbox=' + bbox, {credentials: 'same-origin'})
+                .then(function (r) {
+                    if (!r.ok) throw new Error('HTTP ' + r.status);
+                    return r.json();
+                })
+                .then(function (fc) { if (n === seq && map) show(fc, want); })
+                .catch(function (err) {
+                    console.warn('Quartier: 100 m cells not loaded: ' + err);
+                });
+        }
+        group.on('add', function () { map = group._map; map.on('moveend', update); update(); });
+        group.on('remove', function () {
+            if (map) map.off('moveend', update);
+            if (cells) group.removeLayer(cells);
+            map = null; cells = null; loaded = null; seq++;
+        });
+        return group;
+    }
+    return {style: style, table: table, band: band, fine: fine};
+})();
+"""
+
+
+def _add_cells_js(element: Element) -> None:
+    _root_of(element).header.add_child(
+        _Raw(f"<script>{CELLS_JS}</script>"), name="quartier_cells_js"
+    )
+
+
+def _fields_json(fields: Sequence[tuple[str, str, Sequence[str] | None]]) -> str:
+    return _script_json(
+        [[k, label, list(labels) if labels else None] for k, label, labels in fields]
+    )
+
+
 class CellLayer(Layer):
     """A layer of :mod:`quartier.maps.layers` (a FeatureCollection as text) on the map as it is:
     no per-feature work on the server (folium's ``GeoJson`` calls a style function per feature
     and writes a ``switch`` over every feature id); the style is picked in the browser from
     ``styles`` by the feature's property ``style_key`` (None: the first style); the tooltip is
     ``tooltip`` (HTML) or a table of ``fields`` (property, label, optional labels by value;
-    labels are HTML). A layer not shown at first is built when it is switched on."""
+    labels are HTML). A layer not shown at first is built when it is switched on. With
+    ``max_zoom`` (and ``min_zoom``) its features are drawn only within that zoom band."""
 
     _template = Template(
         """{% macro script(this, kwargs) %}
-        var {{ this.get_name() }} = L.geoJson(null, {
+        var {{ this.get_name() }}_cells = L.geoJson(null, {
             {%- if this.canvas %}renderer: L.canvas(),{% endif %}
-            style: (function (styles, key) {
-                return function (f) {
-                    return (key === null ? styles[0] : styles[f.properties[key]]) || styles[0];
-                };
-            })({{ this.styles }}, {{ this.style_key }})
+            style: quartierCells.style({{ this.styles }}, {{ this.style_key }}, 0)
         });
+        {%- if this.max_zoom is none %}
+        var {{ this.get_name() }} = {{ this.get_name() }}_cells;
+        {%- else %}
+        var {{ this.get_name() }} = quartierCells.band({{ this.get_name() }}_cells,
+            {{ this.min_zoom }}, {{ this.max_zoom }});
+        {%- endif %}
         {%- if this.show %}
-        {{ this.get_name() }}.addData({{ this.get_name() }}_data);
+        {{ this.get_name() }}_cells.addData({{ this.get_name() }}_data);
         {%- else %}
         {# a layer off at first is built when it is switched on, not while the page loads #}
         {{ this.get_name() }}.once('add', function () {
-            {{ this.get_name() }}.addData({{ this.get_name() }}_data);
+            {{ this.get_name() }}_cells.addData({{ this.get_name() }}_data);
         });
         {%- endif %}
         {%- if this.tooltip is not none %}
-        {{ this.get_name() }}.bindTooltip({{ this.tooltip }}, {sticky: true});
+        {{ this.get_name() }}_cells.bindTooltip({{ this.tooltip }}, {sticky: true});
         {%- elif this.fields is not none %}
-        {{ this.get_name() }}.bindTooltip(function (layer) {
-            var p = layer.feature.properties, rows = {{ this.fields }}, out = '<table>';
-            for (var i = 0; i < rows.length; i++) {
-                var v = p[rows[i][0]];
-                if (rows[i][2]) v = rows[i][2][v];
-                out += '<tr><th style="text-align:left;padding-right:6px">' + rows[i][1]
-                    + '</th><td>' + String(v).replace(/&/g, '&amp;').replace(/</g, '&lt;')
-                    + '</td></tr>';
-            }
-            return out + '</table>';
-        }, {sticky: true});
+        {{ this.get_name() }}_cells.bindTooltip(quartierCells.table({{ this.fields }}, null),
+            {sticky: true});
         {%- endif %}
         {% endmacro %}"""
     )
@@ -791,6 +932,8 @@ class CellLayer(Layer):
         fields: Sequence[tuple[str, str, Sequence[str] | None]] | None = None,
         canvas: bool = False,
         show: bool = True,
+        min_zoom: int = 0,
+        max_zoom: int | None = None,
     ) -> None:
         super().__init__(name=name, overlay=True, control=True, show=show)
         self._name = "CellLayer"
@@ -798,20 +941,78 @@ class CellLayer(Layer):
         self.styles = _script_json(list(styles))
         self.style_key = _script_json(style_key)
         self.tooltip = None if tooltip is None else _script_json(tooltip)
-        self.fields = (
-            None
-            if fields is None
-            else _script_json([[k, label, list(labels) if labels else None]
-                               for k, label, labels in fields])
-        )  # fmt: skip
+        self.fields = None if fields is None else _fields_json(fields)
         self.canvas = canvas
+        self.min_zoom = int(min_zoom)
+        self.max_zoom = None if max_zoom is None else int(max_zoom)
 
     def render(self, **kwargs: Any) -> str:
         # the data goes into the page as it is: through folium's templates, a script element
         # is parsed again as a Jinja template, which for megabytes of GeoJSON took seconds
+        _add_cells_js(self)
         _root_of(self).script.add_child(
             _Raw(f"var {self.get_name()}_data = {self.data};"), name=f"{self.get_name()}_data"
         )
+        super().render(**kwargs)  # type: ignore[no-untyped-call]
+        return ""
+
+
+class ZoomedCells(Layer):
+    """Cells drawn only from zoom ``min_zoom`` on, for the visible area (a quarter more on each
+    side), on Leaflet's canvas: fetched from ``url`` (``?bbox=west,south,east,north``, answering
+    a GeoJSON FeatureCollection) each time the view leaves the area loaded, or, without a
+    ``url`` (a file that works offline), taken from the FeatureCollections ``embedded`` (text),
+    which go into the page as JSON that the browser parses only when first zoomed in. Styled by
+    the property ``style_key`` (features without it: the last style), one tooltip function: a
+    table of ``fields``, or ``fallback`` (HTML) for a feature without the first field."""
+
+    _template = Template(
+        """{% macro script(this, kwargs) %}
+        var {{ this.get_name() }} = quartierCells.fine({
+            url: {{ this.url }}, sources: {{ this.sources }}, minZoom: {{ this.min_zoom }},
+            renderer: L.canvas({padding: 0.25}),
+            style: quartierCells.style({{ this.styles }}, {{ this.style_key }},
+                                       {{ this.n_styles }} - 1),
+            tooltip: quartierCells.table({{ this.fields }}, {{ this.fallback }})
+        });
+        {% endmacro %}"""
+    )
+
+    def __init__(
+        self,
+        name: str,
+        styles: Sequence[dict[str, Any]],
+        fields: Sequence[tuple[str, str, Sequence[str] | None]],
+        *,
+        min_zoom: int,
+        url: str | None = None,
+        embedded: Sequence[str] = (),
+        style_key: str = "s",
+        fallback: str | None = None,
+    ) -> None:
+        super().__init__(name=name, overlay=True, control=True, show=True)
+        self._name = "ZoomedCells"
+        self.url = _script_json(url)
+        self.embedded = [_script_safe(text_) for text_ in embedded] if url is None else []
+        self.styles = _script_json(list(styles))
+        self.n_styles = len(styles)
+        self.style_key = _script_json(style_key)
+        self.fields = _fields_json(fields)
+        self.fallback = _script_json(fallback)
+        self.min_zoom = int(min_zoom)
+
+    @property
+    def sources(self) -> str:
+        return _script_json([f"{self.get_name()}_json_{i}" for i in range(len(self.embedded))])
+
+    def render(self, **kwargs: Any) -> str:
+        _add_cells_js(self)
+        root = _root_of(self)
+        for i, data in enumerate(self.embedded):
+            ident = f"{self.get_name()}_json_{i}"
+            root.html.add_child(
+                _Raw(f'<script type="application/json" id="{ident}">{data}</script>'), name=ident
+            )
         super().render(**kwargs)  # type: ignore[no-untyped-call]
         return ""
 
