@@ -710,7 +710,7 @@ def live(
             for cmd in cmds
         ]
         # how many messages the ingester holds unacknowledged (received, not yet acked): the
-        # broker sends no more than its max_inflight_messages (10,000) before a PUBACK
+        # broker sends an MQTT 5 client no more than its Receive Maximum (the ingester: 65,535)
         held = [0]
         sampling = threading.Event()
 
@@ -733,11 +733,14 @@ def live(
             ing.stop_event.set()
             thread.join(30)
         load_after = os.getloadavg()[0]
-        lat = sorted(
-            t_commit - datetime.fromisoformat(orjson.loads(m.payload)["time"]).timestamp()
+        sent_at = [
+            (datetime.fromisoformat(orjson.loads(m.payload)["time"]).timestamp(), m, t_commit)
             for t_commit, msgs in commits
             for m in msgs
-        )
+        ]
+        lat = sorted(t_commit - t_pub for t_pub, _, t_commit in sent_at)
+        # before the ingester: the publisher's socket, the broker, the ingester's socket
+        before = sorted(m.received_at.timestamp() - t_pub for t_pub, m, _ in sent_at)
         # the ingester's share: from the message's arrival in the ingester to its commit
         own = sorted(
             t_commit - m.received_at.timestamp() for t_commit, msgs in commits for m in msgs
@@ -756,6 +759,8 @@ def live(
             "p50_ms": 1000 * lat[len(lat) // 2],
             "p99_ms": 1000 * lat[int(len(lat) * 0.99)],
             "max_ms": 1000 * lat[-1],
+            "to_p50_ms": 1000 * before[len(before) // 2],
+            "to_p99_ms": 1000 * before[int(len(before) * 0.99)],
             "in_p50_ms": 1000 * own[len(own) // 2],
             "in_p99_ms": 1000 * own[int(len(own) * 0.99)],
             "batches": len(sizes),
@@ -916,7 +921,9 @@ def live_line(
         f" {lv['pub_lag_max_ms']:,.0f} ms): sent {lv['sent']:,.0f}, broker acked"
         f" {lv['acked_by_broker']:,.0f}, stored {lv['stored']:,.0f}, lost {lv['lost']:.0f};"
         f" publish-to-commit p50 {lv['p50_ms']:,.0f} ms, p99 {lv['p99_ms']:,.0f} ms,"
-        f" max {lv['max_ms']:,.0f} ms; arrival-to-commit p50 {lv['in_p50_ms']:,.0f} ms,"
+        f" max {lv['max_ms']:,.0f} ms; publish-to-arrival (broker and sockets) p50"
+        f" {lv['to_p50_ms']:,.0f} ms, p99 {lv['to_p99_ms']:,.0f} ms;"
+        f" arrival-to-commit p50 {lv['in_p50_ms']:,.0f} ms,"
         f" p99 {lv['in_p99_ms']:,.0f} ms; {lv['batches']:,.0f} batches, mean"
         f" {lv['batch_mean']:,.0f}, p99 {lv['batch_p99']:,.0f}, largest {lv['batch_max']:,.0f};"
         f" unacknowledged in the ingester at most {lv['held_max']:,.0f}" + split

@@ -171,6 +171,7 @@ def test_a_live_run_of_the_benchmark_stores_everything(
     assert lv["stored"] == 2000 and lv["lost"] == 0
     assert 0 < lv["p50_ms"] <= lv["p99_ms"] <= lv["max_ms"]
     assert lv["in_p50_ms"] <= lv["p50_ms"] + 1  # the ingester's share is part of the whole
+    assert 0 <= lv["to_p50_ms"] <= lv["p50_ms"] + 1  # and so is the way to the ingester
     assert lv["rate"] > 0 and lv["pub_lag_max_ms"] >= 0
     assert 0 < lv["held_max"] <= 2000  # the ingester's unacknowledged messages were sampled
     share = lv["cpu"]
