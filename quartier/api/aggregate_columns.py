@@ -89,12 +89,17 @@ class _Times:
         n_grid = (agg.end - agg.start) // agg.width
         used = sum(len(s.columns.epoch) for s in agg.series if s.columns is not None)
         self.grid: npt.NDArray[np.uint8] | None = None
+        self.whole = b""
         if 0 < n_grid <= used:
             self.grid = time_items(self.first + self.step * np.arange(n_grid, dtype=np.int64))
+            # a series with a value in every bucket (the common case) has the whole grid
+            self.whole = b"[" + self.grid.tobytes()[:-1] + b"]"
 
     def json(self, epochs: npt.NDArray[np.int64]) -> bytes:
         if len(epochs) == 0:
             return b"[]"
+        if self.grid is not None and len(epochs) == len(self.grid):
+            return self.whole  # distinct bucket starts inside the range: all of them
         rows = (
             self.grid[(epochs - self.first) // self.step]
             if self.grid is not None

@@ -752,7 +752,13 @@ def _read_packed(
     query = _PACKED_TEXT.get(key)
     if query is None:  # constant identifiers only: the text is the same for every connection
         query = _PACKED_TEXT[key] = packed_query(width, functions).as_string(None)
-    rows = cur.execute(query, params).fetchall()
+    if len(ids) * ((end - start) // width) <= _SMALL and conn.autocommit:
+        rows = cur.execute(query, params).fetchall()  # too cheap for JIT to start
+    else:
+        with conn.transaction():
+            # JIT compiling costs tens of ms; the dirty overlay's estimate can reach its threshold
+            conn.execute("set local jit = off")
+            rows = cur.execute(query, params).fetchall()
     return _packed_series(rows, functions, start, end, columns=columns)
 
 
