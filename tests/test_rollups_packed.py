@@ -14,12 +14,15 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+import orjson
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 from test_timeseries import WIDTH_SECONDS, truth, write_batch
 
+from quartier.api.aggregate_columns import columns_response
+from quartier.api.sensorthings import iso
 from quartier.store import rollups, timeseries
 from quartier.store.policy import StorePolicy
 from quartier.store.sta_write import delete_observations
@@ -332,3 +335,28 @@ def test_rebuild_retention_and_backfill_keep_packed_rows_exact(conn: Conn) -> No
     want = {k: v for k, v in truth(store.as_rows(), 86400).items() if k[1] >= cutoff}
     got = answers(conn, "1d", columns=True, span=span)
     assert {k: v for k, v in got.items() if k[1] >= cutoff} == want
+
+
+def test_columns_body_times_of_full_and_partial_series() -> None:
+    """The columnar body's times: a series with every bucket of the range (the prepared grid),
+    one with holes, an empty one; each equal to sensorthings.iso of its buckets."""
+    hour = timedelta(hours=1)
+    start, end = T0, T0 + timedelta(days=2)
+    full = np.arange(int(start.timestamp()), int(end.timestamp()), 3600, dtype=np.int64)
+    holes = full[np.arange(len(full)) % 5 != 2]
+    series = []
+    for ds, epochs in ((1, full), (2, holes), (3, full[:0]), (4, full)):
+        cols = (
+            timeseries.Columns(epochs, {"avg": epochs.astype(np.float64) / 7})
+            if len(epochs)
+            else None
+        )
+        s = timeseries.Series(ds, columns=cols)
+        s.gaps = timeseries._gaps(epochs, start, end, hour)
+        series.append(s)
+    agg = timeseries.Aggregate(hour, start, end, "observation_1h", ("avg",), series)
+    body = orjson.loads(columns_response(agg).body)
+    for s, epochs in zip(body["series"], (full, holes, full[:0], full), strict=True):
+        assert s["time"] == [iso(datetime.fromtimestamp(int(e), UTC)) for e in epochs]
+        assert s["avg"] == [float(e) / 7 for e in epochs]
+    assert body["series"][2]["gaps"] == [{"from": iso(start), "to": iso(end)}]
