@@ -77,13 +77,13 @@ def fresh_db(admin_url: str) -> str:
 
 
 #: bump when the generated data changes: a kept database of another version is loaded again
-DATA_VERSION = {"koeln": 1, "state": 3}
+DATA_VERSION = {"koeln": 1, "state": 3, "country": 1}
 
 
 def kept_db(admin_url: str, case: str, load: Callable[[str], None]) -> str:
     """The database of ``case`` kept from an earlier run (migrated to the current schema, its
     coverage runs deleted), or a new one, loaded, and marked as loaded."""
-    name = f"bench_cov_{case}_v{DATA_VERSION[case]}"
+    name = f"bench_cov_{case}_v{DATA_VERSION[case.split('_')[0]]}"
     url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
@@ -515,6 +515,81 @@ _EMPTY_ST = pd.DataFrame({"cell_e": np.zeros(0, np.int32), "cell_n": np.zeros(0,
                           "download_mbps": np.zeros(0, np.float32)})  # fmt: skip
 
 
+def load_country(url: str, blocks: list[tuple[int, int]]) -> None:
+    """The ``blocks`` (10 km, see :class:`CountryWorld`) of the country generated one at a time
+    straight into the input tables (binary COPY built with numpy, cells computed once, indexes
+    built afterwards, as :func:`load_state`): the generator never holds more than one block's
+    rows. Points at their cell's centre; speed tests and signal measurements from distinct
+    devices drawn at random per block (k-anonymity as for the Bundesland)."""
+    world = CountryWorld()
+    t = _t()
+    start_us = pd.Timestamp("2026-01-01", tz="UTC").value // 1000 - _PG_EPOCH_US
+    src = ("source", "S9", b"synthetic")
+    rows = {"households": 0, "offers": 0, "speedtests": 0, "signals": 0}
+    r0, c0 = COUNTRY_ORIGIN[1] // BLOCK_M, COUNTRY_ORIGIN[0] // BLOCK_M
+    with psycopg.connect(url) as conn:
+        d = country_districts(blocks).to_crs(4326)
+        multi = shapely.multipolygons(np.asarray(d.geometry.values).reshape(-1, 1))
+        conn.cursor().executemany(
+            "insert into district (level, code, name, geom)"
+            " values ('stadtbezirk', %s, %s, ST_GeomFromWKB(%s, 4326))",
+            [(c, n, shapely.to_wkb(g)) for c, n, g in zip(d["code"], d["name"], multi,
+                                                         strict=True)],
+        )  # fmt: skip
+        restore = _bulk_mode(conn)
+        conn.commit()
+
+        def located(frame: pd.DataFrame) -> list[tuple[str, Any, Any]]:
+            ce, cn = frame["cell_e"].to_numpy(), frame["cell_n"].to_numpy()
+            return [("geom", _EWKB_POINT, _ewkb(ce + 50.0, cn + 50.0)), ("cell_e", ">i4", ce),
+                    ("cell_n", ">i4", cn)]  # fmt: skip
+
+        for k, (br, bc) in enumerate(blocks):
+            inp = world.load((r0 + br, c0 + bc), BLOCK_M // 100)
+            rng = np.random.default_rng([world.seed, 11, br, bc])
+            at0 = start_us + k * 10_000_000_000
+            h, o, s, sig = inp.households, inp.offers, inp.speedtests, inp.signals
+            _copy_fixed(conn, "household", [src, ("households", ">i4", h["households"].to_numpy()),
+                                            *located(h)])  # fmt: skip
+            _copy_fixed(conn, "broadband_offer", [
+                src, ("technology", "S4", o["technology"].astype(str).to_numpy().astype("S4")),
+                ("max_down_mbps", ">f4", o["max_down_mbps"].to_numpy()),
+                ("max_up_mbps", ">f4", o["max_up_mbps"].to_numpy()), *located(o)])  # fmt: skip
+            _copy_fixed(conn, "speedtest", [
+                src, ("device_key", "S16", _device_keys(rng, len(s), STATE_TEST_DEVICES)),
+                ("measured_at", ">i8", at0 + np.arange(len(s), dtype=np.int64) * 1_000_000),
+                ("download_mbps", ">f4", s["download_mbps"].to_numpy()), *located(s)])  # fmt: skip
+            ops = sig["operator"].astype(str).to_numpy()
+            techs = sig["technology"].astype(str).to_numpy()
+            at = at0 + np.arange(len(sig), dtype=np.int64) * 1_000
+            keys = _device_keys(rng, len(sig), STATE_SIGNAL_DEVICES)
+            for op in np.unique(ops):
+                for two_g in (False, True):
+                    sel = np.flatnonzero((ops == op) & ((techs == "2G") == two_g))
+                    if not len(sel):
+                        continue
+                    part = sig.iloc[sel]
+                    op_bytes = str(op).encode()
+                    _copy_fixed(conn, "mobile_measurement", [
+                        src, ("device_key", "S16", keys[sel]), ("measured_at", ">i8", at[sel]),
+                        ("technology", "S2", techs[sel].astype("S2")),
+                        ("operator", f"S{len(op_bytes)}", op_bytes),
+                        ("rssi_dbm" if two_g else "rsrp_dbm", ">f4",
+                         part["signal_dbm"].to_numpy()), *located(part)])  # fmt: skip
+            conn.commit()
+            for name, frame in zip(rows, (h, o, s, sig), strict=True):
+                rows[name] += len(frame)
+            if (k + 1) % 25 == 0 or k + 1 == len(blocks):
+                print(f"  {k + 1} of {len(blocks)} blocks in {_t() - t:.0f} s: "
+                      + ", ".join(f"{v:,} {n}" for n, v in rows.items()), flush=True)  # fmt: skip
+        conn.execute("set maintenance_work_mem = '512MB'")
+        for stmt in restore:
+            conn.execute(stmt)
+        conn.commit()
+    _analyze_tables(url)
+    print(f"  loaded into PostgreSQL in {_t() - t:.1f} s")
+
+
 def country_districts(blocks: list[tuple[int, int]], seed: int = 5) -> gpd.GeoDataFrame:
     """Gemeinden: 3 Voronoi cells per 10 km block (about 10,800 in the country, Germany has
     10,750), for the ``blocks`` analysed."""
@@ -721,12 +796,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="Dask workers (country, state-dask)")
     ap.add_argument("--tile-km", type=int, default=None,
                     help="tile side on Dask (default: the analysis' default, "
-                         "quartier.geo.distributed.TILE_CELLS; the country case: 10)")  # fmt: skip
+                         "quartier.geo.distributed.TILE_CELLS, 50 km)")  # fmt: skip
     ap.add_argument(
         "--fraction",
         type=int,
-        default=8,
-        help="country: analyse 1/N of its tiles (a square block) and project",
+        default=16,
+        help="country: generate into the store and analyse a square of about 1/N of it "
+        "(1: all), in one process and on Dask, and project the whole from the cost a tile",
     )
     ap.add_argument("--dask", action="store_true",
                     help="state: run it in one process and on a local Dask cluster in turns, "
@@ -739,6 +815,9 @@ def main() -> None:
     ap.add_argument("--cluster", action="store_true",
                     help="state --dask: first order the input tables by cell (CLUSTER on the "
                          "(cell_n, cell_e) index, once per kept database)")  # fmt: skip
+    ap.add_argument("--read-cost", action="store_true",
+                    help="state: only the CPU of reading the inputs whole, by bands of tiles "
+                         "and by ranges of blocks")  # fmt: skip
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--state-child", help=argparse.SUPPRESS)
     ap.add_argument("--state-dask-child", help=argparse.SUPPRESS)
@@ -811,7 +890,9 @@ def main() -> None:
         if args.case in ("state", "both"):
             print("Bundesland: loading …")
             url = database("state", load_state)
-        if args.case == "state" and args.dask:
+        if args.case == "state" and args.read_cost:
+            read_cost(url)
+        elif args.case == "state" and args.dask:
             if args.cluster:
                 if switch:
                     durability(admin, on=False)
@@ -842,31 +923,36 @@ def main() -> None:
             _verdict("Bundesland end to end ≤ 60 s", b["total"], TARGETS["state_e2e"])
             _verdict("Bundesland memory ≤ 2 GB (10^9 bytes)", rss / 1e9, TARGETS["state_mem_gb"])
         if args.case == "country":
-            print(f"Country: 1/{args.fraction} of the tiles, generated in the workers …")
-            url = fresh_db(admin)
-            durability(admin, on=True if switch else None)
-            c = bench_country(url, args.fraction, args.workers, args.tile_km or 10)
-            per_tile = c["worker_cpu"] / c["tiles"]  # worker CPU seconds a tile
-            wall_tile = c["seconds"] * c["workers"] / c["tiles"]
-            km = args.tile_km or 10
-            full = COUNTRY_BLOCKS**2 * (10 // km) ** 2
-            eu = int(4_230_000 / km**2)  # EU-27: 4.23 M km²
-            print(f"Country fraction: {c['tiles']:,} tiles ({c['fraction']:.4f}), "
-                  f"{c['cells']:,} cells, {c['gaps']:,} gap clusters in {c['seconds']:.1f} s on "
-                  f"{c['workers']} workers ({wall_tile:.2f} worker-s of wall time a tile); "
-                  f"worker CPU {c['worker_cpu']:.1f} s = {per_tile:.2f} s a tile, client CPU "
-                  f"{c['client_cpu']:.1f} s; worker peaks "
-                  f"{', '.join(f'{p / 1e9:.2f}' for p in c['peaks'])} GB")  # fmt: skip
-            print(f"  inputs: {c['inputs']}")
-            print(f"  load average (1, 5, 15 min): {os.getloadavg()}")
-            print(f"  projected from CPU per tile (one core per worker): the whole country "
-                  f"({full:,} tiles, about {c['cells'] / c['fraction'] / 1e6:.0f} M cells) on "
-                  f"{c['workers']} workers "
-                  f"{full * per_tile / c['workers'] / 60:.0f} min")  # fmt: skip
+            side = max(1, round(COUNTRY_BLOCKS / max(args.fraction, 1) ** 0.5))
+            blocks = [(r, c) for r in range(side) for c in range(side)]
+            share = len(blocks) / COUNTRY_BLOCKS**2
+            print(
+                f"Country: {side * 10} × {side * 10} km ({len(blocks):,} blocks of 10 km, "
+                f"{share:.4f} of the country), generated block by block into the store …"
+            )
+            url = database(f"country_1of{args.fraction}", lambda u: load_country(u, blocks))
+            km = args.tile_km or 50
+            _, dasks = compare_state_dask(url, args.repeat, args.workers, args.tile_km,
+                                                label=f"Country 1/{args.fraction}")  # fmt: skip
+            d = min(dasks, key=lambda x: x["seconds"])
+            tiles = d["tiles"]
+            full, eu = (600 / km) ** 2, 4_230_000 / km**2  # EU-27: 4.23 M km²
+            cpu_tile = (d["worker_cpu"] + d["pg_cpu"]) / tiles
+            wall_tile = d["seconds"] / tiles
+            print(f"  per tile ({tiles} tiles of {km} km, the best Dask run): wall "
+                  f"{wall_tile:.1f} s on {args.workers} workers, CPU {cpu_tile:.1f} s (workers "
+                  f"{d['worker_cpu'] / tiles:.1f} + PostgreSQL {d['pg_cpu'] / tiles:.1f}); client "
+                  f"CPU {d['client_cpu'] / tiles:.2f} s")  # fmt: skip
+            print(f"  PROJECTION, the whole country ({full:.0f} tiles) on {args.workers} workers: "
+                  f"{full * wall_tile / 60:.0f} min at this run's wall time a tile, "
+                  f"{full * cpu_tile / args.workers / 60:.0f} min with one free core per worker "
+                  f"and its PostgreSQL backend")  # fmt: skip
             for n in (2, 16, 64, 256):
-                print(f"  projected: EU-27 ({eu:,} tiles) on {n} workers "
-                      f"{eu * per_tile / n / 60:.1f} min")  # fmt: skip
-            _verdict("worker peak ≤ 4 GB (10^9 bytes)", max(c["peaks"]) / 1e9, 4.0)
+                print(f"  PROJECTION, EU-27 ({eu:,.0f} tiles) on {n} workers with a core each "
+                      f"(and PostgreSQL that keeps up): {eu * cpu_tile / n / 60:.1f} min; client "
+                      f"CPU {eu * d['client_cpu'] / tiles / 60:.1f} min")  # fmt: skip
+            _verdict("worker peak ≤ 4 GB (10^9 bytes)",
+                     max(max(x["peaks"]) for x in dasks) / 1e9, 4.0)  # fmt: skip
     finally:
         if local is not None:
             local.down()
@@ -887,52 +973,6 @@ def _cpu_seconds() -> float:
 def _worker_cpus(client: Any) -> dict[str, float]:
     """CPU seconds (user + system) each Dask worker process has used so far."""
     return {str(w): float(v) for w, v in client.run(_cpu_seconds).items()}
-
-
-def _worker_cpu(client: Any) -> float:
-    """CPU seconds (user + system) the Dask worker processes have used so far, together."""
-    return float(sum(client.run(_cpu_seconds).values()))
-
-
-def bench_country(url: str, fraction: int, workers: int, tile_km: int) -> dict[str, Any]:
-    """The country on a local cluster of ``workers`` processes: ``1 / fraction`` of its tiles
-    (a square block of them; 1 = all), generated in the workers, analysed, cells written by
-    each tile's COPY, the run stored."""
-    from distributed import Client
-
-    from quartier.geo import service
-    from quartier.geo.distributed import local_cluster
-
-    side = COUNTRY_BLOCKS if fraction <= 1 else max(1, round(COUNTRY_BLOCKS / fraction**0.5))
-    blocks = [(r, c) for r in range(side) for c in range(side)]
-    tile_cells = tile_km * 10
-    per = BLOCK_M // (tile_cells * 100)
-    if per < 1 or BLOCK_M % (tile_cells * 100):
-        raise SystemExit("--tile-km must divide 10")
-    r0, c0 = COUNTRY_ORIGIN[1] // (tile_cells * 100), COUNTRY_ORIGIN[0] // (tile_cells * 100)
-    tiles = [(r0 + br * per + i, c0 + bc * per + j) for br, bc in blocks
-             for i in range(per) for j in range(per)]  # fmt: skip
-    districts = country_districts(blocks)
-    print(f"  {len(tiles):,} tiles of {tile_km} km ({len(tiles) / (COUNTRY_BLOCKS**2 * per**2):.3f}"
-          f" of the country), {len(districts):,} Gemeinden, {workers} workers")  # fmt: skip
-    with local_cluster(workers, memory_limit="4GB") as cluster, Client(cluster) as client:
-        cpu0, own0 = _worker_cpu(client), _cpu_seconds()
-        t = _t()
-        with psycopg.connect(url) as conn:
-            run_id, result = service.store_tiled(
-                conn, client, url, tiles, sorted(COUNTRY_OPERATORS), districts, AnalysisParams(),
-                tile_cells=tile_cells, source=CountryWorld(),
-            )  # fmt: skip
-            conn.commit()
-        total = _t() - t
-        cpu = _worker_cpu(client) - cpu0
-        peaks = _worker_peaks(client)
-    client_cpu = _cpu_seconds() - own0
-    counts = result.inputs
-    return {"tiles": len(tiles), "fraction": len(tiles) / (COUNTRY_BLOCKS**2 * per**2),
-            "seconds": total, "peaks": peaks, "cells": counts["cells"],
-            "gaps": len(result.gaps), "inputs": counts, "workers": workers,
-            "run_id": run_id, "worker_cpu": cpu, "client_cpu": client_cpu}  # fmt: skip
 
 
 def bench_state_dask(url: str, workers: int, tile_km: int | None) -> dict[str, Any]:
@@ -1024,6 +1064,50 @@ def pg_cpu_seconds(url: str) -> float:
     return total / tick
 
 
+def read_cost(url: str) -> None:
+    """The stored inputs read three ways, one after the other, with the wall time and the CPU
+    seconds of this process and of PostgreSQL: the whole read (one connection, TID ranges),
+    session 6's Dask reads (a band of 50 km tiles at a time through the ``(cell_n, cell_e)``
+    index), and session 7's (2 equal ranges of every table's blocks, TID ranges)."""
+    from quartier.geo.distributed import TILE_CELLS
+
+    side = TILE_CELLS * 100
+
+    def rows(i: CoverageInputs) -> int:
+        return sum(len(f) for f in (i.households, i.offers, i.speedtests, i.signals))
+
+    def whole() -> int:
+        with psycopg.connect(url) as conn:
+            return rows(input_store.load_inputs(conn, district_level=None))
+
+    def bands() -> int:
+        with psycopg.connect(url) as conn:
+            lo, hi = conn.execute("select min(cell_n), max(cell_n) from mobile_measurement"
+                                  ).fetchone() or (0, -1)  # fmt: skip
+        n = 0
+        for b in range(int(lo) // side, int(hi) // side + 1):
+            with psycopg.connect(url) as conn:
+                conn.execute("set enable_seqscan = off")
+                n += rows(input_store.load_inputs(conn, district_level=None,
+                                                  rows=(b * side, (b + 1) * side)))  # fmt: skip
+        return n
+
+    def parts() -> int:
+        n = 0
+        for i in range(2):
+            with psycopg.connect(url) as conn:
+                n += rows(input_store.load_inputs(conn, district_level=None, part=(i, 2)))
+        return n
+
+    for name, fn in (("whole read", whole), ("bands of tiles, index", bands),
+                     ("2 ranges of blocks", parts)):  # fmt: skip
+        pg0, c0, t0 = pg_cpu_seconds(url), _cpu_seconds(), _t()
+        n = fn()
+        print(f"  read cost, {name}: wall {_t() - t0:.1f} s, CPU: this process "
+              f"{_cpu_seconds() - c0:.1f} s, PostgreSQL {pg_cpu_seconds(url) - pg0:.1f} s; "
+              f"{n:,} rows; load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+
+
 def cluster_inputs(url: str) -> None:
     """``CLUSTER`` the input tables on their ``(cell_n, cell_e)`` index (migration 0044), unless
     done before: a band of tiles is then one contiguous part of each table instead of rows
@@ -1071,7 +1155,9 @@ def _spread(values: list[float]) -> str:
             f"max {max(values):.1f} s ({', '.join(f'{v:.1f}' for v in values)})")  # fmt: skip
 
 
-def compare_state_dask(url: str, repeat: int, workers: int, tile_km: int | None) -> None:
+def compare_state_dask(
+    url: str, repeat: int, workers: int, tile_km: int | None, label: str = "Bundesland"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The Bundesland end to end in one process and on ``workers`` local Dask workers, in
     turns (one, Dask, one, Dask, …: both see the same load), ``repeat`` times each, each run
     in a child process of its own; every Dask run's stored result compared with the single
@@ -1111,8 +1197,8 @@ def compare_state_dask(url: str, repeat: int, workers: int, tile_km: int | None)
         print_dask_profile(d)
     one = [s["best"]["total"] for s in singles]
     on_dask = [d["seconds"] for d in dasks]
-    print(f"Bundesland, one process ({repeat} runs): {_spread(one)}")
-    print(f"Bundesland on Dask, {workers} workers, {km} km tiles ({repeat} runs): "
+    print(f"{label}, one process ({repeat} runs): {_spread(one)}")
+    print(f"{label} on Dask, {workers} workers, {km} km tiles ({repeat} runs): "
           f"{_spread(on_dask)}")  # fmt: skip
     worker_peak = max(max(d["peaks"]) for d in dasks)
     print(f"  peak memory: one process {max(s['peak_rss_bytes'] for s in singles) / 1e9:.2f} GB;"
@@ -1132,6 +1218,7 @@ def compare_state_dask(url: str, repeat: int, workers: int, tile_km: int | None)
     )
     print(f"  ≥ 1.6x on {workers} workers (median): "
           f"{'met' if speedup >= 1.6 else 'NOT met'} ({speedup:.2f}x)")  # fmt: skip
+    return singles, dasks
 
 
 def _children_cpu() -> float:
