@@ -310,6 +310,11 @@ def main() -> None:
         default=None,
         help="measure the queries again on a database loaded by an earlier run with --keep",
     )
+    ap.add_argument(
+        "--incremental",
+        action="store_true",
+        help="with --queries-only: also one ingest batch and the refresh after the queries",
+    )
     args = ap.parse_args()
     if args.queries_only:
         with psycopg.connect(args.queries_only) as conn:
@@ -335,8 +340,17 @@ def main() -> None:
         }
         if args.json:
             args.json.write_text(json.dumps(report_q, indent=2, default=str))
+        if args.incremental:
+            after = span[1].astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+            report_q["incremental"] = incremental(
+                args.queries_only, ds_ids, after + timedelta(hours=1), args.repeat
+            )
+        if args.json:
+            args.json.write_text(json.dumps(report_q, indent=2, default=str))
         print(f"durability (query phase): {report_q['durability_queries']}")
         print_queries(report_q["queries"])
+        if args.incremental:
+            print(f"incremental: {json.dumps(report_q['incremental'], default=str)}")
         return
 
     step = timedelta(minutes=args.step_min)
@@ -921,17 +935,40 @@ def incremental(url: str, ds_ids: np.ndarray, end: datetime, repeat: int) -> dic
         out["mark_statement_ms"] = statistics.median(b[1] for b in batches)
     with psycopg.connect(url, autocommit=True) as conn:
         ids = [int(i) for i in ds_ids[:100]]
-        q = measure(
-            lambda _: timeseries.aggregate(
-                conn, ids, timedelta(hours=1), end - timedelta(days=30), end + timedelta(days=1)
-            ),
-            repeat,
-        )
-        out["hourly_100_ds_with_dirty_overlay"] = q
+        for name, packed in (
+            ("hourly_100_ds_with_dirty_overlay", True),
+            ("hourly_100_ds_with_dirty_overlay_rollup_rows", False),
+        ):
+            out[name] = measure(
+                lambda _, packed=packed: timeseries.aggregate(
+                    conn,
+                    ids,
+                    timedelta(hours=1),
+                    end - timedelta(days=30),
+                    end + timedelta(days=1),
+                    functions=("avg",),
+                    columns=True,
+                    packed=packed,
+                ),
+                repeat,
+            )
         t = time.perf_counter()
         r = rollups.refresh_all(conn)
         out["refresh_ms"] = (time.perf_counter() - t) * 1000
         out["refreshed"] = {"15m": r.buckets_15m, "1h": r.buckets_1h, "1d": r.buckets_1d}
+        # the packing's share of that refresh: the same days and months packed again on their
+        # own, in a transaction that is rolled back
+        with conn.transaction():
+            conn.execute(
+                "create temp table _bench_days on commit drop as select distinct datastream_id,"
+                " date_trunc('day', phenomenon_time, 'UTC') as bucket from observation"
+                " where phenomenon_time >= %s",
+                (end,),
+            )
+            t = time.perf_counter()
+            rollups._repack_touched(conn, sql.Identifier("_bench_days"))
+            out["repack_of_those_days_and_months_ms"] = (time.perf_counter() - t) * 1000
+            raise psycopg.Rollback()
     log(f"incremental: {out}")
     return out
 
