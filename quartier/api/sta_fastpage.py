@@ -1,24 +1,21 @@
-"""A page of one Datastream's (or MultiDatastream's) Observations whose JSON PostgreSQL writes.
+"""A page of one Datastream's (or MultiDatastream's) Observations, written with the least work
+per observation.
 
-The general path (``sensorthings._observation_page``) fetches the rows as dicts, formats their
-times and ids in Python and has orjson write the page. Here one statement does the page's work in
-the database: each observation comes back as the JSON text of its body, so Python joins texts and
-touches no datetime, float or dict for a typical numeric sensor page. The bytes are the general
-path's bytes (``tests/test_api_sta_fastpage.py`` compares both on random rows in a real
-database), so the ETag of a page does not depend on which path wrote it.
-
-What PostgreSQL writes exactly as orjson does: ids (``"<datastream>:<µs since 1970>"``), links,
-times (RFC 3339, UTC, milliseconds, ``Z``: ``to_char`` truncates to the millisecond like
-``iso()``), and numeric results in ``[1e-4, 1e15)`` (PostgreSQL's and orjson's shortest
-round-trip digits agree there; an integral value gets orjson's ``.0``), zero, NaN and ±Infinity
-(``null``). What it hands back for Python to write: a numeric result outside that range (as the
-float), a JSON result and JSON parameters (as text, loaded as psycopg loads ``jsonb`` and written
-by orjson, so a value orjson cannot write makes :func:`observation_page` answer ``None`` and the
-caller use the general path).
+The general path (``sensorthings._observation_page``) fetches the rows as dicts in PostgreSQL's
+text format (times parsed into datetimes, floats from text), builds a dict per observation and
+has orjson write the page. Here the statement hands over only what varies, in binary: the
+times as µs since 1970 (``extract``, exact), the result as float8, JSON values as their text;
+the page's times are formatted at once by numpy and its numeric results at once by orjson, and
+each observation's JSON is one f-string over constant pieces (every observation of the page has
+the same Datastream). The bytes are the general path's bytes (``tests/test_api_sta_fastpage.py``
+compares both on random rows in a real database), so the ETag of a page does not depend on the
+path that wrote it. (Having PostgreSQL write each observation's JSON text was tried first: the
+same bytes, but ``to_char`` and a dozen text concatenations per row cost the backend about
+twice the general query's CPU, more than Python saved; docs/benchmarks.md, API.)
 
 The statement is the general path's query (``store.sensorthings._select_page``: the same
-condition, keys, keyset cursor and ``limit top + 1``) with the body's text as its columns, and one
-round trip: whether the datastream exists is asked only when the page is empty.
+condition, keys, keyset cursor and ``limit top + 1``) with other columns, and one round trip:
+whether the datastream exists is asked only when the page is empty.
 """
 
 from __future__ import annotations
@@ -27,61 +24,24 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg.rows import tuple_row
 
 from quartier.errors import BadRequestError, NotFoundError
 from quartier.store import sensorthings as q
 from quartier.store.db import DictConn
 
-#: RFC 3339 in UTC with milliseconds, as ``sensorthings.iso`` writes it.
-_TIME = "to_char({t} at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
-#: µs since 1970 (exact: ``extract`` is numeric), the id's second part.
-_US = "(extract(epoch from o.phenomenon_time) * 1000000)::int8"
-#: A numeric result orjson and PostgreSQL write alike (see the module's docstring).
-_PLAIN_RESULT = (
-    "(o.result is null or o.result in ('NaN', 'Infinity', '-Infinity') or o.result = 0"
-    " or (abs(o.result) >= 1e-4 and abs(o.result) < 1e15))"
-)
-_RESULT = (
-    "case when o.result is null or o.result in ('NaN', 'Infinity', '-Infinity') then 'null'"
-    " when o.result = trunc(o.result) then o.result::text || '.0'"
-    " else o.result::text end"
-)
-_SIMPLE = f"(o.result_json is null and o.parameters is null and {_PLAIN_RESULT})"
-_ID = f"(o.datastream_id::text || ':' || {_US}::text)"
-_HEAD = (
-    '\'{{"@iot.id":"\' || {id} || \'","@iot.selfLink":"\' || %(_prefix)s'
-    " || '/Observations(''' || {id} || ''')\",\"phenomenonTime\":\"' || {pt}"
-    " || '\",\"resultTime\":' || coalesce('\"' || {rt} || '\"', 'null') || ',\"result\":'"
-).format(
-    id=_ID,
-    pt=_TIME.format(t="o.phenomenon_time"),
-    rt=_TIME.format(t="o.result_time"),
-)
-_LINKS = (
-    "case when o.datastream_id < 0"
-    " then ',\"MultiDatastream@iot.navigationLink\":\"' || %(_prefix)s || '/MultiDatastreams('"
-    " || (-o.datastream_id)::text || ')\"'"
-    " else ',\"Datastream@iot.navigationLink\":\"' || %(_prefix)s || '/Datastreams('"
-    " || o.datastream_id::text || ')\"' end"
-    ' || coalesce(\',"FeatureOfInterest@iot.navigationLink":"\' || %(_prefix)s'
-    " || '/FeaturesOfInterest(' || o.foi_id::text || ')\"', '') || '}'"
-)
-#: j: the whole body when PostgreSQL writes all of it; else h and t around what Python writes
-#: (rf: a float result, rj: a JSON result, pj: JSON parameters)
-_COLUMNS = (
-    f"case when {_SIMPLE} then {_HEAD} || {_RESULT} || ',\"parameters\":null' || {_LINKS} end"
-    f" as j, case when not {_SIMPLE} then {_HEAD}"
-    f" || case when o.result_json is null and {_PLAIN_RESULT} then {_RESULT} else '' end end as h,"
-    f" case when not {_SIMPLE} then {_LINKS} end as t,"
-    f" case when o.result_json is null and not {_PLAIN_RESULT} then o.result end as rf,"
-    " o.result_json::text as rj, o.parameters::text as pj"
+_US = "(extract(epoch from {}) * 1000000)::int8"
+_COLUMNS = sql.SQL(
+    f"{_US.format('o.phenomenon_time')}, o.result, o.result_json::text,"
+    f" {_US.format('o.result_time')}, o.parameters::text, o.foi_id"
 )
 _OBSERVATIONS = sql.SQL("observation o")
 _OF_DATASTREAM = "o.datastream_id = %(_scope)s"
+#: the columns before the keyset cursor's
+_FIXED = 6
 
 
 @dataclass(frozen=True)
@@ -114,7 +74,6 @@ def observation_page(
         "_scope": scope_id,
         "_top": listing.top + 1,
         "_skip": listing.skip,
-        "_prefix": orjson.dumps(prefix).decode()[1:-1],  # as JSON string content
     }
     extra: list[sql.Composable] = []
     if listing.after is not None:
@@ -122,14 +81,14 @@ def observation_page(
         extra.append(cond)
         params.update(cursor)
     query = sql.SQL("select {}{} from {}{} order by {} limit %(_top)s offset %(_skip)s").format(
-        sql.SQL(_COLUMNS),
+        _COLUMNS,
         q._cursor_columns(keys),
         _OBSERVATIONS,
         q._where(_OF_DATASTREAM, listing, extra),
         q._order_by(keys),
     )
     try:
-        with conn.cursor(row_factory=tuple_row) as cur:
+        with conn.cursor(binary=True, row_factory=psycopg.rows.tuple_row) as cur:
             rows: list[tuple[Any, ...]] = cur.execute(query, params).fetchall()
     except psycopg.errors.DataError:
         if listing.after is None:
@@ -141,21 +100,70 @@ def observation_page(
         return FastPage([], False, None)
     more = listing.top > 0 and len(rows) > listing.top
     rows = rows[: listing.top]
-    items: list[str] = []
+    if not rows:  # $top=0
+        return FastPage([], False, None)
     try:
-        for j, h, t, rf, rj, pj, *_ in rows:
-            if j is not None:
-                items.append(j)
-                continue
-            if rf is not None:
-                h += orjson.dumps(rf).decode()
-            elif rj is not None:
-                h += _compact(rj)
-            items.append(f'{h},"parameters":{"null" if pj is None else _compact(pj)}{t}')
+        items = _write(rows, scope_id, orjson.dumps(prefix).decode()[1:-1])
     except orjson.JSONEncodeError:
         return None
-    last = list(rows[-1][6:]) if rows and len(rows[-1]) > 6 else None
+    last = list(rows[-1][_FIXED:]) if len(rows[-1]) > _FIXED else None
     return FastPage(items, more, last)
+
+
+def _times(us: Any) -> list[str]:
+    """RFC 3339 with milliseconds and ``Z`` (as ``sensorthings.iso``) of µs since 1970."""
+    text = np.datetime_as_string(np.array(us, dtype="datetime64[us]"), unit="ms").tolist()
+    return [f"{t}Z" for t in text]
+
+
+def _write(rows: list[tuple[Any, ...]], scope_id: int, prefix: str) -> list[str]:
+    """The JSON text of each observation, as ``sensorthings._observation_page`` writes it;
+    ``prefix`` already escaped for a JSON string."""
+    us, results, result_json, result_us, parameters, foi = zip(
+        *(r[:_FIXED] for r in rows), strict=True
+    )
+    times = _times(us)
+    # orjson writes NaN and ±Infinity as null, as the general path's orjson does
+    written = orjson.dumps(results)[1:-1].decode().split(",")
+    if scope_id < 0:
+        link = f',"MultiDatastream@iot.navigationLink":"{prefix}/MultiDatastreams({-scope_id})"'
+    else:
+        link = f',"Datastream@iot.navigationLink":"{prefix}/Datastreams({scope_id})"'
+    head = f'{{"@iot.id":"{scope_id}:'
+    self_link = f'","@iot.selfLink":"{prefix}/Observations(\'{scope_id}:'
+    time_key = '\')","phenomenonTime":"'
+    plain_tail = f',"parameters":null{link}}}'
+    items = [
+        f'{head}{u}{self_link}{u}{time_key}{t}","resultTime":null,"result":{r}{plain_tail}'
+        for u, t, r in zip(us, times, written, strict=True)
+    ]
+    # the observations with more than a time and a number: written again, whole
+    odd = [
+        i
+        for i, (a, b, c, d) in enumerate(zip(result_json, result_us, parameters, foi, strict=True))
+        if a is not None or b is not None or c is not None or d is not None
+    ]
+    if odd:
+        result_times = dict(
+            zip(
+                (i for i in odd if result_us[i] is not None),
+                _times([result_us[i] for i in odd if result_us[i] is not None]),
+                strict=True,
+            )
+        )
+        for i in odd:
+            rt = result_times.get(i)
+            result_time = "null" if rt is None else f'"{rt}"'
+            r = written[i] if result_json[i] is None else _compact(result_json[i])
+            p = "null" if parameters[i] is None else _compact(parameters[i])
+            f = foi[i]
+            foi_link = "" if f is None else f',"FeatureOfInterest@iot.navigationLink":"{prefix}'
+            foi_link += "" if f is None else f'/FeaturesOfInterest({f})"'
+            items[i] = (
+                f'{head}{us[i]}{self_link}{us[i]}{time_key}{times[i]}","resultTime":{result_time}'
+                f',"result":{r},"parameters":{p}{link}{foi_link}}}'
+            )
+    return items
 
 
 def _check_exists(conn: DictConn, scope_id: int) -> None:
