@@ -487,8 +487,15 @@ class CpuMeter:
     postmaster_pid: int
 
     def __call__(self) -> float:
-        pids = [self.server_pid, *_children(self.server_pid), *_children(self.postmaster_pid)]
-        return sum(_cpu_s(p) for p in pids)
+        return sum(self.parts())
+
+    def parts(self) -> tuple[float, float]:
+        """CPU seconds so far of (the server's processes, the PostgreSQL backends)."""
+        server = [self.server_pid, *_children(self.server_pid)]
+        return (
+            sum(_cpu_s(p) for p in server),
+            sum(_cpu_s(p) for p in _children(self.postmaster_pid)),
+        )
 
 
 def postmaster_of(db_url: str) -> int:
@@ -534,11 +541,18 @@ def run_shape(
 
 
 async def _http_get(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, target: str
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    host: str,
+    target: str,
+    gzip: bool = False,
 ) -> int:
-    """One keep-alive HTTP/1.1 GET; returns the status after reading the whole body."""
+    """One keep-alive HTTP/1.1 GET; returns the status after reading the whole body (with
+    ``gzip``, asking for it as browsers and httpx do: the body is read, not decompressed)."""
+    encoding = "Accept-Encoding: gzip\r\n" if gzip else ""
     writer.write(
-        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n\r\n".encode()
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n"
+        f"{encoding}\r\n".encode()
     )
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
@@ -562,7 +576,9 @@ async def _http_get(
     return status
 
 
-async def _load(urls: list[str], clients: int, duration: float) -> dict[str, Any]:
+async def _load(
+    urls: list[str], clients: int, duration: float, gzip: bool = False
+) -> dict[str, Any]:
     parts = urlsplit(urls[0])
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     targets = [u[u.index("/", len(parts.scheme) + 3) :] for u in urls]
@@ -577,7 +593,7 @@ async def _load(urls: list[str], clients: int, duration: float) -> dict[str, Any
             while time.perf_counter() < stop:
                 t = time.perf_counter()
                 status = await _http_get(
-                    reader, writer, f"{host}:{port}", targets[i % len(targets)]
+                    reader, writer, f"{host}:{port}", targets[i % len(targets)], gzip
                 )
                 times.append((time.perf_counter() - t) * 1000)
                 if status != 200:
@@ -591,6 +607,7 @@ async def _load(urls: list[str], clients: int, duration: float) -> dict[str, Any
     wall = time.perf_counter() - t0
     return {
         "clients": clients,
+        "gzip": gzip,
         "requests": len(times),
         "seconds": wall,
         "req_per_s": len(times) / wall,
@@ -599,14 +616,42 @@ async def _load(urls: list[str], clients: int, duration: float) -> dict[str, Any
 
 
 def throughput(
-    w: World, shape: Shape, clients: int, duration: float, cpu: CpuMeter | None = None
+    w: World,
+    shape: Shape,
+    clients: int,
+    duration: float,
+    cpu: CpuMeter | None = None,
+    gzip: bool = False,
 ) -> dict[str, Any]:
+    """``clients`` connections sending ``shape`` for ``duration`` s; with ``cpu``, the CPU ms
+    per request of the server's processes and of the PostgreSQL backends (process CPU, which
+    the other work on a shared machine distorts far less than req/s)."""
     urls = [shape.url(w, i) for i in range(max(64, clients * 4))]
-    cpu0 = cpu() if cpu is not None else 0.0
-    out = asyncio.run(_load(urls, clients, duration))
+    before = cpu.parts() if cpu is not None else (0.0, 0.0)
+    load0 = os.getloadavg()
+    out = asyncio.run(_load(urls, clients, duration, gzip))
+    out["load_average"] = [load0[0], os.getloadavg()[0]]
     if cpu is not None:
-        out["cpu_ms"] = (cpu() - cpu0) * 1000 / max(1, out["requests"])
+        after = cpu.parts()
+        n = max(1, out["requests"])
+        out["cpu_server_ms"] = (after[0] - before[0]) * 1000 / n
+        out["cpu_db_ms"] = (after[1] - before[1]) * 1000 / n
+        out["cpu_ms"] = out["cpu_server_ms"] + out["cpu_db_ms"]
     return out
+
+
+def _throughput_line(r: dict[str, Any]) -> str:
+    cpu = ""
+    if "cpu_ms" in r:
+        cpu = (
+            f", CPU {r['cpu_ms']:.2f} ms/request (server {r['cpu_server_ms']:.2f},"
+            f" PostgreSQL {r['cpu_db_ms']:.2f})"
+        )
+    return (
+        f"{r['req_per_s']:.0f} req/s{' gzip' if r['gzip'] else ''} (p50 {r['p50_ms']:.1f} ms,"
+        f" p95 {r['p95_ms']:.1f} ms, non-200 {r['non_200']}){cpu}, load average"
+        f" {r['load_average'][0]:.1f} -> {r['load_average'][1]:.1f}"
+    )
 
 
 # ------------------------------------------------------------------------------------ servers
@@ -699,6 +744,7 @@ def measure_server(
     duration: float,
     label: str,
     cpu: CpuMeter | None = None,
+    gzip: bool = False,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"shapes": {}}
     with httpx.Client(timeout=120) as client:
@@ -718,10 +764,11 @@ def measure_server(
         if out["shapes"].get(weekly.name, {}).get("ok"):
             r = throughput(w, weekly, clients, duration, cpu)
             out["throughput"] = r
-            log(
-                f"{label:9} {weekly.name} with {clients} clients: {r['req_per_s']:.0f} req/s "
-                f"(p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, non-200 {r['non_200']})"
-            )
+            log(f"{label:9} {weekly.name} with {clients} clients: {_throughput_line(r)}")
+            if gzip:
+                r = throughput(w, weekly, clients, duration, cpu, gzip=True)
+                out["throughput_gzip"] = r
+                log(f"{label:9} {weekly.name} with {clients} clients: {_throughput_line(r)}")
     return out
 
 
@@ -775,7 +822,7 @@ def measure_main(
         )
         cpu = CpuMeter(server.pid, postmaster_of(url))
         report["quartier"] = measure_server(
-            w, args.repeat, args.clients, args.duration, "quartier", cpu
+            w, args.repeat, args.clients, args.duration, "quartier", cpu, args.throughput_gzip
         )
 
 
@@ -836,10 +883,12 @@ def print_report(r: dict[str, Any]) -> None:
                 print(f"  {name:17} p50 {s['p50_ms']:7.1f}  p95 {s['p95_ms']:7.1f} ms  {verdict}")
             else:
                 print(f"  {name:17} FAILED {s['error'][:150]}")
-        t = r["quartier"].get("throughput")
-        if t:
-            verdict = "met" if t["req_per_s"] >= 500 and not t["non_200"] else "NOT met"
-            print(f"  weekly, {t['clients']} clients: {t['req_per_s']:.0f} req/s  {verdict}")
+        for t in (r["quartier"].get("throughput"), r["quartier"].get("throughput_gzip")):
+            if not t:
+                continue
+            ok = t["req_per_s"] >= 500 and t["p95_ms"] <= 50 and not t["non_200"]
+            verdict = "met" if ok else "NOT met"
+            print(f"  weekly, {t['clients']} clients: {_throughput_line(t)}  {verdict}")
     if "peer" in r:
         q, p = r["peer_quartier"], r["peer"]
         print("\nSide by side (40 Things, 80 Datastreams, a day every minute); target >= 10x")
@@ -878,6 +927,11 @@ def main() -> None:
     ap.add_argument("--peer-repeat", type=int, default=20, help="timed requests per shape (peer)")
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients (0: no load)")
     ap.add_argument("--duration", type=float, default=15.0, help="seconds of load")
+    ap.add_argument(
+        "--throughput-gzip",
+        action="store_true",
+        help="run the concurrent load again asking for gzip (Accept-Encoding)",
+    )
     ap.add_argument("--workers", type=int, default=2, help="server worker processes")
     ap.add_argument("--peer", action="store_true", help="also the side-by-side run")
     ap.add_argument("--peer-only", action="store_true", help="only the side-by-side run")
