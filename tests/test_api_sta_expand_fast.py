@@ -367,6 +367,20 @@ def test_spans_are_exact_when_their_hints_are_stale(
         assert truth[first_day_gone][0] is None or (
             hints[first_day_gone][0] + timedelta(days=1) <= truth[first_day_gone][0]
         )
-        assert qx.spans(conn, list(truth)) == truth
-        assert qx.spans(conn, list(truth), timescaledb=True) == truth
+        for timescaledb in (False, True):
+            got = qx.spans(conn, list(truth), timescaledb)
+            assert {k: (v["t_min"], v["t_max"]) for k, v in got.items()} == truth
         assert qx.spans(conn, []) == {}
+        # with the observation at either end: the one the general path's LATERAL finds
+        for end, order in (("last", "desc"), ("first", "asc")):
+            got = qx.spans(conn, list(truth), end=end)
+            for ds, span in got.items():
+                row = conn.execute(
+                    "select * from observation where datastream_id = %s"
+                    f" order by phenomenon_time {order} limit 1",
+                    (ds,),
+                ).fetchone()
+                if row is None:
+                    assert span["phenomenon_time"] is None and span["result"] is None
+                else:
+                    assert {k: span[k] for k in row} == row

@@ -973,6 +973,11 @@ def _list(
     )
     if refs:
         return _ref_page(base, entity_set, rows, nxt, count)
+    from quartier.api import sta_expand_latest  # imports this module
+
+    fast = sta_expand_latest.page(conn, base, p.settings, entity_set, rows, p.options, nxt, count)
+    if fast is not None:  # Things → Datastreams → Observations, written by orjson
+        return fast
     return p.respond(conn, base, entity_set, rows, nxt, count, estimate=not exact)
 
 

@@ -30,8 +30,12 @@ general path's.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
+
+import numpy as np
+import orjson
+from fastapi.responses import JSONResponse, Response
 
 from quartier.api import sensorthings as st
 from quartier.api.sta import ENTITY_SETS, Expand, QueryOptions, compile_navigation
@@ -41,6 +45,7 @@ from quartier.store import sensorthings as q
 from quartier.store import sensorthings_expand as qx
 from quartier.store.db import DictConn
 from quartier.store.migrate import storage_path
+from quartier.store.pgcopy import Int8Array, TimestamptzArray
 
 _PHENOMENON_TIME = Path(("phenomenonTime",))
 #: the Observations orders handled: none (by phenomenonTime, ascending), or phenomenonTime
@@ -169,6 +174,37 @@ def render(
     return _Renderer(conn, base, settings, timescaledb).bodies(entity_set, rows, options)
 
 
+def page(
+    conn: DictConn,
+    base: str,
+    settings: Settings,
+    entity_set: str,
+    rows: list[dict[str, Any]],
+    options: QueryOptions,
+    nxt: str | None,
+    count: int | None,
+) -> Response | None:
+    """The collection body ``Paging.respond`` writes for these rows (``@iot.count``, ``value``,
+    ``@iot.nextLink``), written by orjson, when :func:`handles` the request (and no
+    ``$resultFormat`` asks for another format); else None. Its ``@iot.count`` is exact: an
+    estimate is only ever given for all Observations."""
+    if options.result_format is not None:
+        return None
+    bodies = render(conn, base, settings, entity_set, rows, options)
+    if bodies is None:
+        return None
+    data: dict[str, Any] = {}
+    if count is not None:
+        data["@iot.count"] = count
+    data["value"] = bodies
+    if nxt is not None:
+        data["@iot.nextLink"] = nxt
+    try:
+        return Response(orjson.dumps(data), media_type="application/json")
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits in a JSON property
+        return JSONResponse(data)
+
+
 class _Renderer:
     def __init__(self, conn: DictConn, base: str, settings: Settings, timescaledb: bool) -> None:
         self.conn = conn
@@ -237,9 +273,14 @@ class _Renderer:
             by_parent.setdefault(int(r["_parent"]), []).append(r)
         more = {pid for pid, g in by_parent.items() if len(g) > listing.top}
         kept = [r for pid in parent_ids for r in by_parent.get(pid, [])[: listing.top]]
-        span = qx.spans(self.conn, [int(r["id"]) for r in kept], self.timescaledb)
+        # the spans, and with them the one observation a "$top=1" expansion below shows
+        end = self._end(x.options, len(kept))
+        span = qx.spans(self.conn, [int(r["id"]) for r in kept], self.timescaledb, end)
         for r in kept:
-            r["t_min"], r["t_max"] = span.get(int(r["id"]), (None, None))
+            s = span.get(int(r["id"]))
+            r["t_min"], r["t_max"] = (s["t_min"], s["t_max"]) if s else (None, None)
+            if end is not None:
+                r["_end"] = s if s and s["phenomenon_time"] is not None else None
         inner = QueryOptions(select=x.options.select, expand=x.options.expand)
         rendered = iter(self.bodies("Datastreams", kept, inner))
         groups = {
@@ -247,6 +288,16 @@ class _Renderer:
             for pid in parent_ids
         }
         self._attach("Things", parent_ids, bodies, x, listing, groups, more)
+
+    def _end(self, options: QueryOptions, datastreams: int) -> Literal["first", "last"] | None:
+        """Which end of their span the Datastreams' expanded Observations show when they show
+        one observation each (``$top=1``, by ``phenomenonTime``), else None."""
+        for x in st.normalized(options.expand):
+            if x.path == ("Observations",):
+                listing = self._listing("Observations", x, datastreams)
+                if listing.top == 1 and not listing.skip:
+                    return "last" if _ORDERS[x.options.orderby] else "first"
+        return None
 
     def _observations(
         self, rows: list[dict[str, Any]], bodies: list[dict[str, Any]], x: Expand
@@ -257,17 +308,21 @@ class _Renderer:
         by_parent: dict[int, list[dict[str, Any]]] = {}
         more: set[int] = set()
         if listing.top == 1 and not listing.skip:
-            # the one observation at the end (start) of each Datastream's span
-            ends = {
-                int(r["id"]): (r["t_max"] if descending else r["t_min"])
-                for r in rows
-                if r["t_min"] is not None
-            }
-            more = {
-                int(r["id"]) for r in rows if r["t_min"] is not None and r["t_min"] < r["t_max"]
-            }
-            ids = list(ends)
-            found = q.observations_at(self.conn, ids, [ends[i] for i in ids])
+            # the one observation at the end (start) of each Datastream's span; a Datastream
+            # has more than one exactly when its span is longer than an instant
+            with_data = [r for r in rows if r["t_min"] is not None]
+            more = {int(r["id"]) for r in with_data if r["t_min"] < r["t_max"]}
+            if all("_end" in r for r in rows):  # read with the spans (_datastreams)
+                found = [r["_end"] for r in with_data if r["_end"] is not None]
+            else:
+                ends = [r["t_max"] if descending else r["t_min"] for r in with_data]
+                found = q.observations_at(
+                    self.conn,
+                    Int8Array(np.array([r["id"] for r in with_data], np.int64)),
+                    TimestamptzArray(
+                        np.array([(t - st._EPOCH) // st._MICROSECOND for t in ends], np.int64)
+                    ),
+                )
             for r in found:
                 by_parent[int(r["datastream_id"])] = [r]
         elif listing.top > 0:

@@ -21,10 +21,12 @@ plain ``min``/``max``, so the span is exact whatever the hints say.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from quartier.store.db import DictConn
+from quartier.store.pgcopy import Int8Array
 
 #: The Datastream columns of ``store.sensorthings`` without the span subqueries.
 _DATASTREAM_COLUMNS = """d.id, d.name, d.description, d.observation_type, d.unit_of_measurement,
@@ -46,7 +48,7 @@ _FIRST_DAY = (
 _SPANS = """
 with hint as materialized (
     select d.id, l.phenomenon_time as hi, {first_day} as lo_day
-    from unnest(%(_ids)s::int8[]) d(id)
+    from unnest(%(_ids)s) d(id)
     left join observation_latest l on l.datastream_id = d.id
 ), lo as materialized (
     select h.id, h.hi,
@@ -72,10 +74,34 @@ select x.id,
        end as t_max
 from lo x"""
 
-_SPANS_POSTGRES = _SPANS.format(first_day=_FIRST_DAY)
-# TimescaleDB's observation_1d is a continuous aggregate (a view): no day hint there; its
-# ordered chunk scans answer min() without visiting every chunk anyway
-_SPANS_TIMESCALEDB = _SPANS.format(first_day="null::timestamptz")
+#: with the observation at each span's end (``last``) or start: the "$top=1" observation,
+#: read by primary key (run-time pruning visits the one partition that can hold it)
+_WITH_END = """
+select s.id, s.t_min, s.t_max, e.*
+from ({spans}) s
+left join lateral (
+    select {columns} from observation o
+    where o.datastream_id = s.id and o.phenomenon_time = (case when %(_last)s then s.t_max
+                                                               else s.t_min end)
+) e on true"""
+
+
+def _spans_query(timescaledb: bool, end: bool) -> str:
+    spans = _SPANS.format(first_day="null::timestamptz" if timescaledb else _FIRST_DAY)
+    # TimescaleDB's observation_1d is a continuous aggregate (a view): no day hint there; its
+    # ordered chunk scans answer min() without visiting every chunk anyway
+    if not end:
+        return spans
+    return _WITH_END.format(spans=spans, columns=OBSERVATION_COLUMNS)
+
+
+#: the columns of an observation row as ``store.sensorthings`` reads them
+OBSERVATION_COLUMNS = (
+    "o.datastream_id, o.phenomenon_time, o.result, o.result_json, o.result_time, o.parameters,"
+    " o.foi_id, case when o.datastream_id < 0 then -o.datastream_id end as multi_datastream_id"
+)
+
+_QUERIES = {(ts, end): _spans_query(ts, end) for ts in (False, True) for end in (False, True)}
 
 
 def datastreams_of_things(
@@ -87,17 +113,25 @@ def datastreams_of_things(
     (:func:`spans` adds them)."""
     if not thing_ids:
         return []
-    params = {"_ids": thing_ids, "_top": top + 1, "_skip": skip}
+    params = {"_ids": Int8Array(np.array(thing_ids, np.int64)), "_top": top + 1, "_skip": skip}
     return conn.execute(_DATASTREAMS_OF_THINGS, params).fetchall()
 
 
 def spans(
-    conn: DictConn, datastream_ids: list[int], timescaledb: bool = False
-) -> dict[int, tuple[datetime | None, datetime | None]]:
-    """``(t_min, t_max)`` of each Datastream's observations (``None`` for both when it has
-    none), exactly as ``min``/``max(phenomenon_time)``; see the module's description."""
+    conn: DictConn,
+    datastream_ids: list[int],
+    timescaledb: bool = False,
+    end: Literal["first", "last"] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Each Datastream's ``t_min`` and ``t_max``: ``min``/``max(phenomenon_time)`` of its
+    observations, exactly (``None`` when it has none; see the module's description), by id.
+    With ``end``, each row also holds the columns of the observation at ``t_min`` (``first``)
+    or ``t_max`` (``last``), all ``None`` when there is none."""
     if not datastream_ids:
         return {}
-    query = _SPANS_TIMESCALEDB if timescaledb else _SPANS_POSTGRES
-    rows = conn.execute(query, {"_ids": datastream_ids}).fetchall()
-    return {int(r["id"]): (r["t_min"], r["t_max"]) for r in rows}
+    query = _QUERIES[timescaledb, end is not None]
+    params = {
+        "_ids": Int8Array(np.array(datastream_ids, np.int64)),
+        "_last": end == "last",
+    }
+    return {int(r["id"]): r for r in conn.execute(query, params).fetchall()}
