@@ -3,12 +3,14 @@
 Tiles are squares of ``tile_cells`` × ``tile_cells`` cells of the EPSG:3035 100 m grid (default
 500 × 500: 50 km), aligned on multiples of their size. Each tile is a Dask task:
 
-0. **Inputs** come from where the tasks run: stored inputs are read by the workers, one task
-   per band of tiles (a row of tiles across the extent: one range of the ``(cell_n, cell_e)``
-   index, :class:`StoreBands`, :func:`read_store`), cut into tiles there and counted per
-   operator, so that the client reads nothing but the districts and the band extent; a
-   :class:`TileSource` makes a tile's inputs in its task (a generator); or the client hands
-   them over (:func:`split_inputs`, :func:`scatter_tiles`).
+0. **Inputs** come from where the tasks run: stored inputs are read by the workers as the
+   single process reads them, each task one of N equal ranges of every input table's blocks
+   (TID range scans, :class:`StoreInputs`, :func:`read_store`), with each measurement's
+   device; each part is cut into tiles there, each tile joins its pieces (a transfer between
+   workers for the pieces read elsewhere) and applies k-anonymity per cell over all of them,
+   and the tiles are counted per operator, so that the client reads nothing but the
+   districts; a :class:`TileSource` makes a tile's inputs in its task (a generator); or the
+   client hands them over (:func:`split_inputs`, :func:`scatter_tiles`).
 1. **Cells** (:func:`quartier.geo.analysis.analyse_cells`): everything a cell gets from its own
    inputs (classes, measurements, mobile coverage, district) needs no other tile. The operators
    are fixed for the whole run beforehand (the most measured, as :func:`analyse` picks them);
@@ -28,7 +30,9 @@ Tiles are squares of ``tile_cells`` × ``tile_cells`` cells of the EPSG:3035 100
 5. **Polygons**: a cluster within one tile is dissolved by that tile's task, a cluster across tiles
    by a task that gets its cells (in key order: the same input, so the same polygon).
 6. **Cells written**: each tile puts the cluster ids into its cells and writes them with its own
-   binary COPY into the run's cell table (or hands them back).
+   binary COPY into the run's cell table (or hands them back), as soon as the cluster numbers
+   are known (after 3), at a lower priority than the tasks of 4 and 5: the workers write while
+   the client scores the clusters and gathers the polygons.
 
 Every figure equals the single-process one (``tests/test_coverage_dask.py`` compares them).
 The client holds only per-cluster and per-district figures; the cells stay on the workers.
@@ -635,6 +639,10 @@ def analyse_tiled(
         )
     )
 
+    # the cells can be written now: started here, behind the distance and polygon tasks, so
+    # that the workers write while the client scores the clusters and gathers the polygons
+    done = [client.submit(_finish_tile, parts[t], label_fs[t], sink, priority=-10)
+            for t in tile_list]  # fmt: skip
     clock.lap("merge")
 
     # distances to the nearest gigabit cell
@@ -719,8 +727,7 @@ def analyse_tiled(
     dead_zones = sum(s.dead_zones for s in summaries)
     del summaries
 
-    # the cells: cluster ids, then written by each tile (or gathered)
-    done = [client.submit(_finish_tile, parts[t], label_fs[t], sink) for t in tile_list]
+    # the cells with their cluster ids, written by each tile (or gathered)
     del parts
     kept = None
     if keep_cells:
