@@ -1,7 +1,8 @@
 """Map size and speed on a Köln-sized world (issue #15 item 4): each page ≤ 5 MB and interactive
 within 2 s in headless Chromium.
 
-    .venv/bin/python bench/maps.py [--runs 5] [--data-dir DIR]
+    .venv/bin/python bench/maps.py [--runs 5] [--data-dir DIR] [--maps measured,...]
+                                   [--no-baseline] [--profile]
 
 Loads the simulated Köln coverage world of ``bench/coverage.py`` (150,000 address points,
 200,000 speed tests, 1,000,000 signal measurements; with ``--data-dir`` the loaded database is
@@ -20,7 +21,17 @@ the time that adds to the analysis is printed. Also, in the same run, the server
 broadband, mobile and measured maps in this process (``pages.render_page``, ``--runs`` times):
 from the stored layers against the same page made from the run's cells per request (the layers
 merged and, for the mobile and measured maps, the k-anonymity check counting the raw rows: what
-a run without stored layers gets); both must give the same page.
+a run without stored layers gets); both must give the same page (``--no-baseline`` skips it).
+
+Since session 7 the measured map shows an overview per 1 km cell zoomed out and fetches the
+100 m cells of the view from zoom 14 on (``docs/maps.md``, "Zoom levels of the measured map"):
+the benchmark also times the session-6 page that drew every 100 m cell while loading (made from
+the same stored layers, answered by the benchmark itself) in the same runs, interleaved, for a
+same-run ratio; the zoom-in to 14 on the city's centre (until the view's 100 m cells are fetched
+and drawn); and the size of the measured map as a file (``quartier map measured --out``).
+``--profile`` prints, per page, where the time to interactive goes: the renderer main thread's
+trace events by self time (parsing, compiling and running scripts, style, layout, paint, GC; as
+DevTools' Performance panel) and the JavaScript functions by self time (V8 CPU profile).
 """
 
 from __future__ import annotations
@@ -211,6 +222,25 @@ def all_cells_page(url: str) -> str:
     return render._page(fmap, legend, options)
 
 
+def _router(own: str, elsewhere: list[str], body: str | None) -> Callable[[Any], None]:
+    """A route handler: requests to Quartier (``own``) go through, the baseline page's
+    (``ALL_CELLS_PATH``) is answered with ``body``, any other is aborted and recorded in
+    ``elsewhere``. (Playwright passes the request too to a handler taking two arguments, so the
+    handler takes one and closes over the rest.)"""
+
+    def route(r: Any) -> None:
+        parts = urlsplit(r.request.url)
+        if parts.netloc == own and body is not None and parts.path == ALL_CELLS_PATH:
+            r.fulfill(status=200, content_type="text/html", body=body)
+        elif parts.netloc == own:
+            r.continue_()
+        else:
+            elsewhere.append(r.request.url)
+            r.abort()
+
+    return route
+
+
 def measure(
     own: str, runs: int, names: list[str], extra: dict[str, str] | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -218,7 +248,7 @@ def measure(
     runs interleaved (run 1 of every map, then run 2 …), so that a change in the machine's load
     falls on every map alike. ``extra``: pages by name answered by the benchmark itself (at
     ``ALL_CELLS_PATH``), timed in the browser like the others."""
-    from playwright.sync_api import Route, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     extra = extra or {}
     results: dict[str, dict[str, Any]] = {}
@@ -247,17 +277,7 @@ def measure(
                 errors: list[str] = []
                 elsewhere: list[str] = []
 
-                def route(r: Route, errs: list[str] = elsewhere, own_page: str = name) -> None:
-                    parts = urlsplit(r.request.url)
-                    if parts.netloc == own and parts.path == ALL_CELLS_PATH:
-                        r.fulfill(status=200, content_type="text/html", body=extra[own_page])
-                    elif parts.netloc == own:
-                        r.continue_()
-                    else:
-                        errs.append(r.request.url)
-                        r.abort()
-
-                page.route("**/*", route)
+                page.route("**/*", _router(own, elsewhere, extra.get(name)))
                 page.on("pageerror", lambda exc: errors.append(str(exc)))  # noqa: B023
                 t = time.perf_counter()
                 page.goto(f"http://{own}{path}", wait_until="load", timeout=120_000)
@@ -339,7 +359,7 @@ def profile(own: str, names: list[str], extra: dict[str, str] | None = None, top
     sampled every 100 µs)."""
     import json as json_
 
-    from playwright.sync_api import Route, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu"])
@@ -347,16 +367,7 @@ def profile(own: str, names: list[str], extra: dict[str, str] | None = None, top
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             body = (extra or {}).get(name)
 
-            def route(r: Route, body: str | None = body) -> None:
-                parts = urlsplit(r.request.url)
-                if parts.netloc != own:
-                    r.abort()
-                elif body is not None and parts.path == ALL_CELLS_PATH:
-                    r.fulfill(status=200, content_type="text/html", body=body)
-                else:
-                    r.continue_()
-
-            page.route("**/*", route)
+            page.route("**/*", _router(own, [], body))
             cdp = page.context.new_cdp_session(page)
             cdp.send("Profiler.enable")
             cdp.send("Profiler.setSamplingInterval", {"interval": 100})
@@ -431,9 +442,6 @@ def main() -> None:
         if "measured" in names:
             extra[ALL_CELLS] = all_cells_page(url)
         results = measure(own, args.runs, names, extra)
-        if args.profile:
-            print("where the time goes (one load each, profiled):")
-            profile(own, names, extra)
         print(f"maps of the Köln world, {args.runs} runs each (seconds; bytes uncompressed/gzip):")
         worst_bytes, worst_tti = 0, 0.0
         for name, r in results.items():
@@ -460,6 +468,9 @@ def main() -> None:
             size = len(exported.encode())
             print(f"  measured as a file (quartier map measured --out): {size / 1e6:.2f} MB")
             worst_bytes = max(worst_bytes, size)
+        if args.profile:
+            print("where the time goes (one load each, profiled):")
+            profile(own, names, extra)
         print(f"  load average (1, 5, 15 min): {os.getloadavg()}")
         ok = worst_bytes <= MAX_BYTES
         print(f"  every page ≤ 5 MB: {'met' if ok else 'NOT met'} ({worst_bytes / 1e6:.2f} MB)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from psycopg.rows import tuple_row
 
 from quartier.geo import run_store
 from quartier.maps.layers import (
+    EMPTY,
     MapLayer,
     MapLayers,
     measured_layers,
@@ -156,9 +158,13 @@ def store_run_layers(
     return layers
 
 
-def load_layers(conn: Conn, run_id: int, name: str) -> MapLayers | None:
+def load_layers(
+    conn: Conn, run_id: int, name: str, *, geojson_of: Collection[str] | None = None
+) -> MapLayers | None:
     """The stored layers of map ``name`` of run ``run_id``; None if they were not stored (a run
-    stored before migration 0043, or by a path that does not store them)."""
+    stored before migration 0043, or by a path that does not store them). ``geojson_of``: only
+    these layers' GeoJSON is read (the others' is :data:`EMPTY`, their counts and meta read);
+    None: every layer's."""
     with conn.cursor(row_factory=tuple_row) as cur:
         found = cur.execute(
             "select min_contributors from coverage_map where run_id = %s", (run_id,)
@@ -166,10 +172,12 @@ def load_layers(conn: Conn, run_id: int, name: str) -> MapLayers | None:
         if found is None:
             return None
         rows = cur.execute(
-            "select layer, cells, meta, geojson from coverage_map_layer"
-            " where run_id = %s and map = %s order by ord",
-            (run_id, name),
-        ).fetchall()
+            "select layer, cells, meta, case when %(keys)s::text[] is null"
+            " or layer = any(%(keys)s::text[]) then geojson else %(empty)s end"
+            " from coverage_map_layer where run_id = %(run)s and map = %(map)s order by ord",
+            {"run": run_id, "map": name, "empty": EMPTY,
+             "keys": None if geojson_of is None else list(geojson_of)},
+        ).fetchall()  # fmt: skip
     layers = tuple(
         MapLayer(str(key), int(cells), str(geojson), dict(meta or {}))
         for key, cells, meta, geojson in rows

@@ -205,7 +205,10 @@ def measured_page(conn: Conn, options: MapOptions) -> str:
         return render_measured_layers(
             MapLayers("measured", ()), districts, city=city, options=options, has_run=False
         )
-    layers = layer_store.load_layers(conn, run.id, "measured")
+    # served, the page holds only the overview (the 100 m cells are fetched when zoomed in)
+    layers = layer_store.load_layers(
+        conn, run.id, "measured", geojson_of=None if options.cells_url is None else ["coarse"]
+    )
     if layers is None or options.min_contributors > layers.min_contributors:
         cells = run_store.load_cells(conn, run)
         cells = cells[np.isfinite(cells["measured_ratio"].to_numpy(dtype=np.float64))]
