@@ -868,10 +868,6 @@ def _caller(conn: psycopg.Connection[Any], headers: Any, why: str) -> ApiKey:
     return authenticate(conn, token, datetime.now(UTC))
 
 
-#: the asynchronous batches this process runs (a task is dropped once done)
-_RUNNING: set[asyncio.Task[None]] = set()
-
-
 async def _start_async(
     request: Request, parts: list[Part], media: str, go_on: bool, applied: str | None
 ) -> Response:
@@ -893,8 +889,13 @@ async def _start_async(
 
     await run_in_threadpool(accept)
     task = asyncio.create_task(_run_async(request, parts, media, go_on, applied, batch_id))
-    _RUNNING.add(task)
-    task.add_done_callback(_RUNNING.discard)
+    # the app's running asynchronous batches: a reference until each is done
+    state = request.app.state
+    if not hasattr(state, "batch_tasks"):
+        state.batch_tasks = set()
+    running: set[asyncio.Task[None]] = state.batch_tasks
+    running.add(task)
+    task.add_done_callback(running.discard)
     base = (settings.api.base_url or str(request.base_url)).rstrip("/")
     return Response(
         status_code=202,
