@@ -22,6 +22,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import numpy.typing as npt
+import orjson
 import pandas as pd
 import shapely
 
@@ -117,10 +118,13 @@ def cell_geojson(
     n: npt.ArrayLike,
     properties: dict[str, Sequence[Any]],
     size_m: int = grid.CELL_SIZE_M,
+    *,
+    compact: bool = False,
 ) -> str:
     """One square per cell (lower-left corners ``e``, ``n``, sides ``size_m``; its 4 corners
     projected) with the per-cell ``properties`` (short keys: a Köln-sized layer has 10,000+
-    cells)."""
+    cells). ``compact``: written by orjson, without spaces (the same GeoJSON, some ten times
+    faster: what ``/maps/measured/cells`` answers); else by :func:`json.dumps`, as stored."""
     e_arr = np.asarray(e, dtype=np.float64).reshape(-1)
     n_arr = np.asarray(n, dtype=np.float64).reshape(-1)
     if not len(e_arr):
@@ -130,7 +134,8 @@ def cell_geojson(
     ys = n_arr[:, None] + np.array([0.0, 0.0, size, size, 0.0])
     lon, lat = grid.from_grid_crs(xs.reshape(-1), ys.reshape(-1))
     ring = np.stack([np.round(lon, DECIMALS), np.round(lat, DECIMALS)], axis=-1)
-    rings = ring.reshape(-1, 5, 2).tolist()
+    squares = ring.reshape(-1, 5, 2)
+    rings = squares if compact else squares.tolist()
     columns = {k: list(v) for k, v in properties.items()}
     features = [
         {
@@ -140,7 +145,10 @@ def cell_geojson(
         }
         for i in range(len(rings))
     ]
-    return json.dumps({"type": "FeatureCollection", "features": features})
+    collection = {"type": "FeatureCollection", "features": features}
+    if compact:
+        return orjson.dumps(collection, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    return json.dumps(collection)
 
 
 def _ints(values: pd.Series) -> list[int]:
@@ -263,7 +271,9 @@ def fine_geojson(cells: pd.DataFrame, *, disagree_below: float = 0.3) -> str:
         is_below, _shades(compared["measured_ratio"].to_numpy(dtype=np.float64), classes),
         len(classes),
     )  # fmt: skip
-    return cell_geojson(compared["e"], compared["n"], _cell_properties(compared, shade))
+    return cell_geojson(
+        compared["e"], compared["n"], _cell_properties(compared, shade), compact=True
+    )
 
 
 def coarse_cells(cells: pd.DataFrame, *, disagree_below: float = 0.3) -> pd.DataFrame:
