@@ -114,7 +114,7 @@ def datastreams_of_things(
     if not thing_ids:
         return []
     params = {"_ids": Int8Array(np.array(thing_ids, np.int64)), "_top": top + 1, "_skip": skip}
-    return conn.execute(_DATASTREAMS_OF_THINGS, params).fetchall()
+    return conn.execute(_DATASTREAMS_OF_THINGS, params, prepare=True).fetchall()
 
 
 def spans(
@@ -134,4 +134,6 @@ def spans(
         "_ids": Int8Array(np.array(datastream_ids, np.int64)),
         "_last": end == "last",
     }
-    return {int(r["id"]): r for r in conn.execute(query, params).fetchall()}
+    # prepared at once: planning this statement takes longer than running it (7 ms against
+    # 2–5 ms for 200 Datastreams), and the pool hands requests to its connections in turn
+    return {int(r["id"]): r for r in conn.execute(query, params, prepare=True).fetchall()}
