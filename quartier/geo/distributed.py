@@ -773,17 +773,22 @@ def _sorted_cells(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def local_cluster(workers: int, *, memory_limit: str | None = None, processes: bool = True) -> Any:
-    """A LocalCluster of ``workers`` single-threaded workers."""
+    """A LocalCluster of ``workers`` single-threaded worker processes (no GIL shared between
+    the tiles' tasks), without Dask's statistical profiler in the workers: it samples the
+    running task every 10 ms of wall time for a dashboard nobody opens here (a worker waiting
+    on PostgreSQL for 20 s: 1.6 CPU-s with it, 1.2 without, docs/benchmarks.md, session 7)."""
+    import dask
     import distributed
 
     cluster: Any = distributed.LocalCluster
-    return cluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=processes,
-        memory_limit=memory_limit or 0,
-        dashboard_address=":0",
-    )
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        return cluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=processes,
+            memory_limit=memory_limit or 0,
+            dashboard_address=":0",
+        )
 
 
 def scatter_tiles(client: Any, parts: dict[Tile, CoverageInputs]) -> dict[Tile, Any]:
