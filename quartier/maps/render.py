@@ -844,7 +844,7 @@ var quartierCells = (function () {
                 return;
             }
             if (loaded && loaded.contains(map.getBounds())) return;
-            var want = map.getBounds().pad(0.25), n = ++seq;
+            var want = map.getBounds().pad(0.1), n = ++seq;
             if (!o.url) { show(embedded(want), want); return; }
             var bbox = [want.getWest(), want.getSouth(), want.getEast(), want.getNorth()]
                 .map(function (v) { return v.toFixed(5); }).join(',');
@@ -958,7 +958,7 @@ class CellLayer(Layer):
 
 
 class ZoomedCells(Layer):
-    """Cells drawn only from zoom ``min_zoom`` on, for the visible area (a quarter more on each
+    """Cells drawn only from zoom ``min_zoom`` on, for the visible area (a tenth more on each
     side), on Leaflet's canvas: fetched from ``url`` (``?bbox=west,south,east,north``, answering
     a GeoJSON FeatureCollection) each time the view leaves the area loaded, or, without a
     ``url`` (a file that works offline), taken from the FeatureCollections ``embedded`` (text),
@@ -970,7 +970,7 @@ class ZoomedCells(Layer):
         """{% macro script(this, kwargs) %}
         var {{ this.get_name() }} = quartierCells.fine({
             url: {{ this.url }}, sources: {{ this.sources }}, minZoom: {{ this.min_zoom }},
-            renderer: L.canvas({padding: 0.25}),
+            renderer: L.canvas({padding: 0.1}),
             style: quartierCells.style({{ this.styles }}, {{ this.style_key }},
                                        {{ this.n_styles }} - 1),
             tooltip: quartierCells.table({{ this.fields }}, {{ this.fallback }})
