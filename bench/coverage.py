@@ -824,6 +824,8 @@ def main() -> None:
     ap.add_argument("--read-cost", action="store_true",
                     help="state: only the CPU of reading the inputs whole, by bands of tiles "
                          "and by ranges of blocks")  # fmt: skip
+    ap.add_argument("--dask-idle", action="store_true",
+                    help="only the CPU an idle local Dask cluster costs in 30 s")  # fmt: skip
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--state-child", help=argparse.SUPPRESS)
     ap.add_argument("--state-dask-child", help=argparse.SUPPRESS)
@@ -839,6 +841,9 @@ def main() -> None:
         return
     if args.state_dask_child:
         print(json.dumps(bench_state_dask(args.state_dask_child, args.workers, args.tile_km)))
+        return
+    if args.dask_idle:
+        dask_idle(args.workers)
         return
     admin = os.environ.get("QUARTIER_TEST_DATABASE_URL")
     local = None
@@ -1112,6 +1117,31 @@ def read_cost(url: str) -> None:
         print(f"  read cost, {name}: wall {_t() - t0:.1f} s, CPU: this process "
               f"{_cpu_seconds() - c0:.1f} s, PostgreSQL {pg_cpu_seconds(url) - pg0:.1f} s; "
               f"{n:,} rows; load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+
+
+def dask_idle(workers: int, seconds: float = 30.0) -> None:
+    """The CPU a local cluster costs while it waits: ``workers`` idle workers and the client
+    (with the scheduler) over ``seconds`` of wall time, with Dask's statistical profiler in
+    the workers (Dask's default) and without (``local_cluster``'s)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    for profile in (True, False):
+        with (
+            dask.config.set({"distributed.worker.profile.enabled": profile}),
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, memory_limit="4GB", dashboard_address=":0"
+            ) as cluster,  # fmt: skip
+            Client(cluster) as client,
+        ):
+            client.run(lambda: None)
+            w0, c0, t0 = _worker_cpus(client), _cpu_seconds(), _t()
+            time.sleep(seconds)
+            w1 = _worker_cpus(client)
+            print(f"  idle {_t() - t0:.1f} s, profiler {'on' if profile else 'off'}: "
+                  f"{workers} workers {sum(w1.values()) - sum(w0.values()):.2f} CPU-s, client "
+                  f"and scheduler {_cpu_seconds() - c0:.2f} CPU-s; load "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
 
 
 def cluster_inputs(url: str) -> None:
