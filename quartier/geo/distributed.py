@@ -110,9 +110,9 @@ class StoreInputs:
     and applies k-anonymity per cell over all of them (:func:`_join_tile`), the single
     process's rule. Picklable: the workers need ``conninfo`` to reach PostgreSQL.
 
-    (Reading a band of tiles through the ``(cell_n, cell_e)`` index instead cost PostgreSQL 2.4
-    times the CPU of the whole read, and a band is spread over every block unless the table is
-    ordered by cell: docs/benchmarks.md, Coverage, session 7.)"""
+    (Reading a band of tiles through the ``(cell_n, cell_e)`` index instead cost PostgreSQL
+    1.2-2.4 times the CPU of the whole read, and a band is spread over every block unless the
+    table is ordered by cell: docs/benchmarks.md, Coverage, session 7.)"""
 
     conninfo: str
     since: datetime | None = None
