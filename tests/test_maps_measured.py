@@ -326,12 +326,12 @@ STATE = """() => {
             && window[k].getLayers()[0].feature.properties.b !== undefined
             && map.hasLayer(window[k])) coarse = window[k].getLayers().length;
     }
-    return {zoom: map.getZoom(), fine: drawn, coarse: coarse};
+    return {zoom: map.getZoom(), fine: drawn, coarse: coarse, pending: !!fine.pending};
 }"""
 ZOOM = """z => { for (const k in window) if (window[k] instanceof L.Map) {
     const map = window[k]; map.setZoom(z, {animate: false}); return map.getZoom(); } }"""
 #: the screen point of the centre of a 100 m cell well below the offer (shade 0: MS-01-1)
-BELOW_POINT = """() => {
+BELOW_POINT = """centre => {
     let map, fine;
     for (const k in window) {
         if (window[k] instanceof L.Map) map = window[k];
@@ -340,7 +340,7 @@ BELOW_POINT = """() => {
     let point = null;
     fine.eachLayer(g => g.eachLayer(l => {
         if (l.feature.properties.s === 0) {
-            map.setView(l.getBounds().getCenter(), map.getZoom(), {animate: false});
+            if (centre) map.setView(l.getBounds().getCenter(), map.getZoom(), {animate: false});
             point = map.latLngToContainerPoint(l.getBounds().getCenter());
         }
     }));
@@ -363,13 +363,15 @@ def _zoom_in_and_out(page: Page, cells_requests: list[str]) -> None:
     _wait(page, "s.fine > 0 && s.coarse === 0")
     state = page.evaluate(STATE)
     assert 1 <= state["fine"] <= 5, state
-    point = page.evaluate(BELOW_POINT)
+    assert page.evaluate(BELOW_POINT, True) is not None  # centred on it (may load again)
+    _wait(page, "s.fine > 0 && !s.pending")
+    point = page.evaluate(BELOW_POINT, False)
     assert point is not None
-    _wait(page, "s.fine > 0")
     page.mouse.move(point[0], point[1])
     page.mouse.move(point[0] + 1, point[1] + 1)
-    page.wait_for_selector(".leaflet-tooltip")
-    tooltip = page.locator(".leaflet-tooltip").inner_text()
+    shown = page.locator(".leaflet-tooltip", has_text="Messungen")
+    shown.first.wait_for()
+    tooltip = shown.first.inner_text()
     assert "Messungen" in tooltip and "Angebot" in tooltip and "40" in tooltip, tooltip
     assert len(cells_requests) >= requests_before
 

@@ -822,6 +822,7 @@ var quartierCells = (function () {
             cells.bindTooltip(o.tooltip, {sticky: true});
             group.addLayer(cells);
             loaded = want;
+            group.pending = false;
             group.fire('quartier:loaded', {features: fc.features.length});
         }
         function embedded(want) {
@@ -846,6 +847,7 @@ var quartierCells = (function () {
             if (loaded && loaded.contains(map.getBounds())) return;
             var want = map.getBounds().pad(0.1), n = ++seq;
             if (!o.url) { show(embedded(want), want); return; }
+            group.pending = true;
             var bbox = [want.getWest(), want.getSouth(), want.getEast(), want.getNorth()]
                 .map(function (v) { return v.toFixed(5); }).join(',');
             fetch(o.url + '?bbox=' + bbox, {credentials: 'same-origin'})
@@ -855,6 +857,7 @@ var quartierCells = (function () {
                 })
                 .then(function (fc) { if (n === seq && map) show(fc, want); })
                 .catch(function (err) {
+                    group.pending = false;
                     console.warn('Quartier: 100 m cells not loaded: ' + err);
                 });
         }
