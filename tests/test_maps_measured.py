@@ -71,8 +71,8 @@ def random_cells(seed: int, n: int = 900) -> pd.DataFrame:
     cells["max_down_mbps"] = offer
     cells["measured_down_mbps"] = np.where(np.isnan(ratio), np.nan, ratio * offer)
     cells["measured_ratio"] = ratio
-    cells["disagreement"] = pd.Categorical(
-        np.where(ratio < 0.3, "below", np.where(ratio > 1.1, "above", None)), ["below", "above"]
+    cells["disagreement"] = pd.Categorical.from_codes(
+        np.where(ratio < 0.3, 0, np.where(ratio > 1.1, 1, -1)), ["below", "above"]
     )
     return cells
 
