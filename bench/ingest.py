@@ -29,8 +29,8 @@ Cases:
 Live: publishing processes on the same host (a gateway there would share the cores) publish
 single readings at a fixed rate with QoS 1, each stamped with its publish time; the latency is
 publish to commit (measured when the batch is acknowledged). ``--publisher c`` (chosen
-automatically when it builds) is bench/mqtt_pub.c on libmosquitto, one process (about 15 us of
-CPU a message, some 25 times less than paho); ``--publisher python`` is paho
+automatically when it builds) is bench/mqtt_pub.c on libmosquitto, one process (15-32 us of CPU
+a message, 10-25 times less than paho); ``--publisher python`` is paho
 (sensors_sim.publisher), one process per 2,000 msgs/s, which with the rest of the pipeline
 saturates two cores at about 5,000 msgs/s. Each live run reports the CPU each part used
 (publishers, broker, this process = the ingester and its threads, the PostgreSQL cluster, and

@@ -1,8 +1,8 @@
 """Build ``bench/mqtt_pub.c``, the lean C publisher of bench/ingest.py's live runs, and run it.
 
 The Python publishers (paho) saturate the two cores at about 5,000 msgs/s together with the
-broker, the ingester and PostgreSQL; the C one (libmosquitto, one thread) needs about 15 µs of
-CPU a message, some 25 times less (docs/benchmarks.md, Ingest, session 7).
+broker, the ingester and PostgreSQL; the C one (libmosquitto, one thread) needs 15–32 µs of CPU a
+message, 10–25 times less, and kept 15,000 msgs/s (docs/benchmarks.md, Ingest, session 7).
 It is compiled on first use with ``cc`` into ``build/bench/`` (rebuilt when the source is newer)
 and needs the Debian package ``libmosquitto-dev`` (and a C compiler).
 
