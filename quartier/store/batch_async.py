@@ -1,5 +1,5 @@
 """The state of asynchronous SensorThings ``$batch`` requests (table ``batch_async``, migration
-0049): made when a batch is accepted, finished with its whole answer, read by the status
+0046): made when a batch is accepted, finished with its whole answer, read by the status
 monitor with the key that sent it, deleted once expired (``api.batch_async_keep_seconds``)."""
 
 from __future__ import annotations
