@@ -102,7 +102,8 @@ def wait_file(path: Path, timeout: float = 60) -> str:
 def one_run(
     admin: str, mqtt_url: str, msgs: list[tuple[str, bytes]], on: bool, subscribe: bool = True
 ) -> dict[str, float]:
-    db = bi.fresh_db(admin)
+    # a migrated template per run (bench/ingest.py's fresh_db copies one since session 6)
+    db = bi.fresh_db(admin, bi.prepared_db(admin))
     cid = f"bench-{uuid.uuid4().hex[:6]}"
     s = bi.settings_for(db, mqtt_url, cid)
     seed = bi.register_devices(db, {topic.split("/")[3] for topic, _ in msgs})
