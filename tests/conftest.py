@@ -124,6 +124,8 @@ _SLOW_MODULES_FIRST = (
     "test_hostile_api.py",
     "test_maps_browser.py",
     "test_bench_api.py",
+    "test_bench_ingest_publisher.py",
+    "test_maps_measured.py",
 )
 
 
