@@ -801,6 +801,29 @@ def _observation(r: dict[str, Any], base: str) -> m.Observation:
     )
 
 
+def observation_body(
+    r: dict[str, Any], prefix: str, oid: str, phenomenon_time: str
+) -> dict[str, Any]:
+    """An Observation row as ``m.Observation``'s JSON dump writes it (the same members in the
+    same order), its id and phenomenonTime already written; ``prefix`` is the service root."""
+    ds = r["datastream_id"]
+    obs = {
+        "@iot.id": oid,
+        "@iot.selfLink": f"{prefix}/Observations('{oid}')",
+        "phenomenonTime": phenomenon_time,
+        "resultTime": iso(r["result_time"]),
+        "result": r["result"] if r["result_json"] is None else r["result_json"],
+        "parameters": r["parameters"],
+    }
+    if ds < 0:
+        obs["MultiDatastream@iot.navigationLink"] = f"{prefix}/MultiDatastreams({-ds})"
+    else:
+        obs["Datastream@iot.navigationLink"] = f"{prefix}/Datastreams({ds})"
+    if r["foi_id"] is not None:
+        obs["FeatureOfInterest@iot.navigationLink"] = f"{prefix}/FeaturesOfInterest({r['foi_id']})"
+    return obs
+
+
 def _observation_page(
     rows: list[dict[str, Any]], base: str, nxt: str | None, count: int | None, estimate: bool
 ) -> Response | None:
@@ -822,25 +845,7 @@ def _observation_page(
     times = np.datetime_as_string(np.array(us, dtype="datetime64[us]"), unit="ms").tolist()
     value = []
     for r, t_us, t in zip(rows, us, times, strict=True):
-        ds = r["datastream_id"]
-        oid = f"{ds}:{t_us}"
-        obs = {
-            "@iot.id": oid,
-            "@iot.selfLink": f"{prefix}/Observations('{oid}')",
-            "phenomenonTime": f"{t}Z",
-            "resultTime": iso(r["result_time"]),
-            "result": r["result"] if r["result_json"] is None else r["result_json"],
-            "parameters": r["parameters"],
-        }
-        if ds < 0:
-            obs["MultiDatastream@iot.navigationLink"] = f"{prefix}/MultiDatastreams({-ds})"
-        else:
-            obs["Datastream@iot.navigationLink"] = f"{prefix}/Datastreams({ds})"
-        if r["foi_id"] is not None:
-            obs["FeatureOfInterest@iot.navigationLink"] = (
-                f"{prefix}/FeaturesOfInterest({r['foi_id']})"
-            )
-        value.append(obs)
+        value.append(observation_body(r, prefix, f"{r['datastream_id']}:{t_us}", f"{t}Z"))
     data["value"] = value
     try:
         body = orjson.dumps(data)

@@ -135,23 +135,8 @@ def _datastream(r: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 def _observation(r: dict[str, Any], prefix: str) -> dict[str, Any]:
     """``sensorthings._observation``'s model as its JSON dump writes it."""
-    ds = r["datastream_id"]
-    oid = st.observation_id(ds, r["phenomenon_time"])
-    body: dict[str, Any] = {
-        "@iot.id": oid,
-        "@iot.selfLink": f"{prefix}/Observations('{oid}')",
-        "phenomenonTime": st.iso(r["phenomenon_time"]),
-        "resultTime": st.iso(r["result_time"]),
-        "result": r["result"] if r["result_json"] is None else r["result_json"],
-        "parameters": r["parameters"],
-    }
-    if ds < 0:
-        body["MultiDatastream@iot.navigationLink"] = f"{prefix}/MultiDatastreams({-ds})"
-    else:
-        body["Datastream@iot.navigationLink"] = f"{prefix}/Datastreams({ds})"
-    if r["foi_id"] is not None:
-        body["FeatureOfInterest@iot.navigationLink"] = f"{prefix}/FeaturesOfInterest({r['foi_id']})"
-    return body
+    oid = st.observation_id(r["datastream_id"], r["phenomenon_time"])
+    return st.observation_body(r, prefix, oid, st.iso(r["phenomenon_time"]))
 
 
 _SHAPES = {"Things": _thing, "Datastreams": _datastream, "Observations": _observation}

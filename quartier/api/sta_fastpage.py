@@ -68,24 +68,8 @@ def observation_page(
     MultiDatastream's), ``prefix`` the service root (``http://host/v1.1``) its links start
     with; :class:`NotFoundError` when there is no such Datastream/MultiDatastream; None when
     a JSON value is beyond orjson (an integer above 64 bits): the general path writes it."""
-    keys = q._keys(q._OBSERVATION, listing)
-    params: dict[str, Any] = {
-        **listing.params,
-        "_scope": scope_id,
-        "_top": listing.top + 1,
-        "_skip": listing.skip,
-    }
-    extra: list[sql.Composable] = []
-    if listing.after is not None:
-        cond, cursor = q._after(keys, listing.after)
-        extra.append(cond)
-        params.update(cursor)
-    query = sql.SQL("select {}{} from {}{} order by {} limit %(_top)s offset %(_skip)s").format(
-        _COLUMNS,
-        q._cursor_columns(keys),
-        _OBSERVATIONS,
-        q._where(_OF_DATASTREAM, listing, extra),
-        q._order_by(keys),
+    query, params = q.observation_page_statement(
+        _COLUMNS, _OBSERVATIONS, _OF_DATASTREAM, scope_id, listing
     )
     try:
         with conn.cursor(binary=True, row_factory=psycopg.rows.tuple_row) as cur:

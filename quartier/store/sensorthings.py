@@ -243,15 +243,17 @@ def _after(
     return cond, params
 
 
-def _select_page(
-    conn: DictConn,
+def _page_statement(
     c: _Collection,
+    columns: sql.Composable,
     source: sql.Composable,
     scope: str,
     scope_id: int | None,
     listing: Listing,
-) -> list[dict[str, Any]]:
-    """One page (plus one row) of ``c`` from ``source``, with the keyset cursor columns."""
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The statement of one page (plus one row) of ``c``'s ``columns`` from ``source``, the
+    keyset cursor columns after them, and its parameters: ``listing``'s condition, order,
+    cursor, ``$top`` and ``$skip``."""
     keys = _keys(c, listing)
     params: dict[str, Any] = {
         **listing.params,
@@ -266,8 +268,29 @@ def _select_page(
         params.update(cursor)
     where = _where(scope, listing, extra)
     query = sql.SQL("select {}{} from {}{} order by {} limit %(_top)s offset %(_skip)s").format(
-        sql.SQL(c.columns), _cursor_columns(keys), source, where, _order_by(keys)
+        columns, _cursor_columns(keys), source, where, _order_by(keys)
     )
+    return query, params
+
+
+def observation_page_statement(
+    columns: sql.Composable, source: sql.Composable, scope: str, scope_id: int, listing: Listing
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """:func:`_select_page`'s statement for a page of Observations with other ``columns``
+    (``api/sta_fastpage.py`` reads them in binary), and its parameters."""
+    return _page_statement(_OBSERVATION, columns, source, scope, scope_id, listing)
+
+
+def _select_page(
+    conn: DictConn,
+    c: _Collection,
+    source: sql.Composable,
+    scope: str,
+    scope_id: int | None,
+    listing: Listing,
+) -> list[dict[str, Any]]:
+    """One page (plus one row) of ``c`` from ``source``, with the keyset cursor columns."""
+    query, params = _page_statement(c, sql.SQL(c.columns), source, scope, scope_id, listing)
     try:
         return conn.execute(query, params).fetchall()
     except psycopg.errors.DataError:
