@@ -832,13 +832,7 @@ def _observation_page(
     written by orjson from plain dicts: building and dumping a model per row was half of a
     page's CPU time (bench/api.py's profile). None when orjson cannot write a value (an integer
     beyond 64 bits in a JSON result): the model then writes the page."""
-    data: dict[str, Any] = {}
-    if count is not None:
-        data["@iot.count"] = count
-    if nxt is not None:
-        data["@iot.nextLink"] = nxt
-    if estimate:
-        data["@quartier.countIsEstimate"] = True
+    data = sta_fastpage.collection_head(count, nxt, estimate)
     prefix = f"{base}{PREFIX}"
     us = [(r["phenomenon_time"] - _EPOCH) // _MICROSECOND for r in rows]
     # RFC 3339 with milliseconds, as iso() writes them, for the whole page at once

@@ -161,8 +161,9 @@ def _check_exists(conn: DictConn, scope_id: int) -> None:
         raise NotFoundError(f"no Datastream with @iot.id {scope_id}")
 
 
-def collection(items: list[str], nxt: str | None, count: int | None, estimate: bool) -> bytes:
-    """The page's body: the members ``_observation_page`` writes, in its order."""
+def collection_head(count: int | None, nxt: str | None, estimate: bool) -> dict[str, Any]:
+    """The members an observation page writes before its ``value``, in their order (here and
+    in ``sensorthings._observation_page``)."""
     head: dict[str, Any] = {}
     if count is not None:
         head["@iot.count"] = count
@@ -170,5 +171,11 @@ def collection(items: list[str], nxt: str | None, count: int | None, estimate: b
         head["@iot.nextLink"] = nxt
     if estimate:
         head["@quartier.countIsEstimate"] = True
+    return head
+
+
+def collection(items: list[str], nxt: str | None, count: int | None, estimate: bool) -> bytes:
+    """The page's body: the members ``_observation_page`` writes, in its order."""
+    head = collection_head(count, nxt, estimate)
     start = orjson.dumps(head)[:-1] + (b"," if head else b"")
     return b"".join((start, b'"value":[', ",".join(items).encode(), b"]}"))
