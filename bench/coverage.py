@@ -826,6 +826,9 @@ def main() -> None:
                          "and by ranges of blocks")  # fmt: skip
     ap.add_argument("--dask-idle", action="store_true",
                     help="only the CPU an idle local Dask cluster costs in 30 s")  # fmt: skip
+    ap.add_argument("--load-only", action="store_true",
+                    help="country: only generate and load the fraction into the kept database "
+                         "(--data-dir), for a later run")  # fmt: skip
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--state-child", help=argparse.SUPPRESS)
     ap.add_argument("--state-dask-child", help=argparse.SUPPRESS)
@@ -942,6 +945,8 @@ def main() -> None:
                 f"{share:.4f} of the country), generated block by block into the store …"
             )
             url = database(f"country_1of{args.fraction}", lambda u: load_country(u, blocks))
+            if args.load_only:
+                return
             km = args.tile_km or 50
             _, dasks = compare_state_dask(url, args.repeat, args.workers, args.tile_km,
                                                 label=f"Country 1/{args.fraction}")  # fmt: skip

@@ -40,7 +40,11 @@ The client holds only per-cluster and per-district figures; the cells stay on th
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import pickle
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -131,6 +135,26 @@ class StoreInputs:
             )  # fmt: skip
         return split_inputs(inputs, tile_cells) if _rows(inputs) else {}
 
+    def load_band(self, band: int, tile_cells: int) -> dict[Tile, CoverageInputs]:
+        """The inputs of one band of tiles (tile row ``band``: a range of the ``(cell_n,
+        cell_e)`` index, migration 0044) with k-anonymity per cell (a cell lies in one band),
+        cut into tiles. A bitmap heap scan returns the rows in the table's order, as the whole
+        read does; on a table filled band by band (the country's generator) a band is one
+        contiguous part of it."""
+        import psycopg
+
+        from quartier.geo.input_store import load_inputs
+
+        side = tile_cells * CELL
+        with psycopg.connect(self.conninfo) as conn:
+            conn.execute("set enable_seqscan = off")
+            conn.execute("set enable_indexscan = off")
+            inputs = load_inputs(
+                conn, district_level=None, since=self.since, until=self.until,
+                min_contributors=self.min_contributors, rows=(band * side, (band + 1) * side),
+            )  # fmt: skip
+        return split_inputs(inputs, tile_cells) if _rows(inputs) else {}
+
 
 def _load_part(source: StoreInputs, i: int, n: int, tile_cells: int) -> dict[Tile, CoverageInputs]:
     return source.load_part(i, n, tile_cells)
@@ -201,6 +225,141 @@ def read_store(
     return tiles, top_operators(totals)
 
 
+def store_bands(conn: Any, tile_cells: int = TILE_CELLS) -> list[int]:
+    """The bands of tiles (tile rows) from the lowest to the highest stored cell row (each end
+    one probe of the ``(cell_n, cell_e)`` index)."""
+    from psycopg import sql
+
+    side = tile_cells * CELL
+    extent = sql.SQL("select min(cell_n), max(cell_n) from {}")
+    found = [
+        conn.execute(extent.format(sql.Identifier(table))).fetchone()
+        for table in ("household", "broadband_offer", "speedtest", "mobile_measurement")
+    ]
+    ends = [row for row in found if row is not None and row[0] is not None]
+    if not ends:
+        return []
+    return list(
+        range(min(int(r[0]) for r in ends) // side, max(int(r[1]) for r in ends) // side + 1)
+    )
+
+
+def _analyse_band(
+    source: StoreInputs, band: int, tile_cells: int, ctx: _Context
+) -> dict[Tile, TilePart]:
+    """A band's tiles read and analysed one after the other (each tile's cells filed away):
+    the worker holds one band's inputs and one tile's analysis at a time."""
+    tiles = source.load_band(band, tile_cells)
+    parts: dict[Tile, TilePart] = {}
+    for t in sorted(tiles):
+        parts[t] = _analyse_tile(tiles.pop(t), t, tile_cells, ctx)
+    release_free_memory()
+    return parts
+
+
+def _band_tiles(parts: dict[Tile, TilePart]) -> list[Tile]:
+    return sorted(parts)
+
+
+def _pick_part(parts: dict[Tile, TilePart], tile: Tile) -> TilePart:
+    return parts[tile]
+
+
+def _band_operator_counts(source: StoreInputs, band: int, tile_cells: int) -> dict[str, int]:
+    """A band's measurements per operator after k-anonymity (its inputs then dropped)."""
+    totals: dict[str, int] = {}
+    for inputs in source.load_band(band, tile_cells).values():
+        for name, n in operator_counts(inputs.signals).items():
+            totals[name] = totals.get(name, 0) + n
+    return totals
+
+
+class _OperatorsChanged(Exception):
+    def __init__(self, operators: list[str]) -> None:
+        super().__init__(operators)
+        self.operators = operators
+
+
+def analyse_store(
+    client: Any,
+    source: StoreInputs,
+    districts: gpd.GeoDataFrame | None,
+    params: AnalysisParams | None = None,
+    *,
+    tile_cells: int = TILE_CELLS,
+    sink: CellSink | None = None,
+    keep_cells: bool = False,
+    operators: Sequence[str] | None = None,
+) -> TiledResult:
+    """The stored inputs analysed band by band of tiles with bounded memory per worker: one
+    task a band (a tile row) reads it (:meth:`StoreInputs.load_band`) and analyses its tiles
+    one after the other, keeping of each only what the merge needs (:class:`TilePart`); the
+    rest as :func:`analyse_tiled`. A worker's peak memory then grows with a band's inputs, not
+    with the number of bands (``tests/test_coverage_dask.py``).
+
+    The run's operators are needed before the first tile: the stored operators (a loose index
+    scan) when there are no more than the analysis takes, checked against the tiles' counts
+    after k-anonymity (an operator measured only in cells k-anonymity leaves out: the run is
+    made again with the right ones); with more, a first pass counts them per band."""
+    import psycopg
+
+    from quartier.geo.analysis import MAX_OPERATORS
+    from quartier.geo.input_store import _operators as stored_operators
+
+    p = params or AnalysisParams()
+    clock = _Clock()
+    with psycopg.connect(source.conninfo) as conn:
+        bands = store_bands(conn, tile_cells)
+        stored = stored_operators(conn)
+    [src_f] = client.scatter([source], broadcast=True, hash=False)
+    exact = operators is not None
+    if operators is None and len(stored) > MAX_OPERATORS:
+        totals: dict[str, int] = {}
+        counts = client.gather(
+            [
+                client.submit(_band_operator_counts, src_f, b, tile_cells, priority=-i)
+                for i, b in enumerate(bands)
+            ]
+        )
+        for per_band in counts:
+            for name, n in per_band.items():
+                totals[name] = totals.get(name, 0) + n
+        operators, exact = top_operators(totals), True
+        clock.lap("inputs")
+    run_operators = list(operators) if operators is not None else sorted(stored)
+    ctx = _context(p, run_operators, districts)
+    [ctx_f] = client.scatter([ctx], broadcast=True, hash=False)
+    band_fs = [client.submit(_analyse_band, src_f, b, tile_cells, ctx_f, priority=-i)
+               for i, b in enumerate(bands)]  # fmt: skip
+    found = client.gather([client.submit(_band_tiles, f, priority=-i)
+                           for i, f in enumerate(band_fs)])  # fmt: skip
+    parts: dict[Tile, Any] = {}
+    for f, tiles in zip(band_fs, found, strict=True):
+        for t in tiles:
+            parts[t] = client.submit(_pick_part, f, t)
+    del band_fs
+    tile_list = sorted(parts)
+    summaries: list[TileSummary] = client.gather(
+        [client.submit(_summary, parts[t]) for t in tile_list]
+    )
+    log.info("read and analysed %d bands: %d tiles", len(bands), len(tile_list))
+    clock.lap("tiles")
+    if not exact:
+        measured: dict[str, int] = {}
+        for s in summaries:
+            for name, n in s.operator_counts.items():
+                measured[name] = measured.get(name, 0) + n
+        if top_operators(measured) != run_operators:
+            log.warning("operators %s after k-anonymity, not %s: the run is made again",
+                        top_operators(measured), run_operators)  # fmt: skip
+            del parts, summaries
+            return analyse_store(
+                client, source, districts, p, tile_cells=tile_cells, sink=sink,
+                keep_cells=keep_cells, operators=top_operators(measured),
+            )  # fmt: skip
+    return _complete(client, parts, tile_list, summaries, ctx, clock, sink, keep_cells)
+
+
 def _rows(inputs: CoverageInputs) -> int:
     return sum(len(f) for f in (inputs.households, inputs.offers, inputs.speedtests,
                                 inputs.signals))  # fmt: skip
@@ -268,20 +427,75 @@ class TileSummary:
     ring_keys: IntArray
     ring_labels: IntArray
     dead_zones: int
+    #: measurements per operator after k-anonymity (the run's operators are checked with them)
+    operator_counts: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
 class TilePart:
-    """A tile's analysis, kept on its worker until its cells are written."""
+    """A tile's analysis, kept on its worker until its cells are written. Only what the merge,
+    the distances and the polygons need stays in memory (the gap cells' keys and local labels,
+    the gigabit cells, the summary); the cells' columns wait in a file of the worker's local
+    directory until :func:`_finish_tile` writes them, so that a worker's memory does not grow
+    with the tiles it has analysed (docs/benchmarks.md, Coverage, session 8). Pickled (moved
+    to another worker, spilled by Dask), it carries its columns and files them again there."""
 
-    tile: Tile
-    tile_cells: int
-    keys: IntArray
-    columns: dict[str, Any]
-    gap_rows: IntArray
-    labels: IntArray
-    gigabit_keys: IntArray
-    summary: TileSummary
+    def __init__(self, tile: Tile, tile_cells: int, keys: IntArray, columns: dict[str, Any],
+                 gap_rows: IntArray, labels: IntArray, gigabit_keys: IntArray,
+                 summary: TileSummary) -> None:  # fmt: skip
+        self.tile = tile
+        self.tile_cells = tile_cells
+        self.gap_keys = keys[gap_rows]
+        self.labels = labels
+        self.gigabit_keys = gigabit_keys
+        self.summary = summary
+        self._path: str | None = None
+        self._file({"keys": keys, "columns": columns, "gap_rows": gap_rows})
+
+    def _file(self, cells: dict[str, Any]) -> None:
+        fd, path = tempfile.mkstemp(prefix="tile-", suffix=".pickle", dir=_spill_dir())
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(cells, f, protocol=pickle.HIGHEST_PROTOCOL)
+        self._path = path
+
+    def cells(self) -> dict[str, Any]:
+        """The tile's cells: ``keys``, ``columns`` and ``gap_rows`` (read back from the file)."""
+        if self._path is None:
+            raise ValueError("the tile's cells were released")
+        with open(self._path, "rb") as f:
+            got: dict[str, Any] = pickle.load(f)
+        return got
+
+    def release(self) -> None:
+        """Delete the file of the tile's cells."""
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+            self._path = None
+
+    def __del__(self) -> None:
+        self.release()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k != "_path"}
+        state["_cells"] = self.cells() if self._path is not None else None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        cells = state.pop("_cells")
+        self.__dict__.update(state)
+        self._path = None
+        if cells is not None:
+            self._file(cells)
+
+
+def _spill_dir() -> str:
+    """The Dask worker's local directory (removed with the worker), else the temporary one."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().local_directory)
+    except (ImportError, ValueError):
+        return tempfile.gettempdir()
 
 
 @dataclass(frozen=True)
@@ -315,6 +529,7 @@ def _analyse_tile(
     data: CoverageInputs | TileSource, tile: Tile, tile_cells: int, ctx: _Context
 ) -> TilePart:
     inputs = data if isinstance(data, CoverageInputs) else data.load(tile, tile_cells)
+    measured = operator_counts(inputs.signals)
     positions = None
     districts = None
     if ctx.districts is not None and len(ctx.districts):
@@ -379,6 +594,7 @@ def _analyse_tile(
         ring_keys=gap_keys[on_ring],
         ring_labels=labels[on_ring],
         dead_zones=int(cols["dead_zone"].sum()),
+        operator_counts=measured,
     )
     del cells_frame
     release_free_memory()
@@ -400,7 +616,7 @@ def _tile_distances(
     neighbours (inf: none), and the gap cells (keys, local labels) for which that may not be
     the nearest gigabit cell of all."""
     k = len(part.summary.cells)
-    gap_keys = part.keys[part.gap_rows]
+    gap_keys = part.gap_keys
     dist = np.full(k, np.inf)
     targets = np.concatenate(neighbourhood) if neighbourhood else np.zeros(0, dtype=np.int64)
     if len(gap_keys) == 0:
@@ -425,13 +641,13 @@ def _tile_polygons(part: TilePart, whole: IntArray) -> npt.NDArray[np.object_]:
         return np.empty(0, dtype=object)
     sel = np.isin(part.labels, whole)
     compact = np.searchsorted(whole, part.labels[sel])
-    return cluster_polygons(part.keys[part.gap_rows][sel], compact, len(whole))
+    return cluster_polygons(part.gap_keys[sel], compact, len(whole))
 
 
 def _tile_crossing_cells(part: TilePart, crossing: IntArray) -> tuple[IntArray, IntArray]:
     """Keys and local labels of the gap cells of the local clusters ``crossing``."""
     sel = np.isin(part.labels, crossing)
-    return part.keys[part.gap_rows][sel], part.labels[sel]
+    return part.gap_keys[sel], part.labels[sel]
 
 
 def _polygons_of(keys: IntArray, ids: IntArray) -> npt.NDArray[np.object_]:
@@ -447,9 +663,12 @@ def _finish_tile(
 ) -> pd.DataFrame | int:
     """The tile's cells with their cluster ids, written by ``sink`` (then the number of cells)
     or handed back."""
-    cluster_id = np.zeros(len(part.keys), dtype=np.int32)
-    cluster_id[part.gap_rows] = global_labels[part.labels] + 1
-    columns = dict(part.columns)
+    got = part.cells()
+    part.release()
+    cluster_id = np.zeros(len(got["keys"]), dtype=np.int32)
+    cluster_id[got["gap_rows"]] = global_labels[part.labels] + 1
+    columns = dict(got["columns"])
+    del got
     columns["cluster_id"] = pd.arrays.IntegerArray(cluster_id, cluster_id == 0)
     cells = pd.DataFrame(columns, copy=False)
     if sink is None:
@@ -548,16 +767,7 @@ def analyse_tiled(
         tile_list = [t for t in tile_list if t in data]
         log.info("%d tiles read, %d of them empty", len(counted), len(empty))
         clock.lap("inputs")
-    codes, names = district_names(districts)
-    projected = (
-        districts.to_crs(grid.GRID_CRS) if districts is not None and len(districts) else None
-    )
-    bounds = (
-        np.asarray(shapely.bounds(np.asarray(projected.geometry.values, dtype=object)))
-        if projected is not None
-        else np.zeros((0, 4))
-    )
-    ctx = _Context(p, list(operators), codes, names, projected, bounds)
+    ctx = _context(p, operators, districts)
     [ctx_f] = client.scatter([ctx], broadcast=True, hash=False)
     parts = {
         t: client.submit(_analyse_tile, data[t], t, tile_cells, ctx_f, priority=-i)
@@ -569,6 +779,37 @@ def analyse_tiled(
     )
     log.info("analysed %d tiles", len(tile_list))
     clock.lap("tiles")
+    return _complete(client, parts, tile_list, summaries, ctx, clock, sink, keep_cells)
+
+
+def _context(
+    p: AnalysisParams, operators: Sequence[str], districts: gpd.GeoDataFrame | None
+) -> _Context:
+    codes, names = district_names(districts)
+    projected = (
+        districts.to_crs(grid.GRID_CRS) if districts is not None and len(districts) else None
+    )
+    bounds = (
+        np.asarray(shapely.bounds(np.asarray(projected.geometry.values, dtype=object)))
+        if projected is not None
+        else np.zeros((0, 4))
+    )
+    return _Context(p, list(operators), codes, names, projected, bounds)
+
+
+def _complete(
+    client: Any,
+    parts: dict[Tile, Any],
+    tile_list: list[Tile],
+    summaries: list[TileSummary],
+    ctx: _Context,
+    clock: _Clock,
+    sink: CellSink | None,
+    keep_cells: bool,
+) -> TiledResult:
+    """The run from the analysed tiles (``parts``: futures of :class:`TilePart`): clusters
+    merged across tile borders, distances, polygons, district figures, cells written."""
+    p, codes, names, operators = ctx.params, ctx.codes, ctx.names, ctx.operators
 
     # merge the local clusters across tile borders
     sizes = np.array([len(s.cells) for s in summaries], dtype=np.int64)
@@ -798,5 +1039,5 @@ def scatter_tiles(client: Any, parts: dict[Tile, CoverageInputs]) -> dict[Tile, 
 
 
 __all__ = ["TILE_CELLS", "CellSink", "StoreInputs", "TileSource", "TiledResult",
-           "analyse_tiled", "local_cluster", "read_store", "scatter_tiles",
+           "analyse_store", "analyse_tiled", "local_cluster", "read_store", "scatter_tiles",
            "split_inputs"]  # fmt: skip

@@ -106,8 +106,8 @@ def analyse_and_store_on_dask(
 ) -> tuple[int, TiledResult]:
     """:func:`analyse_and_store` with the analysis on ``client``'s Dask cluster, tile by tile
     (:mod:`quartier.geo.distributed`): the workers read the tiles' inputs from PostgreSQL
-    themselves, each a range of every table's blocks, and join each tile's pieces
-    (``conninfo``; the client reads only the districts); each tile writes its cells with its
+    themselves, a band of tiles at a time (``conninfo``; the client reads only the districts,
+    :func:`quartier.geo.distributed.analyse_store`); each tile writes its cells with its
     own COPY over its own connection into the run's new table, which is attached, with the
     gaps and districts, in the caller's transaction. The same result as the single process. A
     failed run leaves no table behind."""
@@ -121,10 +121,9 @@ def analyse_and_store_on_dask(
     found = load_districts(conn, district_level)
     districts = found if len(found) else None
     source = distributed.StoreInputs(conninfo, since, until, min_contributors)
-    tiles, operators = distributed.read_store(client, conn, source, size)
-    step(ANALYSIS_STEPS[1])
+    step(ANALYSIS_STEPS[1])  # the workers read each band of tiles as they analyse it
     return store_tiled(
-        conn, client, conninfo, tiles, operators, districts, p,
+        conn, client, conninfo, source, None, districts, p,
         tile_cells=size, progress=step, on_stored=on_stored,
     )  # fmt: skip
 
@@ -158,10 +157,15 @@ def store_tiled(
     codes = tuple(str(c) for c in districts["code"]) if districts is not None else ()
     try:
         writer = CellTableWriter(conninfo, run_id, codes, tuple(params.profile.keys))
-        result = distributed.analyse_tiled(
-            client, tiles, operators, districts, params, tile_cells=tile_cells, source=source,
-            sink=writer,
-        )  # fmt: skip
+        if isinstance(tiles, distributed.StoreInputs):  # read band by band in the workers
+            result = distributed.analyse_store(
+                client, tiles, districts, params, tile_cells=tile_cells, sink=writer
+            )
+        else:
+            result = distributed.analyse_tiled(
+                client, tiles, operators, districts, params, tile_cells=tile_cells,
+                source=source, sink=writer,
+            )  # fmt: skip
         step(ANALYSIS_STEPS[2])
         insert_run(conn, params, result.inputs, result.operators, list(codes), run_id=run_id)
         attach_cells(conn, run_id)
