@@ -171,6 +171,69 @@ def make_datastreams(url: str, n: int) -> np.ndarray:
     return np.array(sorted(r[0] for r in ids), dtype=np.int64)
 
 
+#: Things of the API benchmark's world (bench/api.py: a Location each on its Köln grid)
+API_THINGS = 200
+
+
+def add_things(url: str) -> tuple[int, int]:
+    """Give the datastreams the world ``bench/api.py --db`` expects: :data:`API_THINGS` Things,
+    each at one Location of its grid, with the datastreams in id order, ``n / API_THINGS`` each
+    (the unit of bench/api.py's datastreams). Does nothing when the Things are there already.
+    Returns the options for bench/api.py: ``(--things, --datastreams-per-thing)``."""
+    from bench.api import grid_points  # bench/api.py imports this module
+
+    with psycopg.connect(url) as conn:
+        ids = [r[0] for r in conn.execute("select id from datastream order by id").fetchall()]
+        per_thing = max(1, len(ids) // API_THINGS)
+        things = -(-len(ids) // per_thing)
+        located = conn.execute("select count(*) from thing_location").fetchone()[0]
+        if located == things:
+            return things, per_thing
+        points = grid_points(things)
+        thing_ids = []
+        for k, (x, y) in enumerate(points):
+            thing = conn.execute(
+                "insert into thing (name, description) values (%s, 'bench') returning id",
+                (f"thing {k}",),
+            ).fetchone()[0]
+            loc = conn.execute(
+                "insert into location (name, location) values (%s,"
+                " ST_SetSRID(ST_MakePoint(%s, %s), 4326)) returning id",
+                (f"location {k}", x, y),
+            ).fetchone()[0]
+            conn.execute("insert into thing_location values (%s, %s)", (thing, loc))
+            thing_ids.append(thing)
+        conn.execute(
+            "update datastream d set thing_id = t.thing, unit_of_measurement = %s::jsonb"
+            " from unnest(%s::bigint[], %s::bigint[]) as t(ds, thing) where d.id = t.ds",
+            (
+                '{"name": "µg/m³", "symbol": "µg/m³", "definition": "ucum:ug/m3"}',
+                ids,
+                [thing_ids[k // per_thing] for k in range(len(ids))],
+            ),
+        )
+        conn.execute(
+            "delete from thing t where not exists (select 1 from datastream d"
+            " where d.thing_id = t.id)"
+        )
+        conn.commit()
+    return things, per_thing
+
+
+def _api_command(url: str, things: int, per_thing: int) -> str:
+    """The bench/api.py command that measures the API on this database."""
+    with psycopg.connect(url) as conn:
+        n = conn.execute("select count(*) from observation_latest").fetchone()[0]
+        per_ds = conn.execute(
+            "select coalesce(sum(n_all), 0) from observation_1d"
+            " where datastream_id = (select min(id) from datastream)"
+        ).fetchone()[0]
+    return (
+        f".venv/bin/python bench/api.py --db '{url}' --rows {int(n) * int(per_ds)} "
+        f"--things {things} --datastreams-per-thing {per_thing}"
+    )
+
+
 def sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
     def one(q: str) -> int:
         return int(conn.execute(q).fetchone()[0] or 0)
@@ -315,7 +378,17 @@ def main() -> None:
         action="store_true",
         help="with --queries-only: also one ingest batch and the refresh after the queries",
     )
+    ap.add_argument(
+        "--add-things",
+        metavar="URL",
+        default=None,
+        help="give a database loaded by an earlier run the Things and Locations bench/api.py "
+        "--db expects (new loads have them), print its options and stop",
+    )
     args = ap.parse_args()
+    if args.add_things:
+        print(_api_command(args.add_things, *add_things(args.add_things)))
+        return
     if args.queries_only:
         with psycopg.connect(args.queries_only) as conn:
             ids = conn.execute("select id from datastream order by id").fetchall()
@@ -383,6 +456,7 @@ def main() -> None:
             conn.execute("select quartier_ensure_observation_partitions(%s, %s)", (T0, end))
         log(f"durability (write phase): {report['durability_load']}")
         ds_ids = make_datastreams(url, args.datastreams)
+        report["api_world"] = add_things(url)
         expected = len(ds_ids) * days * per_day
         log(
             f"loading {expected:,} observations ({len(ds_ids)} datastreams × {days} days "
@@ -463,6 +537,7 @@ def main() -> None:
             if args.json:
                 args.json.write_text(json.dumps(report, indent=2, default=str))
             log(f"load only: {json.dumps(report, default=str)}")
+            log(f"the API benchmark on it: {_api_command(url, *report['api_world'])}")
             return
         report["durability_queries"] = _durability_of(url)
         report["queries"] = run_queries(
