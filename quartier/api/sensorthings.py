@@ -72,6 +72,7 @@ from quartier.api.sta_etag import conditional_get, tag_of, tagged
 from quartier.config import Settings
 from quartier.errors import BadRequestError, NotFoundError
 from quartier.store import sensorthings as q
+from quartier.store import sensorthings_count
 from quartier.store.db import DictConn
 
 PREFIX = "/v1.1"
@@ -275,6 +276,11 @@ class Paging:
         query = urlencode(params, quote_via=quote)
         return f"{base}{self.request.url.path}?{query}"
 
+    def rollup_floor(self) -> datetime | None:
+        """Before this day rollup rows may be gone (``database.rollup_retention``): counts from
+        the rollups count the rows before it one by one (``store/sensorthings_count``)."""
+        return sensorthings_count.rollup_floor(self.settings.database.rollup_retention)
+
     def plain(self) -> bool:
         """Whether the body is the entities as they are (no ``$select``, ``$expand`` or
         ``$resultFormat``): what ``sta_fastpage`` writes for Observations."""
@@ -294,9 +300,13 @@ class Paging:
         nxt = self.next_link(base, page.last_keys) if page.more else None
         count, exact = None, True
         if self.count and scope_id < 0:
-            count = q.count_multi_observations(conn, -scope_id, listing)
+            count = q.count_multi_observations(
+                conn, -scope_id, listing, rollup_floor=self.rollup_floor()
+            )
         elif self.count:
-            count, exact = q.count_observations(conn, scope_id, listing)
+            count, exact = q.count_observations(
+                conn, scope_id, listing, rollup_floor=self.rollup_floor()
+            )
         body = sta_fastpage.collection(page.items, nxt, count, not exact)
         return _etagged(self.request, Response(body, media_type="application/json"))
 
@@ -968,7 +978,9 @@ def _list(
         listing = nav_order(listing, order, q.ALIASES[entity_set])
     rows, nxt = p.page(q.entities(conn, entity_set, listing, within), base, listing)
     count, exact = (
-        q.count_collection(conn, entity_set, listing, within) if p.count else (None, True)
+        q.count_collection(conn, entity_set, listing, within, rollup_floor=p.rollup_floor())
+        if p.count
+        else (None, True)
     )
     if refs:
         return _ref_page(base, entity_set, rows, nxt, count)
@@ -1218,7 +1230,11 @@ def _datastream_observations(ds_id: int, conn: DictConn, base: str, p: Paging) -
         return fast
     listing = p.listing("Observations")
     rows, nxt = p.page(q.observations(conn, ds_id, listing), base, listing)
-    count, exact = q.count_observations(conn, ds_id, listing) if p.count else (None, True)
+    count, exact = (
+        q.count_observations(conn, ds_id, listing, rollup_floor=p.rollup_floor())
+        if p.count
+        else (None, True)
+    )
     return p.respond(conn, base, "Observations", rows, nxt, count, estimate=not exact)
 
 
@@ -1230,7 +1246,11 @@ def datastream_observation_refs(ds_id: int, conn: Conn, base: BaseUrl, p: Paging
     """The selfLinks of one datastream's observations."""
     listing = p.listing("Observations")
     rows, nxt = p.page(q.observations(conn, ds_id, listing), base, listing)
-    count = q.count_observations(conn, ds_id, listing)[0] if p.count else None
+    count = (
+        q.count_observations(conn, ds_id, listing, rollup_floor=p.rollup_floor())[0]
+        if p.count
+        else None
+    )
     return _ref_page(base, "Observations", rows, nxt, count)
 
 
@@ -1256,7 +1276,11 @@ def _multi_datastream_observations(mds_id: int, conn: DictConn, base: str, p: Pa
         return fast
     listing = p.listing("Observations")
     rows, nxt = p.page(q.multi_observations(conn, mds_id, listing), base, listing)
-    count = q.count_multi_observations(conn, mds_id, listing) if p.count else None
+    count = (
+        q.count_multi_observations(conn, mds_id, listing, rollup_floor=p.rollup_floor())
+        if p.count
+        else None
+    )
     return p.respond(conn, base, "Observations", rows, nxt, count)
 
 
@@ -1268,7 +1292,11 @@ def multi_datastream_observation_refs(mds_id: int, conn: Conn, base: BaseUrl, p:
     """The selfLinks of one MultiDatastream's observations."""
     listing = p.listing("Observations")
     rows, nxt = p.page(q.multi_observations(conn, mds_id, listing), base, listing)
-    count = q.count_multi_observations(conn, mds_id, listing) if p.count else None
+    count = (
+        q.count_multi_observations(conn, mds_id, listing, rollup_floor=p.rollup_floor())
+        if p.count
+        else None
+    )
     return _ref_page(base, "Observations", rows, nxt, count)
 
 

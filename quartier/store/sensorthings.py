@@ -20,8 +20,9 @@ import psycopg
 from psycopg import sql
 
 from quartier.errors import BadRequestError, NotFoundError
-from quartier.store import timeseries
+from quartier.store import sensorthings_count, timeseries
 from quartier.store.db import DictConn
+from quartier.store.migrate import storage_path
 
 #: The table alias of each entity set in the queries here (the compilers' ``alias``).
 ALIASES = {
@@ -343,8 +344,14 @@ def multi_observations(conn: DictConn, mds_id: int, listing: Listing) -> list[di
     return _select_page(conn, _OBSERVATION, source, _OF_DATASTREAM, -mds_id, listing)
 
 
-def count_multi_observations(conn: DictConn, mds_id: int, listing: Listing) -> int:
-    """How many observations of one MultiDatastream match ``listing``'s condition."""
+def count_multi_observations(
+    conn: DictConn, mds_id: int, listing: Listing, *, rollup_floor: datetime | None = None
+) -> int:
+    """How many observations of one MultiDatastream match ``listing``'s condition (without a
+    condition on plain PostgreSQL: from the daily rollup, exactly, ``sensorthings_count``;
+    ``rollup_floor``: ``sensorthings_count.rollup_floor``)."""
+    if listing.where is None and storage_path(conn) == "postgres":
+        return sensorthings_count.count(conn, -mds_id, floor=rollup_floor)
     return _count(conn, _OBSERVATION, listing, _OF_DATASTREAM, -mds_id)
 
 
@@ -381,10 +388,16 @@ def observations_at(conn: DictConn, datastream_ids: Any, times: Any) -> list[dic
     ).fetchall()
 
 
-def count_observations(conn: DictConn, ds_id: int, listing: Listing) -> tuple[int, bool]:
-    """(count, exact). Without a filter: exact where cheap, an estimate on very large TimescaleDB
-    datastreams (``timeseries.count_observations``); with one, the matching rows are counted."""
+def count_observations(
+    conn: DictConn, ds_id: int, listing: Listing, *, rollup_floor: datetime | None = None
+) -> tuple[int, bool]:
+    """(count, exact). Without a filter: on plain PostgreSQL exactly from the daily rollup
+    (``sensorthings_count``, ``rollup_floor`` as there); on TimescaleDB exact where cheap, an
+    estimate on very large datastreams (``timeseries.count_observations``). With one, the
+    matching rows are counted."""
     if listing.where is None:
+        if storage_path(conn) == "postgres":
+            return sensorthings_count.count(conn, ds_id, floor=rollup_floor), True
         return timeseries.count_observations(conn, ds_id)
     return _count(conn, _OBSERVATION, listing, _OF_DATASTREAM, ds_id), True
 
@@ -430,19 +443,29 @@ def count_entities(
     return int(row["n"])
 
 
-#: above this many observations (the planner's estimate), ``$count`` on the unfiltered
-#: ``/Observations`` is that estimate, declared as one (FROST's count mode "ESTIMATE_LIMIT"):
-#: counting 10^7 rows takes seconds, the estimate a millisecond
+#: TimescaleDB: above this many observations (the planner's estimate), ``$count`` on the
+#: unfiltered ``/Observations`` is that estimate, declared as one (FROST's count mode
+#: "ESTIMATE_LIMIT"): counting 10^7 rows takes seconds, the estimate a millisecond. Plain
+#: PostgreSQL counts them exactly from the daily rollup (``sensorthings_count``).
 OBSERVATIONS_EXACT_COUNT_LIMIT = timeseries.EXACT_COUNT_LIMIT
 
 
 def count_collection(
-    conn: DictConn, entity_set: str, listing: Listing, within: Within | None = None
+    conn: DictConn,
+    entity_set: str,
+    listing: Listing,
+    within: Within | None = None,
+    *,
+    rollup_floor: datetime | None = None,
 ) -> tuple[int, bool]:
-    """``(count, exact)`` for ``@iot.count``: :func:`count_entities`, except that all
-    Observations unfiltered are counted only up to :data:`OBSERVATIONS_EXACT_COUNT_LIMIT` and
-    estimated by the planner (from the statistics ANALYZE keeps) above it."""
+    """``(count, exact)`` for ``@iot.count``: :func:`count_entities`, except for all
+    Observations unfiltered: on plain PostgreSQL summed exactly from the daily rollup
+    (``sensorthings_count``, ``rollup_floor`` as there), on TimescaleDB counted only up to
+    :data:`OBSERVATIONS_EXACT_COUNT_LIMIT` and estimated by the planner (from the statistics
+    ANALYZE keeps) above it."""
     if entity_set == "Observations" and within is None and listing.where is None:
+        if storage_path(conn) == "postgres":
+            return sensorthings_count.count(conn, floor=rollup_floor), True
         row = conn.execute("explain (format json) select 1 from observation").fetchone()
         assert row is not None
         estimate = int(next(iter(row.values()))[0]["Plan"]["Plan Rows"])
