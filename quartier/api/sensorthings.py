@@ -1107,7 +1107,8 @@ def _fk(row: dict[str, Any], column: str) -> int | None:
 
 def _add_to_one(entity_set: str, nav: str) -> None:
     """``GET /<entity set>(<id>)/<nav>`` for a to-one navigation property: the one entity, read
-    by the parent's foreign key (and ``…/<nav>/$ref``: its selfLink)."""
+    by the parent's foreign key, with the ETag of the entity's own URL and its conditional GET
+    (``If-None-Match``: 304, ``If-Match``: 412), and ``…/<nav>/$ref``: its selfLink."""
     entity_type = ENTITY_SETS[entity_set]
     n = ENTITIES[entity_type].navs[nav]
     target_set = SET_OF[n.target]
@@ -1118,8 +1119,22 @@ def _add_to_one(entity_set: str, nav: str) -> None:
             raise NotFoundError(f"{entity_type} {entity_id} has no {nav}")
         return q.entity(conn, target_set, n.target, int(fk))
 
-    def route(entity_id: str, conn: Conn, base: BaseUrl, s: SelectionDep) -> Any:
-        return s.respond(conn, base, target_set, target(conn, entity_id))
+    def route(
+        entity_id: str,
+        request: Request,
+        response: Response,
+        conn: Conn,
+        base: BaseUrl,
+        s: SelectionDep,
+    ) -> Any:
+        """The entity with the ETag (and the conditions) of its own URL (api/sta_etag.py)."""
+        row = target(conn, entity_id)
+        tag = tag_of(shape(target_set, row, ""))
+        what = f"{n.target} {row['id']}"
+        not_modified = conditional_get(request.headers, tag, what, not s.options.expand)
+        if not_modified is not None:
+            return not_modified
+        return tagged(s.respond(conn, base, target_set, row), response, tag)
 
     def ref_route(entity_id: str, conn: Conn, base: BaseUrl) -> Any:
         row = target(conn, entity_id)
