@@ -14,7 +14,9 @@ from the row the request reads anyway (about 20 µs).
 Conditions (``If-Match``, ``If-None-Match``; a list of tags or ``*``) are compared by the tags'
 values (weak comparison), as OData services do with their weak ETags:
 
-- GET of an entity: ``If-None-Match`` naming its tag (or ``*``) is ``304 Not Modified`` unless
+- GET of an entity, by its own URL or by a to-one navigation (``Datastreams(1)/Thing``,
+  ``Observations('…')/FeatureOfInterest``, and the deeper paths the resolver turns into one;
+  ``api/sensorthings.py``, ``_add_to_one``), with the same tag: ``If-None-Match`` naming its tag (or ``*``) is ``304 Not Modified`` unless
   the request ``$expand``s (the tag does not cover the related entities); ``If-Match`` naming
   another tag is 412.
 - PATCH, PUT, DELETE: ``If-Match`` that names no tag the entity has now, or ``If-None-Match``
