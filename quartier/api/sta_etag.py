@@ -16,9 +16,9 @@ values (weak comparison), as OData services do with their weak ETags:
 
 - GET of an entity, by its own URL or by a to-one navigation (``Datastreams(1)/Thing``,
   ``Observations('…')/FeatureOfInterest``, and the deeper paths the resolver turns into one;
-  ``api/sensorthings.py``, ``_add_to_one``), with the same tag: ``If-None-Match`` naming its tag (or ``*``) is ``304 Not Modified`` unless
-  the request ``$expand``s (the tag does not cover the related entities); ``If-Match`` naming
-  another tag is 412.
+  ``api/sensorthings.py``, ``_add_to_one``), with the same tag: ``If-None-Match`` naming its
+  tag (or ``*``) is ``304 Not Modified`` unless the request ``$expand``s (the tag does not
+  cover the related entities); ``If-Match`` naming another tag is 412.
 - PATCH, PUT, DELETE: ``If-Match`` that names no tag the entity has now, or ``If-None-Match``
   that names its tag (or ``*``), is ``412 Precondition Failed`` and nothing changes. The
   check runs in the write's transaction after locking the entity's row (``FOR UPDATE``), so a
