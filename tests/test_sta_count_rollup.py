@@ -204,9 +204,9 @@ def test_count_on_the_api_is_exact_and_not_an_estimate(settings: Settings) -> No
                 with psycopg.connect(url, autocommit=True) as conn:
                     rollups.refresh_all(conn)
             if stage == "deleted":
-                with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+                with psycopg.connect(url, autocommit=True, row_factory=dict_row) as dconn:
                     sta_write.delete_observations(
-                        conn,
+                        dconn,
                         sql.SQL("o.datastream_id = any(%(d)s) and o.phenomenon_time < %(t)s"),
                         {"d": [streams[0], streams[3]], "t": T0 + timedelta(days=3)},
                     )

@@ -98,7 +98,7 @@ def _statement(one: bool) -> sql.SQL:
         scope_r=scope("r"),
         scope_x=scope("x"),
     )
-    return sql.SQL(text)  # type: ignore[arg-type]  # built from the constants above only
+    return sql.SQL(text)  # built from the constants above only
 
 
 _STATEMENTS = {False: _statement(False), True: _statement(True)}
