@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from dbs import clone, drop
 from psycopg import sql
 
 from quartier.config import Settings
@@ -74,18 +75,9 @@ def template_db(service_urls: ServiceUrls) -> Iterator[str]:
 @pytest.fixture
 def db_url(service_urls: ServiceUrls, template_db: str) -> Iterator[str]:
     """A fresh, migrated database for this test only."""
-    name = f"quartier_t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(template_db)
-            )
-        )
-    yield _with_db(service_urls.database_url, name)
-    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
+    url = clone(service_urls.database_url, template_db)
+    yield url
+    drop(service_urls.database_url, url)
 
 
 @pytest.fixture

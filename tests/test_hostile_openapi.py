@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,11 +23,11 @@ import psycopg
 import pytest
 import schemathesis
 from conftest import ServiceUrls
+from dbs import clone, drop
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis.errors import Unsatisfiable
-from psycopg import sql
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -72,14 +71,7 @@ def seed(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def api_app(service_urls: ServiceUrls, template_db: str) -> Iterator[FastAPI]:
-    name = f"quartier_oas_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(template_db)
-            )
-        )
-    url = psycopg.conninfo.make_conninfo(service_urls.database_url, dbname=name)
+    url = clone(service_urls.database_url, template_db, "quartier_oas")
     try:
         seed(url)
         settings = Settings(
@@ -95,10 +87,7 @@ def api_app(service_urls: ServiceUrls, template_db: str) -> Iterator[FastAPI]:
         with TestClient(app):  # runs the lifespan: the pool is open
             yield app
     finally:
-        with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
+        drop(service_urls.database_url, url)
 
 
 class _Requests:

@@ -11,7 +11,6 @@ import re
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,9 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 import uvicorn
+from dbs import clone, drop
 from PIL import Image
 from playwright.sync_api import Browser, Page, Route, sync_playwright
-from psycopg import sql
 from test_coverage_runs import load_scenario
 from test_maps import fill_store
 from test_second_city import import_musterstadt
@@ -110,20 +109,10 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def shared(service_urls: Any, template_db: str) -> Iterator[Settings]:
     """One database with data for the tests that only read (Köln's districts take seconds)."""
-    name = f"quartier_maps_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(template_db)
-            )
-        )
-    url = psycopg.conninfo.make_conninfo(service_urls.database_url, dbname=name)
+    url = clone(service_urls.database_url, template_db, "quartier_maps")
     fill_store(url)
     yield Settings(_env_file=None, database={"url": url}, mqtt={"url": service_urls.mqtt_url})  # type: ignore[call-arg]
-    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
+    drop(service_urls.database_url, url)
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from dbs import clone, drop
 from fastapi.testclient import TestClient
 from PIL import Image
 from playwright.sync_api import Browser
@@ -100,14 +100,7 @@ def speedtests() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def planned(service_urls: Any, template_db: str, tmp_path_factory: Any) -> Iterator[Settings]:
     """One database: Musterstadt, the speed tests above, a coverage analysis, an evaluation."""
-    name = f"quartier_plan_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(template_db)
-            )
-        )
-    url = psycopg.conninfo.make_conninfo(service_urls.database_url, dbname=name)
+    url = clone(service_urls.database_url, template_db, "quartier_plan")
     settings = Settings(_env_file=None, database={"url": url}, mqtt={"url": service_urls.mqtt_url})
     work = tmp_path_factory.mktemp("planned")
     with pytest.MonkeyPatch.context() as mp:
@@ -124,10 +117,7 @@ def planned(service_urls: Any, template_db: str, tmp_path_factory: Any) -> Itera
                         work / "bericht.html")  # fmt: skip
         assert code == 0, out
     yield settings
-    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
+    drop(service_urls.database_url, url)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +18,8 @@ import frost_sta_client as fsc
 import psycopg
 import pytest
 import requests
+from dbs import clone, drop
 from frost_sta_client.model.ext.data_array_document import DataArrayDocument
-from psycopg import sql
 
 from quartier.services import free_port
 from quartier.store import api_keys
@@ -53,18 +52,9 @@ class BearerAuth(fsc.AuthHandler):  # type: ignore[misc]
 def db(service_urls: Any, template_db: str) -> Iterator[str]:
     """One migrated database for the module (one server process serves every test; each test
     makes its own entities)."""
-    name = f"quartier_frost_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(template_db)
-            )
-        )
-    yield psycopg.conninfo.make_conninfo(service_urls.database_url, dbname=name)
-    with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
+    url = clone(service_urls.database_url, template_db, "quartier_frost")
+    yield url
+    drop(service_urls.database_url, url)
 
 
 @pytest.fixture(scope="module")

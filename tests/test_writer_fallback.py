@@ -5,7 +5,6 @@ tests/test_timescaledb.py writes through BatchWriter on the TimescaleDB engine."
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from psycopg import sql
+from dbs import clone, drop
 
 from quartier.config import IngestSettings
 from quartier.ingest import writer as writer_module
@@ -158,19 +157,9 @@ def stored(url: str) -> dict[str, list[tuple[Any, ...]]]:
 @pytest.fixture
 def second_db_url(service_urls: Any, template_db: str) -> Iterator[str]:
     """One more fresh migrated database (the conftest's db_url is the first)."""
-    name = f"quartier_t_{uuid.uuid4().hex[:10]}"
-    admin = service_urls.database_url
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(template_db)
-            )
-        )
-    yield psycopg.conninfo.make_conninfo(admin, dbname=name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
+    url = clone(service_urls.database_url, template_db, "quartier_t")
+    yield url
+    drop(service_urls.database_url, url)
 
 
 def test_insert_fallback_stores_exactly_what_copy_stores(
