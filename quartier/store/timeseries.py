@@ -575,37 +575,46 @@ def aggregate(
 
 # ------------------------------------------------------------------------------------ packed
 # Plain PostgreSQL, widths 1 h and 1 d: the packed rollups (migration 0045) give each datastream's
-# buckets as a few bytea values (one row per UTC day or month, concatenated here in row order),
-# which numpy reads in one piece; the dirty buckets in range come along in the same statement
-# (one snapshot) as arrays computed from raw rows, and replace what the packed rows say of them.
+# buckets as a few bytea values per UTC day or month. They are read as they are stored, every
+# datastream in one index scan, in whatever order it gives (no aggregate, no sort: concatenating
+# them in PostgreSQL cost it 3-4 times the scan, docs/benchmarks.md), and numpy reads each column
+# of the whole answer in one piece and puts the rows in (datastream, time) order. The dirty
+# buckets in range come in the same statement (one snapshot) as rows of the same shape, one per
+# bucket, computed from raw rows (``kind`` 1; 2 when the bucket has no observation any more):
+# they replace what the packed rows say of them. When nothing in range is dirty, the usual case,
+# an InitPlan evaluated once skips that part.
 _PACKED_READ = """
-select i.ds, a.*, d.*
-from unnest(%(ids)s::bigint[]) with ordinality as i(ds, ord)
-cross join lateral (
-    select {packed_columns}
-    from (
-        select * from {packed} p
-        where p.datastream_id = i.ds and p.start >= %(row_start)s and p.start < %(end)s
-        order by p.start
-    ) p
-) a
-cross join lateral (
-    select array_agg(x.b order by x.b) as dt, array_agg(r.n_all order by x.b) as dn_all,
-           array_agg(r.n order by x.b) as dn, array_agg(r.s order by x.b) as ds_,
-           array_agg(r.lo order by x.b) as dlo, array_agg(r.hi order by x.b) as dhi
-    from (
-        select distinct date_bin(%(w)s, bucket, %(origin)s) as b from observation_dirty
-        where datastream_id = i.ds and bucket >= %(start)s and bucket < %(end)s
-    ) x cross join lateral (
-        select count(*) as n_all, count(o.result) as n,
-               coalesce(sum(o.result), 'NaN') as s, coalesce(min(o.result), 'NaN') as lo,
-               coalesce(max(o.result), 'NaN') as hi
-        from observation o
-        where o.datastream_id = i.ds and o.phenomenon_time >= x.b
-          and o.phenomenon_time < x.b + %(w)s
-    ) r
-) d
-order by i.ord"""
+select p.datastream_id, 0 as kind, {names}
+from {packed} p
+where p.datastream_id = any(%(ids)s::bigint[]) and p.start >= %(row_start)s
+  and p.start < %(end)s
+union all
+select x.ds, case when r.n_all > 0 then 1 else 2 end, {dirty_names}
+from (
+    select distinct datastream_id as ds, date_bin(%(w)s, bucket, %(origin)s) as b
+    from observation_dirty
+    where datastream_id = any(%(ids)s::bigint[]) and bucket >= %(start)s and bucket < %(end)s
+) x cross join lateral (
+    select count(*) as n_all, count(o.result) as n,
+           coalesce(sum(o.result), 'NaN') as s, coalesce(min(o.result), 'NaN') as lo,
+           coalesce(max(o.result), 'NaN') as hi
+    from observation o
+    where o.datastream_id = x.ds and o.phenomenon_time >= x.b
+      and o.phenomenon_time < x.b + %(w)s
+) r
+where (select exists (
+    select 1 from observation_dirty where datastream_id = any(%(ids)s::bigint[])
+    and bucket >= %(start)s and bucket < %(end)s))"""
+
+#: a dirty bucket's value of each packed column, in the packed rows' wire format
+_DIRTY_WIRE = {
+    "t": "int8send(extract(epoch from x.b)::int8)",
+    "n_all": "int4send(r.n_all::int4)",
+    "n": "int4send(r.n::int4)",
+    "s": "float8send(r.s)",
+    "lo": "float8send(r.lo)",
+    "hi": "float8send(r.hi)",
+}
 
 #: the packed columns each function needs, and their wire types (big-endian)
 _PACKED_NEEDS: dict[Function, tuple[str, ...]] = {
@@ -616,23 +625,19 @@ _PACKED_NEEDS: dict[Function, tuple[str, ...]] = {
     "max": ("hi",),
 }
 _PACKED_WIRE = {"t": ">i8", "n_all": ">i4", "n": ">i4", "s": ">f8", "lo": ">f8", "hi": ">f8"}
-_DIRTY_INDEX = {"n_all": 0, "n": 1, "s": 2, "lo": 3, "hi": 4}
 
 
 def packed_query(width: timedelta, functions: Sequence[Function]) -> sql.Composed:
-    """The SQL of the packed read (parameters ids, start, end, row_start, w, origin): one row per
-    datastream in the order of ``ids``: its id, the concatenated bytea of ``t`` and of each packed
-    column the functions need (NULL when no row), then the dirty buckets in range as arrays
-    (``dt`` bucket starts, ``dn_all``, ``dn``, ``ds_``, ``dlo``, ``dhi``; NULL when none)."""
+    """The SQL of the packed read (parameters ids, start, end, row_start, w, origin): the
+    packed rows of ``ids`` that overlap the range, in no particular order, each as its
+    datastream, ``kind`` 0, then ``t`` and each packed column the functions need (bytea); then
+    one row per dirty bucket in range in the same shape (``kind`` 1, or 2 when the bucket holds
+    no observation now)."""
     columns = _packed_columns(functions)
     return sql.SQL(_PACKED_READ).format(
         packed=sql.Identifier(PACKED[width]),
-        packed_columns=sql.SQL(", ").join(
-            # in the subquery's order (an ORDER BY per aggregate sorts once per column); every
-            # column is concatenated in the same order, and the decoder checks ``t``
-            sql.SQL("string_agg(p.{c}, ''::bytea) as {c}").format(c=sql.Identifier(c))
-            for c in columns
-        ),
+        names=sql.SQL(", ").join(sql.SQL("p.{}").format(sql.Identifier(c)) for c in columns),
+        dirty_names=sql.SQL(", ").join(sql.SQL(_DIRTY_WIRE[c]) for c in columns),
     )
 
 
@@ -642,70 +647,79 @@ def _packed_columns(functions: Sequence[Function]) -> list[str]:
 
 def _packed_series(
     rows: list[tuple[Any, ...]],
+    ids: Sequence[int],
     functions: Sequence[Function],
     start: datetime,
     end: datetime,
     *,
     columns: bool,
 ) -> list[Series]:
-    """The series of a packed read (:func:`packed_query`): the buckets inside ``[start, end)``,
-    the dirty ones replaced by their values from raw rows. Every datastream's bytes are decoded
-    together (one ``frombuffer`` per column for the whole answer), then cut into series."""
+    """The series of ``ids`` (increasing) from the rows of a packed read (:func:`packed_query`):
+    the buckets inside ``[start, end)``, the dirty ones replaced by their values from raw rows.
+    The whole answer is decoded at once (one ``frombuffer`` per column), then cut into series."""
     names = _packed_columns(functions)
-    sizes = np.array([len(r[1]) // 8 if r[1] is not None else 0 for r in rows], dtype=np.int64)
+    # column by column, without a Python step per row
+    cols = list(zip(*rows, strict=True)) or [()] * (2 + len(names))
+    sizes = np.fromiter(map(len, cols[2]), dtype=np.int64, count=len(rows)) // 8
     whole = {
-        c: np.frombuffer(
-            b"".join(r[1 + k] for r in rows if r[1 + k] is not None), dtype=_PACKED_WIRE[c]
-        )
-        for k, c in enumerate(names)
+        c: np.frombuffer(b"".join(cols[2 + k]), dtype=_PACKED_WIRE[c]) for k, c in enumerate(names)
     }
     if any(len(v) != int(sizes.sum()) for v in whole.values()):
         raise ValueError("packed rollup rows whose columns differ in length")
-    epoch_all = whole.pop("t").astype(np.int64)
-    computed = _packed_values(
-        {c: v.astype(np.float64 if c in ("s", "lo", "hi") else np.int64) for c, v in whole.items()},
-        functions,
-    )
-    first, stop = _epoch(start), _epoch(end)
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    # in order within each datastream (the subquery's order; checked, sorted if not)
-    steps = np.flatnonzero(np.diff(epoch_all) <= 0) + 1
-    if len(steps) and not bool(np.all(np.isin(steps, bounds))):
-        series = np.repeat(np.arange(len(rows)), sizes)
-        order = np.lexsort((epoch_all, series))
-        epoch_all, computed = epoch_all[order], {f: v[order] for f, v in computed.items()}
-    keep = (epoch_all >= first) & (epoch_all < stop)  # the first and last rows may be cut
-    if not bool(keep.all()):
-        bounds = np.concatenate([[0], np.cumsum(keep)])[bounds]
-        epoch_all, computed = epoch_all[keep], {f: v[keep] for f, v in computed.items()}
-    edges = bounds.tolist()
-    out: list[Series] = []
-    for k, row in enumerate(rows):
-        ds, dirty = row[0], row[1 + len(names) :]
-        a, b = edges[k], edges[k + 1]
-        epoch = epoch_all[a:b]
-        values = {f: v[a:b] for f, v in computed.items()}
-        dt = dirty[0]
-        if dt is not None and len(dt):  # these buckets from raw rows (gone if n_all is 0)
-            keep = ~np.isin(epoch, dt)
-            add = dirty[1] > 0
-            fresh = _packed_values(
-                {c: dirty[1 + i][add] for c, i in _DIRTY_INDEX.items()}, functions
+    epoch = whole.pop("t").astype(np.int64)
+    row_ds = np.array(cols[0], dtype=np.int64)
+    kind = np.array(cols[1], dtype=np.int64)
+    bucket_ds = np.repeat(row_ds, sizes)
+    keep = (epoch >= _epoch(start)) & (epoch < _epoch(end))  # first and last rows may be cut
+    if bool(kind.any()):  # dirty buckets: theirs first among equal (datastream, time), then
+        # the packed ones of the same bucket dropped, and those without observations
+        bucket_kind = np.repeat(kind, sizes)
+        order = np.lexsort((bucket_kind == 0, epoch, bucket_ds))
+        epoch, bucket_ds, bucket_kind = epoch[order], bucket_ds[order], bucket_kind[order]
+        whole, keep = {c: v[order] for c, v in whole.items()}, keep[order]
+        same = np.zeros(len(epoch), dtype=bool)
+        same[1:] = (epoch[1:] == epoch[:-1]) & (bucket_ds[1:] == bucket_ds[:-1])
+        keep &= ~same & (bucket_kind != 2)
+    elif len(rows) > 1:  # the rows in (datastream, time) order; a row's buckets are in order
+        offsets = np.zeros(len(rows), dtype=np.int64)
+        np.cumsum(sizes[:-1], out=offsets[1:])
+        first = epoch[np.minimum(offsets, max(len(epoch) - 1, 0))]
+        ds_step = np.diff(row_ds)
+        if bool(np.any(ds_step < 0) or np.any((ds_step == 0) & (np.diff(first) <= 0))):
+            by_row = np.lexsort((first, row_ds))
+            # each bucket's place: its row's new offset plus its place in the row
+            moved = np.repeat(
+                offsets[by_row] - np.cumsum(sizes[by_row]) + sizes[by_row], sizes[by_row]
             )
-            epoch = np.concatenate([epoch[keep], dt[add]])
-            values = {f: np.concatenate([v[keep], fresh[f]]) for f, v in values.items()}
-            order = np.argsort(epoch, kind="stable")
-            epoch, values = epoch[order], {f: v[order] for f, v in values.items()}
-        if len(epoch) == 0:
+            order = moved + np.arange(len(epoch))
+            epoch, bucket_ds, keep = epoch[order], bucket_ds[order], keep[order]
+            whole = {c: v[order] for c, v in whole.items()}
+    if not bool(keep.all()):
+        epoch, bucket_ds = epoch[keep], bucket_ds[keep]
+        whole = {c: v[keep] for c, v in whole.items()}
+    computed = _packed_values(whole, functions)
+    wanted = np.asarray(ids, dtype=np.int64)
+    bounds = zip(
+        np.searchsorted(bucket_ds, wanted, "left").tolist(),
+        np.searchsorted(bucket_ds, wanted, "right").tolist(),
+        strict=True,
+    )
+    out: list[Series] = []
+    for ds, (a, b) in zip(ids, bounds, strict=True):
+        if a == b:
             out.append(Series(ds))
         elif columns:
-            out.append(Series(ds, columns=Columns(epoch, values)))
+            out.append(
+                Series(ds, columns=Columns(epoch[a:b], {f: v[a:b] for f, v in computed.items()}))
+            )
         else:
             lists = {
-                f: v.tolist() if f == "count" else [None if x != x else x for x in v.tolist()]
-                for f, v in values.items()
+                f: v[a:b].tolist()
+                if f == "count"
+                else [None if x != x else x for x in v[a:b].tolist()]
+                for f, v in computed.items()
             }
-            out.append(Series(ds, epoch.tolist(), lists))
+            out.append(Series(ds, epoch[a:b].tolist(), lists))
     return out
 
 
@@ -721,9 +735,10 @@ def _packed_values(
         elif f == "sum":
             values[f] = cols["s"].astype(np.float64)
         elif f == "avg":  # s / n as PostgreSQL divides (float8 by a whole number)
-            n = cols["n"].astype(np.float64)
-            s = cols["s"].astype(np.float64)
-            values[f] = np.divide(s, n, out=np.full(len(s), np.nan), where=n > 0)
+            n = cols["n"]
+            values[f] = np.divide(
+                cols["s"], n, out=np.full(len(n), np.nan), where=n > 0, dtype=np.float64
+            )
         else:
             values[f] = cols["lo" if f == "min" else "hi"].astype(np.float64)
     return values
@@ -747,19 +762,20 @@ def _read_packed(
         "origin": ORIGIN,
     }  # fmt: skip
     cur = conn.cursor(binary=True, row_factory=tuple_row)
-    _numpy_arrays(cur)
     key = (width, tuple(functions))
     query = _PACKED_TEXT.get(key)
     if query is None:  # constant identifiers only: the text is the same for every connection
         query = _PACKED_TEXT[key] = packed_query(width, functions).as_string(None)
-    if len(ids) * ((end - start) // width) <= _SMALL and conn.autocommit:
+    if len(ids) * -(-(end - row_start) // PACK_SPAN[width]) <= _SMALL_PACKED and conn.autocommit:
         rows = cur.execute(query, params).fetchall()  # too cheap for JIT to start
     else:
-        with conn.transaction():
-            # JIT compiling costs tens of ms; the dirty overlay's estimate can reach its threshold
+        # JIT compiling costs tens of ms; the dirty overlay's estimate can reach its threshold.
+        # One round trip for BEGIN, SET, the read and COMMIT (pipeline mode) instead of four.
+        with conn.pipeline(), conn.transaction():
             conn.execute("set local jit = off")
-            rows = cur.execute(query, params).fetchall()
-    return _packed_series(rows, functions, start, end, columns=columns)
+            cur.execute(query, params)
+        rows = cur.fetchall()
+    return _packed_series(rows, ids, functions, start, end, columns=columns)
 
 
 #: the text of :func:`packed_query` by (width, functions): composing it costs more than decoding
@@ -768,6 +784,14 @@ _PACKED_TEXT: dict[tuple[timedelta, tuple[Function, ...]], str] = {}
 
 #: datastreams × buckets up to which a rollup query runs without the JIT-off transaction
 _SMALL = 5_000
+#: packed rows (at most) up to which the packed read runs without the JIT-off transaction: the
+#: plan's estimate is about one per packed row, far below jit_above_cost (100,000) there
+_SMALL_PACKED = 20_000
+#: the shortest span of one packed row (a UTC day; a UTC month): the most rows a range touches
+PACK_SPAN: dict[timedelta, timedelta] = {
+    timedelta(hours=1): timedelta(days=1),
+    timedelta(days=1): timedelta(days=28),
+}
 
 
 def _any_dirty(cur: psycopg.Cursor[Any], params: dict[str, Any]) -> bool:
