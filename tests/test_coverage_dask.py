@@ -4,6 +4,8 @@ compared; and the tiled run stored through the CLI with each tile's own COPY."""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +22,7 @@ from quartier.geo import grid
 from quartier.geo.analysis import AnalysisParams, CoverageInputs, _operators, analyse
 from quartier.geo.distributed import analyse_tiled, local_cluster, scatter_tiles, split_inputs
 
+log = logging.getLogger(__name__)
 OPERATORS = np.array(["Telekom", "Vodafone", "Telefónica", "1&1"])
 TECHS = np.array(["ftth", "hfc", "vdsl", "adsl", "fwa"])
 
@@ -373,3 +376,147 @@ def test_cli_analyse_on_dask_stores_the_single_process_run(
             for run in (one, two)
         ]
         assert len(layers[1]) > 0 and layers[0] in ([], layers[1])  # older runs' may be gone
+
+
+# --- a worker's memory with the size of the run -----------------------------------------------
+
+
+def band_world(seed: int, bands: int, tile_cells: int) -> CoverageInputs:
+    """``bands`` rows of two tiles of ``tile_cells`` cells, every band alike in density: a
+    household in half the cells, offers (gigabit in the band's middle), 10 signal measurements
+    and a speed test per cell on average; one district over all of it."""
+    rng = np.random.default_rng(seed)
+    e0, n0 = 4_000_000, 3_000_000  # multiples of the tile side
+    rows, cols = bands * tile_cells, 2 * tile_cells
+    n_cells = rows * cols
+
+    def cells(n: int) -> tuple[Any, Any]:
+        i = rng.integers(0, n_cells, n)
+        return e0 + 100 * (i % cols), n0 + 100 * (i // cols)
+
+    e, n = cells(n_cells // 2)
+    hh = pd.DataFrame({"cell_e": e, "cell_n": n, "households": rng.integers(1, 6, len(e))})
+    down = np.where((np.abs((e - e0) / 100 - cols / 2) < 10), 1000.0, 50.0)
+    offers = pd.DataFrame({"cell_e": e, "cell_n": n, "technology": "vdsl",
+                           "max_down_mbps": down, "max_up_mbps": down / 5})  # fmt: skip
+    e, n = cells(n_cells)
+    tests = pd.DataFrame({"cell_e": e, "cell_n": n,
+                          "download_mbps": rng.gamma(2, 50, len(e)).round(1)})  # fmt: skip
+    e, n = cells(10 * n_cells)
+    signals = pd.DataFrame({
+        "cell_e": e, "cell_n": n, "operator": rng.choice(OPERATORS[:3], len(e)),
+        "technology": rng.choice(["2G", "4G", "5G"], len(e)),
+        "signal_dbm": np.clip(rng.normal(-105, 12, len(e)), -140, -44).round(1),
+    })  # fmt: skip
+    box = shapely.box(e0, n0, e0 + 100 * cols, n0 + 100 * rows)
+    districts = gpd.GeoDataFrame({"code": ["d0"], "name": ["District 0"]}, geometry=[box],
+                                 crs=grid.GRID_CRS).to_crs(grid.WGS84)  # fmt: skip
+    return CoverageInputs(hh, offers, tests, signals, districts)
+
+
+def _worker_peaks(client: Any, run: Any) -> list[int]:
+    """Each worker's traced memory at its peak during ``run()`` above what it held before
+    (tracemalloc: Python objects and numpy's arrays)."""
+    import tracemalloc
+
+    def start() -> int:
+        if not tracemalloc.is_tracing():
+            tracemalloc.start()
+        tracemalloc.reset_peak()
+        return tracemalloc.get_traced_memory()[0]
+
+    before = client.run(start)
+    run()
+    after = client.run(lambda: tracemalloc.get_traced_memory()[1])
+    return sorted(after[w] - before[w] for w in after)
+
+
+@pytest.mark.services
+def test_a_workers_peak_memory_does_not_grow_with_the_number_of_bands(
+    service_urls: Any, template_db: str
+) -> None:
+    """The stored run on Dask (``analyse_and_store_on_dask``: a band of tiles read and
+    analysed at a time, each tile's cells filed away until written) peaks at about the same
+    memory per worker for 2 and for 8 bands of tiles, while the earlier way (each worker
+    reading its range of every table's blocks, every tile's inputs and cells held until the
+    merge: ``read_store`` + ``analyse_tiled``) grows with them, measured the same way; both
+    store the same run as one process."""
+    import psycopg
+    from distributed import Client
+    from psycopg import sql
+
+    from quartier.geo import run_store, service
+    from quartier.geo.distributed import StoreInputs, read_store
+
+    side = 30
+    urls = {}
+    names = []
+    try:
+        for bands in (1, 4):
+            name = f"quartier_t_{uuid.uuid4().hex[:10]}"
+            with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
+                conn.execute(sql.SQL("create database {} template {}").format(
+                    sql.Identifier(name), sql.Identifier(template_db)))  # fmt: skip
+            names.append(name)
+            urls[bands] = psycopg.conninfo.make_conninfo(service_urls.database_url, dbname=name)
+            _store_world(urls[bands], band_world(5, bands, side), devices=1)
+        p = AnalysisParams()
+        peaks: dict[tuple[str, int], list[int]] = {}
+        with local_cluster(2) as cluster, Client(cluster) as c:
+            with psycopg.connect(urls[1]) as conn:  # modules imported, caches filled
+                service.analyse_and_store_on_dask(conn, c, urls[1], p, tile_cells=side,
+                                                  min_contributors=1)  # fmt: skip
+                conn.rollback()
+            for bands, url in urls.items():
+                with psycopg.connect(url) as conn:
+                    service.analyse_and_store(conn, p, conninfo=url, min_contributors=1)
+                    conn.commit()
+
+                    def banded(conn: Any = conn, url: str = url) -> None:
+                        service.analyse_and_store_on_dask(
+                            conn, c, url, p, tile_cells=side, min_contributors=1
+                        )
+                        conn.commit()
+
+                    def whole(conn: Any = conn, url: str = url) -> None:
+                        tiles, operators = read_store(
+                            c, conn, StoreInputs(url, None, None, 1), side
+                        )
+                        service.store_tiled(conn, c, url, tiles, operators,
+                                            conn_districts(conn), p, tile_cells=side)  # fmt: skip
+                        del tiles
+                        conn.commit()
+
+                    peaks[("banded", bands)] = _worker_peaks(c, banded)
+                    peaks[("whole", bands)] = _worker_peaks(c, whole)
+                    ids = [
+                        int(r[0]) for r in conn.execute("select id from coverage_run order by 1")
+                    ]
+                    one, *dasks = (run_store.get_run(conn, i) for i in ids)
+                    cells = run_store.load_cells(conn, one)
+                    assert len(cells) > 0.4 * bands * side * side * 2
+                    for other in dasks:
+                        assert other.inputs == one.inputs
+                        pd.testing.assert_frame_equal(
+                            cells, run_store.load_cells(conn, other), check_exact=True
+                        )
+        log.info("peak traced memory per worker: %s", peaks)
+        banded_small, banded_big = max(peaks[("banded", 1)]), max(peaks[("banded", 4)])
+        whole_small, whole_big = max(peaks[("whole", 1)]), max(peaks[("whole", 4)])
+        # the measure sees a worker holding more: 4 bands' inputs and cells, about 3x
+        assert whole_big > 2.0 * whole_small
+        # bounded: what a worker holds at its peak is one band's, whatever the number of bands
+        assert banded_big < 1.3 * banded_small
+        assert banded_big - banded_small < 0.25 * (whole_big - whole_small)
+    finally:
+        with psycopg.connect(service_urls.database_url, autocommit=True) as conn:
+            for name in names:
+                conn.execute(sql.SQL("drop database if exists {} with (force)").format(
+                    sql.Identifier(name)))  # fmt: skip
+
+
+def conn_districts(conn: Any) -> Any:
+    from quartier.geo.io import load_districts
+
+    found = load_districts(conn, "stadtbezirk")
+    return found if len(found) else None
