@@ -3,14 +3,16 @@
 Tiles are squares of ``tile_cells`` × ``tile_cells`` cells of the EPSG:3035 100 m grid (default
 500 × 500: 50 km), aligned on multiples of their size. Each tile is a Dask task:
 
-0. **Inputs** come from where the tasks run: stored inputs are read by the workers as the
-   single process reads them, each task one of N equal ranges of every input table's blocks
-   (TID range scans, :class:`StoreInputs`, :func:`read_store`), with each measurement's
-   device; each part is cut into tiles there, each tile joins its pieces (a transfer between
-   workers for the pieces read elsewhere) and applies k-anonymity per cell over all of them,
-   and the tiles are counted per operator, so that the client reads nothing but the
-   districts; a :class:`TileSource` makes a tile's inputs in its task (a generator); or the
-   client hands them over (:func:`split_inputs`, :func:`scatter_tiles`).
+0. **Inputs** come from where the tasks run. Stored inputs (:func:`analyse_store`, the
+   service's path): one task a band of tiles (a tile row: one range of the ``(cell_n,
+   cell_e)`` index) reads the band with k-anonymity per cell (:meth:`StoreInputs.load_band`)
+   and analyses its tiles one after the other, so that a worker holds one band's inputs at a
+   time, however many bands the run has; the run's operators are the stored ones, checked
+   against the tiles' counts after k-anonymity. Or each task reads one of N equal ranges of
+   every input table's blocks (:func:`read_store`: every input row in the workers before the
+   first tile), each tile joining its pieces; or a :class:`TileSource` makes a tile's inputs
+   in its task (a generator); or the client hands them over (:func:`split_inputs`,
+   :func:`scatter_tiles`).
 1. **Cells** (:func:`quartier.geo.analysis.analyse_cells`): everything a cell gets from its own
    inputs (classes, measurements, mobile coverage, district) needs no other tile. The operators
    are fixed for the whole run beforehand (the most measured, as :func:`analyse` picks them);
@@ -35,7 +37,9 @@ Tiles are squares of ``tile_cells`` × ``tile_cells`` cells of the EPSG:3035 100
    the client scores the clusters and gathers the polygons.
 
 Every figure equals the single-process one (``tests/test_coverage_dask.py`` compares them).
-The client holds only per-cluster and per-district figures; the cells stay on the workers.
+The client holds only per-cluster and per-district figures; the cells stay on the workers, in
+files of their local directories between 1 and 6 (:class:`TilePart`): in memory a tile keeps
+its gap cells' keys and labels, its gigabit cells and its summary.
 """
 
 from __future__ import annotations
