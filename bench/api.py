@@ -682,11 +682,14 @@ class Server:
 
 
 @contextmanager
-def quartier_server(db_url: str, workers: int, port: int | None = None) -> Iterator[Server]:
+def quartier_server(
+    db_url: str, workers: int, port: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """``quartier serve --workers N`` on a free port, the rate limit off; yields its service
-    root URL (…/v1.1) and pid, and ends the process (and its workers) afterwards."""
+    root URL (…/v1.1) and pid, and ends the process (and its workers) afterwards. ``env``: more
+    environment for the server (``bench/api_http.py`` runs another commit's code by PYTHONPATH)."""
     port = port or free_port()
-    env = os.environ | {
+    env = os.environ | (env or {}) | {
         "QUARTIER_DATABASE__URL": db_url,
         "QUARTIER_API__RATE_PER_SECOND": "0",
         "QUARTIER_API__KEY_RATE_PER_SECOND": "0",

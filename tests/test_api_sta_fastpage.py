@@ -326,3 +326,15 @@ def test_compilations_are_kept_per_tree_not_per_equal_value() -> None:
     keys, _ = order_keys((OrderItem(Path(("result",)), True),), "Observations", "o")
     again, _ = order_keys((OrderItem(Path(("result",)), True),), "Observations", "o")
     assert keys == again and keys is not again
+
+
+def test_an_infinite_time_is_left_to_the_general_path() -> None:
+    """``timestamptz`` arrives as µs since 2000 (binary); PostgreSQL's ``infinity`` and
+    ``-infinity`` have no RFC 3339 form here, so the page goes the general way."""
+    finite = (0, None, None, None, None, None)
+    assert sta_fastpage._write([finite], 1, "")[0].startswith('{"@iot.id":"1:946684800000000"')
+    for infinite in (2**63 - 1, -(2**63)):
+        with pytest.raises(sta_fastpage._Infinite):
+            sta_fastpage._write([finite, (infinite, 1.0, None, None, None, None)], 1, "")
+        with pytest.raises(sta_fastpage._Infinite):
+            sta_fastpage._write([(0, 1.0, '"x"', infinite, None, None)], 1, "")
