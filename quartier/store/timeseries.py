@@ -589,6 +589,9 @@ from {packed} p
 where p.datastream_id = any(%(ids)s::bigint[]) and p.start >= %(row_start)s
   and p.start < %(end)s
 union all
+{rest}"""
+# the dirty buckets as rows of the packed rows' shape
+_PACKED_DIRTY = """
 select x.ds, case when r.n_all > 0 then 1 else 2 end, {dirty_names}
 from (
     select distinct datastream_id as ds, date_bin(%(w)s, bucket, %(origin)s) as b
@@ -602,7 +605,13 @@ from (
     where o.datastream_id = x.ds and o.phenomenon_time >= x.b
       and o.phenomenon_time < x.b + %(w)s
 ) r
-where (select exists (
+where {any_dirty}"""
+# without the dirty part (its plan alone, never run, opens every partition of observation and
+# its index at each execution): one row of kind -1 says that some bucket in range is dirty, and
+# the read is made again with it
+_PACKED_FLAG = """
+select null, -1, {nulls} where {any_dirty}"""
+_ANY_DIRTY = """(select exists (
     select 1 from observation_dirty where datastream_id = any(%(ids)s::bigint[])
     and bucket >= %(start)s and bucket < %(end)s))"""
 
@@ -627,22 +636,40 @@ _PACKED_NEEDS: dict[Function, tuple[str, ...]] = {
 _PACKED_WIRE = {"t": ">i8", "n_all": ">i4", "n": ">i4", "s": ">f8", "lo": ">f8", "hi": ">f8"}
 
 
-def packed_query(width: timedelta, functions: Sequence[Function]) -> sql.Composed:
+def packed_query(
+    width: timedelta, functions: Sequence[Function], *, dirty: bool = True
+) -> sql.Composed:
     """The SQL of the packed read (parameters ids, start, end, row_start, w, origin): the
     packed rows of ``ids`` that overlap the range, in no particular order, each as its
     datastream, ``kind`` 0, then ``t`` and each packed column the functions need (bytea); then
     one row per dirty bucket in range in the same shape (``kind`` 1, or 2 when the bucket holds
-    no observation now)."""
+    no observation now). ``dirty=False``: instead of those, one row of ``kind`` -1 when any
+    bucket in range is dirty (read again with ``dirty=True`` then)."""
     columns = _packed_columns(functions)
+    any_dirty = sql.SQL(_ANY_DIRTY)
+    rest = (
+        sql.SQL(_PACKED_DIRTY).format(
+            dirty_names=sql.SQL(", ").join(sql.SQL(_DIRTY_WIRE[c]) for c in columns),
+            any_dirty=any_dirty,
+        )
+        if dirty
+        else sql.SQL(_PACKED_FLAG).format(
+            nulls=sql.SQL(", ").join(sql.SQL("null::bytea") for _ in columns), any_dirty=any_dirty
+        )
+    )
     return sql.SQL(_PACKED_READ).format(
         packed=sql.Identifier(PACKED[width]),
         names=sql.SQL(", ").join(sql.SQL("p.{}").format(sql.Identifier(c)) for c in columns),
-        dirty_names=sql.SQL(", ").join(sql.SQL(_DIRTY_WIRE[c]) for c in columns),
+        rest=rest,
     )
 
 
 def _packed_columns(functions: Sequence[Function]) -> list[str]:
     return ["t", *dict.fromkeys(c for f in functions for c in _PACKED_NEEDS[f])]
+
+
+class _DirtyInRange(Exception):
+    """The packed read without the dirty buckets met some (``packed_query(dirty=False)``)."""
 
 
 def _packed_series(
@@ -660,6 +687,9 @@ def _packed_series(
     names = _packed_columns(functions)
     # column by column, without a Python step per row
     cols = list(zip(*rows, strict=True)) or [()] * (2 + len(names))
+    kind = np.array(cols[1], dtype=np.int64)
+    if bool((kind < 0).any()):
+        raise _DirtyInRange
     sizes = np.fromiter(map(len, cols[2]), dtype=np.int64, count=len(rows)) // 8
     whole = {
         c: np.frombuffer(b"".join(cols[2 + k]), dtype=_PACKED_WIRE[c]) for k, c in enumerate(names)
@@ -668,7 +698,6 @@ def _packed_series(
         raise ValueError("packed rollup rows whose columns differ in length")
     epoch = whole.pop("t").astype(np.int64)
     row_ds = np.array(cols[0], dtype=np.int64)
-    kind = np.array(cols[1], dtype=np.int64)
     bucket_ds = np.repeat(row_ds, sizes)
     keep = (epoch >= _epoch(start)) & (epoch < _epoch(end))  # first and last rows may be cut
     if bool(kind.any()):  # dirty buckets: theirs first among equal (datastream, time), then
@@ -713,14 +742,18 @@ def _packed_series(
                 Series(ds, columns=Columns(epoch[a:b], {f: v[a:b] for f, v in computed.items()}))
             )
         else:
-            lists = {
-                f: v[a:b].tolist()
-                if f == "count"
-                else [None if x != x else x for x in v[a:b].tolist()]
-                for f, v in computed.items()
-            }
+            lists = {f: _nullable_list(f, v[a:b]) for f, v in computed.items()}
             out.append(Series(ds, epoch[a:b].tolist(), lists))
     return out
+
+
+def _nullable_list(function: str, values: npt.NDArray[Any]) -> list[Any]:
+    """``values`` as a list with None for NaN (no numeric result; a Python step per value only
+    when there is one)."""
+    out: list[Any] = values.tolist()
+    if function == "count" or not bool(np.isnan(values).any()):
+        return out
+    return [None if x != x else x for x in out]
 
 
 def _packed_values(
@@ -762,24 +795,31 @@ def _read_packed(
         "origin": ORIGIN,
     }  # fmt: skip
     cur = conn.cursor(binary=True, row_factory=tuple_row)
-    key = (width, tuple(functions))
-    query = _PACKED_TEXT.get(key)
-    if query is None:  # constant identifiers only: the text is the same for every connection
-        query = _PACKED_TEXT[key] = packed_query(width, functions).as_string(None)
-    if len(ids) * -(-(end - row_start) // PACK_SPAN[width]) <= _SMALL_PACKED and conn.autocommit:
-        rows = cur.execute(query, params).fetchall()  # too cheap for JIT to start
-    else:
+    small = len(ids) * -(-(end - row_start) // PACK_SPAN[width]) <= _SMALL_PACKED
+
+    def read(dirty: bool) -> list[tuple[Any, ...]]:
+        key = (width, tuple(functions), dirty)
+        query = _PACKED_TEXT.get(key)
+        if query is None:  # constant identifiers only: the same text for every connection
+            query = _PACKED_TEXT[key] = packed_query(width, functions, dirty=dirty).as_string(None)
+        if small and conn.autocommit:
+            return cur.execute(query, params).fetchall()  # too cheap for JIT to start
         # JIT compiling costs tens of ms; the dirty overlay's estimate can reach its threshold.
         # One round trip for BEGIN, SET, the read and COMMIT (pipeline mode) instead of four.
         with conn.pipeline(), conn.transaction():
             conn.execute("set local jit = off")
             cur.execute(query, params)
-        rows = cur.fetchall()
+        return cur.fetchall()
+
+    try:
+        return _packed_series(read(dirty=False), ids, functions, start, end, columns=columns)
+    except _DirtyInRange:  # again, with the dirty buckets from raw rows
+        rows = read(dirty=True)
     return _packed_series(rows, ids, functions, start, end, columns=columns)
 
 
 #: the text of :func:`packed_query` by (width, functions): composing it costs more than decoding
-_PACKED_TEXT: dict[tuple[timedelta, tuple[Function, ...]], str] = {}
+_PACKED_TEXT: dict[tuple[timedelta, tuple[Function, ...], bool], str] = {}
 
 
 #: datastreams × buckets up to which a rollup query runs without the JIT-off transaction
