@@ -341,7 +341,8 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default=None,
-        help="with --queries-only: run only the cases whose name contains this text",
+        help="with --queries-only: run only the cases whose name contains this text (or one of "
+        "several separated by |)",
     )
     ap.add_argument(
         "--models",
@@ -924,7 +925,7 @@ def run_queries(
                 (f"API JSON: {hourly}, models (before)", api_json(100, hour, month, "models"), 3),
             ]
         if only:
-            cases = [c for c in cases if only in c[0]]
+            cases = [c for c in cases if any(o in c[0] for o in only.split("|"))]
         per_case: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in cases}
         loads: list[str] = []
         for rep in range(reps):
