@@ -77,12 +77,40 @@ def _random_time(rnd: random.Random) -> datetime:
     return T0 + timedelta(minutes=minutes, seconds=rnd.choice([0, 0, 0, rnd.randrange(300)]))
 
 
+def _truth_between(
+    conn: psycopg.Connection[Any], ds: int | None, start: datetime | None, end: datetime | None
+) -> int:
+    row = conn.execute(
+        "select count(*) from observation where (%(ds)s::bigint is null or datastream_id = %(ds)s)"
+        " and phenomenon_time >= coalesce(%(a)s::timestamptz, '-infinity')"
+        " and phenomenon_time < coalesce(%(b)s::timestamptz, 'infinity')",
+        {"ds": ds, "a": start, "b": end},
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _check(
-    conn: psycopg.Connection[Any], streams: list[int], step: str, floor: datetime | None = None
+    conn: psycopg.Connection[Any],
+    streams: list[int],
+    step: str,
+    floor: datetime | None = None,
+    rnd: random.Random | None = None,
 ) -> None:
     got = [sensorthings_count.count(conn, ds, floor=floor) for ds in (None, *streams)]
     want = [_truth(conn, ds) for ds in (None, *streams)]
     assert got == want, step
+    if rnd is None:
+        return
+    # phenomenonTime ranges: aligned with days and months, or not, open on one side, empty
+    for _ in range(4):
+        a = None if rnd.random() < 0.2 else _random_time(rnd)
+        if rnd.random() < 0.4 and a is not None:
+            a = a.replace(hour=0, minute=0, second=0, day=1 if rnd.random() < 0.5 else a.day)
+        b = None if rnd.random() < 0.2 else _random_time(rnd)
+        ds = rnd.choice([None, *streams])
+        n = sensorthings_count.count(conn, ds, floor=floor, start=a, end=b)
+        assert n == _truth_between(conn, ds, a, b), (step, ds, a, b)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -159,11 +187,48 @@ def test_rollup_count_equals_count_star_through_random_histories(
                 a = MONTHS[rnd.randrange(0, 5)]
                 rollups.rebuild(conn, a, a + timedelta(days=rnd.randrange(1, 40)))
             done.append(op)
-            _check(conn, streams, f"step {i} {op} after {done}", floor)
+            _check(conn, streams, f"step {i} {op} after {done}", floor, rnd)
         rollups.refresh_all(conn)
         _check(conn, streams, "final refresh", floor)
         assert _truth(conn) > 0
     writer.close()
+
+
+RANGES = [
+    "phenomenonTime ge 2026-01-02T00:00:00Z and phenomenonTime lt 2026-01-09T00:00:00Z",
+    "phenomenonTime gt 2026-01-02T07:00:00Z and phenomenonTime le 2026-01-09T13:00:00+01:00",
+    "2026-01-05T00:00:00Z lt phenomenonTime",
+    "phenomenonTime lt 2026-01-05T03:30:00Z",
+    # not a plain range: counted row by row, the same answer
+    "phenomenonTime ge 2026-01-02T00:00:00Z and result ge 3",
+]
+
+
+def test_time_range_is_read_from_plain_phenomenon_time_filters() -> None:
+    from quartier.api.sensorthings import time_range
+    from quartier.api.sta import parse_query_options
+
+    def of(f: str) -> Any:
+        options = parse_query_options({"$filter": f})
+        assert options.filter is not None
+        return time_range(options.filter)
+
+    t = datetime(2026, 1, 2, tzinfo=UTC)
+    us = timedelta(microseconds=1)
+    assert of(RANGES[0]) == (t, datetime(2026, 1, 9, tzinfo=UTC))
+    assert of(RANGES[1]) == (t + timedelta(hours=7) + us, datetime(2026, 1, 9, 12, tzinfo=UTC) + us)
+    assert of(RANGES[2]) == (datetime(2026, 1, 5, tzinfo=UTC) + us, None)
+    assert of("phenomenonTime ge 2026-01-02T00:00:00Z and phenomenonTime ge 2026-01-03T00:00:00Z")[
+        0
+    ] == datetime(2026, 1, 3, tzinfo=UTC)
+    for other in (
+        RANGES[4],
+        "phenomenonTime ge 2026-01-02T00:00:00Z or phenomenonTime lt 2026-01-01T00:00:00Z",
+        "phenomenonTime eq 2026-01-02T00:00:00Z",
+        "resultTime ge 2026-01-02T00:00:00Z",
+        "not (phenomenonTime ge 2026-01-02T00:00:00Z)",
+    ):
+        assert of(other) is None, other
 
 
 def test_count_on_the_api_is_exact_and_not_an_estimate(settings: Settings) -> None:
@@ -184,8 +249,9 @@ def test_count_on_the_api_is_exact_and_not_an_estimate(settings: Settings) -> No
     writer.write(batch)
     writer.close()
 
-    def listed(client: TestClient, path: str) -> tuple[int, int]:
-        body = client.get(path, params={"$count": "true", "$top": "50"}).json()
+    def listed(client: TestClient, path: str, f: str | None = None) -> tuple[int, int]:
+        params = {"$count": "true", "$top": "50"} | ({"$filter": f} if f else {})
+        body = client.get(path, params=params).json()
         assert "@quartier.countIsEstimate" not in body
         count, n = int(body["@iot.count"]), len(body["value"])
         while "@iot.nextLink" in body:
@@ -213,6 +279,9 @@ def test_count_on_the_api_is_exact_and_not_an_estimate(settings: Settings) -> No
             for path in paths:
                 count, n = listed(client, path)
                 assert count == n, (stage, path)
+                for f in RANGES:  # a phenomenonTime range: from the rollup too
+                    count, n = listed(client, path, f)
+                    assert count == n, (stage, path, f)
         with psycopg.connect(url, autocommit=True) as conn:
             assert listed(client, paths[0])[1] == _truth(conn)
             # the count came from the packed daily rollup: without its rows it is short

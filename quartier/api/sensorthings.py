@@ -66,7 +66,7 @@ from quartier.api.sta import (
     order_keys,
     parse_query_options,
 )
-from quartier.api.sta.ast import Path
+from quartier.api.sta.ast import Compare, Literal, Logical, Path
 from quartier.api.sta.model import Nav
 from quartier.api.sta_etag import conditional_get, tag_of, tagged
 from quartier.config import Settings
@@ -163,7 +163,48 @@ def _level(
     wanted = settings.api.default_top if options.top is None else options.top
     top = min(wanted, settings.api.max_top)
     skip = bounded_skip(settings, options.skip or 0, f"{where}$skip")
-    return q.Listing(top, skip, filter_sql, keys, params)
+    span = None
+    if entity_set == "Observations" and options.filter is not None:
+        span = time_range(options.filter)
+    return q.Listing(top, skip, filter_sql, keys, params, time_range=span)
+
+
+_MIRROR: dict[str, str] = {"ge": "le", "gt": "lt", "le": "ge", "lt": "gt"}
+
+
+def time_range(expr: Any) -> tuple[datetime | None, datetime | None] | None:
+    """``(start, end)`` when the ``$filter`` ``expr`` says no more than ``start <=
+    phenomenonTime < end`` (comparisons of ``phenomenonTime`` with date-times that carry their
+    offset, joined by ``and``; either end may be None); None for any other condition. The
+    counts of Observations take the daily rollup for it (``store/sensorthings_count``)."""
+    bounds: list[datetime | None] = [None, None]
+    tick = timedelta(microseconds=1)  # PostgreSQL's resolution: gt t is ge t + 1 µs
+
+    def walk(e: Any) -> bool:
+        if isinstance(e, Logical) and e.op == "and":
+            return walk(e.left) and walk(e.right)
+        if not isinstance(e, Compare) or e.op not in _MIRROR:
+            return False
+        op: str = e.op
+        left, right = e.left, e.right
+        if isinstance(left, Literal) and isinstance(right, Path):
+            op, left, right = _MIRROR[op], right, left
+        if not (
+            isinstance(left, Path)
+            and left.segments == ("phenomenonTime",)
+            and isinstance(right, Literal)
+            and isinstance(right.value, datetime)
+            and right.value.utcoffset() is not None
+        ):
+            return False
+        t = right.value + tick if op in ("gt", "le") else right.value
+        if op in ("ge", "gt"):
+            bounds[0] = t if bounds[0] is None else max(bounds[0], t)
+        else:
+            bounds[1] = t if bounds[1] is None else min(bounds[1], t)
+        return True
+
+    return (bounds[0], bounds[1]) if walk(expr) else None
 
 
 def nav_order(listing: q.Listing, nav: Nav, alias: str) -> q.Listing:

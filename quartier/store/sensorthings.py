@@ -64,6 +64,9 @@ class Listing:
     keys: tuple[SortKey, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     after: tuple[str | None, ...] | None = None
+    #: Observations: ``where`` says no more than ``start <= phenomenonTime < end`` (either may
+    #: be None), so counts may come from the daily rollup (``sensorthings_count``)
+    time_range: tuple[datetime | None, datetime | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -350,8 +353,8 @@ def count_multi_observations(
     """How many observations of one MultiDatastream match ``listing``'s condition (without a
     condition on plain PostgreSQL: from the daily rollup, exactly, ``sensorthings_count``;
     ``rollup_floor``: ``sensorthings_count.rollup_floor``)."""
-    if listing.where is None and storage_path(conn) == "postgres":
-        return sensorthings_count.count(conn, -mds_id, floor=rollup_floor)
+    if _rollup_countable(conn, listing):
+        return _rollup_count(conn, -mds_id, listing, rollup_floor)
     return _count(conn, _OBSERVATION, listing, _OF_DATASTREAM, -mds_id)
 
 
@@ -388,6 +391,21 @@ def observations_at(conn: DictConn, datastream_ids: Any, times: Any) -> list[dic
     ).fetchall()
 
 
+def _rollup_countable(conn: DictConn, listing: Listing) -> bool:
+    """Whether Observations of ``listing`` are counted from the daily rollup: on plain
+    PostgreSQL, without a condition or with only a ``phenomenonTime`` range."""
+    if listing.where is not None and listing.time_range is None:
+        return False
+    return storage_path(conn) == "postgres"
+
+
+def _rollup_count(
+    conn: DictConn, scope: int | None, listing: Listing, rollup_floor: datetime | None
+) -> int:
+    start, end = listing.time_range or (None, None)
+    return sensorthings_count.count(conn, scope, floor=rollup_floor, start=start, end=end)
+
+
 def count_observations(
     conn: DictConn, ds_id: int, listing: Listing, *, rollup_floor: datetime | None = None
 ) -> tuple[int, bool]:
@@ -395,9 +413,9 @@ def count_observations(
     (``sensorthings_count``, ``rollup_floor`` as there); on TimescaleDB exact where cheap, an
     estimate on very large datastreams (``timeseries.count_observations``). With one, the
     matching rows are counted."""
+    if _rollup_countable(conn, listing):
+        return _rollup_count(conn, ds_id, listing, rollup_floor), True
     if listing.where is None:
-        if storage_path(conn) == "postgres":
-            return sensorthings_count.count(conn, ds_id, floor=rollup_floor), True
         return timeseries.count_observations(conn, ds_id)
     return _count(conn, _OBSERVATION, listing, _OF_DATASTREAM, ds_id), True
 
@@ -463,9 +481,9 @@ def count_collection(
     (``sensorthings_count``, ``rollup_floor`` as there), on TimescaleDB counted only up to
     :data:`OBSERVATIONS_EXACT_COUNT_LIMIT` and estimated by the planner (from the statistics
     ANALYZE keeps) above it."""
+    if entity_set == "Observations" and within is None and _rollup_countable(conn, listing):
+        return _rollup_count(conn, None, listing, rollup_floor), True
     if entity_set == "Observations" and within is None and listing.where is None:
-        if storage_path(conn) == "postgres":
-            return sensorthings_count.count(conn, floor=rollup_floor), True
         row = conn.execute("explain (format json) select 1 from observation").fetchone()
         assert row is not None
         estimate = int(next(iter(row.values()))[0]["Plan"]["Plan Rows"])

@@ -13,6 +13,10 @@ bucket that is not marked dirty. :func:`count` adds them up, in one statement (o
 * **raw rows**: everything before ``F`` and everything in the default partition is counted row
   by row.
 
+With a ``phenomenonTime`` range ``[start, end)`` (a ``$filter`` that says no more, see
+``api/sensorthings.py``, ``time_range``) the trusted days are those wholly inside it, and the
+partial days at its ends are counted row by row.
+
 ``F`` is the later of the oldest monthly partition's start and the rollup floor the caller
 gives (:func:`rollup_floor`: the day before which rollup retention may have deleted rollup
 rows; None when rollups are kept forever).
@@ -41,7 +45,7 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 
 from quartier.store.db import Conn
-from quartier.store.timeseries import ORIGIN, floor_to
+from quartier.store.timeseries import ORIGIN, ceil_to, floor_to
 
 # {live}: the datastream ids whose rollups count (all live ones, or the one asked for);
 # {scope_o}/{scope_p}/{scope_r}/{scope_x}: "and <alias>.datastream_id = %(ds)s" or nothing
@@ -53,30 +57,41 @@ with parts as materialized (
 ), live as materialized (
     {live}
 ), b as materialized (
-    select f, case when f in ('infinity', '-infinity')
-                     or date_trunc('month', f, 'UTC') = f then f
-                   else date_trunc('month', f, 'UTC') + interval '1 month' end as mc
+    -- trusted days [a, e): whole packed months [mca, mfe), the other days from observation_1d
+    select a, e,
+           case when a in ('infinity', '-infinity') or date_trunc('month', a, 'UTC') = a then a
+                else date_trunc('month', a, 'UTC') + interval '1 month' end as mca,
+           case when e in ('infinity', '-infinity') then e
+                else date_trunc('month', e, 'UTC') end as mfe
     from (select greatest(coalesce((select min(lo) from parts), 'infinity'),
-                          %(floor)s::timestamptz) as f) x
+                          %(floor)s::timestamptz, %(lo_day)s::timestamptz) as a,
+                 %(hi_day)s::timestamptz as e) x
 ), dirty as materialized (
     select distinct x.datastream_id as ds, date_bin('1 day', x.bucket, %(origin)s) as day
     from observation_dirty x
-    where x.bucket >= (select f from b) {scope_x}
+    where x.bucket >= (select a from b) and x.bucket < (select e from b) {scope_x}
       and x.datastream_id in (select id from live)
       and date_trunc('month', x.bucket, 'UTC') in (select lo from parts)
 )
 select
-    (select count(*) from observation o where o.phenomenon_time < (select f from b) {scope_o})
+    (select count(*) from observation o
+     where o.phenomenon_time >= %(lo)s::timestamptz
+       and o.phenomenon_time < least((select a from b), %(hi)s::timestamptz) {scope_o})
+  + (select count(*) from observation o
+     where o.phenomenon_time >= greatest((select e from b), (select a from b))
+       and o.phenomenon_time < %(hi)s::timestamptz {scope_o})
   + (select count(*) from observation_default o
-     where o.phenomenon_time >= (select f from b) {scope_o}) as raw_rows,
+     where o.phenomenon_time >= (select a from b) and o.phenomenon_time < (select e from b)
+       {scope_o}) as raw_rows,
     (select string_agg(p.n_all, ''::bytea) from observation_1d_packed p
-     where p.start >= (select mc from b) {scope_p}
+     where p.start >= (select mca from b) and p.start < (select mfe from b) {scope_p}
        and p.start in (select lo from parts)
        and p.datastream_id in (select id from live)) as packed,
     (select coalesce(sum(r.n_all), 0) from observation_1d r
-     where r.bucket >= (select f from b) and r.bucket < (select mc from b) {scope_r}
+     where r.bucket >= (select a from b) and r.bucket < (select e from b) {scope_r}
+       and not (r.bucket >= (select mca from b) and r.bucket < (select mfe from b))
        and date_trunc('month', r.bucket, 'UTC') in (select lo from parts)
-       and r.datastream_id in (select id from live)) as first_month,
+       and r.datastream_id in (select id from live)) as other_days,
     (select coalesce(sum(r.n_all), 0) from dirty d join observation_1d r
      on r.datastream_id = d.ds and r.bucket = d.day) as dirty_rollup,
     (select count(*) from dirty d join observation o
@@ -115,15 +130,28 @@ def rollup_floor(
     return floor_to((now or datetime.now(UTC)) - rollup_retention, timedelta(days=1))
 
 
-def count(conn: Conn, datastream_id: int | None = None, *, floor: datetime | None = None) -> int:
+def count(
+    conn: Conn,
+    datastream_id: int | None = None,
+    *,
+    floor: datetime | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> int:
     """How many observations ``observation`` holds (``datastream_id`` None) or holds under one
     datastream id (a MultiDatastream's are stored under minus its id), exactly, on the plain
-    PostgreSQL path (see the module's docstring). ``floor``: :func:`rollup_floor`; rows before
-    it are counted row by row."""
+    PostgreSQL path (see the module's docstring); with ``start`` / ``end``, those with
+    ``start <= phenomenon_time < end`` (the days partly inside counted row by row). ``floor``:
+    :func:`rollup_floor`; rows before it are counted row by row."""
+    day = timedelta(days=1)
     params: dict[str, Any] = {
         "origin": ORIGIN,
         "ds": datastream_id,
         "floor": "-infinity" if floor is None else floor,
+        "lo": "-infinity" if start is None else start,
+        "hi": "infinity" if end is None else end,
+        "lo_day": "-infinity" if start is None else ceil_to(start.astimezone(UTC), day),
+        "hi_day": "infinity" if end is None else floor_to(end.astimezone(UTC), day),
     }
     cur = conn.cursor(binary=True, row_factory=tuple_row)
     with conn.transaction():
@@ -131,8 +159,8 @@ def count(conn: Conn, datastream_id: int | None = None, *, floor: datetime | Non
         conn.execute("set local jit = off")
         row = cur.execute(_STATEMENTS[datastream_id is not None], params).fetchone()
     assert row is not None
-    raw_rows, packed, first_month, dirty_rollup, dirty_raw = row
-    total = int(raw_rows) + int(first_month) - int(dirty_rollup) + int(dirty_raw)
+    raw_rows, packed, other_days, dirty_rollup, dirty_raw = row
+    total = int(raw_rows) + int(other_days) - int(dirty_rollup) + int(dirty_raw)
     if packed:
         total += int(np.frombuffer(packed, dtype=">i4").sum(dtype=np.int64))
     return total
