@@ -274,6 +274,33 @@ def test_tiles_read_from_the_store_are_the_whole_read_cut_by_cell(
             assert 0 < len(one) < len(getattr(inputs, name))
 
 
+@pytest.mark.services
+def test_stored_run_in_parts_of_bands_equals_the_single_process(
+    settings: Any, client: Any
+) -> None:
+    """``analyse_store`` with bands read in parts of 2 tiles (the stored world is 4-5 tiles
+    wide, so each band takes 3 tasks) gives every cell, gap and district figure of one
+    process over the same stored inputs."""
+    import psycopg
+
+    from quartier.geo import input_store
+    from quartier.geo.distributed import StoreInputs, analyse_store, store_chunks
+
+    url = settings.require_database_url()
+    _store_world(url, world(7, 28, True), devices=3)
+    p = AnalysisParams()
+    with psycopg.connect(url) as conn:
+        inputs = input_store.load_inputs(conn, min_contributors=2)
+        chunks = store_chunks(conn, 6, 2)
+    assert len({b for b, _ in chunks}) >= 4 and len(chunks) >= 2 * len({b for b, _ in chunks})
+    one = analyse(inputs, p)
+    got = analyse_store(client, StoreInputs(url, None, None, 2), inputs.districts, p,
+                        tile_cells=6, band_tiles=2, keep_cells=True)  # fmt: skip
+    assert got.tiles >= 12
+    assert_same(one, got.as_result())
+    pd.testing.assert_frame_equal(one.districts, got.districts, check_exact=True)
+
+
 # --- stored through the CLI --------------------------------------------------------------------
 
 

@@ -139,12 +139,14 @@ class StoreInputs:
             )  # fmt: skip
         return split_inputs(inputs, tile_cells) if _rows(inputs) else {}
 
-    def load_band(self, band: int, tile_cells: int) -> dict[Tile, CoverageInputs]:
+    def load_band(
+        self, band: int, tile_cells: int, columns: tuple[int, int] | None = None
+    ) -> dict[Tile, CoverageInputs]:
         """The inputs of one band of tiles (tile row ``band``: a range of the ``(cell_n,
-        cell_e)`` index, migration 0044) with k-anonymity per cell (a cell lies in one band),
-        cut into tiles. A bitmap heap scan returns the rows in the table's order, as the whole
-        read does; on a table filled band by band (the country's generator) a band is one
-        contiguous part of it."""
+        cell_e)`` index, migration 0044), or of its tile columns ``columns`` = [c0, c1), with
+        k-anonymity per cell (a cell lies in one band), cut into tiles. A bitmap heap scan
+        returns the rows in the table's order, as the whole read does; on a table filled band
+        by band (the country's generator) a band is one contiguous part of it."""
         import psycopg
 
         from quartier.geo.input_store import load_inputs
@@ -156,6 +158,7 @@ class StoreInputs:
             inputs = load_inputs(
                 conn, district_level=None, since=self.since, until=self.until,
                 min_contributors=self.min_contributors, rows=(band * side, (band + 1) * side),
+                columns=(columns[0] * side, columns[1] * side) if columns else None,
             )  # fmt: skip
         return split_inputs(inputs, tile_cells) if _rows(inputs) else {}
 
@@ -229,13 +232,23 @@ def read_store(
     return tiles, top_operators(totals)
 
 
-def store_bands(conn: Any, tile_cells: int = TILE_CELLS) -> list[int]:
-    """The bands of tiles (tile rows) from the lowest to the highest stored cell row (each end
-    one probe of the ``(cell_n, cell_e)`` index)."""
+#: tiles a task reads and analyses at most: a band wider than this (a country's, the EU's) is
+#: read in parts of this many tile columns, so that a worker's memory does not grow with the
+#: width of the run either
+BAND_TILES = 4
+Chunk = tuple[int, tuple[int, int]]  # (band, [first, last + 1) tile columns)
+
+
+def store_chunks(
+    conn: Any, tile_cells: int = TILE_CELLS, band_tiles: int = BAND_TILES
+) -> list[Chunk]:
+    """The parts of the bands of tiles (tile rows) to read, from the lowest to the highest
+    stored cell row, each at most ``band_tiles`` tiles wide (the extent: two probes of the
+    ``(cell_n, cell_e)`` index and a scan of the other end's per table)."""
     from psycopg import sql
 
     side = tile_cells * CELL
-    extent = sql.SQL("select min(cell_n), max(cell_n) from {}")
+    extent = sql.SQL("select min(cell_n), max(cell_n), min(cell_e), max(cell_e) from {}")
     found = [
         conn.execute(extent.format(sql.Identifier(table))).fetchone()
         for table in ("household", "broadband_offer", "speedtest", "mobile_measurement")
@@ -243,17 +256,18 @@ def store_bands(conn: Any, tile_cells: int = TILE_CELLS) -> list[int]:
     ends = [row for row in found if row is not None and row[0] is not None]
     if not ends:
         return []
-    return list(
-        range(min(int(r[0]) for r in ends) // side, max(int(r[1]) for r in ends) // side + 1)
-    )
+    b0, b1 = min(int(r[0]) for r in ends) // side, max(int(r[1]) for r in ends) // side
+    c0, c1 = min(int(r[2]) for r in ends) // side, max(int(r[3]) for r in ends) // side + 1
+    return [(b, (c, min(c + band_tiles, c1))) for b in range(b0, b1 + 1)
+            for c in range(c0, c1, band_tiles)]  # fmt: skip
 
 
 def _analyse_band(
-    source: StoreInputs, band: int, tile_cells: int, ctx: _Context
+    source: StoreInputs, chunk: Chunk, tile_cells: int, ctx: _Context
 ) -> dict[Tile, TilePart]:
-    """A band's tiles read and analysed one after the other (each tile's cells filed away):
-    the worker holds one band's inputs and one tile's analysis at a time."""
-    tiles = source.load_band(band, tile_cells)
+    """A part of a band's tiles read and analysed one after the other (each tile's cells filed
+    away): the worker holds one part's inputs and one tile's analysis at a time."""
+    tiles = source.load_band(chunk[0], tile_cells, chunk[1])
     parts: dict[Tile, TilePart] = {}
     for t in sorted(tiles):
         parts[t] = _analyse_tile(tiles.pop(t), t, tile_cells, ctx)
@@ -269,10 +283,10 @@ def _pick_part(parts: dict[Tile, TilePart], tile: Tile) -> TilePart:
     return parts[tile]
 
 
-def _band_operator_counts(source: StoreInputs, band: int, tile_cells: int) -> dict[str, int]:
-    """A band's measurements per operator after k-anonymity (its inputs then dropped)."""
+def _band_operator_counts(source: StoreInputs, chunk: Chunk, tile_cells: int) -> dict[str, int]:
+    """A part of a band's measurements per operator after k-anonymity (then dropped)."""
     totals: dict[str, int] = {}
-    for inputs in source.load_band(band, tile_cells).values():
+    for inputs in source.load_band(chunk[0], tile_cells, chunk[1]).values():
         for name, n in operator_counts(inputs.signals).items():
             totals[name] = totals.get(name, 0) + n
     return totals
@@ -294,12 +308,14 @@ def analyse_store(
     sink: CellSink | None = None,
     keep_cells: bool = False,
     operators: Sequence[str] | None = None,
+    band_tiles: int = BAND_TILES,
 ) -> TiledResult:
     """The stored inputs analysed band by band of tiles with bounded memory per worker: one
-    task a band (a tile row) reads it (:meth:`StoreInputs.load_band`) and analyses its tiles
-    one after the other, keeping of each only what the merge needs (:class:`TilePart`); the
-    rest as :func:`analyse_tiled`. A worker's peak memory then grows with a band's inputs, not
-    with the number of bands (``tests/test_coverage_dask.py``).
+    task a band (a tile row), or a part of ``band_tiles`` tiles of a wider one, reads it
+    (:meth:`StoreInputs.load_band`) and analyses its tiles one after the other, keeping of each
+    only what the merge needs (:class:`TilePart`); the rest as :func:`analyse_tiled`. A
+    worker's peak memory then grows with one part's inputs, not with the number of bands
+    (``tests/test_coverage_dask.py``).
 
     The run's operators are needed before the first tile: the stored operators (a loose index
     scan) when there are no more than the analysis takes, checked against the tiles' counts
@@ -313,7 +329,7 @@ def analyse_store(
     p = params or AnalysisParams()
     clock = _Clock()
     with psycopg.connect(source.conninfo) as conn:
-        bands = store_bands(conn, tile_cells)
+        bands = store_chunks(conn, tile_cells, band_tiles)
         stored = stored_operators(conn)
     [src_f] = client.scatter([source], broadcast=True, hash=False)
     exact = operators is not None
@@ -359,7 +375,7 @@ def analyse_store(
             del parts, summaries
             return analyse_store(
                 client, source, districts, p, tile_cells=tile_cells, sink=sink,
-                keep_cells=keep_cells, operators=top_operators(measured),
+                keep_cells=keep_cells, operators=top_operators(measured), band_tiles=band_tiles,
             )  # fmt: skip
     return _complete(client, parts, tile_list, summaries, ctx, clock, sink, keep_cells)
 

@@ -111,16 +111,18 @@ def load_inputs(
     min_contributors: int = MIN_CONTRIBUTORS,
     rows: tuple[int, int] | None = None,
     part: tuple[int, int] | None = None,
+    columns: tuple[int, int] | None = None,
 ) -> CoverageInputs:
     """Households, offers, speed tests and signal measurements (the latter two measured in
     ``[since, until]``, either bound optional) by cell, and the districts of one level (none
     with ``district_level`` None). With ``conninfo`` the signal measurements are read over a
     second connection at the same time. With ``rows`` = (n0, n1), only the rows whose cell's
     northing lies in ``[n0, n1)`` (a band of Dask tiles: one range of the ``(cell_n, cell_e)``
-    index of migration 0044). With ``part`` = (i, n), only the i-th of n equal ranges of each
-    table's blocks (TID range scans, as the whole read does), with every speed test and signal
-    measurement and its device's hash (``device``, int32): k-anonymity is then the caller's, per
-    cell over all parts (the Dask path, :mod:`quartier.geo.distributed`).
+    index of migration 0044); with ``columns`` = (e0, e1) too, only those whose cell's
+    easting lies in ``[e0, e1)`` (part of a band). With ``part`` = (i, n), only the i-th of n
+    equal ranges of each table's blocks (TID range scans, as the whole read does), with every
+    speed test and signal measurement and its device's hash (``device``, int32): k-anonymity is
+    then the caller's, per cell over all parts (the Dask path, :mod:`quartier.geo.distributed`).
 
     k-anonymity: speed tests and signal measurements only of cells where at least
     ``min_contributors`` distinct devices measured (each kind counted on its own), so that
@@ -133,6 +135,9 @@ def load_inputs(
     if rows is not None:
         area = "cell_n >= %(n0)s and cell_n < %(n1)s"
         period.update(n0=int(rows[0]), n1=int(rows[1]))
+        if columns is not None:
+            area += " and cell_e >= %(e0)s and cell_e < %(e1)s"
+            period.update(e0=int(columns[0]), e1=int(columns[1]))
     window = (
         f"({area}) and "
         "(%(since)s::timestamptz is null or measured_at >= %(since)s) and "
