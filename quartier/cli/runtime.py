@@ -102,8 +102,19 @@ def serve(
         api = s.for_service("api")  # the API's own database login
         database_url(api)
     host, port = host or s.api.host, port or s.api.port
+    protocols = server_protocols()
+    logging.getLogger(__name__).info(
+        "HTTP parser %s, event loop %s", protocols["http"], protocols["loop"]
+    )
     if workers == 1:
-        uvicorn.run(create_app(api), host=host, port=port, log_level="info", access_log=access_log)
+        uvicorn.run(
+            create_app(api),
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=access_log,
+            **protocols,
+        )
         return
     # several processes: each imports the app factory below and reads the settings itself (from
     # the same environment), so no pool, thread or bucket is shared across a fork; the logging
@@ -124,8 +135,29 @@ def serve(
         port=port,
         log_level="info",
         access_log=access_log,
+        **protocols,
     )
     _run_workers(config)
+
+
+def server_protocols() -> dict[str, str]:
+    """uvicorn's HTTP parser and event loop for ``serve``: httptools and uvloop (written in C,
+    dependencies of Quartier: less CPU per request than h11 and asyncio's loop, docs/benchmarks.md,
+    API), or h11 and asyncio's loop where they cannot be imported (a platform without wheels for
+    them). The answers' bytes are the same (tests/test_serve_protocols.py)."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        http = "h11"
+    else:
+        http = "httptools"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        loop = "asyncio"
+    else:
+        loop = "uvloop"
+    return {"http": http, "loop": loop}
 
 
 def _run_workers(config: Any) -> None:
