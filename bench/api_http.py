@@ -154,9 +154,10 @@ def run_variant(
     weekly = next(s for s in SHAPES if s.counts_for_throughput)
     with quartier_server(args.db, args.workers, env=env) as server:
         w = _world(server.base, args.db, args.things, args.datastreams_per_thing, args.step)
-        with httpx.Client(timeout=60) as c:  # warm: every worker's pool and code paths
-            for i in range(40):
-                c.get(weekly.url(w, i)).raise_for_status()
+        with httpx.Client(timeout=60) as c:
+            c.get(weekly.url(w, 0)).raise_for_status()
+        # warm every worker (its pool, its first request's route tables) with the same load
+        throughput(w, weekly, args.clients, 5.0)
         cpu = CpuMeter(server.pid, postmaster_of(args.db))
         out: dict[str, Any] = {}
         spying = None
