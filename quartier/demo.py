@@ -91,8 +91,10 @@ class Demo:
         sensors: int,
         port: int,
         keep_services: bool,
+        world_scale: float = 1.0,
     ) -> None:
         self.settings = settings
+        self.world_scale = world_scale
         self.console = console
         self.stop = stop
         self.seed = seed
@@ -290,7 +292,12 @@ class Demo:
 
         with self.console.status("simulating Köln's broadband and mobile coverage …"):
             world = coverage_world(
-                WorldConfig(seed=self.seed, addresses=150_000, speedtests=50_000, signals=200_000)
+                WorldConfig(
+                    seed=self.seed,
+                    addresses=round(150_000 * self.world_scale),
+                    speedtests=round(50_000 * self.world_scale),
+                    signals=round(200_000 * self.world_scale),
+                )
             )
             with psycopg.connect(s.require_database_url()) as conn:
                 write_inputs(
@@ -355,6 +362,9 @@ class Demo:
                 title="Quartier demo",
             )
         )
+        # where to look, now: with stdout a pipe (`quartier demo | tee demo.log`) the panel
+        # would otherwise wait in the buffer while the demo runs
+        self.console.file.flush()
 
     def _watch(self, s: Settings, ingester: Ingester, duration: float | None) -> None:
         end = None if duration is None else time.monotonic() + duration

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.logging import RichHandler
@@ -15,6 +15,11 @@ from rich.table import Table
 
 from quartier.cli.common import console, settings, stop_on_signals, user_errors
 from quartier.cli.connect import broker_url, database_url
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from quartier.config import Settings
 
 app = typer.Typer()
 
@@ -95,8 +100,6 @@ def serve(
     """Run the HTTP API (SensorThings v1.1, indicators, maps)."""
     import uvicorn
 
-    from quartier.api.app import create_app
-
     s = settings()
     with user_errors(s):
         api = s.for_service("api")  # the API's own database login
@@ -108,7 +111,7 @@ def serve(
     )
     if workers == 1:
         uvicorn.run(
-            create_app(api),
+            serve_app(api),
             host=host,
             port=port,
             log_level="info",
@@ -140,7 +143,7 @@ def serve(
     _run_workers(config)
 
 
-def server_protocols() -> dict[str, str]:
+def server_protocols() -> dict[str, Any]:
     """uvicorn's HTTP parser and event loop for ``serve``: httptools and uvloop (written in C,
     dependencies of Quartier: less CPU per request than h11 and asyncio's loop, docs/benchmarks.md,
     API), or h11 and asyncio's loop where they cannot be imported (a platform without wheels for
@@ -187,14 +190,26 @@ _WORKER_LOGGING = "QUARTIER_SERVE_WORKER_LOGGING"  # "verbose,format" from the p
 def api_app() -> Any:
     """The API of one ``quartier serve --workers N`` worker process: set up as the ``quartier``
     command sets up every process (logging, the SensorThings MQTT notices) before the app."""
-    from quartier.api.app import create_app
     from quartier.cli.main import setup_logging
     from quartier.sta_mqtt.notice import install_if_enabled
 
     verbose, log_format = os.environ.get(_WORKER_LOGGING, "0,text").split(",")
     setup_logging(verbose == "1", log_format)
     install_if_enabled()
-    return create_app(settings().for_service("api"))
+    return serve_app(settings().for_service("api"))
+
+
+def serve_app(api: Settings) -> FastAPI:
+    """``create_app`` with its OpenAPI document made before the first request: FastAPI builds
+    its per-route tables (dependencies, validators of about 250 routes) on first use, which
+    took a worker 0.4 s of CPU on a quiet machine and 2 s at load 15, paid by whichever request
+    came first (``bench/api_http.py`` saw a 17 s p95 from it); making the document builds
+    them too, before the worker takes connections."""
+    from quartier.api.app import create_app
+
+    app = create_app(api)
+    app.openapi()
+    return app
 
 
 @app.command("simulate")
@@ -255,6 +270,15 @@ def demo_cmd(
     keep_services: Annotated[
         bool, typer.Option(help="leave PostgreSQL and Mosquitto running afterwards")
     ] = False,
+    world_scale: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            max=1.0,
+            help="size of the simulated Köln coverage world (addresses, speed tests, signal "
+            "measurements) as a share of the full one; 0.1 is ready sooner",
+        ),
+    ] = 1.0,
 ) -> None:
     """Everything at once: services, schema, districts, a day of history, then the simulator,
     ingester and API together until Ctrl-C (or --duration)."""
@@ -275,4 +299,5 @@ def demo_cmd(
             sensors=sensors,
             port=port,
             keep_services=keep_services,
+            world_scale=world_scale,
         ).run(duration)
