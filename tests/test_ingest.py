@@ -365,9 +365,11 @@ def test_publishes_with_and_without_properties_take_their_paths(
     from paho.mqtt.properties import Properties
 
     fast = []
-    lean = ingester._client.fast_on_message
+    lean = ingester._client.fast_on_messages
     monkeypatch.setattr(
-        ingester._client, "fast_on_message", lambda *a: (fast.append(a[0]), lean(*a))
+        ingester._client,
+        "fast_on_messages",
+        lambda publishes: (fast.extend(p[0] for p in publishes), lean(publishes)),
     )
     topic = f"quartier/v1/{network}/props-1/up"
     client, host, port = mqtt_client(settings.require_mqtt_url(), "props-pub")

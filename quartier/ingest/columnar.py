@@ -15,10 +15,9 @@ reasons; ``tests/test_columnar.py`` checks that on valid and invalid messages.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -58,14 +57,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _EARLIEST_US = (EARLIEST - _EPOCH) // _US
 _BOUNDS = {k: (q.min_value, q.max_value) for k, q in QUANTITIES.items()}
+#: each quantity's number, and the bounds by number (for numpy's fancy indexing)
+_Q_INDEX = {k: i for i, k in enumerate(_BOUNDS)}
+_LO = np.array([lo for lo, _ in _BOUNDS.values()], dtype=np.float64)
+_HI = np.array([hi for _, hi in _BOUNDS.values()], dtype=np.float64)
 #: epoch milliseconds datetime can represent (years 1 to 9999, a day inside either end); others
 #: (and NaN) take the full decoder, which refuses them
 _MIN_MS = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) / timedelta(milliseconds=1)
 _MAX_MS = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) / timedelta(milliseconds=1)
 
 
-class ColumnMessage(NamedTuple):
-    """One message on the fast path: its readings are ``start:start + n`` of the columns."""
+class ColumnMessage(msgspec.Struct, frozen=True, gc=False):
+    """One message on the fast path: its readings are ``start:start + n`` of the columns (a
+    ``msgspec.Struct``: one per message, made in C)."""
 
     network: str
     device: str
@@ -86,6 +90,8 @@ class Columns:
     messages: list[ColumnMessage] = field(default_factory=list)
     times_s: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
+    #: the quantity of each reading (until :meth:`validate`)
+    quantities: list[str] = field(default_factory=list)
     #: set by :meth:`validate`
     time_us: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     value: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0, np.float64))
@@ -117,16 +123,33 @@ class Columns:
             location = Position(loc.lat, loc.lon)
         readings = doc.readings
         if readings is msgspec.UNSET:
-            if doc.quantity is msgspec.UNSET or doc.value is msgspec.UNSET:
+            quantity1, value1, t = doc.quantity, doc.value, doc.time
+            if quantity1 is msgspec.UNSET or value1 is msgspec.UNSET:
                 return False
             if doc.parameters is not msgspec.UNSET and doc.parameters is not None:
                 return False
-            readings = [_Reading(doc.quantity, doc.value, doc.time)]
-            base: Any = msgspec.UNSET
-        else:
-            if not readings:
+            # one reading (most traffic): the same checks as below, without the lists
+            if type(t) is datetime:
+                time_s = t.timestamp()
+            elif type(t) is float and _MIN_MS <= t <= _MAX_MS:
+                time_s = datetime.fromtimestamp(t / 1000.0, tz=UTC).timestamp()
+            else:
+                return False  # no time, or an explicit null: the full decoder says so
+            if quantity1 not in _BOUNDS:
                 return False
-            base = doc.time
+            n = len(self.values)
+            self.messages.append(
+                ColumnMessage(
+                    network, device, location, topic, payload, received_at, n, 1, quantity1
+                )
+            )
+            self.times_s.append(time_s)
+            self.values.append(value1)
+            self.quantities.append(quantity1)
+            return True
+        if not readings:
+            return False
+        base: Any = doc.time
         times = [r.time for r in readings]
         kinds = set(map(type, times))
         if kinds == {datetime}:
@@ -163,6 +186,7 @@ class Columns:
         )
         self.times_s.extend(times_s)
         self.values.extend([r.value for r in readings])
+        self.quantities.extend(quantities)
         return True
 
     def validate(self, now: datetime, max_future_seconds: int) -> list[ColumnMessage]:
@@ -171,38 +195,25 @@ class Columns:
         msgs = self.messages
         if not msgs:
             return []
-        counts = np.fromiter((m.n for m in msgs), dtype=np.int64, count=len(msgs))
-        starts = np.fromiter((m.start for m in msgs), dtype=np.int64, count=len(msgs))
         value = np.asarray(self.values, dtype=np.float64)
         time_us = np.rint(np.asarray(self.times_s, dtype=np.float64) * 1e6).astype(np.int64)
-        lo = np.empty(len(msgs))
-        hi = np.empty(len(msgs))
-        mixed: list[int] = []
-        for i, m in enumerate(msgs):
-            if type(m.quantity) is str:
-                lo[i], hi[i] = _BOUNDS[m.quantity]
-            else:
-                lo[i], hi[i] = -math.inf, math.inf
-                mixed.append(i)
+        # the bounds of each reading's quantity, looked up for all of them at once
+        q = np.fromiter(map(_Q_INDEX.__getitem__, self.quantities), np.intp, len(value))
         latest_us = (now + timedelta(seconds=max_future_seconds) - _EPOCH) // _US
         ok = (
             np.isfinite(value)
-            & (value >= np.repeat(lo, counts))
-            & (value <= np.repeat(hi, counts))
+            & (value >= _LO[q])
+            & (value <= _HI[q])
             & (time_us >= _EARLIEST_US)
             & (time_us <= latest_us)
         )
-        for i in mixed:  # several quantities in one message: bounds per reading
-            m = msgs[i]
-            assert isinstance(m.quantity, list)
-            b = [_BOUNDS[q] for q in m.quantity]
-            part = value[m.start : m.start + m.n]
-            ok[m.start : m.start + m.n] &= (part >= [x for x, _ in b]) & (part <= [y for _, y in b])
-        good_msg = np.logical_and.reduceat(ok, starts)
-        self.times_s, self.values = [], []
-        if good_msg.all():
+        self.times_s, self.values, self.quantities = [], [], []
+        if ok.all():
             self.time_us, self.value = time_us, value
             return []
+        counts = np.fromiter((m.n for m in msgs), dtype=np.int64, count=len(msgs))
+        starts = np.fromiter((m.start for m in msgs), dtype=np.int64, count=len(msgs))
+        good_msg = np.logical_and.reduceat(ok, starts)
         keep = np.repeat(good_msg, counts)
         self.time_us, self.value = time_us[keep], value[keep]
         kept: list[ColumnMessage] = []
@@ -210,7 +221,7 @@ class Columns:
         pos = 0
         for m, good in zip(msgs, good_msg.tolist(), strict=True):
             if good:
-                kept.append(m._replace(start=pos))
+                kept.append(msgspec.structs.replace(m, start=pos))
                 pos += m.n
             else:
                 refused.append(m)
