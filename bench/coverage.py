@@ -4,6 +4,7 @@ geopandas version in the same run.
     .venv/bin/python bench/coverage.py [--case koeln|state|both] [--repeat 3] [--data-dir DIR]
     .venv/bin/python bench/coverage.py --case state --dask [--cluster] [--tile-km K] --repeat 3
     .venv/bin/python bench/coverage.py --case country --fraction N --workers 2 [--data-dir DIR]
+    .venv/bin/python bench/coverage.py --case country --fraction N --load-only --data-dir DIR
     .venv/bin/python bench/coverage.py --case state --read-cost --data-dir DIR
 
 Measured runs have fsync, synchronous_commit and full_page_writes on (printed in the header;
@@ -13,8 +14,9 @@ Bundesland in one process and on a local Dask cluster in turns, ``--repeat`` tim
 and prints where each Dask run's time went (the client's wall time per phase, Dask's task
 stream per kind of task and worker, CPU seconds of the workers, the client and PostgreSQL).
 ``--case country`` generates a square of about 1/N of a synthetic country straight into the
-store, one 10 km block at a time, runs it the same way and projects the whole country and
-EU-27 from the cost a tile.
+store, one 10 km block at a time, runs it the same way (on Dask: a band of tiles a task,
+``quartier.geo.distributed.analyse_store``) and projects the whole country and EU-27 from the
+cost a tile; ``--load-only`` only loads it into the kept database for a later run.
 
 Starts its own PostgreSQL (unless QUARTIER_TEST_DATABASE_URL is set), loads the simulated Köln
 coverage world (150,000 address points, 200,000 speed tests, 1,000,000 signal measurements) and a
