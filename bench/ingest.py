@@ -253,7 +253,7 @@ class BrokerOnly:
         )
         client.manual_ack_set(True)
         mids: list[int] = []
-        client.fast_on_message = lambda topic, payload, mid, qos: mids.append(mid)
+        client.fast_on_messages = lambda publishes: mids.extend([mid for _, _, mid in publishes])
         persistent_connect(client, host, port)
         client.loop_start()
         while not self.stop_event.wait(0.001):
@@ -611,6 +611,22 @@ def _machine_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / _TICK
 
 
+#: thread names (prefixes) of the ingester's stages
+STAGES = (("paho-mqtt", "mqtt"), ("ingest-decode", "decode"), ("ingest-write", "writers"))
+
+
+def stage_cpu_s() -> dict[str, float]:
+    """CPU seconds of this process's ingester threads by stage (``ingester:mqtt`` …)."""
+    out = {f"ingester:{stage}": 0.0 for _, stage in STAGES}
+    for t in threading.enumerate():
+        # writer 0 is the thread that runs Ingester.run
+        name = "ingest-write-0" if t.name.endswith("(run)") else t.name
+        stage = next((s for prefix, s in STAGES if name.startswith(prefix)), None)
+        if stage is not None and t.native_id is not None:
+            out[f"ingester:{stage}"] += _cpu_s_task(t.native_id)
+    return out
+
+
 @dataclass
 class CpuSplit:
     """CPU seconds per part of the pipeline over one live run, sampled before the publishers
@@ -624,9 +640,6 @@ class CpuSplit:
     broker_pid: int | None
     postmaster_pid: int | None
 
-    #: thread names (prefixes) of the ingester's stages
-    STAGES = (("paho-mqtt", "mqtt"), ("ingest-decode", "decode"), ("ingest-write", "writers"))
-
     def sample(self) -> dict[str, float]:
         pg = [self.postmaster_pid, *_children(self.postmaster_pid)] if self.postmaster_pid else []
         own = resource.getrusage(resource.RUSAGE_SELF)
@@ -639,14 +652,7 @@ class CpuSplit:
             "machine": _machine_busy_s(),
             "wall": time.monotonic(),
         }
-        for _, stage in self.STAGES:
-            out[f"ingester:{stage}"] = 0.0
-        for t in threading.enumerate():
-            # writer 0 is the thread that runs Ingester.run
-            name = "ingest-write-0" if t.name.endswith("(run)") else t.name
-            stage = next((s for prefix, s in self.STAGES if name.startswith(prefix)), None)
-            if stage is not None and t.native_id is not None:
-                out[f"ingester:{stage}"] += _cpu_s_task(t.native_id)
+        out.update(stage_cpu_s())
         return out
 
     @staticmethod
@@ -686,25 +692,9 @@ def live(
     try:
         ing.connected.wait(10)
         time.sleep(0.5)
-        each = int(rate / publishers * seconds)
-        expected = each * publishers
+        expected = int(rate / publishers * seconds) * publishers
         load_before = os.getloadavg()[0]
-        if publisher == "c":
-            cmds = [
-                mqtt_pub.command(
-                    mqtt_url,
-                    rate=rate / publishers,
-                    count=each,
-                    devices=DEVICES // publishers,
-                    part=k,
-                    parts=publishers,
-                    client_id=f"bench-cpub-{uuid.uuid4().hex[:6]}",
-                )
-                for k in range(publishers)
-            ]
-        else:
-            child = [sys.executable, __file__, "--live-child", mqtt_url, str(rate / publishers)]
-            cmds = [[*child, str(seconds), str(k), str(publishers)] for k in range(publishers)]
+        cmds = publisher_cmds(mqtt_url, rate, seconds, publishers, publisher)
         cpu0 = cpu.sample() if cpu else None
         children = [
             subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -734,47 +724,262 @@ def live(
             ing.stop_event.set()
             thread.join(30)
         load_after = os.getloadavg()[0]
-        sent_at = [
-            (datetime.fromisoformat(orjson.loads(m.payload)["time"]).timestamp(), m, t_commit)
-            for t_commit, msgs in commits
-            for m in msgs
-        ]
-        lat = sorted(t_commit - t_pub for t_pub, _, t_commit in sent_at)
-        # before the ingester: the publisher's socket, the broker, the ingester's socket
-        before = sorted(m.received_at.timestamp() - t_pub for t_pub, m, _ in sent_at)
-        # the ingester's share: from the message's arrival in the ingester to its commit
-        own = sorted(
-            t_commit - m.received_at.timestamp() for t_commit, msgs in commits for m in msgs
-        )
-        sizes = [len(p) for _, p in commits]
         stored = count_rows(db)
         return {
             "sent": expected,
             "stored": stored,
             "lost": expected - stored,
-            "acked_by_broker": sum(p.acked - p.failed for p in pubs),
-            # the offered rate reached: messages over the time the slowest publisher took to
-            # send them (its last PUBACK may come later)
-            "rate": expected / max(p.send_seconds for p in pubs),
-            "pub_lag_max_ms": max(p.lag_max_ms for p in pubs),
-            "p50_ms": 1000 * lat[len(lat) // 2],
-            "p99_ms": 1000 * lat[int(len(lat) * 0.99)],
-            "max_ms": 1000 * lat[-1],
-            "to_p50_ms": 1000 * before[len(before) // 2],
-            "to_p99_ms": 1000 * before[int(len(before) * 0.99)],
-            "in_p50_ms": 1000 * own[len(own) // 2],
-            "in_p99_ms": 1000 * own[int(len(own) * 0.99)],
-            "batches": len(sizes),
-            "batch_mean": statistics.mean(sizes),
-            "batch_p99": sorted(sizes)[int(len(sizes) * 0.99)],
-            "batch_max": max(sizes),
+            **publisher_stats(pubs),
+            **latency_stats(*commit_arrays(commits)),
             "held_max": held[0],
             "load": max(load_before, load_after),
             "cpu": CpuSplit.share(cpu0, cpu1) if cpu0 and cpu1 else None,
+            "cpu_us": cpu_us(cpu0, cpu1, expected),
         }
     finally:
         forget_session(mqtt_url, cid)
         drop_db(admin, db)
+
+
+def publisher_stats(pubs: list[Any]) -> dict[str, float]:
+    return {
+        "acked_by_broker": sum(p.acked - p.failed for p in pubs),
+        # the offered rate reached: messages over the time the slowest publisher took to send
+        # them (its last PUBACK may come later)
+        "rate": sum(p.sent for p in pubs) / max(p.send_seconds for p in pubs),
+        "pub_lag_max_ms": max(p.lag_max_ms for p in pubs),
+    }
+
+
+def commit_arrays(
+    commits: list[tuple[float, list[Message]]],
+) -> tuple[list[float], list[float], list[float], list[int]]:
+    """Per message: publish to commit, publish to arrival in the ingester (the publisher's
+    socket, the broker, the ingester's socket), arrival to commit (the ingester's share), in
+    seconds; and the size of every batch."""
+    sent_at = [
+        (datetime.fromisoformat(orjson.loads(m.payload)["time"]).timestamp(), m, t_commit)
+        for t_commit, msgs in commits
+        for m in msgs
+    ]
+    lat = [t_commit - t_pub for t_pub, _, t_commit in sent_at]
+    before = [m.received_at.timestamp() - t_pub for t_pub, m, _ in sent_at]
+    own = [t_commit - m.received_at.timestamp() for t_commit, msgs in commits for m in msgs]
+    return lat, before, own, [len(p) for _, p in commits]
+
+
+def latency_stats(
+    lat: list[float], before: list[float], own: list[float], sizes: list[int]
+) -> dict[str, float]:
+    lat, before, own = sorted(lat), sorted(before), sorted(own)
+    return {
+        "p50_ms": 1000 * lat[len(lat) // 2],
+        "p99_ms": 1000 * lat[int(len(lat) * 0.99)],
+        "max_ms": 1000 * lat[-1],
+        "to_p50_ms": 1000 * before[len(before) // 2],
+        "to_p99_ms": 1000 * before[int(len(before) * 0.99)],
+        "in_p50_ms": 1000 * own[len(own) // 2],
+        "in_p99_ms": 1000 * own[int(len(own) * 0.99)],
+        "batches": len(sizes),
+        "batch_mean": statistics.mean(sizes),
+        "batch_p99": sorted(sizes)[int(len(sizes) * 0.99)],
+        "batch_max": max(sizes),
+    }
+
+
+def cpu_us(cpu0: dict[str, float] | None, cpu1: dict[str, float] | None, n: int) -> float | None:
+    """The ingester's CPU per message in µs (all its threads; load-robust, unlike latency)."""
+    if not cpu0 or not cpu1:
+        return None
+    return (cpu1["ingester"] - cpu0["ingester"]) / n * 1e6
+
+
+def publisher_cmds(
+    mqtt_url: str, rate: float, seconds: float, publishers: int, publisher: str
+) -> list[list[str]]:
+    each = int(rate / publishers * seconds)
+    if publisher == "c":
+        return [
+            mqtt_pub.command(
+                mqtt_url,
+                rate=rate / publishers,
+                count=each,
+                devices=DEVICES // publishers,
+                part=k,
+                parts=publishers,
+                client_id=f"bench-cpub-{uuid.uuid4().hex[:6]}",
+            )
+            for k in range(publishers)
+        ]
+    child = [sys.executable, __file__, "--live-child", mqtt_url, str(rate / publishers)]
+    return [[*child, str(seconds), str(k), str(publishers)] for k in range(publishers)]
+
+
+def ingest_child(db: str, mqtt_url: str, cid: str, ingest_json: str, out_path: str) -> None:
+    """One ingester process of a ``--ingesters N`` live run (``--ingest-child``), driven over
+    stdin/stdout: prints ``ready`` once subscribed, samples its CPU at ``start`` and ``stop``,
+    prints ``committed N`` every 50 ms meanwhile, and at ``stop`` writes its latencies, batch
+    sizes and CPU (by stage) to ``out_path`` (JSON)."""
+    ing = Ingester(settings_for(db, mqtt_url, cid, **orjson.loads(ingest_json)))
+    commits: list[tuple[float, list[Message]]] = []
+    ing.on_committed = lambda msgs: commits.append((time.time(), msgs))
+    thread = threading.Thread(target=ing.run, daemon=True)
+    thread.start()
+    if not ing.connected.wait(30):
+        sys.exit("ingester did not connect")
+    time.sleep(0.5)
+    print("ready", flush=True)
+
+    def sample() -> dict[str, float]:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return {"ingester": own.ru_utime + own.ru_stime, **stage_cpu_s()}
+
+    assert sys.stdin.readline().strip() == "start"
+    cpu0 = sample()
+    held = [0]
+    done = threading.Event()
+
+    def report() -> None:
+        while not done.wait(0.05):
+            acked = sum(len(m) for _, m in commits[:])
+            held[0] = max(held[0], ing.stats.received + ing.buffered() - acked)
+            print(f"committed {ing.committed()}", flush=True)
+
+    reporter = threading.Thread(target=report, daemon=True)
+    reporter.start()
+    assert sys.stdin.readline().strip() == "stop"
+    cpu1 = sample()
+    done.set()
+    ing.stop_event.set()
+    thread.join(30)
+    lat, before, own, sizes = commit_arrays(commits)
+    Path(out_path).write_bytes(
+        orjson.dumps(
+            {
+                "lat": lat,
+                "before": before,
+                "own": own,
+                "sizes": sizes,
+                "held_max": held[0],
+                "cpu": {k: cpu1[k] - cpu0[k] for k in cpu0},
+            }
+        )
+    )
+    print("done", flush=True)
+
+
+def live_procs(
+    admin: str,
+    template: str,
+    mqtt_url: str,
+    rate: float,
+    seconds: float,
+    adaptive: bool,
+    ingesters: int,
+    publishers: int = 1,
+    publisher: str = "c",
+    cpu: CpuSplit | None = None,
+    **ingest: Any,
+) -> dict[str, Any]:
+    """One live run with ``ingesters`` ingester processes on the one shared subscription (as
+    several ``quartier ingest`` would run), each its own client id and session; otherwise as
+    :func:`live`. The ingesters' CPU is theirs alone (no benchmark threads in them)."""
+    db = fresh_db(admin, template)
+    cids = [f"bench-{uuid.uuid4().hex[:6]}" for _ in range(ingesters)]
+    tmp = Path(tempfile.mkdtemp(prefix="quartier-bench-live-"))
+    settings = orjson.dumps({"batch_adaptive": adaptive, **ingest}).decode()
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for k, cid in enumerate(cids):
+            cmd = [sys.executable, __file__, "--ingest-child", db, mqtt_url, cid, settings]
+            procs.append(
+                subprocess.Popen(
+                    [*cmd, str(tmp / f"{k}.json")],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("an ingester process did not start")
+        committed = [0] * ingesters
+
+        def follow(k: int, p: subprocess.Popen[str]) -> None:
+            assert p.stdout is not None
+            for line in p.stdout:
+                if line.startswith("committed "):
+                    committed[k] = int(line.split()[1])
+
+        followers = [
+            threading.Thread(target=follow, args=(k, p), daemon=True) for k, p in enumerate(procs)
+        ]
+        for t in followers:
+            t.start()
+        cmds = publisher_cmds(mqtt_url, rate, seconds, publishers, publisher)
+        expected = int(rate / publishers * seconds) * publishers
+        load_before = os.getloadavg()[0]
+        pids = [p.pid for p in procs]
+        cpu0 = {**cpu.sample(), "ingester": _cpu_s(pids)} if cpu else None
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("start\n")
+            p.stdin.flush()
+        children = [
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for cmd in cmds
+        ]
+        outs = [c.communicate() for c in children]
+        if any(c.returncode for c in children):
+            raise RuntimeError(f"a publisher failed: {[err[-500:] for _, err in outs]}")
+        pubs = [mqtt_pub.parse_result(out.strip().splitlines()[-1]) for out, _ in outs]
+        wait_stored(lambda: sum(committed), expected, timeout=300)
+        cpu1 = {**cpu.sample(), "ingester": _cpu_s(pids)} if cpu else None
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("stop\n")
+            p.stdin.flush()
+        for p in procs:
+            p.wait(60)
+        for t in followers:
+            t.join(5)
+        load_after = os.getloadavg()[0]
+        parts = [orjson.loads((tmp / f"{k}.json").read_bytes()) for k in range(ingesters)]
+        stored = count_rows(db)
+        split = None
+        if cpu0 and cpu1:
+            # this process's own threads are not the ingesters': the children's stages instead
+            for key in [k for k in cpu0 if k.startswith("ingester:")]:
+                cpu0[key] = 0.0
+                cpu1[key] = sum(part["cpu"][key] for part in parts)
+            split = CpuSplit.share(cpu0, cpu1)
+        return {
+            "sent": expected,
+            "stored": stored,
+            "lost": expected - stored,
+            **publisher_stats(pubs),
+            **latency_stats(
+                *(
+                    [x for part in parts for x in part[key]]
+                    for key in ("lat", "before", "own", "sizes")
+                )
+            ),
+            "held_max": max(part["held_max"] for part in parts),
+            "load": max(load_before, load_after),
+            "cpu": split,
+            "cpu_us": cpu_us(cpu0, cpu1, expected),
+            "per_ingester": [sum(part["sizes"]) for part in parts],
+        }
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for cid in cids:
+            forget_session(mqtt_url, cid)
+        drop_db(admin, db)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def spread(values: list[float]) -> str:
@@ -786,6 +991,9 @@ def verdict(ok: bool) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--ingest-child":
+        ingest_child(*sys.argv[2:7])
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--live-child":
         live_publisher(
             sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
@@ -823,6 +1031,12 @@ def main() -> None:
         "--live-policy",
         default="adaptive",
         help="adaptive, fixed (ingest.batch_adaptive off) or both: adaptive,fixed",
+    )
+    ap.add_argument(
+        "--ingesters",
+        default="",
+        help="ingester processes on the one shared subscription, comma-separated for a same-run"
+        " comparison (e.g. 1,2); default: one ingester inside this process, as before",
     )
     ap.add_argument(
         "--broker-save",
@@ -878,28 +1092,25 @@ def main() -> None:
         variants: list[dict[str, Any]] = [
             {"batch_min_ms": float(v)} for v in args.live_batch_min_ms.split(",") if v
         ] or [{}]
+        procs = [int(n) for n in args.ingesters.split(",") if n] or [0]
         runs = [
-            (float(rate), policy, kind, ingest)
+            (float(rate), policy, kind, ingest, n)
             for rate in (args.live_rate.split(",") if args.live_seconds else [])
             for policy in args.live_policy.split(",")
             for kind in kinds
             for ingest in variants
+            for n in procs
         ]
-        for rate, policy, kind, ingest in runs:
+        for rate, policy, kind, ingest, n in runs:
             pubs = args.live_publishers or (1 if kind == "c" else max(1, math.ceil(rate / 2000)))
-            lv = live(
-                admin,
-                template,
-                mq,
-                rate,
-                args.live_seconds,
-                policy == "adaptive",
-                pubs,
-                kind,
-                cpu,
-                **ingest,
-            )
+            common = (admin, template, mq, rate, args.live_seconds, policy == "adaptive")
+            if n:
+                lv = live_procs(*common, n, pubs, kind, cpu, **ingest)
+            else:
+                lv = live(*common, pubs, kind, cpu, **ingest)
             label = policy + "".join(f", {k} {v:g}" for k, v in ingest.items())
+            if n:
+                label += f", {n} ingester process{'es' if n > 1 else ''}"
             print(live_line(rate, label, args.live_seconds, pubs, kind, lv))
             print(
                 "  " + verdict_line(rate, lv) + f"; load average {lv['load']:.1f}",
@@ -927,7 +1138,10 @@ def live_line(
         f" arrival-to-commit p50 {lv['in_p50_ms']:,.0f} ms,"
         f" p99 {lv['in_p99_ms']:,.0f} ms; {lv['batches']:,.0f} batches, mean"
         f" {lv['batch_mean']:,.0f}, p99 {lv['batch_p99']:,.0f}, largest {lv['batch_max']:,.0f};"
-        f" unacknowledged in the ingester at most {lv['held_max']:,.0f}" + split
+        f" unacknowledged in the ingester at most {lv['held_max']:,.0f}"
+        + (f"; ingester CPU {lv['cpu_us']:.1f} µs/msg" if lv.get("cpu_us") else "")
+        + (f" (messages per process {lv['per_ingester']})" if lv.get("per_ingester") else "")
+        + split
     )
 
 
