@@ -132,3 +132,31 @@ def test_answers_are_the_same_bytes_under_h11_and_httptools(settings: Settings) 
     assert page_answer[b"etag"].decode() == etag and b'"value":[{' in page_answer[b"(body)"]
     assert (b"content-encoding", b"gzip") in answers["h11"][1][1]
     assert (b"access-control-allow-origin", b"*") in answers["h11"][2][1]
+
+
+def test_serve_app_builds_the_route_tables_before_the_first_request(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI (0.16x) builds each included router's route tables on first use: seconds of CPU
+    under load for the first request a worker gets, unless ``serve_app`` made them at start."""
+    from fastapi.routing import _IncludedRouter
+    from fastapi.testclient import TestClient
+
+    app = runtime.serve_app(settings)
+    assert app.openapi_schema is not None
+    built: list[object] = []
+    build = _IncludedRouter._build_effective_context
+
+    def counted(self: _IncludedRouter, route: object) -> object:
+        built.append(route)
+        return build(self, route)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_IncludedRouter, "_build_effective_context", counted)
+    with TestClient(app) as client:
+        assert client.get("/v1.1/Datastreams").status_code == 200
+        assert client.get("/v1.1/Datastreams(1)/Observations").status_code == 404
+    assert built == []
+    # the check can fail: a bare create_app builds them on its first request
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1.1/Datastreams").status_code == 200
+    assert len(built) > 100
