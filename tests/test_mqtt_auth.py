@@ -125,6 +125,8 @@ class Probe:
         if tls_ca is not None:
             self.client.tls_set_context(ssl.create_default_context(cafile=str(tls_ca)))
         c = self.client
+        # a refused probe's loop thread waits this long before it tries again; stop() joins it
+        c.reconnect_delay_set(min_delay=0.05, max_delay=1)  # type: ignore[arg-type]
         c.on_connect = lambda cl, u, f, rc, p: self._add("connect", str(rc))
         c.on_disconnect = lambda cl, u, f, rc, p: self._add("disconnect", str(rc))
         c.on_publish = lambda cl, u, mid, rc, p: self._add("puback", str(rc))
