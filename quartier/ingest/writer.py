@@ -89,8 +89,15 @@ def _wanted(batch: Batch) -> Iterator[Wanted]:
                 uplink.location_from_gateway,
                 {r.quantity for r in uplink.readings},
             )
+    seen: set[tuple[str, str, str]] = set()
     for m in batch.columns.messages:
         q = m.quantity
+        if m.location is None and type(q) is str:
+            # the common message: each device and quantity once (prepare keeps the first)
+            key = (m.network, m.device, q)
+            if key in seen:
+                continue
+            seen.add(key)
         yield m.network, m.device, m.location, False, (q,) if type(q) is str else q
 
 
@@ -446,12 +453,20 @@ class BatchWriter:
             return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64)
         if len(cols.time_us) != sum(m.n for m in cols.messages):
             raise ValueError("batch columns were not validated (Columns.validate)")
-        per_msg = np.empty(len(cols.messages), dtype=np.int64)
-        counts = np.empty(len(cols.messages), dtype=np.int64)
+        per_msg = [0] * len(cols.messages)
+        counts = [m.n for m in cols.messages]
         mixed: list[tuple[int, list[int]]] = []
         registry = self.registry
+        #: datastream of (network, device, quantity) for messages without a location, whose
+        #: lookup changes nothing (a location may move the device: those are looked up each)
+        known: dict[tuple[str, str, str], int] = {}
         for i, m in enumerate(cols.messages):
-            counts[i] = m.n
+            q = m.quantity
+            if m.location is None and type(q) is str:
+                ds_id = known.get((m.network, m.device, q))
+                if ds_id is not None:
+                    per_msg[i] = ds_id
+                    continue
             try:
                 dev = registry.device_id(conn, m.network, m.device, m.location)
             except UnknownDevice as exc:
@@ -462,16 +477,18 @@ class BatchWriter:
                 )
                 per_msg[i] = -1
                 continue
-            if type(m.quantity) is str:
-                per_msg[i] = registry.datastream_id(conn, dev, m.quantity)
+            if type(q) is str:
+                per_msg[i] = ds_id = registry.datastream_id(conn, dev, q)
+                if m.location is None:
+                    known[(m.network, m.device, q)] = ds_id
             else:
                 streams = {q: registry.datastream_id(conn, dev, q) for q in set(m.quantity)}
                 per_msg[i] = 0
                 mixed.append((m.start, [streams[q] for q in m.quantity]))
-        ds = np.repeat(per_msg, counts)
+        ds = np.repeat(np.array(per_msg, dtype=np.int64), counts)
         for start, ids in mixed:
             ds[start : start + len(ids)] = ids
-        if (per_msg < 0).any():
+        if min(per_msg) < 0:
             keep = ds >= 0
             return ds[keep], cols.time_us[keep], cols.value[keep]
         return ds, cols.time_us, cols.value
