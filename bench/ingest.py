@@ -5,6 +5,7 @@ publish to commit under live load, against baselines and references measured in 
         [--repeat 5] [--live-rate 5000,10000,15000] [--live-seconds 60]
         [--live-policy adaptive,fixed] [--broker-save 30s|change] [--no-drain]
         [--publisher auto|c|python|c,python] [--live-publishers N] [--live-batch-min-ms 2,20]
+        [--ingesters 1,2]
 
 Starts its own PostgreSQL (fsync and synchronous_commit on, as in production) and Mosquitto
 unless QUARTIER_TEST_DATABASE_URL / QUARTIER_TEST_MQTT_URL are set; the header prints the
@@ -34,7 +35,11 @@ a message, 10-25 times less than paho); ``--publisher python`` is paho
 (sensors_sim.publisher), one process per 2,000 msgs/s, which with the rest of the pipeline
 saturates two cores at about 5,000 msgs/s. Each live run reports the CPU each part used
 (publishers, broker, this process = the ingester and its threads, the PostgreSQL cluster, and
-the rest of the machine) from /proc.
+the rest of the machine) from /proc, and the ingester's CPU per message (µs; load-robust, unlike
+the latencies). ``--ingesters N[,M]`` runs the ingester as N processes on the one shared
+subscription (as several ``quartier ingest`` would run), each its own session and driven by this
+process over stdin/stdout; each N in the list is one run, same command, same run. Without it the
+ingester runs inside this process (its CPU then includes this process's sampling threads).
 """
 
 from __future__ import annotations
