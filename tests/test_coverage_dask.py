@@ -275,9 +275,7 @@ def test_tiles_read_from_the_store_are_the_whole_read_cut_by_cell(
 
 
 @pytest.mark.services
-def test_stored_run_in_parts_of_bands_equals_the_single_process(
-    settings: Any, client: Any
-) -> None:
+def test_stored_run_in_parts_of_bands_equals_the_single_process(settings: Any, client: Any) -> None:
     """``analyse_store`` with bands read in parts of 2 tiles (the stored world is 4-5 tiles
     wide, so each band takes 3 tasks) gives every cell, gap and district figure of one
     process over the same stored inputs."""
@@ -299,6 +297,41 @@ def test_stored_run_in_parts_of_bands_equals_the_single_process(
     assert got.tiles >= 12
     assert_same(one, got.as_result())
     pd.testing.assert_frame_equal(one.districts, got.districts, check_exact=True)
+
+
+@pytest.mark.services
+def test_an_operator_that_k_anonymity_removes_makes_the_stored_run_again(
+    settings: Any, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stored operators include one measured only in a cell of one device: k-anonymity
+    (2 devices) leaves it out, the tiles' counts show it, and ``analyse_store`` runs again with
+    the single process's operators (logged), with its result."""
+    import psycopg
+
+    from quartier.geo import input_store
+    from quartier.geo.distributed import StoreInputs, analyse_store
+
+    url = settings.require_database_url()
+    inputs = world(9, 20, True)
+    far = inputs.signals.iloc[:1].assign(
+        operator="Rare", cell_e=int(inputs.signals["cell_e"].min()) - 3000
+    )
+    inputs = CoverageInputs(inputs.households, inputs.offers, inputs.speedtests,
+                            pd.concat([inputs.signals, far], ignore_index=True),
+                            inputs.districts)  # fmt: skip
+    _store_world(url, inputs, devices=3)
+    p = AnalysisParams()
+    with psycopg.connect(url) as conn:
+        assert "Rare" in input_store._operators(conn)
+        whole = input_store.load_inputs(conn, min_contributors=2)
+    one = analyse(whole, p)
+    assert "Rare" not in one.operators
+    with caplog.at_level(logging.WARNING, logger="quartier.geo.distributed"):
+        got = analyse_store(client, StoreInputs(url, None, None, 2), whole.districts, p,
+                            tile_cells=5, keep_cells=True)  # fmt: skip
+    assert any("made again" in r.getMessage() for r in caplog.records)
+    assert got.operators == one.operators
+    assert_same(one, got.as_result())
 
 
 # --- stored through the CLI --------------------------------------------------------------------
