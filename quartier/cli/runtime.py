@@ -202,9 +202,9 @@ def api_app() -> Any:
 def serve_app(api: Settings) -> FastAPI:
     """``create_app`` with its OpenAPI document made before the first request: FastAPI builds
     its per-route tables (dependencies, validators of about 250 routes) on first use, which
-    took a worker 0.4 s of CPU on a quiet machine and 2 s at load 15, paid by whichever request
-    came first (``bench/api_http.py`` saw a 17 s p95 from it); making the document builds
-    them too, before the worker takes connections."""
+    took 2 s of CPU at load 15, paid by whichever request came first (``bench/api_http.py``
+    saw a 17 s p95 from it); making the document builds them too, before the worker takes
+    connections."""
     from quartier.api.app import create_app
 
     app = create_app(api)
