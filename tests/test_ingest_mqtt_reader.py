@@ -140,6 +140,18 @@ def test_same_messages_in_the_same_order_as_paho_however_the_bytes_are_split(pai
     d.close()
 
 
+def test_a_socket_paho_reads_itself_still_takes_the_lean_path(pair) -> None:
+    """A TLS socket is read by paho's own reader (it reports ``pending()``): its plain PUBLISHes
+    still reach ``fast_on_messages``, one at a time, the others ``on_message``, in order."""
+    data, want = stream(60, 5, large=False)
+    a, b = pair
+    fast, seen, handovers = fast_client()
+    fast._sock = a  # not wrapped: paho reads it
+    read_all(fast, a, data, b, random.Random(5))
+    assert seen == want
+    assert set(handovers) == {1} and len(handovers) > len(want) // 2
+
+
 def test_one_byte_at_a_time(pair) -> None:
     data, want = stream(60, 7, large=False)
     a, b = pair

@@ -99,6 +99,28 @@ class FastClient(mqtt.Client):
 
     fast_on_messages: Callable[[list[Publish]], None] | None = None
 
+    def _handle_publish(self) -> MQTTErrorCode:
+        """A PUBLISH read by paho's own reader (TLS sockets): the lean path too, one at a time."""
+        fast = self.fast_on_messages
+        packet = self._in_packet["packet"]
+        if (
+            fast is not None
+            and self._in_packet["command"] & 0x06 == 0x02  # QoS 1
+            and self._protocol == mqtt.MQTTv5
+            and self._manual_ack
+            and len(packet) > 4
+        ):
+            pos = 2 + int.from_bytes(packet[0:2], "big")  # after the topic
+            if len(packet) > pos + 2 and packet[pos + 2] == 0:  # property length 0
+                try:
+                    topic = bytes(packet[2:pos]).decode("utf-8")
+                except UnicodeDecodeError:
+                    return super()._handle_publish()
+                mid = int.from_bytes(packet[pos : pos + 2], "big")
+                fast([(topic, bytes(packet[pos + 3 :]), mid)])
+                return mqtt.MQTT_ERR_SUCCESS
+        return super()._handle_publish()
+
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
         return sock if hasattr(sock, "pending") else _BufferedSocket(sock)
