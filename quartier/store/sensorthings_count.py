@@ -48,7 +48,7 @@ from quartier.store.db import Conn
 from quartier.store.timeseries import ORIGIN, ceil_to, floor_to
 
 # {live}: the datastream ids whose rollups count (all live ones, or the one asked for);
-# {scope_o}/{scope_p}/{scope_r}/{scope_x}: "and <alias>.datastream_id = %(ds)s" or nothing
+# {scope_o}/{scope_x}: "and <alias>.datastream_id = %(ds)s" or nothing
 _COUNT = """
 with parts as materialized (
     select (to_date(substr(c.relname, 14), 'YYYYMM'))::timestamp at time zone 'UTC' as lo
@@ -83,15 +83,23 @@ select
   + (select count(*) from observation_default o
      where o.phenomenon_time >= (select a from b) and o.phenomenon_time < (select e from b)
        {scope_o}) as raw_rows,
-    (select string_agg(p.n_all, ''::bytea) from observation_1d_packed p
-     where p.start >= (select mca from b) and p.start < (select mfe from b) {scope_p}
-       and p.start in (select lo from parts)
-       and p.datastream_id in (select id from live)) as packed,
-    (select coalesce(sum(r.n_all), 0) from observation_1d r
-     where r.bucket >= (select a from b) and r.bucket < (select e from b) {scope_r}
-       and not (r.bucket >= (select mca from b) and r.bucket < (select mfe from b))
-       and date_trunc('month', r.bucket, 'UTC') in (select lo from parts)
-       and r.datastream_id in (select id from live)) as other_days,
+    (select string_agg(x.n_all, ''::bytea) from live d cross join lateral (
+        select p.n_all from observation_1d_packed p
+        where p.datastream_id = d.id
+          and p.start >= (select mca from b) and p.start < (select mfe from b)
+          and p.start = any(array(select lo from parts))) x) as packed,
+    (select coalesce(sum(x.n), 0) from live d cross join lateral (
+        select r.n_all as n from observation_1d r
+        where r.datastream_id = d.id
+          and r.bucket >= (select a from b)
+          and r.bucket < least((select mca from b), (select e from b))
+          and date_trunc('month', r.bucket, 'UTC') = any(array(select lo from parts))
+        union all
+        select r.n_all from observation_1d r
+        where r.datastream_id = d.id
+          and r.bucket >= greatest((select mfe from b), (select mca from b))
+          and r.bucket < (select e from b)
+          and date_trunc('month', r.bucket, 'UTC') = any(array(select lo from parts))) x) as other_days,
     (select coalesce(sum(r.n_all), 0) from dirty d join observation_1d r
      on r.datastream_id = d.ds and r.bucket = d.day) as dirty_rollup,
     (select count(*) from dirty d join observation o
@@ -109,8 +117,6 @@ def _statement(one: bool) -> sql.SQL:
     text = _COUNT.format(
         live=_LIVE_ONE if one else _LIVE_ALL,
         scope_o=scope("o"),
-        scope_p=scope("p"),
-        scope_r=scope("r"),
         scope_x=scope("x"),
     )
     return sql.SQL(text)  # built from the constants above only
