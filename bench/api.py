@@ -499,10 +499,10 @@ class CpuMeter:
 
 
 def postmaster_of(db_url: str) -> int:
-    with psycopg.connect(db_url) as conn:
+    with psycopg.connect(db_url) as conn:  # read while the backend lives
         row = conn.execute("select pg_backend_pid()").fetchone()
-    assert row is not None
-    return int(Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert row is not None
+        return int(Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def run_shape(
