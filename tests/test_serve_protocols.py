@@ -1,5 +1,5 @@
-"""``quartier serve`` runs uvicorn with httptools and uvloop (C; less CPU per request than h11 and
-asyncio's loop, docs/benchmarks.md, API) and falls back to those where they cannot be imported.
+"""``quartier serve`` runs uvicorn with httptools and uvloop (C parser and loop, docs/benchmarks.md,
+API) and falls back to h11 and asyncio's loop where they cannot be imported.
 The answers must not depend on it: the same requests, over real sockets, to the same app under
 both give the same status, headers (but ``date``) and bytes; this also covers what the
 middlewares add (CORS, gzip, ETag/304, the body cap, the error bodies)."""

@@ -145,9 +145,10 @@ def serve(
 
 def server_protocols() -> dict[str, Any]:
     """uvicorn's HTTP parser and event loop for ``serve``: httptools and uvloop (written in C,
-    dependencies of Quartier: less CPU per request than h11 and asyncio's loop, docs/benchmarks.md,
-    API), or h11 and asyncio's loop where they cannot be imported (a platform without wheels for
-    them). The answers' bytes are the same (tests/test_serve_protocols.py)."""
+    dependencies of Quartier; on the shared machine their effect on a weekly page's CPU was
+    within the noise, docs/benchmarks.md, API), or h11 and asyncio's loop where they cannot be
+    imported (a platform without wheels for them). The answers' bytes are the same
+    (tests/test_serve_protocols.py)."""
     try:
         import httptools  # noqa: F401
     except ImportError:
