@@ -5,6 +5,7 @@ every valid reading sent is in the database exactly once and every invalid one i
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -174,16 +175,39 @@ class World:
         raise AssertionError("timed out waiting for the database to catch up")
 
     def assert_exactly(self, good: int, bad: int) -> None:
-        self.wait(
-            lambda: (
-                self.count("select count(*) from observation") >= good
-                and self.count("select count(*) from ingest_reject") >= bad
+        try:
+            self.wait(
+                lambda: (
+                    self.count("select count(*) from observation") >= good
+                    and self.count("select count(*) from ingest_reject") >= bad
+                )
             )
-        )
+        except AssertionError:
+            stored = self.count("select count(*) from observation")
+            rejected = self.count("select count(*) from ingest_reject")
+            with psycopg.connect(self.db) as conn:
+                seconds = [
+                    int(r[0])
+                    for r in conn.execute(
+                        "select extract(epoch from phenomenon_time - %s)::int from observation"
+                        " order by 1",
+                        (T0,),
+                    )
+                ]
+            raise AssertionError(
+                f"timed out: {stored} of {good} observations, {rejected} of {bad} rejects stored;"
+                f" missing readings: {_gaps(seconds)}; ingester logs: {self.stop_all()}"
+            ) from None
         time.sleep(0.5)  # nothing more may arrive
         assert self.count("select count(*) from observation") == good
         assert self.count("select count(distinct phenomenon_time) from observation") == good
         assert self.count("select count(*) from ingest_reject") == bad
+
+
+def _gaps(stored: list[int]) -> list[tuple[int, int]]:
+    """The ranges [a, b) of message numbers missing between the stored ones (sorted), except
+    single ones (the rejected messages)."""
+    return [(a + 1, b) for a, b in itertools.pairwise(stored) if b - a > 2]
 
 
 @pytest.fixture
@@ -194,15 +218,36 @@ def world(own_services: tuple[LocalServices, ServiceState]) -> Iterator[World]:
     w.forget_sessions()
 
 
-def _publish_async(w: World, msgs: list[Message], rate: float | None) -> threading.Thread:
-    t = threading.Thread(
-        target=publish,
-        args=(w.state.mqtt_url, msgs),
-        kwargs={"rate": rate, "client_id": f"pub-{uuid.uuid4().hex[:6]}"},
-        daemon=True,
-    )
-    t.start()
-    return t
+class _Publishing(threading.Thread):
+    """``publish`` in a thread; ``join`` returns what the broker acknowledged (or raises what
+    the publisher raised), so a test knows every message reached the broker."""
+
+    def __init__(self, w: World, msgs: list[Message], rate: float | None) -> None:
+        super().__init__(daemon=True)
+        self.url, self.msgs, self.rate = w.state.mqtt_url, msgs, rate
+        self.acked: int | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.acked = publish(
+                self.url, self.msgs, rate=self.rate, client_id=f"pub-{uuid.uuid4().hex[:6]}"
+            )
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        assert not self.is_alive(), f"the publisher is still publishing after {timeout} s"
+        if self.error is not None:
+            raise AssertionError(f"the publisher failed: {self.error!r}")
+        assert self.acked == len(self.msgs), (self.acked, len(self.msgs))
+
+
+def _publish_async(w: World, msgs: list[Message], rate: float | None) -> _Publishing:
+    pub = _Publishing(w, msgs, rate)
+    pub.start()
+    return pub
 
 
 def test_kill_9_mid_stream_then_restart(world: World) -> None:
@@ -606,6 +651,7 @@ def test_postgres_kill_9_under_load(world: World) -> None:
         ]
     assert pids, "the ingester has no connection to kill"
     os.kill(pids[0], signal.SIGKILL)  # one backend: crash recovery of the whole server
+
     # the second kill must come after the first recovery (under load, the postmaster can take
     # seconds to end the other backends before it recovers), or there is only one recovery
     def recovered() -> bool:
