@@ -185,7 +185,8 @@ class IngestSettings(BaseModel):
     batch_adaptive: bool = True
     #: Adaptive batching: the shortest a batch gathers before it is cut (ms).
     batch_min_ms: float = Field(default=2.0, ge=0)
-    #: Messages held in memory before the ingester stops reading from the broker.
+    #: Messages held in memory before the ingester stops reading from the broker (the
+    #: messages of the socket read under way still go in: at most 256 KiB more).
     buffer_max: int = 50_000
     #: ... and at most this many payload bytes (memory stays bounded whatever the messages are).
     buffer_max_bytes: int = 128 * 1024 * 1024

@@ -328,8 +328,11 @@ STATE = """() => {
     }
     return {zoom: map.getZoom(), fine: drawn, coarse: coarse, pending: !!fine.pending};
 }"""
-ZOOM = """z => { for (const k in window) if (window[k] instanceof L.Map) {
-    const map = window[k]; map.setZoom(z, {animate: false}); return map.getZoom(); } }"""
+ZOOM = """async z => { for (const k in window) if (window[k] instanceof L.Map) {
+    const map = window[k];
+    // a zoom animation under way (the page's own first view) would swallow the setZoom
+    for (let i = 0; i < 400 && map._animatingZoom; i++) await new Promise(r => setTimeout(r, 25));
+    map.setZoom(z, {animate: false}); return map.getZoom(); } }"""
 #: the screen point of the centre of a 100 m cell well below the offer (shade 0: MS-01-1)
 BELOW_POINT = """centre => {
     let map, fine;

@@ -25,6 +25,11 @@ paho_log = logging.getLogger("paho")
 paho_log.addFilter(lambda record: not str(record.msg).startswith("Client is not connected"))
 
 
+#: bytes read from the socket at once (a loop turn at 15,000 msgs/s finds a few KiB); the messages
+#: of one read all go into the ingester's buffer, so it may pass ``ingest.buffer_max`` by that much
+READ_BYTES = 1 << 18
+
+
 class _BufferedSocket:
     """A socket read in large chunks by :meth:`FastClient.loop_read`, which parses every complete
     packet of a chunk in one pass and keeps the incomplete rest here for the next read.
@@ -35,8 +40,7 @@ class _BufferedSocket:
     is kept is never a whole packet, so paho's loop waits in ``select`` for more.
     """
 
-    #: bytes read at once (a loop turn at 15,000 msgs/s finds a few KiB)
-    CHUNK = 1 << 18
+    CHUNK = READ_BYTES
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
