@@ -85,7 +85,7 @@ def fresh_db(admin_url: str) -> str:
 
 
 #: bump when the generated data changes: a kept database of another version is loaded again
-DATA_VERSION = {"koeln": 1, "state": 3, "country": 1}
+DATA_VERSION = {"koeln": 1, "state": 3, "country": 2}
 
 
 def kept_db(admin_url: str, case: str, load: Callable[[str], None]) -> str:
@@ -523,18 +523,22 @@ _EMPTY_ST = pd.DataFrame({"cell_e": np.zeros(0, np.int32), "cell_n": np.zeros(0,
                           "download_mbps": np.zeros(0, np.float32)})  # fmt: skip
 
 
-def load_country(url: str, blocks: list[tuple[int, int]]) -> None:
+#: the indexes the analysis on Dask reads (band reads by cell, the operators by a loose index
+#: scan); with ``defer`` the loader builds only these before the run, the others after it
+_ANALYSIS_INDEXES = ("_cell_idx", "mobile_measurement_operator_idx")
+
+
+def load_country(url: str, blocks: list[tuple[int, int]], procs: int = 2,
+                 defer: bool = False) -> None:  # fmt: skip
     """The ``blocks`` (10 km, see :class:`CountryWorld`) of the country generated one at a time
     straight into the input tables (binary COPY built with numpy, cells computed once, indexes
     built afterwards, as :func:`load_state`): the generator never holds more than one block's
-    rows. Points at their cell's centre; speed tests and signal measurements from distinct
-    devices drawn at random per block (k-anonymity as for the Bundesland)."""
-    world = CountryWorld()
+    rows. ``procs`` processes each generate and COPY a contiguous range of the blocks (the rows
+    do not depend on ``procs``). Points at their cell's centre; speed tests and signal
+    measurements from distinct devices drawn at random per block from one pool of device keys
+    (k-anonymity as for the Bundesland). With ``defer`` only the indexes the analysis reads are
+    built now; the others are kept in ``bench_deferred_ddl`` for :func:`build_deferred`."""
     t = _t()
-    start_us = pd.Timestamp("2026-01-01", tz="UTC").value // 1000 - _PG_EPOCH_US
-    src = ("source", "S9", b"synthetic")
-    rows = {"households": 0, "offers": 0, "speedtests": 0, "signals": 0}
-    r0, c0 = COUNTRY_ORIGIN[1] // BLOCK_M, COUNTRY_ORIGIN[0] // BLOCK_M
     with psycopg.connect(url) as conn:
         d = country_districts(blocks).to_crs(4326)
         multi = shapely.multipolygons(np.asarray(d.geometry.values).reshape(-1, 1))
@@ -546,13 +550,92 @@ def load_country(url: str, blocks: list[tuple[int, int]]) -> None:
         )  # fmt: skip
         restore = _bulk_mode(conn)
         conn.commit()
+    indexed = list(enumerate(blocks))
+    procs = max(1, min(procs, len(blocks)))
+    chunks = [indexed[i * len(indexed) // procs : (i + 1) * len(indexed) // procs]
+              for i in range(procs)]  # fmt: skip
+    if procs == 1:
+        counts = [_load_country_blocks(url, chunks[0], len(blocks), t)]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        def located(frame: pd.DataFrame) -> list[tuple[str, Any, Any]]:
-            ce, cn = frame["cell_e"].to_numpy(), frame["cell_n"].to_numpy()
-            return [("geom", _EWKB_POINT, _ewkb(ce + 50.0, cn + 50.0)), ("cell_e", ">i4", ce),
-                    ("cell_n", ">i4", cn)]  # fmt: skip
+        with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork")) as ex:
+            futures = [ex.submit(_load_country_blocks, url, c, len(blocks), t) for c in chunks]
+            counts = [f.result() for f in futures]
+    rows = {n: sum(c[n] for c in counts) for n in counts[0]}
+    print(f"  {len(blocks)} blocks generated and copied by {procs} processes in {_t() - t:.0f} s: "
+          + ", ".join(f"{v:,} {n}" for n, v in rows.items()), flush=True)  # fmt: skip
+    now = [s for s in restore if any(i in s for i in _ANALYSIS_INDEXES)] if defer else restore
+    later = [s for s in restore if s not in now]
+    _build_indexes(url, now)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table bench_deferred_ddl (stmt text not null)")
+        for stmt in later:
+            conn.execute("insert into bench_deferred_ddl values (%s)", (stmt,))
+    _analyze_tables(url)
+    print(f"  loaded into PostgreSQL in {_t() - t:.1f} s"
+          + (f" ({len(later)} indexes and constraints the analysis does not read deferred)"
+             if later else ""), flush=True)  # fmt: skip
 
-        for k, (br, bc) in enumerate(blocks):
+
+def _build_indexes(url: str, stmts: list[str]) -> None:
+    """The ``stmts`` (index and unique constraint definitions), each timed."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("set maintenance_work_mem = '512MB'")
+        for stmt in stmts:
+            t = _t()
+            conn.execute(stmt)
+            print(f"  {_t() - t:7.1f} s  {stmt[:110]}", flush=True)
+
+
+def build_deferred(url: str) -> None:
+    """Build the indexes and constraints :func:`load_country` deferred (none: nothing to do)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("select to_regclass('bench_deferred_ddl')").fetchone() == (None,):
+            return
+        stmts = [r[0] for r in conn.execute("select stmt from bench_deferred_ddl")]
+    if stmts:
+        t = _t()
+        print(f"  building the {len(stmts)} deferred indexes and constraints …", flush=True)
+        _build_indexes(url, stmts)
+        print(f"  deferred indexes built in {_t() - t:.1f} s", flush=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("delete from bench_deferred_ddl")
+
+
+#: the pools of device keys the country's rows draw from (one per kind, fixed seed)
+_COUNTRY_KEYS: dict[int, np.ndarray] = {}
+
+
+def _key_pool(devices: int) -> np.ndarray:
+    """``devices`` distinct device keys (16 hex digits, like stored pseudonyms)."""
+    if devices not in _COUNTRY_KEYS:
+        ids = np.unique(np.random.default_rng([5, 13, devices]).integers(0, 2**63, devices))
+        nibbles = (ids[:, None] >> np.arange(60, -4, -4, dtype=np.int64)) & 15
+        _COUNTRY_KEYS[devices] = (np.frombuffer(b"0123456789abcdef", np.uint8)[nibbles]
+                                  .view("S16").ravel())  # fmt: skip
+    return _COUNTRY_KEYS[devices]
+
+
+def _load_country_blocks(url: str, blocks: list[tuple[int, tuple[int, int]]], total: int,
+                         t: float) -> dict[str, int]:  # fmt: skip
+    """Generate and COPY the ``blocks`` (each with its index ``k`` in the whole list, which
+    fixes its rows' times): one of :func:`load_country`'s processes."""
+    world = CountryWorld()
+    start_us = pd.Timestamp("2026-01-01", tz="UTC").value // 1000 - _PG_EPOCH_US
+    src = ("source", "S9", b"synthetic")
+    rows = {"households": 0, "offers": 0, "speedtests": 0, "signals": 0}
+    r0, c0 = COUNTRY_ORIGIN[1] // BLOCK_M, COUNTRY_ORIGIN[0] // BLOCK_M
+    test_keys, signal_keys = _key_pool(STATE_TEST_DEVICES), _key_pool(STATE_SIGNAL_DEVICES)
+
+    def located(frame: pd.DataFrame) -> list[tuple[str, Any, Any]]:
+        ce, cn = frame["cell_e"].to_numpy(), frame["cell_n"].to_numpy()
+        return [("geom", _EWKB_POINT, _ewkb(ce + 50.0, cn + 50.0)), ("cell_e", ">i4", ce),
+                ("cell_n", ">i4", cn)]  # fmt: skip
+
+    with psycopg.connect(url) as conn:
+        for done, (k, (br, bc)) in enumerate(blocks, start=1):
             inp = world.load((r0 + br, c0 + bc), BLOCK_M // 100)
             rng = np.random.default_rng([world.seed, 11, br, bc])
             at0 = start_us + k * 10_000_000_000
@@ -564,13 +647,13 @@ def load_country(url: str, blocks: list[tuple[int, int]]) -> None:
                 ("max_down_mbps", ">f4", o["max_down_mbps"].to_numpy()),
                 ("max_up_mbps", ">f4", o["max_up_mbps"].to_numpy()), *located(o)])  # fmt: skip
             _copy_fixed(conn, "speedtest", [
-                src, ("device_key", "S16", _device_keys(rng, len(s), STATE_TEST_DEVICES)),
+                src, ("device_key", "S16", test_keys[rng.integers(0, len(test_keys), len(s))]),
                 ("measured_at", ">i8", at0 + np.arange(len(s), dtype=np.int64) * 1_000_000),
                 ("download_mbps", ">f4", s["download_mbps"].to_numpy()), *located(s)])  # fmt: skip
             ops = sig["operator"].astype(str).to_numpy()
             techs = sig["technology"].astype(str).to_numpy()
             at = at0 + np.arange(len(sig), dtype=np.int64) * 1_000
-            keys = _device_keys(rng, len(sig), STATE_SIGNAL_DEVICES)
+            keys = signal_keys[rng.integers(0, len(signal_keys), len(sig))]
             for op in np.unique(ops):
                 for two_g in (False, True):
                     sel = np.flatnonzero((ops == op) & ((techs == "2G") == two_g))
@@ -587,15 +670,11 @@ def load_country(url: str, blocks: list[tuple[int, int]]) -> None:
             conn.commit()
             for name, frame in zip(rows, (h, o, s, sig), strict=True):
                 rows[name] += len(frame)
-            if (k + 1) % 25 == 0 or k + 1 == len(blocks):
-                print(f"  {k + 1} of {len(blocks)} blocks in {_t() - t:.0f} s: "
+            if done % 50 == 0 or done == len(blocks):
+                print(f"  [pid {os.getpid()}] {done} of {len(blocks)} blocks (block {k + 1} of "
+                      f"{total}) in {_t() - t:.0f} s, load {os.getloadavg()[0]:.1f}: "
                       + ", ".join(f"{v:,} {n}" for n, v in rows.items()), flush=True)  # fmt: skip
-        conn.execute("set maintenance_work_mem = '512MB'")
-        for stmt in restore:
-            conn.execute(stmt)
-        conn.commit()
-    _analyze_tables(url)
-    print(f"  loaded into PostgreSQL in {_t() - t:.1f} s")
+    return rows
 
 
 def country_districts(blocks: list[tuple[int, int]], seed: int = 5) -> gpd.GeoDataFrame:
@@ -831,6 +910,14 @@ def main() -> None:
     ap.add_argument("--load-only", action="store_true",
                     help="country: only generate and load the fraction into the kept database "
                          "(--data-dir), for a later run")  # fmt: skip
+    ap.add_argument("--load-procs", type=int, default=2,
+                    help="country: processes that generate and COPY the blocks")  # fmt: skip
+    ap.add_argument("--defer-indexes", action="store_true",
+                    help="country: build only the indexes the analysis reads before the run, "
+                         "the others after it")  # fmt: skip
+    ap.add_argument("--no-single", action="store_true",
+                    help="country: the Dask runs only (the whole country does not fit one "
+                         "process)")  # fmt: skip
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--state-child", help=argparse.SUPPRESS)
     ap.add_argument("--state-dask-child", help=argparse.SUPPRESS)
@@ -946,12 +1033,16 @@ def main() -> None:
                 f"Country: {side * 10} × {side * 10} km ({len(blocks):,} blocks of 10 km, "
                 f"{share:.4f} of the country), generated block by block into the store …"
             )
-            url = database(f"country_1of{args.fraction}", lambda u: load_country(u, blocks))
+            url = database(f"country_1of{args.fraction}",
+                           lambda u: load_country(u, blocks, args.load_procs,
+                                                  args.defer_indexes))  # fmt: skip
             if args.load_only:
+                build_deferred(url)
                 return
             km = args.tile_km or 50
             _, dasks = compare_state_dask(url, args.repeat, args.workers, args.tile_km,
-                                                label=f"Country 1/{args.fraction}")  # fmt: skip
+                                          label=f"Country 1/{args.fraction}",
+                                          single=not args.no_single)  # fmt: skip
             d = min(dasks, key=lambda x: x["seconds"])
             tiles = d["tiles"]
             full, eu = (600 / km) ** 2, 4_230_000 / km**2  # EU-27: 4.23 M km²
@@ -971,6 +1062,8 @@ def main() -> None:
                       f"CPU {eu * d['client_cpu'] / tiles / 60:.1f} min")  # fmt: skip
             _verdict("worker peak ≤ 4 GB (10^9 bytes)",
                      max(max(x["peaks"]) for x in dasks) / 1e9, 4.0)  # fmt: skip
+            print(f"  load average now: {os.getloadavg()}", flush=True)
+            build_deferred(url)
     finally:
         if local is not None:
             local.down()
@@ -1199,7 +1292,12 @@ def _spread(values: list[float]) -> str:
 
 
 def compare_state_dask(
-    url: str, repeat: int, workers: int, tile_km: int | None, label: str = "Bundesland"
+    url: str,
+    repeat: int,
+    workers: int,
+    tile_km: int | None,
+    label: str = "Bundesland",
+    single: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The Bundesland end to end in one process and on ``workers`` local Dask workers, in
     turns (one, Dask, one, Dask, …: both see the same load), ``repeat`` times each, each run
@@ -1212,22 +1310,24 @@ def compare_state_dask(
     dasks: list[dict[str, Any]] = []
     loads: list[tuple[float, float, float]] = []
     for i in range(repeat):
-        pg0, child0 = pg_cpu_seconds(url), _children_cpu()
-        out = subprocess.run(
-            [sys.executable, __file__, "--state-child", url, "--repeat", "1", "--e2e-only"],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        singles.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        r = singles[-1]["best"]
-        print(f"  run {i + 1}, one process: {r['total']:.1f} s (read {r['read']:.1f}, compute "
-              f"{r['compute']:.1f}, write {r['write']:.1f}); {int(r['cells']):,} cells, "
-              f"{int(r['gaps']):,} gaps; peak RSS "
-              f"{singles[-1]['peak_rss_bytes'] / 1e9:.2f} GB; CPU: process "
-              f"{_children_cpu() - child0:.1f} s, PostgreSQL {pg_cpu_seconds(url) - pg0:.1f} s; "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+        if single:
+            pg0, child0 = pg_cpu_seconds(url), _children_cpu()
+            out = subprocess.run(
+                [sys.executable, __file__, "--state-child", url, "--repeat", "1", "--e2e-only"],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            singles.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = singles[-1]["best"]
+            print(f"  run {i + 1}, one process: {r['total']:.1f} s (read {r['read']:.1f}, compute "
+                  f"{r['compute']:.1f}, write {r['write']:.1f}); {int(r['cells']):,} cells, "
+                  f"{int(r['gaps']):,} gaps; peak RSS "
+                  f"{singles[-1]['peak_rss_bytes'] / 1e9:.2f} GB; CPU: process "
+                  f"{_children_cpu() - child0:.1f} s, PostgreSQL "
+                  f"{pg_cpu_seconds(url) - pg0:.1f} s; "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
         out = subprocess.run(
             [sys.executable, __file__, "--state-dask-child", url, "--workers", str(workers),
-             "--tile-km", str(km)], check=True, capture_output=True, text=True,
+             "--tile-km", str(km)], check=True, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         dasks.append(json.loads(out.stdout.strip().splitlines()[-1]))
         d = dasks[-1]
@@ -1240,9 +1340,13 @@ def compare_state_dask(
         print_dask_profile(d)
     one = [s["best"]["total"] for s in singles]
     on_dask = [d["seconds"] for d in dasks]
-    print(f"{label}, one process ({repeat} runs): {_spread(one)}")
     print(f"{label} on Dask, {workers} workers, {km} km tiles ({repeat} runs): "
-          f"{_spread(on_dask)}")  # fmt: skip
+          f"{_spread(on_dask)}; worker peaks "
+          f"{max(max(d['peaks']) for d in dasks) / 1e9:.2f} GB")  # fmt: skip
+    if not singles:
+        print(f"  results: {', '.join(d['same'] for d in dasks)}; no single-process run")
+        return singles, dasks
+    print(f"{label}, one process ({repeat} runs): {_spread(one)}")
     worker_peak = max(max(d["peaks"]) for d in dasks)
     print(f"  peak memory: one process {max(s['peak_rss_bytes'] for s in singles) / 1e9:.2f} GB;"
           f" per Dask worker {worker_peak / 1e9:.2f} GB (largest of all runs), client "
