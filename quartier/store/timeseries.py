@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,7 @@ from psycopg.rows import tuple_row
 from quartier.errors import BadRequestError
 from quartier.store.db import Conn
 from quartier.store.migrate import StoragePath, storage_path
+from quartier.store.pgcopy import Int8Array
 
 SourceChoice = Literal["auto", "raw", "rollup"]
 Function = Literal["count", "sum", "avg", "min", "max"]
@@ -84,8 +85,10 @@ _ISO = re.compile(r"^P(?:(\d+)W|(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?)?$")
 
 
 # ------------------------------------------------------------------------------------ results
-@dataclass(frozen=True, slots=True)
-class Latest:
+class Latest(NamedTuple):
+    """A datastream's newest observation (a named tuple: made thousands at a time, see
+    :func:`latest`)."""
+
     datastream_id: int
     phenomenon_time: datetime
     result: float | None
@@ -236,14 +239,27 @@ def choose_source(width: timedelta, source: SourceChoice = "auto") -> timedelta 
 
 
 # ------------------------------------------------------------------------------------ queries
+_LATEST = (
+    "select datastream_id, phenomenon_time, result from observation_latest "
+    "where datastream_id = any(%s::bigint[]) order by datastream_id"
+)
+#: more datastreams than this: the latest values are read without a prepared statement (below)
+_LATEST_UNPREPARED = 100
+
+
 def latest(conn: Conn, datastream_ids: Sequence[int]) -> list[Latest]:
-    """The newest observation of each datastream that has one, ordered by datastream id."""
-    rows = conn.execute(
-        "select datastream_id, phenomenon_time, result from observation_latest "
-        "where datastream_id = any(%s) order by datastream_id",
-        (list(datastream_ids),),
-    )
-    return [Latest(*_values(r)) for r in rows]
+    """The newest observation of each datastream that has one, ordered by datastream id.
+
+    The ids go as one binary ``bigint[]`` (a Python list of small ids went as ``smallint[]``,
+    which PostgreSQL compared with the bigint key element by element, and psycopg dumped it per
+    element); the rows come in binary and become tuples without a Python step per column. For many
+    ids the statement is not prepared: a prepared statement's generic plan probes the primary key
+    once per id (2,000 probes, 4,000 buffers), where the plan made for the actual array reads the
+    small table once with a hashed ``= any`` (docs/benchmarks.md, session 9)."""
+    ids = np.asarray(datastream_ids, dtype=np.int64)
+    cur = conn.cursor(binary=True, row_factory=tuple_row)
+    prepare = False if len(ids) > _LATEST_UNPREPARED else None
+    return list(map(Latest._make, cur.execute(_LATEST, (Int8Array(ids),), prepare=prepare)))
 
 
 def raw_range(
