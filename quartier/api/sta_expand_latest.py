@@ -40,6 +40,7 @@ from fastapi.responses import JSONResponse, Response
 from quartier.api import sensorthings as st
 from quartier.api.sta import ENTITY_SETS, Expand, QueryOptions, compile_navigation
 from quartier.api.sta.ast import OrderItem, Path
+from quartier.api.sta_fastpage import _Infinite, _since_1970, _times
 from quartier.config import Settings
 from quartier.store import sensorthings as q
 from quartier.store import sensorthings_expand as qx
@@ -107,7 +108,11 @@ def _datastream(r: dict[str, Any], prefix: str) -> dict[str, Any]:
     """``sensorthings._datastream``'s model as its JSON dump writes it."""
     link = f"{prefix}/Datastreams({r['id']})"
     unit = r["unit_of_measurement"]
-    t_min = r["t_min"]
+    if "_span" in r:  # written with the page's other times (_Renderer._datastreams)
+        span = r["_span"]
+    else:
+        t_min = r["t_min"]
+        span = f"{st.iso(t_min)}/{st.iso(r['t_max'])}" if t_min else None
     body: dict[str, Any] = {
         "@iot.id": r["id"],
         "@iot.selfLink": link,
@@ -120,7 +125,7 @@ def _datastream(r: dict[str, Any], prefix: str) -> dict[str, Any]:
             "definition": unit.get("definition"),
         },
         "observedArea": r["observed_area"],
-        "phenomenonTime": f"{st.iso(t_min)}/{st.iso(r['t_max'])}" if t_min else None,
+        "phenomenonTime": span,
     }
     if r["properties"] is not None:
         body["properties"] = r["properties"]
@@ -156,7 +161,10 @@ def render(
     if not handles(entity_set, options):
         return None
     timescaledb = storage_path(conn) == "timescaledb"
-    return _Renderer(conn, base, settings, timescaledb).bodies(entity_set, rows, options)
+    try:
+        return _Renderer(conn, base, settings, timescaledb).bodies(entity_set, rows, options)
+    except _Infinite:  # a time is PostgreSQL's ±infinity: the general path's
+        return None
 
 
 def page(
@@ -260,12 +268,8 @@ class _Renderer:
         kept = [r for pid in parent_ids for r in by_parent.get(pid, [])[: listing.top]]
         # the spans, and with them the one observation a "$top=1" expansion below shows
         end = self._end(x.options, len(kept))
-        span = qx.spans(self.conn, [int(r["id"]) for r in kept], self.timescaledb, end)
-        for r in kept:
-            s = span.get(int(r["id"]))
-            r["t_min"], r["t_max"] = (s["t_min"], s["t_max"]) if s else (None, None)
-            if end is not None:
-                r["_end"] = s if s and s["phenomenon_time"] is not None else None
+        found_spans = qx.span_rows(self.conn, [int(r["id"]) for r in kept], self.timescaledb, end)
+        self._add_spans(kept, found_spans, end is not None)
         inner = QueryOptions(select=x.options.select, expand=x.options.expand)
         rendered = iter(self.bodies("Datastreams", kept, inner))
         groups = {
@@ -273,6 +277,75 @@ class _Renderer:
             for pid in parent_ids
         }
         self._attach("Things", parent_ids, bodies, x, listing, groups, more)
+
+    def _add_spans(
+        self, kept: list[dict[str, Any]], found: list[tuple[Any, ...]], with_end: bool
+    ) -> None:
+        """Each Datastream row's ``t_min``/``t_max`` (µs since 1970, ``None`` without
+        observations), its ``phenomenonTime`` written (``_span``) and, ``with_end``, the body
+        of the observation at the span's end (``_end``, ``None`` without one): every time of
+        the page formatted at once (``sta_fastpage``)."""
+        by_id = {row[0]: row for row in found}
+        spans = [by_id.get(int(r["id"])) for r in kept]
+        with_data = [s for s in spans if s is not None and s[1] is not None]
+        # the times: each span's two ends, and each end observation's resultTime
+        result_times = [s[7] for s in with_data if with_end and s[7] is not None]
+        us = _since_1970(tuple(t for s in with_data for t in (s[1], s[2])) + tuple(result_times))
+        text = _times(us)
+        at: dict[int, tuple[int, str, int, str]] = {}
+        for k, s in enumerate(with_data):
+            at[s[0]] = (us[2 * k], text[2 * k], us[2 * k + 1], text[2 * k + 1])
+        result_text = dict(zip(result_times, text[2 * len(with_data) :], strict=True))
+        for r in kept:
+            a = at.get(int(r["id"]))
+            if a is None:
+                r["t_min"] = r["t_max"] = r["_span"] = None
+                if with_end:
+                    r["_end"] = None
+                continue
+            r["t_min"], r["t_max"], r["_span"] = a[0], a[2], f"{a[1]}/{a[3]}"
+            if with_end:
+                s = by_id[int(r["id"])]
+                last = (s[1], a[0], a[1]) if s[4] == s[1] else (s[2], a[2], a[3])
+                r["_end"] = self._end_body(s, last[1], last[2], result_text)
+
+    def _end_body(
+        self, s: tuple[Any, ...], us: int, text: str, result_text: dict[int, str]
+    ) -> dict[str, Any]:
+        """The body of the observation in the span row ``s`` (columns 3… are
+        ``qx.OBSERVATION_COLUMNS``), its phenomenonTime ``us`` (µs since 1970) written as
+        ``text``, as ``sensorthings._observation`` writes it."""
+        ds, result, result_json, result_time, parameters, foi = s[3], s[5], s[6], s[7], s[8], s[9]
+        r = {
+            "datastream_id": ds,
+            "result": result,
+            "result_json": result_json,
+            "result_time": None,
+            "parameters": parameters,
+            "foi_id": foi,
+        }
+        body = st.observation_body(r, self.prefix, f"{ds}:{us}", text)
+        if result_time is not None:
+            body["resultTime"] = result_text[result_time]
+        return body
+
+    def _attach_bodies(
+        self,
+        parent_ids: list[int],
+        bodies: list[dict[str, Any]],
+        x: Expand,
+        listing: q.Listing,
+        by_parent: dict[int, list[dict[str, Any]]],
+        more: set[int],
+    ) -> None:
+        """:meth:`_attach` of Observation bodies already written, ``$select``ed here."""
+        if x.options.select:
+            entity_type = ENTITY_SETS["Observations"]
+            by_parent = {
+                pid: [st._pick(b, x.options.select, entity_type) for b in group]
+                for pid, group in by_parent.items()
+            }
+        self._attach("Datastreams", parent_ids, bodies, x, listing, by_parent, more)
 
     def _end(self, options: QueryOptions, datastreams: int) -> Literal["first", "last"] | None:
         """Which end of their span the Datastreams' expanded Observations show when they show
@@ -297,17 +370,20 @@ class _Renderer:
             # has more than one exactly when its span is longer than an instant
             with_data = [r for r in rows if r["t_min"] is not None]
             more = {int(r["id"]) for r in with_data if r["t_min"] < r["t_max"]}
-            if all("_end" in r for r in rows):  # read with the spans (_datastreams)
-                found = [r["_end"] for r in with_data if r["_end"] is not None]
-            else:
-                ends = [r["t_max"] if descending else r["t_min"] for r in with_data]
-                found = q.observations_at(
-                    self.conn,
-                    Int8Array(np.array([r["id"] for r in with_data], np.int64)),
-                    TimestamptzArray(
-                        np.array([(t - st._EPOCH) // st._MICROSECOND for t in ends], np.int64)
-                    ),
-                )
+            if all("_end" in r for r in rows):  # written with the spans (_datastreams)
+                for r in with_data:
+                    if r["_end"] is not None:
+                        by_parent[int(r["id"])] = [r["_end"]]
+                self._attach_bodies(parent_ids, bodies, x, listing, by_parent, more)
+                return
+            ends = [r["t_max"] if descending else r["t_min"] for r in with_data]
+            found = q.observations_at(
+                self.conn,
+                Int8Array(np.array([r["id"] for r in with_data], np.int64)),
+                TimestamptzArray(
+                    np.array([(t - st._EPOCH) // st._MICROSECOND for t in ends], np.int64)
+                ),
+            )
             for r in found:
                 by_parent[int(r["datastream_id"])] = [r]
         elif listing.top > 0:

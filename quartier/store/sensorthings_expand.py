@@ -5,31 +5,39 @@
 A Datastream's span is ``min``/``max(phenomenon_time)`` of its observations. On the plain
 PostgreSQL path ``observation`` is range-partitioned by month with a default partition, so the
 planner answers each ``min``/``max`` with a Merge Append that descends the primary key of every
-partition (two dozen probes per Datastream after a year). Here each bound starts from a hint
-that points at one partition and is then proved against the observations themselves:
+partition (two dozen probes per Datastream after a year). Here each bound is read by one
+ordered probe that a hint limits to the partitions that can hold it:
 
-* the newest: ``observation_latest`` (kept by the ingest writer) names a time ``hi``; it is the
-  maximum if an observation exists at ``hi`` and none after it;
-* the oldest: the first daily rollup bucket (``observation_1d``) names a day; the first
-  observation of that day is the minimum if none exists before it.
+* the newest: ``observation_latest`` (kept by the ingest writer) names a time ``hi``; the
+  newest observation at or after ``hi`` is the newest of all, if there is one;
+* the oldest: the first daily rollup bucket (``observation_1d``) names a day; the oldest
+  observation before the end of that day is the oldest of all, if there is one.
 
-Both proofs are range conditions on the primary key that run-time partition pruning limits to
-the partitions that can hold such rows (the hinted month's and the default partition). When a
-proof fails (a hint is stale, missing, or points at deleted rows) that Datastream's bound is the
-plain ``min``/``max``, so the span is exact whatever the hints say.
+Both are range conditions on the primary key that run-time partition pruning limits to the
+partitions that can hold such rows (the newest: the hinted month's, any later one and the
+default partition). When the hinted probe finds nothing (the hint is stale, missing, or names
+deleted rows) that bound is read by the plain ordered probe over every partition, so the span is
+exact whatever the hints say. The newest (oldest) observation's whole row comes from the same
+probe. Three index probes per Datastream (the day hint and one per bound) where the proofs of
+session 7 (the hinted row, nothing beyond it, then the row again) took six: docs/benchmarks.md,
+API, session 9.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 import numpy as np
+import psycopg
+from psycopg.types.numeric import Int8BinaryLoader
 
 from quartier.store.db import DictConn
 from quartier.store.pgcopy import Int8Array
 
 #: The Datastream columns of ``store.sensorthings`` without the span subqueries.
-_DATASTREAM_COLUMNS = """d.id, d.name, d.description, d.observation_type, d.unit_of_measurement,
+_DATASTREAM_COLUMNS = """d.id, d.name, d.description, d.observation_type,
+       d.unit_of_measurement::text as unit_of_measurement,
        d.thing_id, d.sensor_id, d.observed_property_id, d.properties,
        ST_AsGeoJSON(d.observed_area)::json as observed_area"""
 
@@ -45,63 +53,56 @@ _FIRST_DAY = (
     "(select r.bucket from observation_1d r where r.datastream_id = d.id order by r.bucket limit 1)"
 )
 
-_SPANS = """
-with hint as materialized (
-    select d.id, l.phenomenon_time as hi, {first_day} as lo_day
-    from unnest(%(_ids)s) d(id)
-    left join observation_latest l on l.datastream_id = d.id
-), lo as materialized (
-    select h.id, h.hi,
-           (select o.phenomenon_time from observation o
-            where o.datastream_id = h.id and o.phenomenon_time >= h.lo_day
-              and o.phenomenon_time < h.lo_day + interval '1 day'
-            order by o.phenomenon_time limit 1) as lo
-    from hint h
-)
-select x.id,
-       case when x.lo is not null and not exists (
-                select from observation o where o.datastream_id = x.id and o.phenomenon_time < x.lo)
-            then x.lo
-            else (select min(o.phenomenon_time) from observation o where o.datastream_id = x.id)
-       end as t_min,
-       case when x.hi is not null
-             and exists (select from observation o
-                         where o.datastream_id = x.id and o.phenomenon_time = x.hi)
-             and not exists (select from observation o
-                             where o.datastream_id = x.id and o.phenomenon_time > x.hi)
-            then x.hi
-            else (select max(o.phenomenon_time) from observation o where o.datastream_id = x.id)
-       end as t_max
-from lo x"""
-
-#: with the observation at each span's end (``last``) or start: the "$top=1" observation,
-#: read by primary key (run-time pruning visits the one partition that can hold it)
-_WITH_END = """
-select s.id, s.t_min, s.t_max, e.*
-from ({spans}) s
-left join lateral (
-    select {columns} from observation o
-    where o.datastream_id = s.id and o.phenomenon_time = (case when %(_last)s then s.t_max
-                                                               else s.t_min end)
-) e on true"""
-
-
-def _spans_query(timescaledb: bool, end: bool) -> str:
-    spans = _SPANS.format(first_day="null::timestamptz" if timescaledb else _FIRST_DAY)
-    # TimescaleDB's observation_1d is a continuous aggregate (a view): no day hint there; its
-    # ordered chunk scans answer min() without visiting every chunk anyway
-    if not end:
-        return spans
-    return _WITH_END.format(spans=spans, columns=OBSERVATION_COLUMNS)
-
-
 #: the columns of an observation row as ``store.sensorthings`` reads them
 OBSERVATION_COLUMNS = (
     "o.datastream_id, o.phenomenon_time, o.result, o.result_json, o.result_time, o.parameters,"
     " o.foi_id, case when o.datastream_id < 0 then -o.datastream_id end as multi_datastream_id"
 )
 
-_QUERIES = {(ts, end): _spans_query(ts, end) for ts in (False, True) for end in (False, True)}
+
+def _bound(alias: str, columns: str, newest: bool) -> str:
+    """The LATERAL join of one bound of the span of ``h.id``: the hinted probe, then the plain
+    one over every partition, run only when the hinted one finds nothing (``limit 1`` over a
+    ``union all`` stops at the first branch's row)."""
+    order = " desc" if newest else ""
+    hinted = (
+        "o.phenomenon_time >= h.hi" if newest else "o.phenomenon_time < h.lo_day + interval '1 day'"
+    )
+    probe = (
+        f"select {columns} from observation o where o.datastream_id = h.id{{}}"
+        f" order by o.phenomenon_time{order} limit 1"
+    )
+    return (
+        f"left join lateral (({probe.format(f' and {hinted}')})"
+        f" union all ({probe.format('')}) limit 1) {alias} on true"
+    )
+
+
+_SPANS = """
+with h as materialized (
+    select d.id, l.phenomenon_time as hi, {first_day} as lo_day
+    from unnest(%(_ids)s) d(id)
+    left join observation_latest l on l.datastream_id = d.id
+)
+select h.id, lo.phenomenon_time as t_min, hi.phenomenon_time as t_max{end_columns}
+from h
+{lo}
+{hi}"""
+
+
+def _spans_query(timescaledb: bool, end: Literal["first", "last"] | None) -> str:
+    # TimescaleDB's observation_1d is a continuous aggregate (a view): no day hint there; its
+    # ordered chunk scans answer the plain probe without visiting every chunk anyway
+    return _SPANS.format(
+        first_day="null::timestamptz" if timescaledb else _FIRST_DAY,
+        end_columns={None: "", "first": ", lo.*", "last": ", hi.*"}[end],
+        lo=_bound("lo", OBSERVATION_COLUMNS if end == "first" else "o.phenomenon_time", False),
+        hi=_bound("hi", OBSERVATION_COLUMNS if end == "last" else "o.phenomenon_time", True),
+    )
+
+
+_ENDS: tuple[Literal["first", "last"] | None, ...] = (None, "first", "last")
+_QUERIES = {(ts, end): _spans_query(ts, end) for ts in (False, True) for end in _ENDS}
 
 
 def datastreams_of_things(
@@ -110,11 +111,20 @@ def datastreams_of_things(
     """For each Thing of ``thing_ids``, one page (``top`` plus one row, after ``skip``) of its
     Datastreams by id, each row with its Thing's id as ``_parent``: the rows of
     ``store.sensorthings.expand_many`` for this navigation, without ``t_min``/``t_max``
-    (:func:`spans` adds them)."""
+    (:func:`spans` adds them). ``unit_of_measurement`` is read as text and loaded as psycopg
+    loads ``jsonb`` (``json.loads``), once per distinct unit: a page of Datastreams shares a few."""
     if not thing_ids:
         return []
     params = {"_ids": Int8Array(np.array(thing_ids, np.int64)), "_top": top + 1, "_skip": skip}
-    return conn.execute(_DATASTREAMS_OF_THINGS, params, prepare=True).fetchall()
+    rows = conn.execute(_DATASTREAMS_OF_THINGS, params, prepare=True).fetchall()
+    units: dict[str, Any] = {}
+    for r in rows:
+        text = r["unit_of_measurement"]
+        unit = units.get(text)
+        if unit is None:
+            unit = units[text] = json.loads(text)
+        r["unit_of_measurement"] = unit
+    return rows
 
 
 def spans(
@@ -129,11 +139,25 @@ def spans(
     or ``t_max`` (``last``), all ``None`` when there is none."""
     if not datastream_ids:
         return {}
-    query = _QUERIES[timescaledb, end is not None]
-    params = {
-        "_ids": Int8Array(np.array(datastream_ids, np.int64)),
-        "_last": end == "last",
-    }
+    query = _QUERIES[timescaledb, end]
+    params = {"_ids": Int8Array(np.array(datastream_ids, np.int64))}
     # prepared at once: planning this statement takes longer than running it (7 ms against
     # 2–5 ms for 200 Datastreams), and the pool hands requests to its connections in turn
     return {int(r["id"]): r for r in conn.execute(query, params, prepare=True).fetchall()}
+
+
+def span_rows(
+    conn: DictConn,
+    datastream_ids: list[int],
+    timescaledb: bool = False,
+    end: Literal["first", "last"] | None = None,
+) -> list[tuple[Any, ...]]:
+    """:func:`spans` as tuples in binary, for writing bodies without a datetime per value:
+    ``(id, t_min, t_max)`` and with ``end`` the columns of ``OBSERVATION_COLUMNS``, every
+    ``timestamptz`` as it is stored (µs since 2000-01-01 UTC, ``None`` where there is none)."""
+    if not datastream_ids:
+        return []
+    params = {"_ids": Int8Array(np.array(datastream_ids, np.int64))}
+    with conn.cursor(binary=True, row_factory=psycopg.rows.tuple_row) as cur:
+        cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
+        return cur.execute(_QUERIES[timescaledb, end], params, prepare=True).fetchall()
