@@ -908,7 +908,7 @@ def main() -> None:
     ap.add_argument("--dask-idle", action="store_true",
                     help="only the CPU an idle local Dask cluster costs in 30 s")  # fmt: skip
     ap.add_argument("--load-only", action="store_true",
-                    help="country: only generate and load the fraction into the kept database "
+                    help="country, state: only generate and load into the kept database "
                          "(--data-dir), for a later run")  # fmt: skip
     ap.add_argument("--load-procs", type=int, default=2,
                     help="country: processes that generate and COPY the blocks")  # fmt: skip
@@ -993,6 +993,8 @@ def main() -> None:
         if args.case in ("state", "both"):
             print("Bundesland: loading …")
             url = database("state", load_state)
+            if args.load_only:
+                return
         if args.case == "state" and args.read_cost:
             read_cost(url)
         elif args.case == "state" and args.dask:
