@@ -190,10 +190,14 @@ def erase_device(
     deleted["thing"] = len(things)
     deleted["observation"] = 0
     if things:
+        # the observation ids of the Things' Datastreams, and of their MultiDatastreams (stored
+        # under minus their id): the rows, latest values and rollups of both go
         streams = [
             int(r[0])
             for r in conn.execute(
-                "select id from datastream where thing_id = any(%s)", (things,)
+                "select id from datastream where thing_id = any(%(t)s)"
+                " union all select -id from multi_datastream where thing_id = any(%(t)s)",
+                {"t": things},
             ).fetchall()
         ]
         cur = conn.execute("delete from observation where datastream_id = any(%s)", (streams,))

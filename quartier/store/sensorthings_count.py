@@ -5,9 +5,10 @@ each datastream's count per UTC day, kept exact by the refresh (``store/rollups.
 bucket that is not marked dirty. :func:`count` adds them up, in one statement (one snapshot):
 
 * **trusted days**: from the floor ``F`` on, in months that have their own monthly partition,
-  the daily counts of the live datastreams: whole months from the packed daily rollup
-  (migration 0045, one row per datastream and month, summed by numpy), the days of ``F``'s
-  month from ``F`` on from ``observation_1d``;
+  the daily counts of the live datastreams: whole months from ``observation_1d_count`` (migration
+  0047: one narrow row per datastream and month, the sum of the packed daily rollup's row of
+  migration 0045, written by a trigger on it), the days of ``F``'s month from ``F`` on from
+  ``observation_1d``;
 * **dirty days** (a 15-minute mark pending refresh inside the day): their rollup count is taken
   out and their raw rows are counted instead (a primary-key range per datastream and day);
 * **raw rows**: everything before ``F`` and everything in the default partition is counted row
@@ -40,7 +41,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
 from psycopg import sql
 from psycopg.rows import tuple_row
 
@@ -83,11 +83,10 @@ select
   + (select count(*) from observation_default o
      where o.phenomenon_time >= (select a from b) and o.phenomenon_time < (select e from b)
        {scope_o}) as raw_rows,
-    (select string_agg(x.n_all, ''::bytea) from live d cross join lateral (
-        select p.n_all from observation_1d_packed p
-        where p.datastream_id = d.id
-          and p.start >= (select mca from b) and p.start < (select mfe from b)
-          and p.start = any(array(select lo from parts))) x) as packed,
+    (select coalesce(sum(c.n_all), 0) from observation_1d_count c
+     where c.datastream_id in (select id from live)
+       and c.start >= (select mca from b) and c.start < (select mfe from b)
+       and c.start = any(array(select lo from parts))) as packed,
     (select coalesce(sum(x.n), 0) from live d cross join lateral (
         select r.n_all as n from observation_1d r
         where r.datastream_id = d.id
@@ -99,7 +98,8 @@ select
         where r.datastream_id = d.id
           and r.bucket >= greatest((select mfe from b), (select mca from b))
           and r.bucket < (select e from b)
-          and date_trunc('month', r.bucket, 'UTC') = any(array(select lo from parts))) x) as other_days,
+          and date_trunc('month', r.bucket, 'UTC') = any(array(select lo from parts))
+        ) x) as other_days,
     (select coalesce(sum(r.n_all), 0) from dirty d join observation_1d r
      on r.datastream_id = d.ds and r.bucket = d.day) as dirty_rollup,
     (select count(*) from dirty d join observation o
@@ -177,7 +177,4 @@ def count(
             row = cur.execute(statement, params, prepare=True).fetchone()
     assert row is not None
     raw_rows, packed, other_days, dirty_rollup, dirty_raw = row
-    total = int(raw_rows) + int(other_days) - int(dirty_rollup) + int(dirty_raw)
-    if packed:
-        total += int(np.frombuffer(packed, dtype=">i4").sum(dtype=np.int64))
-    return total
+    return int(raw_rows) + int(packed) + int(other_days) - int(dirty_rollup) + int(dirty_raw)
