@@ -87,19 +87,24 @@ select
      where c.datastream_id in (select id from live)
        and c.start >= (select mca from b) and c.start < (select mfe from b)
        and c.start = any(array(select lo from parts))) as packed,
-    (select coalesce(sum(x.n), 0) from live d cross join lateral (
-        select r.n_all as n from observation_1d r
-        where r.datastream_id = d.id
-          and r.bucket >= (select a from b)
-          and r.bucket < least((select mca from b), (select e from b))
-          and date_trunc('month', r.bucket, 'UTC') = any(array(select lo from parts))
-        union all
-        select r.n_all from observation_1d r
-        where r.datastream_id = d.id
-          and r.bucket >= greatest((select mfe from b), (select mca from b))
-          and r.bucket < (select e from b)
-          and date_trunc('month', r.bucket, 'UTC') = any(array(select lo from parts))
-        ) x) as other_days,
+    -- the days of [a, e) outside the whole months [mca, mfe); a CASE runs a branch's probes
+    -- (two per live datastream) only when its range holds a day
+    (case when (select a from b) < least((select mca from b), (select e from b)) then
+        (select coalesce(sum(x.n), 0) from live d cross join lateral (
+            select r.n_all as n from observation_1d r
+            where r.datastream_id = d.id
+              and r.bucket >= (select a from b)
+              and r.bucket < least((select mca from b), (select e from b))
+              and date_trunc('month', r.bucket, 'UTC') = any(array(select lo from parts))) x)
+     else 0 end)
+  + (case when greatest((select mfe from b), (select mca from b)) < (select e from b) then
+        (select coalesce(sum(x.n), 0) from live d cross join lateral (
+            select r.n_all as n from observation_1d r
+            where r.datastream_id = d.id
+              and r.bucket >= greatest((select mfe from b), (select mca from b))
+              and r.bucket < (select e from b)
+              and date_trunc('month', r.bucket, 'UTC') = any(array(select lo from parts))) x)
+     else 0 end) as other_days,
     (select coalesce(sum(r.n_all), 0) from dirty d join observation_1d r
      on r.datastream_id = d.ds and r.bucket = d.day) as dirty_rollup,
     (select count(*) from dirty d join observation o
@@ -168,13 +173,15 @@ def count(
     # prepared on the connection: planning it (the partitioned table four times) costs more
     # than running it; PostgreSQL keeps a generic plan after a few runs (the partitions are
     # pruned when it runs). JIT compiling would cost tens of ms: the API pool's connections
-    # have it off (store/db.py, make_pool); on others it is turned off for the statement.
-    if _JIT_OFF in conn.info.get_parameters().get("options", ""):
-        row = cur.execute(statement, params, prepare=True).fetchone()
-    else:
-        with conn.transaction():
+    # have it off (store/db.py, make_pool); on others it is turned off for the statement. So
+    # are parallel workers: the planner cannot see that the raw-row ranges are (nearly) empty
+    # and plans a parallel scan for them, whose workers took 50–75 ms to start at 5·10^7
+    # (docs/benchmarks.md, API, session 9).
+    with conn.transaction():
+        if _JIT_OFF not in conn.info.get_parameters().get("options", ""):
             conn.execute("set local jit = off")
-            row = cur.execute(statement, params, prepare=True).fetchone()
+        conn.execute("set local max_parallel_workers_per_gather = 0")
+        row = cur.execute(statement, params, prepare=True).fetchone()
     assert row is not None
     raw_rows, packed, other_days, dirty_rollup, dirty_raw = row
     return int(raw_rows) + int(packed) + int(other_days) - int(dirty_rollup) + int(dirty_raw)
