@@ -5,7 +5,7 @@ ids) and the packed hourly/daily read whose full rows send only their first buck
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -76,3 +76,115 @@ def test_latest_of_many_datastreams_equals_the_plain_read(conn: Conn, first_id: 
         assert [x.datastream_id for x in got] == [r[0] for r in want]
     assert timeseries.latest(conn, []) == []
     assert timeseries.latest(conn, [ids[1]]) == []  # no value yet
+
+
+# ---------------------------------------------------------------- packed read, full rows
+def load_dense(conn: Conn, ids: list[int]) -> list[tuple[int, datetime, float | None]]:
+    """Readings every 20 min from 2024-01-27 21:20Z to 2024-03-02 10:00Z (a leap February, so
+    full days and one full month of 29 days), values multiples of 1/4 (sums exact in any
+    order), some without a numeric result; gaps: the second datastream misses 2024-02-10 (its
+    day row and its February row are not full), the third misses 2024-02-14 05:00-06:59. Loaded
+    past the writer, then rolled up and packed in bulk (``rollups.rebuild``)."""
+    from quartier.store import rollups
+
+    start, stop = datetime(2024, 1, 27, 21, 20, tzinfo=UTC), datetime(2024, 3, 2, 10, tzinfo=UTC)
+    rows: list[tuple[int, datetime, float | None]] = []
+    t, k = start, 0
+    while t < stop:
+        for j, ds in enumerate(ids):
+            k += 1
+            if j == 1 and t.date() == datetime(2024, 2, 10).date():
+                continue
+            if j == 2 and datetime(2024, 2, 14, 5, tzinfo=UTC) <= t < datetime(
+                2024, 2, 14, 7, tzinfo=UTC
+            ):
+                continue
+            rows.append((ds, t, None if k % 13 == 0 else (k * 37 % 400 - 200) / 4))
+        t += timedelta(minutes=20)
+    conn.execute("select quartier_ensure_observation_partitions(%s, %s)", (start, stop))
+    with conn.cursor().copy(
+        "copy observation (datastream_id, phenomenon_time, result) from stdin"
+    ) as copy:
+        for r in rows:
+            copy.write_row(r)
+    rollups.rebuild(conn, datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 4, 1, tzinfo=UTC))
+    return rows
+
+
+def as_dict(agg: timeseries.Aggregate) -> dict[tuple[int, int], tuple[Any, ...]]:
+    """(datastream, bucket start in s) -> value of each function (None for null), from lists or
+    numpy columns."""
+    out: dict[tuple[int, int], tuple[Any, ...]] = {}
+    for s in agg.series:
+        if s.columns is not None:
+            epochs = s.columns.epoch.tolist()
+            cols = [s.columns.values[f].tolist() for f in agg.functions]
+        else:
+            epochs, cols = s.epoch, [s.values.get(f, []) for f in agg.functions]
+        for k, e in enumerate(epochs):
+            vals = tuple(None if isinstance(c[k], float) and c[k] != c[k] else c[k] for c in cols)
+            out[(s.datastream_id, int(e))] = vals
+    return out
+
+
+@pytest.mark.parametrize("interval", ["1h", "1d"])
+def test_packed_read_of_full_rows_equals_raw_rows(conn: Conn, interval: str) -> None:
+    ids = datastreams(conn, 3)
+    load_dense(conn, ids)
+    width = timeseries.WIDTHS[interval]
+    # full rows send only their first time: a day of 24 hours, a month of all its days
+    query = timeseries.packed_query(width, timeseries.FUNCTIONS, dirty=False)
+    span = (datetime(2024, 1, 27, tzinfo=UTC), datetime(2024, 3, 3, tzinfo=UTC))
+    day = timedelta(days=1)
+    row_start = (
+        timeseries.floor_to(span[0], day) if width < day else timeseries.month_floor(span[0])
+    )
+    read = (
+        conn.cursor(binary=True)
+        .execute(query, {"ids": ids, "start": span[0], "end": span[1], "row_start": row_start})
+        .fetchall()
+    )
+    t_len = [(len(r[2]), len(r[3]) // 4) for r in read]  # (bytes of t, buckets in the row)
+    full = sum(1 for b, n in t_len if b == 8 and n > 1)
+    listed = sum(1 for b, n in t_len if b == 8 * n)
+    assert full + listed == len(read)
+    if interval == "1h":  # 36 days each, less the second's 02-10; not full: the first and the
+        # last day of each, the third's 02-14
+        assert (full, listed) == (3 * 36 - 1 - 7, 3 * 2 + 1)
+    else:  # February of the first and third datastreams; January and March are partial
+        assert (full, listed) == (2, 3 * 3 - 2)
+    # the answers equal those from raw rows, over ranges that cut rows at both ends
+    for a, b in [
+        span,
+        (datetime(2024, 2, 3, 5, 30, tzinfo=UTC), datetime(2024, 2, 20, 14, tzinfo=UTC)),
+        (datetime(2024, 1, 31, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC)),
+        # every row read is full (hours: one length, the quick path; days: February)
+        (datetime(2024, 2, 3, 5, 30, tzinfo=UTC), datetime(2024, 2, 9, 14, tzinfo=UTC)),
+        (datetime(2024, 2, 14, 4, tzinfo=UTC), datetime(2024, 2, 14, 9, tzinfo=UTC)),
+    ]:
+        want = as_dict(timeseries.aggregate(conn, ids, width, a, b, source="raw"))
+        assert want
+        for columns in (False, True):
+            got = timeseries.aggregate(conn, [*ids, 10**6], width, a, b, columns=columns)
+            assert got.source == timeseries.ROLLUPS[width]
+            assert as_dict(got) == want
+            raw = timeseries.aggregate(conn, ids, width, a, b, source="raw", columns=columns)
+            assert [s.gaps for s in got.series[:3]] == [s.gaps for s in raw.series]
+
+
+def test_packed_read_of_full_rows_with_dirty_buckets(conn: Conn) -> None:
+    """A full day row and a dirty bucket in it (late data through the writer, before the
+    refresh): the dirty bucket's value from raw rows replaces the packed one."""
+    from test_timeseries import write_batch
+
+    ids = datastreams(conn, 3)
+    load_dense(conn, ids)
+    late = [(ids[0], datetime(2024, 2, 5, 7, 10, 1, tzinfo=UTC), 1000.0),
+            (ids[2], datetime(2024, 2, 14, 5, 30, tzinfo=UTC), -3.25)]  # fmt: skip
+    assert write_batch(conn, late) == 2
+    hour = timedelta(hours=1)
+    a, b = datetime(2024, 2, 4, 22, tzinfo=UTC), datetime(2024, 2, 15, 1, tzinfo=UTC)
+    want = as_dict(timeseries.aggregate(conn, ids, hour, a, b, source="raw"))
+    assert want[(ids[0], int(datetime(2024, 2, 5, 7, tzinfo=UTC).timestamp()))][0] == 4
+    for columns in (False, True):
+        assert as_dict(timeseries.aggregate(conn, ids, hour, a, b, columns=columns)) == want

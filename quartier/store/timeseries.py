@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -592,18 +593,21 @@ def aggregate(
 # ------------------------------------------------------------------------------------ packed
 # Plain PostgreSQL, widths 1 h and 1 d: the packed rollups (migration 0045) give each datastream's
 # buckets as a few bytea values per UTC day or month. They are read as they are stored, every
-# datastream in one index scan, in whatever order it gives (no aggregate, no sort: concatenating
-# them in PostgreSQL cost it 3-4 times the scan, docs/benchmarks.md), and numpy reads each column
-# of the whole answer in one piece and puts the rows in (datastream, time) order. The dirty
+# datastream in one index scan, sorted by (datastream, start) (no aggregate: concatenating them in
+# PostgreSQL cost it 3-4 times the scan, docs/benchmarks.md; the sort of a few thousand rows costs
+# it less than putting them in order costs Python), and numpy reads each column of the whole
+# answer in one piece (and puts the rows in order if they were not). A full row (every bucket of
+# its day or month) sends only its first bucket time (_FIRST_TIME_WHEN_FULL). The dirty
 # buckets in range come in the same statement (one snapshot) as rows of the same shape, one per
 # bucket, computed from raw rows (``kind`` 1; 2 when the bucket has no observation any more):
 # they replace what the packed rows say of them. When nothing in range is dirty, the usual case,
 # an InitPlan evaluated once skips that part.
 _PACKED_READ = """
-select p.datastream_id, 0 as kind, {names}
+(select p.datastream_id, 0 as kind, {names}
 from {packed} p
 where p.datastream_id = any(%(ids)s::bigint[]) and p.start >= %(row_start)s
   and p.start < %(end)s
+order by p.datastream_id, p.start)
 union all
 {rest}"""
 # the dirty buckets as rows of the packed rows' shape
@@ -660,7 +664,8 @@ def packed_query(
     datastream, ``kind`` 0, then ``t`` and each packed column the functions need (bytea); then
     one row per dirty bucket in range in the same shape (``kind`` 1, or 2 when the bucket holds
     no observation now). ``dirty=False``: instead of those, one row of ``kind`` -1 when any
-    bucket in range is dirty (read again with ``dirty=True`` then)."""
+    bucket in range is dirty (read again with ``dirty=True`` then). A packed row with every
+    bucket of its day (month) has only its first bucket time in ``t``."""
     columns = _packed_columns(functions)
     any_dirty = sql.SQL(_ANY_DIRTY)
     rest = (
@@ -673,11 +678,28 @@ def packed_query(
             nulls=sql.SQL(", ").join(sql.SQL("null::bytea") for _ in columns), any_dirty=any_dirty
         )
     )
+    names = [sql.SQL(_FIRST_TIME_WHEN_FULL[width]), *(sql.SQL("p.{}").format(sql.Identifier(c))
+                                                       for c in columns[1:])]  # fmt: skip
     return sql.SQL(_PACKED_READ).format(
-        packed=sql.Identifier(PACKED[width]),
-        names=sql.SQL(", ").join(sql.SQL("p.{}").format(sql.Identifier(c)) for c in columns),
-        rest=rest,
+        packed=sql.Identifier(PACKED[width]), names=sql.SQL(", ").join(names), rest=rest
     )
+
+
+#: ``t`` of a packed row as the read sends it: a row with every bucket of its day (month) sends
+#: only its first bucket's time (the others follow at one width each; :func:`_packed_series`
+#: tells the two apart by the number of values in the row). For hourly means that is 8 bytes a
+#: bucket fewer of 20 (t, n, s), the largest part of what the read sends (docs/benchmarks.md,
+#: session 9).
+_FIRST_TIME_WHEN_FULL: dict[timedelta, str] = {
+    timedelta(hours=1): (
+        "case when length(p.t) = 192 then substring(p.t from 1 for 8) else p.t end"
+    ),
+    timedelta(days=1): (
+        "case when length(p.t) = 8 * extract(day from date_trunc('month', p.start at time zone"
+        " 'UTC') + interval '1 month - 1 day')::int then substring(p.t from 1 for 8)"
+        " else p.t end"
+    ),
+}
 
 
 def _packed_columns(functions: Sequence[Function]) -> list[str]:
@@ -696,23 +718,33 @@ def _packed_series(
     end: datetime,
     *,
     columns: bool,
+    width: timedelta | None = None,
 ) -> list[Series]:
     """The series of ``ids`` (increasing) from the rows of a packed read (:func:`packed_query`):
     the buckets inside ``[start, end)``, the dirty ones replaced by their values from raw rows.
-    The whole answer is decoded at once (one ``frombuffer`` per column), then cut into series."""
+    The whole answer is decoded at once (one ``frombuffer`` per column), then cut into series.
+    A row whose ``t`` holds one time but whose columns hold several buckets is a full row: its
+    buckets follow each other at ``width``."""
     names = _packed_columns(functions)
     # column by column, without a Python step per row
-    cols = list(zip(*rows, strict=True)) or [()] * (2 + len(names))
+    cols = [list(map(itemgetter(k), rows)) for k in range(2 + len(names))]
     kind = np.array(cols[1], dtype=np.int64)
     if bool((kind < 0).any()):
         raise _DirtyInRange
-    sizes = np.fromiter(map(len, cols[2]), dtype=np.int64, count=len(rows)) // 8
+    if len(rows) > 1 and not bool(kind.any()):
+        cols = _rows_in_order(cols)  # as the read sorts them; a row at a time if not
+    first_value = names[1]  # every function needs a column besides t
+    sizes = (
+        np.fromiter(map(len, cols[3]), dtype=np.int64, count=len(rows))
+        // np.dtype(_PACKED_WIRE[first_value]).itemsize
+    )
     whole = {
         c: np.frombuffer(b"".join(cols[2 + k]), dtype=_PACKED_WIRE[c]) for k, c in enumerate(names)
     }
-    if any(len(v) != int(sizes.sum()) for v in whole.values()):
+    total = int(sizes.sum())
+    if any(len(v) != total for c, v in whole.items() if c != "t"):
         raise ValueError("packed rollup rows whose columns differ in length")
-    epoch = whole.pop("t").astype(np.int64)
+    epoch = _packed_times(whole.pop("t"), cols[2], sizes, width)
     row_ds = np.array(cols[0], dtype=np.int64)
     bucket_ds = np.repeat(row_ds, sizes)
     keep = (epoch >= _epoch(start)) & (epoch < _epoch(end))  # first and last rows may be cut
@@ -725,20 +757,7 @@ def _packed_series(
         same = np.zeros(len(epoch), dtype=bool)
         same[1:] = (epoch[1:] == epoch[:-1]) & (bucket_ds[1:] == bucket_ds[:-1])
         keep &= ~same & (bucket_kind != 2)
-    elif len(rows) > 1:  # the rows in (datastream, time) order; a row's buckets are in order
-        offsets = np.zeros(len(rows), dtype=np.int64)
-        np.cumsum(sizes[:-1], out=offsets[1:])
-        first = epoch[np.minimum(offsets, max(len(epoch) - 1, 0))]
-        ds_step = np.diff(row_ds)
-        if bool(np.any(ds_step < 0) or np.any((ds_step == 0) & (np.diff(first) <= 0))):
-            by_row = np.lexsort((first, row_ds))
-            # each bucket's place: its row's new offset plus its place in the row
-            moved = np.repeat(
-                offsets[by_row] - np.cumsum(sizes[by_row]) + sizes[by_row], sizes[by_row]
-            )
-            order = moved + np.arange(len(epoch))
-            epoch, bucket_ds, keep = epoch[order], bucket_ds[order], keep[order]
-            whole = {c: v[order] for c, v in whole.items()}
+    # else the rows are in (datastream, time) order (_rows_in_order), and a row's buckets too
     if not bool(keep.all()):
         epoch, bucket_ds = epoch[keep], bucket_ds[keep]
         whole = {c: v[keep] for c, v in whole.items()}
@@ -761,6 +780,49 @@ def _packed_series(
             lists = {f: _nullable_list(f, v[a:b]) for f, v in computed.items()}
             out.append(Series(ds, epoch[a:b].tolist(), lists))
     return out
+
+
+def _rows_in_order(cols: list[list[Any]]) -> list[list[Any]]:
+    """The columns of a packed read without dirty rows (datastream, kind, t, …) with the rows in
+    (datastream, time) order. The read sorts them; should they come otherwise, they are put in
+    order a row at a time (3,000 rows rather than their 72,000 buckets)."""
+    row_ds = np.array(cols[0], dtype=np.int64)
+    first = np.frombuffer(b"".join([t[:8] for t in cols[2]]), dtype=">i8")  # each row's first
+    ds_step = np.diff(row_ds)
+    if not bool(np.any(ds_step < 0) or np.any((ds_step == 0) & (np.diff(first) <= 0))):
+        return cols
+    order = np.lexsort((first, row_ds)).tolist()
+    return [list(map(c.__getitem__, order)) for c in cols]
+
+
+def _packed_times(
+    t: npt.NDArray[Any],
+    t_values: Sequence[bytes],
+    sizes: npt.NDArray[np.int64],
+    width: timedelta | None,
+) -> npt.NDArray[np.int64]:
+    """Each bucket's start (seconds since 1970) from the rows' ``t`` (joined in ``t``, one bytes
+    value per row in ``t_values``) and their numbers of buckets: a row whose ``t`` holds all its
+    times gives them as they are, a full row (one time, several buckets) its first time and the
+    next ones ``width`` apart."""
+    times = np.fromiter(map(len, t_values), dtype=np.int64, count=len(t_values)) // 8
+    if bool(np.array_equal(times, sizes)):
+        return t.astype(np.int64)
+    full = times != sizes
+    if width is None or bool((times[full] != 1).any()):
+        raise ValueError("packed rollup rows whose columns differ in length")
+    step = int(width.total_seconds())
+    if len(t) == len(sizes) and bool((sizes == sizes[0]).all()):  # full rows of one length
+        grid = np.arange(int(sizes[0]), dtype=np.int64) * step
+        return (t.astype(np.int64)[:, None] + grid).ravel()
+    t_at = np.zeros(len(times), dtype=np.int64)  # each row's first time in t
+    np.cumsum(times[:-1], out=t_at[1:])
+    row_at = np.zeros(len(sizes), dtype=np.int64)  # each row's first bucket
+    np.cumsum(sizes[:-1], out=row_at[1:])
+    place = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(row_at, sizes)
+    in_full = np.repeat(full, sizes)
+    explicit = np.repeat(t_at, sizes) + np.where(in_full, 0, place)
+    return t.astype(np.int64)[explicit] + np.where(in_full, place * step, 0)
 
 
 def _nullable_list(function: str, values: npt.NDArray[Any]) -> list[Any]:
@@ -828,10 +890,12 @@ def _read_packed(
         return cur.fetchall()
 
     try:
-        return _packed_series(read(dirty=False), ids, functions, start, end, columns=columns)
+        return _packed_series(
+            read(dirty=False), ids, functions, start, end, columns=columns, width=width
+        )
     except _DirtyInRange:  # again, with the dirty buckets from raw rows
         rows = read(dirty=True)
-    return _packed_series(rows, ids, functions, start, end, columns=columns)
+    return _packed_series(rows, ids, functions, start, end, columns=columns, width=width)
 
 
 #: the text of :func:`packed_query` by (width, functions): composing it costs more than decoding
