@@ -10,7 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
+from quartier.api.app import create_app
+from quartier.config import Settings
 from quartier.store import timeseries
 
 pytestmark = pytest.mark.services
@@ -188,3 +191,29 @@ def test_packed_read_of_full_rows_with_dirty_buckets(conn: Conn) -> None:
     assert want[(ids[0], int(datetime(2024, 2, 5, 7, tzinfo=UTC).timestamp()))][0] == 4
     for columns in (False, True):
         assert as_dict(timeseries.aggregate(conn, ids, hour, a, b, columns=columns)) == want
+
+
+def test_aggregate_route_looks_up_only_datastreams_without_buckets(
+    conn: Conn, settings: Settings
+) -> None:
+    """The route reads first and asks the datastream table only about series without buckets:
+    one with data and one without answer 200 (the empty one with its gap); an unknown id is
+    still a 404 that names it alone."""
+    ids = datastreams(conn, 3)
+    load_dense(conn, ids[:2])
+    params = {"interval": "1h", "from": "2024-02-03T00:00:00Z", "to": "2024-02-04T00:00:00Z",
+              "fn": "avg", "layout": "columns"}  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        r = client.get("/v1.1/Datastreams/Observations/aggregate",
+                       params={**params, "ids": f"{ids[0]},{ids[2]}"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        series = r.json()["series"]
+        assert [len(s["time"]) for s in series] == [24, 0]
+        assert series[1]["gaps"] == [{"from": "2024-02-03T00:00:00.000Z",
+                                      "to": "2024-02-04T00:00:00.000Z"}]  # fmt: skip
+        for layout in ("columns", "rows"):
+            r = client.get("/v1.1/Datastreams/Observations/aggregate",
+                           params={**params, "layout": layout,
+                                   "ids": f"{ids[0]},{ids[2]},987654,987655"})  # fmt: skip
+            assert r.status_code == 404, r.text
+            assert "Datastreams with @iot.id 987654, 987655" in r.text
