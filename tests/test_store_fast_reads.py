@@ -173,6 +173,11 @@ def test_packed_read_of_full_rows_equals_raw_rows(conn: Conn, interval: str) -> 
             assert as_dict(got) == want
             raw = timeseries.aggregate(conn, ids, width, a, b, source="raw", columns=columns)
             assert [s.gaps for s in got.series[:3]] == [s.gaps for s in raw.series]
+            # sums and means alone (hourly: from the narrow copy, migration 0048)
+            for fns in (("avg",), ("sum", "avg")):
+                part = timeseries.aggregate(conn, ids, width, a, b, functions=fns, columns=columns)
+                at = [timeseries.FUNCTIONS.index(f) for f in fns]
+                assert as_dict(part) == {k: tuple(v[i] for i in at) for k, v in want.items()}
 
 
 def test_packed_read_of_full_rows_with_dirty_buckets(conn: Conn) -> None:
@@ -217,3 +222,68 @@ def test_aggregate_route_looks_up_only_datastreams_without_buckets(
                                    "ids": f"{ids[0]},{ids[2]},987654,987655"})  # fmt: skip
             assert r.status_code == 404, r.text
             assert "Datastreams with @iot.id 987654, 987655" in r.text
+
+
+MEANS_OF_PACKED = """
+select datastream_id, start,
+       case when length(t) = 192 then substring(t from 1 for 8) else t end, n, s
+from observation_1h_packed order by 1, 2"""
+
+
+def means(conn: Conn) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "select datastream_id, start, t, n, s from observation_1h_means order by 1, 2"
+    ).fetchall()
+
+
+def test_hourly_means_copy_follows_every_write_of_the_packed_rows(conn: Conn) -> None:
+    """Migration 0048: observation_1h_means is the projection of observation_1h_packed after the
+    bulk rebuild, late data and its refresh, rollup retention, a deleted datastream's rows, a
+    moved row and a TRUNCATE; and the hourly means read from it equal raw rows throughout."""
+    from test_timeseries import write_batch
+
+    from quartier.store import rollups
+    from quartier.store.policy import StorePolicy
+
+    ids = datastreams(conn, 3)
+    load_dense(conn, ids)
+    hour = timedelta(hours=1)
+    span = (datetime(2024, 1, 27, tzinfo=UTC), datetime(2024, 3, 3, tzinfo=UTC))
+    assert "observation_1h_means" in timeseries.packed_query(hour, ("avg",)).as_string(None)
+    assert "observation_1h_means" not in timeseries.packed_query(hour, ("min",)).as_string(None)
+
+    def check() -> None:
+        projection = conn.execute(MEANS_OF_PACKED).fetchall()
+        assert means(conn) == projection
+        want = as_dict(
+            timeseries.aggregate(conn, ids, hour, *span, functions=("avg",), source="raw")
+        )
+        assert as_dict(timeseries.aggregate(conn, ids, hour, *span, functions=("avg",))) == want
+
+    full = [r for r in means(conn) if len(r[2]) == 8 and len(r[3]) == 96]
+    assert len(full) == 100 and means(conn) == conn.execute(MEANS_OF_PACKED).fetchall()
+    check()
+    # late data (a full day gets a late reading, a partial day its missing hours), refreshed
+    late = [(ids[0], datetime(2024, 2, 5, 7, 10, 1, tzinfo=UTC), 1000.0)]
+    late += [(ids[2], datetime(2024, 2, 14, h, 20, tzinfo=UTC), 2.5) for h in (5, 6)]
+    assert write_batch(conn, late) == 3
+    rollups.refresh_all(conn)
+    check()
+    assert len([r for r in means(conn) if len(r[2]) == 8 and len(r[3]) == 96]) == 101
+    # retention of rollups before 2024-02-01
+    policy = StorePolicy(retention=timedelta(days=40), rollup_retention=timedelta(days=40))
+    rollups.apply_retention(conn, policy, now=datetime(2024, 3, 12, tzinfo=UTC))
+    assert conn.execute("select min(start) from observation_1h_means").fetchone() == (
+        datetime(2024, 2, 1, tzinfo=UTC),
+    )
+    check()
+    # a datastream's packed rows deleted (as privacy erase does), a row moved by an update
+    conn.execute("delete from observation_1h_packed where datastream_id = %s", (ids[1],))
+    conn.execute(
+        "update observation_1h_packed set start = start + interval '100 days'"
+        " where datastream_id = %s and start = '2024-02-20T00:00Z'", (ids[0],)
+    )  # fmt: skip
+    assert means(conn) == conn.execute(MEANS_OF_PACKED).fetchall()
+    assert not [r for r in means(conn) if r[0] == ids[1]]
+    conn.execute("truncate observation_1h_packed")
+    assert means(conn) == []

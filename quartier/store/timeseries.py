@@ -660,12 +660,13 @@ def packed_query(
     width: timedelta, functions: Sequence[Function], *, dirty: bool = True
 ) -> sql.Composed:
     """The SQL of the packed read (parameters ids, start, end, row_start, w, origin): the
-    packed rows of ``ids`` that overlap the range, in no particular order, each as its
+    packed rows of ``ids`` that overlap the range, sorted by (datastream, start), each as its
     datastream, ``kind`` 0, then ``t`` and each packed column the functions need (bytea); then
     one row per dirty bucket in range in the same shape (``kind`` 1, or 2 when the bucket holds
     no observation now). ``dirty=False``: instead of those, one row of ``kind`` -1 when any
     bucket in range is dirty (read again with ``dirty=True`` then). A packed row with every
-    bucket of its day (month) has only its first bucket time in ``t``."""
+    bucket of its day (month) has only its first bucket time in ``t``. Hourly sums and means
+    read the narrow copy of the hourly rows (:data:`_MEANS`)."""
     columns = _packed_columns(functions)
     any_dirty = sql.SQL(_ANY_DIRTY)
     rest = (
@@ -678,11 +679,25 @@ def packed_query(
             nulls=sql.SQL(", ").join(sql.SQL("null::bytea") for _ in columns), any_dirty=any_dirty
         )
     )
-    names = [sql.SQL(_FIRST_TIME_WHEN_FULL[width]), *(sql.SQL("p.{}").format(sql.Identifier(c))
-                                                       for c in columns[1:])]  # fmt: skip
+    values = [sql.SQL("p.{}").format(sql.Identifier(c)) for c in columns[1:]]
+    table = _MEANS.get(width)
+    if table is not None and set(columns[1:]) <= _MEANS_COLUMNS:  # t stored as the read sends it
+        return sql.SQL(_PACKED_READ).format(
+            packed=sql.Identifier(table), names=sql.SQL(", ").join([sql.SQL("p.t"), *values]),
+            rest=rest,
+        )  # fmt: skip
     return sql.SQL(_PACKED_READ).format(
-        packed=sql.Identifier(PACKED[width]), names=sql.SQL(", ").join(names), rest=rest
+        packed=sql.Identifier(PACKED[width]),
+        names=sql.SQL(", ").join([sql.SQL(_FIRST_TIME_WHEN_FULL[width]), *values]),
+        rest=rest,
     )
+
+
+#: Narrow copies of a packed rollup (migration 0048): the hourly rows' n and s, with t as the
+#: read sends it (a full day: its first time only), for the functions that need no other column
+#: (avg, sum): about a third of the packed table's pages per request.
+_MEANS: dict[timedelta, str] = {timedelta(hours=1): "observation_1h_means"}
+_MEANS_COLUMNS = {"n", "s"}
 
 
 #: ``t`` of a packed row as the read sends it: a row with every bucket of its day (month) sends
