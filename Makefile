@@ -10,6 +10,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 LOCK   := requirements.lock
 UV_VERSION := 0.13.9
+# uv's wheel for Linux x86_64 (the lock's platform): `make venv` installs it hash-checked
+UV_SHA256 := d7f459fe4fd247d830351c75686d3996ace3c6f3f728eb0e85a30b7ada0cef19
 LOCK_ARGS ?=
 DEMO_ARGS ?=
 # pytest-xdist workers for `make test` (auto: one per core; each worker starts its own PostgreSQL
@@ -29,11 +31,19 @@ help:
 # The locked packages (hash-checked), then Quartier itself, editable, without resolving anything;
 # pip check catches a lock that lacks a dependency added to pyproject.toml since.
 # The lock is for Python 3.11 (Debian 12); another Python installs from pyproject.toml's ranges.
+# uv (the lock's own tool, `make lock`; pinned by hash here) installs them: it fetches in
+# parallel and compiles the bytecode on every core, where pip parses each package's index page,
+# downloads and compiles one after the other (docs/benchmarks.md "CI", session 9: pip was most
+# of CI's time outside pytest). The bytecode is compiled at install, as pip does: CI runs with
+# PYTHONDONTWRITEBYTECODE, so a module not compiled then is compiled in every process again.
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@if $(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then \
-	  $(BIN)/python -m pip install -q --require-hashes -r $(LOCK) && \
-	  $(BIN)/python -m pip install -q --no-deps -e . ; \
+	  echo 'uv==$(UV_VERSION) --hash=sha256:$(UV_SHA256)' > $(VENV)/uv-requirement.txt && \
+	  $(BIN)/python -m pip install -q --require-hashes -r $(VENV)/uv-requirement.txt && \
+	  $(BIN)/uv pip install -q --python $(BIN)/python --no-deps --require-hashes \
+	    --compile-bytecode -r $(LOCK) && \
+	  $(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e . ; \
 	else \
 	  echo "$(LOCK) is for Python 3.11; this is $$($(BIN)/python -V): installing from" \
 	    "pyproject.toml's version ranges instead (not reproducible)"; \
@@ -76,7 +86,11 @@ migrate: venv
 demo: deps-demo venv
 	$(BIN)/quartier demo $(DEMO_ARGS)
 
+# Quartier's own modules compiled first (the editable install leaves them as sources): with
+# PYTHONDONTWRITEBYTECODE set, as in CI, every `quartier` process a test starts would compile
+# them again (about 0.5 s of CPU each).
 test: deps venv
+	@$(BIN)/python -m compileall -q quartier bench
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 lint: venv
