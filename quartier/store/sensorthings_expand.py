@@ -14,8 +14,10 @@ ordered probe that a hint limits to the partitions that can hold it:
   observation before the end of that day is the oldest of all, if there is one.
 
 Both are range conditions on the primary key that run-time partition pruning limits to the
-partitions that can hold such rows (the newest: the hinted month's, any later one and the
-default partition). When the hinted probe finds nothing (the hint is stale, missing, or names
+partitions that can hold such rows. The newest is also bounded by the month after the newest
+hint of the request, unless any observation is stored from that month on (one look, a scan of
+each later partition), so partitions made ahead of time and the default partition are pruned
+from it. When the hinted probe finds nothing (the hint is stale, missing, or names
 deleted rows) that bound is read by the plain ordered probe over every partition, so the span is
 exact whatever the hints say. The newest (oldest) observation's whole row comes from the same
 probe. Three index probes per Datastream (the day hint and one per bound) where the proofs of
@@ -66,7 +68,9 @@ def _bound(alias: str, columns: str, newest: bool) -> str:
     ``union all`` stops at the first branch's row)."""
     order = " desc" if newest else ""
     hinted = (
-        "o.phenomenon_time >= h.hi" if newest else "o.phenomenon_time < h.lo_day + interval '1 day'"
+        "o.phenomenon_time >= h.hi and o.phenomenon_time < (select before from bound)"
+        if newest
+        else "o.phenomenon_time < h.lo_day + interval '1 day'"
     )
     probe = (
         f"select {columns} from observation o where o.datastream_id = h.id{{}}"
@@ -78,11 +82,20 @@ def _bound(alias: str, columns: str, newest: bool) -> str:
     )
 
 
+#: ``bound``: the newest probes look before the month after the newest hint (so partitions made
+#: ahead of time and the default partition are pruned from them) unless any observation is
+#: stored from that month on, which one look at those partitions' BRIN indexes tells
 _SPANS = """
 with h as materialized (
     select d.id, l.phenomenon_time as hi, {first_day} as lo_day
     from unnest(%(_ids)s) d(id)
     left join observation_latest l on l.datastream_id = d.id
+), m as materialized (
+    select date_trunc('month', max(h.hi), 'UTC') + interval '1 month' as m from h
+), bound as materialized (
+    select case when exists (select from observation o where o.phenomenon_time >= m.m)
+                then 'infinity'::timestamptz else m.m end as before
+    from m
 )
 select h.id, lo.phenomenon_time as t_min, hi.phenomenon_time as t_max{end_columns}
 from h
