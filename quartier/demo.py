@@ -217,7 +217,9 @@ class Demo:
                     )
                 )
                 if not ingester.connected.wait(15):
-                    raise ServiceError("the ingester could not connect to the MQTT broker")
+                    raise ServiceError(
+                        "the ingester could not connect to the MQTT broker and subscribe"
+                    )
                 sent = self._backfill(s)
                 self._broken_device(s)
                 sent += 2

@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from quartier.ingest.mqtt_client import READ_BYTES
 from quartier.sensors_sim.fleet import Message
-from quartier.sensors_sim.publisher import publish
+from quartier.sensors_sim.publisher import Publisher
 from quartier.services import LocalServices, ServiceState, free_port
 from quartier.store.migrate import migrate
 
@@ -76,8 +76,16 @@ class World:
         self.client_ids: set[str] = set()
 
     def start_ingester(
-        self, client_id: str = "w1", *args: str, **env_extra: str
+        self, client_id: str = "w1", *args: str, ready: bool = False, **env_extra: str
     ) -> subprocess.Popen[bytes]:
+        """Start ``quartier ingest``; with ``ready``, return once its subscription is granted
+        (its metrics say so). Devices that publish before an ingester's session has ever
+        subscribed match no subscription: the broker drops their messages ("No matching
+        subscribers"), which a fixed sleep cannot rule out on a busy machine."""
+        port = None
+        if ready:
+            port = free_port()
+            args = (*args, "--metrics-port", str(port))
         env = {
             **os.environ,
             "QUARTIER_DATABASE__URL": self.db,
@@ -96,6 +104,9 @@ class World:
         )
         self.procs.append(proc)
         self.client_ids.add(env["QUARTIER_INGEST__CLIENT_ID"])
+        if port is not None:
+            self.wait(lambda: _connected(port) or proc.poll() is not None, timeout=60)
+            assert proc.poll() is None, "the ingester exited: " + self.stop_all()[-1]
         return proc
 
     def forget_sessions(self) -> None:
@@ -197,7 +208,7 @@ class World:
                 ]
             raise AssertionError(
                 f"timed out: {stored} of {good} observations, {rejected} of {bad} rejects stored;"
-                f" missing readings: {_gaps(seconds)}; ingester logs: {self.stop_all()}"
+                f" missing readings: {_gaps(seconds, good + bad)}; ingester logs: {self.stop_all()}"
             ) from None
         time.sleep(0.5)  # nothing more may arrive
         assert self.count("select count(*) from observation") == good
@@ -205,10 +216,11 @@ class World:
         assert self.count("select count(*) from ingest_reject") == bad
 
 
-def _gaps(stored: list[int]) -> list[tuple[int, int]]:
-    """The ranges [a, b) of message numbers missing between the stored ones (sorted), except
-    single ones (the rejected messages)."""
-    return [(a + 1, b) for a, b in itertools.pairwise(stored) if b - a > 2]
+def _gaps(stored: list[int], total: int) -> list[tuple[int, int]]:
+    """The ranges [a, b) of message numbers 0..total-1 missing from the stored ones (sorted),
+    the head and the tail included, except single ones (the rejected messages)."""
+    edges = [-1, *stored, total]
+    return [(a + 1, b) for a, b in itertools.pairwise(edges) if b - a > 2]
 
 
 @pytest.fixture
@@ -219,9 +231,22 @@ def world(own_services: tuple[LocalServices, ServiceState]) -> Iterator[World]:
     w.forget_sessions()
 
 
+def publish(mqtt_url: str, msgs: list[Message], *, rate: float | None, client_id: str) -> int:
+    """Publish with QoS 1 and check that the broker acknowledged every message and routed it:
+    a PUBACK saying "No matching subscribers" means the broker dropped the message (no
+    ingester session had subscribed yet), which the PUBACK alone would hide."""
+    with Publisher(mqtt_url, client_id=client_id) as publisher:
+        acked = publisher.send(msgs, rate=rate)
+        unrouted = publisher.unrouted
+    assert acked == len(msgs), (acked, len(msgs))
+    assert unrouted == 0, f"{unrouted} of {len(msgs)} messages matched no subscription"
+    return acked
+
+
 class _Publishing(threading.Thread):
-    """``publish`` in a thread; ``join`` returns what the broker acknowledged (or raises what
-    the publisher raised), so a test knows every message reached the broker."""
+    """``publish`` in a thread; ``join`` checks that the broker acknowledged and routed every
+    message (or raises what the publisher raised), so a test knows every message reached the
+    ingester's session."""
 
     def __init__(self, w: World, msgs: list[Message], rate: float | None) -> None:
         super().__init__(daemon=True)
@@ -242,7 +267,7 @@ class _Publishing(threading.Thread):
         assert not self.is_alive(), f"the publisher is still publishing after {timeout} s"
         if self.error is not None:
             raise AssertionError(f"the publisher failed: {self.error!r}")
-        assert self.acked == len(self.msgs), (self.acked, len(self.msgs))
+        assert self.acked == len(self.msgs), (self.acked, len(self.msgs))  # checked in publish
 
 
 def _publish_async(w: World, msgs: list[Message], rate: float | None) -> _Publishing:
@@ -253,21 +278,19 @@ def _publish_async(w: World, msgs: list[Message], rate: float | None) -> _Publis
 
 def test_kill_9_mid_stream_then_restart(world: World) -> None:
     msgs, bad = world.readings(20_000, bad_every=50)
-    proc = world.start_ingester()
-    time.sleep(1.5)
+    proc = world.start_ingester(ready=True)
     pub = _publish_async(world, msgs, rate=8000)
     world.wait(lambda: world.count("select count(*) from observation") > 3000)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(0.5)
     world.start_ingester()
-    pub.join(60)
+    pub.join(180)  # 2.5 s when the machine has CPU to spare
     world.assert_exactly(len(msgs) - bad, bad)
 
 
 def test_mosquitto_restart_keeps_queued_messages(world: World) -> None:
-    proc = world.start_ingester()
-    time.sleep(1.5)
+    proc = world.start_ingester(ready=True)
     first, bad1 = world.readings(3000, bad_every=10)
     publish(world.state.mqtt_url, first, rate=None, client_id="pub-a")
     world.wait(lambda: world.count("select count(*) from observation") == len(first) - bad1)
@@ -287,8 +310,7 @@ def test_broker_restart_while_the_ingester_reconnects_loses_nothing(world: World
     1-5 s), are queued for it, not dropped (Mosquitto 2.0 does not save shared subscriptions)."""
     port = free_port()
     world.start_ingester("w1", "--metrics-port", str(port), **PLAIN_SUBSCRIPTION)
-    world.wait(lambda: _connected(port), timeout=20)
-    time.sleep(0.5)  # its SUBSCRIBE follows the CONNACK
+    world.wait(lambda: _connected(port), timeout=20)  # connected and subscribed
     first, _ = world.readings(500)
     publish(world.state.mqtt_url, first, rate=None, client_id="pub-a")
     world.wait(lambda: world.count("select count(*) from observation") == len(first))
@@ -313,7 +335,7 @@ def _metric(port: int, name: str) -> float:
 def test_postgres_down_for_10_seconds(world: World) -> None:
     port = free_port()
     world.start_ingester("w1", "--metrics-port", str(port), QUARTIER_INGEST__BUFFER_MAX="2000")
-    time.sleep(1.5)
+    world.wait(lambda: _connected(port), timeout=60)
     msgs, bad = world.readings(30_000, bad_every=10)
     pub = _publish_async(world, msgs, rate=2000)  # 15 s of traffic
     time.sleep(3)
@@ -338,9 +360,8 @@ def test_postgres_down_for_10_seconds(world: World) -> None:
 
 
 def test_two_workers_share_the_load(world: World) -> None:
-    world.start_ingester("w1")
-    world.start_ingester("w2")
-    time.sleep(2)
+    world.start_ingester("w1", ready=True)
+    world.start_ingester("w2", ready=True)
     msgs, bad = world.readings(20_000, bad_every=10)  # 10 % malformed
     publish(world.state.mqtt_url, msgs, rate=None, client_id="pub-c")
     world.assert_exactly(len(msgs) - bad, bad)
@@ -605,8 +626,7 @@ def test_mosquitto_kill_9_with_messages_queued(durable_broker: World) -> None:
     w = durable_broker
     port = free_port()
     proc = w.start_ingester("w1", "--metrics-port", str(port), **PLAIN_SUBSCRIPTION)
-    w.wait(lambda: _connected(port), timeout=20)
-    time.sleep(0.5)  # its SUBSCRIBE follows the CONNACK
+    w.wait(lambda: _connected(port), timeout=20)  # connected and subscribed
     proc.send_signal(signal.SIGTERM)  # away; its session and subscription stay in the broker
     proc.wait(30)
     n = 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,8 @@ import pytest
 from quartier.config import Settings
 from quartier.ingest.mqtt import Ingester
 from quartier.ingest.mqtt_client import mqtt_client
+from quartier.sensors_sim.fleet import Message
+from quartier.sensors_sim.publisher import Publisher
 
 pytestmark = pytest.mark.services
 
@@ -390,3 +393,21 @@ def test_publishes_with_and_without_properties_take_their_paths(
     client.loop_stop()
     wait_for(lambda: count(db_url, "select count(*) from observation") == 2)
     assert fast == [topic]  # only the one without properties went the lean way
+
+
+def test_the_publisher_reports_messages_that_matched_no_subscription(
+    settings: Settings, ingester: Ingester, network: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker acknowledges a QoS 1 message that matches no subscription and then drops it
+    (MQTT 5 PUBACK reason "No matching subscribers"); a device publishing before the ingester's
+    session ever subscribed loses its message that way. The publisher counts and reports it."""
+    url = settings.require_mqtt_url()
+    routed = [Message(f"quartier/v1/{network}/dev-r/up", b"{}")] * 3
+    unrouted = [Message(f"nobody-listens/{network}/x", b"1")] * 4
+    with Publisher(url, client_id=f"{network}-pub-routing") as publisher:
+        assert publisher.send(routed) == 3
+        assert publisher.unrouted == 0  # the ingester's subscription matched them
+        with caplog.at_level(logging.WARNING, logger="quartier.sensors_sim.publisher"):
+            assert publisher.send(unrouted) == 4  # acknowledged, and yet dropped:
+        assert publisher.unrouted == 4
+    assert "4 of 4 messages matched no subscription" in caplog.text

@@ -10,6 +10,7 @@ Stack's MQTT server. The figures (attempts, refusals, seconds) are printed (``py
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import shutil
 import socket
@@ -705,3 +706,34 @@ def test_quartier_simulate_publishes_with_the_local_simulator_account(
     assert wait_for(lambda: bool(reader.of("suback")))
     reader.stop()
     assert reader.of("suback") == [["Not authorized"]]
+
+
+def test_a_refused_subscription_keeps_the_ingester_unhealthy_and_says_why(
+    broker: tuple[LocalServices, ServiceState], db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ingester counts as connected (its health metric) only once the broker granted every
+    subscription: a topic the ingest account may not read would otherwise look healthy while
+    nothing published there ever arrives."""
+    _, state = broker
+    settings = Settings(
+        _env_file=None,
+        database={"url": db_url},
+        mqtt={"url": state.mqtt_url},
+        ingest={
+            "client_id": "quartier-ingest",
+            "session_expiry_seconds": 0,
+            "topics": ["quartier/v1/+/+/up", "not-for-the-ingester/#"],
+        },
+    )
+    ing = Ingester(settings)
+    thread = threading.Thread(target=ing.run, daemon=True)
+    with caplog.at_level(logging.INFO, logger="quartier.ingest.mqtt"):
+        thread.start()
+        try:
+            assert wait_for(lambda: "refused the subscription" in caplog.text)
+            assert not ing.connected.is_set()
+        finally:
+            ing.stop_event.set()
+            thread.join(15)
+    assert "not-for-the-ingester/#" in caplog.text
+    assert "quartier/v1/+/+/up (" not in caplog.text  # the granted topic is not named

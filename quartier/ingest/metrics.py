@@ -64,7 +64,7 @@ class IngestCollector(Collector):
         )
         yield GaugeMetricFamily(
             "quartier_ingest_connected",
-            "1 while connected to the broker",
+            "1 while connected to the broker and subscribed (SUBACK granted every topic)",
             value=1.0 if ing.connected.is_set() else 0.0,
         )
 

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -106,6 +107,7 @@ class Ingester:
         )
         self._client.manual_ack_set(True)
         self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.fast_on_messages = self._received_many
@@ -137,12 +139,30 @@ class Ingester:
             log.error("MQTT connect refused: %s", reason)
             return
         client.subscribe([(t, 1) for t in self._topics()])
-        log.info(
-            "connected to mqtt://%s:%s, subscribed to %s",
-            self._host,
-            self._port,
-            ", ".join(self._topics()),
-        )
+        log.info("connected to mqtt://%s:%s, subscribing", self._host, self._port)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[Any],
+        properties: object,
+    ) -> None:
+        """The broker's SUBACK. Only now does the session match what devices publish: a
+        message published before it matches no subscription, and the broker drops it (its PUBACK
+        says "No matching subscribers"). So ``connected`` (the health metric) is set here, and
+        only if every topic was granted."""
+        topics = self._topics()
+        refused = [f"{t} ({r})" for t, r in zip(topics, reasons, strict=False) if r.is_failure]
+        if refused:
+            log.error(
+                "the MQTT broker refused the subscription to %s: nothing published there reaches "
+                "this ingester (check the ingest account's access rules)",
+                ", ".join(refused),
+            )
+            return
+        log.info("subscribed to %s", ", ".join(topics))
         self.connected.set()
 
     def _on_disconnect(

@@ -40,6 +40,8 @@ MAX_INFLIGHT = 1000
 #: Messages handed to paho but not yet acknowledged before ``send`` waits (bounds memory).
 WINDOW = 2 * MAX_INFLIGHT
 QOS = 1
+#: the PUBACK reason code of a message that matched no subscription (MQTT 5, 3.4.2.1)
+NO_MATCHING_SUBSCRIBERS = 0x10
 
 
 class Publisher:
@@ -69,6 +71,9 @@ class Publisher:
         self._connect_error: str | None = None
         self._acked = 0
         self._failed = 0
+        #: acknowledged with "No matching subscribers" (MQTT 5 reason 0x10): the broker had no
+        #: subscription for the topic and dropped the message (e.g. no ingester session yet)
+        self._unrouted = 0
         self._handed = 0  # messages given to paho
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -113,6 +118,8 @@ class Publisher:
     ) -> None:
         with self._cond:
             self._acked += 1
+            if reason.value == NO_MATCHING_SUBSCRIBERS:
+                self._unrouted += 1
             if reason.is_failure:
                 self._failed += 1
                 logger.warning("broker refused message %s: %s", mid, reason)
@@ -165,6 +172,12 @@ class Publisher:
         with self._cond:
             return self._acked - self._failed
 
+    @property
+    def unrouted(self) -> int:
+        """Messages the broker acknowledged as matching no subscription (and so dropped)."""
+        with self._cond:
+            return self._unrouted
+
     def send(
         self,
         messages: Iterable[Message],
@@ -179,6 +192,7 @@ class Publisher:
             raise ValueError("rate must be positive")
         with self._cond:
             start_handed, start_ok = self._handed, self._acked - self._failed
+            start_unrouted = self._unrouted
         started = time.monotonic()
         for sent, message in enumerate(messages, 1):
             if rate is not None:
@@ -200,8 +214,16 @@ class Publisher:
         with self._cond:
             ok = self._acked - self._failed - start_ok
             handed = self._handed - start_handed
+            unrouted = self._unrouted - start_unrouted
         if ok < handed:
             logger.warning("the broker refused %d of %d messages", handed - ok, handed)
+        if unrouted:
+            logger.warning(
+                "%d of %d messages matched no subscription, and the broker dropped them: is the "
+                "ingester's session subscribed yet? (`quartier ingest` must have connected once)",
+                unrouted,
+                handed,
+            )
         return ok
 
     def _wait_acked(self, ready: Callable[[], bool]) -> None:
