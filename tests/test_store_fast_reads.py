@@ -196,6 +196,9 @@ def test_packed_read_of_full_rows_with_dirty_buckets(conn: Conn) -> None:
     assert want[(ids[0], int(datetime(2024, 2, 5, 7, tzinfo=UTC).timestamp()))][0] == 4
     for columns in (False, True):
         assert as_dict(timeseries.aggregate(conn, ids, hour, a, b, columns=columns)) == want
+        # the means alone, from observation_1h_means with the same overlay
+        avg = timeseries.aggregate(conn, ids, hour, a, b, functions=("avg",), columns=columns)
+        assert as_dict(avg) == {k: (v[2],) for k, v in want.items()}
 
 
 def test_aggregate_route_looks_up_only_datastreams_without_buckets(
