@@ -690,6 +690,14 @@ def run_queries(
                         timeseries.aggregate(conn, pick(k), width, a, b, columns=True, **kw)
                     )
                     body = _drain(response)
+                elif how == "columns, wide packed rows":
+                    # the packed rows with every column, as before migration 0048's narrow copy
+                    means, timeseries._MEANS = timeseries._MEANS, {}
+                    try:
+                        agg = timeseries.aggregate(conn, pick(k), width, a, b, columns=True, **kw)
+                    finally:
+                        timeseries._MEANS = means
+                    body = _drain(columns_response(agg))
                 else:
                     model = _to_model(timeseries.aggregate(conn, pick(k), width, a, b, **kw))
                     body = _RESULT.dump_json(model, by_alias=True, exclude_unset=True)
@@ -882,6 +890,11 @@ def run_queries(
             (
                 f"API JSON: {hourly}, columns, rollup rows",
                 api_json(100, hour, month, "columns, rollup rows"),
+                repeat,
+            ),
+            (
+                f"API JSON: {hourly}, columns, wide packed rows",
+                api_json(100, hour, month, "columns, wide packed rows"),
                 repeat,
             ),
             (
@@ -1136,6 +1149,17 @@ def print_queries(q: dict[str, Any]) -> None:
                     f"{what}, {kind}: packed {old['p50_ms'] / new['p50_ms']:.1f}× faster than "
                     f"rollup rows (p50; p95 {new['p95_ms']:.1f} against {old['p95_ms']:.1f} ms)"
                 )
+        means, wide = (
+            q.get(f"API JSON: {what}, columns"),
+            q.get(f"API JSON: {what}, columns, wide packed rows"),
+        )
+        if means and wide:
+            print(
+                f"{what}, API JSON: narrow copy (migration 0048) "
+                f"{wide['p50_ms'] / means['p50_ms']:.1f}× faster than the wide packed rows "
+                f"(p50; p95 {means['p95_ms']:.1f} against "
+                f"{wide['p95_ms']:.1f} ms)"
+            )
         sql_rows = q.get(f"{what} (SQL only, EXPLAIN ANALYZE)")
         sql_packed = q.get(f"{what} (SQL only, EXPLAIN ANALYZE, packed)")
         if sql_rows and sql_packed:
