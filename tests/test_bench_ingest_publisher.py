@@ -56,7 +56,6 @@ def ingester(settings: Settings) -> Iterator[tuple[Ingester, list[tuple[float, l
     thread = threading.Thread(target=ing.run, daemon=True)
     thread.start()
     assert ing.connected.wait(10)
-    time.sleep(0.3)  # the SUBACK
     yield ing, commits
     ing.stop_event.set()
     thread.join(15)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -178,7 +177,6 @@ def test_quartier_ingest_runs_with_its_role(
     thread.start()
     try:
         assert ing.connected.wait(10)
-        time.sleep(0.2)  # the SUBACK
         reading = {"time": "2026-10-01T10:00:00Z", "quantity": "pm25", "value": 12.0}
         topic = f"quartier/v1/{network}/air-1/up"
         publish(own, [(topic, orjson.dumps(reading)), (topic, b"{not json")])

@@ -61,7 +61,6 @@ def ingester(settings: Settings) -> Iterator[tuple[Ingester, threading.Thread]]:
     thread = threading.Thread(target=ing.run, daemon=True)
     thread.start()
     assert ing.connected.wait(10)
-    time.sleep(0.3)  # let SUBACK arrive
     yield ing, thread
     ing.stop_event.set()
     thread.join(15)

@@ -36,7 +36,6 @@ def ingester(settings: Settings) -> Iterator[Ingester]:
     thread = threading.Thread(target=ing.run, daemon=True)
     thread.start()
     assert ing.connected.wait(10)
-    time.sleep(0.2)  # let SUBACK arrive
     yield ing
     ing.stop_event.set()
     thread.join(15)

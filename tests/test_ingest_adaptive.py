@@ -114,7 +114,6 @@ def adaptive(settings: Settings) -> Iterator[tuple[Ingester, list[tuple[float, l
     thread = threading.Thread(target=ing.run, daemon=True)
     thread.start()
     assert ing.connected.wait(10)
-    time.sleep(0.3)  # let the SUBACK arrive
     yield ing, commits
     ing.stop_event.set()
     thread.join(15)

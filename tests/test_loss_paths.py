@@ -118,7 +118,6 @@ def _run(ing: Ingester) -> threading.Thread:
     thread = threading.Thread(target=ing.run, daemon=True)
     thread.start()
     assert ing.connected.wait(10)
-    time.sleep(0.2)  # SUBACK
     return thread
 
 

@@ -179,7 +179,6 @@ def ingester(broker: tuple[LocalServices, ServiceState], db_url: str) -> Iterato
     thread = threading.Thread(target=ing.run, daemon=True)
     thread.start()
     assert ing.connected.wait(10)
-    time.sleep(0.3)  # SUBACK
     yield ing
     ing.stop_event.set()
     thread.join(15)
@@ -535,7 +534,6 @@ def test_ingester_subscribes_to_the_things_stack_over_tls(
     thread.start()
     try:
         assert ing.connected.wait(10)
-        time.sleep(0.3)  # SUBACK
         # the stand-in's own side: The Things Stack publishing its applications' uplinks
         uplink = (TTN_DIR / "Decentlab_DL-PM__payload.json").read_bytes()
         server = Probe(tts.port, "tts-server", tts.server_password, tls_ca=tts.ca).start()

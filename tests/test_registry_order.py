@@ -43,11 +43,11 @@ def test_writers_registering_the_same_new_devices_in_opposite_orders_do_not_dead
             batches = [_batch(round_, forward, 0), _batch(round_, forward[::-1], 1)]
             start = threading.Barrier(2)
 
-            def run(w: BatchWriter, b: Batch) -> None:
+            def run(w: BatchWriter, b: Batch, start: threading.Barrier = start) -> None:
                 start.wait()
                 try:
                     w.write(b)
-                except BaseException as exc:  # noqa: BLE001 - reported below
+                except BaseException as exc:  # reported below
                     errors.append(exc)
 
             threads = [
