@@ -802,7 +802,10 @@ def _rows_in_order(cols: list[list[Any]]) -> list[list[Any]]:
     (datastream, time) order. The read sorts them; should they come otherwise, they are put in
     order a row at a time (3,000 rows rather than their 72,000 buckets)."""
     row_ds = np.array(cols[0], dtype=np.int64)
-    first = np.frombuffer(b"".join([t[:8] for t in cols[2]]), dtype=">i8")  # each row's first
+    joined = b"".join(cols[2])  # every t has a time at least: all full rows when 8 bytes each
+    if len(joined) != 8 * len(cols[2]):
+        joined = b"".join([t[:8] for t in cols[2]])
+    first = np.frombuffer(joined, dtype=">i8")  # each row's first time
     ds_step = np.diff(row_ds)
     if not bool(np.any(ds_step < 0) or np.any((ds_step == 0) & (np.diff(first) <= 0))):
         return cols
