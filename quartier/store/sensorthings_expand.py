@@ -15,9 +15,10 @@ ordered probe that a hint limits to the partitions that can hold it:
 
 Both are range conditions on the primary key that run-time partition pruning limits to the
 partitions that can hold such rows. The newest is also bounded by the month after the newest
-hint of the request, unless any observation is stored from that month on (one look, a scan of
-each later partition), so partitions made ahead of time and the default partition are pruned
-from it. When the hinted probe finds nothing (the hint is stale, missing, or names
+hint of the request, unless any observation is stored from that month on, and the oldest by the
+start of the oldest monthly partition, unless any observation is stored before it (one look
+each for the whole request), so partitions made ahead of time and the default partition are
+pruned from the probes. When the hinted probe finds nothing (the hint is stale, missing, or names
 deleted rows) that bound is read by the plain ordered probe over every partition, so the span is
 exact whatever the hints say. The newest (oldest) observation's whole row comes from the same
 probe. Three index probes per Datastream (the day hint and one per bound) where the proofs of
@@ -50,6 +51,13 @@ from thing _p cross join lateral (
     order by d.id asc limit %(_top)s offset %(_skip)s) _x
 where _p.id = any(%(_ids)s) order by _p.id"""
 
+#: the start of the oldest monthly partition (plain PostgreSQL path; the names of
+#: ``quartier_ensure_observation_partitions``, as ``store/sensorthings_count.py`` reads them)
+_OLDEST_PARTITION = """(
+    select min(to_date(substr(c.relname, 14), 'YYYYMM'))::timestamp at time zone 'UTC'
+    from pg_inherits i join pg_class c on c.oid = i.inhrelid
+    where i.inhparent = 'observation'::regclass and c.relname ~ '^observation_p[0-9]{6}$')"""
+
 #: the first day with a rollup row: the hint of the oldest observation (plain PostgreSQL path)
 _FIRST_DAY = (
     "(select r.bucket from observation_1d r where r.datastream_id = d.id order by r.bucket limit 1)"
@@ -70,7 +78,8 @@ def _bound(alias: str, columns: str, newest: bool) -> str:
     hinted = (
         "o.phenomenon_time >= h.hi and o.phenomenon_time < (select before from bound)"
         if newest
-        else "o.phenomenon_time < h.lo_day + interval '1 day'"
+        else "o.phenomenon_time >= (select after from bound)"
+        " and o.phenomenon_time < h.lo_day + interval '1 day'"
     )
     probe = (
         f"select {columns} from observation o where o.datastream_id = h.id{{}}"
@@ -84,17 +93,24 @@ def _bound(alias: str, columns: str, newest: bool) -> str:
 
 #: ``bound``: the newest probes look before the month after the newest hint (so partitions made
 #: ahead of time and the default partition are pruned from them) unless any observation is
-#: stored from that month on, which one look at those partitions' BRIN indexes tells
+#: stored from that month on; the oldest probes look from the start of the oldest monthly
+#: partition on (so the default partition is pruned from them) unless any observation is stored
+#: before it (in the default partition); one look each
 _SPANS = """
 with h as materialized (
     select d.id, l.phenomenon_time as hi, {first_day} as lo_day
     from unnest(%(_ids)s) d(id)
     left join observation_latest l on l.datastream_id = d.id
 ), m as materialized (
-    select date_trunc('month', max(h.hi), 'UTC') + interval '1 month' as m from h
+    select date_trunc('month', max(h.hi), 'UTC') + interval '1 month' as m,
+           {oldest_partition} as p
+    from h
 ), bound as materialized (
     select case when exists (select from observation o where o.phenomenon_time >= m.m)
-                then 'infinity'::timestamptz else m.m end as before
+                then 'infinity'::timestamptz else m.m end as before,
+           case when m.p is null
+                  or exists (select from observation o where o.phenomenon_time < m.p)
+                then '-infinity'::timestamptz else m.p end as after
     from m
 )
 select h.id, lo.phenomenon_time as t_min, hi.phenomenon_time as t_max{end_columns}
@@ -108,6 +124,7 @@ def _spans_query(timescaledb: bool, end: Literal["first", "last"] | None) -> str
     # ordered chunk scans answer the plain probe without visiting every chunk anyway
     return _SPANS.format(
         first_day="null::timestamptz" if timescaledb else _FIRST_DAY,
+        oldest_partition="null::timestamptz" if timescaledb else _OLDEST_PARTITION,
         end_columns={None: "", "first": ", lo.*", "last": ", hi.*"}[end],
         lo=_bound("lo", OBSERVATION_COLUMNS if end == "first" else "o.phenomenon_time", False),
         hi=_bound("hi", OBSERVATION_COLUMNS if end == "last" else "o.phenomenon_time", True),
