@@ -1223,27 +1223,36 @@ def read_cost(url: str) -> None:
 
 def dask_idle(workers: int, seconds: float = 30.0) -> None:
     """The CPU a local cluster costs while it waits: ``workers`` idle workers and the client
-    (with the scheduler) over ``seconds`` of wall time, with Dask's statistical profiler in
-    the workers (Dask's default) and without (``local_cluster``'s)."""
+    (with the scheduler and the nannies) over ``seconds`` of wall time, with Dask's defaults,
+    without its statistical profiler in the workers (session 7's ``local_cluster``) and with
+    :data:`quartier.geo.distributed.QUIET_DASK` (this ``local_cluster``), in turns, twice."""
     import dask
     from distributed import Client, LocalCluster
 
-    for profile in (True, False):
-        with (
-            dask.config.set({"distributed.worker.profile.enabled": profile}),
-            LocalCluster(
-                n_workers=workers, threads_per_worker=1, memory_limit="4GB", dashboard_address=":0"
-            ) as cluster,  # fmt: skip
-            Client(cluster) as client,
-        ):
-            client.run(lambda: None)
-            w0, c0, t0 = _worker_cpus(client), _cpu_seconds(), _t()
-            time.sleep(seconds)
-            w1 = _worker_cpus(client)
-            print(f"  idle {_t() - t0:.1f} s, profiler {'on' if profile else 'off'}: "
-                  f"{workers} workers {sum(w1.values()) - sum(w0.values()):.2f} CPU-s, client "
-                  f"and scheduler {_cpu_seconds() - c0:.2f} CPU-s; load "
-                  f"{os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    from quartier.geo.distributed import QUIET_DASK
+
+    configs = {"Dask's defaults": {}, "profiler off": {"distributed.worker.profile.enabled": False},
+               "QUIET_DASK": QUIET_DASK}  # fmt: skip
+    for _ in range(2):
+        for name, config in configs.items():
+            with (
+                dask.config.set(config),
+                LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    memory_limit="4GB",
+                    dashboard_address=":0",
+                ) as cluster,  # fmt: skip
+                Client(cluster) as client,
+            ):
+                client.run(lambda: None)
+                w0, c0, t0 = _worker_cpus(client), _cpu_seconds(), _t()
+                time.sleep(seconds)
+                w1 = _worker_cpus(client)
+                print(f"  idle {_t() - t0:.1f} s, {name}: {workers} workers "
+                      f"{sum(w1.values()) - sum(w0.values()):.2f} CPU-s, client, scheduler and "
+                      f"nannies {_cpu_seconds() - c0:.2f} CPU-s; load {os.getloadavg()[0]:.1f}",
+                      flush=True)  # fmt: skip
 
 
 def cluster_inputs(url: str) -> None:

@@ -1033,16 +1033,33 @@ def _sorted_cells(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return cells.iloc[order].reset_index(drop=True)
 
 
+#: Dask settings of :func:`local_cluster`: its fixed cost per second of wall time, which a
+#: loaded machine stretches (docs/benchmarks.md, Coverage, sessions 7 and 9). No statistical
+#: profiler in the workers (it samples the running task every 10 ms for a dashboard nobody opens
+#: here); the system monitor of every worker, nanny and the scheduler (psutil reads of the
+#: process, the host's network and disk counters) every 2 s instead of every 0.5 s and without
+#: the disk; the nannies' memory check every 0.5 s instead of every 0.1 s (the workers' memory
+#: is bounded by a band's part, not policed by the nanny); the event loop's health tick every
+#: 0.1 s instead of every 20 ms.
+QUIET_DASK = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.admin.system-monitor.disk": False,
+    "distributed.worker.memory.monitor-interval": "500ms",
+    "distributed.admin.tick.interval": "100ms",
+}
+
+
 def local_cluster(workers: int, *, memory_limit: str | None = None, processes: bool = True) -> Any:
     """A LocalCluster of ``workers`` single-threaded worker processes (no GIL shared between
-    the tiles' tasks), without Dask's statistical profiler in the workers: it samples the
-    running task every 10 ms of wall time for a dashboard nobody opens here (a worker waiting
-    on PostgreSQL for 20 s: 1.6 CPU-s with it, 1.2 without, docs/benchmarks.md, session 7)."""
+    the tiles' tasks), with :data:`QUIET_DASK`: without Dask's statistical profiler in the
+    workers (a worker waiting on PostgreSQL for 20 s: 1.6 CPU-s with it, 1.2 without,
+    docs/benchmarks.md, session 7) and with its monitors polled less often."""
     import dask
     import distributed
 
     cluster: Any = distributed.LocalCluster
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
+    with dask.config.set(QUIET_DASK):
         return cluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -1058,6 +1075,6 @@ def scatter_tiles(client: Any, parts: dict[Tile, CoverageInputs]) -> dict[Tile, 
     return dict(zip(parts.keys(), futures, strict=True))
 
 
-__all__ = ["TILE_CELLS", "CellSink", "StoreInputs", "TileSource", "TiledResult",
+__all__ = ["QUIET_DASK", "TILE_CELLS", "CellSink", "StoreInputs", "TileSource", "TiledResult",
            "analyse_store", "analyse_tiled", "local_cluster", "read_store", "scatter_tiles",
            "split_inputs"]  # fmt: skip
