@@ -195,3 +195,32 @@ def test_count_of_all_observations_stays_exact_through_inserts_deletes_and_erasu
         conn.execute("truncate observation_1d_packed")
         assert conn.execute("select count(*) from observation_1d_count").fetchone() == (0,)
         conn.rollback()
+
+
+def test_deleting_a_multidatastream_through_the_api_takes_its_rollup_rows(
+    settings: Settings,
+) -> None:
+    """A DELETE of a MultiDatastream (the SensorThings write path) leaves no row under its
+    observation id (-id) in any per-datastream table, rollups included (migration 0049), and
+    its Thing's Datastreams keep theirs."""
+    url = settings.require_database_url()
+    writer = BatchWriter(url, auto_register=True)
+    try:
+        streams, mds = _device_with_multidatastream(url, writer, "balcony-31", 24 * 35)
+    finally:
+        writer.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "select quartier_ensure_observation_partitions(%s, %s)", (T0, T0 + timedelta(days=62))
+        )
+        rollups.refresh_all(conn)
+    assert set(_left(url, [-mds])) == set(PER_DATASTREAM) - {"observation_dirty"}
+    kept = _left(url, streams)
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        sta_write.delete(conn, "MultiDatastreams", mds)
+        conn.commit()
+    assert _left(url, [-mds]) == {}
+    assert _left(url, streams) == kept
+    with psycopg.connect(url) as conn:
+        _counts_match_packed(conn)
+        assert sensorthings_count.count(conn) == _count_star(conn) == kept["observation"]
