@@ -689,11 +689,15 @@ def quartier_server(
     root URL (…/v1.1) and pid, and ends the process (and its workers) afterwards. ``env``: more
     environment for the server (``bench/api_http.py`` runs another commit's code by PYTHONPATH)."""
     port = port or free_port()
-    env = os.environ | (env or {}) | {
-        "QUARTIER_DATABASE__URL": db_url,
-        "QUARTIER_API__RATE_PER_SECOND": "0",
-        "QUARTIER_API__KEY_RATE_PER_SECOND": "0",
-    }
+    env = (
+        os.environ
+        | (env or {})
+        | {
+            "QUARTIER_DATABASE__URL": db_url,
+            "QUARTIER_API__RATE_PER_SECOND": "0",
+            "QUARTIER_API__KEY_RATE_PER_SECOND": "0",
+        }
+    )
     cmd = [
         str(Path(sys.executable).parent / "quartier"),
         "serve",
