@@ -75,6 +75,15 @@ def _device_with_multidatastream(
     return streams, int(mds[0])
 
 
+def _refresh_rollups(url: str) -> None:
+    """The months of the test data partitioned, and every rollup refreshed."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "select quartier_ensure_observation_partitions(%s, %s)", (T0, T0 + timedelta(days=62))
+        )
+        rollups.refresh_all(conn)
+
+
 def _left(url: str, ids: list[int]) -> dict[str, int]:
     """The rows each per-datastream table still holds under ``ids``, where it holds any."""
     out = {}
@@ -100,11 +109,7 @@ def test_erasing_a_thing_with_a_multidatastream_leaves_no_rollup_rows(settings: 
         kept, _ = _device_with_multidatastream(url, writer, "balcony-13", 24 * 3)
     finally:
         writer.close()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "select quartier_ensure_observation_partitions(%s, %s)", (T0, T0 + timedelta(days=62))
-        )
-        rollups.refresh_all(conn)
+    _refresh_rollups(url)
     ids = [*streams, -mds]
     before = _left(url, ids)
     # the data the erasure must take: raw rows, latest values and every rollup of both kinds
@@ -209,11 +214,7 @@ def test_deleting_a_multidatastream_through_the_api_takes_its_rollup_rows(
         streams, mds = _device_with_multidatastream(url, writer, "balcony-31", 24 * 35)
     finally:
         writer.close()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "select quartier_ensure_observation_partitions(%s, %s)", (T0, T0 + timedelta(days=62))
-        )
-        rollups.refresh_all(conn)
+    _refresh_rollups(url)
     assert set(_left(url, [-mds])) == set(PER_DATASTREAM) - {"observation_dirty"}
     kept = _left(url, streams)
     with psycopg.connect(url, row_factory=dict_row) as conn:
