@@ -104,7 +104,9 @@ class FastClient(mqtt.Client):
     fast_on_messages: Callable[[list[Publish]], None] | None = None
 
     def _handle_publish(self) -> MQTTErrorCode:
-        """A PUBLISH read by paho's own reader (TLS sockets): the lean path too, one at a time."""
+        """A PUBLISH read by paho's own reader (TLS sockets): the lean path too, one at a time.
+        The rule is :meth:`loop_read`'s, which parses inline: the same parse as a function
+        called per message cost its thread 0.6 µs a message, +16 % (bench/ingest_cpu.py)."""
         fast = self.fast_on_messages
         packet = self._in_packet["packet"]
         if (
